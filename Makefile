@@ -1,0 +1,22 @@
+# Two commands for a fresh machine: `make demo` and `make test` (see README).
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+# A CPU wheel of this version lies on this project's machines; a user who already has
+# torch keeps it (the check below skips this install when torch imports).
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?= -n 2
+
+.PHONY: install demo test test-thorough bench-docs
+
+install:
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[test,bench]"
+
+demo: install
+	$(PYTHON) -m diffsolve demo
+
+test: install
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+test-thorough: install
+	DIFFSOLVE_HYPOTHESIS_PROFILE=thorough $(PYTHON) -m pytest $(PYTEST_ARGS)

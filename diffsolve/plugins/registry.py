@@ -1,0 +1,188 @@
+"""The registry of solvers and grids, filled by pluggy hooks from entry points.
+
+Loading is lazy and happens once per :class:`Registry`. The environment variable
+``DIFFSOLVE_DISABLE_PLUGINS`` blocks third-party plugins: a comma list of
+entry-point or distribution names, or ``all`` for every external plugin (the
+built-ins always load). A plugin that fails to import or register is reported
+with a :class:`PluginWarning` naming it and skipped; two plugins claiming one name
+is a :class:`DuplicateNameError` naming both owners.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as metadata
+import os
+import warnings
+from typing import Any, Callable, Iterable
+
+import pluggy
+
+from . import builtin, hookspecs
+
+__all__ = [
+    "Registry",
+    "PluginWarning",
+    "DuplicateNameError",
+    "UnknownNameError",
+    "get_registry",
+    "ENTRY_POINT_GROUP",
+    "DISABLE_ENV",
+]
+
+ENTRY_POINT_GROUP = "diffsolve"
+DISABLE_ENV = "DIFFSOLVE_DISABLE_PLUGINS"
+BUILTIN_OWNER = "diffsolve"
+
+
+class PluginWarning(UserWarning):
+    """A third-party plugin could not be loaded or registered and was skipped."""
+
+
+class DuplicateNameError(ValueError):
+    """Two plugins registered the same solver or grid name."""
+
+
+class UnknownNameError(ValueError):
+    """A solver or grid name that no plugin registered."""
+
+
+def _disabled_from_env() -> set[str]:
+    raw = os.environ.get(DISABLE_ENV, "")
+    return {part.strip() for part in raw.split(",") if part.strip()}
+
+
+class Registry:
+    """Solvers and grids by name, with the plugin (owner) that registered each.
+
+    Args:
+        entry_points: the entry points to load; default: those installed in the
+            group ``diffsolve``.
+        disabled: names to block (entry-point or distribution names, or ``"all"``);
+            default: read from ``DIFFSOLVE_DISABLE_PLUGINS`` when loading.
+    """
+
+    def __init__(self, entry_points: Iterable[Any] | None = None, disabled: Iterable[str] | None = None):
+        self._entry_points = entry_points
+        self._disabled = None if disabled is None else set(disabled)
+        self._loaded = False
+        self.solvers: dict[str, tuple[type, str]] = {}
+        self.grids: dict[str, tuple[Callable, str]] = {}
+        self.skipped: list[tuple[str, str]] = []  # (plugin, reason)
+
+    # -- loading ---------------------------------------------------------------------------
+    def load(self) -> "Registry":
+        if self._loaded:
+            return self
+        self._loaded = True  # once, even if a hook raises below
+        pm = pluggy.PluginManager(hookspecs.PROJECT)
+        pm.add_hookspecs(hookspecs)
+        pm.register(builtin, name=BUILTIN_OWNER)
+        disabled = _disabled_from_env() if self._disabled is None else self._disabled
+        eps = self._entry_points
+        if eps is None:
+            eps = metadata.entry_points(group=ENTRY_POINT_GROUP)
+        for ep in eps:
+            dist = getattr(getattr(ep, "dist", None), "name", None) or "?"
+            owner = f"{dist}:{ep.name}"
+            if "all" in disabled or ep.name in disabled or dist in disabled:
+                self.skipped.append((owner, f"disabled by {DISABLE_ENV}"))
+                continue
+            try:
+                plugin = ep.load()
+                pm.register(plugin, name=owner)
+            except Exception as exc:  # a broken plugin must not break the library
+                self._report(owner, f"failed to load ({type(exc).__name__}: {exc})")
+        self._collect(pm.hook.register_solvers, self.solvers, self._check_solver, "solver")
+        self._collect(pm.hook.register_grids, self.grids, self._check_grid, "grid")
+        return self
+
+    def _report(self, owner: str, reason: str) -> None:
+        self.skipped.append((owner, reason))
+        warnings.warn(f"diffsolve plugin {owner!r} {reason}; it was skipped", PluginWarning, stacklevel=3)
+
+    def _collect(self, hook, table: dict, check: Callable, kind: str) -> None:
+        # registration order: the built-ins first, then plugins in entry-point order
+        for impl in hook.get_hookimpls():
+            owner = impl.plugin_name
+            staged: dict[str, tuple[Any, str]] = {}
+
+            def register(*args, _staged=staged, _owner=owner):
+                name, obj = check(*args)
+                for where in (table, _staged):
+                    if name in where:
+                        raise DuplicateNameError(
+                            f"{kind} name {name!r} is registered by both {where[name][1]!r} and {_owner!r}; "
+                            f"block one with {DISABLE_ENV}=<plugin name>"
+                        )
+                _staged[name] = (obj, _owner)
+
+            try:
+                impl.function(register=register)
+            except DuplicateNameError:
+                raise
+            except Exception as exc:
+                if owner == BUILTIN_OWNER:
+                    raise
+                self._report(owner, f"failed in register_{kind}s ({type(exc).__name__}: {exc})")
+                continue
+            table.update(staged)
+
+    @staticmethod
+    def _check_solver(cls, *extra):
+        from ..solvers.base import Solver
+
+        if extra:
+            raise TypeError("register(SolverClass) takes the class only; its name is cls.name")
+        if not (isinstance(cls, type) and issubclass(cls, Solver)):
+            raise TypeError(f"register() expects a diffsolve Solver subclass, got {cls!r}")
+        if not isinstance(cls.name, str) or not cls.name:
+            raise TypeError(f"solver class {cls.__name__} has no name (set the class attribute 'name')")
+        for attr in ("order", "calls_per_step"):
+            value = getattr(cls, attr)
+            if not isinstance(value, int) or value < 1:
+                raise TypeError(f"solver {cls.name!r}: {attr} must be an integer >= 1, got {value!r}")
+        return cls.name, cls
+
+    @staticmethod
+    def _check_grid(name, fn):
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"grid name must be a non-empty string, got {name!r}")
+        if not callable(fn):
+            raise TypeError(f"grid {name!r}: expected a callable fn(schedule, steps, **options), got {fn!r}")
+        return name, fn
+
+    # -- lookup ----------------------------------------------------------------------------
+    def solver(self, name: str) -> type:
+        self.load()
+        if name not in self.solvers:
+            raise UnknownNameError(f"unknown solver {name!r}; known solvers: {', '.join(sorted(self.solvers))}")
+        return self.solvers[name][0]
+
+    def grid(self, name: str) -> Callable:
+        self.load()
+        if name not in self.grids:
+            raise UnknownNameError(f"unknown grid {name!r}; known grids: {', '.join(sorted(self.grids))}")
+        return self.grids[name][0]
+
+    def solver_names(self) -> list[str]:
+        return sorted(self.load().solvers)
+
+    def grid_names(self) -> list[str]:
+        return sorted(self.load().grids)
+
+
+_default: Registry | None = None
+
+
+def get_registry() -> Registry:
+    """The process-wide registry (loaded on first use)."""
+    global _default
+    if _default is None:
+        _default = Registry()
+    return _default.load()
+
+
+def reset_registry() -> None:
+    """Forget the process-wide registry; the next lookup loads plugins again."""
+    global _default
+    _default = None

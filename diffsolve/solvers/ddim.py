@@ -1,0 +1,83 @@
+"""DDIM (Song, Meng & Ermon 2021) as the Euler method in sigma, with the eta family.
+
+Deterministic step (eta = 0), ddim-math.md E30, identical to DDIM's E22:
+
+    xbar_s = xbar_t + (sigma_s - sigma_t) * eps(xbar_t, sigma_t)
+
+Stochastic step (eta > 0), E26 (the generalized DDIM step E18 divided by A_s):
+
+    nubar   = eta * sigma_s * sqrt(sigma_t^2 - sigma_s^2) / sigma_t          (E20 / A_s)
+    xbar_s  = xbar_t + (sqrt(sigma_s^2 - nubar^2) - sigma_t) * eps + nubar * z
+
+eta = 1 is DDPM's posterior variance (E24). ``variance="large"`` is the paper's
+sigma-hat DDPM (E25): same mean as eta = 1, noise std sqrt(1 - abar_t/abar_s) in
+VP space, i.e. sqrt((sigma_t^2 - sigma_s^2)(1 + sigma_s^2)/(1 + sigma_t^2)) in xbar,
+masked on the step to sigma = 0 (ddim-math.md 2.4).
+
+The step to sigma_s = 0 returns the denoised estimate itself (E27). On an
+increasing grid (encoding, E42) the step is the deterministic one with nu := 0.
+Order 1, one model call per step.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .base import Solver
+
+VARIANCES = ("eta", "large")
+
+
+class DDIM(Solver):
+    """DDIM: Euler in sigma (E30); eta > 0 adds DDIM's stochastic family (E18-E26)."""
+
+    name = "ddim"
+    order = 1
+    calls_per_step = 1
+
+    def __init__(self, *, eta: float = 0.0, variance: str = "eta"):
+        eta = float(eta)
+        if not math.isfinite(eta) or eta < 0:
+            raise ValueError(f"eta must be a finite number >= 0, got {eta}")
+        if variance not in VARIANCES:
+            raise ValueError(f"variance={variance!r} is not known; allowed: {', '.join(VARIANCES)}")
+        self.eta = eta
+        self.variance = variance
+        # an instance is stochastic when it draws noise
+        self.stochastic = eta > 0 or variance == "large"
+        self.invertible = not self.stochastic
+
+    def setup(self, ode, sigmas, noise):
+        super().setup(ode, sigmas, noise)
+        # float64 coefficients per step: x_next = x + c_eps * eps + c_noise * z
+        self.c_eps, self.c_noise = [], []
+        for s_t, s_s in zip(self.sigmas[:-1], self.sigmas[1:]):
+            nubar = 0.0
+            if s_s < s_t:  # nu := 0 on upward (encoding) steps: pitfall 10
+                if self.variance == "large":
+                    nubar = math.sqrt((s_t**2 - s_s**2) * (1 + s_s**2) / (1 + s_t**2)) if s_s > 0 else 0.0
+                    nubar_mean = self.eta_one(s_t, s_s)
+                else:
+                    nubar = self.eta * s_s * math.sqrt(s_t**2 - s_s**2) / s_t
+                    nubar_mean = nubar
+                # the radicand sigma_s^2 - nubar^2 is clamped at 0 (E18 note; eta > 1)
+                sigma_down = math.sqrt(max(s_s**2 - nubar_mean**2, 0.0))
+            else:
+                sigma_down = s_s
+            self.c_eps.append(sigma_down - s_t)
+            self.c_noise.append(nubar)
+
+    @staticmethod
+    def eta_one(s_t: float, s_s: float) -> float:
+        """nubar at eta = 1 (E20 / A_s): the DDPM posterior std in xbar units."""
+        return s_s * math.sqrt(s_t**2 - s_s**2) / s_t
+
+    def step(self, i, x):
+        s_t, s_s = self.sigmas[i], self.sigmas[i + 1]
+        denoised, eps = self.ode.predict(x, s_t)
+        if s_s == 0:
+            return denoised, denoised  # E27: the last step is the x0-prediction
+        x_next = x + self.c_eps[i] * eps
+        if self.c_noise[i] > 0:
+            x_next = x_next + self.c_noise[i] * self.noise(x)
+        return x_next, denoised
