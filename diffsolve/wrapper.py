@@ -67,6 +67,8 @@ class DiffusionODE:
         uncond: Mapping[str, Any] | None = None,
         model_kwargs: Mapping[str, Any] | None = None,
         time_dtype: torch.dtype = torch.float32,
+        guidance_rescale: float = 0.0,
+        denoised_transform: Callable[[torch.Tensor, float], torch.Tensor] | None = None,
     ):
         if not callable(model):
             raise TypeError(f"model must be callable as model(x, t, **kwargs), got {type(model).__name__}")
@@ -88,6 +90,10 @@ class DiffusionODE:
                 raise ValueError(f"cond and uncond must have the same keys, got {sorted(cond)} and {sorted(uncond)}")
         elif cond is not None or uncond is not None:
             raise ValueError("cond=/uncond= are for classifier-free guidance: also pass guidance=<scale>")
+        if not 0.0 <= guidance_rescale <= 1.0:
+            raise ValueError(f"guidance_rescale must be in [0, 1], got {guidance_rescale}")
+        if denoised_transform is not None and not callable(denoised_transform):
+            raise TypeError("denoised_transform must be a callable (denoised, sigma) -> denoised")
         self.model = model
         self.schedule = schedule
         self.prediction = "x0" if prediction == "sample" else prediction
@@ -97,6 +103,8 @@ class DiffusionODE:
         self.uncond = dict(uncond or {})
         self.model_kwargs = dict(model_kwargs or {})
         self.time_dtype = time_dtype
+        self.guidance_rescale = float(guidance_rescale)
+        self.denoised_transform = denoised_transform
         self.nfe = 0
         self._t_cache: dict[tuple, torch.Tensor] = {}
         self._guided_kwargs: dict[str, Any] | None = None
@@ -146,6 +154,8 @@ class DiffusionODE:
             _check_output(both, (2 * batch, *x.shape[1:]))
             out_c, out_u = both[:batch], both[batch:]
             out = out_u + self.guidance * (out_c - out_u)
+            if self.guidance_rescale > 0:
+                out = _rescale_guidance(out, out_c, self.guidance_rescale)
         self.nfe += 1
         _check_output(out, x.shape)
         if out.dtype != state_dtype:
@@ -175,8 +185,20 @@ class DiffusionODE:
         ``sigma`` is a Python float (float64); the coefficients are formed in float64
         and applied in the state's dtype. At sigma = 0 the model is evaluated at the
         schedule's ``sigma_min`` (its smallest level) on the clean input.
+
+        With a ``denoised_transform`` (clipping, dynamic thresholding) the transformed D
+        is returned with the eps that is consistent with it, eps = (xbar - D)/sigma, so the
+        pair stays on one ray (ddim-math.md pitfall 1).
         """
-        sigma = float(sigma)
+        denoised, eps = self._predict(xbar, float(sigma))
+        if self.denoised_transform is None:
+            return denoised, eps
+        denoised = self.denoised_transform(denoised, float(sigma))
+        if sigma == 0:
+            return denoised, eps
+        return denoised, (xbar - denoised) / float(sigma)
+
+    def _predict(self, xbar: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
         a = self.schedule.scale(sigma)
         x_in = xbar * a if a != 1.0 else xbar
         out = self._call(x_in, sigma)
@@ -239,6 +261,16 @@ class DiffusionODE:
         return f"DiffusionODE(prediction={self.prediction!r}, time={self.time!r}, schedule={self.schedule!r}, nfe={self.nfe})"
 
 
+def _rescale_guidance(guided: torch.Tensor, cond_out: torch.Tensor, phi: float) -> torch.Tensor:
+    """Guidance rescale (Lin et al. 2024, eqs. 15-16): match the guided output's per-sample std
+    to the conditional output's, then blend with weight ``phi``."""
+    dims = tuple(range(1, guided.dim()))
+    std_cond = cond_out.std(dim=dims, keepdim=True)
+    std_guided = guided.std(dim=dims, keepdim=True)
+    rescaled = guided * (std_cond / std_guided)
+    return phi * rescaled + (1 - phi) * guided
+
+
 def _check_output(out, shape) -> None:
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"the model must return a torch.Tensor, got {type(out).__name__}")
@@ -270,6 +302,8 @@ def wrap(
             batched call on ``cat([x, x])`` with ``cond`` and ``uncond`` kwargs concatenated
             (one NFE per guided evaluation).
         options: ``cond=``, ``uncond=`` (dicts of model kwargs), ``model_kwargs=`` (passed
-            to every call), ``time_dtype=`` (default float32).
+            to every call), ``time_dtype=`` (default float32), ``guidance_rescale=`` (phi of
+            Lin et al. 2024, default 0), ``denoised_transform=`` (a callable (D, sigma) -> D,
+            e.g. clipping or dynamic thresholding; eps is recomputed to stay consistent).
     """
     return DiffusionODE(model, schedule, prediction=prediction, time=time, guidance=guidance, **options)
