@@ -5,6 +5,7 @@
 (ddim-math.md E29). DDIM is the Euler method on it (E30).
 """
 
+from . import problems
 from .grids import validate_sigmas
 from .plugins import DuplicateNameError, PluginWarning, UnknownNameError, hookimpl
 from .sampling import grid, grids, invert, make_noise_sampler, make_solver, sample, solvers
@@ -23,6 +24,7 @@ from .wrapper import DiffusionODE, NonFiniteError, wrap
 __version__ = "0.1.0"
 
 __all__ = [
+    "problems",
     "sample",
     "invert",
     "grid",

@@ -1,0 +1,116 @@
+"""The driver loop: grids, noise, callbacks, trajectories, dtypes and errors, for any solver."""
+
+import pytest
+import torch
+
+import diffsolve as ds
+from diffsolve.problems import Gaussian, GaussianMixture
+
+
+@pytest.fixture
+def mixture_ode():
+    mix = GaussianMixture(torch.tensor([[1.0, -0.5], [-0.8, 0.4]]), [0.3, 0.5])
+    return mix.ode(ds.DiscreteSchedule.linear())
+
+
+def test_nfe_equals_steps_for_ddim_and_user_grid_is_used(mixture_ode):
+    sig = ds.grid("karras", mixture_ode.schedule, 7)
+    seen = []
+    ds.sample(mixture_ode, torch.randn(3, 2), "ddim", sigmas=sig, callback=lambda info: seen.append(info["sigma"]))
+    assert mixture_ode.nfe == 7
+    assert seen == sig[:-1].tolist()
+
+
+def test_callback_and_trajectory_report_every_step(mixture_ode):
+    infos = []
+    x, traj = ds.sample(mixture_ode, torch.randn(3, 2), "ddim", steps=4, callback=infos.append,
+                        return_trajectory=True)
+    assert [i["i"] for i in infos] == [0, 1, 2, 3]
+    assert set(infos[0]) >= {"i", "sigma", "sigma_next", "x", "xbar", "denoised", "nfe"}
+    assert len(traj) == 5 and torch.equal(traj[-1], x)
+
+
+def test_progress_bar_runs(mixture_ode, capsys):
+    ds.sample(mixture_ode, torch.randn(2, 2), "ddim", steps=3, progress=True)
+    assert "3/3" in capsys.readouterr().err
+
+
+def test_per_sample_generators_make_a_sample_independent_of_its_batch(mixture_ode):
+    x_T = torch.randn(4, 2, generator=torch.Generator().manual_seed(3))
+    gens = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
+    full = ds.sample(mixture_ode, x_T, "ddim", steps=10, eta=1.0, generator=gens([10, 11, 12, 13]))
+    part = ds.sample(mixture_ode, x_T[[2, 0]], "ddim", steps=10, eta=1.0, generator=gens([12, 10]))
+    torch.testing.assert_close(part, full[[2, 0]], rtol=0, atol=0)
+
+
+def test_stochastic_run_is_reproducible_with_a_seeded_generator(mixture_ode):
+    x_T = torch.randn(3, 2)
+    a = ds.sample(mixture_ode, x_T, "ddim", steps=6, eta=0.7, generator=torch.Generator().manual_seed(5))
+    b = ds.sample(mixture_ode, x_T, "ddim", steps=6, eta=0.7, generator=torch.Generator().manual_seed(5))
+    c = ds.sample(mixture_ode, x_T, "ddim", steps=6, eta=0.7, generator=torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_low_precision_input_keeps_its_dtype_and_stays_close_to_float64(mixture_ode, dtype):
+    x_T = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
+    ref = ds.sample(mixture_ode, x_T, "ddim", steps=10)
+    out = ds.sample(mixture_ode, x_T.to(dtype), "ddim", steps=10)
+    assert out.dtype == dtype
+    # float16/bfloat16 input: state in float32, the model sees the input's dtype;
+    # the distance is dominated by rounding x_T and the model input (bfloat16: 8 bits)
+    tol = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-1}[dtype]
+    torch.testing.assert_close(out.double(), ref, rtol=0, atol=tol)
+
+
+def test_nan_from_the_model_names_the_step_and_sigma():
+    sched = ds.EDMSchedule()
+
+    def model(x, t):
+        return torch.full_like(x, float("nan")) if t[0] < 5.0 else torch.zeros_like(x)
+
+    ode = ds.wrap(model, sched)
+    sig = torch.tensor([40.0, 10.0, 4.0, 1.0, 0.0])
+    with pytest.raises(ds.NonFiniteError, match=r"first appeared at step 2 of 4 \(sigma 4 -> 1\); "
+                                                 r"the model returned non-finite values at step 2 \(sigma=4\)"):
+        ds.sample(ode, torch.zeros(2, 3), "ddim", sigmas=sig)
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    ({"steps": 0}, ValueError, "steps must be an integer >= 1, got 0"),
+    ({"steps": 5, "eta": -0.1}, ValueError, "eta must be a finite number >= 0, got -0.1"),
+    ({"steps": 5, "variance": "huge"}, ValueError, "variance='huge' is not known; allowed: eta, large"),
+    ({"steps": 5, "etaa": 0.3}, ValueError, "solver 'ddim': .*etaa.*its options are: eta, variance"),
+    ({}, ValueError, "pass steps="),
+    ({"steps": 5, "sigmas": [1.0, 0.0]}, ValueError, "either sigmas= or steps="),
+    ({"sigmas": [1.0, 2.0, 0.0]}, ValueError, "strictly decreasing for sampling; entry 1"),
+    ({"steps": 5, "grid": "nope"}, ds.UnknownNameError, "unknown grid 'nope'; known grids:"),
+])
+def test_bad_sample_arguments_name_the_argument(mixture_ode, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        ds.sample(mixture_ode, torch.zeros(1, 2), "ddim", **kwargs)
+
+
+def test_invert_refuses_stochastic_solvers_and_decreasing_grids(mixture_ode):
+    with pytest.raises(ValueError, match="'ddim' cannot invert: it is stochastic"):
+        ds.invert(mixture_ode, torch.zeros(1, 2), "ddim", steps=5, eta=0.5)
+    with pytest.raises(ValueError, match="strictly increasing for invert"):
+        ds.invert(mixture_ode, torch.zeros(1, 2), "ddim", sigmas=[1.0, 0.5, 0.0])
+
+
+def test_invert_runs_upward_and_sample_brings_it_back(mixture_ode):
+    x0 = torch.tensor([[0.9, -0.4], [-0.7, 0.5]])
+    x_T = ds.invert(mixture_ode, x0, "ddim", steps=200, grid="time-uniform")
+    assert x_T.abs().max() < 5  # at sigma_max, VP scale: back in N(0, I) range
+    back = ds.sample(mixture_ode, x_T, "ddim", steps=200, grid="time-uniform")
+    assert (back - x0).abs().max() < 0.05
+
+
+def test_grid_ending_above_zero_returns_the_state_at_that_sigma():
+    g = Gaussian([0.5], 0.4)
+    ode = g.ode(ds.SigmaSchedule(0.0, 10.0, space="vp"))
+    x_T = torch.tensor([[0.3]])
+    sig = torch.linspace(10.0, 1.0, 2001)
+    out = ds.sample(ode, x_T, "ddim", sigmas=sig)
+    exact = ode.from_xbar(g.exact_flow(ode.to_xbar(x_T, 10.0), 10.0, 1.0), 1.0)
+    torch.testing.assert_close(out, exact, rtol=0, atol=2e-4)  # Euler error ~ C / 2000
