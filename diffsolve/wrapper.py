@@ -204,7 +204,7 @@ class DiffusionODE:
         out = self._call(x_in, sigma)
         p = self.prediction
         if p == "eps":
-            return xbar - sigma * out if sigma != 0 else xbar, out
+            return (torch.add(xbar, out, alpha=-sigma) if sigma != 0 else xbar), out
         if p == "x0":
             if sigma == 0:
                 s_eval = self.schedule.sigma_min

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from .base import Solver
 
 VARIANCES = ("eta", "large")
@@ -77,7 +79,7 @@ class DDIM(Solver):
         denoised, eps = self.ode.predict(x, s_t)
         if s_s == 0:
             return denoised, denoised  # E27: the last step is the x0-prediction
-        x_next = x + self.c_eps[i] * eps
+        x_next = torch.add(x, eps, alpha=self.c_eps[i])  # one fused kernel: x + c * eps
         if self.c_noise[i] > 0:
-            x_next = x_next + self.c_noise[i] * self.noise(x)
+            x_next = torch.add(x_next, self.noise(x), alpha=self.c_noise[i])
         return x_next, denoised
