@@ -1,0 +1,87 @@
+"""Multistep DPM-Solver: DPM-Solver++(2M), (3M) (data prediction, Lu et al. 2022b) and the
+noise-prediction DPM-Solver-2M, -3M (Lu et al. 2022a's exponential integrator, made multistep).
+
+One model call per step; the polynomial of (X3) (see ``_exponential``) runs through the current
+output m_0 and the previous ones m_1, m_2 at nodes c_j = (lambda_{t_j} - lambda_t)/h < 0:
+
+    xbar_s = a xbar_t + sum_j w_j m_j,   a = exp(-h), m = D (data)   or   a = 1, m = eps (noise)
+
+* 2M, ``solver_type="midpoint"`` (default; Lu et al. 2022b Alg. 2, with r = h_prev/h):
+      xbar_s = a xbar_t + I_0 [(1 + 1/(2r)) m_0 - (1/(2r)) m_1]           (I_1 replaced by I_0/2)
+* 2M ``"taylor"`` and every third-order step: w from the exact moments I_k of (X3), i.e. the
+  Taylor expansion I_0 m + I_1 h m' + I_2 h^2 m''/2 of the exact solution (2022a eq. (3.4) and its
+  data-prediction form in 2022b) with m', m'' taken from the interpolating polynomial.
+  (The DPM-Solver reference code's 3M weights the second divided difference, m'' h^2/2, by
+  h phi_3 = I_2/2 instead of I_2; measured here, that variant converges with order 2 only.)
+
+The history starts empty: step k uses order min(order, k + 1). The step into sigma = 0 is the
+denoising step E27; ``final_step="auto"`` (default) also lowers the order over the last steps on
+grids of < 15 steps, which cut the dpmpp-3m error by 2-4x at 5-10 NFE on karras and time-uniform
+grids and was neutral on logsnr (``_exponential`` has the numbers). Orders 2 and 3 (measured: tests).
+"""
+
+from __future__ import annotations
+
+from ._exponential import ExponentialSolver, check_choice, combine, moments, poly_weights
+
+SOLVER_TYPES = ("midpoint", "taylor")
+
+
+class _Multistep(ExponentialSolver):
+    calls_per_step = 1
+
+    def __init__(self, *, solver_type: str = "midpoint", final_step: str = "auto"):
+        super().__init__(final_step=final_step)
+        self.solver_type = check_choice("solver_type", solver_type, SOLVER_TYPES)
+
+    def setup(self, ode, sigmas, noise):
+        super().setup(ode, sigmas, noise)
+        self.coef = [self._coefficients(i, p) if p else None for i, p in enumerate(self.orders)]
+        self.history = []
+
+    def _coefficients(self, i: int, p: int) -> tuple[float, list[float]]:
+        h, s_t, s_s = self.h[i], self.sigmas[i], self.sigmas[i + 1]
+        nodes = [(self.lam[i - j] - self.lam[i]) / h for j in range(p)]
+        mom = moments(h, p, self.form, s_s)
+        if p == 2 and self.solver_type == "midpoint":
+            mom[1] = mom[0] / 2
+        return (s_s / s_t if self.form == "data" else 1.0), poly_weights(nodes, mom)
+
+    def step(self, i, x):
+        denoised, eps = self.ode.predict(x, self.sigmas[i])
+        if self.coef[i] is None:
+            return denoised, denoised  # E27: the step into sigma = 0
+        self.history.insert(0, self.output(denoised, eps))
+        del self.history[self.order:]
+        a, w = self.coef[i]
+        return combine(a, x, zip(w, self.history)), denoised
+
+
+class DPMSolverPP2M(_Multistep):
+    """DPM-Solver++(2M): multistep data prediction, order 2, one call per step (Lu et al. 2022b, Alg. 2)."""
+
+    name = "dpmpp-2m"
+    order = 2
+
+
+class DPMSolverPP3M(_Multistep):
+    """DPM-Solver++(3M): multistep data prediction, order 3, one call per step (Lu et al. 2022b)."""
+
+    name = "dpmpp-3m"
+    order = 3
+
+
+class DPMSolver2M(_Multistep):
+    """DPM-Solver-2M: multistep noise prediction, order 2, one call per step (Lu et al. 2022a/b)."""
+
+    name = "dpm-solver-2m"
+    order = 2
+    form = "noise"
+
+
+class DPMSolver3M(_Multistep):
+    """DPM-Solver-3M: multistep noise prediction, order 3, one call per step (Lu et al. 2022a/b)."""
+
+    name = "dpm-solver-3m"
+    order = 3
+    form = "noise"

@@ -1,0 +1,117 @@
+"""Stochastic DPM-Solver++: SDE-DPM-Solver++(2M) (Lu et al. 2022b) and the singlestep "DPM++ SDE".
+
+The data-prediction SDE step with noise level eta (eta = 1: the paper's SDE; eta = 0: the ODE)
+is (X2) of ``_exponential`` with the step h stretched to H = (1 + eta) h, plus fresh noise:
+
+    xbar_s = exp(-H) xbar_t + int_0^H exp(v - H) D dv + sigma_s sqrt(1 - exp(-2 eta h)) z      (S1)
+
+exp(-H) = (sigma_s/sigma_t) exp(-eta h). With D frozen, eta = 1 this is DDIM with eta = 1 (E26),
+and the marginals of a point mass are exact for every eta.
+
+* ``dpmpp-2m-sde``: D is the line through the current and the previous denoised output (nodes
+  c = 0, -h_prev/h in units of h): ``solver_type="midpoint"`` (default) weights D_0 - D_1 with
+  I_0(H)/(2r) as DPM-Solver++(2M) does, ``"taylor"`` with the exact I_1(H)/r (r = h_prev/h;
+  k-diffusion calls this one "heun").
+* ``dpmpp-sde``: DPM-Solver++(2S) with each stage an ancestral split of (S1) at eta (the DDIM
+  sigma_up/sigma_down of E26): stage to sigma_m = sqrt(sigma_t sigma_s), then to sigma_s with the
+  midpoint's denoised output. The two noises are Brownian increments in sigma, so the stage and
+  step noises share the part of the path they have in common (two noise draws per step).
+
+Deterministic order 2 (eta = 0 gives dpmpp-2m / dpmpp-2s exactly). The step into sigma = 0 is
+the denoising step E27 (no noise there: sigma_s = 0).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._exponential import ExponentialSolver, check_choice, check_eta, combine, moments, poly_weights
+
+SOLVER_TYPES = ("midpoint", "taylor")
+
+
+class _Stochastic(ExponentialSolver):
+    stochastic = True
+    invertible = False
+
+    def __init__(self, *, eta: float = 1.0, final_step: str = "auto"):
+        super().__init__(final_step=final_step)
+        self.eta = check_eta(eta)
+        self.stochastic = self.eta > 0
+        self.invertible = not self.stochastic
+
+
+class DPMSolverPP2MSDE(_Stochastic):
+    """SDE-DPM-Solver++(2M): multistep data prediction with noise eta (Lu et al. 2022b), order 2 at eta = 0."""
+
+    name = "dpmpp-2m-sde"
+    order = 2
+    calls_per_step = 1
+
+    def __init__(self, *, eta: float = 1.0, solver_type: str = "midpoint", final_step: str = "auto"):
+        super().__init__(eta=eta, final_step=final_step)
+        self.solver_type = check_choice("solver_type", solver_type, SOLVER_TYPES)
+
+    def setup(self, ode, sigmas, noise):
+        super().setup(ode, sigmas, noise)
+        self.coef = [self._coefficients(i, p) if p else None for i, p in enumerate(self.orders)]
+        self.history = []
+
+    def _coefficients(self, i: int, p: int) -> tuple[float, list[float], float]:
+        """(a, w, noise std) of (S1) for step i: the data-form weights of (X3) over the stretched step H."""
+        h, H = self.h[i], (1 + self.eta) * self.h[i]
+        mom = moments(H, p, "data")
+        if p == 2 and self.solver_type == "midpoint":
+            mom[1] = mom[0] / 2
+        w = poly_weights([0.0, (self.lam[i - 1] - self.lam[i]) / h][:p], mom)
+        return math.exp(-H), w, self.sigmas[i + 1] * math.sqrt(-math.expm1(-2 * self.eta * h))
+
+    def step(self, i, x):
+        denoised, _ = self.ode.predict(x, self.sigmas[i])
+        if self.coef[i] is None:
+            return denoised, denoised  # E27: the step into sigma = 0
+        self.history = [denoised] + self.history[:1]
+        a, w, z = self.coef[i]
+        x_next = combine(a, x, zip(w, self.history))
+        return (torch.add(x_next, self.noise(x), alpha=z) if z > 0 else x_next), denoised
+
+
+class DPMSolverPPSDE(_Stochastic):
+    """DPM++ SDE: DPM-Solver++(2S) with ancestral noise eta per stage, order 2 at eta = 0, two calls per step."""
+
+    name = "dpmpp-sde"
+    order = 2
+    calls_per_step = 2
+    multistep = False
+
+    def setup(self, ode, sigmas, noise):
+        super().setup(ode, sigmas, noise)
+        self.plan = [self._plan(i, p) if p else None for i, p in enumerate(self.orders)]
+
+    def _plan(self, i: int, p: int) -> list[tuple[float, float, float]]:
+        """(sigma, a, sigma_up) per stage: the ancestral split of E26 as a DPM-Solver++(1) step to sigma_down."""
+        s_t, s_s = self.sigmas[i], self.sigmas[i + 1]
+        out = []
+        for s in ([s_s] if p == 1 else [math.sqrt(s_t * s_s), s_s]):
+            up = min(s, self.eta * s * math.sqrt(max(s_t**2 - s**2, 0.0)) / s_t)  # 0 upwards (eta = 0)
+            out.append((s, math.sqrt(s**2 - up**2) / s_t, up))
+        return out
+
+    def step(self, i, x):
+        denoised, _ = self.ode.predict(x, self.sigmas[i])
+        if self.plan[i] is None:
+            return denoised, denoised  # E27: the step into sigma = 0
+        s_t = s_prev = self.sigmas[i]
+        d, u, path = denoised, x, None
+        for k, (s, a, up) in enumerate(self.plan[i]):
+            if k:  # DPM-Solver++(2S) with r = 1/2: the midpoint's denoised output replaces D
+                d, _ = self.ode.predict(u, s_prev)
+            u = combine(a, x, [(1 - a, d)])
+            if up > 0:  # path = W(s) - W(sigma_t), a Brownian motion in sigma
+                dw = self.noise(x) * math.sqrt(s_prev - s)
+                path = dw if path is None else path + dw
+                u = torch.add(u, path, alpha=up / math.sqrt(s_t - s))
+            s_prev = s
+        return u, denoised
