@@ -1,0 +1,58 @@
+"""Euler ancestral (k-diffusion's ``sample_euler_ancestral``): DDIM's eta family in VE form.
+
+ddim-math.md 2.3, E26: with nubar = eta * sigma_s * sqrt(sigma_t^2 - sigma_s^2) / sigma_t,
+
+    sigma_up   = min(nubar, sigma_s),     sigma_down = sqrt(sigma_s^2 - sigma_up^2)
+    xbar_s     = xbar_t + (sigma_down - sigma_t) * eps(xbar_t, sigma_t) + s_noise * sigma_up * z
+
+an Euler move to sigma_down followed by fresh noise of std sigma_up. For eta <= 1 this is DDIM's
+step (E18 divided by A_s; claim 6); the cap at sigma_s binds only for
+eta > sigma_t / sqrt(sigma_t^2 - sigma_s^2) > 1, where DDIM's radicand would be negative. On the
+step to sigma = 0, sigma_up = sigma_down = 0 and the output is the denoised estimate (E27).
+One model call per step; stochastic when eta > 0 and s_noise > 0 (the default eta = 1 is DDPM's
+posterior variance, E24). eta = 0 is deterministic Euler (= DDIM, order 1) and may invert.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .base import Solver
+
+
+class EulerAncestral(Solver):
+    """Euler ancestral (k-diffusion; DDIM eta in VE form, E26): 1 call/step, stochastic for eta > 0."""
+
+    name = "euler-ancestral"
+    order = 1
+    calls_per_step = 1
+
+    def __init__(self, *, eta: float = 1.0, s_noise: float = 1.0):
+        eta, s_noise = float(eta), float(s_noise)
+        if not (math.isfinite(eta) and eta >= 0):
+            raise ValueError(f"eta must be a finite number >= 0, got {eta}")
+        if not (math.isfinite(s_noise) and s_noise >= 0):
+            raise ValueError(f"s_noise must be a finite number >= 0, got {s_noise}")
+        self.eta, self.s_noise = eta, s_noise
+        self.stochastic = eta > 0 and s_noise > 0
+        self.invertible = not self.stochastic
+
+    def setup(self, ode, sigmas, noise):
+        super().setup(ode, sigmas, noise)
+        self.c_eps, self.c_noise = [], []
+        for s_t, s_s in zip(self.sigmas[:-1], self.sigmas[1:]):
+            up = 0.0
+            if s_s < s_t:  # no noise on upward (encoding) steps: pitfall 10
+                up = min(self.eta * s_s * math.sqrt(s_t**2 - s_s**2) / s_t, s_s)
+            down = math.sqrt(max(s_s**2 - up**2, 0.0))
+            self.c_eps.append(down - s_t)
+            self.c_noise.append(self.s_noise * up)
+
+    def step(self, i, x):
+        denoised, eps = self.ode.predict(x, self.sigmas[i])
+        if self.sigmas[i + 1] == 0:
+            return denoised, denoised  # E27
+        x_next = x + self.c_eps[i] * eps
+        if self.c_noise[i] > 0:
+            x_next = x_next + self.c_noise[i] * self.noise(x)
+        return x_next, denoised

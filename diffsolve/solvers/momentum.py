@@ -1,0 +1,92 @@
+"""Momentum samplers of Wizadwongsa et al. 2023 ("Diffusion Sampling with Momentum for Mitigating
+Divergence Artifacts", arXiv:2307.11118), on the sigma-form ODE (their eq. 2 = ddim-math.md E29).
+
+``plms-hb``: Polyak's heavy ball on PLMS (their eq. 14, Algorithm 1):
+
+    e_hat   = sum_{j<k} b^(k)_j eps_{n-j}          (Adams-Bashforth, k = min(n + 1, order))
+    v_{n+1} = (1 - beta) v_n + beta e_hat,          xbar_{n+1} = xbar_n + h_n v_{n+1}
+
+First order for beta < 1 (their Theorem 1); beta = 1 is AB with lower orders while history
+builds instead of PNDM's pseudo-RK warm-up, i.e. ``ipndm``.
+
+``ghvb``: generalized heavy ball (their eqs. 15-19, Algorithm 2): the moving average is taken
+before the Adams sum,
+
+    v_{n+1} = (1 - beta) v_n + beta eps_n,          xbar_{n+1} = xbar_n + h_n sum_{j<k} c_j(beta) v_{n+1-j}
+
+with c(beta) the backward-difference series of AB times (beta + (1 - beta) Delta), truncated
+after k terms and divided by beta (:func:`._multistep.ghvb_weights`; k = 2:
+((2 + beta) v_{n+1} - (2 - beta) v_n) / (2 beta)). Order k (their Theorem 2); the paper's
+"GHVB 3.8" is ``order=4, beta=0.8``; beta = 1 is Adams-Bashforth. Both start with v_0 = eps_0
+(the first step is Euler) and use lower orders while history builds, take one model call per
+step, use equal-step weights like PLMS (full order on grids uniform in sigma; as for ``ipndm`` the
+warm-up bounds the order by 2 as h -> 0) and need no model call at sigma = 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ._multistep import History, adams_bashforth, check_order, ghvb_weights
+from .base import Solver
+
+
+def _check(order, beta) -> float:
+    check_order(order)
+    beta = float(beta)
+    if not (math.isfinite(beta) and 0 < beta <= 1):
+        raise ValueError(f"beta (the damping coefficient) must be in (0, 1], got {beta}")
+    return beta
+
+
+class PLMSHeavyBall(Solver):
+    """PLMS with heavy-ball momentum (Wizadwongsa et al. 2023, eq. 14): order 1 for beta < 1, 1 call/step."""
+
+    name = "plms-hb"
+    order = 1
+    calls_per_step = 1
+
+    def __init__(self, *, order: int = 4, beta: float = 0.8):
+        self.beta = _check(order, beta)
+        self.ab_order = order
+        self.order = order if self.beta == 1 else 1
+
+    def setup(self, ode, sigmas, noise):
+        super().setup(ode, sigmas, noise)
+        ab = [adams_bashforth(k) for k in range(1, self.ab_order + 1)]
+        self.weights = [ab[min(i, self.ab_order - 1)] for i in range(len(self.sigmas) - 1)]
+        self.history = History(self.ab_order)
+        self.velocity = None
+
+    def step(self, i, x):
+        denoised, eps = self.ode.predict(x, self.sigmas[i])
+        self.history.push(eps)
+        e_hat = self.history.combine(self.weights[i])
+        v = e_hat if self.velocity is None else (1 - self.beta) * self.velocity + self.beta * e_hat
+        self.velocity = v
+        return x + (self.sigmas[i + 1] - self.sigmas[i]) * v, denoised
+
+
+class GHVB(Solver):
+    """Generalized heavy ball (Wizadwongsa et al. 2023, Alg. 2): order `order`, 1 call/step."""
+
+    name = "ghvb"
+    order = 4
+    calls_per_step = 1
+
+    def __init__(self, *, order: int = 4, beta: float = 0.8):
+        self.beta = _check(order, beta)
+        self.order = order
+
+    def setup(self, ode, sigmas, noise):
+        super().setup(ode, sigmas, noise)
+        table = [ghvb_weights(k, self.beta) for k in range(1, self.order + 1)]
+        self.coefs = [[(s_next - s) * w for w in table[min(i, self.order - 1)]]
+                      for i, (s, s_next) in enumerate(zip(self.sigmas[:-1], self.sigmas[1:]))]
+        self.history = History(self.order)
+
+    def step(self, i, x):
+        denoised, eps = self.ode.predict(x, self.sigmas[i])
+        v = eps if not len(self.history) else (1 - self.beta) * self.history.items[0] + self.beta * eps
+        self.history.push(v)
+        return x + self.history.combine(self.coefs[i]), denoised
