@@ -20,6 +20,11 @@ from .schedules import (
 )
 from .solvers.base import Solver
 from .wrapper import DiffusionODE, NonFiniteError, wrap
+from .inversion import ReversibleSample, invert_exact, reconstruction_error, sample_reversible
+from .interpolation import interpolate, lerp, slerp
+from .thresholding import clipping, dynamic_thresholding
+from .interop.diffusers import diffusers_grid, from_diffusers
+from .interop.k_diffusion import k_sampler
 
 __version__ = "0.1.0"
 
@@ -49,4 +54,26 @@ __all__ = [
     "UnknownNameError",
     "hookimpl",
     "__version__",
+    "ReversibleSample",
+    "sample_reversible",
+    "invert_exact",
+    "reconstruction_error",
+    "slerp",
+    "lerp",
+    "interpolate",
+    "clipping",
+    "dynamic_thresholding",
+    "from_diffusers",
+    "diffusers_grid",
+    "k_sampler",
 ]
+
+
+def __getattr__(name):
+    # DiffsolveScheduler imports diffusers (the optional extra): only when asked for, and
+    # it stays out of __all__ so that `from diffsolve import *` works without diffusers
+    if name == "DiffsolveScheduler":
+        from .interop.diffusers_scheduler import DiffsolveScheduler
+
+        return DiffsolveScheduler
+    raise AttributeError(f"module 'diffsolve' has no attribute {name!r}")

@@ -233,8 +233,14 @@ def reference_solution(ode: DiffusionODE, x_T: torch.Tensor, sigma_max: float, s
 
     if sigma_max > sigma_c:
         u = torch.tensor([math.log(sigma_max), math.log(sigma_c)], dtype=_F64)
-        xbar = odeint(f_log, xbar, u, rtol=rtol, atol=atol, method=method)[-1]
+        xbar = odeint(f_log, xbar, u, rtol=rtol, atol=atol, method=method, options=_land(u, method))[-1]
     if sigma_c > sigma_end:
         t = torch.tensor([sigma_c, sigma_end], dtype=_F64)
-        xbar = odeint(lambda s, y: ode.eps(y, float(s)), xbar, t, rtol=rtol, atol=atol, method=method)[-1]
+        xbar = odeint(lambda s, y: ode.eps(y, float(s)), xbar, t, rtol=rtol, atol=atol, method=method,
+                      options=_land(t, method))[-1]
     return ode.from_xbar(xbar, sigma_end)
+
+
+def _land(t: torch.Tensor, method: str) -> dict | None:
+    # adaptive torchdiffeq methods interpolate the end point unless told to step onto it
+    return {"step_t": t[1:]} if method in ("dopri5", "dopri8", "bosh3", "adaptive_heun") else None

@@ -264,7 +264,17 @@ def invert(
     The first step from sigma = 0 is one Euler (DDIM) step with eps evaluated on the
     clean input at the schedule's smallest level (ddim-math.md section 5); the
     solver takes every later step. Stochastic solvers are refused.
+
+    Given a :class:`~diffsolve.inversion.ReversibleSample` (from
+    :func:`diffsolve.sample_reversible`) instead of a tensor, the run that made it is undone
+    exactly (:func:`diffsolve.invert_exact`).
     """
+    from .inversion import ReversibleSample, _invert_state
+
+    if isinstance(x0, ReversibleSample):
+        return _invert_state(ode, x0, solver, steps, grid, sigmas, solver_options, callback=callback,
+                             progress=progress, return_trajectory=return_trajectory,
+                             check_finite=check_finite, grid_options=grid_options)
     sig = _resolve_sigmas(ode, steps, grid, sigmas, grid_options, increasing=True)
     s = make_solver(solver, **solver_options)
     if s.stochastic or not s.invertible:

@@ -183,8 +183,10 @@ class DiffusionODE:
         """One model call at (xbar, sigma): returns ``(denoised, eps)`` (E9-E17).
 
         ``sigma`` is a Python float (float64); the coefficients are formed in float64
-        and applied in the state's dtype. At sigma = 0 the model is evaluated at the
-        schedule's ``sigma_min`` (its smallest level) on the clean input.
+        and applied in the state's dtype. Outside the schedule's ``[sigma_min, sigma_max]``
+        the model is evaluated at the nearest end of its range and eps is held there: at
+        sigma = 0 (the first step of :func:`~diffsolve.invert`) that is the model's smallest
+        level on the clean input.
 
         With a ``denoised_transform`` (clipping, dynamic thresholding) the transformed D
         is returned with the eps that is consistent with it, eps = (xbar - D)/sigma, so the
@@ -199,18 +201,26 @@ class DiffusionODE:
         return denoised, (xbar - denoised) / float(sigma)
 
     def _predict(self, xbar: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
-        a = self.schedule.scale(sigma)
-        x_in = xbar * a if a != 1.0 else xbar
-        out = self._call(x_in, sigma)
+        # the model is evaluated inside its own range [sigma_min, sigma_max]; outside it, eps is
+        # held at its value at the nearest level and D stays on the ray D = xbar - sigma eps (E9),
+        # so no conversion divides by a sigma the model was not evaluated at
+        s = min(max(sigma, self.schedule.sigma_min), self.schedule.sigma_max)
+        a = self.schedule.scale(s)
+        out = self._call(xbar * a if a != 1.0 else xbar, s)
+        denoised, eps = self._convert(out, xbar, s, a)
+        if s != sigma:
+            denoised = torch.add(xbar, eps, alpha=-sigma) if sigma != 0 else xbar
+        return denoised, eps
+
+    def _convert(self, out: torch.Tensor, xbar: torch.Tensor, sigma: float, a: float):
+        """(denoised, eps) from the raw output at (xbar, sigma): the table of the module docstring."""
         p = self.prediction
         if p == "eps":
             return (torch.add(xbar, out, alpha=-sigma) if sigma != 0 else xbar), out
         if p == "x0":
             if sigma == 0:
-                s_eval = self.schedule.sigma_min
-                if s_eval <= 0:
-                    raise ValueError("an x0-prediction model gives no eps at sigma = 0 when the schedule's sigma_min is 0")
-                return out, (xbar - out) / s_eval
+                raise ValueError("an x0-prediction model gives no eps at sigma = 0 (its schedule's sigma_min is 0); "
+                                 "use a schedule with sigma_min > 0 or a grid that does not evaluate sigma = 0")
             return out, (xbar - out) / sigma
         if p == "v":
             r2 = 1.0 + sigma * sigma

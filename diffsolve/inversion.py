@@ -1,0 +1,208 @@
+"""Inversion: encoding data to x_T, exactly or approximately, and measuring the round trip.
+
+Two kinds of inversion live in diffsolve:
+
+* **Approximate** (:func:`diffsolve.invert`): the deterministic ODE run upward from data on
+  the reversed grid (ddim-math.md E42), with any deterministic solver. Encoding then decoding
+  leaves an error of the solver's order (claim 12); :func:`reconstruction_error` measures it.
+* **Exact** (this module): a *reversible* solver (class attribute ``reversible = True`` and a
+  method ``unstep(i, x_i, x_next) -> x_prev``, e.g. ``"bdia"``) can be walked back through the
+  very run that produced a sample. Its update needs two states, so undoing it needs the last
+  two: :func:`sample_reversible` returns them in a :class:`ReversibleSample`, and
+  :func:`invert_exact` (or :func:`diffsolve.invert` given that object) recovers x_T to rounding
+  error, with one model call per step but the first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .sampling import _resolve_sigmas, invert, make_solver, sample
+from .solvers.base import Solver
+from .wrapper import DiffusionODE, NonFiniteError
+
+__all__ = ["ReversibleSample", "sample_reversible", "invert_exact", "reconstruction_error"]
+
+
+@dataclass(frozen=True, eq=False)
+class ReversibleSample:
+    """A sample together with what undoing its run needs.
+
+    Attributes:
+        x: the sample (model space, the dtype of x_T): what :func:`diffsolve.sample` returns.
+        x_prev: the state one grid step before it (model space, at ``sigmas[-2]``).
+        sigmas: the decreasing float64 grid of the run.
+        solver: the (reversible) solver instance that made it, with its options.
+    """
+
+    x: torch.Tensor
+    x_prev: torch.Tensor
+    sigmas: torch.Tensor
+    solver: Solver
+    # the solver's own states (sigma form, state dtype): inverting from these avoids a
+    # round trip through the model's space
+    xbar: torch.Tensor = field(repr=False, default=None)
+    xbar_prev: torch.Tensor = field(repr=False, default=None)
+
+
+def _check_reversible(solver: Solver) -> None:
+    if not getattr(solver, "reversible", False) or not callable(getattr(solver, "unstep", None)):
+        raise ValueError(
+            f"solver {solver.name!r} is not reversible (it has no exact inverse); exact inversion needs "
+            "a solver with reversible = True and unstep(), e.g. 'bdia'. For approximate encoding use "
+            "diffsolve.invert(ode, x0, solver=...)"
+        )
+
+
+def sample_reversible(
+    ode: DiffusionODE,
+    x_T: torch.Tensor,
+    solver: str | type | Solver = "bdia",
+    steps: int | None = None,
+    grid: str | None = None,
+    sigmas: Sequence[float] | torch.Tensor | None = None,
+    *,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool = False,
+    check_finite: bool = True,
+    grid_options: dict[str, Any] | None = None,
+    **solver_options: Any,
+) -> ReversibleSample:
+    """:func:`diffsolve.sample` with a reversible solver, keeping the last two states.
+
+    ``result.x`` is the same tensor ``sample`` returns; pass the whole result to
+    :func:`invert_exact` (or :func:`diffsolve.invert`) to get x_T back.
+    """
+    s = make_solver(solver, **solver_options)
+    _check_reversible(s)
+    sig = _resolve_sigmas(ode, steps, grid, sigmas, grid_options, increasing=False)
+    x = sample(ode, x_T, s, sigmas=sig, callback=callback, progress=progress, check_finite=check_finite)
+    xbar, xbar_prev = s.last, s.prev
+    x_prev = ode.from_xbar(xbar_prev, float(sig[-2])).to(x.dtype)
+    return ReversibleSample(x=x, x_prev=x_prev, sigmas=sig, solver=s, xbar=xbar, xbar_prev=xbar_prev)
+
+
+def invert_exact(
+    ode: DiffusionODE,
+    state: ReversibleSample,
+    *,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool = False,
+    return_trajectory: bool = False,
+    check_finite: bool = True,
+):
+    """Undo the run that made ``state`` (from :func:`sample_reversible`): returns its x_T.
+
+    Walks the solver's exact inverse (``unstep``) from the last two states back up the same
+    grid: len(sigmas) - 2 model calls. The result equals the original x_T up to rounding
+    amplified by the method (BDIA: 1/g per step; see :mod:`diffsolve.solvers.bdia`), provided
+    ``ode`` is the model the sample was made with.
+    """
+    if not isinstance(state, ReversibleSample):
+        raise TypeError(f"invert_exact needs the ReversibleSample from sample_reversible, got {type(state).__name__}")
+    if not isinstance(ode, DiffusionODE):
+        raise TypeError(f"expected the ODE from diffsolve.wrap(...), got {type(ode).__name__}")
+    solver = state.solver
+    _check_reversible(solver)
+    sig = [float(s) for s in state.sigmas]
+    n = len(sig) - 1
+    out_dtype = state.x.dtype
+    state_dtype = torch.float32 if out_dtype in (torch.float16, torch.bfloat16) else out_dtype
+    x_next = state.xbar if state.xbar is not None else ode.to_xbar(state.x.to(state_dtype), sig[-1])
+    x = state.xbar_prev if state.xbar_prev is not None else ode.to_xbar(state.x_prev.to(state_dtype), sig[-2])
+
+    ode.input_dtype = out_dtype
+    ode._start_run()
+    solver.setup(ode, sig, _no_noise)
+    traj = [state.x] if return_trajectory else []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=max(n - 1, 0), desc=f"diffsolve {solver.name} inverse", unit="step")
+    try:
+        for i in range(n - 1, 0, -1):
+            ode.step_index = i
+            x_prev = solver.unstep(i, x, x_next)
+            if return_trajectory or callback is not None:
+                x_model = ode.from_xbar(x, sig[i])
+                if return_trajectory:
+                    traj.append(x_model.to(out_dtype))
+                if callback is not None:
+                    callback({"i": n - 1 - i, "sigma": sig[i + 1], "sigma_next": sig[i - 1],
+                              "x": ode.from_xbar(x_prev, sig[i - 1]), "xbar": x_prev, "nfe": ode.nfe})
+            x_next, x = x, x_prev
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+        ode.step_index = -1
+    out = ode.from_xbar(x, sig[0])
+    if check_finite and not bool(torch.isfinite(out).all()):
+        raise NonFiniteError(f"exact inversion with {solver.name!r} produced non-finite values "
+                             f"(the amplification of its inverse overflowed; gamma={getattr(solver, 'gamma', '?')})")
+    out = out.to(out_dtype)
+    if return_trajectory:
+        traj.append(out)
+        return out, traj
+    return out
+
+
+def _no_noise(like: torch.Tensor) -> torch.Tensor:  # pragma: no cover - reversible solvers draw none
+    raise RuntimeError("a reversible solver must not draw noise")
+
+
+def _invert_state(ode, state, solver, steps, grid, sigmas, solver_options, **kwargs):
+    """:func:`diffsolve.invert` given a ReversibleSample: check the arguments agree, then invert exactly."""
+    own = state.solver
+    if isinstance(solver, Solver):
+        ok = solver is own
+    elif isinstance(solver, str):
+        ok = solver in (own.name, "ddim")  # "ddim" is invert's default: the state decides
+    else:
+        ok = solver is type(own)
+    if not ok:
+        raise ValueError(f"this ReversibleSample was made by {own.name!r}; invert it with that solver "
+                         f"(or leave solver= out), not {solver!r}")
+    if solver_options:
+        raise ValueError(f"options {sorted(solver_options)} given with a ReversibleSample: it carries its solver's options")
+    grid_options = kwargs.pop("grid_options", None)
+    if steps is not None or grid is not None or sigmas is not None:
+        # invert's grid runs upward: compare it, flipped, with the run's own
+        sig = _resolve_sigmas(ode, steps, grid, sigmas, grid_options, increasing=True).flip(0)
+        if sig.shape != state.sigmas.shape or not torch.equal(sig, state.sigmas):
+            raise ValueError("the grid given to invert differs from the grid the ReversibleSample was made on; "
+                             "leave steps/grid/sigmas out to use its own")
+    return invert_exact(ode, state, **kwargs)
+
+
+def reconstruction_error(
+    ode: DiffusionODE,
+    x0: torch.Tensor,
+    solver: str | type | Solver = "ddim",
+    steps: int | None = None,
+    grid: str | None = None,
+    sigmas: Sequence[float] | torch.Tensor | None = None,
+    *,
+    norm: str = "max",
+    grid_options: dict[str, Any] | None = None,
+    **solver_options: Any,
+) -> torch.Tensor:
+    """Round-trip error of encoding then decoding ``x0`` with one solver on one grid.
+
+    Runs :func:`diffsolve.invert` (upward on the reversed grid) then :func:`diffsolve.sample`
+    (down the grid) and returns one number per sample: the largest absolute difference
+    (``norm="max"``, as in ddim-math.md claim 12) or the root-mean-square (``norm="rms"``).
+    ``sigmas``, when given, is the decreasing sampling grid.
+    """
+    if norm not in ("max", "rms"):
+        raise ValueError(f"norm={norm!r} is not known; allowed: max, rms")
+    sig = _resolve_sigmas(ode, steps, grid, sigmas, grid_options, increasing=False)
+    x_T = invert(ode, x0, solver, sigmas=sig.flip(0), **solver_options)
+    x_rec = sample(ode, x_T, solver, sigmas=sig, **solver_options)
+    diff = (x_rec.to(torch.float64) - x0.to(torch.float64)).reshape(x0.shape[0], -1)
+    return diff.abs().amax(dim=1) if norm == "max" else diff.pow(2).mean(dim=1).sqrt()

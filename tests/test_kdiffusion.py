@@ -1,0 +1,75 @@
+"""ds.k_sampler: every solver as a k-diffusion sampler, driven by a k-diffusion-convention denoiser."""
+
+import pytest
+import torch
+
+import diffsolve as ds
+from diffsolve.plugins import get_registry
+from diffsolve.problems import GaussianMixture
+
+MIX = GaussianMixture(torch.tensor([[1.0, -0.5, 0.0], [-0.8, 0.4, 0.3]]), [0.3, 0.5], shape=(3,))
+VE = ds.SigmaSchedule(0.002, 80.0, space="ve")
+
+
+def denoiser(x, sigma, **_):
+    """k-diffusion convention: x = x0 + sigma * noise, sigma one value per sample, returns D."""
+    assert sigma.shape == (x.shape[0],) and sigma.dtype == x.dtype
+    return MIX.denoised(x, sigma)
+
+
+def _setup(steps=8, seed=0):
+    sigmas = ds.grid("karras", VE, steps)
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(seed)) * sigmas[0]
+    return x, sigmas
+
+
+def test_ddim_sampler_is_k_diffusions_euler():
+    # k-diffusion's sample_euler with s_churn = 0 is E31: x <- x + (sigma_next - sigma) (x - D)/sigma
+    x, sigmas = _setup()
+    out = ds.k_sampler("ddim")(denoiser, x, sigmas)
+    ref = x.clone()
+    for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+        d = (ref - denoiser(ref, s * torch.ones(4))) / s
+        ref = ref + (s_next - s) * d
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+
+
+def _options(name):
+    # an x0 (denoiser) model is evaluated at sigma_min below it, so eps = (x - D)/sigma is stiff near
+    # sigma = 0: adaptive torchdiffeq steppers integrate in log-sigma there (ds.sample fails the same way)
+    return {"variable": "log-sigma"} if getattr(get_registry().solver(name), "adaptive", False) else {}
+
+
+@pytest.mark.parametrize("name", sorted(get_registry().solvers))
+def test_every_solver_as_a_k_sampler_equals_ds_sample_on_the_same_grid(name):
+    x, sigmas = _setup(steps=6, seed=1)
+    opts = _options(name)
+    out = ds.k_sampler(name, **opts)(denoiser, x, sigmas, generator=torch.Generator().manual_seed(5))
+    ref = ds.sample(MIX.ode(VE, prediction="x0"), x, name, sigmas=sigmas, generator=torch.Generator().manual_seed(5),
+                    **opts)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+
+
+def test_options_extra_args_and_callback_follow_k_diffusion():
+    x, sigmas = _setup(steps=5)
+    seen_kwargs, infos = [], []
+
+    def model(x_in, sigma, cond=None):
+        seen_kwargs.append(cond)
+        return denoiser(x_in, sigma)
+
+    sampler = ds.k_sampler("ddim", eta=1.0)
+    assert sampler.__name__ == "sample_ddim"
+    out = sampler(model, x, sigmas, extra_args={"cond": "c"}, callback=infos.append, disable=True,
+                  generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(out).all() and set(seen_kwargs) == {"c"}
+    assert [i["i"] for i in infos] == list(range(5))
+    assert set(infos[0]) == {"x", "i", "sigma", "sigma_hat", "denoised"}
+    assert float(infos[2]["sigma"]) == float(sigmas[2])
+
+
+def test_unknown_solver_or_option_fails_when_the_sampler_is_made():
+    with pytest.raises(ds.UnknownNameError, match="unknown solver 'nope'"):
+        ds.k_sampler("nope")
+    with pytest.raises(ValueError, match="eta must be"):
+        ds.k_sampler("ddim", eta=-1.0)
