@@ -66,3 +66,13 @@ def test_solver_lands_near_the_data_with_enough_steps(problem, name):
     out, _ = _run(problem, name, torch.float64, steps=50, batch=8)
     nearest = torch.cdist(out, problem.means).min(dim=1).values
     assert (nearest < 5 * problem.stds.max()).all()
+
+
+def test_solver_docs_page_is_generated_from_the_registry():
+    # docs/solvers.md is `diffsolve list --markdown`; regenerate it when a solver changes
+    from pathlib import Path
+
+    from diffsolve.cli import solvers_markdown
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "solvers.md"
+    assert page.read_text() == solvers_markdown(), "run: diffsolve list --markdown > docs/solvers.md"
