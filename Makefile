@@ -13,10 +13,14 @@ install:
 	$(PIP) install -q -e ".[test,bench]"
 
 demo: install
-	$(PYTHON) -m diffsolve demo
+	$(PYTHON) -m diffsolve bench
 
 test: install
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 test-thorough: install
 	DIFFSOLVE_HYPOTHESIS_PROFILE=thorough $(PYTHON) -m pytest $(PYTEST_ARGS)
+
+# Regenerates docs/benchmarks.md and docs/images/*.png (the full sweep with peers; several minutes).
+bench-docs: install
+	$(PYTHON) benchmarks/bench_docs.py

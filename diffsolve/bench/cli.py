@@ -1,0 +1,115 @@
+"""``diffsolve bench``: the NFE-vs-quality sweep from the shell (registered in :data:`diffsolve.cli.SUBCOMMANDS`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..cli import SUBCOMMANDS
+from .errors import BenchError
+from .harness import DEFAULTS
+
+
+def _list(kind):
+    def parse(text: str):
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"empty {kind} list")
+        return items
+    return parse
+
+
+def _ints(kind):
+    def parse(text: str):
+        out = []
+        for part in (t.strip() for t in text.split(",") if t.strip()):
+            try:
+                if "-" in part[1:]:
+                    a, b = part.split("-", 1)
+                    out.extend(range(int(a), int(b) + 1))
+                else:
+                    out.append(int(part))
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{kind} must be integers like 5,10,20 or ranges like 0-3, got {text!r}")
+        if not out:
+            raise argparse.ArgumentTypeError(f"empty {kind} list")
+        return out
+    return parse
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.description = ("NFE-vs-quality benchmark: every solver x grid x NFE x seed on analytic problems (exact eps) "
+                     "and a trained model; table, CSV/JSON and plots in --out. Reruns resume.")
+    p.add_argument("--problem", type=_list("problem"), default=None,
+                   help=f"comma list of problems (default {','.join(DEFAULTS['problems'])}; see `diffsolve bench --list`)")
+    p.add_argument("--solvers", type=_list("solver"), default=None,
+                   help="comma list of registered solvers (options after colons: ddim:eta=1) or peers "
+                        "(diffusers:ddim, ...); default: every registered solver")
+    p.add_argument("--grids", type=_list("grid"), default=None, help=f"default {','.join(DEFAULTS['grids'])}")
+    p.add_argument("--nfe", type=_ints("NFE"), default=None, help=f"default {','.join(map(str, DEFAULTS['nfe']))}")
+    p.add_argument("--seeds", type=_ints("seeds"), default=None, help="x_T seeds, e.g. 0,1 or 0-3 (default 0)")
+    p.add_argument("--samples", type=int, default=None, help="samples per cell (default: per problem)")
+    p.add_argument("--out", default="bench-results", help="output folder (default ./bench-results)")
+    p.add_argument("--model", default=None, metavar="PKG.MODULE:FACTORY",
+                   help="a user model: factory() returns a ModelProblem, a DiffusionODE or model(x, t)")
+    p.add_argument("--schedule", default="linear", help="schedule of a plain --model callable "
+                   "(linear, scaled_linear, squaredcos_cap_v2)")
+    p.add_argument("--prediction", default="eps", help="what a plain --model callable predicts (eps, x0, v, ...)")
+    p.add_argument("--shape", default=None, help="shape of one sample of --model, e.g. 3,32,32")
+    p.add_argument("--peers", action="store_true", help="also run diffusers' schedulers (and k-diffusion if installed)")
+    p.add_argument("--fresh", action="store_true", help="recompute cells already on disk (default: resume)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default=None, help="default: per problem")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--cache", default=None, help="reference cache folder (default OUT/references)")
+    p.add_argument("--ref-tol", type=float, default=1e-10)
+    p.add_argument("--overhead", action="store_true",
+                   help="also time per-step overhead side by side (1x64 and 256x3x32x32, float32)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: stable timings; small problems gain nothing from more)")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--list", action="store_true", help="list problems, solvers, grids and peers, then exit")
+
+
+def handle(args: argparse.Namespace) -> int:
+    from ..sampling import grids, solvers
+    from . import peers
+    from .harness import run_bench
+    from .problems import bench_problem_names, load_model_problem
+
+    if args.list:
+        print("problems:", ", ".join(bench_problem_names()))
+        print("solvers: ", ", ".join(solvers()))
+        print("grids:   ", ", ".join(grids()))
+        print("peers:   ", ", ".join(peers.available_peers()) or "none installed (pip install 'diffsolve[peers]')")
+        return 0
+    if args.threads < 1:
+        print(f"diffsolve bench: error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+        return 2
+    import torch
+
+    torch.set_num_threads(args.threads)
+    try:
+        problems = list(args.problem) if args.problem else ([] if args.model else None)
+        if args.model:
+            shape = None
+            if args.shape:
+                try:
+                    shape = tuple(int(s) for s in args.shape.split(","))
+                except ValueError:
+                    raise BenchError(f"--shape {args.shape!r}: expected integers like 3,32,32") from None
+            problems.append(load_model_problem(args.model, schedule=args.schedule, prediction=args.prediction,
+                                               shape=shape, samples=args.samples))
+        run_bench(problems, args.solvers, args.grids, args.nfe, args.seeds, out=args.out, peers_=args.peers,
+                  samples=args.samples, dtype=args.dtype, device=args.device, resume=not args.fresh,
+                  progress=not args.quiet, cache=args.cache, ref_tol=args.ref_tol, overhead=args.overhead,
+                  plots=not args.no_plots)
+    except BenchError as exc:
+        print(f"diffsolve bench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+SUBCOMMANDS["bench"] = (configure, handle)

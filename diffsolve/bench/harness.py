@@ -1,0 +1,482 @@
+"""The sweep: cells = problem x solver x grid x NFE x seed, run, measured, saved one by one.
+
+For each cell the harness
+
+1. picks the step count: ``steps = NFE // calls_per_step``, checked by counting the calls of
+   a dry run with a zero-cost model and lowered (or raised) to the largest count whose real
+   NFE fits the budget; a cell whose real NFE differs from the target is marked
+   ``nfe_exact = False``, and one with no step count that fits is ``unreachable``;
+2. samples the problem from the seed's x_T (noise for stochastic solvers from a generator
+   seeded separately), counting model calls, timing the run and recording peak memory;
+3. measures framework overhead: the same run with a zero-cost model, best of a few;
+4. scores the samples: RMSE to the cached reference (deterministic solvers only) and the
+   problem's distribution metrics (every solver);
+5. writes the cell's row at once (atomically), so an interrupted sweep resumes where it stopped.
+
+Under ``torchrun`` the cells are dealt round-robin to the ranks and the rows gathered on rank 0.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from ..plugins.registry import UnknownNameError
+from ..sampling import grid as make_grid
+from ..sampling import grids as grid_names
+from ..sampling import make_solver, sample
+from ..sampling import solvers as solver_names
+from ..solvers.base import Solver
+from ..wrapper import DiffusionODE
+from . import dist, peers
+from .errors import BenchError
+from .measure import PeakMemory, ZeroModel, timed
+from .problems import BenchProblem, get_bench_problem
+from .reference import ReferenceCache
+from .store import CellStore, cell_key
+
+__all__ = ["SolverSpec", "parse_solver", "run_bench", "BenchResult", "DEFAULTS", "ROW_FIELDS", "TIMING_FIELDS"]
+
+FORMAT_VERSION = 1
+_F64 = torch.float64
+
+DEFAULTS: dict[str, Any] = {
+    "problems": ["gmm2d", "mlp-spiral"],
+    "grids": ["trailing", "karras", "logsnr"],
+    "nfe": [5, 6, 8, 10, 15, 20],
+    "seeds": [0],
+}
+#: the quick default sweep's solvers (those registered); ``solvers="all"`` takes every registered one
+DEFAULT_SOLVERS = ["ddim", "euler-ancestral", "heun", "dpmpp-2m", "dpmpp-3m", "unipc", "deis", "ipndm"]
+
+#: columns of results.csv, in order
+ROW_FIELDS = [
+    "problem", "solver", "grid", "nfe_target", "seed", "status", "nfe", "steps", "nfe_exact", "stochastic",
+    "peer", "rmse", "ref_err", "nll_gap", "sw", "wall_s", "overhead_us_per_step", "peak_mem_bytes", "mem_source",
+    "sigma_start", "sigma_end", "samples", "dtype", "device", "message",
+]
+#: columns that depend on the machine's speed (left out when comparing runs)
+TIMING_FIELDS = ("wall_s", "overhead_us_per_step", "peak_mem_bytes")
+
+
+# -- solver specs ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SolverSpec:
+    """A solver of the sweep: a registered name with options (``ddim:eta=1``), a Solver class, or a peer."""
+
+    label: str
+    name: str | None = None
+    cls: type | None = None
+    options: tuple[tuple[str, Any], ...] = ()
+    peer: str | None = None
+
+    @property
+    def solver(self):
+        return self.cls if self.cls is not None else self.name
+
+    @property
+    def calls_per_step(self) -> int:
+        if self.peer is not None:
+            return 1
+        return int(getattr(self.cls, "calls_per_step", 1))
+
+    def instance(self) -> Solver:
+        return make_solver(self.solver, **dict(self.options))
+
+
+def _literal(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_solver(spec) -> SolverSpec:
+    """``"ddim"``, ``"ddim:eta=1"`` (options after colons), a Solver subclass, or a peer label."""
+    if isinstance(spec, SolverSpec):
+        return spec
+    if isinstance(spec, type) and issubclass(spec, Solver):
+        return SolverSpec(label=spec.name or spec.__name__, cls=spec)
+    if not isinstance(spec, str) or not spec:
+        raise BenchError(f"a solver must be a name or a Solver subclass, got {spec!r}")
+    if spec in peers.PEERS:
+        if spec not in peers.available_peers():
+            lib = peers.PEERS[spec].library
+            raise BenchError(f"peer {spec!r} needs {lib}, which is not installed "
+                             f"(pip install {'diffusers' if lib == 'diffusers' else 'k-diffusion'})")
+        return SolverSpec(label=spec, peer=spec)
+    name, *opts = spec.split(":")
+    known = solver_names()
+    if name not in known:
+        raise BenchError(f"unknown solver {name!r}; known solvers: {', '.join(known)}; "
+                         f"peers: {', '.join(peers.PEERS)}")
+    options = []
+    for o in opts:
+        if "=" not in o:
+            raise BenchError(f"solver {spec!r}: option {o!r} must look like key=value (e.g. ddim:eta=1)")
+        k, v = o.split("=", 1)
+        options.append((k, _literal(v)))
+    from ..plugins.registry import get_registry
+
+    cls = get_registry().solver(name)
+    s = SolverSpec(label=spec, name=name, cls=cls, options=tuple(options))
+    try:
+        s.instance()
+    except (ValueError, TypeError) as exc:
+        raise BenchError(f"solver {spec!r}: {exc}") from None
+    return s
+
+
+# -- configuration ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Cell:
+    problem: str
+    solver: str
+    grid: str
+    nfe: int
+    seed: int
+
+
+@dataclass
+class BenchResult:
+    rows: list[dict]
+    out: Path
+    computed: int = 0
+    skipped: int = 0
+    files: dict[str, Path] = field(default_factory=dict)
+    overhead: list[dict] = field(default_factory=list)
+
+
+def _as_list(value, what: str) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (str, int, type, BenchProblem, SolverSpec)):
+        value = [value]
+    return list(value)
+
+
+def _resolve_problems(problems, samples) -> dict[str, BenchProblem]:
+    out: dict[str, BenchProblem] = {}
+    for p in _as_list(problems, "problem"):
+        prob = p if isinstance(p, BenchProblem) else get_bench_problem(str(p), samples)
+        if samples and isinstance(p, BenchProblem):
+            prob.samples = samples
+        out[prob.name] = prob
+    if not out:
+        raise BenchError("no problem given")
+    return out
+
+
+def _resolve_grids(grids) -> list[str]:
+    known = grid_names()
+    out = []
+    for g in _as_list(grids, "grid"):
+        if g not in known:
+            raise BenchError(f"unknown grid {g!r}; known grids: {', '.join(known)}")
+        out.append(g)
+    if not out:
+        raise BenchError("no grid given")
+    return out
+
+
+def _resolve_nfe(nfe, specs: list[SolverSpec]) -> list[int]:
+    values = _as_list(nfe, "nfe")
+    if not values:
+        raise BenchError("no NFE given")
+    for n in values:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise BenchError(f"NFE must be integers >= 1, got {n!r}")
+    for n in values:
+        if not any(s.calls_per_step <= n for s in specs):
+            needs = ", ".join(f"{s.label} needs >= {s.calls_per_step}" for s in specs)
+            raise BenchError(f"NFE {n} cannot be reached by any requested solver ({needs} model calls)")
+    return sorted(set(values))
+
+
+def _resolve_seeds(seeds) -> list[int]:
+    values = _as_list(seeds, "seed") or [0]
+    for s in values:
+        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+            raise BenchError(f"seeds must be integers >= 0, got {s!r}")
+    return sorted(set(values))
+
+
+# -- running one cell ---------------------------------------------------------------------------------
+class _Context:
+    def __init__(self, problems, specs, dtype, device, refs, overhead_repeats):
+        self.problems = problems
+        self.specs = {s.label: s for s in specs}
+        self.dtype_override = dtype
+        self.device = device
+        self.refs = refs
+        self.overhead_repeats = overhead_repeats
+        self._steps: dict = {}
+
+    def dtype(self, problem: BenchProblem) -> torch.dtype:
+        return self.dtype_override or problem.dtype
+
+    def zero_ode(self, ode: DiffusionODE) -> DiffusionODE:
+        return DiffusionODE(ZeroModel(), ode.schedule, prediction=ode.prediction, time=ode.time,
+                            time_dtype=ode.time_dtype)
+
+    def steps_for(self, spec: SolverSpec, problem: BenchProblem, grid: str, nfe: int) -> tuple[int, int] | None:
+        """``(steps, real NFE)`` of the largest run that fits ``nfe`` model calls, or None."""
+        key = (spec.label, repr(problem.schedule), getattr(problem.schedule, "num_steps", 0), grid, nfe)
+        if key in self._steps:
+            return self._steps[key]
+        ode = problem.reference_ode()
+        zero = self.zero_ode(ode)
+        x = torch.zeros(1, *problem.shape, dtype=_F64)
+
+        def count(steps: int) -> int:
+            sig = make_grid(grid, problem.schedule, steps)
+            zero.nfe = 0
+            sample(zero, x, spec.instance(), sigmas=sig, generator=torch.Generator().manual_seed(0), check_finite=False)
+            return zero.nfe
+
+        steps = nfe // spec.calls_per_step
+        result = None
+        if steps >= 1:
+            try:
+                calls = count(steps)
+                while calls > nfe and steps > 1:
+                    steps -= 1
+                    calls = count(steps)
+                if calls <= nfe:
+                    result = (steps, calls)
+                    for _ in range(3):  # a solver with fewer calls than steps * calls_per_step
+                        more = count(steps + 1)
+                        if more > nfe:
+                            break
+                        steps, calls = steps + 1, more
+                        result = (steps, calls)
+            except ValueError:  # the grid refuses this step count: reported by the real run
+                result = (steps, steps * spec.calls_per_step)
+        self._steps[key] = result
+        return result
+
+
+def _base_row(cell: Cell, problem: BenchProblem, dtype, device) -> dict:
+    row = {k: None for k in ROW_FIELDS}
+    row.update(problem=cell.problem, solver=cell.solver, grid=cell.grid, nfe_target=cell.nfe, seed=cell.seed,
+               samples=problem.samples, dtype=str(dtype).replace("torch.", ""), device=str(device), message="")
+    return row
+
+
+def _score(row, problem, out, x_T, ctx, seed, stochastic):
+    out64 = out.detach().to(_F64).cpu()
+    if not torch.isfinite(out64).all():
+        row.update(status="error", message="non-finite samples")
+        return row
+    if not stochastic:
+        ref, err = ctx.refs.get(problem, x_T, row["sigma_start"], row["sigma_end"], seed)
+        row["rmse"] = float((out64 - ref).pow(2).mean().sqrt())
+        row["ref_err"] = err
+    row.update(problem.metrics(out64))
+    return row
+
+
+def run_cell(cell: Cell, ctx: _Context) -> dict:
+    problem = ctx.problems[cell.problem]
+    spec = ctx.specs[cell.solver]
+    dtype, device = ctx.dtype(problem), ctx.device
+    row = _base_row(cell, problem, dtype, device)
+    x_T = problem.x_T(cell.seed, problem.samples)
+    if spec.peer is not None:
+        return _run_peer_cell(row, cell, problem, spec, x_T, dtype, ctx)
+    try:
+        fit = ctx.steps_for(spec, problem, cell.grid, cell.nfe)
+        if fit is None:
+            row.update(status="unreachable", peer=False,
+                       message=f"{spec.label} needs at least {spec.calls_per_step} calls per step")
+            return row
+        steps = fit[0]
+        solver = spec.instance()
+        sig = make_grid(cell.grid, problem.schedule, steps)
+        ode = problem.ode(dtype, device)
+        x_in = (x_T * problem.x_T_scale(float(sig[0]))).to(device=device, dtype=dtype)
+        gen = torch.Generator(device=device).manual_seed(1_000_003 + cell.seed)
+        n0 = ode.nfe
+        with PeakMemory(device) as mem:
+            out, wall = timed(lambda: sample(ode, x_in, solver, sigmas=sig, generator=gen), device)
+        nfe = ode.nfe - n0
+        # framework overhead: the same run with a zero-cost model, best of a few
+        zero = ctx.zero_ode(ode)
+        best = math.inf
+        for _ in range(ctx.overhead_repeats):
+            s = spec.instance()
+            _, t = timed(lambda: sample(zero, x_in, s, sigmas=sig, generator=torch.Generator(device=device).manual_seed(0),
+                                        check_finite=False), device)
+            best = min(best, t)
+        row.update(status="ok", nfe=nfe, steps=steps, nfe_exact=nfe == cell.nfe, stochastic=bool(solver.stochastic),
+                   peer=False, wall_s=wall, overhead_us_per_step=best / steps * 1e6, peak_mem_bytes=mem.bytes,
+                   mem_source=mem.source, sigma_start=float(sig[0]), sigma_end=float(sig[-1]))
+        return _score(row, problem, out, x_in.to(_F64).cpu(), ctx, cell.seed, bool(solver.stochastic))
+    except (ValueError, TypeError, RuntimeError, FloatingPointError) as exc:
+        row.update(status="error", peer=False, message=f"{type(exc).__name__}: {exc}")
+        return row
+
+
+def _run_peer_cell(row, cell, problem, spec, x_T, dtype, ctx) -> dict:
+    row["peer"] = True
+    row["stochastic"] = False
+    if str(ctx.device) != "cpu":
+        row.update(status="error", message="peers run on the CPU only")
+        return row
+    try:
+        with PeakMemory("cpu") as mem:
+            run, wall = timed(lambda: peers.run_peer(spec.peer, problem, x_T, cell.grid, cell.nfe, dtype))
+        if run is None:
+            row.update(status="unreachable", message=f"{spec.label} cannot run with {cell.nfe} model calls")
+            return row
+        best = math.inf
+        for _ in range(ctx.overhead_repeats):
+            _, t = timed(lambda: peers.run_peer(spec.peer, problem, x_T, cell.grid, cell.nfe, dtype, model=ZeroModel()))
+            best = min(best, t)
+        row.update(status="ok", nfe=run.nfe, steps=run.steps, nfe_exact=run.nfe == cell.nfe, wall_s=wall,
+                   overhead_us_per_step=best / run.steps * 1e6, peak_mem_bytes=mem.bytes, mem_source=mem.source,
+                   sigma_start=run.sigma_start, sigma_end=run.sigma_end)
+        if run.sigma_end != 0:
+            row["message"] = f"ends at sigma={run.sigma_end:.4g}, not 0; RMSE vs the reference at that sigma"
+        return _score(row, problem, run.x0, x_T, ctx, cell.seed, False)
+    except (ValueError, TypeError, RuntimeError, FloatingPointError, IndexError) as exc:
+        row.update(status="error", message=f"{type(exc).__name__}: {exc}")
+        return row
+
+
+# -- the sweep ----------------------------------------------------------------------------------------
+def _cells(problems, specs, grids, nfes, seeds) -> list[Cell]:
+    cells = []
+    for p in problems:
+        for spec in specs:
+            gs = peers.peer_grids(spec.peer, grids) if spec.peer else grids
+            for g in gs:
+                for n in nfes:
+                    for s in seeds:
+                        cells.append(Cell(p, spec.label, g, n, s))
+    return cells
+
+
+def run_bench(
+    problems: Sequence[str | BenchProblem] | str | None = None,
+    solvers: Sequence[str | type] | str | None = None,
+    grids: Sequence[str] | str | None = None,
+    nfe: Sequence[int] | int | None = None,
+    seeds: Sequence[int] | int | None = None,
+    *,
+    out: str | Path = "bench-results",
+    peers_: bool = False,
+    samples: int | None = None,
+    dtype: str | torch.dtype | None = None,
+    device: str = "cpu",
+    resume: bool = True,
+    progress: bool = True,
+    cache: str | Path | None = None,
+    ref_tol: float = 1e-10,
+    ref_target: float = 1e-7,
+    overhead_repeats: int = 2,
+    overhead: bool = False,
+    reports: bool = True,
+    plots: bool = True,
+    log=print,
+) -> BenchResult:
+    """Run a sweep and write its reports into ``out``; see :mod:`diffsolve.bench` for the parts.
+
+    ``solvers=None`` takes the registered ones of :data:`DEFAULT_SOLVERS`, ``"all"`` every registered solver; ``peers_=True`` adds every installed peer.
+    ``resume=False`` recomputes cells already on disk. Returns the rows of this sweep's cells
+    (on rank 0 under torchrun: all ranks' rows; elsewhere: the rank's own).
+    """
+    from . import report
+
+    problems = _resolve_problems(problems if problems is not None else DEFAULTS["problems"], samples)
+    raw_specs = _as_list(solvers, "solver")
+    if raw_specs == ["all"]:
+        raw_specs = solver_names()
+    elif not raw_specs:
+        raw_specs = [s for s in DEFAULT_SOLVERS if s in solver_names()] or solver_names()
+    specs = [parse_solver(s) for s in raw_specs]
+    if peers_:
+        avail = peers.available_peers()
+        if not avail:
+            log("--peers: no peer library installed (pip install 'diffsolve[peers]' for diffusers)")
+        specs += [parse_solver(p) for p in avail if p not in {s.label for s in specs}]
+    labels = [s.label for s in specs]
+    if len(set(labels)) != len(labels):
+        raise BenchError(f"a solver is listed twice: {', '.join(labels)}")
+    grids = _resolve_grids(grids if grids is not None else DEFAULTS["grids"])
+    nfes = _resolve_nfe(nfe if nfe is not None else DEFAULTS["nfe"], specs)
+    seeds = _resolve_seeds(seeds if seeds is not None else DEFAULTS["seeds"])
+    if isinstance(dtype, str):
+        if dtype not in ("float32", "float64"):
+            raise BenchError(f"unknown dtype {dtype!r}; choices: float32, float64")
+        dtype = getattr(torch, dtype)
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise BenchError(f"device {device!r} asked for, but CUDA is not available; choices: cpu")
+
+    rank, world = dist.setup(device)
+    if world > 1 and str(device).startswith("cuda"):
+        device = f"cuda:{dist.local_rank()}"
+    out = Path(out)
+    refs = ReferenceCache(Path(cache) if cache else out / "references", tol=ref_tol, target=ref_target)
+    store = CellStore(out, {"format": FORMAT_VERSION, "ref_tol": ref_tol, "ref_target": ref_target})
+    ctx = _Context(problems, specs, dtype, device, refs, overhead_repeats)
+    cells = _cells(list(problems), specs, grids, nfes, seeds)
+
+    def key(c: Cell) -> str:
+        p = problems[c.problem]
+        return cell_key([p.fingerprint(), c.solver, c.grid, c.nfe, c.seed, p.samples, ctx.dtype(p), ctx.device])
+
+    mine = cells[rank::world]
+    todo = [c for c in mine if not (resume and store.done(key(c)))]
+    computed, skipped = 0, len(mine) - len(todo)
+    if rank == 0 and skipped:
+        log(f"resuming: {skipped} of {len(mine)} cells already done in {store.folder}")
+    bar = None
+    if progress and rank == 0 and todo:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc="bench", unit="cell", file=sys.stderr)
+    t0 = time.perf_counter()
+    try:
+        for c in todo:
+            if bar is not None:
+                bar.set_postfix_str(f"{c.problem} {c.solver} {c.grid} NFE {c.nfe}", refresh=False)
+            row = run_cell(c, ctx)
+            store.save(key(c), row)
+            computed += 1
+            if bar is not None:
+                bar.update(1)
+    except KeyboardInterrupt:
+        if bar is not None:
+            bar.close()
+        log(f"interrupted: {computed} new cells saved in {store.folder}; run the same command again to resume")
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    rows_mine = [store.load(key(c)) for c in mine]
+    missing = [c for c, r in zip(mine, rows_mine) if r is None]
+    for c in missing:  # a damaged file: compute again
+        r = run_cell(c, ctx)
+        store.save(key(c), r)
+        rows_mine[mine.index(c)] = r
+        computed += 1
+    rows = dist.gather_rows(rows_mine, cells, rank, world)
+    result = BenchResult(rows=rows, out=out, computed=computed, skipped=skipped)
+    if rank == 0:
+        if overhead:
+            from .overhead import measure_overhead
+
+            result.overhead = measure_overhead(solvers=[s for s in specs if s.peer is None], log=log)
+        if reports:
+            result.files = report.write_reports(result, problems, plots=plots, log=log)
+        log(report.summary(result, problems, time.perf_counter() - t0))
+    dist.teardown()
+    return result

@@ -1,0 +1,212 @@
+"""Peers: other libraries' samplers run on the same problem, x_T and end point (``--peers``).
+
+* diffusers schedulers (optional extra ``diffsolve[peers]``), each configured explicitly:
+  the schedule's own betas (``trained_betas``), ``timestep_spacing="trailing"`` (the
+  same levels as diffsolve's ``trailing`` grid), ``clip_sample=False``, and the final
+  sigma 0 where the scheduler offers it (``set_alpha_to_one=True`` for DDIM,
+  ``final_sigmas_type="zero"``). DEIS offers no zero end point: it stops at the
+  schedule's smallest level, and its RMSE is taken against the reference at that
+  end point (the table marks it). diffusers' DDIM steps to ``t - T // S``, so when S
+  does not divide T its levels (and end point) differ from the trailing grid's.
+* k-diffusion samplers, when k-diffusion is installed: they take an explicit sigma
+  list, so they run on every diffsolve grid, with k-diffusion's own
+  ``DiscreteEpsDDPMDenoiser`` wrapper (no quantisation).
+
+Every peer's model calls are counted by a wrapper around the raw model.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..schedules import DiscreteSchedule
+
+__all__ = ["PEERS", "available_peers", "run_peer", "PeerRun", "diffusers_scheduler"]
+
+_PREDICTION_TYPE = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
+
+
+@dataclass
+class PeerRun:
+    x0: torch.Tensor  # final state, model space
+    nfe: int
+    steps: int
+    sigma_start: float
+    sigma_end: float
+
+
+@dataclass(frozen=True)
+class Peer:
+    label: str
+    library: str  # "diffusers" or "k-diffusion"
+    target: str  # class or function name in that library
+    #: True for schedulers whose state is xbar (the VE form): Euler, Heun
+    ve_state: bool = False
+    #: model calls for S steps (k-diffusion samplers; diffusers' are counted from its timesteps)
+    calls: Callable[[int], int] = lambda s: s
+
+
+def _heun_calls(s: int) -> int:
+    return 2 * s - 1
+
+
+PEERS: dict[str, Peer] = {p.label: p for p in [
+    Peer("diffusers:ddim", "diffusers", "DDIMScheduler"),
+    Peer("diffusers:dpmpp-2m", "diffusers", "DPMSolverMultistepScheduler"),
+    Peer("diffusers:unipc", "diffusers", "UniPCMultistepScheduler"),
+    Peer("diffusers:euler", "diffusers", "EulerDiscreteScheduler", ve_state=True),
+    Peer("diffusers:heun", "diffusers", "HeunDiscreteScheduler", ve_state=True),
+    Peer("diffusers:deis", "diffusers", "DEISMultistepScheduler"),
+    Peer("k-diffusion:euler", "k-diffusion", "sample_euler"),
+    Peer("k-diffusion:heun", "k-diffusion", "sample_heun", calls=_heun_calls),
+    Peer("k-diffusion:dpmpp-2m", "k-diffusion", "sample_dpmpp_2m"),
+    Peer("k-diffusion:lms", "k-diffusion", "sample_lms"),
+]}
+
+
+def _importable(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def available_peers() -> list[str]:
+    """Labels of the peers whose library is installed."""
+    have = {"diffusers": _importable("diffusers"), "k-diffusion": _importable("k_diffusion")}
+    return [label for label, p in PEERS.items() if have[p.library]]
+
+
+def peer_grids(label: str, grids: list[str]) -> list[str]:
+    """The grids a peer runs on: diffusers' own trailing spacing, or every grid for k-diffusion."""
+    return ["trailing"] if PEERS[label].library == "diffusers" else list(grids)
+
+
+def _check_problem(problem) -> tuple[DiscreteSchedule, Callable, str, torch.dtype]:
+    sched = problem.schedule
+    model, prediction, time = problem.raw_model(problem.dtype)
+    if not isinstance(sched, DiscreteSchedule) or time != "index" or prediction not in _PREDICTION_TYPE:
+        raise ValueError(f"peers need a discrete-index model predicting eps, x0 or v; {problem.name!r} has "
+                         f"schedule {type(sched).__name__}, time={time!r}, prediction={prediction!r}")
+    return sched, model, prediction, problem.ode(problem.dtype).time_dtype
+
+
+def diffusers_scheduler(label: str, sched: DiscreteSchedule, prediction: str = "eps"):
+    """A diffusers scheduler configured explicitly for the same schedule and end point."""
+    import diffusers
+
+    peer = PEERS[label]
+    abar = sched.alphas_cumprod
+    betas = torch.cat([1 - abar[:1], 1 - abar[1:] / abar[:-1]])
+    common = dict(num_train_timesteps=sched.num_steps, trained_betas=betas.tolist(),
+                  prediction_type=_PREDICTION_TYPE[prediction], timestep_spacing="trailing", steps_offset=0)
+    extra = {
+        "DDIMScheduler": dict(clip_sample=False, set_alpha_to_one=True, thresholding=False),
+        "DPMSolverMultistepScheduler": dict(algorithm_type="dpmsolver++", solver_order=2, lower_order_final=True,
+                                            final_sigmas_type="zero", thresholding=False),
+        "UniPCMultistepScheduler": dict(solver_order=2, final_sigmas_type="zero", thresholding=False),
+        "EulerDiscreteScheduler": dict(final_sigmas_type="zero"),
+        "HeunDiscreteScheduler": dict(clip_sample=False),
+        "DEISMultistepScheduler": dict(solver_order=2, thresholding=False),
+    }[peer.target]
+    return getattr(diffusers, peer.target)(**common, **extra)
+
+
+def _nearest_level(sched: DiscreteSchedule, sigma: float) -> float:
+    """The float64 level of ``sched`` closest to a (float32) sigma a peer reports; 0 stays 0."""
+    if sigma == 0:
+        return 0.0
+    i = int(torch.argmin((sched.log_sigmas - math.log(sigma)).abs()))
+    return float(sched.sigmas[i])
+
+
+class _Counter:
+    def __init__(self, model, batch, time_dtype):
+        self.model, self.batch, self.time_dtype, self.calls = model, batch, time_dtype, 0
+
+    def __call__(self, x, t, **kw):
+        self.calls += 1
+        t = torch.as_tensor(t).to(device=x.device, dtype=self.time_dtype).reshape(-1)
+        if t.numel() == 1:
+            t = t.expand(x.shape[0])
+        return self.model(x, t, **kw)
+
+
+def _diffusers_steps(scheduler, nfe: int) -> int:
+    """Largest step count whose timestep list (one model call each) fits in ``nfe``."""
+    steps = nfe
+    while steps >= 1:
+        scheduler.set_timesteps(steps)
+        if len(scheduler.timesteps) <= nfe:
+            return steps
+        steps -= 1
+    return 0
+
+
+def run_peer(label: str, problem, x_T: torch.Tensor, grid: str, nfe: int, dtype: torch.dtype,
+             model=None) -> PeerRun | None:
+    """Run peer ``label`` from ``x_T`` (model space) with at most ``nfe`` model calls.
+
+    Returns None when ``nfe`` is too small for the peer. ``model`` replaces the problem's
+    raw model (the overhead benchmark passes a zero-cost one). torch's default dtype is
+    set to ``dtype`` meanwhile: peers make internal tensors in the default dtype.
+    """
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # numpy 2 notices inside diffusers
+            return _run_peer(label, problem, x_T, grid, nfe, dtype, model)
+    finally:
+        torch.set_default_dtype(old)
+
+
+def _run_peer(label, problem, x_T, grid, nfe, dtype, model):
+    peer = PEERS[label]
+    sched, raw, prediction, time_dtype = _check_problem(problem)
+    counter = _Counter(model if model is not None else raw, x_T.shape[0], time_dtype)
+    x_T = x_T.to(dtype)
+    if peer.library == "diffusers":
+        s = diffusers_scheduler(label, sched, prediction)
+        steps = _diffusers_steps(s, nfe)
+        if steps < 1:
+            return None
+        s.set_timesteps(steps)
+        timesteps = s.timesteps
+        sigma_start = float(sched.sigma(float(timesteps[0])))
+        if hasattr(s, "sigmas") and s.sigmas is not None and peer.target != "DDIMScheduler":
+            sigma_end = _nearest_level(sched, float(s.sigmas[-1]))
+        else:  # DDIM's last step goes to t - T // S (alpha_bar = 1 below index 0)
+            prev = int(timesteps[-1]) - sched.num_steps // steps
+            sigma_end = 0.0 if prev < 0 else float(sched.sigmas[prev])
+        x = x_T * math.sqrt(1 + sigma_start**2) if peer.ve_state else x_T
+        with torch.no_grad():
+            for t in timesteps:
+                out = counter(s.scale_model_input(x, t), t)
+                x = s.step(out, t, x).prev_sample
+        if peer.ve_state:
+            x = x / math.sqrt(1 + sigma_end**2)
+        return PeerRun(x, counter.calls, steps, sigma_start, sigma_end)
+
+    # k-diffusion: explicit sigmas from the diffsolve grid
+    import k_diffusion as K
+
+    from ..sampling import grid as make_grid
+
+    steps = nfe
+    while steps >= 1 and peer.calls(steps) > nfe:
+        steps -= 1
+    if steps < 1:
+        return None
+    sig = make_grid(grid, sched, steps)
+    denoiser = K.external.DiscreteEpsDDPMDenoiser(counter, sched.alphas_cumprod, quantize=False) \
+        if prediction == "eps" else K.external.DiscreteVDDPMDenoiser(counter, sched.alphas_cumprod, quantize=False)
+    sigma_start = float(sig[0])
+    x = x_T * math.sqrt(1 + sigma_start**2)
+    sampler = getattr(K.sampling, peer.target)
+    with torch.no_grad():
+        x = sampler(denoiser, x, sig.to(dtype), disable=True)
+    return PeerRun(x, counter.calls, steps, sigma_start, 0.0)
