@@ -135,6 +135,7 @@ def _run(
     ode._start_run()
     x = ode.to_xbar(x_start.to(state_dtype), sig_list[0])
 
+    per_step = check_finite == "step"
     sums: list[torch.Tensor] = []
     traj: list[torch.Tensor] = [x_start] if return_trajectory else []
     bar = None
@@ -144,7 +145,7 @@ def _run(
         bar = tqdm(total=n, desc=f"diffsolve {solver.name}", unit="step")
 
     def after_step(i: int, x_new: torch.Tensor, denoised: torch.Tensor) -> None:
-        if check_finite:
+        if per_step:
             sums.append(x_new.detach().sum(dtype=torch.float32))
         if callback is not None or return_trajectory:
             x_model = ode.from_xbar(x_new, sig_list[i + 1])
@@ -166,6 +167,8 @@ def _run(
             x = x + sig_list[1] * eps
             after_step(0, x, denoised)
             start = 1
+        # solvers may skip forming `denoised` when nobody reads it (no callback)
+        solver.report_denoised = callback is not None
         solver.setup(ode, sig_list[start:], make_noise_sampler(generator))
         if start:
             _shift_after = after_step
@@ -177,27 +180,38 @@ def _run(
         if bar is not None:
             bar.close()
         ode.step_index = -1
-    if check_finite and sums:
-        _raise_if_nonfinite(ode, sums, sig_list)
+    if check_finite:
+        if not sums:  # default: the model's outputs were recorded per call; the state once, here
+            sums = [x.detach().sum(dtype=torch.float32)]
+        _raise_if_nonfinite(ode, sums, sig_list, per_step)
     out = ode.from_xbar(x, sig_list[-1]).to(in_dtype)
     if return_trajectory:
         return out, traj
     return out
 
 
-def _raise_if_nonfinite(ode: DiffusionODE, sums, sig_list) -> None:
+def _raise_if_nonfinite(ode: DiffusionODE, sums, sig_list, per_step: bool) -> None:
+    """One host sync per run: the state sums (per step, or the final state) and the model's
+    per-call output sums tell whether and where NaN/inf appeared."""
     bad = ~torch.isfinite(torch.stack(sums))
-    if not bool(bad.any()):
-        return
-    i = int(bad.nonzero()[0, 0])
-    msg = (f"non-finite values (NaN or inf) first appeared at step {i} of {len(sig_list) - 1} "
-           f"(sigma {sig_list[i]:.6g} -> {sig_list[i + 1]:.6g})")
     where = ode._first_nonfinite_output()
+    if where is None and not bool(bad.any()):
+        return
+    n = len(sig_list) - 1
     if where is not None:
         step, sigma = where
-        msg += f"; the model returned non-finite values at step {step} (sigma={sigma:.6g})"
+        i = step if step >= 0 else 0
+        msg = (f"non-finite values (NaN or inf) first appeared at step {i} of {n} "
+               f"(sigma {sig_list[i]:.6g} -> {sig_list[i + 1]:.6g}); "
+               f"the model returned non-finite values at step {step} (sigma={sigma:.6g})")
+    elif per_step:
+        i = int(bad.nonzero()[0, 0])
+        msg = (f"non-finite values (NaN or inf) first appeared at step {i} of {n} "
+               f"(sigma {sig_list[i]:.6g} -> {sig_list[i + 1]:.6g}); the model's outputs were finite, "
+               "so the solver's arithmetic overflowed (try a wider dtype)")
     else:
-        msg += "; the model's outputs were finite, so the solver's arithmetic overflowed (try a wider dtype)"
+        msg = ("the final state is not finite although every model output was: the solver's arithmetic "
+               "overflowed (try a wider dtype); rerun with check_finite='step' to name the step")
     raise NonFiniteError(msg)
 
 
@@ -232,7 +246,10 @@ def sample(
         progress: show a tqdm bar.
         return_trajectory: also return the list of states (model space), start included.
         check_finite: raise :class:`NonFiniteError` naming the step where NaN/inf first
-            appeared (read once, after the loop: no host sync per step).
+            appeared. ``True`` records a sum of every model output (on the device, read once
+            after the loop: no host sync per step) and checks the final state; ``"step"`` also
+            sums the state after every step, to name the step of a solver overflow; ``False``
+            checks nothing.
         solver_options: passed to the solver (``eta=`` for DDIM, ...).
 
     Returns:

@@ -192,7 +192,7 @@ class DiffusionODE:
         is returned with the eps that is consistent with it, eps = (xbar - D)/sigma, so the
         pair stays on one ray (ddim-math.md pitfall 1).
         """
-        denoised, eps = self._predict(xbar, float(sigma))
+        denoised, eps = self._predict(xbar, float(sigma), True)
         if self.denoised_transform is None:
             return denoised, eps
         denoised = self.denoised_transform(denoised, float(sigma))
@@ -200,15 +200,17 @@ class DiffusionODE:
             return denoised, eps
         return denoised, (xbar - denoised) / float(sigma)
 
-    def _predict(self, xbar: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def _predict(self, xbar: torch.Tensor, sigma: float, need_denoised: bool):
         # the model is evaluated inside its own range [sigma_min, sigma_max]; outside it, eps is
         # held at its value at the nearest level and D stays on the ray D = xbar - sigma eps (E9),
         # so no conversion divides by a sigma the model was not evaluated at
         s = min(max(sigma, self.schedule.sigma_min), self.schedule.sigma_max)
         a = self.schedule.scale(s)
         out = self._call(xbar * a if a != 1.0 else xbar, s)
+        if not need_denoised and self.prediction == "eps":
+            return None, out
         denoised, eps = self._convert(out, xbar, s, a)
-        if s != sigma:
+        if s != sigma and need_denoised:
             denoised = torch.add(xbar, eps, alpha=-sigma) if sigma != 0 else xbar
         return denoised, eps
 
@@ -238,8 +240,13 @@ class DiffusionODE:
         return self.predict(xbar, sigma)[0]
 
     def eps(self, xbar: torch.Tensor, sigma: float) -> torch.Tensor:
-        """The ODE's right-hand side d xbar / d sigma = eps (E29; one model call)."""
-        return self.predict(xbar, sigma)[1]
+        """The ODE's right-hand side d xbar / d sigma = eps (E29; one model call).
+
+        Cheaper than :meth:`predict` when only eps is needed: an eps-model's D is not formed.
+        """
+        if self.denoised_transform is not None:
+            return self.predict(xbar, sigma)[1]
+        return self._predict(xbar, float(sigma), False)[1]
 
     __call__ = eps
 

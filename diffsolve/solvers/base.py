@@ -45,6 +45,9 @@ class Solver:
     ode: DiffusionODE
     sigmas: list[float]
     noise: NoiseSampler
+    #: set by the driver: whether anyone (a callback) reads the ``denoised`` a step returns;
+    #: when False a solver may return None for it and save the work of forming it
+    report_denoised: bool = True
 
     def __init__(self, **options):
         if options:
