@@ -50,6 +50,9 @@ class Peer:
     ve_state: bool = False
     #: model calls for S steps (k-diffusion samplers; diffusers' are counted from its timesteps)
     calls: Callable[[int], int] = lambda s: s
+    #: run in this dtype whatever the problem's (diffusers' UniPC mixes float32 coefficients
+    #: into its float64 linear solve and fails in float64)
+    force_dtype: torch.dtype | None = None
 
 
 def _heun_calls(s: int) -> int:
@@ -59,7 +62,7 @@ def _heun_calls(s: int) -> int:
 PEERS: dict[str, Peer] = {p.label: p for p in [
     Peer("diffusers:ddim", "diffusers", "DDIMScheduler"),
     Peer("diffusers:dpmpp-2m", "diffusers", "DPMSolverMultistepScheduler"),
-    Peer("diffusers:unipc", "diffusers", "UniPCMultistepScheduler"),
+    Peer("diffusers:unipc", "diffusers", "UniPCMultistepScheduler", force_dtype=torch.float32),
     Peer("diffusers:euler", "diffusers", "EulerDiscreteScheduler", ve_state=True),
     Peer("diffusers:heun", "diffusers", "HeunDiscreteScheduler", ve_state=True),
     Peer("diffusers:deis", "diffusers", "DEISMultistepScheduler"),
@@ -154,6 +157,7 @@ def run_peer(label: str, problem, x_T: torch.Tensor, grid: str, nfe: int, dtype:
     raw model (the overhead benchmark passes a zero-cost one). torch's default dtype is
     set to ``dtype`` meanwhile: peers make internal tensors in the default dtype.
     """
+    dtype = PEERS[label].force_dtype or dtype
     old = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
