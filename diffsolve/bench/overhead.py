@@ -7,7 +7,7 @@ For each shape (default 1 x 64 and 256 x 3 x 32 x 32, float32, CPU) this times, 
 * every diffsolve solver: :func:`diffsolve.sample` on the trailing grid with a model that
   returns a preallocated zero tensor (driver, wrapper, solver and NaN check included);
   DDIM also without the NaN check, to show its cost;
-* diffusers' DDIMScheduler and EulerDiscreteScheduler ``step`` loops, and k-diffusion's
+* diffusers' DDIM, Euler, DPM-Solver++ (2M) and UniPC schedulers' ``step`` loops, and k-diffusion's
   ``sample_euler`` with its ``DiscreteEpsDDPMDenoiser``, when installed.
 
 Each entry is the best of ``repeats`` runs of ``steps`` steps, divided by ``steps``.
@@ -80,7 +80,7 @@ def measure_overhead(solvers=None, shapes=SHAPES, steps: int = 20, repeats: int 
             except Exception as exc:  # a solver that cannot run on a zero model
                 log(f"overhead: {spec.label} skipped ({type(exc).__name__}: {exc})")
         avail = peers.available_peers()
-        for peer in ("diffusers:ddim", "diffusers:euler"):
+        for peer in ("diffusers:ddim", "diffusers:euler", "diffusers:dpmpp-2m", "diffusers:unipc"):
             if peer in avail:
                 entries.append((peer, _diffusers_step_time(peer, sched, x, steps, repeats)))
         if "k-diffusion:euler" in avail:
