@@ -233,7 +233,22 @@ class DiscreteSchedule(Schedule):
         return super().alpha_bar(t)
 
 
-class VPLinearSchedule(Schedule):
+class _TimeRange(Schedule):
+    """A continuous schedule used on t in [t_eps, t_end]: its sigma range follows from that."""
+
+    t_eps: float
+    t_end: float
+
+    @property
+    def sigma_min(self):
+        return float(self.sigma(self.t_eps))
+
+    @property
+    def sigma_max(self):
+        return float(self.sigma(self.t_end))
+
+
+class VPLinearSchedule(_TimeRange):
     """Score-SDE's VP SDE with linear beta(t) = beta_min + t (beta_max - beta_min), t in [t_eps, 1].
 
     log alpha_bar(t) = -(beta_min t + (beta_max - beta_min) t^2 / 2), so
@@ -263,16 +278,8 @@ class VPLinearSchedule(Schedule):
             return rhs / self.beta_min
         return 2 * rhs / (self.beta_min + torch.sqrt(self.beta_min**2 + 2 * d * rhs))
 
-    @property
-    def sigma_min(self):
-        return float(self.sigma(self.t_eps))
 
-    @property
-    def sigma_max(self):
-        return float(self.sigma(self.t_end))
-
-
-class VPCosineSchedule(Schedule):
+class VPCosineSchedule(_TimeRange):
     """Continuous cosine schedule (Nichol & Dhariwal 2021): alpha_bar(t) = f(t)/f(0),
     f(t) = cos((t + s)/(1 + s) pi/2)^2, t in [t_eps, t_end] (t_end < 1 keeps sigma finite;
     0.9946 as in DPM-Solver)."""
@@ -297,14 +304,6 @@ class VPCosineSchedule(Schedule):
         log_abar = -torch.log1p(sigma**2)
         c = torch.exp(0.5 * (log_abar + self._log_f0))
         return torch.arccos(c) * 2 * (1 + self.s) / math.pi - self.s
-
-    @property
-    def sigma_min(self):
-        return float(self.sigma(self.t_eps))
-
-    @property
-    def sigma_max(self):
-        return float(self.sigma(self.t_end))
 
 
 class SigmaSchedule(Schedule):
@@ -345,7 +344,7 @@ def EDMSchedule(sigma_min: float = 0.002, sigma_max: float = 80.0) -> SigmaSched
     return SigmaSchedule(sigma_min, sigma_max, space="ve")
 
 
-class FlowSchedule(Schedule):
+class FlowSchedule(_TimeRange):
     """Rectified flow: x_t = (1 - t) x0 + t eps, so sigma = t/(1 - t) and x = xbar/(1 + sigma) (E17).
 
     t = 1 (pure noise) has sigma = infinity; sampling starts at ``t_end`` < 1.
@@ -367,14 +366,6 @@ class FlowSchedule(Schedule):
     def t(self, sigma):
         s = _as_f64(sigma)
         return s / (1 + s)
-
-    @property
-    def sigma_min(self):
-        return float(self.sigma(self.t_eps))
-
-    @property
-    def sigma_max(self):
-        return float(self.sigma(self.t_end))
 
 
 def _check_steps(n) -> None:

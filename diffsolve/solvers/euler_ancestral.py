@@ -18,9 +18,10 @@ from __future__ import annotations
 import math
 
 from .base import Solver
+from .ddim import DDIM
 
 
-class EulerAncestral(Solver):
+class EulerAncestral(DDIM):
     """Euler ancestral (k-diffusion; DDIM eta in VE form, E26): 1 call/step, stochastic for eta > 0."""
 
     name = "euler-ancestral"
@@ -38,7 +39,7 @@ class EulerAncestral(Solver):
         self.invertible = not self.stochastic
 
     def setup(self, ode, sigmas, noise):
-        super().setup(ode, sigmas, noise)
+        Solver.setup(self, ode, sigmas, noise)
         self.c_eps, self.c_noise = [], []
         for s_t, s_s in zip(self.sigmas[:-1], self.sigmas[1:]):
             up = 0.0
@@ -48,11 +49,4 @@ class EulerAncestral(Solver):
             self.c_eps.append(down - s_t)
             self.c_noise.append(self.s_noise * up)
 
-    def step(self, i, x):
-        denoised, eps = self.ode.predict(x, self.sigmas[i])
-        if self.sigmas[i + 1] == 0:
-            return denoised, denoised  # E27
-        x_next = x + self.c_eps[i] * eps
-        if self.c_noise[i] > 0:
-            x_next = x_next + self.c_noise[i] * self.noise(x)
-        return x_next, denoised
+    # step: DDIM's (x + c_eps eps + c_noise z; the denoised estimate on the step to 0)

@@ -18,26 +18,11 @@ The step to sigma = 0 uses the same formula (no model call at sigma = 0).
 
 from __future__ import annotations
 
-from ._multistep import History, check_order, warmup_weights
-from .base import Solver
+from .lms import LMS
 
 
-class IPNDM(Solver):
+class IPNDM(LMS):
     """iPNDM: fixed-coefficient Adams-Bashforth on eps (Zhang & Chen 2023), order up to 4, 1 call/step."""
 
     name = "ipndm"
-    order = 4
-    calls_per_step = 1
-
-    def __init__(self, *, order: int = 4):
-        self.order = check_order(order)
-
-    def setup(self, ode, sigmas, noise):
-        super().setup(ode, sigmas, noise)
-        self.coefs = warmup_weights(self.sigmas, self.order, variable_step=False)
-        self.history = History(self.order)
-
-    def step(self, i, x):
-        denoised, eps = self.ode.predict(x, self.sigmas[i])
-        self.history.push(eps)
-        return x + self.history.combine(self.coefs[i]), denoised
+    variable_step = False  # the fixed table b^(k) above; LMS's step and history otherwise

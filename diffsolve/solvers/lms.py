@@ -25,13 +25,15 @@ class LMS(Solver):
     name = "lms"
     order = 4
     calls_per_step = 1
+    #: weights from the actual step sizes (True) or the fixed equal-step table (iPNDM)
+    variable_step = True
 
     def __init__(self, *, order: int = 4):
         self.order = check_order(order)
 
     def setup(self, ode, sigmas, noise):
         super().setup(ode, sigmas, noise)
-        self.coefs = warmup_weights(self.sigmas, self.order, variable_step=True)
+        self.coefs = warmup_weights(self.sigmas, self.order, variable_step=self.variable_step)
         self.history = History(self.order)
 
     def step(self, i, x):
