@@ -107,7 +107,7 @@ def invert_exact(
         raise TypeError(f"expected the ODE from diffsolve.wrap(...), got {type(ode).__name__}")
     solver = state.solver
     _check_reversible(solver)
-    sig = [float(s) for s in state.sigmas]
+    sig = state.sigmas.tolist()
     n = len(sig) - 1
     out_dtype = state.x.dtype
     state_dtype = torch.float32 if out_dtype in (torch.float16, torch.bfloat16) else out_dtype

@@ -127,7 +127,7 @@ def _run(
         raise TypeError(f"expected the ODE from diffsolve.wrap(...), got {type(ode).__name__}")
     if not isinstance(x_start, torch.Tensor) or not x_start.is_floating_point():
         raise TypeError("the start state must be a floating-point torch.Tensor")
-    sig_list = [float(s) for s in sig]
+    sig_list = sig.tolist()  # Python floats (float64); tolist, not a per-element tensor loop
     n = len(sig_list) - 1
     in_dtype = x_start.dtype
     state_dtype = torch.float32 if in_dtype in (torch.float16, torch.bfloat16) else in_dtype

@@ -112,13 +112,16 @@ class DiffusionODE:
         self._out_sums: list[torch.Tensor] = []
         self._out_where: list[tuple[int, float]] = []
         self.step_index = -1
+        # the model's sigma range, read once (a schedule's properties may index tensors)
+        self._sigma_range = (float(schedule.sigma_min), float(schedule.sigma_max))
         #: dtype the model is called in (set by the driver to x_T's dtype; None: the state's)
         self.input_dtype: torch.dtype | None = None
 
     # -- time ------------------------------------------------------------------------
     def model_time(self, sigma: float) -> float:
         """The value fed to the model as its time at noise level ``sigma``."""
-        s = min(max(sigma, self.schedule.sigma_min), self.schedule.sigma_max)
+        lo, hi = self._sigma_range
+        s = min(max(sigma, lo), hi)
         if callable(self.time):
             return float(self.time(s))
         if self.time in ("index", "t"):
@@ -204,7 +207,8 @@ class DiffusionODE:
         # the model is evaluated inside its own range [sigma_min, sigma_max]; outside it, eps is
         # held at its value at the nearest level and D stays on the ray D = xbar - sigma eps (E9),
         # so no conversion divides by a sigma the model was not evaluated at
-        s = min(max(sigma, self.schedule.sigma_min), self.schedule.sigma_max)
+        lo, hi = self._sigma_range
+        s = min(max(sigma, lo), hi)
         a = self.schedule.scale(s)
         out = self._call(xbar * a if a != 1.0 else xbar, s)
         if not need_denoised and self.prediction == "eps":

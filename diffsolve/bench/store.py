@@ -75,7 +75,10 @@ class CellStore:
         return self.folder / f"{key}.json"
 
     def done(self, key: str) -> bool:
-        return self.path(key).exists()
+        """A cell is done once written, unless it ended in an error: those are retried on resume
+        (the error may have been fixed since; "unreachable" cells are final)."""
+        row = self.load(key)
+        return row is not None and row.get("status") != "error"
 
     def load(self, key: str) -> dict | None:
         try:

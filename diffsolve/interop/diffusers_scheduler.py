@@ -116,7 +116,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             sig = diffusers_grid(self.config, int(num_inference_steps), self.schedule)
         self.sigmas = sig
         self.num_inference_steps = len(sig) - 1
-        self._call_sigmas = self._probe_calls([float(s) for s in sig])
+        self._call_sigmas = self._probe_calls(torch.as_tensor(sig, dtype=torch.float64).tolist())
         t = torch.as_tensor([float(self.schedule.t(s)) for s in self._call_sigmas], dtype=torch.float64)
         integral = bool(torch.equal(t, t.round()))
         self.timesteps = (t.round().to(torch.int64) if integral else t.to(torch.float32)).to(device)
@@ -172,7 +172,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
 
     def _drive(self, ode: DiffusionODE, x_model: torch.Tensor, noise) -> torch.Tensor:
         """One run of a fresh solver on ``self.sigmas`` from ``x_model`` (model space)."""
-        sig = [float(s) for s in self.sigmas]
+        sig = torch.as_tensor(self.sigmas, dtype=torch.float64).tolist()
         in_dtype = x_model.dtype
         state_dtype = torch.float32 if in_dtype in (torch.float16, torch.bfloat16) else in_dtype
         ode.input_dtype = in_dtype
