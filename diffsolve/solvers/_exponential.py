@@ -140,12 +140,20 @@ def check_eta(eta) -> float:
 
 # -- tensors --------------------------------------------------------------------------------
 def combine(a: float, x: torch.Tensor, terms) -> torch.Tensor:
-    """a * x + sum_j w_j m_j in the state's dtype; ``terms`` is a sequence of (w_j, m_j)."""
-    out = x if a == 1.0 else x * a
+    """a * x + sum_j w_j m_j in the state's dtype; ``terms`` is a sequence of (w_j, m_j).
+
+    The first term makes a new tensor and the rest accumulate into it in place: one
+    allocation per call, and neither ``x`` nor any m_j is modified.
+    """
+    out = None if a == 1.0 else x * a
     for w, m in terms:
-        if w != 0.0:
-            out = torch.add(out, m, alpha=w)
-    return out
+        if w == 0.0:
+            continue
+        if out is None:
+            out = torch.add(x, m, alpha=w)
+        else:
+            out.add_(m, alpha=w)
+    return x if out is None else out
 
 
 class ExponentialSolver(Solver):

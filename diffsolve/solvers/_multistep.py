@@ -115,9 +115,16 @@ class History:
     def __len__(self) -> int:
         return len(self.items)
 
-    def combine(self, weights: Sequence[float]) -> torch.Tensor:
-        """sum_j weights[j] * items[j] (Python-float weights, applied in the items' dtype)."""
-        out = weights[0] * self.items[0]
-        for w, item in zip(weights[1:], list(self.items)[1:]):
-            out = out.add(item, alpha=w)
+    def combine(self, weights: Sequence[float], start: torch.Tensor | None = None) -> torch.Tensor:
+        """start + sum_j weights[j] * items[j] (Python-float weights, applied in the items' dtype).
+
+        One new tensor, accumulated in place; ``start`` and the items are not modified.
+        """
+        items = list(self.items)
+        if start is None:
+            out = items[0] * weights[0]
+        else:
+            out = torch.add(start, items[0], alpha=weights[0])
+        for w, item in zip(weights[1:], items[1:]):
+            out.add_(item, alpha=w)
         return out

@@ -39,4 +39,4 @@ class LMS(Solver):
     def step(self, i, x):
         denoised, eps = self.ode.predict(x, self.sigmas[i])
         self.history.push(eps)
-        return x + self.history.combine(self.coefs[i]), denoised
+        return self.history.combine(self.coefs[i], start=x), denoised

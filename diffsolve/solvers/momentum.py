@@ -89,4 +89,4 @@ class GHVB(Solver):
         denoised, eps = self.ode.predict(x, self.sigmas[i])
         v = eps if not len(self.history) else (1 - self.beta) * self.history.items[0] + self.beta * eps
         self.history.push(v)
-        return x + self.history.combine(self.coefs[i]), denoised
+        return self.history.combine(self.coefs[i], start=x), denoised

@@ -68,7 +68,7 @@ class PLMS(Solver):
         denoised, e1 = self.ode.predict(x, s)
         self.history.push(e1)
         if i >= PRK_STEPS:
-            return x + self.history.combine(self.coefs[i]), denoised
+            return self.history.combine(self.coefs[i], start=x), denoised
         s_mid = self.sigma_mid[i]
         h_mid = s_mid - s
         e2 = self.ode.eps(x + h_mid * e1, s_mid)
