@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .sampling import _resolve_sigmas, invert, make_solver, sample
+from .sampling import _resolve_sigmas, invert, make_solver, sample, state_dtype_for
 from .solvers.base import Solver
 from .wrapper import DiffusionODE, NonFiniteError
 
@@ -110,7 +110,7 @@ def invert_exact(
     sig = state.sigmas.tolist()
     n = len(sig) - 1
     out_dtype = state.x.dtype
-    state_dtype = torch.float32 if out_dtype in (torch.float16, torch.bfloat16) else out_dtype
+    state_dtype = state_dtype_for(out_dtype)
     x_next = state.xbar if state.xbar is not None else ode.to_xbar(state.x.to(state_dtype), sig[-1])
     x = state.xbar_prev if state.xbar_prev is not None else ode.to_xbar(state.x_prev.to(state_dtype), sig[-2])
 

@@ -99,6 +99,12 @@ def make_noise_sampler(generator=None) -> Callable[[torch.Tensor], torch.Tensor]
 
 
 # -- the loop --------------------------------------------------------------------------------
+def state_dtype_for(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the sigma-form state is integrated in: float32 for float16/bfloat16 input
+    (|xbar| reaches sigma_max, pitfall 6), else the input's own."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 def _resolve_sigmas(ode, steps, grid_name, sigmas, grid_options, increasing: bool) -> torch.Tensor:
     if sigmas is not None:
         if steps is not None or grid_name is not None:
@@ -130,7 +136,7 @@ def _run(
     sig_list = sig.tolist()  # Python floats (float64); tolist, not a per-element tensor loop
     n = len(sig_list) - 1
     in_dtype = x_start.dtype
-    state_dtype = torch.float32 if in_dtype in (torch.float16, torch.bfloat16) else in_dtype
+    state_dtype = state_dtype_for(in_dtype)
     ode.input_dtype = in_dtype
     ode._start_run()
     x = ode.to_xbar(x_start.to(state_dtype), sig_list[0])

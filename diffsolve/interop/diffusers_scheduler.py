@@ -31,7 +31,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutpu
 
 from ..grids import validate_sigmas
 from ..sampling import grid as named_grid
-from ..sampling import make_noise_sampler, make_solver
+from ..sampling import make_noise_sampler, make_solver, state_dtype_for
 from ..wrapper import DiffusionODE
 from .diffusers import diffusers_grid, prediction_from_config, schedule_from_config, transform_from_config
 
@@ -174,7 +174,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         """One run of a fresh solver on ``self.sigmas`` from ``x_model`` (model space)."""
         sig = torch.as_tensor(self.sigmas, dtype=torch.float64).tolist()
         in_dtype = x_model.dtype
-        state_dtype = torch.float32 if in_dtype in (torch.float16, torch.bfloat16) else in_dtype
+        state_dtype = state_dtype_for(in_dtype)
         ode.input_dtype = in_dtype
         ode._start_run()
         solver = self._new_solver()
