@@ -78,6 +78,13 @@ class Solver:
         return x
 
     # -- helpers ----------------------------------------------------------------------------
+    def evaluate(self, x: torch.Tensor, sigma: float, need_denoised: bool = False):
+        """``(denoised, eps)`` from one model call; ``denoised`` is None when neither the step
+        (``need_denoised``) nor a callback (``report_denoised``) reads it, which saves forming it."""
+        if need_denoised or self.report_denoised:
+            return self.ode.predict(x, sigma)
+        return None, self.ode.eps(x, sigma)
+
     @classmethod
     def describe(cls) -> str:
         doc = (cls.__doc__ or "").strip().splitlines()

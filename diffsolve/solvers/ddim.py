@@ -76,10 +76,7 @@ class DDIM(Solver):
 
     def step(self, i, x):
         s_t, s_s = self.sigmas[i], self.sigmas[i + 1]
-        if s_s != 0 and not self.report_denoised:
-            denoised, eps = None, self.ode.eps(x, s_t)  # nobody reads denoised: skip forming it
-        else:
-            denoised, eps = self.ode.predict(x, s_t)
+        denoised, eps = self.evaluate(x, s_t, need_denoised=s_s == 0)
         if s_s == 0:
             return denoised, denoised  # E27: the last step is the x0-prediction
         x_next = torch.add(x, eps, alpha=self.c_eps[i])  # one fused kernel: x + c * eps

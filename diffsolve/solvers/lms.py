@@ -37,6 +37,6 @@ class LMS(Solver):
         self.history = History(self.order)
 
     def step(self, i, x):
-        denoised, eps = self.ode.predict(x, self.sigmas[i])
+        denoised, eps = self.evaluate(x, self.sigmas[i])
         self.history.push(eps)
         return self.history.combine(self.coefs[i], start=x), denoised
