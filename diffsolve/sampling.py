@@ -177,6 +177,7 @@ def _run(
         solver.report_denoised = callback is not None
         solver.setup(ode, sig_list[start:], make_noise_sampler(generator))
         if start:
+            ode.step_offset = start  # the solver counts its steps from 0
             _shift_after = after_step
 
             def after_step(i, x_new, denoised):  # noqa: F811 - offset the step index
@@ -185,7 +186,7 @@ def _run(
     finally:
         if bar is not None:
             bar.close()
-        ode.step_index = -1
+        ode.step_index, ode.step_offset = -1, 0
     if check_finite:
         if not sums:  # default: the model's outputs were recorded per call; the state once, here
             sums = [x.detach().sum(dtype=torch.float32)]

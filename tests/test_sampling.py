@@ -114,3 +114,15 @@ def test_grid_ending_above_zero_returns_the_state_at_that_sigma():
     out = ds.sample(ode, x_T, "ddim", sigmas=sig)
     exact = ode.from_xbar(g.exact_flow(ode.to_xbar(x_T, 10.0), 10.0, 1.0), 1.0)
     torch.testing.assert_close(out, exact, rtol=0, atol=2e-4)  # Euler error ~ C / 2000
+
+
+def test_nan_during_invert_names_the_step_where_the_model_was_called():
+    # invert takes the first step itself, then the solver counts from 0: the report must not
+    # shift by one (the model is first called at sigma = 10 on step 3, 10 -> 40)
+    def model(x, t):
+        return torch.full_like(x, float("nan")) if t[0] > 5.0 else torch.zeros_like(x)
+
+    ode = ds.wrap(model, ds.EDMSchedule())
+    with pytest.raises(ds.NonFiniteError, match=r"at step 3 of 4 \(sigma 10 -> 40\); "
+                                                 r"the model returned non-finite values at step 3 \(sigma=10\)"):
+        ds.invert(ode, torch.zeros(1, 2), "ddim", sigmas=[0.0, 1.0, 4.0, 10.0, 40.0])
