@@ -139,6 +139,7 @@ def _run(
     state_dtype = state_dtype_for(in_dtype)
     ode.input_dtype = in_dtype
     ode._start_run()
+    ode._recording = bool(check_finite)
     x = ode.to_xbar(x_start.to(state_dtype), sig_list[0])
 
     per_step = check_finite == "step"
@@ -186,7 +187,7 @@ def _run(
     finally:
         if bar is not None:
             bar.close()
-        ode.step_index, ode.step_offset = -1, 0
+        ode.step_index, ode.step_offset, ode._recording = -1, 0, False
     if check_finite:
         if not sums:  # default: the model's outputs were recorded per call; the state once, here
             sums = [x.detach().sum(dtype=torch.float32)]

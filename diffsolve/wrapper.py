@@ -114,6 +114,9 @@ class DiffusionODE:
         self.step_index = -1
         # added to step_index in the records: the driver's steps taken before the solver's (invert)
         self.step_offset = 0
+        # whether model outputs are recorded for the finite check: only inside a driver run
+        # with check_finite (direct calls and check_finite=False skip the extra reduction)
+        self._recording = False
         # the model's sigma range, read once (a schedule's properties may index tensors)
         self._sigma_range = (float(schedule.sigma_min), float(schedule.sigma_max))
         #: dtype the model is called in (set by the driver to x_T's dtype; None: the state's)
@@ -165,8 +168,9 @@ class DiffusionODE:
         _check_output(out, x.shape)
         if out.dtype != state_dtype:
             out = out.to(state_dtype)
-        self._out_sums.append(out.detach().sum(dtype=torch.float32))
-        self._out_where.append((self.step_index + self.step_offset, sigma))
+        if self._recording:
+            self._out_sums.append(out.detach().sum(dtype=torch.float32))
+            self._out_where.append((self.step_index + self.step_offset, sigma))
         return out
 
     def _batched_guidance_kwargs(self) -> dict[str, Any]:
