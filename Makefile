@@ -8,9 +8,16 @@ PYTEST_ARGS ?= -n 2
 
 .PHONY: install demo test test-thorough bench-docs
 
+# k-diffusion is a side-by-side peer in the tests and benchmarks. It is installed without its
+# dependencies: they are its training stack (torchvision, kornia, clean-fid, wandb, ...), which would
+# replace this torch with the one torchvision pins; diffsolve loads only its samplers (see
+# diffsolve/bench/peers.py: kdiffusion), whose imports the test extra provides.
+KDIFFUSION_SPEC ?= k-diffusion==0.1.1.post1
+
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)"
 	$(PIP) install -q -e ".[test,bench]"
+	$(PIP) install -q --no-deps "$(KDIFFUSION_SPEC)"
 
 demo: install
 	$(PYTHON) -m diffsolve bench

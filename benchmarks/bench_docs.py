@@ -78,7 +78,11 @@ Each cell is one problem x solver x grid x NFE x seed, sampled from the same x_T
 * **Peers** (dashed in the plots): diffusers' schedulers on their trailing spacing with clip_sample off
   and final sigma 0 where offered (DEIS offers none: `†`, compared at its own end point). diffusers'
   DDIM steps to t - T//S, so at NFE 6, 8, 15, 30 its grid differs from the trailing grid and it stops
-  at sigma = 0.01. k-diffusion samplers appear when k-diffusion is installed.
+  at sigma = 0.01. k-diffusion's `sample_euler`, `sample_heun`, `sample_lms` and `sample_dpmpp_2m` run
+  on every grid with its own `DiscreteEpsDDPMDenoiser`; its files are run unchanged, loaded without its
+  package `__init__` where that cannot import (`diffsolve.bench.peers.kdiffusion`). On the same grid
+  they agree with diffsolve's `ddim`, `heun`, `lms` and `dpmpp-2m` to float64 rounding
+  (`tests/test_bench_kdiffusion.py`), so their cells repeat ours.
 
 Problems: `gmm2d` (8-component ring in 2-D), `gmm64` (6 components in 64-D), `mlp-spiral` (the
 eps-MLP shipped in `diffsolve/bench/toy_spiral.pt`, trained by `benchmarks/train_toy_model.py` on a
@@ -98,8 +102,17 @@ procedural 2-D spiral). DDPM's linear schedule (T = 1000), x_T ~ N(0, I) at sigm
 
 ## Per-step overhead side by side
 
-Zero-cost model, float32, CPU, 20 steps of the trailing grid, best of 7; "floor" is one fused
-`torch.add(x, eps, alpha=c)` over the same tensor measured in the same run.
+Zero-cost model, float32, CPU, 20 steps, best of 7, all in one run. "floor" is one fused
+`torch.add(x, eps, alpha=c)` over the same tensor, the least a first-order step can do. A VP model
+(DDPM's schedule, the rows without "VE") is handed x = sqrt(alpha_bar) xbar, a new tensor, every step,
+so its floor is two elementwise ops (second row); a sigma-form (VE, EDM) model is handed the state
+itself (the "VE model" rows, karras grid). `check_finite` (on by default) costs one reduction over each
+model output, which is what lets a NaN report name its step. DDIM updates its state in place when
+nothing else holds it (no callback, no trajectory, the model handed a scaled copy). Peers run their
+own loops with the same zero-cost model: diffusers' `step` (minus `set_timesteps`), k-diffusion's
+sampler with its `DiscreteEpsDDPMDenoiser` (its sigma-to-t lookup is part of its per-step cost).
+Timings on a shared VM vary by up to 2x between runs at 256x3x32x32 (fresh buffers page-fault);
+compare rows within one table.
 
 {overhead_markdown(main_sweep.overhead)}
 

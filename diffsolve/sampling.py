@@ -14,6 +14,7 @@ returned in it.
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any, Callable, Sequence
 
 import torch
@@ -174,8 +175,10 @@ def _run(
             x = x + sig_list[1] * eps
             after_step(0, x, denoised)
             start = 1
-        # solvers may skip forming `denoised` when nobody reads it (no callback)
+        # solvers may skip forming `denoised` when nobody reads it (no callback), and update
+        # the state in place when nobody else holds it (no callback, no trajectory, not x_T)
         solver.report_denoised = callback is not None
+        solver.owns_state = callback is None and not return_trajectory and not _shares_memory(x, x_start)
         solver.setup(ode, sig_list[start:], make_noise_sampler(generator))
         if start:
             ode.step_offset = start  # the solver counts its steps from 0
@@ -188,6 +191,7 @@ def _run(
         if bar is not None:
             bar.close()
         ode.step_index, ode.step_offset, ode._recording = -1, 0, False
+        solver.owns_state = False
     if check_finite:
         if not sums:  # default: the model's outputs were recorded per call; the state once, here
             sums = [x.detach().sum(dtype=torch.float32)]
@@ -198,9 +202,21 @@ def _run(
     return out
 
 
+def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` may alias ``b`` (True when it cannot be told)."""
+    try:
+        return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # tensors without a plain storage
+        return True
+
+
 def _raise_if_nonfinite(ode: DiffusionODE, sums, sig_list, per_step: bool) -> None:
     """One host sync per run: the state sums (per step, or the final state) and the model's
     per-call output sums tell whether and where NaN/inf appeared."""
+    # fast path: the total of every recorded sum is finite when each is (if a huge finite total
+    # overflows, the per-entry check below finds nothing and nothing is raised)
+    if math.isfinite(float(torch.stack(ode._out_sums + sums).sum())):
+        return
     bad = ~torch.isfinite(torch.stack(sums))
     where = ode._first_nonfinite_output()
     if where is None and not bool(bad.any()):

@@ -107,6 +107,7 @@ class DiffusionODE:
         self.denoised_transform = denoised_transform
         self.nfe = 0
         self._t_cache: dict[tuple, torch.Tensor] = {}
+        self._level_cache: dict[float, tuple[float, float]] = {}
         self._guided_kwargs: dict[str, Any] | None = None
         # finite-ness record of each model output (device scalars; read once per run)
         self._out_sums: list[torch.Tensor] = []
@@ -169,7 +170,7 @@ class DiffusionODE:
         if out.dtype != state_dtype:
             out = out.to(state_dtype)
         if self._recording:
-            self._out_sums.append(out.detach().sum(dtype=torch.float32))
+            self._out_sums.append((out.detach() if out.requires_grad else out).sum(dtype=torch.float32))
             self._out_where.append((self.step_index + self.step_offset, sigma))
         return out
 
@@ -213,9 +214,7 @@ class DiffusionODE:
         # the model is evaluated inside its own range [sigma_min, sigma_max]; outside it, eps is
         # held at its value at the nearest level and D stays on the ray D = xbar - sigma eps (E9),
         # so no conversion divides by a sigma the model was not evaluated at
-        lo, hi = self._sigma_range
-        s = min(max(sigma, lo), hi)
-        a = self.schedule.scale(s)
+        s, a = self._level(sigma)
         out = self._call(xbar * a if a != 1.0 else xbar, s)
         if not need_denoised and self.prediction == "eps":
             return None, out
@@ -259,6 +258,24 @@ class DiffusionODE:
         return self._predict(xbar, float(sigma), False)[1]
 
     __call__ = eps
+
+    def _level(self, sigma: float) -> tuple[float, float]:
+        """``(s, scale(s))`` with s = sigma clamped to the model's range; cached per sigma (the
+        driver evaluates the same few grid levels on every run)."""
+        hit = self._level_cache.get(sigma)
+        if hit is None:
+            lo, hi = self._sigma_range
+            s = min(max(sigma, lo), hi)
+            hit = (s, self.schedule.scale(s))
+            if len(self._level_cache) > 4096:
+                self._level_cache.clear()
+            self._level_cache[sigma] = hit
+        return hit
+
+    def model_sees_state(self, sigma: float) -> bool:
+        """Whether the model call at ``sigma`` may be handed the state tensor itself (True), or
+        surely a new tensor: the scaled input x = scale(sigma) xbar of a VP model (False)."""
+        return self._level(float(sigma))[1] == 1.0
 
     # -- spaces ------------------------------------------------------------------------
     def to_xbar(self, x: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -126,3 +126,34 @@ def test_nan_during_invert_names_the_step_where_the_model_was_called():
     with pytest.raises(ds.NonFiniteError, match=r"at step 3 of 4 \(sigma 10 -> 40\); "
                                                  r"the model returned non-finite values at step 3 \(sigma=10\)"):
         ds.invert(ode, torch.zeros(1, 2), "ddim", sigmas=[0.0, 1.0, 4.0, 10.0, 40.0])
+
+
+class _RecordingModel:
+    """An eps model that keeps every input tensor it is handed (as feature-caching hooks do)."""
+
+    def __init__(self):
+        self.inputs, self.copies = [], []
+
+    def __call__(self, x, t):
+        self.inputs.append(x)
+        self.copies.append(x.clone())
+        return torch.tanh(x) * 0.3
+
+
+@pytest.mark.parametrize("schedule", [ds.DiscreteSchedule.linear(), ds.EDMSchedule()], ids=["vp", "ve"])
+def test_no_tensor_handed_out_is_changed_by_a_later_step(schedule):
+    # DDIM updates its state in place when no one else holds it; nothing the caller, the model,
+    # a callback or the trajectory was given may change afterwards, and the result is the same
+    model = _RecordingModel()
+    ode = ds.wrap(model, schedule, prediction="eps", time="index" if schedule.space == "vp" else "sigma")
+    x_T = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+    x_T_copy = x_T.clone()
+    out = ds.sample(ode, x_T, "ddim", steps=6)
+    assert torch.equal(x_T, x_T_copy)
+    assert all(torch.equal(a, b) for a, b in zip(model.inputs, model.copies)) and len(model.inputs) == 6
+    seen = []
+    out_cb, traj = ds.sample(ode, x_T, "ddim", steps=6, return_trajectory=True,
+                             callback=lambda info: seen.append((info["xbar"], info["xbar"].clone())))
+    assert torch.equal(out, out_cb)
+    assert all(torch.equal(a, b) for a, b in seen) and len({id(a) for a, _ in seen}) == 6
+    assert torch.equal(traj[-1], out) and torch.equal(traj[0], x_T)

@@ -3,14 +3,18 @@
 For each shape (default 1 x 64 and 256 x 3 x 32 x 32, float32, CPU) this times, per step:
 
 * ``floor``: one fused ``torch.add(x, eps, alpha=c)`` over the tensor, the memory-bound
-  least any first-order step must do;
+  least any first-order step must do; and the VP floor: a VP model is handed
+  x = sqrt(abar) xbar, a new tensor, so its step does that product as well (eager PyTorch has
+  no kernel that fuses the two);
 * every diffsolve solver: :func:`diffsolve.sample` on the trailing grid with a model that
   returns a preallocated zero tensor (driver, wrapper, solver and NaN check included);
-  DDIM also without the NaN check, to show its cost;
+  DDIM also without the NaN check, to show its cost, and on a sigma-form (VE, EDM) model,
+  which is handed the state itself;
 * diffusers' DDIM, Euler, DPM-Solver++ (2M) and UniPC schedulers' ``step`` loops, and k-diffusion's
-  ``sample_euler`` with its ``DiscreteEpsDDPMDenoiser``, when installed.
+  ``sample_euler`` and ``sample_dpmpp_2m`` with its ``DiscreteEpsDDPMDenoiser``, when installed.
 
-Each entry is the best of ``repeats`` runs of ``steps`` steps, divided by ``steps``.
+Each entry is the best of ``repeats`` runs of ``steps`` steps, divided by ``steps``; the entries
+are interleaved within each round (see :func:`_interleaved_best`).
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ from __future__ import annotations
 import io
 import math
 import time
+import warnings
+from typing import Callable
 
 import torch
 
 from ..sampling import grid as make_grid
 from ..sampling import make_solver, sample
-from ..schedules import DiscreteSchedule
+from ..schedules import DiscreteSchedule, EDMSchedule
 from ..wrapper import DiffusionODE
 from . import peers
 from .measure import ZeroModel
@@ -43,6 +49,30 @@ def _best(fn, repeats: int) -> float:
     return best
 
 
+def _interleaved_best(timers: dict[str, Callable[[], None]], repeats: int, log) -> dict[str, float]:
+    """Best time of each timer over ``repeats`` rounds, the timers interleaved within a round.
+
+    On a shared CPU, memory-bound loops over fresh buffers vary by several times between phases
+    of a run (page faults, other tenants); interleaving exposes every entry, the floors included,
+    to the same phases, so the ratios in one table stay meaningful. Each timed call follows an
+    untimed one of the same timer, so no entry pays for the caches the previous one cooled.
+    """
+    best: dict[str, float] = {}
+    for who, fn in list(timers.items()):
+        try:
+            fn()  # warm-up; a solver that cannot run on a zero model is reported and dropped
+            best[who] = math.inf
+        except Exception as exc:
+            log(f"overhead: {who} skipped ({type(exc).__name__}: {exc})")
+    for _ in range(repeats):
+        for who in best:
+            timers[who]()  # untimed: the timed call below starts with warm caches
+            t0 = time.perf_counter()
+            timers[who]()
+            best[who] = min(best[who], time.perf_counter() - t0)
+    return best
+
+
 def measure_overhead(solvers=None, shapes=SHAPES, steps: int = 20, repeats: int = 7,
                      dtype: torch.dtype = torch.float32, log=print) -> list[dict]:
     """Rows ``{shape, who, us_per_step, vs_floor}``; see the module docstring."""
@@ -51,6 +81,7 @@ def measure_overhead(solvers=None, shapes=SHAPES, steps: int = 20, repeats: int 
 
     specs = [parse_solver(s) for s in (solvers if solvers is not None else solver_names())]
     sched = DiscreteSchedule.linear(1000, 1e-4, 0.02)
+    edm = EDMSchedule()
     rows = []
     for shape in shapes:
         label = "x".join(str(s) for s in shape)
@@ -63,67 +94,98 @@ def measure_overhead(solvers=None, shapes=SHAPES, steps: int = 20, repeats: int 
             y = x
             for _ in range(inner):
                 y = torch.add(y, eps, alpha=-0.01)
-        # best of many repeats: on CPU a fresh output buffer may page-fault, which makes single
-        # runs of this memory-bound loop vary by several times
-        entries = [("floor: x + c*eps (one fused op)", _best(floor_loop, 5 * repeats) / inner)]
 
+        def vp_floor_loop():
+            y = x
+            for _ in range(inner):
+                _model_input = y * 0.5  # a VP model is handed x = sqrt(abar) xbar, a new tensor
+                y = torch.add(y, eps, alpha=-0.01)
+
+        FLOOR = "floor: x + c*eps (one fused op)"
+        timers: dict[str, Callable[[], None]] = {
+            FLOOR: floor_loop, "floor, VP model: x*a for the model, then x + c*eps": vp_floor_loop}
+        per = {FLOOR: inner, "floor, VP model: x*a for the model, then x + c*eps": inner}
         sig = make_grid("trailing", sched, steps)
+        sig_ve = make_grid("karras", edm, steps)
         for spec in specs:
             ode = DiffusionODE(ZeroModel(), sched, prediction="eps", time="index", time_dtype=torch.float32)
 
             def run(spec=spec, ode=ode, check=True):
                 sample(ode, x, spec.instance(), sigmas=sig, generator=torch.Generator().manual_seed(0),
                        check_finite=check)
-            try:
-                entries.append((f"diffsolve:{spec.label}", _best(run, repeats) / steps))
-                if spec.label == "ddim":
-                    entries.append(("diffsolve:ddim (check_finite=False)",
-                                    _best(lambda: run(check=False), repeats) / steps))
-            except Exception as exc:  # a solver that cannot run on a zero model
-                log(f"overhead: {spec.label} skipped ({type(exc).__name__}: {exc})")
+            timers[f"diffsolve:{spec.label}"] = run
+            if spec.label == "ddim":
+                timers["diffsolve:ddim (check_finite=False)"] = lambda run=run: run(check=False)
+                # a sigma-form (VE) model is handed the state itself: no input scaling
+                ve = DiffusionODE(ZeroModel(), edm, prediction="eps", time="sigma", time_dtype=torch.float32)
+                for check, tag in ((True, ""), (False, ", check_finite=False")):
+                    timers[f"diffsolve:ddim (VE model{tag})"] = \
+                        lambda check=check: sample(ve, x, "ddim", sigmas=sig_ve, check_finite=check)
         avail = peers.available_peers()
+        minus: dict[str, str] = {}
         for peer in ("diffusers:ddim", "diffusers:euler", "diffusers:dpmpp-2m", "diffusers:unipc"):
             if peer in avail:
-                entries.append((peer, _diffusers_step_time(peer, sched, x, steps, repeats)))
-        if "k-diffusion:euler" in avail:
-            entries.append(("k-diffusion:euler", _kdiff_euler_time(sched, x, sig, repeats) / steps))
-        floor = entries[0][1]
-        for who, t in entries:
+                loop, set_only, n = _diffusers_loop(peer, sched, x, steps)
+                timers[peer], timers[f"{peer} set_timesteps"], per[peer] = loop, set_only, n
+                minus[peer] = f"{peer} set_timesteps"
+        for peer in ("k-diffusion:euler", "k-diffusion:dpmpp-2m"):
+            if peer in avail:
+                timers[peer] = _kdiff_loop(peers.PEERS[peer].target, sched, x, sig)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # numpy 2 notices inside diffusers
+            # small tensors: a run costs microseconds, so take the best of more rounds
+            best = _interleaved_best(timers, repeats * (5 if x.numel() < 10_000 else 1), log)
+        hidden = set(minus.values())
+        floor = best[FLOOR] / per[FLOOR]
+        for who, t in best.items():
+            if who in hidden:
+                continue
+            t = (max(t - best[minus[who]], 0.0) if who in minus else t) / per.get(who, steps)
             rows.append({"shape": label, "who": who, "us_per_step": t * 1e6, "vs_floor": t / floor})
     return rows
 
 
-def _diffusers_step_time(label, sched, x, steps, repeats) -> float:
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(x.dtype)  # diffusers makes its tensors in the default dtype
-    try:
-        return _diffusers_loop_time(label, sched, x, steps, repeats)
-    finally:
-        torch.set_default_dtype(old)
-
-
-def _diffusers_loop_time(label, sched, x, steps, repeats) -> float:
-    s = peers.diffusers_scheduler(label, sched)
-    s.set_timesteps(steps)
+def _diffusers_loop(label, sched, x, steps):
+    """``(loop, set_timesteps only, steps taken)`` for diffusers' scheduler ``label``; the loop
+    runs in x's dtype (diffusers makes its tensors in torch's default dtype)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # numpy 2 notices inside diffusers
+        s = peers.diffusers_scheduler(label, sched)
+        s.set_timesteps(steps)
+    n = len(s.timesteps)
     zero = ZeroModel()
     ve = peers.PEERS[label].ve_state
 
+    def in_dtype(fn):
+        def wrapped():
+            old = torch.get_default_dtype()
+            torch.set_default_dtype(x.dtype)
+            try:
+                fn()
+            finally:
+                torch.set_default_dtype(old)
+        return wrapped
+
     def loop():
-        s.set_timesteps(steps)  # resets the step index; cheap next to the steps
+        s.set_timesteps(steps)  # resets the step index; its time is measured apart and subtracted
         y = x
         for t in s.timesteps:
             inp = s.scale_model_input(y, t) if ve else y
             y = s.step(zero(inp, t), t, y).prev_sample
-    t_set = _best(lambda: s.set_timesteps(steps), repeats)
-    return max(_best(loop, repeats) - t_set, 0.0) / len(s.timesteps)
+    return in_dtype(loop), in_dtype(lambda: s.set_timesteps(steps)), n
 
 
-def _kdiff_euler_time(sched, x, sig, repeats) -> float:
-    import k_diffusion as K
+def _kdiff_loop(sampler: str, sched, x, sig):
+    """A k-diffusion sampler over the whole grid with its ``DiscreteEpsDDPMDenoiser``."""
+    K = peers.kdiffusion()
+    den = K.external.DiscreteEpsDDPMDenoiser(ZeroModel(), sched.alphas_cumprod.to(x.dtype), quantize=False)
+    sig_x = sig.to(x.dtype)
+    fn = getattr(K.sampling, sampler)
 
-    den = K.external.DiscreteEpsDDPMDenoiser(ZeroModel(), sched.alphas_cumprod.float(), quantize=False)
-    sig32 = sig.to(x.dtype)
-    return _best(lambda: K.sampling.sample_euler(den, x, sig32, disable=True), repeats)
+    def loop():
+        with torch.no_grad():
+            fn(den, x, sig_x, disable=True)
+    return loop
 
 
 def overhead_markdown(rows: list[dict]) -> str:

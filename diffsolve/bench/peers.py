@@ -10,7 +10,8 @@
   does not divide T its levels (and end point) differ from the trailing grid's.
 * k-diffusion samplers, when k-diffusion is installed: they take an explicit sigma
   list, so they run on every diffsolve grid, with k-diffusion's own
-  ``DiscreteEpsDDPMDenoiser`` wrapper (no quantisation).
+  ``DiscreteEpsDDPMDenoiser`` wrapper (no quantisation). Its files are run unchanged; see
+  :func:`kdiffusion` for how they are imported when its package ``__init__`` cannot be.
 
 Every peer's model calls are counted by a wrapper around the raw model.
 """
@@ -19,7 +20,10 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import sys
+import types
 import warnings
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable
 
@@ -27,7 +31,7 @@ import torch
 
 from ..schedules import DiscreteSchedule
 
-__all__ = ["PEERS", "available_peers", "run_peer", "PeerRun", "diffusers_scheduler"]
+__all__ = ["PEERS", "available_peers", "run_peer", "PeerRun", "diffusers_scheduler", "kdiffusion"]
 
 _PREDICTION_TYPE = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
 
@@ -78,9 +82,95 @@ def _importable(name: str) -> bool:
 
 
 def available_peers() -> list[str]:
-    """Labels of the peers whose library is installed."""
-    have = {"diffusers": _importable("diffusers"), "k-diffusion": _importable("k_diffusion")}
+    """Labels of the peers whose library is installed (and, for k-diffusion, whose samplers load)."""
+    have = {"diffusers": _importable("diffusers"), "k-diffusion": _kdiffusion_or_none() is not None}
     return [label for label, p in PEERS.items() if have[p.library]]
+
+
+_KDIFFUSION: list = []  # [namespace or None], filled on first use
+
+
+def kdiffusion() -> types.SimpleNamespace:
+    """k-diffusion's ``sampling`` and ``external`` modules, as installed (raises ImportError if absent).
+
+    ``import k_diffusion`` runs its package ``__init__``, which imports the training stack
+    (torchvision, kornia, clean-fid, ...) that the samplers never use. Where that import fails
+    (on this project's machines no torchvision wheel matches the installed torch), the two
+    modules and the ``utils`` they import are loaded from the installed files, unchanged,
+    under the private package name ``_diffsolve_k_diffusion``. ``utils`` imports
+    ``torchvision.transforms.functional`` at the top for image helpers the samplers do not
+    call; only when torchvision cannot be imported, an empty stand-in is put in
+    ``sys.modules`` for the duration of that import and removed after it. The namespace's
+    ``how`` says which way was taken.
+    """
+    ns = _kdiffusion_or_none()
+    if ns is None:
+        raise ImportError(f"k-diffusion's samplers cannot be loaded: {_KDIFFUSION_ERROR[0]}")
+    return ns
+
+
+_KDIFFUSION_ERROR: list[str] = [""]
+
+
+def _kdiffusion_or_none():
+    if not _KDIFFUSION:
+        try:
+            _KDIFFUSION.append(_load_kdiffusion())
+        except Exception as exc:  # not installed, or a dependency of its samplers missing
+            _KDIFFUSION_ERROR[0] = f"{type(exc).__name__}: {exc}"
+            _KDIFFUSION.append(None)
+    return _KDIFFUSION[0]
+
+
+def _load_kdiffusion() -> types.SimpleNamespace:
+    spec = importlib.util.find_spec("k_diffusion")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("k-diffusion is not installed (pip install --no-deps k-diffusion torchsde trampoline)")
+    try:
+        import k_diffusion as K
+
+        return types.SimpleNamespace(sampling=K.sampling, external=K.external, how="import k_diffusion")
+    except Exception as exc:  # its __init__ imports the training stack
+        init_error = f"{type(exc).__name__}: {exc}"
+    root = Path(next(iter(spec.submodule_search_locations)))
+    pkg_name = "_diffsolve_k_diffusion"
+    pkg = types.ModuleType(pkg_name)
+    pkg.__path__ = [str(root)]
+    stub_names = ("torchvision", "torchvision.transforms", "torchvision.transforms.functional")
+    saved = {n: sys.modules.get(n) for n in stub_names}
+    stubbed = False
+    try:
+        importlib.import_module("torchvision.transforms.functional")
+    except Exception:
+        stubbed = True
+        for n in stub_names:
+            sys.modules[n] = types.ModuleType(n)
+        sys.modules["torchvision"].transforms = sys.modules["torchvision.transforms"]
+        sys.modules["torchvision.transforms"].functional = sys.modules["torchvision.transforms.functional"]
+    sys.modules[pkg_name] = pkg
+    try:
+        for name in ("utils", "sampling", "external"):
+            full = f"{pkg_name}.{name}"
+            mspec = importlib.util.spec_from_file_location(full, root / f"{name}.py")
+            mod = importlib.util.module_from_spec(mspec)
+            sys.modules[full] = mod
+            mspec.loader.exec_module(mod)
+            setattr(pkg, name, mod)
+    except Exception:
+        for name in ("utils", "sampling", "external"):
+            sys.modules.pop(f"{pkg_name}.{name}", None)
+        sys.modules.pop(pkg_name, None)
+        raise
+    finally:
+        if stubbed:
+            for n, m in saved.items():
+                if m is None:
+                    sys.modules.pop(n, None)
+                else:
+                    sys.modules[n] = m
+    how = f"files loaded without the package __init__ ({init_error})" + \
+        ("; torchvision stubbed during the import" if stubbed else "")
+    return types.SimpleNamespace(sampling=pkg.sampling, external=pkg.external, how=how)
 
 
 def peer_grids(label: str, grids: list[str]) -> list[str]:
@@ -196,7 +286,7 @@ def _run_peer(label, problem, x_T, grid, nfe, dtype, model):
         return PeerRun(x, counter.calls, steps, sigma_start, sigma_end)
 
     # k-diffusion: explicit sigmas from the diffsolve grid
-    import k_diffusion as K
+    K = kdiffusion()
 
     from ..sampling import grid as make_grid
 

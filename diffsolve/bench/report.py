@@ -1,9 +1,10 @@
 """Reports of a sweep: CSV and JSON of every cell, markdown tables, PNG plots, a printed summary.
 
 Tables and plots average over seeds. In the tables the best value of each NFE column is
-bold; ``*`` marks a cell whose real NFE differs from the column's (shown in brackets),
-``†`` a peer that could not end at sigma = 0 (its RMSE is against the reference at its
-own end point), ``—`` an NFE the solver cannot reach, ``err`` a failed cell (see the CSV).
+bold (and any within 1e-6 relative of it: ties); ``*`` marks a cell whose real NFE differs
+from the column's (shown in brackets), ``†`` a peer that could not end at sigma = 0 (its RMSE
+is against the reference at its own end point), ``—`` an NFE the solver cannot reach, ``err``
+a failed cell (see the CSV).
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ def _table(agg, problem, lines, nfes, metric: str, use_abs: bool) -> str:
                 continue
             key = abs(v) if use_abs else v
             text = _fmt(v)
-            if best[n] is not None and a["exact"] and key == best[n]:
+            # ties (within 1e-6 relative: a peer equal to a diffsolve solver up to rounding) are all bold
+            if best[n] is not None and a["exact"] and key <= best[n] + 1e-6 * abs(best[n]):
                 text = f"**{text}**"
             if not a["exact"]:
                 text += f"* ({a['nfe']})"

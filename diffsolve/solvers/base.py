@@ -48,6 +48,11 @@ class Solver:
     #: set by the driver: whether anyone (a callback) reads the ``denoised`` a step returns;
     #: when False a solver may return None for it and save the work of forming it
     report_denoised: bool = True
+    #: set by the driver: True when no one else holds the state tensors a step receives (no
+    #: callback, no trajectory, not the caller's x_T). A solver may then update a state in place
+    #: once the model has been called on it, if the model was handed a scaled copy and not the
+    #: state itself (:meth:`DiffusionODE.model_sees_state`). Direct callers leave it False.
+    owns_state: bool = False
 
     def __init__(self, **options):
         if options:
@@ -64,6 +69,9 @@ class Solver:
         self.ode = ode
         self.sigmas = list(sigmas)
         self.noise = noise
+        #: per step: whether the model call at sigmas[i] is handed a scaled copy of the state (so
+        #: a solver that owns the state may update it in place after that call); None otherwise
+        self.model_gets_copy = [not ode.model_sees_state(s) for s in self.sigmas[:-1]] if self.owns_state else None
 
     def step(self, i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Advance ``x`` (xbar at ``sigmas[i]``) to ``sigmas[i + 1]``; return ``(x_next, denoised)``."""

@@ -79,7 +79,11 @@ class DDIM(Solver):
         denoised, eps = self.evaluate(x, s_t, need_denoised=s_s == 0)
         if s_s == 0:
             return denoised, denoised  # E27: the last step is the x0-prediction
-        x_next = torch.add(x, eps, alpha=self.c_eps[i])  # one fused kernel: x + c * eps
+        if self.owns_state and self.model_gets_copy[i]:
+            # no one else holds x (the model was handed a scaled copy): update it in place
+            x_next = x.add_(eps, alpha=self.c_eps[i])
+        else:
+            x_next = torch.add(x, eps, alpha=self.c_eps[i])  # one fused kernel: x + c * eps
         if self.c_noise[i] > 0:
             x_next = torch.add(x_next, self.noise(x), alpha=self.c_noise[i])
         return x_next, denoised
