@@ -157,3 +157,18 @@ def test_no_tensor_handed_out_is_changed_by_a_later_step(schedule):
     assert torch.equal(out, out_cb)
     assert all(torch.equal(a, b) for a, b in seen) and len({id(a) for a, _ in seen}) == 6
     assert torch.equal(traj[-1], out) and torch.equal(traj[0], x_T)
+
+
+def test_gradients_through_sample_are_those_of_the_out_of_place_run():
+    # the in-place state update must not disturb autograd (model parameters and x_T require grad)
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(4, 4)
+    ode = ds.wrap(lambda x, t: torch.tanh(lin(x)), ds.DiscreteSchedule.linear(), prediction="eps", time="index")
+    x_T = torch.randn(3, 4, requires_grad=True)
+    grads = []
+    for callback in (None, lambda info: None):  # a callback makes every update out of place
+        out = ds.sample(ode, x_T, "ddim", steps=5, callback=callback)
+        g = torch.autograd.grad(out.square().sum(), [x_T, lin.weight])
+        grads.append(g)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -39,16 +39,6 @@ __all__ = ["measure_overhead", "overhead_markdown", "overhead_plot", "SHAPES"]
 SHAPES = [(1, 64), (256, 3, 32, 32)]
 
 
-def _best(fn, repeats: int) -> float:
-    fn()  # warm-up
-    best = math.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def _interleaved_best(timers: dict[str, Callable[[], None]], repeats: int, log) -> dict[str, float]:
     """Best time of each timer over ``repeats`` rounds, the timers interleaved within a round.
 

@@ -23,8 +23,8 @@ import math
 import sys
 import types
 import warnings
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -88,6 +88,7 @@ def available_peers() -> list[str]:
 
 
 _KDIFFUSION: list = []  # [namespace or None], filled on first use
+_KDIFFUSION_ERROR: list[str] = [""]  # why it is None
 
 
 def kdiffusion() -> types.SimpleNamespace:
@@ -107,9 +108,6 @@ def kdiffusion() -> types.SimpleNamespace:
     if ns is None:
         raise ImportError(f"k-diffusion's samplers cannot be loaded: {_KDIFFUSION_ERROR[0]}")
     return ns
-
-
-_KDIFFUSION_ERROR: list[str] = [""]
 
 
 def _kdiffusion_or_none():
