@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from diffsolve.bench import get_bench_problem, run_bench  # noqa: E402
 from diffsolve.bench.overhead import overhead_markdown  # noqa: E402
 from diffsolve.bench.report import markdown_tables  # noqa: E402
-from diffsolve.sampling import solvers as registered  # noqa: E402
+from diffsolve.sampling import list_solvers as registered  # noqa: E402
 
 NFE = [5, 6, 8, 10, 15, 20, 30, 50]
 PROBLEMS = ["gmm2d", "gmm64", "mlp-spiral"]

@@ -8,7 +8,7 @@
 from . import problems
 from .grids import validate_sigmas
 from .plugins import DuplicateNameError, PluginWarning, UnknownNameError, hookimpl
-from .sampling import grid, grids, invert, make_noise_sampler, make_solver, sample, solvers
+from .sampling import grid, invert, list_grids, list_solvers, make_noise_sampler, make_solver, sample
 from .schedules import (
     DiscreteSchedule,
     EDMSchedule,
@@ -33,8 +33,8 @@ __all__ = [
     "sample",
     "invert",
     "grid",
-    "grids",
-    "solvers",
+    "list_grids",
+    "list_solvers",
     "wrap",
     "make_solver",
     "make_noise_sampler",

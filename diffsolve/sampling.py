@@ -24,16 +24,16 @@ from .plugins.registry import get_registry
 from .solvers.base import Solver
 from .wrapper import DiffusionODE, NonFiniteError
 
-__all__ = ["sample", "invert", "grid", "solvers", "grids", "make_noise_sampler", "make_solver"]
+__all__ = ["sample", "invert", "grid", "list_solvers", "list_grids", "make_noise_sampler", "make_solver"]
 
 
 # -- registry front door ---------------------------------------------------------------------
-def solvers() -> list[str]:
+def list_solvers() -> list[str]:
     """Names of every registered solver (built-in and plugins)."""
     return get_registry().solver_names()
 
 
-def grids() -> list[str]:
+def list_grids() -> list[str]:
     """Names of every registered grid."""
     return get_registry().grid_names()
 

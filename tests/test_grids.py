@@ -10,7 +10,7 @@ DISCRETE = ds.DiscreteSchedule.linear()
 CONTINUOUS = ds.VPLinearSchedule()
 
 
-@pytest.mark.parametrize("name", ds.grids())
+@pytest.mark.parametrize("name", ds.list_grids())
 @pytest.mark.parametrize("steps", [1, 2, 7, 50])
 def test_every_registered_grid_is_strictly_decreasing_float64_ending_at_zero(name, steps):
     if name == "ddim-quad" and steps < 2:

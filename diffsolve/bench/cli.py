@@ -72,15 +72,15 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from ..sampling import grids, solvers
+    from ..sampling import list_grids, list_solvers
     from . import peers
     from .harness import run_bench
     from .problems import bench_problem_names, load_model_problem
 
     if args.list:
         print("problems:", ", ".join(bench_problem_names()))
-        print("solvers: ", ", ".join(solvers()))
-        print("grids:   ", ", ".join(grids()))
+        print("solvers: ", ", ".join(list_solvers()))
+        print("grids:   ", ", ".join(list_grids()))
         print("peers:   ", ", ".join(peers.available_peers()) or "none installed (pip install 'diffsolve[peers]')")
         return 0
     if args.threads < 1:

@@ -30,9 +30,9 @@ import torch
 
 from ..plugins.registry import UnknownNameError
 from ..sampling import grid as make_grid
-from ..sampling import grids as grid_names
+from ..sampling import list_grids as grid_names
 from ..sampling import make_solver, sample
-from ..sampling import solvers as solver_names
+from ..sampling import list_solvers as solver_names
 from ..solvers.base import Solver
 from ..wrapper import DiffusionODE
 from . import dist, peers

@@ -67,7 +67,7 @@ def measure_overhead(solvers=None, shapes=SHAPES, steps: int = 20, repeats: int 
                      dtype: torch.dtype = torch.float32, log=print) -> list[dict]:
     """Rows ``{shape, who, us_per_step, vs_floor}``; see the module docstring."""
     from .harness import parse_solver
-    from ..sampling import solvers as solver_names
+    from ..sampling import list_solvers as solver_names
 
     specs = [parse_solver(s) for s in (solvers if solvers is not None else solver_names())]
     sched = DiscreteSchedule.linear(1000, 1e-4, 0.02)

@@ -17,7 +17,7 @@ from .hookspecs import hookimpl
 def builtin_solver_classes() -> list[type]:
     from ..solvers.base import Solver
 
-    solvers = importlib.import_module("diffsolve.solvers")  # the package, not diffsolve.solvers()
+    solvers = importlib.import_module("diffsolve.solvers")
 
     found = []
     for info in sorted(pkgutil.iter_modules(solvers.__path__), key=lambda m: m.name):

@@ -192,10 +192,10 @@ def named_grids(draw, schedule_strategy: st.SearchStrategy[Schedule] | None = No
     Grids come from the live registry (:func:`diffsolve.grids`), so plugin grids are drawn too;
     grids defined over discrete levels are only drawn with a :class:`DiscreteSchedule`.
     """
-    from ..sampling import grid, grids
+    from ..sampling import grid, list_grids
 
     schedule = draw(schedule_strategy if schedule_strategy is not None else schedules())
-    pool = list(names) if names is not None else grids()
+    pool = list(names) if names is not None else list_grids()
     if not isinstance(schedule, DiscreteSchedule):
         pool = [n for n in pool if n not in DISCRETE_ONLY_GRIDS]
     name = draw(st.sampled_from(sorted(pool)))

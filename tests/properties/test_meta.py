@@ -109,7 +109,7 @@ def _fresh_classification() -> dict[str, set[str]]:
 
 def test_every_registered_solver_is_in_every_suite_that_applies():
     expect = _fresh_classification()
-    assert expect["all"] == set(ds.solvers())
+    assert expect["all"] == set(ds.list_solvers())
     ids = _collected_ids(["tests/properties/test_solver_laws.py", "tests/properties/test_marginals.py"])
     exact = {  # suite -> the solvers it must parametrise, exactly
         "test_observed_order_matches_the_declared_order": expect["fixed_step"],

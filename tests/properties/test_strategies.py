@@ -40,7 +40,7 @@ def test_sigma_grids_without_zero_keep_their_gap_ratio(sig):
 @given(dst.named_grids())
 def test_named_grids_come_from_the_registry(drawn):
     sched, name, steps, sig = drawn
-    assert name in ds.grids() and steps >= 1
+    assert name in ds.list_grids() and steps >= 1
     assert torch.equal(sig, ds.grid(name, sched, steps))
 
 

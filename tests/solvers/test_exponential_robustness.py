@@ -39,7 +39,7 @@ CONTRACT = {  # name: (order, calls_per_step, stochastic)
 
 
 def test_the_family_is_registered_with_its_contract():
-    assert set(CONTRACT) == set(FAMILY) and set(FAMILY) <= set(ds.solvers())
+    assert set(CONTRACT) == set(FAMILY) and set(FAMILY) <= set(ds.list_solvers())
     for name, (order, calls, stochastic) in CONTRACT.items():
         cls = type(ds.make_solver(name))
         assert (cls.name, cls.order, cls.calls_per_step, cls.stochastic) == (name, order, calls, stochastic)
