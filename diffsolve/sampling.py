@@ -253,6 +253,7 @@ def sample(
     return_trajectory: bool = False,
     check_finite: bool = True,
     grid_options: dict[str, Any] | None = None,
+    grad: bool = False,
     **solver_options: Any,
 ):
     """Sample: integrate the ODE (or SDE) from ``x_T`` down the grid.
@@ -274,6 +275,9 @@ def sample(
             after the loop: no host sync per step) and checks the final state; ``"step"`` also
             sums the state after every step, to name the step of a solver overflow; ``False``
             checks nothing.
+        grad: keep the autograd graph (to differentiate through the run, e.g. to tune a
+            grid); by default the run is under ``torch.no_grad()``, as diffusers pipelines and
+            k-diffusion samplers are, so its memory does not grow with the steps.
         solver_options: passed to the solver (``eta=`` for DDIM, ...).
 
     Returns:
@@ -281,7 +285,8 @@ def sample(
     """
     sig = _resolve_sigmas(ode, steps, grid, sigmas, grid_options, increasing=False)
     s = make_solver(solver, **solver_options)
-    return _run(ode, x_T, sig, s, generator, callback, progress, return_trajectory, check_finite)
+    with torch.set_grad_enabled(_check_grad(grad)):
+        return _run(ode, x_T, sig, s, generator, callback, progress, return_trajectory, check_finite)
 
 
 def invert(
@@ -297,6 +302,7 @@ def invert(
     return_trajectory: bool = False,
     check_finite: bool = True,
     grid_options: dict[str, Any] | None = None,
+    grad: bool = False,
     **solver_options: Any,
 ):
     """Encode: run the deterministic ODE upward from data (E42), on the reversed grid.
@@ -323,7 +329,15 @@ def invert(
             f"solver {s.name!r} cannot invert: it is {'stochastic' if s.stochastic else 'not invertible'}; "
             "invert with a deterministic solver (e.g. 'ddim' with eta=0)"
         )
-    return _run(ode, x0, sig, s, None, callback, progress, return_trajectory, check_finite, euler_first_step=True)
+    with torch.set_grad_enabled(_check_grad(grad)):
+        return _run(ode, x0, sig, s, None, callback, progress, return_trajectory, check_finite,
+                    euler_first_step=True)
+
+
+def _check_grad(grad) -> bool:
+    if not isinstance(grad, bool):
+        raise TypeError(f"grad must be True or False, got {grad!r}")
+    return grad
 
 
 def _check_steps(steps) -> None:

@@ -167,8 +167,20 @@ def test_gradients_through_sample_are_those_of_the_out_of_place_run():
     x_T = torch.randn(3, 4, requires_grad=True)
     grads = []
     for callback in (None, lambda info: None):  # a callback makes every update out of place
-        out = ds.sample(ode, x_T, "ddim", steps=5, callback=callback)
+        out = ds.sample(ode, x_T, "ddim", steps=5, callback=callback, grad=True)
         g = torch.autograd.grad(out.square().sum(), [x_T, lin.weight])
         grads.append(g)
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_sample_keeps_no_graph_unless_grad_is_true():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(4, 4)
+    ode = ds.wrap(lambda x, t: torch.tanh(lin(x)), ds.DiscreteSchedule.linear(), prediction="eps", time="index")
+    x_T = torch.randn(3, 4)
+    assert not ds.sample(ode, x_T, "ddim", steps=5).requires_grad
+    assert not ds.invert(ode, x_T, "ddim", steps=5).requires_grad
+    assert ds.sample(ode, x_T, "ddim", steps=5, grad=True).requires_grad
+    with pytest.raises(TypeError, match="grad must be True or False"):
+        ds.sample(ode, x_T, "ddim", steps=5, grad="yes")
