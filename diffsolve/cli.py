@@ -6,7 +6,6 @@ Subcommands of other parts of the library (``bench``) add themselves to :data:`S
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from typing import Callable

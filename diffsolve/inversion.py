@@ -5,8 +5,8 @@ Two kinds of inversion live in diffsolve:
 * **Approximate** (:func:`diffsolve.invert`): the deterministic ODE run upward from data on
   the reversed grid (ddim-math.md E42), with any deterministic solver. Encoding then decoding
   leaves an error of the solver's order (claim 12); :func:`reconstruction_error` measures it.
-* **Exact** (this module): a *reversible* solver (class attribute ``reversible = True`` and a
-  method ``unstep(i, x_i, x_next) -> x_prev``, e.g. ``"bdia"``) can be walked back through the
+* **Exact** (this module): a *reversible* solver (a :class:`~diffsolve.solvers.base.ReversibleSolver`
+  with ``unstep(i, x_i, x_next) -> x_prev``, e.g. ``"bdia"``) can be walked back through the
   very run that produced a sample. Its update needs two states, so undoing it needs the last
   two: :func:`sample_reversible` returns them in a :class:`ReversibleSample`, and
   :func:`invert_exact` (or :func:`diffsolve.invert` given that object) recovers x_T to rounding
@@ -20,9 +20,9 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .sampling import _resolve_sigmas, invert, make_solver, sample, state_dtype_for
-from .solvers.base import Solver
-from .wrapper import DiffusionODE, NonFiniteError
+from .sampling import _Driver, _resolve_sigmas, invert, make_solver, sample
+from .solvers.base import ReversibleSolver, Solver
+from .wrapper import DiffusionODE
 
 __all__ = ["ReversibleSample", "sample_reversible", "invert_exact", "reconstruction_error"]
 
@@ -49,10 +49,10 @@ class ReversibleSample:
 
 
 def _check_reversible(solver: Solver) -> None:
-    if not getattr(solver, "reversible", False) or not callable(getattr(solver, "unstep", None)):
+    if not isinstance(solver, ReversibleSolver):
         raise ValueError(
             f"solver {solver.name!r} is not reversible (it has no exact inverse); exact inversion needs "
-            "a solver with reversible = True and unstep(), e.g. 'bdia'. For approximate encoding use "
+            "a ReversibleSolver (one with unstep()), e.g. 'bdia'. For approximate encoding use "
             "diffsolve.invert(ode, x0, solver=...)"
         )
 
@@ -109,47 +109,24 @@ def invert_exact(
     _check_reversible(solver)
     sig = state.sigmas.tolist()
     n = len(sig) - 1
-    out_dtype = state.x.dtype
-    state_dtype = state_dtype_for(out_dtype)
-    x_next = state.xbar if state.xbar is not None else ode.to_xbar(state.x.to(state_dtype), sig[-1])
-    x = state.xbar_prev if state.xbar_prev is not None else ode.to_xbar(state.x_prev.to(state_dtype), sig[-2])
-
-    ode.input_dtype = out_dtype
-    ode._start_run()
-    solver.setup(ode, sig, _no_noise)
-    traj = [state.x] if return_trajectory else []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=max(n - 1, 0), desc=f"diffsolve {solver.name} inverse", unit="step")
+    # the driver's steps run upward: its step k undoes the solver's step n - 1 - k
+    up = sig[::-1]
+    d = _Driver(ode, state.x, up, callback=callback, progress=progress, return_trajectory=return_trajectory,
+                check_finite=check_finite, desc=f"diffsolve {solver.name} inverse")
     try:
+        x_next = state.xbar if state.xbar is not None else d.start_state(state.x)
+        x = (state.xbar_prev if state.xbar_prev is not None
+             else d.ode.to_xbar(state.x_prev.to(x_next.dtype), sig[-2]))
+        solver.setup(d.ode, sig, _no_noise)
+        d.after_step(0, x, None, up[0], up[1])  # the last state before the sample: known, no model call
         for i in range(n - 1, 0, -1):
-            ode.step_index = i
             x_prev = solver.unstep(i, x, x_next)
-            if return_trajectory or callback is not None:
-                x_model = ode.from_xbar(x, sig[i])
-                if return_trajectory:
-                    traj.append(x_model.to(out_dtype))
-                if callback is not None:
-                    callback({"i": n - 1 - i, "sigma": sig[i + 1], "sigma_next": sig[i - 1],
-                              "x": ode.from_xbar(x_prev, sig[i - 1]), "xbar": x_prev, "nfe": ode.nfe})
+            d.after_step(n - i, x_prev, None, sig[i], sig[i - 1])
             x_next, x = x, x_prev
-            if bar is not None:
-                bar.update(1)
+        out = d.finish(x, sig[0])
     finally:
-        if bar is not None:
-            bar.close()
-        ode.step_index = -1
-    out = ode.from_xbar(x, sig[0])
-    if check_finite and not bool(torch.isfinite(out).all()):
-        raise NonFiniteError(f"exact inversion with {solver.name!r} produced non-finite values "
-                             f"(the amplification of its inverse overflowed; gamma={getattr(solver, 'gamma', '?')})")
-    out = out.to(out_dtype)
-    if return_trajectory:
-        traj.append(out)
-        return out, traj
-    return out
+        d.close()
+    return (out, d.traj) if return_trajectory else out
 
 
 def _no_noise(like: torch.Tensor) -> torch.Tensor:  # pragma: no cover - reversible solvers draw none

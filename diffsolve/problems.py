@@ -21,7 +21,7 @@ from typing import Sequence
 
 import torch
 
-from .schedules import DiscreteSchedule, Schedule, SigmaSchedule
+from .schedules import DiscreteSchedule, Schedule
 from .wrapper import DiffusionODE
 
 __all__ = ["GaussianMixture", "Gaussian", "PointMass", "get_problem", "PROBLEMS", "reference_solution"]

@@ -22,7 +22,7 @@ import torch
 from .grids import validate_sigmas
 from .plugins.registry import get_registry
 from .solvers.base import Solver
-from .wrapper import DiffusionODE, NonFiniteError
+from .wrapper import DiffusionODE, NonFiniteError, Run
 
 __all__ = ["sample", "invert", "grid", "list_solvers", "list_grids", "make_noise_sampler", "make_solver"]
 
@@ -118,107 +118,111 @@ def _resolve_sigmas(ode, steps, grid_name, sigmas, grid_options, increasing: boo
     return sig.flip(0) if increasing else sig
 
 
-def _run(
-    ode: DiffusionODE,
-    x_start: torch.Tensor,
-    sig: torch.Tensor,
-    solver: Solver,
-    generator,
-    callback,
-    progress: bool,
-    return_trajectory: bool,
-    check_finite: bool,
-    euler_first_step: bool = False,
-):
-    if not isinstance(ode, DiffusionODE):
-        raise TypeError(f"expected the ODE from diffsolve.wrap(...), got {type(ode).__name__}")
-    if not isinstance(x_start, torch.Tensor) or not x_start.is_floating_point():
-        raise TypeError("the start state must be a floating-point torch.Tensor")
+class _Driver:
+    """One run's bookkeeping, shared by every loop (sample, invert, exact inversion, the
+    diffusers scheduler): the run view of the ODE, dtypes, callback, trajectory, progress and
+    the finite check. Solvers only step; nothing of the run is left on the user's ODE."""
+
+    def __init__(self, ode: DiffusionODE, x_start: torch.Tensor, sig_list: list[float], *, callback=None,
+                 progress: bool = False, return_trajectory: bool = False, check_finite=True, desc: str = ""):
+        if not isinstance(ode, DiffusionODE):
+            raise TypeError(f"expected the ODE from diffsolve.wrap(...), got {type(ode).__name__}")
+        if not isinstance(x_start, torch.Tensor) or not x_start.is_floating_point():
+            raise TypeError("the start state must be a floating-point torch.Tensor")
+        if check_finite not in (True, False, "step"):
+            raise ValueError(f"check_finite must be True, False or 'step', got {check_finite!r}")
+        self.sig = sig_list
+        self.in_dtype = x_start.dtype
+        self.callback = callback
+        self.per_step = check_finite == "step"
+        self.check_finite = bool(check_finite)
+        self.ode = ode.start_run(input_dtype=self.in_dtype, record=self.check_finite,
+                                 wants_denoised=callback is not None, sigmas=sig_list)
+        self.run = self.ode.run
+        self.sums: list[torch.Tensor] = []
+        self.traj: list[torch.Tensor] | None = [x_start] if return_trajectory else None
+        self.bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=len(sig_list) - 1, desc=desc, unit="step")
+
+    def start_state(self, x_start: torch.Tensor) -> torch.Tensor:
+        return self.ode.to_xbar(x_start.to(state_dtype_for(self.in_dtype)), self.sig[0])
+
+    def after_step(self, i: int, x_new: torch.Tensor, denoised, sigma: float, sigma_next: float) -> None:
+        """Step ``i`` (``sigma -> sigma_next``) is done; the next model calls belong to step i + 1."""
+        self.run.step = i + 1
+        if self.per_step:
+            self.sums.append(x_new.detach().sum(dtype=torch.float32))
+        if self.callback is not None or self.traj is not None:
+            x_model = self.ode.from_xbar(x_new, sigma_next)
+            if self.traj is not None:
+                self.traj.append(x_model.to(self.in_dtype))
+            if self.callback is not None:
+                self.callback({"i": i, "sigma": sigma, "sigma_next": sigma_next, "x": x_model, "xbar": x_new,
+                               "denoised": denoised, "nfe": self.ode.nfe})
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def solve(self, solver: Solver, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Run ``solver`` over ``sig[start:]`` (its own step i is the driver's step start + i)."""
+        sig = self.sig
+        self.run.step = start
+        solver.setup(self.ode, sig[start:], self.noise)
+        if len(sig) - 1 <= start:
+            return x
+
+        def after_step(i, x_new, denoised):
+            self.after_step(start + i, x_new, denoised, sig[start + i], sig[start + i + 1])
+
+        return solver.run(x, after_step)
+
+    def finish(self, x: torch.Tensor, sigma_last: float) -> torch.Tensor:
+        """The final state in the model's space and dtype, after the finite check."""
+        if self.check_finite:
+            sums = self.sums or [x.detach().sum(dtype=torch.float32)]
+            _raise_if_nonfinite(self.run, sums, self.sig, self.per_step)
+        return self.ode.from_xbar(x, sigma_last).to(self.in_dtype)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _run(ode, x_start, sig, solver, generator, callback, progress, return_trajectory, check_finite,
+         euler_first_step: bool = False):
+    """sample / invert: the driver around one solver."""
     sig_list = sig.tolist()  # Python floats (float64); tolist, not a per-element tensor loop
-    n = len(sig_list) - 1
-    in_dtype = x_start.dtype
-    state_dtype = state_dtype_for(in_dtype)
-    ode.input_dtype = in_dtype
-    ode._start_run()
-    ode._recording = bool(check_finite)
-    x = ode.to_xbar(x_start.to(state_dtype), sig_list[0])
-
-    per_step = check_finite == "step"
-    sums: list[torch.Tensor] = []
-    traj: list[torch.Tensor] = [x_start] if return_trajectory else []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n, desc=f"diffsolve {solver.name}", unit="step")
-
-    def after_step(i: int, x_new: torch.Tensor, denoised: torch.Tensor) -> None:
-        if per_step:
-            sums.append(x_new.detach().sum(dtype=torch.float32))
-        if callback is not None or return_trajectory:
-            x_model = ode.from_xbar(x_new, sig_list[i + 1])
-            if return_trajectory:
-                traj.append(x_model.to(in_dtype))
-            if callback is not None:
-                callback({"i": i, "sigma": sig_list[i], "sigma_next": sig_list[i + 1],
-                          "x": x_model, "xbar": x_new, "denoised": denoised, "nfe": ode.nfe})
-        if bar is not None:
-            bar.update(1)
-
+    d = _Driver(ode, x_start, sig_list, callback=callback, progress=progress,
+                return_trajectory=return_trajectory, check_finite=check_finite, desc=f"diffsolve {solver.name}")
+    d.noise = make_noise_sampler(generator)
     try:
+        x = d.start_state(x_start)
         start = 0
         if euler_first_step and sig_list[0] == 0.0:
             # invert: the first step leaves sigma = 0 with one Euler (DDIM) step, the model
-            # evaluated on the clean input (at the schedule's smallest level): ddim-math.md 5.
-            ode.step_index = 0
-            denoised, eps = ode.predict(x, 0.0)
+            # evaluated on the clean input (at the schedule's smallest level): docs/math.md section 5.
+            denoised, eps = d.ode.predict(x, 0.0)
             x = x + sig_list[1] * eps
-            after_step(0, x, denoised)
+            d.after_step(0, x, denoised, sig_list[0], sig_list[1])
             start = 1
-        # solvers may skip forming `denoised` when nobody reads it (no callback), and update
-        # the state in place when nobody else holds it (no callback, no trajectory, not x_T)
-        solver.report_denoised = callback is not None
-        solver.owns_state = callback is None and not return_trajectory and not _shares_memory(x, x_start)
-        solver.setup(ode, sig_list[start:], make_noise_sampler(generator))
-        if start:
-            ode.step_offset = start  # the solver counts its steps from 0
-            _shift_after = after_step
-
-            def after_step(i, x_new, denoised):  # noqa: F811 - offset the step index
-                _shift_after(i + 1, x_new, denoised)
-        x = solver.run(x, after_step) if n > start else x
+        x = d.solve(solver, x, start)
+        out = d.finish(x, sig_list[-1])
     finally:
-        if bar is not None:
-            bar.close()
-        ode.step_index, ode.step_offset, ode._recording = -1, 0, False
-        solver.owns_state = False
-    if check_finite:
-        if not sums:  # default: the model's outputs were recorded per call; the state once, here
-            sums = [x.detach().sum(dtype=torch.float32)]
-        _raise_if_nonfinite(ode, sums, sig_list, per_step)
-    out = ode.from_xbar(x, sig_list[-1]).to(in_dtype)
-    if return_trajectory:
-        return out, traj
-    return out
+        d.close()
+    return (out, d.traj) if return_trajectory else out
 
 
-def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether ``a`` may alias ``b`` (True when it cannot be told)."""
-    try:
-        return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
-    except (RuntimeError, NotImplementedError):  # tensors without a plain storage
-        return True
-
-
-def _raise_if_nonfinite(ode: DiffusionODE, sums, sig_list, per_step: bool) -> None:
+def _raise_if_nonfinite(run: Run, sums, sig_list, per_step: bool) -> None:
     """One host sync per run: the state sums (per step, or the final state) and the model's
     per-call output sums tell whether and where NaN/inf appeared."""
     # fast path: the total of every recorded sum is finite when each is (if a huge finite total
     # overflows, the per-entry check below finds nothing and nothing is raised)
-    if math.isfinite(float(torch.stack(ode._out_sums + sums).sum())):
+    if math.isfinite(float(torch.stack(run.sums + sums).sum())):
         return
     bad = ~torch.isfinite(torch.stack(sums))
-    where = ode._first_nonfinite_output()
+    where = run.first_nonfinite()
     if where is None and not bool(bad.any()):
         return
     n = len(sig_list) - 1
@@ -237,6 +241,7 @@ def _raise_if_nonfinite(ode: DiffusionODE, sums, sig_list, per_step: bool) -> No
         msg = ("the final state is not finite although every model output was: the solver's arithmetic "
                "overflowed (try a wider dtype); rerun with check_finite='step' to name the step")
     raise NonFiniteError(msg)
+
 
 
 def sample(

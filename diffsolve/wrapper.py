@@ -29,14 +29,16 @@ At sigma = 0 no conversion divides by sigma (E27): D is what solvers use there.
 
 from __future__ import annotations
 
+import copy
 import math
-from typing import Any, Callable, Mapping
+import threading
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
 from .schedules import Schedule
 
-__all__ = ["DiffusionODE", "wrap", "PREDICTIONS", "TIME_CONVENTIONS", "NonFiniteError"]
+__all__ = ["DiffusionODE", "Run", "wrap", "PREDICTIONS", "TIME_CONVENTIONS", "NonFiniteError"]
 
 PREDICTIONS = ("eps", "x0", "sample", "v", "score", "flow")
 TIME_CONVENTIONS = ("index", "t", "sigma", "edm", "log-sigma")
@@ -105,27 +107,78 @@ class DiffusionODE:
         self.time_dtype = time_dtype
         self.guidance_rescale = float(guidance_rescale)
         self.denoised_transform = denoised_transform
-        self.nfe = 0
+        # caches shared by every run (and thread): read-mostly dicts, each entry written once
         self._t_cache: dict[tuple, torch.Tensor] = {}
+        self._time_value: dict[float, float] = {}
         self._level_cache: dict[float, tuple[float, float]] = {}
         self._guided_kwargs: dict[str, Any] | None = None
-        # finite-ness record of each model output (device scalars; read once per run)
-        self._out_sums: list[torch.Tensor] = []
-        self._out_where: list[tuple[int, float]] = []
-        self.step_index = -1
-        # added to step_index in the records: the driver's steps taken before the solver's (invert)
-        self.step_offset = 0
-        # whether model outputs are recorded for the finite check: only inside a driver run
-        # with check_finite (direct calls and check_finite=False skip the extra reduction)
-        self._recording = False
         # the model's sigma range, read once (a schedule's properties may index tensors)
         self._sigma_range = (float(schedule.sigma_min), float(schedule.sigma_max))
-        #: dtype the model is called in (set by the driver to x_T's dtype; None: the state's)
-        self.input_dtype: torch.dtype | None = None
+        self._counter = _Counter()
+        #: the run this view belongs to (see :meth:`start_run`); None on the ODE ``wrap`` returns
+        self._run: Run | None = None
+
+    @property
+    def nfe(self) -> int:
+        """Model calls made through this ODE so far, by every run (a guided call is one NFE)."""
+        return self._counter.value
+
+    @nfe.setter
+    def nfe(self, value: int) -> None:
+        self._counter.value = int(value)
+
+    @property
+    def run(self) -> Run | None:
+        """The run this view serves (None for the ODE itself)."""
+        return self._run
+
+    @property
+    def wants_denoised(self) -> bool:
+        """Whether someone outside the solver (a callback) reads the denoised estimate a step
+        returns. Only a run's view can say no; :meth:`evaluate` uses it to skip forming D."""
+        return self._run is None or self._run.wants_denoised
+
+    # -- runs ------------------------------------------------------------------------
+    def start_run(self, *, input_dtype: torch.dtype | None = None, record: bool = False,
+                  wants_denoised: bool = True, sigmas: Sequence[float] | None = None) -> DiffusionODE:
+        """A view of this ODE for one run: same model, schedule and caches, its own run state.
+
+        The driver (:func:`diffsolve.sample`, :func:`diffsolve.invert`, exact inversion, the
+        diffusers scheduler) makes one per run and hands it to the solver, so nothing of a run
+        stays on the ODE the user holds: the ODE can be shared by threads and reused.
+
+        Args:
+            input_dtype: dtype the model is called in (x_T's; None: the state's).
+            record: record a float32 sum of every model output, to name the step where NaN/inf
+                first appeared (:meth:`Run.first_nonfinite`).
+            wants_denoised: whether a callback reads each step's denoised estimate.
+            sigmas: the run's grid: the model's times for all its levels are computed at once.
+        """
+        view = copy.copy(self)
+        view._run = Run(input_dtype=input_dtype, record=record, wants_denoised=wants_denoised)
+        if sigmas is not None:
+            self._prepare_times(sigmas)
+        return view
+
+    def _prepare_times(self, sigmas: Sequence[float]) -> None:
+        """The model's time at every given sigma, in one vectorized schedule call."""
+        if callable(self.time) or self.time not in ("index", "t"):
+            return  # closed forms (sigma, edm, log-sigma) or a user callable: nothing to batch
+        todo = [s for s in dict.fromkeys(sigmas) if s not in self._time_value]
+        if not todo:
+            return
+        lo, hi = self._sigma_range
+        clamped = torch.tensor([min(max(s, lo), hi) for s in todo], dtype=torch.float64)
+        if len(self._time_value) + len(todo) > _CACHE_LIMIT:
+            self._time_value.clear()
+        self._time_value.update(zip(todo, self.schedule.t(clamped).tolist()))
 
     # -- time ------------------------------------------------------------------------
     def model_time(self, sigma: float) -> float:
         """The value fed to the model as its time at noise level ``sigma``."""
+        hit = self._time_value.get(sigma)
+        if hit is not None:
+            return hit
         lo, hi = self._sigma_range
         s = min(max(sigma, lo), hi)
         if callable(self.time):
@@ -142,7 +195,7 @@ class DiffusionODE:
         key = (sigma, batch, device)
         t = self._t_cache.get(key)
         if t is None:
-            if len(self._t_cache) > 4096:
+            if len(self._t_cache) > _CACHE_LIMIT:
                 self._t_cache.clear()
             t = torch.full((batch,), self.model_time(sigma), dtype=self.time_dtype, device=device)
             self._t_cache[key] = t
@@ -151,8 +204,9 @@ class DiffusionODE:
     # -- model call --------------------------------------------------------------------
     def _call(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         state_dtype = x.dtype
-        if self.input_dtype is not None and state_dtype != self.input_dtype:
-            x = x.to(self.input_dtype)
+        run = self._run
+        if run is not None and run.input_dtype is not None and state_dtype != run.input_dtype:
+            x = x.to(run.input_dtype)
         batch = x.shape[0] if x.dim() > 0 else 1
         if self.guidance is None:
             out = self.model(x, self._time_tensor(sigma, batch, x.device), **self.model_kwargs)
@@ -165,13 +219,15 @@ class DiffusionODE:
             out = out_u + self.guidance * (out_c - out_u)
             if self.guidance_rescale > 0:
                 out = _rescale_guidance(out, out_c, self.guidance_rescale)
-        self.nfe += 1
+        self._counter.add()
         _check_output(out, x.shape)
         if out.dtype != state_dtype:
             out = out.to(state_dtype)
-        if self._recording:
-            self._out_sums.append((out.detach() if out.requires_grad else out).sum(dtype=torch.float32))
-            self._out_where.append((self.step_index + self.step_offset, sigma))
+        if run is not None:
+            run.nfe += 1
+            if run.record:
+                run.sums.append((out.detach() if out.requires_grad else out).sum(dtype=torch.float32))
+                run.where.append((run.step, sigma))
         return out
 
     def _batched_guidance_kwargs(self) -> dict[str, Any]:
@@ -259,6 +315,14 @@ class DiffusionODE:
 
     __call__ = eps
 
+    def evaluate(self, xbar: torch.Tensor, sigma: float, need_denoised: bool = False):
+        """``(denoised, eps)`` from one model call, where ``denoised`` is None unless the caller
+        (``need_denoised``) or the run's callback (:attr:`wants_denoised`) reads it: an eps
+        model's D is then never formed. For solvers whose step only needs eps (DDIM, LMS)."""
+        if need_denoised or self.wants_denoised:
+            return self.predict(xbar, sigma)
+        return None, self.eps(xbar, sigma)
+
     def _level(self, sigma: float) -> tuple[float, float]:
         """``(s, scale(s))`` with s = sigma clamped to the model's range; cached per sigma (the
         driver evaluates the same few grid levels on every run)."""
@@ -267,7 +331,7 @@ class DiffusionODE:
             lo, hi = self._sigma_range
             s = min(max(sigma, lo), hi)
             hit = (s, self.schedule.scale(s))
-            if len(self._level_cache) > 4096:
+            if len(self._level_cache) > _CACHE_LIMIT:
                 self._level_cache.clear()
             self._level_cache[sigma] = hit
         return hit
@@ -288,21 +352,58 @@ class DiffusionODE:
         a = self.schedule.scale(float(sigma))
         return xbar * a if a != 1.0 else xbar
 
-    # -- bookkeeping used by the driver --------------------------------------------------
-    def _start_run(self) -> None:
-        self._out_sums.clear()
-        self._out_where.clear()
+    def __repr__(self) -> str:
+        run = "" if self._run is None else ", run view"
+        return (f"DiffusionODE(prediction={self.prediction!r}, time={self.time!r}, schedule={self.schedule!r}, "
+                f"nfe={self.nfe}{run})")
 
-    def _first_nonfinite_output(self) -> tuple[int, float] | None:
-        if not self._out_sums:
+
+class Run:
+    """The state of one run, owned by the driver: what used to live on the ODE between runs.
+
+    Attributes:
+        input_dtype: dtype the model is called in (None: the state's).
+        record: whether model outputs are summed for the finite check.
+        wants_denoised: whether a callback reads each step's denoised estimate.
+        step: the driver's step the next model calls belong to (for NaN reports).
+        nfe: model calls made in this run.
+        sums, where: per model call, a float32 output sum (on the device) and (step, sigma).
+    """
+
+    __slots__ = ("input_dtype", "record", "wants_denoised", "step", "nfe", "sums", "where")
+
+    def __init__(self, input_dtype=None, record=False, wants_denoised=True):
+        self.input_dtype, self.record, self.wants_denoised = input_dtype, record, wants_denoised
+        self.step, self.nfe = 0, 0
+        self.sums: list[torch.Tensor] = []
+        self.where: list[tuple[int, float]] = []
+
+    def first_nonfinite(self) -> tuple[int, float] | None:
+        """``(step, sigma)`` of the first model call whose output was not finite (one host sync)."""
+        if not self.sums:
             return None
-        bad = ~torch.isfinite(torch.stack(self._out_sums))
+        bad = ~torch.isfinite(torch.stack(self.sums))
         if not bool(bad.any()):
             return None
-        return self._out_where[int(bad.nonzero()[0, 0])]
+        return self.where[int(bad.nonzero()[0, 0])]
 
-    def __repr__(self) -> str:
-        return f"DiffusionODE(prediction={self.prediction!r}, time={self.time!r}, schedule={self.schedule!r}, nfe={self.nfe})"
+
+class _Counter:
+    """A call counter shared by an ODE and its run views; exact under threads."""
+
+    __slots__ = ("value", "_lock")
+
+    def __init__(self):
+        self.value = 0
+        self._lock = threading.Lock()
+
+    def add(self) -> None:
+        with self._lock:
+            self.value += 1
+
+
+#: entries a per-ODE cache may hold before it is emptied (bounds memory in long-lived processes)
+_CACHE_LIMIT = 4096
 
 
 def _rescale_guidance(guided: torch.Tensor, cond_out: torch.Tensor, phi: float) -> torch.Tensor:

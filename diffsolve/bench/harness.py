@@ -28,7 +28,6 @@ from typing import Any, Sequence
 
 import torch
 
-from ..plugins.registry import UnknownNameError
 from ..sampling import grid as make_grid
 from ..sampling import list_grids as grid_names
 from ..sampling import make_solver, sample

@@ -28,7 +28,7 @@ from typing import Callable
 import torch
 
 from ..sampling import grid as make_grid
-from ..sampling import make_solver, sample
+from ..sampling import sample
 from ..schedules import DiscreteSchedule, EDMSchedule
 from ..wrapper import DiffusionODE
 from . import peers

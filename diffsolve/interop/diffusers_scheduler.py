@@ -175,8 +175,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         sig = torch.as_tensor(self.sigmas, dtype=torch.float64).tolist()
         in_dtype = x_model.dtype
         state_dtype = state_dtype_for(in_dtype)
-        ode.input_dtype = in_dtype
-        ode._start_run()
+        ode = ode.start_run(input_dtype=in_dtype, wants_denoised=False)
         solver = self._new_solver()
         solver.setup(ode, sig, noise)
         x = solver.run(ode.to_xbar(x_model.to(state_dtype), sig[0]), lambda i, x, d: None)

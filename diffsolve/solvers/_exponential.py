@@ -54,7 +54,7 @@ from typing import Sequence
 
 import torch
 
-from .base import Solver
+from .base import Solver, check_choice
 
 FINAL_STEPS = ("auto", "denoise", "lower-order")
 #: ``final_step="auto"`` lowers the order at the end on grids with fewer steps than this
@@ -123,19 +123,6 @@ def step_orders(sigmas: Sequence[float], order: int, final_step: str, multistep:
             p = min(p, n - i)
         out.append(0 if sigmas[i + 1] == 0 else p)
     return out
-
-
-def check_choice(option: str, value, allowed: Sequence) -> object:
-    if value not in allowed:
-        raise ValueError(f"{option}={value!r} is not allowed; allowed: {', '.join(map(repr, allowed))}")
-    return value
-
-
-def check_eta(eta) -> float:
-    eta = float(eta)
-    if not math.isfinite(eta) or eta < 0:
-        raise ValueError(f"eta must be a finite number >= 0, got {eta}")
-    return eta
 
 
 # -- tensors --------------------------------------------------------------------------------

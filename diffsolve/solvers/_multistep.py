@@ -27,15 +27,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["History", "adams_bashforth", "adams_series", "check_order", "ghvb_weights", "lagrange_weights",
-           "warmup_weights"]
-
-
-def check_order(order, allowed: Sequence[int] = (1, 2, 3, 4)) -> int:
-    """The ``order`` option, validated: an int among ``allowed`` (ValueError otherwise)."""
-    if isinstance(order, bool) or not isinstance(order, int) or order not in allowed:
-        raise ValueError(f"order must be one of {', '.join(map(str, allowed))}, got {order!r}")
-    return order
+__all__ = ["History", "adams_bashforth", "adams_series", "ghvb_weights", "lagrange_weights", "warmup_weights"]
 
 
 def lagrange_weights(nodes: Sequence[float], a: float, b: float) -> list[float]:

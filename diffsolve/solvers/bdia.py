@@ -27,31 +27,23 @@ Order 1 on general grids (2 on uniform ones with gamma = 1), one model call per 
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from .base import Solver
+from .base import ReversibleSolver, check_choice, check_real
 
 SPACES = ("model", "sigma")
 
 
-class BDIA(Solver):
-    """BDIA-DDIM (Zhang et al. 2023): two-step DDIM, exactly invertible from its last two states."""
+class BDIA(ReversibleSolver):
+    """BDIA-DDIM (Zhang et al. 2023): two-step DDIM, exactly reversible from its last two states."""
 
     name = "bdia"
     order = 1
     calls_per_step = 1
-    #: :func:`diffsolve.invert_exact` can undo a run of this solver (see :meth:`unstep`)
-    reversible = True
 
     def __init__(self, *, gamma: float = 1.0, space: str = "model"):
-        gamma = float(gamma)
-        if not (math.isfinite(gamma) and 0.0 <= gamma <= 1.0):
-            raise ValueError(f"gamma must be in [0, 1], got {gamma}")
-        if space not in SPACES:
-            raise ValueError(f"space={space!r} is not known; allowed: {', '.join(SPACES)}")
-        self.gamma, self.space = gamma, space
+        self.gamma = check_real("gamma", gamma, low=0.0, high=1.0)
+        self.space = check_choice("space", space, SPACES)
 
     def setup(self, ode, sigmas, noise):
         super().setup(ode, sigmas, noise)

@@ -25,7 +25,8 @@ import math
 
 import torch
 
-from .base import Solver
+from ._ancestral import ancestral_split
+from .base import Solver, check_choice, check_real
 
 VARIANCES = ("eta", "large")
 
@@ -38,13 +39,8 @@ class DDIM(Solver):
     calls_per_step = 1
 
     def __init__(self, *, eta: float = 0.0, variance: str = "eta"):
-        eta = float(eta)
-        if not math.isfinite(eta) or eta < 0:
-            raise ValueError(f"eta must be a finite number >= 0, got {eta}")
-        if variance not in VARIANCES:
-            raise ValueError(f"variance={variance!r} is not known; allowed: {', '.join(VARIANCES)}")
-        self.eta = eta
-        self.variance = variance
+        self.eta = eta = check_real("eta", eta, low=0.0)
+        self.variance = check_choice("variance", variance, VARIANCES)
         # an instance is stochastic when it draws noise
         self.stochastic = eta > 0 or variance == "large"
         self.invertible = not self.stochastic
@@ -54,36 +50,21 @@ class DDIM(Solver):
         # float64 coefficients per step: x_next = x + c_eps * eps + c_noise * z
         self.c_eps, self.c_noise = [], []
         for s_t, s_s in zip(self.sigmas[:-1], self.sigmas[1:]):
-            nubar = 0.0
-            if s_s < s_t:  # nu := 0 on upward (encoding) steps: pitfall 10
-                if self.variance == "large":
-                    nubar = math.sqrt((s_t**2 - s_s**2) * (1 + s_s**2) / (1 + s_t**2)) if s_s > 0 else 0.0
-                    nubar_mean = self.eta_one(s_t, s_s)
-                else:
-                    nubar = self.eta * s_s * math.sqrt(s_t**2 - s_s**2) / s_t
-                    nubar_mean = nubar
-                # the radicand sigma_s^2 - nubar^2 is clamped at 0 (E18 note; eta > 1)
-                sigma_down = math.sqrt(max(s_s**2 - nubar_mean**2, 0.0))
-            else:
-                sigma_down = s_s
+            # nu := 0 on upward (encoding) steps (pitfall 10); for eta > 1 the radicand
+            # sigma_s^2 - nubar^2 is clamped at 0 and nubar kept (E18 read literally)
+            eta = 1.0 if self.variance == "large" else self.eta
+            sigma_down, nubar = ancestral_split(s_t, s_s, eta, clamp_up=False)
+            if self.variance == "large" and s_s < s_t:  # sigma-hat (E25): eta = 1's mean, larger noise
+                nubar = math.sqrt((s_t**2 - s_s**2) * (1 + s_s**2) / (1 + s_t**2)) if s_s > 0 else 0.0
             self.c_eps.append(sigma_down - s_t)
             self.c_noise.append(nubar)
 
-    @staticmethod
-    def eta_one(s_t: float, s_s: float) -> float:
-        """nubar at eta = 1 (E20 / A_s): the DDPM posterior std in xbar units."""
-        return s_s * math.sqrt(s_t**2 - s_s**2) / s_t
-
     def step(self, i, x):
         s_t, s_s = self.sigmas[i], self.sigmas[i + 1]
-        denoised, eps = self.evaluate(x, s_t, need_denoised=s_s == 0)
+        denoised, eps = self.ode.evaluate(x, s_t, need_denoised=s_s == 0)
         if s_s == 0:
             return denoised, denoised  # E27: the last step is the x0-prediction
-        if self.owns_state and self.model_gets_copy[i]:
-            # no one else holds x (the model was handed a scaled copy): update it in place
-            x_next = x.add_(eps, alpha=self.c_eps[i])
-        else:
-            x_next = torch.add(x, eps, alpha=self.c_eps[i])  # one fused kernel: x + c * eps
+        x_next = torch.add(x, eps, alpha=self.c_eps[i])  # one fused kernel: x + c * eps
         if self.c_noise[i] > 0:
             x_next = torch.add(x_next, self.noise(x), alpha=self.c_noise[i])
         return x_next, denoised

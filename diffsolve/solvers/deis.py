@@ -29,7 +29,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._exponential import ExponentialSolver, check_choice, combine, moments, poly_weights
+from ._exponential import ExponentialSolver, combine, moments, poly_weights
+from .base import check_choice, check_int
 
 VARIABLES = ("t", "log-sigma", "sigma")
 _GAUSS_POINTS = 16
@@ -43,11 +44,9 @@ class DEIS(ExponentialSolver):
     calls_per_step = 1
     form = "noise"
 
-    def __init__(self, *, order: int = 3, variable: str = "t", final_step: str = "auto"):
+    def __init__(self, *, solver_order: int = 3, variable: str = "t", final_step: str = "auto"):
         super().__init__(final_step=final_step)
-        if isinstance(order, bool) or order not in (1, 2, 3):
-            raise ValueError(f"order={order!r} is not allowed; allowed: 1, 2, 3")
-        self.order = order
+        self.order = check_int("solver_order", solver_order, (1, 2, 3))
         self.variable = check_choice("variable", variable, VARIABLES)
 
     def setup(self, ode, sigmas, noise):

@@ -22,7 +22,8 @@ grids and was neutral on logsnr (``_exponential`` has the numbers). Orders 2 and
 
 from __future__ import annotations
 
-from ._exponential import ExponentialSolver, check_choice, combine, moments, poly_weights
+from ._exponential import ExponentialSolver, combine, moments, poly_weights
+from .base import check_choice
 
 SOLVER_TYPES = ("midpoint", "taylor")
 

@@ -27,7 +27,9 @@ import math
 
 import torch
 
-from ._exponential import ExponentialSolver, check_choice, check_eta, combine, moments, poly_weights
+from ._ancestral import ancestral_split
+from ._exponential import ExponentialSolver, combine, moments, poly_weights
+from .base import check_choice, check_real
 
 SOLVER_TYPES = ("midpoint", "taylor")
 
@@ -38,7 +40,7 @@ class _Stochastic(ExponentialSolver):
 
     def __init__(self, *, eta: float = 1.0, final_step: str = "auto"):
         super().__init__(final_step=final_step)
-        self.eta = check_eta(eta)
+        self.eta = check_real("eta", eta, low=0.0)
         self.stochastic = self.eta > 0
         self.invertible = not self.stochastic
 
@@ -95,8 +97,8 @@ class DPMSolverPPSDE(_Stochastic):
         s_t, s_s = self.sigmas[i], self.sigmas[i + 1]
         out = []
         for s in ([s_s] if p == 1 else [math.sqrt(s_t * s_s), s_s]):
-            up = min(s, self.eta * s * math.sqrt(max(s_t**2 - s**2, 0.0)) / s_t)  # 0 upwards (eta = 0)
-            out.append((s, math.sqrt(s**2 - up**2) / s_t, up))
+            down, up = ancestral_split(s_t, s, self.eta)
+            out.append((s, down / s_t, up))
         return out
 
     def step(self, i, x):

@@ -15,9 +15,9 @@ posterior variance, E24). eta = 0 is deterministic Euler (= DDIM, order 1) and m
 
 from __future__ import annotations
 
-import math
 
-from .base import Solver
+from ._ancestral import ancestral_split
+from .base import Solver, check_real
 from .ddim import DDIM
 
 
@@ -29,12 +29,8 @@ class EulerAncestral(DDIM):
     calls_per_step = 1
 
     def __init__(self, *, eta: float = 1.0, s_noise: float = 1.0):
-        eta, s_noise = float(eta), float(s_noise)
-        if not (math.isfinite(eta) and eta >= 0):
-            raise ValueError(f"eta must be a finite number >= 0, got {eta}")
-        if not (math.isfinite(s_noise) and s_noise >= 0):
-            raise ValueError(f"s_noise must be a finite number >= 0, got {s_noise}")
-        self.eta, self.s_noise = eta, s_noise
+        self.eta = eta = check_real("eta", eta, low=0.0)
+        self.s_noise = s_noise = check_real("s_noise", s_noise, low=0.0)
         self.stochastic = eta > 0 and s_noise > 0
         self.invertible = not self.stochastic
 
@@ -42,10 +38,7 @@ class EulerAncestral(DDIM):
         Solver.setup(self, ode, sigmas, noise)
         self.c_eps, self.c_noise = [], []
         for s_t, s_s in zip(self.sigmas[:-1], self.sigmas[1:]):
-            up = 0.0
-            if s_s < s_t:  # no noise on upward (encoding) steps: pitfall 10
-                up = min(self.eta * s_s * math.sqrt(s_t**2 - s_s**2) / s_t, s_s)
-            down = math.sqrt(max(s_s**2 - up**2, 0.0))
+            down, up = ancestral_split(s_t, s_s, self.eta)  # no noise on upward steps: pitfall 10
             self.c_eps.append(down - s_t)
             self.c_noise.append(self.s_noise * up)
 

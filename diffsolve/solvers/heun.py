@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 
-from .base import Solver
+from .base import Solver, check_real
 
 
 class Heun(Solver):
@@ -34,13 +34,10 @@ class Heun(Solver):
 
     def __init__(self, *, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
                  s_noise: float = 1.0):
-        s_churn, s_tmin, s_tmax, s_noise = float(s_churn), float(s_tmin), float(s_tmax), float(s_noise)
-        if not (math.isfinite(s_churn) and s_churn >= 0):
-            raise ValueError(f"s_churn must be a finite number >= 0, got {s_churn}")
-        if not (s_tmin >= 0 and s_tmax >= s_tmin):
-            raise ValueError(f"need 0 <= s_tmin <= s_tmax (s_tmax may be inf), got s_tmin={s_tmin}, s_tmax={s_tmax}")
-        if not (math.isfinite(s_noise) and s_noise >= 0):
-            raise ValueError(f"s_noise must be a finite number >= 0, got {s_noise}")
+        s_churn = check_real("s_churn", s_churn, low=0.0)
+        s_tmin = check_real("s_tmin", s_tmin, low=0.0)
+        s_tmax = check_real("s_tmax", s_tmax, low=s_tmin, allow_inf=True)
+        s_noise = check_real("s_noise", s_noise, low=0.0)
         self.s_churn, self.s_tmin, self.s_tmax, self.s_noise = s_churn, s_tmin, s_tmax, s_noise
         self.stochastic = s_churn > 0
         self.invertible = not self.stochastic

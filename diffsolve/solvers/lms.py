@@ -15,7 +15,8 @@ at practical step counts. k = 1 is DDIM (E30).
 
 from __future__ import annotations
 
-from ._multistep import History, check_order, warmup_weights
+from ._multistep import History, warmup_weights
+from .base import check_int
 from .base import Solver
 
 
@@ -28,8 +29,8 @@ class LMS(Solver):
     #: weights from the actual step sizes (True) or the fixed equal-step table (iPNDM)
     variable_step = True
 
-    def __init__(self, *, order: int = 4):
-        self.order = check_order(order)
+    def __init__(self, *, solver_order: int = 4):
+        self.order = check_int("solver_order", solver_order, (1, 2, 3, 4))
 
     def setup(self, ode, sigmas, noise):
         super().setup(ode, sigmas, noise)
@@ -37,6 +38,6 @@ class LMS(Solver):
         self.history = History(self.order)
 
     def step(self, i, x):
-        denoised, eps = self.evaluate(x, self.sigmas[i])
+        denoised, eps = self.ode.evaluate(x, self.sigmas[i])
         self.history.push(eps)
         return self.history.combine(self.coefs[i], start=x), denoised

@@ -17,7 +17,7 @@ before the Adams sum,
 with c(beta) the backward-difference series of AB times (beta + (1 - beta) Delta), truncated
 after k terms and divided by beta (:func:`._multistep.ghvb_weights`; k = 2:
 ((2 + beta) v_{n+1} - (2 - beta) v_n) / (2 beta)). Order k (their Theorem 2); the paper's
-"GHVB 3.8" is ``order=4, beta=0.8``; beta = 1 is Adams-Bashforth. Both start with v_0 = eps_0
+"GHVB 3.8" is ``solver_order=4, beta=0.8``; beta = 1 is Adams-Bashforth. Both start with v_0 = eps_0
 (the first step is Euler) and use lower orders while history builds, take one model call per
 step, use equal-step weights like PLMS (full order on grids uniform in sigma; as for ``ipndm`` the
 warm-up bounds the order by 2 as h -> 0) and need no model call at sigma = 0.
@@ -25,18 +25,14 @@ warm-up bounds the order by 2 as h -> 0) and need no model call at sigma = 0.
 
 from __future__ import annotations
 
-import math
 
-from ._multistep import History, adams_bashforth, check_order, ghvb_weights
-from .base import Solver
+from ._multistep import History, adams_bashforth, ghvb_weights
+from .base import Solver, check_int, check_real
 
 
-def _check(order, beta) -> float:
-    check_order(order)
-    beta = float(beta)
-    if not (math.isfinite(beta) and 0 < beta <= 1):
-        raise ValueError(f"beta (the damping coefficient) must be in (0, 1], got {beta}")
-    return beta
+def _check(solver_order, beta) -> float:
+    check_int("solver_order", solver_order, (1, 2, 3, 4))
+    return check_real("beta", beta, low=0.0, high=1.0, low_open=True)
 
 
 class PLMSHeavyBall(Solver):
@@ -46,10 +42,10 @@ class PLMSHeavyBall(Solver):
     order = 1
     calls_per_step = 1
 
-    def __init__(self, *, order: int = 4, beta: float = 0.8):
-        self.beta = _check(order, beta)
-        self.ab_order = order
-        self.order = order if self.beta == 1 else 1
+    def __init__(self, *, solver_order: int = 4, beta: float = 0.8):
+        self.beta = _check(solver_order, beta)
+        self.ab_order = solver_order
+        self.order = solver_order if self.beta == 1 else 1
 
     def setup(self, ode, sigmas, noise):
         super().setup(ode, sigmas, noise)
@@ -68,15 +64,15 @@ class PLMSHeavyBall(Solver):
 
 
 class GHVB(Solver):
-    """Generalized heavy ball (Wizadwongsa et al. 2023, Alg. 2): order `order`, 1 call/step."""
+    """Generalized heavy ball (Wizadwongsa et al. 2023, Alg. 2): order `solver_order`, 1 call/step."""
 
     name = "ghvb"
     order = 4
     calls_per_step = 1
 
-    def __init__(self, *, order: int = 4, beta: float = 0.8):
-        self.beta = _check(order, beta)
-        self.order = order
+    def __init__(self, *, solver_order: int = 4, beta: float = 0.8):
+        self.beta = _check(solver_order, beta)
+        self.order = solver_order
 
     def setup(self, ode, sigmas, noise):
         super().setup(ode, sigmas, noise)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from ._multistep import History, adams_bashforth
-from .base import Solver
+from .base import Solver, check_choice
 
 MIDPOINTS = ("time", "sigma")
 PRK_STEPS = 3
@@ -41,8 +41,7 @@ class PLMS(Solver):
     calls_per_step = 1
 
     def __init__(self, *, midpoint: str = "time"):
-        if midpoint not in MIDPOINTS:
-            raise ValueError(f"midpoint={midpoint!r} is not known; allowed: {', '.join(MIDPOINTS)}")
+        check_choice("midpoint", midpoint, MIDPOINTS)
         self.midpoint = midpoint
 
     def setup(self, ode, sigmas, noise):

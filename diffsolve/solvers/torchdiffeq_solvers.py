@@ -40,7 +40,7 @@ import math
 
 import torch
 
-from .base import Solver
+from .base import Solver, check_choice, check_real
 
 VARIABLES = ("sigma", "log-sigma")
 
@@ -66,7 +66,6 @@ class _Field:
         while self.done + 1 < len(self.times) and self.sign * (u - self.times[self.done + 1]) >= 0:
             self.after_step(self.done, y0, self.denoised)
             self.done += 1
-        self.ode.step_index = self.done
 
 
 class TorchdiffeqSolver(Solver):
@@ -76,9 +75,7 @@ class TorchdiffeqSolver(Solver):
     adaptive = False
 
     def __init__(self, *, variable: str = "sigma"):
-        if variable not in VARIABLES:
-            raise ValueError(f"variable={variable!r} is not known; allowed: {', '.join(VARIABLES)}")
-        self.variable = variable
+        self.variable = check_choice("variable", variable, VARIABLES)
         self.rtol, self.atol = 1e-7, 1e-9  # torchdiffeq's defaults (unused by fixed-grid methods)
 
     def _options(self, times: torch.Tensor) -> dict:
@@ -101,13 +98,11 @@ class TorchdiffeqSolver(Solver):
         field = _Field(self.ode, log, times, after_step)
         if m > 0:
             grid = torch.tensor(times, dtype=torch.float64, device=x.device)
-            self.ode.step_index = 0
             x = odeint(field, x, grid[[0, -1]], method=self.method, rtol=self.rtol, atol=self.atol,
                        options=self._options(grid))[-1]
             for i in range(field.done, m):
                 after_step(i, x, field.denoised)
         if m < n:  # log-sigma: the step to sigma = 0 is the denoised estimate (E27)
-            self.ode.step_index = n - 1
             x, _ = self.ode.predict(x, sig[-2])
             after_step(n - 1, x, x)
         return x
@@ -120,14 +115,8 @@ class TorchdiffeqAdaptive(TorchdiffeqSolver):
 
     def __init__(self, *, variable: str = "sigma", rtol: float = 1e-5, atol: float = 1e-5):
         super().__init__(variable=variable)
-        self.rtol, self.atol = _tolerance("rtol", rtol), _tolerance("atol", atol)
-
-
-def _tolerance(name: str, value) -> float:
-    value = float(value)
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value}")
-    return value
+        self.rtol = check_real("rtol", rtol, low=0.0, low_open=True)
+        self.atol = check_real("atol", atol, low=0.0, low_open=True)
 
 
 # method: (base, order, model calls per step (per internal step if adaptive), description)

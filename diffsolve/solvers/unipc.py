@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import math
 
-from ._exponential import ExponentialSolver, check_choice, combine, moments, poly_weights
+from ._exponential import ExponentialSolver, combine, moments, poly_weights
+from .base import check_choice, check_int
 
 VARIANTS = ("bh1", "bh2")
 
@@ -36,14 +37,11 @@ class UniPC(ExponentialSolver):
     order = 3
     calls_per_step = 1
 
-    def __init__(self, *, order: int = 2, variant: str = "bh2", corrector: bool = True,
+    def __init__(self, *, solver_order: int = 2, variant: str = "bh2", corrector: bool = True,
                  final_step: str = "auto"):
         super().__init__(final_step=final_step)
-        if isinstance(order, bool) or order not in (1, 2, 3):
-            raise ValueError(f"order={order!r} is not allowed; allowed: 1, 2, 3")
-        if not isinstance(corrector, bool):
-            raise ValueError(f"corrector={corrector!r} is not allowed; allowed: True, False")
-        self.p, self.corrector = order, corrector
+        self.p = check_int("solver_order", solver_order, (1, 2, 3))
+        self.corrector = check_choice("corrector", corrector, (True, False))
         self.variant = check_choice("variant", variant, VARIANTS)
         self.order = self.p + 1 if corrector else self.p
 

@@ -286,22 +286,19 @@ def test_claim16_nfe_for_the_non_divisor_step_counts():
 
 
 # -- first-order equivalents in the registry (claim 4, issue 3) ----------------------------------------
-#: registered solvers (with options) that are DDIM in another form; absent names are ignored
+#: registered solvers (with options) that are DDIM in another form
 FIRST_ORDER_EQUIVALENTS = {
     "ddim": {},
-    "euler": {},
     "torchdiffeq-euler": {},
     "dpm-solver-1": {},
-    "dpm-solver": {"order": 1},
     "dpmpp-1": {},
-    "dpmpp-2m": {"order": 1},
-    "unipc": {"order": 1, "corrector": False},
-    "deis": {"order": 1},
-    "ipndm": {"order": 1},
-    "lms": {"order": 1},
+    "unipc": {"solver_order": 1, "corrector": False},
+    "deis": {"solver_order": 1},
+    "ipndm": {"solver_order": 1},
+    "lms": {"solver_order": 1},
     "euler-ancestral": {"eta": 0.0},
-    "ghvb": {"order": 1, "beta": 1.0},
-    "plms-hb": {"order": 1, "beta": 1.0},
+    "ghvb": {"solver_order": 1, "beta": 1.0},
+    "plms-hb": {"solver_order": 1, "beta": 1.0},
     "bdia": {"gamma": 0.0},
 }
 
@@ -310,12 +307,8 @@ def first_order_cases():
     reg = get_registry()
     cases = []
     for name, opts in FIRST_ORDER_EQUIVALENTS.items():
-        if name not in reg.solvers:
-            continue
-        try:
-            ds.make_solver(name, **opts)
-        except (TypeError, ValueError):
-            continue  # the solver has no such option: it is not a first-order variant
+        assert name in reg.solvers, f"{name} is listed as DDIM's equivalent but is not registered"
+        ds.make_solver(name, **opts)  # an option the solver lacks is an error here, not a skipped case
         cases.append(pytest.param(name, opts, id=f"{name}{opts or ''}"))
     return cases
 

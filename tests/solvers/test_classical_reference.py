@@ -213,15 +213,15 @@ CASES = [
     ("euler-ancestral", {"eta": 0.4, "s_noise": 0.9, "seed": 5}, lambda: euler_ancestral(X_T, GRID, 0.4, 0.9, seed=5)),
     ("euler-ancestral", {"eta": 1.7, "seed": 5}, lambda: euler_ancestral(X_T, GRID, 1.7, seed=5)),
     ("lms", {}, lambda: lms(X_T, GRID)),
-    ("lms", {"order": 2}, lambda: lms(X_T, GRID, order=2)),
-    ("lms", {"order": 3}, lambda: lms(X_T, GRID, order=3)),
+    ("lms", {"solver_order": 2}, lambda: lms(X_T, GRID, order=2)),
+    ("lms", {"solver_order": 3}, lambda: lms(X_T, GRID, order=3)),
     ("ipndm", {}, lambda: ipndm(X_T, GRID)),
-    ("ipndm", {"order": 3}, lambda: ipndm(X_T, GRID, order=3)),
+    ("ipndm", {"solver_order": 3}, lambda: ipndm(X_T, GRID, order=3)),
     ("plms-hb", {}, lambda: plms_heavy_ball(X_T, GRID)),
-    ("plms-hb", {"order": 2, "beta": 0.3}, lambda: plms_heavy_ball(X_T, GRID, 2, 0.3)),
+    ("plms-hb", {"solver_order": 2, "beta": 0.3}, lambda: plms_heavy_ball(X_T, GRID, 2, 0.3)),
     ("ghvb", {}, lambda: ghvb(X_T, GRID)),
-    ("ghvb", {"order": 2, "beta": 0.5}, lambda: ghvb(X_T, GRID, 2, 0.5)),
-    ("ghvb", {"order": 3, "beta": 0.9}, lambda: ghvb(X_T, GRID, 3, 0.9)),
+    ("ghvb", {"solver_order": 2, "beta": 0.5}, lambda: ghvb(X_T, GRID, 2, 0.5)),
+    ("ghvb", {"solver_order": 3, "beta": 0.9}, lambda: ghvb(X_T, GRID, 3, 0.9)),
     ("plms", {"midpoint": "sigma"}, lambda: f_pndm(X_T, GRID, lambda s, s_next: 0.5 * (s + s_next))),
 ] + [
     (f"torchdiffeq-{m}", {"variable": v}, (lambda m=m, v=v: torchdiffeq_method(X_T, GRID, m, v)))
@@ -259,8 +259,8 @@ def test_momentum_solvers_reduce_to_adams_bashforth_and_to_each_other():
     assert float((library("plms-hb", beta=1.0) - ab).abs().max()) <= 1e-12  # HB with beta = 1 is PLMS
     assert float((library("ghvb", beta=1.0) - ab).abs().max()) <= 1e-12  # GHVB with beta = 1 is AB
     # first-order GHVB is Euler with heavy ball (the paper, after eq. 19)
-    assert float((library("ghvb", order=1, beta=0.6) - library("plms-hb", order=1, beta=0.6)).abs().max()) <= 1e-12
-    assert float((library("lms", order=1) - library("ddim")).abs().max()) <= 1e-12
+    assert float((library("ghvb", solver_order=1, beta=0.6) - library("plms-hb", solver_order=1, beta=0.6)).abs().max()) <= 1e-12
+    assert float((library("lms", solver_order=1) - library("ddim")).abs().max()) <= 1e-12
 
 
 def test_lms_equals_ipndm_on_equal_steps():

@@ -175,8 +175,8 @@ def test_model_calls_per_run(name, options, steps, nfe):
 
 # -- options, flags, noise -----------------------------------------------------------------------------------------
 BAD_OPTIONS = [
-    ("lms", {"order": 5}, "order"), ("ipndm", {"order": 0}, "order"), ("ghvb", {"beta": 0.0}, "beta"),
-    ("plms-hb", {"beta": 1.5}, "beta"), ("ghvb", {"order": 2.0}, "order"), ("lms", {"order": True}, "order"),
+    ("lms", {"solver_order": 5}, "solver_order"), ("ipndm", {"solver_order": 0}, "solver_order"), ("ghvb", {"beta": 0.0}, "beta"),
+    ("plms-hb", {"beta": 1.5}, "beta"), ("ghvb", {"solver_order": 2.0}, "solver_order"), ("lms", {"solver_order": True}, "solver_order"),
     ("plms", {"midpoint": "mean"}, "midpoint"),
     ("heun", {"s_churn": -1.0}, "s_churn"), ("heun", {"s_tmin": 2.0, "s_tmax": 1.0}, "s_tmax"),
     ("heun", {"s_noise": math.nan}, "s_noise"), ("euler-ancestral", {"eta": -0.1}, "eta"),

@@ -48,11 +48,11 @@ def test_first_order_exponential_integrators_equal_ddim(setup, name, grid):
 
 
 SAME_METHOD = [
-    (("unipc", {"order": 2, "corrector": False}), ("dpmpp-2m", {})),
-    (("unipc", {"order": 3, "corrector": False}), ("dpmpp-3m", {})),
-    (("unipc", {"order": 1, "corrector": False}), ("dpmpp-1", {})),
+    (("unipc", {"solver_order": 2, "corrector": False}), ("dpmpp-2m", {})),
+    (("unipc", {"solver_order": 3, "corrector": False}), ("dpmpp-3m", {})),
+    (("unipc", {"solver_order": 1, "corrector": False}), ("dpmpp-1", {})),
     (("deis", {"variable": "log-sigma"}), ("dpm-solver-3m", {"solver_type": "taylor"})),
-    (("deis", {"variable": "log-sigma", "order": 2}), ("dpm-solver-2m", {"solver_type": "taylor"})),
+    (("deis", {"variable": "log-sigma", "solver_order": 2}), ("dpm-solver-2m", {"solver_type": "taylor"})),
     (("dpmpp-2m-sde", {"eta": 0.0}), ("dpmpp-2m", {})),
     (("dpmpp-2m-sde", {"eta": 0.0, "solver_type": "taylor"}), ("dpmpp-2m", {"solver_type": "taylor"})),
     (("dpmpp-sde", {"eta": 0.0}), ("dpmpp-2s", {})),

@@ -274,11 +274,11 @@ for lower in (False, True):
     for order in (1, 2, 3):
         for variant in ("bh1", "bh2"):
             for corrector in (True, False):
-                CASES.append(("unipc", dict(fs, order=order, variant=variant, corrector=corrector),
+                CASES.append(("unipc", dict(fs, solver_order=order, variant=variant, corrector=corrector),
                               lambda x, o=order, v=variant, c=corrector, lo=lower: reference_unipc(x, o, v, c, lo)))
     for order in (1, 2, 3):
         for variable in ("sigma", "log-sigma"):
-            CASES.append(("deis", dict(fs, order=order, variable=variable),
+            CASES.append(("deis", dict(fs, solver_order=order, variable=variable),
                           lambda x, o=order, v=variable, lo=lower: reference_deis(x, o, v, None, lo)))
 
 

@@ -16,7 +16,7 @@ _exp = importlib.import_module("diffsolve.solvers._exponential")
 FAMILY = ["dpm-solver-1", "dpm-solver-2s", "dpm-solver-3s", "dpmpp-1", "dpmpp-2s", "dpmpp-3s", "dpmpp-2m",
           "dpmpp-3m", "dpm-solver-2m", "dpm-solver-3m", "unipc", "deis", "dpmpp-2m-sde", "dpmpp-sde"]
 VARIANTS = [(name, {}) for name in FAMILY] + [
-    ("unipc", {"variant": "bh1"}), ("unipc", {"order": 3, "variant": "bh1"}), ("unipc", {"order": 1, "variant": "bh1"}),
+    ("unipc", {"variant": "bh1"}), ("unipc", {"solver_order": 3, "variant": "bh1"}), ("unipc", {"solver_order": 1, "variant": "bh1"}),
     ("deis", {"variable": "log-sigma"}), ("dpmpp-3m", {"final_step": "denoise"}), ("dpmpp-3s", {"final_step": "auto"}),
 ]
 DETERMINISTIC = [(n, o) for n, o in VARIANTS if not ds.make_solver(n, **o).stochastic]
@@ -84,7 +84,7 @@ def test_unipc_bh1_takes_the_step_into_zero_without_dividing_by_h():
     ode = get_problem("gmm64").ode(ds.DiscreteSchedule.linear())
     x_T = torch.randn(2, 64, generator=torch.Generator().manual_seed(0))
     for fs in _exp.FINAL_STEPS:
-        out = ds.sample(ode, x_T, "unipc", steps=8, grid="logsnr", variant="bh1", order=3, final_step=fs)
+        out = ds.sample(ode, x_T, "unipc", steps=8, grid="logsnr", variant="bh1", solver_order=3, final_step=fs)
         assert torch.isfinite(out).all()
 
 
@@ -122,10 +122,10 @@ def test_stochastic_solvers_are_refused_by_invert_and_use_only_the_drivers_noise
 
 BAD_OPTIONS = [
     ("dpmpp-3m", {"final_step": "zero"}, "final_step"), ("dpm-solver-3s", {"final_step": None}, "final_step"),
-    ("dpmpp-2m", {"solver_type": "heun"}, "solver_type"), ("unipc", {"order": 4}, "order"),
-    ("unipc", {"order": True}, "order"), ("unipc", {"variant": "bh3"}, "variant"),
+    ("dpmpp-2m", {"solver_type": "heun"}, "solver_type"), ("unipc", {"solver_order": 4}, "solver_order"),
+    ("unipc", {"solver_order": True}, "solver_order"), ("unipc", {"variant": "bh3"}, "variant"),
     ("unipc", {"corrector": "yes"}, "corrector"), ("deis", {"variable": "time"}, "variable"),
-    ("deis", {"order": 0}, "order"), ("dpmpp-2m-sde", {"eta": -1.0}, "eta"),
+    ("deis", {"solver_order": 0}, "solver_order"), ("dpmpp-2m-sde", {"eta": -1.0}, "eta"),
     ("dpmpp-sde", {"eta": float("nan")}, "eta"), ("dpmpp-2m-sde", {"solver_type": "euler"}, "solver_type"),
 ]
 
@@ -144,7 +144,7 @@ def test_unknown_option_is_refused():
 
 def test_unipc_declares_order_p_plus_one_with_the_corrector():
     assert ds.make_solver("unipc").order == 3 and type(ds.make_solver("unipc")).order == 3
-    assert ds.make_solver("unipc", order=3).order == 4 and ds.make_solver("unipc", order=3, corrector=False).order == 3
+    assert ds.make_solver("unipc", solver_order=3).order == 4 and ds.make_solver("unipc", solver_order=3, corrector=False).order == 3
 
 
 def test_step_orders_build_up_the_history_and_lower_the_order_at_the_end():

@@ -1,0 +1,30 @@
+"""The ancestral split of one step (docs/math.md E18-E20, E26), shared by every solver that adds
+fresh noise on a step: ddim (eta), euler-ancestral and dpmpp-sde.
+
+A step sigma_t -> sigma_s (sigma_s < sigma_t) with noise level eta is a deterministic step to
+sigma_down followed by fresh noise of std sigma_up, with sigma_down^2 + sigma_up^2 = sigma_s^2:
+
+    sigma_up   = eta * sigma_s * sqrt(sigma_t^2 - sigma_s^2) / sigma_t          (E20 / A_s)
+    sigma_down = sqrt(sigma_s^2 - sigma_up^2)                                    (E26)
+
+eta = 1 is DDPM's posterior (E24), eta = 0 the deterministic DDIM step. For eta <= 1,
+sigma_up <= sigma_s always. For eta > 1 the radicand would go negative where
+sigma_up > sigma_s: sigma_down is then 0, and sigma_up is either kept (``clamp_up=False``:
+DDIM's E18 read literally, more noise than the marginal at sigma_s has) or capped at sigma_s
+(``clamp_up=True``: k-diffusion's rule, the marginal variance kept). Upward (encoding) steps
+add no noise: sigma_up = 0, sigma_down = sigma_s (docs/math.md pitfall 10).
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def ancestral_split(sigma_t: float, sigma_s: float, eta: float, *, clamp_up: bool = True) -> tuple[float, float]:
+    """``(sigma_down, sigma_up)`` of the step ``sigma_t -> sigma_s`` at noise level ``eta`` (float64)."""
+    if not sigma_s < sigma_t:
+        return sigma_s, 0.0
+    up = eta * sigma_s * math.sqrt(sigma_t * sigma_t - sigma_s * sigma_s) / sigma_t
+    if clamp_up:
+        up = min(up, sigma_s)
+    return math.sqrt(max(sigma_s * sigma_s - up * up, 0.0)), up
