@@ -22,7 +22,8 @@ import torch
 from .grids import validate_sigmas
 from .plugins.registry import get_registry
 from .solvers.base import Solver
-from .wrapper import DiffusionODE, NonFiniteError, Run
+from .schedules import Schedule
+from .wrapper import DiffusionODE, NonFiniteError, Run, schedule_memo
 
 __all__ = ["sample", "invert", "grid", "list_solvers", "list_grids", "make_noise_sampler", "make_solver"]
 
@@ -42,17 +43,28 @@ def grid(name: str, schedule, steps: int, **options) -> torch.Tensor:
     """The grid ``name`` for ``schedule`` with ``steps`` steps: a strictly decreasing float64 tensor ending at 0."""
     _check_steps(steps)
     fn = get_registry().grid(name)
+    # a grid depends only on (function, schedule, steps, options): computed once per schedule
     try:
-        sig = fn(schedule, steps, **options)
-    except TypeError as exc:
-        if "argument" in str(exc):
-            raise ValueError(f"grid {name!r}: bad option in {sorted(options)} ({exc}); "
-                             f"its signature is {name}{inspect.signature(fn)}") from None
-        raise
-    sig = validate_sigmas(sig, name=f"grid {name!r}")
-    if float(sig[-1]) != 0.0:
-        raise ValueError(f"grid {name!r} must end at sigma = 0, ends at {float(sig[-1])}")
-    return sig
+        key = (fn, steps, tuple(sorted(options.items())))
+        hash(key)
+    except TypeError:  # unhashable options: not memoized
+        key = None
+    memo = schedule_memo(schedule, "grids") if isinstance(schedule, Schedule) else {}
+    sig = memo.get(key) if key is not None else None
+    if sig is None:
+        try:
+            sig = fn(schedule, steps, **options)
+        except TypeError as exc:
+            if "argument" in str(exc):
+                raise ValueError(f"grid {name!r}: bad option in {sorted(options)} ({exc}); "
+                                 f"its signature is {name}{inspect.signature(fn)}") from None
+            raise
+        sig = validate_sigmas(sig, name=f"grid {name!r}")
+        if float(sig[-1]) != 0.0:
+            raise ValueError(f"grid {name!r} must end at sigma = 0, ends at {float(sig[-1])}")
+        if key is not None:
+            memo[key] = sig
+    return sig.clone()  # the caller may change its copy
 
 
 def make_solver(solver: str | type | Solver, **options) -> Solver:

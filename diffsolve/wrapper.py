@@ -109,7 +109,8 @@ class DiffusionODE:
         self.denoised_transform = denoised_transform
         # caches shared by every run (and thread): read-mostly dicts, each entry written once
         self._t_cache: dict[tuple, torch.Tensor] = {}
-        self._time_value: dict[float, float] = {}
+        # t(sigma) of the schedule, shared by every ODE on it: a user who wraps anew pays it once
+        self._time_value: dict[float, float] = schedule_memo(schedule, "t")
         self._level_cache: dict[float, tuple[float, float]] = {}
         self._guided_kwargs: dict[str, Any] | None = None
         # the model's sigma range, read once (a schedule's properties may index tensors)
@@ -356,6 +357,16 @@ class DiffusionODE:
         run = "" if self._run is None else ", run view"
         return (f"DiffusionODE(prediction={self.prediction!r}, time={self.time!r}, schedule={self.schedule!r}, "
                 f"nfe={self.nfe}{run})")
+
+
+def schedule_memo(schedule: Schedule, what: str) -> dict:
+    """A memo dict kept on ``schedule`` (schedules are immutable once made), shared by every ODE
+    and run on it; emptied when it passes :data:`_CACHE_LIMIT` entries."""
+    memos = schedule.__dict__.setdefault("_diffsolve_memo", {})
+    memo = memos.setdefault(what, {})
+    if len(memo) > _CACHE_LIMIT:
+        memo.clear()
+    return memo
 
 
 class Run:

@@ -37,6 +37,8 @@ from .measure import ZeroModel
 __all__ = ["measure_overhead", "overhead_markdown", "overhead_plot", "SHAPES"]
 
 SHAPES = [(1, 64), (256, 3, 32, 32)]
+#: the row of a fresh ``wrap`` + ``sample`` per run, defaults throughout (the targets of issue 12)
+FRESH = "diffsolve:ddim (fresh wrap + sample, defaults)"
 
 
 def _interleaved_best(timers: dict[str, Callable[[], None]], repeats: int, log) -> dict[str, float]:
@@ -111,6 +113,9 @@ def measure_overhead(solvers=None, shapes=SHAPES, steps: int = 20, repeats: int 
                 for check, tag in ((True, ""), (False, ", check_finite=False")):
                     timers[f"diffsolve:ddim (VE model{tag})"] = \
                         lambda check=check: sample(ve, x, "ddim", sigmas=sig_ve, check_finite=check)
+                # what a user who wraps a model and samples once pays: wrap, grid, run, all defaults
+                timers[FRESH] = lambda: sample(DiffusionODE(ZeroModel(), sched, prediction="eps", time="index"),
+                                               x, "ddim", steps=steps, grid="trailing")
         avail = peers.available_peers()
         minus: dict[str, str] = {}
         for peer in ("diffusers:ddim", "diffusers:euler", "diffusers:dpmpp-2m", "diffusers:unipc"):
