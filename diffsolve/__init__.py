@@ -2,7 +2,7 @@
 
     d xbar / d sigma = eps(xbar / sqrt(1 + sigma^2), t(sigma)),   xbar = x / sqrt(alpha_bar)
 
-(ddim-math.md E29). DDIM is the Euler method on it (E30).
+(docs/math.md E29). DDIM is the Euler method on it (E30).
 """
 
 from . import problems

@@ -1,6 +1,6 @@
 """Latent interpolation (DDIM paper Sec. 5.3): slerp between two x_T, decoded with one solver.
 
-slerp (ddim-math.md E43), with the inner product and norms over a whole sample:
+slerp (docs/math.md E43), with the inner product and norms over a whole sample:
 
     theta = arccos(<z0, z1> / (|z0| |z1|)),
     z(a)  = sin((1 - a) theta)/sin(theta) z0 + sin(a theta)/sin(theta) z1.

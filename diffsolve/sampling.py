@@ -6,7 +6,7 @@ model's space and the sigma-form state xbar (E6). Solvers only step.
 
 Precision: grid sigmas and step coefficients are Python floats (float64), applied
 in the state's dtype. A float16/bfloat16 ``x_T`` is integrated in a float32 state
-(|xbar| reaches sigma_max ~ 157 where float16's spacing is 0.125: ddim-math.md
+(|xbar| reaches sigma_max ~ 157 where float16's spacing is 0.125: docs/math.md
 pitfall 6); the model is still called in the input's dtype and the result is
 returned in it.
 """
@@ -326,7 +326,7 @@ def invert(
 
     The grid is the sampling grid reversed (or ``sigmas``, strictly increasing).
     The first step from sigma = 0 is one Euler (DDIM) step with eps evaluated on the
-    clean input at the schedule's smallest level (ddim-math.md section 5); the
+    clean input at the schedule's smallest level (docs/math.md section 5); the
     solver takes every later step. Stochastic solvers are refused.
 
     Given a :class:`~diffsolve.inversion.ReversibleSample` (from

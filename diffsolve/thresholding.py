@@ -2,7 +2,7 @@
 
 Each factory returns a ``denoised_transform`` for :func:`diffsolve.wrap`: a callable
 ``(denoised, sigma) -> denoised``. The wrapper then recomputes eps = (xbar - D)/sigma, so the
-pair (x0hat, epshat) stays consistent (ddim-math.md pitfall 1): a DDIM step at eta = 1 with
+pair (x0hat, epshat) stays consistent (docs/math.md pitfall 1): a DDIM step at eta = 1 with
 clipping is exactly the clipped DDPM posterior form (E23). Off by default; with a transform
 on, the ODE is no longer the probability-flow ODE, so exact reversibility and convergence
 order no longer hold.

@@ -1,4 +1,4 @@
-"""The model wrapper: any diffusion model as the one sigma-form ODE (ddim-math.md E29)
+"""The model wrapper: any diffusion model as the one sigma-form ODE (docs/math.md E29)
 
     d xbar / d sigma = eps(xbar, sigma),   xbar = x / scale(sigma).
 
@@ -257,7 +257,7 @@ class DiffusionODE:
 
         With a ``denoised_transform`` (clipping, dynamic thresholding) the transformed D
         is returned with the eps that is consistent with it, eps = (xbar - D)/sigma, so the
-        pair stays on one ray (ddim-math.md pitfall 1).
+        pair stays on one ray (docs/math.md pitfall 1).
         """
         denoised, eps = self._predict(xbar, float(sigma), True)
         if self.denoised_transform is None:

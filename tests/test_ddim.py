@@ -1,4 +1,4 @@
-"""DDIM and its eta family against the numbers and identities of ddim-math.md section 10."""
+"""DDIM and its eta family against the numbers and identities of docs/math.md section 10."""
 
 import math
 

@@ -53,7 +53,7 @@ def test_a_transform_keeps_denoised_and_eps_on_one_ray(wide_mixture, transform):
 
 
 def test_eta_one_ddim_with_clipping_is_the_clipped_ddpm_posterior(wide_mixture):
-    # ddim-math.md pitfall 1 / E23-E24: with (x0hat, epshat) kept consistent, one DDIM step at
+    # docs/math.md pitfall 1 / E23-E24: with (x0hat, epshat) kept consistent, one DDIM step at
     # eta = 1 equals mu(x_t, clip(x0hat)) + nu(1) z, the clipped DDPM posterior form
     sched = ds.DiscreteSchedule.linear()
     ode = ds.wrap(wide_mixture.model(sched), sched, denoised_transform=ds.clipping(), time_dtype=torch.float64)

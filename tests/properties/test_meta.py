@@ -1,7 +1,7 @@
 """Meta-tests: docs/properties.md and the suites stay in sync with the claims and the registry.
 
 * every row of docs/properties.md names tests that exist (file and module-level function);
-* every claim of ddim-math.md section 10 (1-19), Proposition 1 and the solver laws has a row;
+* every claim of docs/math.md section 10 (1-19), Proposition 1 and the solver laws has a row;
 * every ``test_claimNN_*`` in tests/properties is documented, under claim NN;
 * every registered solver (a fresh registry, classified here independently of solver_cases.py)
   is collected in every parametrised suite that applies to it (checked on a real ``pytest
