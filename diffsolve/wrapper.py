@@ -111,7 +111,7 @@ class DiffusionODE:
         self._t_cache: dict[tuple, torch.Tensor] = {}
         # t(sigma) of the schedule, shared by every ODE on it: a user who wraps anew pays it once
         self._time_value: dict[float, float] = schedule_memo(schedule, "t")
-        self._level_cache: dict[float, tuple[float, float]] = {}
+        self._level_cache: dict[float, tuple[float, float, torch.Tensor]] = schedule_memo(schedule, "level")
         self._guided_kwargs: dict[str, Any] | None = None
         # the model's sigma range, read once (a schedule's properties may index tensors)
         self._sigma_range = (float(schedule.sigma_min), float(schedule.sigma_max))
@@ -227,7 +227,8 @@ class DiffusionODE:
         if run is not None:
             run.nfe += 1
             if run.record:
-                run.sums.append((out.detach() if out.requires_grad else out).sum(dtype=torch.float32))
+                # out is in the state's dtype (float32 or float64): its own sum is enough to see NaN/inf
+                run.sums.append(torch.sum(out.detach() if out.requires_grad else out))
                 run.where.append((run.step, sigma))
         return out
 
@@ -271,8 +272,10 @@ class DiffusionODE:
         # the model is evaluated inside its own range [sigma_min, sigma_max]; outside it, eps is
         # held at its value at the nearest level and D stays on the ray D = xbar - sigma eps (E9),
         # so no conversion divides by a sigma the model was not evaluated at
-        s, a = self._level(sigma)
-        out = self._call(xbar * a if a != 1.0 else xbar, s)
+        s, a, a_t = self._level(sigma)
+        # x = scale(s) xbar (E6); a float64 0-dim tensor multiplies in x's dtype like a Python float
+        # does, with less per-call overhead
+        out = self._call(xbar * a_t if a != 1.0 else xbar, s)
         if not need_denoised and self.prediction == "eps":
             return None, out
         denoised, eps = self._convert(out, xbar, s, a)
@@ -324,14 +327,15 @@ class DiffusionODE:
             return self.predict(xbar, sigma)
         return None, self.eps(xbar, sigma)
 
-    def _level(self, sigma: float) -> tuple[float, float]:
-        """``(s, scale(s))`` with s = sigma clamped to the model's range; cached per sigma (the
-        driver evaluates the same few grid levels on every run)."""
+    def _level(self, sigma: float) -> tuple[float, float, torch.Tensor]:
+        """``(s, scale(s), scale(s) as a float64 0-dim tensor)`` with s = sigma clamped to the
+        model's range; cached per sigma (the driver evaluates the same few grid levels on every run)."""
         hit = self._level_cache.get(sigma)
         if hit is None:
             lo, hi = self._sigma_range
             s = min(max(sigma, lo), hi)
-            hit = (s, self.schedule.scale(s))
+            a = self.schedule.scale(s)
+            hit = (s, a, torch.tensor(a, dtype=torch.float64))
             if len(self._level_cache) > _CACHE_LIMIT:
                 self._level_cache.clear()
             self._level_cache[sigma] = hit

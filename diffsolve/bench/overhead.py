@@ -48,6 +48,8 @@ def _interleaved_best(timers: dict[str, Callable[[], None]], repeats: int, log) 
     of a run (page faults, other tenants); interleaving exposes every entry, the floors included,
     to the same phases, so the ratios in one table stay meaningful. Each timed call follows an
     untimed one of the same timer, so no entry pays for the caches the previous one cooled.
+    Times are the process's CPU time (user + system, torch on one thread), not wall time: another
+    tenant of the machine takes wall time from a run but not CPU time.
     """
     best: dict[str, float] = {}
     for who, fn in list(timers.items()):
@@ -59,9 +61,9 @@ def _interleaved_best(timers: dict[str, Callable[[], None]], repeats: int, log) 
     for _ in range(repeats):
         for who in best:
             timers[who]()  # untimed: the timed call below starts with warm caches
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             timers[who]()
-            best[who] = min(best[who], time.perf_counter() - t0)
+            best[who] = min(best[who], time.process_time() - t0)
     return best
 
 
