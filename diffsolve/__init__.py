@@ -22,7 +22,7 @@ from .solvers.base import Solver
 from .wrapper import DiffusionODE, NonFiniteError, wrap
 from .inversion import ReversibleSample, invert_exact, reconstruction_error, sample_reversible
 from .interpolation import interpolate, lerp, slerp
-from .thresholding import clipping, dynamic_thresholding
+from .thresholding import Clipping, DynamicThresholding
 from .interop.diffusers import diffusers_grid, from_diffusers
 from .interop.k_diffusion import k_sampler
 
@@ -61,8 +61,8 @@ __all__ = [
     "slerp",
     "lerp",
     "interpolate",
-    "clipping",
-    "dynamic_thresholding",
+    "Clipping",
+    "DynamicThresholding",
     "from_diffusers",
     "diffusers_grid",
     "k_sampler",

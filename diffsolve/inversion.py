@@ -16,7 +16,7 @@ Two kinds of inversion live in diffsolve:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 
@@ -67,7 +67,7 @@ def sample_reversible(
     *,
     callback: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = False,
-    check_finite: bool = True,
+    check_finite: bool | Literal["step"] = True,
     grid_options: dict[str, Any] | None = None,
     **solver_options: Any,
 ) -> ReversibleSample:
@@ -92,7 +92,7 @@ def invert_exact(
     callback: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = False,
     return_trajectory: bool = False,
-    check_finite: bool = True,
+    check_finite: bool | Literal["step"] = True,
 ):
     """Undo the run that made ``state`` (from :func:`sample_reversible`): returns its x_T.
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 
@@ -268,7 +268,7 @@ def sample(
     callback: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = False,
     return_trajectory: bool = False,
-    check_finite: bool = True,
+    check_finite: bool | Literal["step"] = True,
     grid_options: dict[str, Any] | None = None,
     grad: bool = False,
     **solver_options: Any,
@@ -317,7 +317,7 @@ def invert(
     callback: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = False,
     return_trajectory: bool = False,
-    check_finite: bool = True,
+    check_finite: bool | Literal["step"] = True,
     grid_options: dict[str, Any] | None = None,
     grad: bool = False,
     **solver_options: Any,
