@@ -18,7 +18,7 @@ from .schedules import (
     VPCosineSchedule,
     VPLinearSchedule,
 )
-from .solvers.base import Solver
+from .solvers.base import ReversibleSolver, Solver
 from .wrapper import DiffusionODE, NonFiniteError, wrap
 from .inversion import ReversibleSample, invert_exact, reconstruction_error, sample_reversible
 from .interpolation import interpolate, lerp, slerp
@@ -41,6 +41,7 @@ __all__ = [
     "validate_sigmas",
     "DiffusionODE",
     "Solver",
+    "ReversibleSolver",
     "Schedule",
     "DiscreteSchedule",
     "VPLinearSchedule",
