@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import threading
 from typing import Any, Callable, Sequence
 
 import torch
@@ -118,6 +119,12 @@ def _resolve_sigmas(ode, steps, grid_name, sigmas, grid_options, increasing: boo
     return sig.flip(0) if increasing else sig
 
 
+# ids of the solver instances inside a run now: an instance keeps its run's grid and history on
+# itself, so it serves one run at a time (names and classes make a fresh instance per run)
+_running: set[int] = set()
+_running_lock = threading.Lock()
+
+
 class _Driver:
     """One run's bookkeeping, shared by every loop (sample, invert, exact inversion, the
     diffusers scheduler): the run view of the ODE, dtypes, callback, trajectory, progress and
@@ -142,6 +149,7 @@ class _Driver:
         self.sums: list[torch.Tensor] = []
         self.traj: list[torch.Tensor] | None = [x_start] if return_trajectory else None
         self.bar = None
+        self._claimed: int | None = None
         if progress:
             from tqdm.auto import tqdm
 
@@ -165,8 +173,21 @@ class _Driver:
         if self.bar is not None:
             self.bar.update(1)
 
+    def claim(self, solver: Solver) -> None:
+        """Hold ``solver`` for this run (released by :meth:`close`): one instance running in two
+        runs at once (two threads, or a callback that samples) would mix their states."""
+        with _running_lock:
+            if id(solver) in _running:
+                raise RuntimeError(
+                    f"this {solver!r} instance is already running in another sample/invert call; an instance "
+                    "serves one run at a time: pass the solver's name or class (a fresh instance per run), "
+                    "or give each thread its own instance")
+            _running.add(id(solver))
+        self._claimed = id(solver)
+
     def solve(self, solver: Solver, x: torch.Tensor, start: int = 0) -> torch.Tensor:
         """Run ``solver`` over ``sig[start:]`` (its own step i is the driver's step start + i)."""
+        self.claim(solver)
         sig = self.sig
         self.run.step = start
         solver.setup(self.ode, sig[start:], self.noise)
@@ -186,6 +207,10 @@ class _Driver:
         return self.ode.from_xbar(x, sigma_last).to(self.in_dtype)
 
     def close(self) -> None:
+        if self._claimed is not None:
+            with _running_lock:
+                _running.discard(self._claimed)
+            self._claimed = None
         if self.bar is not None:
             self.bar.close()
 
