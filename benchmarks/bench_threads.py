@@ -7,7 +7,8 @@ the GIL while it runs), wrapped once; every thread samples from that one ODE (``
 ``--steps`` steps, a batch of ``--batch``). Each thread count runs the same ``--jobs`` jobs, split
 between its threads by a pool; torch runs one intra-op thread per call (``torch.set_num_threads(1)``),
 so parallelism comes from the Python threads alone. Printed: wall time, jobs per second, model
-calls per second, the speed-up over one thread, and whether every result equals the serial run's
+calls per second, the speed-up over one thread, the cores the process kept busy in that
+round (CPU time / wall time: on a machine shared with other work, this bounds the speed-up), and whether every result equals the serial run's
 bit for bit. Each row is the best of ``--repeats`` rounds, the thread counts interleaved
 within a round; the speed-up is against the first count given. Expect at most the machine's core count
 as a speed-up (the model's matmuls run in parallel; the solver's Python between them does not).
@@ -66,26 +67,30 @@ def main() -> None:
     print(f"# model: {a.batch} x {a.dim} @ {a.dim} x {a.dim} float32 per call; dpmpp-2m, {a.steps} steps; "
           f"{a.jobs} jobs; best of {a.repeats}")
     def timed(n):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         if n == 1:
             outs = [job(x) for x in xs]
         else:
             with ThreadPoolExecutor(n) as pool:
                 outs = list(pool.map(job, xs))
-        return time.perf_counter() - t0, all(torch.equal(u, v) for u, v in zip(outs, serial))
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        return wall, cpu / wall, all(torch.equal(u, v) for u, v in zip(outs, serial))
 
     # rounds interleave the thread counts, so every count meets the same phases of a shared machine
     best = {n: float("inf") for n in a.threads}
     equal = {n: True for n in a.threads}
+    cores = {n: 0.0 for n in a.threads}
     for _ in range(a.repeats):
         for n in a.threads:
-            wall, same = timed(n)
-            best[n], equal[n] = min(best[n], wall), equal[n] and same
-    print(f"{'threads':>7} {'wall s':>8} {'jobs/s':>8} {'calls/s':>8} {'speed-up':>8} {'equal':>6}")
+            wall, busy, same = timed(n)
+            if wall < best[n]:
+                best[n], cores[n] = wall, busy
+            equal[n] = equal[n] and same
+    print(f"{'threads':>7} {'wall s':>8} {'jobs/s':>8} {'calls/s':>8} {'speed-up':>8} {'cores':>6} {'equal':>6}")
     base = best[a.threads[0]]
     for n in a.threads:
         print(f"{n:>7} {best[n]:>8.3f} {a.jobs / best[n]:>8.1f} {a.jobs * calls_per_job / best[n]:>8.0f} "
-              f"{base / best[n]:>8.2f} {str(equal[n]):>6}")
+              f"{base / best[n]:>8.2f} {cores[n]:>6.2f} {str(equal[n]):>6}")
 
 if __name__ == "__main__":
     main()
