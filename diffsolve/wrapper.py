@@ -201,7 +201,7 @@ class DiffusionODE:
         model wrote into it. Taken out, it is held by one model call at a time, so a model that
         modifies its time input in place cannot change another thread's call or a later run."""
         key = (sigma, batch, device)
-        if device.type == "cuda":  # filled on this thread's stream: read it only there
+        if device != _CPU and device.type == "cuda":  # filled on this thread's stream: read it only there
             key += (torch.cuda.current_stream(device).cuda_stream,)
         t = self._t_cache.pop(key, None)
         if t is None:
@@ -419,6 +419,8 @@ class _Counter:
         with self._lock:
             self.value += 1
 
+
+_CPU = torch.device("cpu")
 
 #: entries each per-ODE cache (model times, noise levels, time tensors) may hold before it is
 #: emptied: bounds an ODE's memory in a long-lived process however many grids it serves
