@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import math
 import threading
+from contextlib import contextmanager
 from typing import Any, Callable, Sequence
 
 import torch
@@ -125,6 +126,24 @@ _running: set[int] = set()
 _running_lock = threading.Lock()
 
 
+@contextmanager
+def _exclusive(solver: Solver):
+    """Hold ``solver`` for one run: the same instance in two runs at once (two threads, or a
+    callback that samples) would mix their states, so that is an error naming the remedy."""
+    with _running_lock:
+        if id(solver) in _running:
+            raise RuntimeError(
+                f"this {solver!r} instance is already running in another sample/invert call; an instance "
+                "serves one run at a time: pass the solver's name or class (a fresh instance per run), "
+                "or give each thread its own instance")
+        _running.add(id(solver))
+    try:
+        yield solver
+    finally:
+        with _running_lock:
+            _running.discard(id(solver))
+
+
 class _Driver:
     """One run's bookkeeping, shared by every loop (sample, invert, exact inversion, the
     diffusers scheduler): the run view of the ODE, dtypes, callback, trajectory, progress and
@@ -149,7 +168,6 @@ class _Driver:
         self.sums: list[torch.Tensor] = []
         self.traj: list[torch.Tensor] | None = [x_start] if return_trajectory else None
         self.bar = None
-        self._claimed: int | None = None
         if progress:
             from tqdm.auto import tqdm
 
@@ -173,21 +191,12 @@ class _Driver:
         if self.bar is not None:
             self.bar.update(1)
 
-    def claim(self, solver: Solver) -> None:
-        """Hold ``solver`` for this run (released by :meth:`close`): one instance running in two
-        runs at once (two threads, or a callback that samples) would mix their states."""
-        with _running_lock:
-            if id(solver) in _running:
-                raise RuntimeError(
-                    f"this {solver!r} instance is already running in another sample/invert call; an instance "
-                    "serves one run at a time: pass the solver's name or class (a fresh instance per run), "
-                    "or give each thread its own instance")
-            _running.add(id(solver))
-        self._claimed = id(solver)
-
     def solve(self, solver: Solver, x: torch.Tensor, start: int = 0) -> torch.Tensor:
         """Run ``solver`` over ``sig[start:]`` (its own step i is the driver's step start + i)."""
-        self.claim(solver)
+        with _exclusive(solver):
+            return self._solve(solver, x, start)
+
+    def _solve(self, solver: Solver, x: torch.Tensor, start: int) -> torch.Tensor:
         sig = self.sig
         self.run.step = start
         solver.setup(self.ode, sig[start:], self.noise)
@@ -207,10 +216,6 @@ class _Driver:
         return self.ode.from_xbar(x, sigma_last).to(self.in_dtype)
 
     def close(self) -> None:
-        if self._claimed is not None:
-            with _running_lock:
-                _running.discard(self._claimed)
-            self._claimed = None
         if self.bar is not None:
             self.bar.close()
 
