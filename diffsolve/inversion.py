@@ -15,6 +15,7 @@ Two kinds of inversion live in diffsolve:
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Sequence
 
@@ -105,8 +106,9 @@ def invert_exact(
         raise TypeError(f"invert_exact needs the ReversibleSample from sample_reversible, got {type(state).__name__}")
     if not isinstance(ode, DiffusionODE):
         raise TypeError(f"expected the ODE from diffsolve.wrap(...), got {type(ode).__name__}")
-    solver = state.solver
-    _check_reversible(solver)
+    _check_reversible(state.solver)
+    # a copy: the sample's solver is left as it was, and threads may invert one sample at once
+    solver = copy.copy(state.solver)
     sig = state.sigmas.tolist()
     n = len(sig) - 1
     # the driver's steps run upward: its step k undoes the solver's step n - 1 - k

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import inspect
 import math
+import threading
+from contextlib import contextmanager
 from typing import Any, Callable, Literal, Sequence
 
 import torch
@@ -130,6 +132,30 @@ def _resolve_sigmas(ode, steps, grid_name, sigmas, grid_options, increasing: boo
     return sig.flip(0) if increasing else sig
 
 
+# ids of the solver instances inside a run now: an instance keeps its run's grid and history on
+# itself, so it serves one run at a time (names and classes make a fresh instance per run)
+_running: set[int] = set()
+_running_lock = threading.Lock()
+
+
+@contextmanager
+def _exclusive(solver: Solver):
+    """Hold ``solver`` for one run: the same instance in two runs at once (two threads, or a
+    callback that samples) would mix their states, so that is an error naming the remedy."""
+    with _running_lock:
+        if id(solver) in _running:
+            raise RuntimeError(
+                f"this {solver!r} instance is already running in another sample/invert call; an instance "
+                "serves one run at a time: pass the solver's name or class (a fresh instance per run), "
+                "or give each thread its own instance")
+        _running.add(id(solver))
+    try:
+        yield solver
+    finally:
+        with _running_lock:
+            _running.discard(id(solver))
+
+
 class _Driver:
     """One run's bookkeeping, shared by every loop (sample, invert, exact inversion, the
     diffusers scheduler): the run view of the ODE, dtypes, callback, trajectory, progress and
@@ -179,6 +205,10 @@ class _Driver:
 
     def solve(self, solver: Solver, x: torch.Tensor, start: int = 0) -> torch.Tensor:
         """Run ``solver`` over ``sig[start:]`` (its own step i is the driver's step start + i)."""
+        with _exclusive(solver):
+            return self._solve(solver, x, start)
+
+    def _solve(self, solver: Solver, x: torch.Tensor, start: int) -> torch.Tensor:
         sig = self.sig
         self.run.step = start
         solver.setup(self.ode, sig[start:], self.noise)

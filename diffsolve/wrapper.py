@@ -107,12 +107,16 @@ class DiffusionODE:
         self.time_dtype = time_dtype
         self.guidance_rescale = float(guidance_rescale)
         self.denoised_transform = denoised_transform
-        # caches shared by every run (and thread): read-mostly dicts, each entry written once
+        # caches shared by every run (and thread), each bounded by _CACHE_LIMIT entries. The float
+        # caches are plain dicts of immutable values (a single get or set is atomic; a clear only
+        # costs a recomputation, which gives the same bits). A time tensor is taken out of its
+        # cache for the length of one model call (see _time_tensor), so no two calls hold it.
         self._t_cache: dict[tuple, torch.Tensor] = {}
         # t(sigma) of the schedule, shared by every ODE on it: a user who wraps anew pays it once
         self._time_value: dict[float, float] = schedule_memo(schedule, "t")
         self._level_cache: dict[float, tuple[float, float, torch.Tensor]] = schedule_memo(schedule, "level")
-        self._guided_kwargs: dict[str, Any] | None = None
+        # the guided call's kwargs (cond and uncond concatenated), built once here and never changed
+        self._guided_kwargs: dict[str, Any] | None = self._batched_guidance_kwargs() if guidance is not None else None
         # the model's sigma range, read once (a schedule's properties may index tensors)
         self._sigma_range = (float(schedule.sigma_min), float(schedule.sigma_max))
         self._counter = _Counter()
@@ -165,7 +169,7 @@ class DiffusionODE:
         """The model's time at every given sigma, in one vectorized schedule call."""
         if callable(self.time) or self.time not in ("index", "t"):
             return  # closed forms (sigma, edm, log-sigma) or a user callable: nothing to batch
-        todo = [s for s in dict.fromkeys(sigmas) if s not in self._time_value]
+        todo = [s for s in dict.fromkeys(sigmas) if s not in self._time_value][:_CACHE_LIMIT]
         if not todo:
             return
         lo, hi = self._sigma_range
@@ -192,15 +196,29 @@ class DiffusionODE:
             return math.log(s) / 4
         return math.log(s)  # "log-sigma"
 
-    def _time_tensor(self, sigma: float, batch: int, device) -> torch.Tensor:
+    def _time_tensor(self, sigma: float, batch: int, device) -> tuple[tuple, torch.Tensor, int]:
+        """The model's time tensor at ``sigma``, taken out of the shared cache (or new), with its
+        cache key and version: :meth:`_return_time` puts it back after the model call unless the
+        model wrote into it. Taken out, it is held by one model call at a time, so a model that
+        modifies its time input in place cannot change another thread's call or a later run."""
         key = (sigma, batch, device)
-        t = self._t_cache.get(key)
+        if device != _CPU and device.type == "cuda":  # filled on this thread's stream: read it only there
+            key += (torch.cuda.current_stream(device).cuda_stream,)
+        t = self._t_cache.pop(key, None)
         if t is None:
-            if len(self._t_cache) > _CACHE_LIMIT:
-                self._t_cache.clear()
-            t = torch.full((batch,), self.model_time(sigma), dtype=self.time_dtype, device=device)
-            self._t_cache[key] = t
-        return t
+            if torch.is_inference_mode_enabled():  # an inference tensor has no version counter
+                with torch.inference_mode(False):
+                    t = torch.full((batch,), self.model_time(sigma), dtype=self.time_dtype, device=device)
+            else:
+                t = torch.full((batch,), self.model_time(sigma), dtype=self.time_dtype, device=device)
+        return key, t, t._version
+
+    def _return_time(self, key: tuple, t: torch.Tensor, version: int) -> None:
+        if t._version != version:
+            return  # the model wrote into it: a new one is made next time
+        if len(self._t_cache) >= _CACHE_LIMIT:
+            self._t_cache.clear()
+        self._t_cache[key] = t
 
     # -- model call --------------------------------------------------------------------
     def _call(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -210,11 +228,13 @@ class DiffusionODE:
             x = x.to(run.input_dtype)
         batch = x.shape[0] if x.dim() > 0 else 1
         if self.guidance is None:
-            out = self.model(x, self._time_tensor(sigma, batch, x.device), **self.model_kwargs)
+            key, t, version = self._time_tensor(sigma, batch, x.device)
+            out = self.model(x, t, **self.model_kwargs)
+            self._return_time(key, t, version)
         else:
-            kwargs = self._batched_guidance_kwargs()
-            t = self._time_tensor(sigma, 2 * batch, x.device)
-            both = self.model(torch.cat([x, x]), t, **kwargs, **self.model_kwargs)
+            key, t, version = self._time_tensor(sigma, 2 * batch, x.device)
+            both = self.model(torch.cat([x, x]), t, **self._guided_kwargs, **self.model_kwargs)
+            self._return_time(key, t, version)
             _check_output(both, (2 * batch, *x.shape[1:]))
             out_c, out_u = both[:batch], both[batch:]
             out = out_u + self.guidance * (out_c - out_u)
@@ -233,18 +253,16 @@ class DiffusionODE:
         return out
 
     def _batched_guidance_kwargs(self) -> dict[str, Any]:
-        if self._guided_kwargs is None:
-            kw = {}
-            for k in self.cond:
-                c, u = self.cond[k], self.uncond[k]
-                if isinstance(c, torch.Tensor):
-                    kw[k] = torch.cat([c, u])
-                elif c == u:
-                    kw[k] = c
-                else:
-                    raise ValueError(f"guidance kwarg {k!r}: non-tensor values must be equal in cond and uncond")
-            self._guided_kwargs = kw
-        return self._guided_kwargs
+        kw = {}
+        for k in self.cond:
+            c, u = self.cond[k], self.uncond[k]
+            if isinstance(c, torch.Tensor):
+                kw[k] = torch.cat([c, u])
+            elif c == u:
+                kw[k] = c
+            else:
+                raise ValueError(f"guidance kwarg {k!r}: non-tensor values must be equal in cond and uncond")
+        return kw
 
     # -- the ODE -----------------------------------------------------------------------
     def predict(self, xbar: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -336,7 +354,7 @@ class DiffusionODE:
             s = min(max(sigma, lo), hi)
             a = self.schedule.scale(s)
             hit = (s, a, torch.tensor(a, dtype=torch.float64))
-            if len(self._level_cache) > _CACHE_LIMIT:
+            if len(self._level_cache) >= _CACHE_LIMIT:
                 self._level_cache.clear()
             self._level_cache[sigma] = hit
         return hit
@@ -417,7 +435,11 @@ class _Counter:
             self.value += 1
 
 
-#: entries a per-ODE cache may hold before it is emptied (bounds memory in long-lived processes)
+_CPU = torch.device("cpu")
+
+#: entries each per-ODE cache (model times, noise levels, time tensors) may hold before it is
+#: emptied: bounds an ODE's memory in a long-lived process however many grids it serves
+#: (documented in docs/serving.md)
 _CACHE_LIMIT = 4096
 
 

@@ -1,6 +1,7 @@
 """The registry of solvers and grids, filled by pluggy hooks from entry points.
 
-Loading is lazy and happens once per :class:`Registry`. The environment variable
+Loading is lazy and happens once per :class:`Registry`, under a lock: threads that use a
+registry while it loads wait for it and then see it complete. The environment variable
 ``DIFFSOLVE_DISABLE_PLUGINS`` blocks third-party plugins: a comma list of
 entry-point or distribution names, or ``all`` for every external plugin (the
 built-ins always load). A plugin that fails to import or register is reported
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import importlib.metadata as metadata
 import os
+import threading
 import warnings
 from typing import Any, Callable, Iterable
 
@@ -65,15 +67,45 @@ class Registry:
         self._entry_points = entry_points
         self._disabled = None if disabled is None else set(disabled)
         self._loaded = False
+        self._loading = False
+        self._error: Exception | None = None
+        self._lock = threading.RLock()
         self.solvers: dict[str, tuple[type, str]] = {}
         self.grids: dict[str, tuple[Callable, str]] = {}
         self.skipped: list[tuple[str, str]] = []  # (plugin, reason)
 
     # -- loading ---------------------------------------------------------------------------
     def load(self) -> "Registry":
+        """Load the plugins, once. Thread-safe: concurrent first users wait for one load and see
+        the complete registry; a plugin that fails is reported once. An error that stops the load
+        (two plugins claiming one name) is raised again to every later user; an interrupt
+        (KeyboardInterrupt) leaves the registry unloaded, to be loaded again on next use."""
         if self._loaded:
+            if self._error is not None:
+                raise self._error
             return self
-        self._loaded = True  # once, even if a hook raises below
+        with self._lock:
+            if self._loading:  # a plugin using the registry while it loads (same thread): as it is
+                return self
+            if not self._loaded:
+                self._loading = True
+                try:
+                    self._load()
+                except Exception as exc:
+                    self._error = exc
+                    self._loaded = True
+                except BaseException:
+                    self.solvers, self.grids, self.skipped = {}, {}, []
+                    raise
+                else:
+                    self._loaded = True
+                finally:
+                    self._loading = False
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def _load(self) -> None:
         pm = pluggy.PluginManager(hookspecs.PROJECT)
         pm.add_hookspecs(hookspecs)
         pm.register(builtin, name=BUILTIN_OWNER)
@@ -94,7 +126,6 @@ class Registry:
                 self._report(owner, f"failed to load ({type(exc).__name__}: {exc})")
         self._collect(pm.hook.register_solvers, self.solvers, self._check_solver, "solver")
         self._collect(pm.hook.register_grids, self.grids, self._check_grid, "grid")
-        return self
 
     def _report(self, owner: str, reason: str) -> None:
         self.skipped.append((owner, reason))
@@ -172,17 +203,24 @@ class Registry:
 
 
 _default: Registry | None = None
+_default_lock = threading.Lock()
 
 
 def get_registry() -> Registry:
-    """The process-wide registry (loaded on first use)."""
+    """The process-wide registry (loaded on first use; one registry even when many threads
+    make that first use at once)."""
     global _default
-    if _default is None:
-        _default = Registry()
-    return _default.load()
+    reg = _default
+    if reg is None:
+        with _default_lock:
+            if _default is None:
+                _default = Registry()
+            reg = _default
+    return reg.load()
 
 
 def reset_registry() -> None:
     """Forget the process-wide registry; the next lookup loads plugins again."""
     global _default
-    _default = None
+    with _default_lock:
+        _default = None
