@@ -23,6 +23,7 @@ VP state, as in diffusers pipelines.
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Callable, Mapping
 
 import torch
@@ -80,7 +81,10 @@ def prediction_from_config(config) -> str:
     """diffsolve's prediction for the config's ``prediction_type`` (a clear error for others)."""
     p = config_of(config).get("prediction_type", "epsilon")
     if p not in PREDICTION_TYPES:
-        raise ValueError(f"prediction_type={p!r} is not supported; supported: {', '.join(PREDICTION_TYPES)}")
+        from ..validation import suggest
+
+        raise ValueError(f"prediction_type={p!r} is not supported{suggest(p, PREDICTION_TYPES)}; "
+                         f"supported: {', '.join(PREDICTION_TYPES)}")
     return PREDICTION_TYPES[p]
 
 
@@ -105,6 +109,9 @@ def diffusers_grid(config, steps: int, schedule: DiscreteSchedule | None = None)
     loses that step, which in diffusers is a model call that returns its input).
     """
     cfg = config_of(config)
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1 (diffusers' num_inference_steps), got {steps!r}")
+    steps = int(steps)
     schedule = schedule if schedule is not None else schedule_from_config(cfg)
     spacing = cfg.get("timestep_spacing", "leading")
     if spacing not in SPACINGS:

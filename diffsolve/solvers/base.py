@@ -51,7 +51,7 @@ import torch
 from ..wrapper import DiffusionODE
 
 __all__ = ["Solver", "ReversibleSolver", "NoiseSampler", "check_choice", "check_real", "check_int",
-           "CONTRACT_ATTRIBUTES"]
+           "CONTRACT_ATTRIBUTES", "bind_and_setup"]
 
 NoiseSampler = Callable[[torch.Tensor], torch.Tensor]
 """``noise(like)`` returns standard normal noise shaped like ``like`` (per-sample generators honoured)."""
@@ -135,6 +135,14 @@ class ReversibleSolver(Solver):
     def unstep(self, i: int, x_i: torch.Tensor, x_next: torch.Tensor) -> torch.Tensor:
         """Given xbar at ``sigmas[i]`` and ``sigmas[i + 1]``, return xbar at ``sigmas[i - 1]``."""
         raise NotImplementedError(f"solver {type(self).__name__} does not implement unstep()")
+
+
+def bind_and_setup(solver: Solver, ode: DiffusionODE, sigmas: Sequence[float], noise: NoiseSampler) -> None:
+    """How every driver starts a solver's run: bind ``ode``, ``sigmas`` (a list of Python floats)
+    and ``noise`` on it, then call its :meth:`Solver.setup`. A ``setup`` override that forgets
+    ``super().setup(...)`` therefore still finds ``self.ode``, ``self.sigmas`` and ``self.noise``."""
+    solver.ode, solver.sigmas, solver.noise = ode, list(sigmas), noise
+    solver.setup(ode, solver.sigmas, noise)
 
 
 # -- option checks, shared by every solver --------------------------------------------------------
