@@ -41,8 +41,13 @@ def list_grids() -> list[str]:
 
 def grid(name: str, schedule, steps: int, **options) -> torch.Tensor:
     """The grid ``name`` for ``schedule`` with ``steps`` steps: a strictly decreasing float64 tensor ending at 0."""
+    from .schedules import Schedule
+
     if not isinstance(name, str):
         raise TypeError(f"grid name must be a string (one of ds.list_grids()), got {name!r}")
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be a diffsolve Schedule (e.g. ds.DiscreteSchedule.linear()), "
+                        f"got {type(schedule).__name__}")
     _check_steps(steps)
     fn = get_registry().grid(name)
     try:
@@ -67,6 +72,9 @@ def make_solver(solver: str | type | Solver, **options) -> Solver:
     cls = get_registry().solver(solver) if isinstance(solver, str) else solver
     if not (isinstance(cls, type) and issubclass(cls, Solver)):
         raise TypeError(f"solver must be a registered name, a Solver subclass or instance, got {solver!r}")
+    if cls.step is Solver.step and cls.run is Solver.run:
+        raise TypeError(f"solver class {cls.__qualname__} implements neither step() nor run(): "
+                        "subclass diffsolve.Solver and implement step(i, x)")
     params = solver_options(cls)
     unknown = [k for k in options if k not in params]
     if unknown and not _takes_any_option(cls):

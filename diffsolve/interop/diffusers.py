@@ -59,8 +59,11 @@ def config_of(scheduler_or_config) -> Mapping[str, Any]:
 def schedule_from_config(config) -> DiscreteSchedule:
     """The :class:`~diffsolve.DiscreteSchedule` of a diffusers scheduler config."""
     cfg = config_of(config)
-    T = int(cfg.get("num_train_timesteps", 1000))
-    start, end = float(cfg.get("beta_start", 1e-4)), float(cfg.get("beta_end", 0.02))
+    T = cfg.get("num_train_timesteps", 1000)
+    if isinstance(T, bool) or not isinstance(T, numbers.Integral) or T < 2:
+        raise ValueError(f"num_train_timesteps must be an integer >= 2, got {T!r}")
+    T = int(T)
+    start, end = (_config_number(cfg, "beta_start", 1e-4), _config_number(cfg, "beta_end", 0.02))
     kind = cfg.get("beta_schedule", "linear")
     zero_snr = bool(cfg.get("rescale_betas_zero_snr", False))
     if cfg.get("trained_betas") is not None:
@@ -75,6 +78,13 @@ def schedule_from_config(config) -> DiscreteSchedule:
         raise ValueError(f"beta_schedule={kind!r} is not supported; supported: {', '.join(BETA_SCHEDULES)} "
                          "(or pass trained_betas)")
     return DiscreteSchedule.from_betas(betas.to(torch.float64), rescale_zero_terminal_snr=zero_snr)
+
+
+def _config_number(cfg, key: str, default: float) -> float:
+    value = cfg.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"config {key}={value!r} must be a number")
+    return float(value)
 
 
 def prediction_from_config(config) -> str:
