@@ -225,3 +225,66 @@ def test_every_fuzz_case_is_refused_naming_its_argument():
             where = case[1] if len(case) == 3 else case[0].__code__.co_firstlineno
             failures.append(f"{where}: {type(exc).__name__}: {exc}"[:400])
     assert not failures, "\n".join(failures)
+
+
+# -- generated wrong values -------------------------------------------------------------------------
+def _nan_state(draw_shape, pos, value):
+    x = torch.zeros(*draw_shape)
+    x.view(-1)[pos % x.numel()] = value
+    return x
+
+
+bad_steps = st.one_of(st.integers(max_value=0), st.floats(allow_nan=True, allow_infinity=True),
+                      st.text(max_size=3), st.booleans(), st.none())
+bad_eta = st.one_of(st.floats(max_value=-1e-12, allow_infinity=True), st.just(NAN), st.just(INF),
+                    st.text(max_size=3))
+shapes = st.lists(st.integers(1, 3), min_size=1, max_size=3)
+bad_x = st.one_of(
+    st.builds(_nan_state, shapes, st.integers(0, 100), st.sampled_from([NAN, INF, -INF])),
+    shapes.map(lambda s: torch.zeros(*s, dtype=torch.int32)),
+    shapes.map(lambda s: torch.zeros(0, *s)),
+    st.floats(allow_nan=False).map(torch.tensor),
+    st.lists(st.floats(-1, 1), min_size=1, max_size=4),
+)
+# grids that break one rule: not decreasing somewhere, negative, non-finite, too short, above the range
+increasing_pair = st.lists(st.floats(0.02, 100.0), min_size=2, max_size=6).map(lambda v: sorted(v) + [0.0])
+bad_sigmas = st.one_of(
+    increasing_pair.filter(lambda v: v[0] < v[-2]),
+    st.lists(st.floats(0.02, 100.0), min_size=1, max_size=4).map(lambda v: sorted(v, reverse=True) + [-1.0]),
+    st.lists(st.floats(0.02, 100.0), min_size=1, max_size=4).map(lambda v: sorted(v, reverse=True) + [NAN]),
+    st.floats(0.0, 100.0).map(lambda v: [v]),
+    st.floats(200.0, 1e8).map(lambda v: [v, 1.0, 0.0]),
+)
+bad_generator = st.one_of(st.integers(), st.text(max_size=3), st.floats(),
+                          st.integers(0, 5).filter(lambda n: n != 2).map(lambda n: [torch.Generator()] * n))
+bad_guidance = st.one_of(st.just(NAN), st.just(INF), st.just(-INF), st.text(max_size=3))
+bad_prediction = st.text(max_size=8).filter(lambda p: p not in ("eps", "x0", "sample", "v", "score", "flow",
+                                                                "epsilon", "v_prediction"))
+
+GENERATED = st.one_of(
+    st.tuples(st.just(_sample), bad_steps.map(lambda v: {"steps": v}), st.just(["steps"])),
+    st.tuples(st.just(_sample), bad_eta.map(lambda v: {"eta": v}), st.just(["eta"])),
+    st.tuples(st.just(_sample), bad_x.map(lambda v: {"x_T": v}), st.just(["x_T"])),
+    st.tuples(st.just(_sample), bad_sigmas.map(lambda v: {"steps": None, "sigmas": v}), st.just(["sigmas"])),
+    st.tuples(st.just(_sample), bad_generator.map(lambda v: {"generator": v}), st.just(["generator"])),
+    st.tuples(st.just(_sample), st.text(min_size=1, max_size=8).filter(lambda n: n not in ds.list_solvers())
+              .map(lambda v: {"solver": v}), st.just(["solver"])),
+    st.tuples(st.just(_invert), bad_x.map(lambda v: {"x0": v}), st.just(["x0"])),
+    st.tuples(st.just(_grid), bad_steps.map(lambda v: {"steps": v}), st.just(["steps"])),
+    st.tuples(st.just(_grid), st.text(max_size=8).filter(lambda n: n not in ds.list_grids())
+              .map(lambda v: {"name": v}), st.just(["grid"])),
+    st.tuples(st.just(_wrap), bad_prediction.map(lambda v: {"prediction": v}), st.just(["prediction"])),
+    st.tuples(st.just(_wrap), bad_guidance.map(lambda v: {"guidance": v, "cond": {"c": 1}, "uncond": {"c": 1}}),
+              st.just(["guidance"])),
+    st.tuples(st.just(_wrap), st.floats(allow_nan=True).filter(lambda v: not 0 <= v <= 1)
+              .map(lambda v: {"guidance_rescale": v}), st.just(["guidance_rescale"])),
+    st.tuples(st.just(lambda **kw: _k_sampler(**kw)), bad_x.map(lambda v: {"x": v}), st.just(["x"])),
+    st.tuples(st.just(lambda **kw: _k_sampler(**kw)), bad_sigmas.filter(lambda v: len(v) < 3 or v[0] < 200)
+              .map(lambda v: {"sigmas": v}), st.just(["sigmas"])),
+)
+
+
+@settings(max_examples=max(settings().max_examples * 4, 100))
+@given(GENERATED)
+def test_generated_wrong_values_are_refused_naming_the_argument(case):
+    check_refused(case)

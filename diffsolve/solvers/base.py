@@ -158,7 +158,7 @@ def check_real(option: str, value, *, low: float = -math.inf, high: float = math
     """``float(value)`` if it is a number in ``[low, high]`` (``(low, high]`` with ``low_open``),
     finite unless ``allow_inf``; else a ValueError naming the option and the range."""
     try:
-        if isinstance(value, bool):
+        if isinstance(value, (bool, str, bytes)):  # float("0.5") parses; an option is a number, not text
             raise TypeError
         v = float(value)
     except (TypeError, ValueError):
