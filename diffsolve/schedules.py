@@ -165,7 +165,7 @@ class DiscreteSchedule(Schedule):
         """From per-step betas: ``alpha_bar_t = prod (1 - beta_k)`` (E2), in float64."""
         betas = _tensor_arg("betas", betas).flatten()
         if not bool(torch.isfinite(betas).all()) or ((betas <= 0) | (betas > 1)).any():
-            raise ValueError("betas must be finite and lie in (0, 1]")
+            raise ValueError("betas must lie in (0, 1] (and be finite)")
         log_abar = torch.cumsum(torch.log1p(-betas), 0)
         if rescale_zero_terminal_snr:
             return cls._zero_snr(torch.exp(log_abar))

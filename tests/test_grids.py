@@ -47,7 +47,7 @@ def test_official_ddim_uniform_and_quad_indices():
     assert ddim_quad_indices(1000, 10) == [0, 9, 39, 88, 158, 246, 355, 483, 632, 800]
     assert [len(ddim_uniform_indices(1000, s)) for s in (15, 30, 300, 400)] == [16, 31, 334, 500]
     assert [len(set(ddim_quad_indices(1000, s))) for s in (50, 100, 200, 500, 1000)] == [49, 96, 187, 422, 688]
-    assert ds.grid("ddim-quad", DISCRETE, 50).numel() == 49 + 1  # duplicates removed
+    assert ds.grid("ddim-quad", DISCRETE, 50, duplicates="drop").numel() == 49 + 1  # duplicates removed on request
 
 
 def test_karras_grid_formula():

@@ -213,6 +213,9 @@ def test_unknown_option_of_a_solver_without_options_says_it_takes_none():
 
         name = "plain"
 
+        def step(self, i, x):
+            return x, None
+
     with pytest.raises(ValueError, match=r"solver 'plain': unknown option\(s\) \['eta'\]; it takes no options$"):
         ds.make_solver(Plain, eta=0.5)
 

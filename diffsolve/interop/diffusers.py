@@ -93,8 +93,8 @@ def prediction_from_config(config) -> str:
     if p not in PREDICTION_TYPES:
         from ..validation import suggest
 
-        raise ValueError(f"prediction_type={p!r} is not supported{suggest(p, PREDICTION_TYPES)}; "
-                         f"supported: {', '.join(PREDICTION_TYPES)}")
+        raise ValueError(f"prediction_type={p!r} is not supported; supported: {', '.join(PREDICTION_TYPES)}"
+                         f"{suggest(p, PREDICTION_TYPES)}")
     return PREDICTION_TYPES[p]
 
 
