@@ -22,7 +22,14 @@ import torch
 from .grids import validate_sigmas
 from .plugins.registry import get_registry
 from .solvers.base import Solver, bind_and_setup
-from .validation import check_flag, check_generator, check_guidance_batch, check_sigma_range, check_state, suggest
+from .validation import (
+    check_flag,
+    check_generator,
+    check_guidance_batch,
+    check_sigma_range,
+    check_state,
+    suggest,
+)
 from .wrapper import DiffusionODE, NonFiniteError, Run
 
 __all__ = ["sample", "invert", "grid", "list_solvers", "list_grids", "make_noise_sampler", "make_solver"]

@@ -6,7 +6,6 @@ call fails with a ValueError or TypeError whose message names the argument, rais
 itself (the innermost frame of the traceback is diffsolve's, not torch's or a model's), and that
 the model was never called. Runs in the quick hypothesis profile (tests/conftest.py)."""
 
-import math
 import traceback
 from pathlib import Path
 

@@ -19,8 +19,8 @@ import torch
 
 from ..grids import validate_sigmas
 from ..sampling import make_solver, sample
-from ..validation import check_state
 from ..schedules import SigmaSchedule
+from ..validation import check_state
 from ..wrapper import DiffusionODE
 
 __all__ = ["k_sampler"]
