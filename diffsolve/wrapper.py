@@ -37,6 +37,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from .schedules import Schedule
+from .validation import check_finite_number, suggest
 
 __all__ = ["DiffusionODE", "Run", "wrap", "PREDICTIONS", "TIME_CONVENTIONS", "NonFiniteError"]
 
@@ -78,8 +79,6 @@ class DiffusionODE:
             raise TypeError(f"model must be callable as model(x, t, **kwargs), got {type(model).__name__}")
         if not isinstance(schedule, Schedule):
             raise TypeError(f"schedule must be a diffsolve Schedule, got {type(schedule).__name__}")
-        from .validation import check_finite_number, suggest
-
         if not isinstance(prediction, str):
             raise TypeError(f"prediction must be a string, one of {', '.join(PREDICTIONS)}; got {prediction!r}")
         prediction = PREDICTION_ALIASES.get(prediction, prediction)
