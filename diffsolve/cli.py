@@ -1,11 +1,16 @@
 """Command line: ``diffsolve list``, ``diffsolve sample``, ``diffsolve demo``.
 
 Subcommands of other parts of the library (``bench``) add themselves to :data:`SUBCOMMANDS`.
+
+A wrong argument or input is one line on stderr, ``diffsolve <command>: error: <message>``, with
+no traceback, and exit code 2 (argparse's own code for usage errors). ``--help`` gives every
+option's default.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import sys
 import time
 from typing import Callable
@@ -38,22 +43,35 @@ def solvers_markdown() -> str:
         opts = ", ".join(
             f"`{p.name}={p.default!r}`" for p in params if p.kind is p.KEYWORD_ONLY
         ) or "-"
-        kind = "stochastic" if cls.stochastic else "deterministic"
+        kind = "stochastic" if default_stochastic(cls) else "deterministic"
         lines.append(f"| `{name}` | {cls.order} | {cls.calls_per_step} | {kind} | {opts} | {cls.describe()} |")
     return "\n".join(lines) + "\n"
 
 
+def default_stochastic(cls) -> bool:
+    """Whether a solver class's default instance draws noise (an instance may set ``stochastic``
+    from its options: euler-ancestral's default eta = 1 is stochastic, its class attribute is not)."""
+    try:
+        return bool(cls().stochastic)
+    except Exception:  # a solver that needs options: its class attribute is all there is
+        return bool(cls.stochastic)
+
+
 def _list(args) -> int:
-    from .plugins import get_registry
+    from .plugins import DuplicateNameError, Registry, get_registry
 
     if getattr(args, "markdown", False):
         sys.stdout.write(solvers_markdown())
         return 0
-    reg = get_registry()
+    try:
+        reg = get_registry()
+    except DuplicateNameError:
+        # show the clash instead of failing on it: the first owner keeps the name
+        reg = Registry(on_duplicate="record").load()
     print("solvers:")
     for name in sorted(reg.solvers):
         cls, owner = reg.solvers[name]
-        kind = "stochastic" if cls.stochastic else f"order {cls.order}"
+        kind = "stochastic" if default_stochastic(cls) else f"order {cls.order}"
         print(f"  {name:<24} {kind:<11} {cls.calls_per_step} call/step  [{owner}]  {cls.describe()}")
     print("grids:")
     for name in sorted(reg.grids):
@@ -62,7 +80,10 @@ def _list(args) -> int:
         print(f"  {name:<24} [{owner}]  {doc}")
     for owner, why in reg.skipped:
         print(f"skipped plugin {owner}: {why}")
-    return 0
+    for kind, name, kept, refused in reg.clashes:
+        print(f"NAME CLASH: {kind} {name!r} is registered by both {kept!r} and {refused!r} "
+              f"(listed above as {kept!r}'s); set {reg._disable_hint(refused, kept)}")
+    return 1 if reg.clashes else 0
 
 
 def _problem_setup(args):
@@ -82,7 +103,11 @@ def _sample(args) -> int:
 
     problem, sched, ode, x_T = _problem_setup(args)
     sig = grid(args.grid, sched, args.steps)
-    opts = {"eta": args.eta} if args.eta is not None else {}
+    opts = dict(args.option)
+    if args.eta is not None:
+        if "eta" in opts:
+            raise ValueError("eta given twice: as --eta and as --option eta=...; give it once")
+        opts["eta"] = args.eta
     gen = torch.Generator().manual_seed(args.seed + 1)
     t0 = time.perf_counter()
     x0 = sample(ode, x_T, args.solver, sigmas=sig, generator=gen, **opts)
@@ -123,45 +148,109 @@ def _demo(args) -> int:
     return 0
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to an option's help unless the help already says its default or
+    there is none to say (None, False, a suppressed default)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (default is None or default is False or default is argparse.SUPPRESS or "default" in text
+                or not action.option_strings or default == []):
+            return text
+        shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+        return f"{text} (default: {shown})".strip()
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``prog: error: message`` on stderr, exit code 2."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def parse_option(text: str) -> tuple[str, object]:
+    """``key=value`` -> ``(key, value)``; the value is read as a Python literal (``0.5``, ``True``,
+    ``'x'``, ``(1, 2)``) where it is one, else kept as the string (``variance=large``)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE with KEY a solver option name, got {text!r}")
+    try:
+        value = ast.literal_eval(raw.strip())
+    except (ValueError, SyntaxError):
+        value = raw.strip()
+    return key, value
+
+
+def _steps_list(text: str) -> list[int]:
+    try:
+        steps = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 5,10,20, got {text!r}") from None
+    if not steps or min(steps) < 1:
+        raise argparse.ArgumentTypeError(f"steps must be integers >= 1, got {text!r}")
+    return steps
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .problems import PROBLEMS
 
-    p = argparse.ArgumentParser(prog="diffsolve", description="Sample diffusion models with any solver.")
+    p = _Parser(prog="diffsolve", description="Sample diffusion models with any solver.")
     sub = p.add_subparsers(dest="command", required=True)
     ls = sub.add_parser("list", help="registered solvers and grids, with the plugin that registered each")
     ls.add_argument("--markdown", action="store_true", help="print the solver table of docs/solvers.md")
 
     s = sub.add_parser("sample", help="sample an analytic problem and report the error against the exact ODE")
-    s.add_argument("--problem", default="gmm2d", choices=sorted(PROBLEMS))
-    s.add_argument("--solver", default="ddim")
-    s.add_argument("--grid", default="trailing")
-    s.add_argument("--steps", type=int, default=10)
-    s.add_argument("--eta", type=float, default=None)
-    s.add_argument("--samples", type=int, default=256)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--problem", default="gmm2d", choices=sorted(PROBLEMS), help="the analytic problem")
+    s.add_argument("--solver", default="ddim", help="a registered solver (diffsolve list)")
+    s.add_argument("--grid", default="trailing", help="a registered grid (diffsolve list)")
+    s.add_argument("--steps", type=int, default=10, help="solver steps")
+    s.add_argument("--eta", type=float, default=None,
+                   help="noise level of an ancestral solver (default: the solver's own)")
+    s.add_argument("--option", type=parse_option, action="append", default=[], metavar="KEY=VALUE",
+                   help="a solver option, repeatable, e.g. --option solver_order=2 --option variance=large; "
+                        "values are read as Python literals where possible (default: none)")
+    s.add_argument("--samples", type=int, default=256, help="number of samples")
+    s.add_argument("--seed", type=int, default=0, help="seed of x_T (the solver's noise uses seed + 1)")
 
     d = sub.add_parser("demo", help="DDIM error vs steps on the built-in mixture (the README's main job)")
-    d.add_argument("--problem", default="gmm2d", choices=sorted(PROBLEMS))
-    d.add_argument("--grid", default="trailing")
-    d.add_argument("--steps-list", type=lambda v: [int(x) for x in v.split(",")], default=[5, 10, 20, 40, 80, 160])
-    d.add_argument("--samples", type=int, default=256)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--problem", default="gmm2d", choices=sorted(PROBLEMS), help="the analytic problem")
+    d.add_argument("--grid", default="trailing", help="a registered grid (diffsolve list)")
+    d.add_argument("--steps-list", type=_steps_list, default=[5, 10, 20, 40, 80, 160],
+                   help="comma-separated step counts")
+    d.add_argument("--samples", type=int, default=256, help="number of samples")
+    d.add_argument("--seed", type=int, default=0, help="seed of x_T")
 
     for name, (configure, _) in SUBCOMMANDS.items():
         configure(sub.add_parser(name))
     return p
 
 
+#: errors of bad input or a failed run, reported as one line with exit code 2
+USER_ERRORS = (ValueError, TypeError, LookupError, FloatingPointError, OSError)
+
+
 def main(argv=None) -> int:
     _load_subcommands()
-    args = build_parser().parse_args(argv)
-    if args.command == "list":
-        return _list(args)
-    if args.command == "sample":
-        return _sample(args)
-    if args.command == "demo":
-        return _demo(args)
-    return SUBCOMMANDS[args.command][1](args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "list":
+            return _list(args)
+        if args.command == "sample":
+            return _sample(args)
+        if args.command == "demo":
+            return _demo(args)
+        return SUBCOMMANDS[args.command][1](args)
+    except USER_ERRORS as exc:
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        sys.stderr.write(f"diffsolve {args.command}: error: {msg}\n")
+        return 2
 
 
 def _load_subcommands() -> None:

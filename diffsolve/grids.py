@@ -12,9 +12,14 @@ unless stated):
     diffusers' ``timestep_spacing`` over a :class:`DiscreteSchedule`'s own levels.
 ``ddim-uniform`` / ``ddim-quad``
     The official DDIM code's index rules (docs/math.md E39, E40). Exactly the
-    official index list: ``ddim-uniform`` has ceil(T/floor(T/S)) steps (16 for S = 15);
-    ``ddim-quad`` drops the duplicate indices the official rule makes for S >= 50 (a
-    duplicate step is a no-op that costs one NFE, claim 16), so it can have fewer.
+    official index list: ``ddim-uniform`` has ceil(T/floor(T/S)) steps (16 for S = 15).
+    ``ddim-quad`` has exactly ``steps`` steps or raises: its rule int(linspace(0, sqrt(0.8 T), S)^2)
+    repeats indices near 0 once S exceeds :func:`ddim_quad_max_steps` (29 for T = 1000: S = 50
+    gives 49 distinct indices, S = 1000 gives 688), and a repeated index is a step that goes
+    nowhere at the cost of one model call (claim 16). Rather than silently returning fewer steps
+    than asked, it raises a ValueError saying how many distinct levels there are; pass
+    ``duplicates="drop"`` (``grid_options={"duplicates": "drop"}``) to accept the distinct levels,
+    or use ``time-quadratic`` (the same quadratic-in-time idea, continuous, exactly S steps).
 ``karras``
     Karras et al. 2022 eq. 5, ``rho`` (default 7), between the schedule's sigma_min and sigma_max.
 ``logsnr``
@@ -39,6 +44,7 @@ __all__ = [
     "validate_sigmas",
     "ddim_uniform_indices",
     "ddim_quad_indices",
+    "ddim_quad_max_steps",
     "BUILTIN_GRIDS",
 ]
 
@@ -148,11 +154,32 @@ def ddim_uniform(schedule: Schedule, steps: int) -> torch.Tensor:
     return _from_indices(sched, ddim_uniform_indices(sched.num_steps, steps))
 
 
-def ddim_quad(schedule: Schedule, steps: int) -> torch.Tensor:
+def ddim_quad_max_steps(T: int) -> int:
+    """The largest S for which the official 'quad' rule (E40) gives S distinct indices out of T
+    (and every S' <= S does too): 29 for T = 1000."""
+    S = 2
+    while S < T and len(set(ddim_quad_indices(T, S + 1))) == S + 1:
+        S += 1
+    return S
+
+
+def ddim_quad(schedule: Schedule, steps: int, duplicates: str = "raise") -> torch.Tensor:
+    """The official DDIM 'quad' levels (E40): exactly ``steps`` steps, or a ValueError when the rule
+    repeats indices (``duplicates="drop"``: keep the distinct ones, fewer steps)."""
     sched = _need_discrete(schedule, "ddim-quad")
+    if duplicates not in ("raise", "drop"):
+        raise ValueError(f"duplicates={duplicates!r} is not allowed; allowed: 'raise', 'drop'")
     if steps < 2:
         raise ValueError(f"ddim-quad needs steps >= 2 (its rule divides by steps - 1), got {steps}")
-    return _from_indices(sched, sorted(set(ddim_quad_indices(sched.num_steps, steps))))
+    T = sched.num_steps
+    distinct = sorted(set(ddim_quad_indices(T, steps)))
+    if len(distinct) != steps and duplicates == "raise":
+        raise ValueError(
+            f"grid 'ddim-quad' with steps={steps} on T={T} levels: the official rule int(linspace(0, sqrt(0.8 T), "
+            f"S)^2) repeats indices near 0 and gives only {len(distinct)} distinct levels (a repeated level is a "
+            f"step that goes nowhere but costs a model call). Use steps <= {ddim_quad_max_steps(T)}, pass "
+            "grid_options={'duplicates': 'drop'} to run the distinct levels, or use the grid 'time-quadratic'")
+    return _from_indices(sched, distinct)
 
 
 # -- sigma-space grids ------------------------------------------------------------------

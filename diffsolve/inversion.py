@@ -22,7 +22,7 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 
 from .sampling import _Driver, _resolve_sigmas, invert, make_solver, sample
-from .solvers.base import ReversibleSolver, Solver
+from .solvers.base import ReversibleSolver, Solver, bind_and_setup
 from .wrapper import DiffusionODE
 
 __all__ = ["ReversibleSample", "sample_reversible", "invert_exact", "reconstruction_error"]
@@ -119,7 +119,7 @@ def invert_exact(
         x_next = state.xbar if state.xbar is not None else d.start_state(state.x)
         x = (state.xbar_prev if state.xbar_prev is not None
              else d.ode.to_xbar(state.x_prev.to(x_next.dtype), sig[-2]))
-        solver.setup(d.ode, sig, _no_noise)
+        bind_and_setup(solver, d.ode, sig, _no_noise)
         d.after_step(0, x, None, up[0], up[1])  # the last state before the sample: known, no model call
         for i in range(n - 1, 0, -1):
             x_prev = solver.unstep(i, x, x_next)
@@ -138,10 +138,12 @@ def _no_noise(like: torch.Tensor) -> torch.Tensor:  # pragma: no cover - reversi
 def _invert_state(ode, state, solver, steps, grid, sigmas, solver_options, **kwargs):
     """:func:`diffsolve.invert` given a ReversibleSample: check the arguments agree, then invert exactly."""
     own = state.solver
-    if isinstance(solver, Solver):
+    if solver is None:
+        ok = True  # invert's default: the state's own solver decides
+    elif isinstance(solver, Solver):
         ok = solver is own
     elif isinstance(solver, str):
-        ok = solver in (own.name, "ddim")  # "ddim" is invert's default: the state decides
+        ok = solver == own.name
     else:
         ok = solver is type(own)
     if not ok:

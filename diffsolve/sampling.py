@@ -23,8 +23,16 @@ import torch
 
 from .grids import validate_sigmas
 from .plugins.registry import get_registry
-from .solvers.base import Solver
 from .schedules import Schedule
+from .solvers.base import Solver, bind_and_setup
+from .validation import (
+    check_flag,
+    check_generator,
+    check_guidance_batch,
+    check_sigma_range,
+    check_state,
+    suggest,
+)
 from .wrapper import DiffusionODE, NonFiniteError, Run, schedule_memo
 
 __all__ = ["sample", "invert", "grid", "list_solvers", "list_grids", "make_noise_sampler", "make_solver"]
@@ -43,6 +51,11 @@ def list_grids() -> list[str]:
 
 def grid(name: str, schedule, steps: int, **options) -> torch.Tensor:
     """The grid ``name`` for ``schedule`` with ``steps`` steps: a strictly decreasing float64 tensor ending at 0."""
+    if not isinstance(name, str):
+        raise TypeError(f"grid name must be a string (one of ds.list_grids()), got {name!r}")
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be a diffsolve Schedule (e.g. ds.DiscreteSchedule.linear()), "
+                        f"got {type(schedule).__name__}")
     _check_steps(steps)
     fn = get_registry().grid(name)
     # a grid depends only on (function, schedule, steps, options): computed once per schedule
@@ -51,7 +64,7 @@ def grid(name: str, schedule, steps: int, **options) -> torch.Tensor:
         hash(key)
     except TypeError:  # unhashable options: not memoized
         key = None
-    memo = schedule_memo(schedule, "grids") if isinstance(schedule, Schedule) else {}
+    memo = schedule_memo(schedule, "grids")
     sig = memo.get(key) if key is not None else None
     if sig is None:
         try:
@@ -78,13 +91,40 @@ def make_solver(solver: str | type | Solver, **options) -> Solver:
     cls = get_registry().solver(solver) if isinstance(solver, str) else solver
     if not (isinstance(cls, type) and issubclass(cls, Solver)):
         raise TypeError(f"solver must be a registered name, a Solver subclass or instance, got {solver!r}")
+    if cls.step is Solver.step and cls.run is Solver.run:
+        raise TypeError(f"solver class {cls.__qualname__} implements neither step() nor run(): "
+                        "subclass diffsolve.Solver and implement step(i, x)")
+    params = solver_options(cls)
+    unknown = [k for k in options if k not in params]
+    if unknown and not _takes_any_option(cls):
+        hints = "".join(suggest(k, params) for k in unknown[:1])
+        raise ValueError(
+            f"solver {cls.name!r}: unknown option(s) {sorted(unknown)}{hints}; "
+            + (f"its options are: {', '.join(params)}" if params else "it takes no options")
+        )
     try:
         return cls(**options)
     except TypeError as exc:
-        params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
         raise ValueError(
-            f"solver {cls.name!r}: {exc}; its options are: {', '.join(params) or 'none'}"
+            f"solver {cls.name!r}: {exc}; "
+            + (f"its options are: {', '.join(params)}" if params else "it takes no options")
         ) from None
+
+
+def solver_options(cls: type) -> list[str]:
+    """The option names of a Solver class: the named parameters of its ``__init__`` (not
+    ``self``, ``*args`` or ``**kwargs``)."""
+    sig = inspect.signature(cls.__init__)
+    return [p.name for p in sig.parameters.values()
+            if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def _takes_any_option(cls: type) -> bool:
+    # a subclass whose own __init__ forwards **kwargs decides itself (the base Solver's does not)
+    init = cls.__init__
+    if init is Solver.__init__:
+        return False
+    return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(init).parameters.values())
 
 
 # -- noise -----------------------------------------------------------------------------------
@@ -95,6 +135,9 @@ def make_noise_sampler(generator=None) -> Callable[[torch.Tensor], torch.Tensor]
     list with one generator per sample: then sample k's noise comes from generator
     k only, so a sample does not change when the batch around it changes.
     """
+    if not (generator is None or isinstance(generator, (torch.Generator, list, tuple))):
+        raise TypeError(f"generator must be None, a torch.Generator or a list of them (one per sample), "
+                        f"got {type(generator).__name__}")
     if generator is None or isinstance(generator, torch.Generator):
         def noise(like: torch.Tensor) -> torch.Tensor:
             gen_device = generator.device if generator is not None else like.device
@@ -211,7 +254,7 @@ class _Driver:
     def _solve(self, solver: Solver, x: torch.Tensor, start: int) -> torch.Tensor:
         sig = self.sig
         self.run.step = start
-        solver.setup(self.ode, sig[start:], self.noise)
+        bind_and_setup(solver, self.ode, sig[start:], self.noise)
         if len(sig) - 1 <= start:
             return x
 
@@ -301,6 +344,7 @@ def sample(
     check_finite: bool | Literal["step"] = True,
     grid_options: dict[str, Any] | None = None,
     grad: bool = False,
+    allow_out_of_range: bool = False,
     **solver_options: Any,
 ):
     """Sample: integrate the ODE (or SDE) from ``x_T`` down the grid.
@@ -325,13 +369,22 @@ def sample(
         grad: keep the autograd graph (to differentiate through the run, e.g. to tune a
             grid); by default the run is under ``torch.no_grad()``, as diffusers pipelines and
             k-diffusion samplers are, so its memory does not grow with the steps.
+        allow_out_of_range: the grid must lie in the model's range ``[sigma_min, sigma_max]``
+            (its schedule's; sigma = 0 always allowed; relative tolerance
+            :data:`diffsolve.validation.RANGE_RTOL` for rounding), else a ValueError naming the
+            range. True evaluates the model at the nearest end of its range instead, eps held there.
         solver_options: passed to the solver (``eta=`` for DDIM, ...).
+
+    Every argument is checked before the first model call (:mod:`diffsolve.validation`): a
+    wrong one is a ValueError or TypeError naming it.
 
     Returns:
         The final state in the model's space (and the trajectory if asked).
     """
+    _check_call(ode, x_T, "x_T", callback, progress, return_trajectory, grid_options, grad)
     sig = _resolve_sigmas(ode, steps, grid, sigmas, grid_options, increasing=False)
     s = make_solver(solver, **solver_options)
+    _check_run(ode, x_T, sig, generator, allow_out_of_range)
     with torch.set_grad_enabled(_check_grad(grad)):
         return _run(ode, x_T, sig, s, generator, callback, progress, return_trajectory, check_finite)
 
@@ -339,7 +392,7 @@ def sample(
 def invert(
     ode: DiffusionODE,
     x0: torch.Tensor,
-    solver: str | type | Solver = "ddim",
+    solver: str | type | Solver | None = None,
     steps: int | None = None,
     grid: str | None = None,
     sigmas: Sequence[float] | torch.Tensor | None = None,
@@ -350,6 +403,7 @@ def invert(
     check_finite: bool | Literal["step"] = True,
     grid_options: dict[str, Any] | None = None,
     grad: bool = False,
+    allow_out_of_range: bool = False,
     **solver_options: Any,
 ):
     """Encode: run the deterministic ODE upward from data (E42), on the reversed grid.
@@ -359,9 +413,12 @@ def invert(
     clean input at the schedule's smallest level (docs/math.md section 5); the
     solver takes every later step. Stochastic solvers are refused.
 
+    ``solver`` defaults to ``"ddim"``; ``allow_out_of_range`` is :func:`sample`'s.
+
     Given a :class:`~diffsolve.inversion.ReversibleSample` (from
     :func:`diffsolve.sample_reversible`) instead of a tensor, the run that made it is undone
-    exactly (:func:`diffsolve.invert_exact`).
+    exactly (:func:`diffsolve.invert_exact`); ``solver``, when given, must name the solver that
+    made it.
     """
     from .inversion import ReversibleSample, _invert_state
 
@@ -369,8 +426,10 @@ def invert(
         return _invert_state(ode, x0, solver, steps, grid, sigmas, solver_options, callback=callback,
                              progress=progress, return_trajectory=return_trajectory,
                              check_finite=check_finite, grid_options=grid_options)
+    _check_call(ode, x0, "x0", callback, progress, return_trajectory, grid_options, grad)
     sig = _resolve_sigmas(ode, steps, grid, sigmas, grid_options, increasing=True)
-    s = make_solver(solver, **solver_options)
+    s = make_solver("ddim" if solver is None else solver, **solver_options)
+    _check_run(ode, x0, sig, None, allow_out_of_range)
     if s.stochastic or not s.invertible:
         raise ValueError(
             f"solver {s.name!r} cannot invert: it is {'stochastic' if s.stochastic else 'not invertible'}; "
@@ -379,6 +438,29 @@ def invert(
     with torch.set_grad_enabled(_check_grad(grad)):
         return _run(ode, x0, sig, s, None, callback, progress, return_trajectory, check_finite,
                     euler_first_step=True)
+
+
+def _check_call(ode, x, x_name, callback, progress, return_trajectory, grid_options, grad) -> None:
+    """The arguments of sample / invert that need no grid: checked before anything runs."""
+    if not isinstance(ode, DiffusionODE):
+        raise TypeError(f"ode must be the DiffusionODE from diffsolve.wrap(...) (or from_diffusers), "
+                        f"got {type(ode).__name__}")
+    check_state(x, x_name)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be a callable taking one dict, got {type(callback).__name__}")
+    check_flag(progress, "progress")
+    check_flag(return_trajectory, "return_trajectory")
+    _check_grad(grad)
+    if grid_options is not None and not isinstance(grid_options, dict):
+        raise TypeError(f"grid_options must be a dict of the grid's options, got {type(grid_options).__name__}")
+
+
+def _check_run(ode, x, sig: torch.Tensor, generator, allow_out_of_range) -> None:
+    """What depends on the grid and the batch: the model's range, the generator, guidance."""
+    check_sigma_range(ode, sig.tolist(), allow_out_of_range=allow_out_of_range)
+    batch = x.shape[0]
+    check_generator(generator, batch)
+    check_guidance_batch(ode, batch)
 
 
 def _check_grad(grad) -> bool:

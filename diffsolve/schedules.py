@@ -46,6 +46,27 @@ def _as_f64(value) -> torch.Tensor:
     return torch.as_tensor(value, dtype=_F64)
 
 
+def _tensor_arg(name: str, value) -> torch.Tensor:
+    """``value`` as a float64 tensor, or a TypeError naming the argument."""
+    if value is None or isinstance(value, (str, bytes)):
+        raise TypeError(f"{name} must be a 1-D sequence or tensor of floats, got {type(value).__name__}")
+    try:
+        return torch.as_tensor(value, dtype=_F64)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(f"{name} must be a 1-D sequence or tensor of floats: {exc}") from None
+
+
+def _number(name: str, value) -> float:
+    """``float(value)`` for a real, non-NaN number, else an error naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not (
+            isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point()):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    v = float(value)
+    if math.isnan(v):
+        raise ValueError(f"{name} must be a number, got nan")
+    return v
+
+
 class Schedule(ABC):
     """A map between a model's time ``t`` and the sigma of the sigma-form ODE.
 
@@ -121,7 +142,7 @@ class DiscreteSchedule(Schedule):
     def __init__(self, alphas_cumprod=None, *, one_minus_alphas_cumprod=None):
         if alphas_cumprod is None:
             raise ValueError("alphas_cumprod is required")
-        abar = _as_f64(alphas_cumprod).flatten()
+        abar = _tensor_arg("alphas_cumprod", alphas_cumprod).flatten()
         if abar.numel() < 2:
             raise ValueError(f"alphas_cumprod needs at least 2 entries, got {abar.numel()}")
         if not torch.isfinite(abar).all() or (abar <= 0).any() or (abar > 1).any():
@@ -142,9 +163,9 @@ class DiscreteSchedule(Schedule):
     @classmethod
     def from_betas(cls, betas: Sequence[float] | torch.Tensor, *, rescale_zero_terminal_snr: bool = False):
         """From per-step betas: ``alpha_bar_t = prod (1 - beta_k)`` (E2), in float64."""
-        betas = _as_f64(betas).flatten()
-        if ((betas <= 0) | (betas > 1)).any():
-            raise ValueError("betas must lie in (0, 1]")
+        betas = _tensor_arg("betas", betas).flatten()
+        if not bool(torch.isfinite(betas).all()) or ((betas <= 0) | (betas > 1)).any():
+            raise ValueError("betas must lie in (0, 1] (and be finite)")
         log_abar = torch.cumsum(torch.log1p(-betas), 0)
         if rescale_zero_terminal_snr:
             return cls._zero_snr(torch.exp(log_abar))
@@ -162,12 +183,14 @@ class DiscreteSchedule(Schedule):
     def linear(cls, num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, **kw):
         """DDPM's linear betas (E1): ``beta_t = beta_start + (beta_end - beta_start)(t-1)/(T-1)``."""
         _check_steps(num_steps)
+        beta_start, beta_end = _check_betas(beta_start, beta_end)
         return cls.from_betas(torch.linspace(beta_start, beta_end, num_steps, dtype=_F64), **kw)
 
     @classmethod
     def scaled_linear(cls, num_steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012, **kw):
         """Latent Diffusion's schedule: linear in sqrt(beta)."""
         _check_steps(num_steps)
+        beta_start, beta_end = _check_betas(beta_start, beta_end)
         betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_steps, dtype=_F64) ** 2
         return cls.from_betas(betas, **kw)
 
@@ -260,6 +283,11 @@ class VPLinearSchedule(_TimeRange):
     default_grid = "logsnr"
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, t_eps: float = 1e-3, t_end: float = 1.0):
+        beta_min, beta_max = _number("beta_min", beta_min), _number("beta_max", beta_max)
+        t_eps, t_end = _number("t_eps", t_eps), _number("t_end", t_end)
+        if not (0 <= beta_min <= beta_max < math.inf and beta_max > 0):
+            raise ValueError(f"need 0 <= beta_min <= beta_max < inf and beta_max > 0, got beta_min={beta_min}, "
+                             f"beta_max={beta_max}")
         if not 0 < t_eps < t_end:
             raise ValueError(f"need 0 < t_eps < t_end, got t_eps={t_eps}, t_end={t_end}")
         self.beta_min, self.beta_max, self.t_eps, self.t_end = float(beta_min), float(beta_max), t_eps, t_end
@@ -289,6 +317,9 @@ class VPCosineSchedule(_TimeRange):
     default_grid = "logsnr"
 
     def __init__(self, s: float = 0.008, t_eps: float = 1e-3, t_end: float = 0.9946):
+        s, t_eps, t_end = _number("s", s), _number("t_eps", t_eps), _number("t_end", t_end)
+        if not 0 <= s < 1:
+            raise ValueError(f"s (the cosine schedule's offset) must be in [0, 1), got s={s}")
         if not 0 < t_eps < t_end < 1:
             raise ValueError(f"need 0 < t_eps < t_end < 1, got t_eps={t_eps}, t_end={t_end}")
         self.s, self.t_eps, self.t_end = s, t_eps, t_end
@@ -319,6 +350,7 @@ class SigmaSchedule(Schedule):
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, space: str = "ve"):
         if space not in ("vp", "ve"):
             raise ValueError(f"space must be 'vp' or 've', got {space!r}")
+        sigma_min, sigma_max = _number("sigma_min", sigma_min), _number("sigma_max", sigma_max)
         if not (0 <= sigma_min < sigma_max < math.inf):
             raise ValueError(f"need 0 <= sigma_min < sigma_max < inf, got {sigma_min}, {sigma_max}")
         self.space = space
@@ -355,6 +387,7 @@ class FlowSchedule(_TimeRange):
     default_grid = "time-uniform"
 
     def __init__(self, t_eps: float = 1e-3, t_end: float = 0.999):
+        t_eps, t_end = _number("t_eps", t_eps), _number("t_end", t_end)
         if not 0 < t_eps < t_end < 1:
             raise ValueError(f"need 0 < t_eps < t_end < 1, got t_eps={t_eps}, t_end={t_end}")
         self.t_eps, self.t_end = t_eps, t_end
@@ -366,6 +399,13 @@ class FlowSchedule(_TimeRange):
     def t(self, sigma):
         s = _as_f64(sigma)
         return s / (1 + s)
+
+
+def _check_betas(beta_start, beta_end) -> tuple[float, float]:
+    beta_start, beta_end = _number("beta_start", beta_start), _number("beta_end", beta_end)
+    if not (0 < beta_start <= 1 and 0 < beta_end <= 1):
+        raise ValueError(f"beta_start and beta_end must lie in (0, 1], got beta_start={beta_start}, beta_end={beta_end}")
+    return beta_start, beta_end
 
 
 def _check_steps(n) -> None:

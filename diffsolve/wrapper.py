@@ -37,10 +37,13 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from .schedules import Schedule
+from .validation import check_finite_number, suggest
 
 __all__ = ["DiffusionODE", "Run", "wrap", "PREDICTIONS", "TIME_CONVENTIONS", "NonFiniteError"]
 
 PREDICTIONS = ("eps", "x0", "sample", "v", "score", "flow")
+#: other spellings accepted for ``prediction`` (diffusers' ``prediction_type`` names among them)
+PREDICTION_ALIASES = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
 TIME_CONVENTIONS = ("index", "t", "sigma", "edm", "log-sigma")
 
 
@@ -76,22 +79,36 @@ class DiffusionODE:
             raise TypeError(f"model must be callable as model(x, t, **kwargs), got {type(model).__name__}")
         if not isinstance(schedule, Schedule):
             raise TypeError(f"schedule must be a diffsolve Schedule, got {type(schedule).__name__}")
+        if not isinstance(prediction, str):
+            raise TypeError(f"prediction must be a string, one of {', '.join(PREDICTIONS)}; got {prediction!r}")
+        prediction = PREDICTION_ALIASES.get(prediction, prediction)
         if prediction not in PREDICTIONS:
-            raise ValueError(f"prediction={prediction!r} is not known; allowed: {', '.join(PREDICTIONS)}")
+            raise ValueError(f"prediction={prediction!r} is not known{suggest(prediction, [*PREDICTIONS, *PREDICTION_ALIASES])}; "
+                             f"allowed: {', '.join(PREDICTIONS)} (aliases: {', '.join(PREDICTION_ALIASES)})")
         time = schedule.default_time if time is None else time
         if not callable(time) and time not in TIME_CONVENTIONS:
             raise ValueError(
-                f"time={time!r} is not known; allowed: {', '.join(TIME_CONVENTIONS)} or a callable sigma -> t"
+                f"time={time!r} is not known{suggest(time, TIME_CONVENTIONS)}; allowed: {', '.join(TIME_CONVENTIONS)} "
+                "or a callable sigma -> t"
             )
         if time == "index" and not hasattr(schedule, "num_steps"):
             raise ValueError("time='index' needs a DiscreteSchedule; use time='t' or 'sigma' for continuous schedules")
         if guidance is not None:
+            guidance = check_finite_number(guidance, "guidance")
             if cond is None or uncond is None:
                 raise ValueError("guidance needs both cond= and uncond= keyword dictionaries")
+            for label, kw in (("cond", cond), ("uncond", uncond)):
+                if not isinstance(kw, Mapping):
+                    raise TypeError(f"{label} must be a dict of model keyword arguments, got {type(kw).__name__}")
             if set(cond) != set(uncond):
                 raise ValueError(f"cond and uncond must have the same keys, got {sorted(cond)} and {sorted(uncond)}")
         elif cond is not None or uncond is not None:
             raise ValueError("cond=/uncond= are for classifier-free guidance: also pass guidance=<scale>")
+        if model_kwargs is not None and not isinstance(model_kwargs, Mapping):
+            raise TypeError(f"model_kwargs must be a dict, got {type(model_kwargs).__name__}")
+        if not isinstance(time_dtype, torch.dtype):
+            raise TypeError(f"time_dtype must be a torch.dtype (e.g. torch.float32), got {time_dtype!r}")
+        guidance_rescale = check_finite_number(guidance_rescale, "guidance_rescale")
         if not 0.0 <= guidance_rescale <= 1.0:
             raise ValueError(f"guidance_rescale must be in [0, 1], got {guidance_rescale}")
         if denoised_transform is not None and not callable(denoised_transform):

@@ -195,3 +195,20 @@ def test_python_dash_m_diffsolve_bench_lists_choices():
     out = subprocess.run([sys.executable, "-m", "diffsolve", "bench", "--list"], capture_output=True, text=True,
                          timeout=120, check=True).stdout
     assert "gmm2d" in out and "ddim" in out and "trailing" in out
+
+
+def test_peak_memory_counts_the_tensors_of_each_run_not_the_process_heap():
+    # issue 13: the resident-set reading gave 1988 KiB for the first cell (ddim) and 0 for every later one,
+    # because later runs reuse the heap pages the first one faulted in. Tensor accounting sees each run.
+    from diffsolve.bench.measure import peak_memory
+
+    n, source = peak_memory(lambda: torch.ones(1000, dtype=torch.float64) * 2)
+    assert source == "tensors" and n == 2 * 8000  # the ones and the product are alive together
+    mix = ds.problems.GaussianMixture(torch.tensor([[1.0, -0.5], [-0.8, 0.4]]), [0.3, 0.5])
+    x = torch.randn(512, 2, generator=torch.Generator().manual_seed(0))
+    readings = {}
+    for name in ("ddim", "heun", "dpmpp-2m", "ddim"):
+        ode = mix.ode(ds.DiscreteSchedule.linear())
+        readings.setdefault(name, []).append(peak_memory(lambda: ds.sample(ode, x, name, steps=10))[0])
+    assert all(v > x.numel() * 8 for vs in readings.values() for v in vs), readings  # at least one state
+    assert readings["ddim"][0] == readings["ddim"][1]  # the same run reads the same, first or not

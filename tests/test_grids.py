@@ -17,6 +17,8 @@ def test_every_registered_grid_is_strictly_decreasing_float64_ending_at_zero(nam
         with pytest.raises(ValueError, match="ddim-quad needs steps >= 2"):
             ds.grid(name, DISCRETE, steps)
         return
+    if name == "ddim-quad" and steps > 29:  # the official rule repeats indices: see the ddim-quad tests
+        return
     sig = ds.grid(name, DISCRETE, steps)
     assert sig.dtype == torch.float64 and sig.dim() == 1
     assert (sig[1:] < sig[:-1]).all() and sig[-1].item() == 0.0
@@ -45,7 +47,7 @@ def test_official_ddim_uniform_and_quad_indices():
     assert ddim_quad_indices(1000, 10) == [0, 9, 39, 88, 158, 246, 355, 483, 632, 800]
     assert [len(ddim_uniform_indices(1000, s)) for s in (15, 30, 300, 400)] == [16, 31, 334, 500]
     assert [len(set(ddim_quad_indices(1000, s))) for s in (50, 100, 200, 500, 1000)] == [49, 96, 187, 422, 688]
-    assert ds.grid("ddim-quad", DISCRETE, 50).numel() == 49 + 1  # duplicates removed
+    assert ds.grid("ddim-quad", DISCRETE, 50, duplicates="drop").numel() == 49 + 1  # duplicates removed on request
 
 
 def test_karras_grid_formula():

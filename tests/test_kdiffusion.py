@@ -73,3 +73,40 @@ def test_unknown_solver_or_option_fails_when_the_sampler_is_made():
         ds.k_sampler("nope")
     with pytest.raises(ValueError, match="eta must be"):
         ds.k_sampler("ddim", eta=-1.0)
+
+
+@pytest.mark.parametrize("name, k_name, opts", [("ddim", "sample_euler", {}), ("heun", "sample_heun", {}),
+                                                ("dpmpp-2m", "sample_dpmpp_2m", {})])
+def test_callback_passes_the_state_before_the_step_as_k_diffusion_does(name, k_name, opts):
+    # issue 13: x in the callback of step i is the state at sigmas[i] (before the step), and denoised is
+    # the model's output there: the very values k-diffusion's own sampler passes
+    from diffsolve.bench.peers import kdiffusion
+
+    x, sigmas = _setup(steps=6, seed=2)
+    ours, theirs = [], []
+    ds.k_sampler(name, **opts)(denoiser, x, sigmas, callback=ours.append, disable=True)
+    getattr(kdiffusion().sampling, k_name)(denoiser, x.clone(), sigmas, callback=theirs.append, disable=True)
+    assert [c["i"] for c in ours] == [c["i"] for c in theirs] == list(range(6))
+    assert torch.equal(ours[0]["x"], x)  # the input itself at step 0
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a["x"], b["x"], rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(a["denoised"], b["denoised"], rtol=1e-10, atol=1e-10)
+        assert float(a["sigma"]) == float(b["sigma"])
+
+
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda s: s(denoiser, torch.zeros(4, 3, dtype=torch.int64), ds.grid("karras", VE, 3)), TypeError,
+     "x must be a floating-point tensor"),
+    (lambda s: s(denoiser, torch.full((4, 3), float("nan")), ds.grid("karras", VE, 3)), ValueError,
+     "x has 12 non-finite entries"),
+    (lambda s: s(denoiser, torch.zeros(4, 3), [[1.0, 0.0]]), ValueError, "sigmas must be 1-D"),
+    (lambda s: s(denoiser, torch.zeros(4, 3), [0.0, 1.0]), ValueError, "sigmas must be strictly decreasing"),
+    (lambda s: s(denoiser, torch.zeros(4, 3), ds.grid("karras", VE, 3), extra_args=[1]), TypeError,
+     "extra_args must be a dict"),
+    (lambda s: s(denoiser, torch.zeros(4, 3), ds.grid("karras", VE, 3), callback=3), TypeError,
+     "callback must be callable"),
+    (lambda s: s("model", torch.zeros(4, 3), ds.grid("karras", VE, 3)), TypeError, "model must be a denoiser"),
+])
+def test_k_sampler_checks_its_arguments_before_the_first_call(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call(ds.k_sampler("ddim"))

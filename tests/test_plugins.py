@@ -119,14 +119,15 @@ def test_two_plugins_claiming_one_name_is_an_error_naming_both():
 
 def test_registry_loads_once():
     calls = []
-    ep = _FakeEntryPoint("counter", _plugin(register_grids=lambda register: calls.append(1)))
+    ep = _FakeEntryPoint("counter", _plugin(register_grids=lambda register: (calls.append(1),
+                                                                            register("counted", lambda s, n: None))))
     reg = Registry(entry_points=[ep], disabled=())
     reg.load(), reg.load(), reg.solver_names()
     assert calls == [1]
 
 
 def test_unknown_solver_lists_the_known_ones():
-    with pytest.raises(UnknownNameError, match="unknown solver 'dddim'; known solvers: .*ddim"):
+    with pytest.raises(UnknownNameError, match="unknown solver 'dddim' \\(did you mean 'ddim'\\?\\); known solvers: .*ddim"):
         ds.sample(ds.problems.Gaussian([0.0], 1.0).ode(), torch.zeros(1, 1), "dddim", steps=3)
 
 
@@ -134,3 +135,101 @@ def test_tests_do_not_autoload_machine_plugins():
     reg = ds.plugins.get_registry()
     assert all(owner == "diffsolve" for _, owner in reg.solvers.values())
     assert all(owner == "diffsolve" for _, owner in reg.grids.values())
+
+
+# -- issue 13: plugin authors' errors and messages ------------------------------------------------------
+class _Midpointish(ds.Solver):
+    """A plugin solver (Euler in sigma) for the registry tests."""
+
+    name = "plugin-euler"
+
+    def step(self, i, x):
+        denoised, eps = self.ode.predict(x, self.sigmas[i])
+        return (denoised if self.sigmas[i + 1] == 0 else x + (self.sigmas[i + 1] - self.sigmas[i]) * eps), denoised
+
+
+def test_plugin_whose_hooks_register_nothing_gets_a_plugin_warning():
+    silent = _FakeEntryPoint("silent", _plugin(register_solvers=lambda register: None))
+    no_hooks = _FakeEntryPoint("nohooks", types.SimpleNamespace(register_solvers=lambda register: None))
+    with pytest.warns(PluginWarning, match="registered no solver and no grid") as rec:
+        reg = Registry(entry_points=[silent, no_hooks], disabled=()).load()
+    messages = [str(w.message) for w in rec]
+    for owner in ("dist-silent:silent", "dist-nohooks:nohooks"):  # a hook that returns nothing, or no hookimpl
+        assert any(f"{owner!r} registered no solver and no grid" in m for m in messages), messages
+    assert "ddim" in reg.solvers
+
+
+@pytest.mark.parametrize("spelling", ["My_Plugin", "MY-PLUGIN", "my_plugin", " my-plugin "])
+def test_disable_list_matches_case_insensitively_with_dash_and_underscore_alike(spelling, monkeypatch):
+    ep = _FakeEntryPoint("my-plugin", _plugin(register_solvers=lambda register: register(_Midpointish)))
+    monkeypatch.setenv("DIFFSOLVE_DISABLE_PLUGINS", spelling)
+    reg = Registry(entry_points=[ep]).load()
+    assert "plugin-euler" not in reg.solvers
+    assert reg.skipped == [("dist-my-plugin:my-plugin", "disabled by DIFFSOLVE_DISABLE_PLUGINS")]
+
+
+def test_disable_list_warns_on_names_that_match_no_plugin(monkeypatch):
+    ep = _FakeEntryPoint("real", _plugin(register_solvers=lambda register: register(_Midpointish)))
+    monkeypatch.setenv("DIFFSOLVE_DISABLE_PLUGINS", "real,typo-plugin")
+    with pytest.warns(PluginWarning, match=r"names \['typo-plugin'\], which match no installed diffsolve plugin "
+                                           r"\(installed: real\)"):
+        reg = Registry(entry_points=[ep]).load()
+    assert "plugin-euler" not in reg.solvers
+
+
+def test_unknown_solver_error_says_a_plugin_was_disabled(monkeypatch):
+    ep = _FakeEntryPoint("mine", _plugin(register_solvers=lambda register: register(_Midpointish)))
+    monkeypatch.setenv("DIFFSOLVE_DISABLE_PLUGINS", "mine")
+    reg = Registry(entry_points=[ep]).load()
+    with pytest.raises(UnknownNameError, match="unknown solver 'plugin-euler'.*Plugin\\(s\\) dist-mine:mine are "
+                                               "disabled by DIFFSOLVE_DISABLE_PLUGINS"):
+        reg.solver("plugin-euler")
+    enabled = Registry(entry_points=[ep], disabled=())
+    with pytest.raises(UnknownNameError) as info:
+        enabled.solver("nope")
+    assert "disabled" not in str(info.value)
+
+
+def test_duplicate_name_error_gives_the_exact_disable_value(monkeypatch):
+    class MyDDIM(ds.Solver):
+        """Clashes with the built-in ddim."""
+
+        name = "ddim"
+
+    ep = _FakeEntryPoint("clash", _plugin(register_solvers=lambda register: register(MyDDIM)))
+    monkeypatch.setenv("DIFFSOLVE_DISABLE_PLUGINS", "")
+    with pytest.raises(DuplicateNameError, match="block one of them: set DIFFSOLVE_DISABLE_PLUGINS=clash$"):
+        Registry(entry_points=[ep]).load()
+    # two plugins: either one can go, and the current list is kept
+    other = _FakeEntryPoint("other", _plugin(register_solvers=lambda register: register(_Midpointish)))
+    again = _FakeEntryPoint("again", _plugin(register_solvers=lambda register: register(_Midpointish)))
+    reg = Registry(entry_points=[other, again], disabled=["old"])
+    with pytest.warns(PluginWarning, match="old"), pytest.raises(
+            DuplicateNameError, match="set DIFFSOLVE_DISABLE_PLUGINS=old,again or DIFFSOLVE_DISABLE_PLUGINS=old,other"):
+        reg.load()
+    with pytest.raises(DuplicateNameError):  # a later lookup does not see a half-loaded registry
+        reg.solver("ddim")
+
+
+def test_diffsolve_list_shows_a_name_clash_instead_of_crashing(monkeypatch, capsys):
+    from diffsolve import cli
+    from diffsolve.plugins import registry
+
+    class MyDDIM(ds.Solver):
+        """Clashes with the built-in ddim."""
+
+        name = "ddim"
+
+    ep = _FakeEntryPoint("clash", _plugin(register_solvers=lambda register: register(MyDDIM)))
+    monkeypatch.setenv("DIFFSOLVE_DISABLE_PLUGINS", "")
+    monkeypatch.setattr(registry.metadata, "entry_points", lambda group: [ep])
+    monkeypatch.setattr(registry, "_default", None)
+    try:
+        code = cli.main(["list"])
+    finally:
+        registry.reset_registry()
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "NAME CLASH: solver 'ddim' is registered by both 'diffsolve' and 'dist-clash:clash'" in out
+    assert "set DIFFSOLVE_DISABLE_PLUGINS=clash" in out
+    assert "  ddim " in out and "[diffsolve]" in out  # the built-in keeps the name and is listed

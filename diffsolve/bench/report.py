@@ -155,7 +155,9 @@ def markdown_tables(rows: list[dict], problems: dict) -> str:
         parts.append("")
     parts.append("Bold: best of the column. `*`: the real NFE (in brackets) differs from the column's. "
                  "`†`: the peer ends at sigma > 0. `—`: NFE not reachable. `n/a`: not defined (RMSE of a "
-                 "stochastic solver). Values are means over seeds.")
+                 "stochastic solver). Values are means over seeds. Peak memory: the largest total of one run's "
+                 "tensors alive at once (CPU: counted op by op in a separate, untimed run; CUDA: the allocator's "
+                 "peak), the largest over the NFE columns.")
     return "\n".join(parts) + "\n"
 
 

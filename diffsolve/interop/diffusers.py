@@ -23,6 +23,7 @@ VP state, as in diffusers pipelines.
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Callable, Mapping
 
 import torch
@@ -58,8 +59,11 @@ def config_of(scheduler_or_config) -> Mapping[str, Any]:
 def schedule_from_config(config) -> DiscreteSchedule:
     """The :class:`~diffsolve.DiscreteSchedule` of a diffusers scheduler config."""
     cfg = config_of(config)
-    T = int(cfg.get("num_train_timesteps", 1000))
-    start, end = float(cfg.get("beta_start", 1e-4)), float(cfg.get("beta_end", 0.02))
+    T = cfg.get("num_train_timesteps", 1000)
+    if isinstance(T, bool) or not isinstance(T, numbers.Integral) or T < 2:
+        raise ValueError(f"num_train_timesteps must be an integer >= 2, got {T!r}")
+    T = int(T)
+    start, end = (_config_number(cfg, "beta_start", 1e-4), _config_number(cfg, "beta_end", 0.02))
     kind = cfg.get("beta_schedule", "linear")
     zero_snr = bool(cfg.get("rescale_betas_zero_snr", False))
     if cfg.get("trained_betas") is not None:
@@ -76,11 +80,21 @@ def schedule_from_config(config) -> DiscreteSchedule:
     return DiscreteSchedule.from_betas(betas.to(torch.float64), rescale_zero_terminal_snr=zero_snr)
 
 
+def _config_number(cfg, key: str, default: float) -> float:
+    value = cfg.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"config {key}={value!r} must be a number")
+    return float(value)
+
+
 def prediction_from_config(config) -> str:
     """diffsolve's prediction for the config's ``prediction_type`` (a clear error for others)."""
     p = config_of(config).get("prediction_type", "epsilon")
     if p not in PREDICTION_TYPES:
-        raise ValueError(f"prediction_type={p!r} is not supported; supported: {', '.join(PREDICTION_TYPES)}")
+        from ..validation import suggest
+
+        raise ValueError(f"prediction_type={p!r} is not supported; supported: {', '.join(PREDICTION_TYPES)}"
+                         f"{suggest(p, PREDICTION_TYPES)}")
     return PREDICTION_TYPES[p]
 
 
@@ -105,6 +119,9 @@ def diffusers_grid(config, steps: int, schedule: DiscreteSchedule | None = None)
     loses that step, which in diffusers is a model call that returns its input).
     """
     cfg = config_of(config)
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1 (diffusers' num_inference_steps), got {steps!r}")
+    steps = int(steps)
     schedule = schedule if schedule is not None else schedule_from_config(cfg)
     spacing = cfg.get("timestep_spacing", "leading")
     if spacing not in SPACINGS:

@@ -13,12 +13,14 @@ sigma, and calls :func:`diffsolve.sample` on exactly the given ``sigmas``.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
+from ..grids import validate_sigmas
 from ..sampling import make_solver, sample
 from ..schedules import SigmaSchedule
+from ..validation import check_state
 from ..wrapper import DiffusionODE
 
 __all__ = ["k_sampler"]
@@ -30,12 +32,27 @@ def k_sampler(name: str, **options: Any) -> Callable[..., torch.Tensor]:
     The returned function also takes ``generator=`` (a ``torch.Generator`` or one per sample)
     for stochastic solvers; without it they draw from torch's global RNG, as k-diffusion does.
     ``disable`` follows k-diffusion's progress-bar flag (a bar is shown only for ``disable=False``).
-    The callback receives k-diffusion's dict: ``x``, ``i``, ``sigma``, ``sigma_hat``, ``denoised``.
+    The callback receives k-diffusion's dict once per step ``i``, as k-diffusion's samplers call it:
+    ``x`` is the state at ``sigmas[i]`` *before* the step, ``sigma`` = ``sigma_hat`` = ``sigmas[i]``
+    and ``denoised`` the step's denoised estimate (from the model call at ``sigmas[i]``).
+    The arguments are checked before the first model call (``x`` a finite floating tensor with a
+    batch dimension, ``sigmas`` a 1-D decreasing grid, ``extra_args`` a dict, ``callback`` callable).
     """
+    if not isinstance(name, str):
+        raise TypeError(f"k_sampler: name must be a registered solver name (a string), got {name!r}")
     make_solver(name, **options)  # unknown names and bad options fail here, not mid-run
 
     def sampler(model, x, sigmas, extra_args=None, callback=None, disable=None, generator=None):
-        sig = torch.as_tensor(sigmas).detach().to(torch.float64).cpu()
+        if not callable(model):
+            raise TypeError(f"model must be a denoiser model(x, sigma, **extra_args), got {type(model).__name__}")
+        check_state(x, "x")
+        if extra_args is not None and not isinstance(extra_args, Mapping):
+            raise TypeError(f"extra_args must be a dict of model keyword arguments, got {type(extra_args).__name__}")
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable with one dict, got {type(callback).__name__}")
+        if isinstance(sigmas, torch.Tensor) and sigmas.is_floating_point():
+            sigmas = sigmas.detach().to(torch.float64).cpu()
+        sig = validate_sigmas(sigmas, name="sigmas")
         positive = sig[sig > 0]
         if positive.numel() == 0:
             raise ValueError("sigmas must contain a positive noise level")
@@ -49,9 +66,13 @@ def k_sampler(name: str, **options: Any) -> Callable[..., torch.Tensor]:
                            model_kwargs=extra_args or {}, time_dtype=x.dtype)
         k_callback = None
         if callback is not None:
+            before = [x]  # the state at sigmas[i], before step i (k-diffusion's convention)
+
             def k_callback(info):
-                callback({"x": info["x"], "i": info["i"], "sigma": sig[info["i"]],
-                          "sigma_hat": sig[info["i"]], "denoised": info["denoised"]})
+                i = info["i"]
+                callback({"x": before[0], "i": i, "sigma": sig[i], "sigma_hat": sig[i],
+                          "denoised": info["denoised"]})
+                before[0] = info["x"]
         return sample(ode, x, make_solver(name, **options), sigmas=sig, generator=generator,
                       callback=k_callback, progress=disable is False)
 

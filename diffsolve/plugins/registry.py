@@ -4,9 +4,14 @@ Loading is lazy and happens once per :class:`Registry`, under a lock: threads th
 registry while it loads wait for it and then see it complete. The environment variable
 ``DIFFSOLVE_DISABLE_PLUGINS`` blocks third-party plugins: a comma list of
 entry-point or distribution names, or ``all`` for every external plugin (the
-built-ins always load). A plugin that fails to import or register is reported
-with a :class:`PluginWarning` naming it and skipped; two plugins claiming one name
-is a :class:`DuplicateNameError` naming both owners.
+built-ins always load). Names match case-insensitively, with ``-`` and ``_`` alike
+(as package names do); a name that matches no installed plugin gets a
+:class:`PluginWarning`. A plugin that fails to import or register, or whose hooks
+register nothing, is reported with a :class:`PluginWarning` naming it and skipped;
+two plugins claiming one name is a :class:`DuplicateNameError` naming both owners
+and the exact ``DIFFSOLVE_DISABLE_PLUGINS`` value that resolves it (a Registry made
+with ``on_duplicate="record"`` records the clash in :attr:`Registry.clashes` instead,
+keeping the first owner: ``diffsolve list`` shows clashes that way).
 """
 
 from __future__ import annotations
@@ -48,6 +53,11 @@ class UnknownNameError(ValueError):
     """A solver or grid name that no plugin registered."""
 
 
+def _canon(name: str) -> str:
+    """A plugin name as matched by DIFFSOLVE_DISABLE_PLUGINS: lower case, ``_`` read as ``-``."""
+    return str(name).strip().lower().replace("_", "-")
+
+
 def _disabled_from_env() -> set[str]:
     raw = os.environ.get(DISABLE_ENV, "")
     return {part.strip() for part in raw.split(",") if part.strip()}
@@ -63,9 +73,13 @@ class Registry:
             default: read from ``DIFFSOLVE_DISABLE_PLUGINS`` when loading.
     """
 
-    def __init__(self, entry_points: Iterable[Any] | None = None, disabled: Iterable[str] | None = None):
+    def __init__(self, entry_points: Iterable[Any] | None = None, disabled: Iterable[str] | None = None,
+                 on_duplicate: str = "raise"):
+        if on_duplicate not in ("raise", "record"):
+            raise ValueError(f"on_duplicate={on_duplicate!r} is not allowed; allowed: 'raise', 'record'")
         self._entry_points = entry_points
         self._disabled = None if disabled is None else set(disabled)
+        self._on_duplicate = on_duplicate
         self._loaded = False
         self._loading = False
         self._error: Exception | None = None
@@ -73,6 +87,10 @@ class Registry:
         self.solvers: dict[str, tuple[type, str]] = {}
         self.grids: dict[str, tuple[Callable, str]] = {}
         self.skipped: list[tuple[str, str]] = []  # (plugin, reason)
+        #: name clashes recorded with on_duplicate="record": (kind, name, kept owner, refused owner)
+        self.clashes: list[tuple[str, str, str, str]] = []
+        #: owner ("dist:entry-point") -> the entry-point name that DIFFSOLVE_DISABLE_PLUGINS takes
+        self._disable_name: dict[str, str] = {}
 
     # -- loading ---------------------------------------------------------------------------
     def load(self) -> "Registry":
@@ -110,26 +128,64 @@ class Registry:
         pm.add_hookspecs(hookspecs)
         pm.register(builtin, name=BUILTIN_OWNER)
         disabled = _disabled_from_env() if self._disabled is None else self._disabled
+        wanted = {_canon(d): d for d in disabled}
+        matched: set[str] = set()
         eps = self._entry_points
         if eps is None:
             eps = metadata.entry_points(group=ENTRY_POINT_GROUP)
+        loaded: list[str] = []
         for ep in eps:
             dist = getattr(getattr(ep, "dist", None), "name", None) or "?"
             owner = f"{dist}:{ep.name}"
-            if "all" in disabled or ep.name in disabled or dist in disabled:
+            self._disable_name[owner] = ep.name
+            hits = {_canon(ep.name), _canon(dist)} & set(wanted)
+            matched |= hits
+            if "all" in wanted or hits:
                 self.skipped.append((owner, f"disabled by {DISABLE_ENV}"))
                 continue
             try:
                 plugin = ep.load()
                 pm.register(plugin, name=owner)
+                loaded.append(owner)
             except Exception as exc:  # a broken plugin must not break the library
                 self._report(owner, f"failed to load ({type(exc).__name__}: {exc})")
+        unknown = sorted(wanted[c] for c in set(wanted) - matched - {"all"})
+        if unknown:
+            names = sorted({n for owner, n in self._disable_name.items()})
+            warnings.warn(f"{DISABLE_ENV} names {unknown}, which match no installed diffsolve plugin "
+                          f"(installed: {', '.join(names) or 'none'}); names match case-insensitively, "
+                          "with - and _ alike", PluginWarning, stacklevel=4)
+        # a clash (DuplicateNameError) stops the load; load() raises it again to every later user
         self._collect(pm.hook.register_solvers, self.solvers, self._check_solver, "solver")
         self._collect(pm.hook.register_grids, self.grids, self._check_grid, "grid")
+        self._report_empty(loaded)
 
-    def _report(self, owner: str, reason: str) -> None:
-        self.skipped.append((owner, reason))
-        warnings.warn(f"diffsolve plugin {owner!r} {reason}; it was skipped", PluginWarning, stacklevel=3)
+    def _report_empty(self, loaded: list[str]) -> None:
+        """A loaded plugin whose hooks registered no solver and no grid gets a PluginWarning."""
+        failed = {owner for owner, _ in self.skipped}
+        owners = {owner for _, owner in self.solvers.values()} | {owner for _, owner in self.grids.values()}
+        owners |= {c[3] for c in self.clashes}
+        for owner in loaded:
+            if owner not in owners and owner not in failed:
+                self._report(owner, "registered no solver and no grid (does it implement register_solvers / "
+                                    "register_grids, marked with @diffsolve.hookimpl?)", skipped=False)
+
+    def _disable_hint(self, *owners: str) -> str:
+        """The exact DIFFSOLVE_DISABLE_PLUGINS value that blocks one of ``owners``."""
+        current = sorted(_disabled_from_env()) if self._disabled is None else sorted(self._disabled)
+        options = []
+        for owner in owners:
+            if owner == BUILTIN_OWNER:
+                continue
+            name = self._disable_name.get(owner, owner.split(":")[-1])
+            options.append(f"{DISABLE_ENV}={','.join([*current, name])}")
+        return " or ".join(options)
+
+    def _report(self, owner: str, reason: str, skipped: bool = True) -> None:
+        if skipped:
+            self.skipped.append((owner, reason))
+        tail = "; it was skipped" if skipped else ""
+        warnings.warn(f"diffsolve plugin {owner!r} {reason}{tail}", PluginWarning, stacklevel=3)
 
     def _collect(self, hook, table: dict, check: Callable, kind: str) -> None:
         # registration order: the built-ins first, then plugins in entry-point order
@@ -141,9 +197,15 @@ class Registry:
                 name, obj = check(*args)
                 for where in (table, _staged):
                     if name in where:
+                        first = where[name][1]
+                        if self._on_duplicate == "record":
+                            self.clashes.append((kind, name, first, _owner))
+                            return
+                        hint = self._disable_hint(_owner, first) if first != _owner else ""
                         raise DuplicateNameError(
-                            f"{kind} name {name!r} is registered by both {where[name][1]!r} and {_owner!r}; "
-                            f"block one with {DISABLE_ENV}=<plugin name>"
+                            f"{kind} name {name!r} is registered by both {first!r} and {_owner!r}; "
+                            + (f"block one of them: set {hint}" if hint else
+                               f"a plugin registers a name twice: fix {_owner!r}")
                         )
                 _staged[name] = (obj, _owner)
 
@@ -186,14 +248,25 @@ class Registry:
     def solver(self, name: str) -> type:
         self.load()
         if name not in self.solvers:
-            raise UnknownNameError(f"unknown solver {name!r}; known solvers: {', '.join(sorted(self.solvers))}")
+            raise UnknownNameError(self._unknown("solver", name, self.solvers))
         return self.solvers[name][0]
 
     def grid(self, name: str) -> Callable:
         self.load()
         if name not in self.grids:
-            raise UnknownNameError(f"unknown grid {name!r}; known grids: {', '.join(sorted(self.grids))}")
+            raise UnknownNameError(self._unknown("grid", name, self.grids))
         return self.grids[name][0]
+
+    def _unknown(self, kind: str, name, table) -> str:
+        from ..validation import suggest
+
+        msg = f"unknown {kind} {name!r}{suggest(name, table)}; known {kind}s: {', '.join(sorted(table))}"
+        off = [owner for owner, why in self.skipped if why.startswith("disabled")]
+        if off:
+            # a disabled plugin is never imported, so which names it would register is unknown
+            msg += (f". Plugin(s) {', '.join(off)} are disabled by {DISABLE_ENV}: if the {kind} comes from "
+                    f"one of them, remove it from {DISABLE_ENV}")
+        return msg
 
     def solver_names(self) -> list[str]:
         return sorted(self.load().solvers)

@@ -18,6 +18,7 @@ add no noise: sigma_up = 0, sigma_down = sigma_s (docs/math.md pitfall 10).
 from __future__ import annotations
 
 import math
+import warnings
 
 
 def ancestral_split(sigma_t: float, sigma_s: float, eta: float, *, clamp_up: bool = True) -> tuple[float, float]:
@@ -28,3 +29,23 @@ def ancestral_split(sigma_t: float, sigma_s: float, eta: float, *, clamp_up: boo
     if clamp_up:
         up = min(up, sigma_s)
     return math.sqrt(max(sigma_s * sigma_s - up * up, 0.0)), up
+
+
+class EtaWarning(UserWarning):
+    """eta > 1: more noise per step than DDPM's posterior (see :func:`ancestral_split`)."""
+
+
+def check_eta(value, *, clamp_up: bool = True) -> float:
+    """The ``eta`` option: a finite number >= 0 (ValueError otherwise); eta > 1 is allowed but warns
+    with :class:`EtaWarning`, saying what it does for this solver (module docstring above)."""
+    from .base import check_real
+
+    eta = check_real("eta", value, low=0.0)
+    if eta > 1:
+        what = ("sigma_up is capped at sigma_s: the step lands at sigma_down = 0 wherever the cap binds and the "
+                "marginal variance is kept (k-diffusion's rule)" if clamp_up else
+                "sigma_down is clamped at 0 and sigma_up kept, so the step adds more noise than the marginal "
+                "at sigma_s has (DDIM's E18 read literally)")
+        warnings.warn(f"eta={eta:g} > 1 adds more noise per step than DDPM's posterior (eta = 1, E24): {what}. "
+                      "See diffsolve/solvers/_ancestral.py", EtaWarning, stacklevel=3)
+    return eta

@@ -51,7 +51,7 @@ import torch
 from ..wrapper import DiffusionODE
 
 __all__ = ["Solver", "ReversibleSolver", "NoiseSampler", "check_choice", "check_real", "check_int",
-           "CONTRACT_ATTRIBUTES"]
+           "CONTRACT_ATTRIBUTES", "bind_and_setup"]
 
 NoiseSampler = Callable[[torch.Tensor], torch.Tensor]
 """``noise(like)`` returns standard normal noise shaped like ``like`` (per-sample generators honoured)."""
@@ -137,6 +137,14 @@ class ReversibleSolver(Solver):
         raise NotImplementedError(f"solver {type(self).__name__} does not implement unstep()")
 
 
+def bind_and_setup(solver: Solver, ode: DiffusionODE, sigmas: Sequence[float], noise: NoiseSampler) -> None:
+    """How every driver starts a solver's run: bind ``ode``, ``sigmas`` (a list of Python floats)
+    and ``noise`` on it, then call its :meth:`Solver.setup`. A ``setup`` override that forgets
+    ``super().setup(...)`` therefore still finds ``self.ode``, ``self.sigmas`` and ``self.noise``."""
+    solver.ode, solver.sigmas, solver.noise = ode, list(sigmas), noise
+    solver.setup(ode, solver.sigmas, noise)
+
+
 # -- option checks, shared by every solver --------------------------------------------------------
 def check_choice(option: str, value, allowed: Sequence):
     """``value`` if it is one of ``allowed``, else a ValueError naming the option and the choices."""
@@ -150,7 +158,7 @@ def check_real(option: str, value, *, low: float = -math.inf, high: float = math
     """``float(value)`` if it is a number in ``[low, high]`` (``(low, high]`` with ``low_open``),
     finite unless ``allow_inf``; else a ValueError naming the option and the range."""
     try:
-        if isinstance(value, bool):
+        if isinstance(value, (bool, str, bytes)):  # float("0.5") parses; an option is a number, not text
             raise TypeError
         v = float(value)
     except (TypeError, ValueError):

@@ -25,8 +25,8 @@ import math
 
 import torch
 
-from ._ancestral import ancestral_split
-from .base import Solver, check_choice, check_real
+from ._ancestral import ancestral_split, check_eta
+from .base import Solver, check_choice
 
 VARIANCES = ("eta", "large")
 
@@ -39,7 +39,7 @@ class DDIM(Solver):
     calls_per_step = 1
 
     def __init__(self, *, eta: float = 0.0, variance: str = "eta"):
-        self.eta = eta = check_real("eta", eta, low=0.0)
+        self.eta = eta = check_eta(eta, clamp_up=False)
         self.variance = check_choice("variance", variance, VARIANCES)
         # an instance is stochastic when it draws noise
         self.stochastic = eta > 0 or variance == "large"

@@ -27,7 +27,7 @@ import math
 
 import torch
 
-from ._ancestral import ancestral_split
+from ._ancestral import ancestral_split, check_eta
 from ._exponential import ExponentialSolver, combine, moments, poly_weights
 from .base import check_choice, check_real
 
@@ -37,10 +37,13 @@ SOLVER_TYPES = ("midpoint", "taylor")
 class _Stochastic(ExponentialSolver):
     stochastic = True
     invertible = False
+    #: whether eta enters through the ancestral split (E26), where eta > 1 warns (_ancestral.check_eta);
+    #: (S1) is defined for every eta >= 0 (the step is stretched to H = (1 + eta) h)
+    _ancestral_eta = False
 
     def __init__(self, *, eta: float = 1.0, final_step: str = "auto"):
         super().__init__(final_step=final_step)
-        self.eta = check_real("eta", eta, low=0.0)
+        self.eta = check_eta(eta) if self._ancestral_eta else check_real("eta", eta, low=0.0)
         self.stochastic = self.eta > 0
         self.invertible = not self.stochastic
 
@@ -84,6 +87,7 @@ class DPMSolverPPSDE(_Stochastic):
     """DPM++ SDE: DPM-Solver++(2S) with ancestral noise eta per stage, order 2 at eta = 0, two calls per step."""
 
     name = "dpmpp-sde"
+    _ancestral_eta = True
     order = 2
     calls_per_step = 2
     multistep = False

@@ -16,7 +16,7 @@ posterior variance, E24). eta = 0 is deterministic Euler (= DDIM, order 1) and m
 from __future__ import annotations
 
 
-from ._ancestral import ancestral_split
+from ._ancestral import ancestral_split, check_eta
 from .base import Solver, check_real
 from .ddim import DDIM
 
@@ -29,7 +29,7 @@ class EulerAncestral(DDIM):
     calls_per_step = 1
 
     def __init__(self, *, eta: float = 1.0, s_noise: float = 1.0):
-        self.eta = eta = check_real("eta", eta, low=0.0)
+        self.eta = eta = check_eta(eta)
         self.s_noise = s_noise = check_real("s_noise", s_noise, low=0.0)
         self.stochastic = eta > 0 and s_noise > 0
         self.invertible = not self.stochastic

@@ -86,9 +86,12 @@ def _log_uniform(lo: float, hi: float) -> st.SearchStrategy[float]:
 
 # -- schedules -------------------------------------------------------------------------------
 @st.composite
-def alpha_bar_sequences(draw, min_size: int = 2, max_size: int = 64,
+def alpha_bar_sequences(draw, min_size: int = 10, max_size: int = 64,
                         min_decrement: float = 1e-4, max_decrement: float = 2.0) -> torch.Tensor:
     """A strictly decreasing float64 alpha_bar sequence in (0, 1): abar_k = exp(-sum_{j<=k} d_j).
+
+    At least ``min_size`` = 10 levels by default: a 2-level schedule is a legal but degenerate
+    model (every grid on it has one or two steps) that hides bugs; ask for it with ``min_size=2``.
 
     The log-decrements d_j are drawn in [min_decrement, max_decrement], so consecutive levels are
     distinguishable in float64 and 1 - abar_1 >= min_decrement / 2 (no cancellation issue, pitfall 5).
@@ -109,8 +112,11 @@ _NAMED_DISCRETE = {
 
 @st.composite
 def discrete_schedules(draw, named: bool = True, random: bool = True,
-                       min_steps: int = 2, max_steps: int = 1000) -> DiscreteSchedule:
-    """A :class:`DiscreteSchedule`: one of the named DDPM schedules at a random length, or a random one."""
+                       min_steps: int = 10, max_steps: int = 1000) -> DiscreteSchedule:
+    """A :class:`DiscreteSchedule`: one of the named DDPM schedules at a random length, or a random one.
+
+    At least ``min_steps`` = 10 levels by default (pass ``min_steps=2`` for the degenerate short
+    schedules: with 2 levels every grid has at most 2 steps, which hides most bugs)."""
     kinds = ([*_NAMED_DISCRETE] if named else []) + (["random"] if random else [])
     kind = draw(st.sampled_from(kinds))
     if kind == "random":
@@ -202,6 +208,10 @@ def named_grids(draw, schedule_strategy: st.SearchStrategy[Schedule] | None = No
     hi = max_steps
     if isinstance(schedule, DiscreteSchedule) and name in DISCRETE_ONLY_GRIDS:
         hi = min(hi, schedule.num_steps)
+    if name == "ddim-quad":  # more steps than the official rule has distinct levels: an error
+        from ..grids import ddim_quad_max_steps
+
+        hi = min(hi, ddim_quad_max_steps(schedule.num_steps))
     lo = max(min_steps, 2 if name == "ddim-quad" else 1)
     assume(lo <= hi)
     steps = draw(st.integers(lo, hi))

@@ -66,3 +66,14 @@ def test_smooth_networks_are_deterministic_bounded_eps_models(net):
     bound = net.w2.abs().sum(1).max() + net.b2.abs().max()  # |tanh| <= 1
     assert out.abs().max() <= bound
     assert net(x.float(), t).dtype == torch.float32
+
+
+@given(dst.discrete_schedules(), dst.alpha_bar_sequences())
+def test_discrete_schedules_have_at_least_ten_levels_by_default(sched, abar):
+    # issue 13: 2-level schedules (every grid on them has 1 or 2 steps) hid bugs from test writers
+    assert sched.num_steps >= 10 and abar.numel() >= 10
+
+
+@given(dst.discrete_schedules(named=False, min_steps=2, max_steps=3))
+def test_short_schedules_are_still_drawn_when_asked(sched):
+    assert 2 <= sched.num_steps <= 3
