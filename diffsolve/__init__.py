@@ -2,7 +2,7 @@
 
     d xbar / d sigma = eps(xbar / sqrt(1 + sigma^2), t(sigma)),   xbar = x / sqrt(alpha_bar)
 
-(ddim-math.md E29). DDIM is the Euler method on it (E30).
+(docs/math.md E29). DDIM is the Euler method on it (E30).
 """
 
 from . import problems
@@ -18,11 +18,11 @@ from .schedules import (
     VPCosineSchedule,
     VPLinearSchedule,
 )
-from .solvers.base import Solver
+from .solvers.base import ReversibleSolver, Solver
 from .wrapper import DiffusionODE, NonFiniteError, wrap
 from .inversion import ReversibleSample, invert_exact, reconstruction_error, sample_reversible
 from .interpolation import interpolate, lerp, slerp
-from .thresholding import clipping, dynamic_thresholding
+from .thresholding import Clipping, DynamicThresholding
 from .interop.diffusers import diffusers_grid, from_diffusers
 from .interop.k_diffusion import k_sampler
 
@@ -41,6 +41,7 @@ __all__ = [
     "validate_sigmas",
     "DiffusionODE",
     "Solver",
+    "ReversibleSolver",
     "Schedule",
     "DiscreteSchedule",
     "VPLinearSchedule",
@@ -61,8 +62,8 @@ __all__ = [
     "slerp",
     "lerp",
     "interpolate",
-    "clipping",
-    "dynamic_thresholding",
+    "Clipping",
+    "DynamicThresholding",
     "from_diffusers",
     "diffusers_grid",
     "k_sampler",

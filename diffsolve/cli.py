@@ -119,7 +119,7 @@ def _demo(args) -> int:
         ratio = f"{prev / rmse:6.2f}" if prev else "     -"
         print(f"{steps:>6} {ode.nfe - n0:>5} {rmse:>11.4e} {ratio}")
         prev = rmse
-    print("ratio = RMSE(previous) / RMSE: 2.0 per doubling is first order (ddim-math.md 3.4 b).")
+    print("ratio = RMSE(previous) / RMSE: 2.0 per doubling is first order (docs/math.md 3.4 b).")
     return 0
 
 

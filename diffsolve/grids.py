@@ -11,7 +11,7 @@ unless stated):
 ``trailing`` / ``leading`` / ``linspace``
     diffusers' ``timestep_spacing`` over a :class:`DiscreteSchedule`'s own levels.
 ``ddim-uniform`` / ``ddim-quad``
-    The official DDIM code's index rules (ddim-math.md E39, E40). Exactly the
+    The official DDIM code's index rules (docs/math.md E39, E40). Exactly the
     official index list: ``ddim-uniform`` has ceil(T/floor(T/S)) steps (16 for S = 15);
     ``ddim-quad`` drops the duplicate indices the official rule makes for S >= 50 (a
     duplicate step is a no-op that costs one NFE, claim 16), so it can have fewer.

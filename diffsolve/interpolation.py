@@ -1,6 +1,6 @@
 """Latent interpolation (DDIM paper Sec. 5.3): slerp between two x_T, decoded with one solver.
 
-slerp (ddim-math.md E43), with the inner product and norms over a whole sample:
+slerp (docs/math.md E43), with the inner product and norms over a whole sample:
 
     theta = arccos(<z0, z1> / (|z0| |z1|)),
     z(a)  = sin((1 - a) theta)/sin(theta) z0 + sin(a theta)/sin(theta) z1.
@@ -12,7 +12,6 @@ theta is close to pi/2 and |z(a)| stays on the shell where x_T lives, which lerp
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import torch
@@ -111,8 +110,3 @@ def _alphas(alpha, like: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"alpha must be finite numbers, got {alpha!r}")
     return a.reshape(-1, *([1] * like.dim())).to(like.device)
 
-
-def slerp_angle(z0: torch.Tensor, z1: torch.Tensor) -> float:
-    """The angle theta of E43 between two samples (whole-tensor inner product), in radians."""
-    cos = float((z0.double() * z1.double()).sum() / (z0.double().norm() * z1.double().norm()))
-    return math.acos(max(-1.0, min(1.0, cos)))

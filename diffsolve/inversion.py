@@ -3,7 +3,7 @@
 Two kinds of inversion live in diffsolve:
 
 * **Approximate** (:func:`diffsolve.invert`): the deterministic ODE run upward from data on
-  the reversed grid (ddim-math.md E42), with any deterministic solver. Encoding then decoding
+  the reversed grid (docs/math.md E42), with any deterministic solver. Encoding then decoding
   leaves an error of the solver's order (claim 12); :func:`reconstruction_error` measures it.
 * **Exact** (this module): a *reversible* solver (a :class:`~diffsolve.solvers.base.ReversibleSolver`
   with ``unstep(i, x_i, x_next) -> x_prev``, e.g. ``"bdia"``) can be walked back through the
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 
@@ -68,7 +68,7 @@ def sample_reversible(
     *,
     callback: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = False,
-    check_finite: bool = True,
+    check_finite: bool | Literal["step"] = True,
     grid_options: dict[str, Any] | None = None,
     **solver_options: Any,
 ) -> ReversibleSample:
@@ -93,7 +93,7 @@ def invert_exact(
     callback: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = False,
     return_trajectory: bool = False,
-    check_finite: bool = True,
+    check_finite: bool | Literal["step"] = True,
 ):
     """Undo the run that made ``state`` (from :func:`sample_reversible`): returns its x_T.
 
@@ -175,7 +175,7 @@ def reconstruction_error(
 
     Runs :func:`diffsolve.invert` (upward on the reversed grid) then :func:`diffsolve.sample`
     (down the grid) and returns one number per sample: the largest absolute difference
-    (``norm="max"``, as in ddim-math.md claim 12) or the root-mean-square (``norm="rms"``).
+    (``norm="max"``, as in docs/math.md claim 12) or the root-mean-square (``norm="rms"``).
     ``sigmas``, when given, is the decreasing sampling grid.
     """
     if norm not in ("max", "rms"):

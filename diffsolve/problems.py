@@ -2,7 +2,7 @@
 
 A Gaussian mixture with isotropic components, p0 = sum_k w_k N(m_k, s_k^2 I), stays a
 mixture under the forward process in sigma form (E8): xbar ~ sum_k w_k N(m_k, (s_k^2 +
-sigma^2) I). Its exact denoiser and eps are (ddim-math.md E38, per component)
+sigma^2) I). Its exact denoiser and eps are (docs/math.md E38, per component)
 
     r_k(xbar, sigma)  posterior weights (softmax of log N(xbar; m_k, (s_k^2 + sigma^2) I) + log w_k)
     eps*(xbar, sigma) = sum_k r_k sigma (xbar - m_k) / (s_k^2 + sigma^2)

@@ -6,7 +6,7 @@ model's space and the sigma-form state xbar (E6). Solvers only step.
 
 Precision: grid sigmas and step coefficients are Python floats (float64), applied
 in the state's dtype. A float16/bfloat16 ``x_T`` is integrated in a float32 state
-(|xbar| reaches sigma_max ~ 157 where float16's spacing is 0.125: ddim-math.md
+(|xbar| reaches sigma_max ~ 157 where float16's spacing is 0.125: docs/math.md
 pitfall 6); the model is still called in the input's dtype and the result is
 returned in it.
 """
@@ -17,14 +17,15 @@ import inspect
 import math
 import threading
 from contextlib import contextmanager
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 
 from .grids import validate_sigmas
 from .plugins.registry import get_registry
 from .solvers.base import Solver
-from .wrapper import DiffusionODE, NonFiniteError, Run
+from .schedules import Schedule
+from .wrapper import DiffusionODE, NonFiniteError, Run, schedule_memo
 
 __all__ = ["sample", "invert", "grid", "list_solvers", "list_grids", "make_noise_sampler", "make_solver"]
 
@@ -44,17 +45,28 @@ def grid(name: str, schedule, steps: int, **options) -> torch.Tensor:
     """The grid ``name`` for ``schedule`` with ``steps`` steps: a strictly decreasing float64 tensor ending at 0."""
     _check_steps(steps)
     fn = get_registry().grid(name)
+    # a grid depends only on (function, schedule, steps, options): computed once per schedule
     try:
-        sig = fn(schedule, steps, **options)
-    except TypeError as exc:
-        if "argument" in str(exc):
-            raise ValueError(f"grid {name!r}: bad option in {sorted(options)} ({exc}); "
-                             f"its signature is {name}{inspect.signature(fn)}") from None
-        raise
-    sig = validate_sigmas(sig, name=f"grid {name!r}")
-    if float(sig[-1]) != 0.0:
-        raise ValueError(f"grid {name!r} must end at sigma = 0, ends at {float(sig[-1])}")
-    return sig
+        key = (fn, steps, tuple(sorted(options.items())))
+        hash(key)
+    except TypeError:  # unhashable options: not memoized
+        key = None
+    memo = schedule_memo(schedule, "grids") if isinstance(schedule, Schedule) else {}
+    sig = memo.get(key) if key is not None else None
+    if sig is None:
+        try:
+            sig = fn(schedule, steps, **options)
+        except TypeError as exc:
+            if "argument" in str(exc):
+                raise ValueError(f"grid {name!r}: bad option in {sorted(options)} ({exc}); "
+                                 f"its signature is {name}{inspect.signature(fn)}") from None
+            raise
+        sig = validate_sigmas(sig, name=f"grid {name!r}")
+        if float(sig[-1]) != 0.0:
+            raise ValueError(f"grid {name!r} must end at sigma = 0, ends at {float(sig[-1])}")
+        if key is not None:
+            memo[key] = sig
+    return sig.clone()  # the caller may change its copy
 
 
 def make_solver(solver: str | type | Solver, **options) -> Solver:
@@ -286,7 +298,7 @@ def sample(
     callback: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = False,
     return_trajectory: bool = False,
-    check_finite: bool = True,
+    check_finite: bool | Literal["step"] = True,
     grid_options: dict[str, Any] | None = None,
     grad: bool = False,
     **solver_options: Any,
@@ -335,7 +347,7 @@ def invert(
     callback: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = False,
     return_trajectory: bool = False,
-    check_finite: bool = True,
+    check_finite: bool | Literal["step"] = True,
     grid_options: dict[str, Any] | None = None,
     grad: bool = False,
     **solver_options: Any,
@@ -344,7 +356,7 @@ def invert(
 
     The grid is the sampling grid reversed (or ``sigmas``, strictly increasing).
     The first step from sigma = 0 is one Euler (DDIM) step with eps evaluated on the
-    clean input at the schedule's smallest level (ddim-math.md section 5); the
+    clean input at the schedule's smallest level (docs/math.md section 5); the
     solver takes every later step. Stochastic solvers are refused.
 
     Given a :class:`~diffsolve.inversion.ReversibleSample` (from

@@ -1,6 +1,6 @@
 """Noise schedules: alpha_bar and sigma as functions of a model's own time.
 
-Every schedule maps its time variable ``t`` to the VE noise level (ddim-math.md E4)
+Every schedule maps its time variable ``t`` to the VE noise level (docs/math.md E4)
 
     sigma(t) = sqrt((1 - alpha_bar(t)) / alpha_bar(t)),
 
@@ -11,7 +11,7 @@ sigma-form state ``xbar`` of the ODE (E6): ``x = scale(sigma) * xbar`` with
 * VE models (EDM, score-SDE VE):   scale = 1
 * rectified flow (E17):            scale = 1 / (1 + sigma)
 
-All arithmetic here is float64. Precision rules of ddim-math.md section 8 are
+All arithmetic here is float64. Precision rules of docs/math.md section 8 are
 kept: sigma is never recovered from a rounded alpha_bar (pitfall 5), and
 ``1 - alpha_bar`` is formed without cancellation (``-expm1(sum log1p(-beta))``).
 """
@@ -109,7 +109,7 @@ class Schedule(ABC):
 class DiscreteSchedule(Schedule):
     """A DDPM schedule of ``T`` discrete levels, indexed ``i = 0..T-1`` as in DDPM code.
 
-    Level ``i`` is the paper's ``t = i + 1`` (ddim-math.md 1.2). ``t(sigma)`` is the
+    Level ``i`` is the paper's ``t = i + 1`` (docs/math.md 1.2). ``t(sigma)`` is the
     (fractional) index: exact at the schedule's own sigmas and linear in log-sigma
     between them (the rule k-diffusion uses; a library choice, see E17 note).
     """

@@ -2,14 +2,14 @@
 
 Each factory returns a ``denoised_transform`` for :func:`diffsolve.wrap`: a callable
 ``(denoised, sigma) -> denoised``. The wrapper then recomputes eps = (xbar - D)/sigma, so the
-pair (x0hat, epshat) stays consistent (ddim-math.md pitfall 1): a DDIM step at eta = 1 with
+pair (x0hat, epshat) stays consistent (docs/math.md pitfall 1): a DDIM step at eta = 1 with
 clipping is exactly the clipped DDPM posterior form (E23). Off by default; with a transform
 on, the ODE is no longer the probability-flow ODE, so exact reversibility and convergence
 order no longer hold.
 
 ::
 
-    ode = ds.wrap(model, schedule, denoised_transform=ds.dynamic_thresholding(0.995))
+    ode = ds.wrap(model, schedule, denoised_transform=ds.DynamicThresholding(0.995))
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import math
 
 import torch
 
-__all__ = ["clipping", "dynamic_thresholding"]
+__all__ = ["Clipping", "DynamicThresholding"]
 
 
-class clipping:
+class Clipping:
     """Clamp the predicted x0 to ``[lo, hi]`` (default [-1, 1], images scaled to that range)."""
 
     def __init__(self, lo: float = -1.0, hi: float = 1.0):
@@ -34,10 +34,10 @@ class clipping:
         return denoised.clamp(self.lo, self.hi)
 
     def __repr__(self) -> str:
-        return f"clipping({self.lo}, {self.hi})"
+        return f"Clipping({self.lo}, {self.hi})"
 
 
-class dynamic_thresholding:
+class DynamicThresholding:
     """Dynamic thresholding (Saharia et al. 2022, Imagen, Sec. 2.3).
 
     Per sample: s = max(1, quantile(|x0|, p)) over all its entries (capped at ``max_value``),
@@ -61,4 +61,4 @@ class dynamic_thresholding:
         return out.to(denoised.dtype).reshape(denoised.shape)
 
     def __repr__(self) -> str:
-        return f"dynamic_thresholding(p={self.p}, max_value={self.max_value})"
+        return f"DynamicThresholding(p={self.p}, max_value={self.max_value})"

@@ -1,4 +1,4 @@
-"""The model wrapper: any diffusion model as the one sigma-form ODE (ddim-math.md E29)
+"""The model wrapper: any diffusion model as the one sigma-form ODE (docs/math.md E29)
 
     d xbar / d sigma = eps(xbar, sigma),   xbar = x / scale(sigma).
 
@@ -112,8 +112,9 @@ class DiffusionODE:
         # costs a recomputation, which gives the same bits). A time tensor is taken out of its
         # cache for the length of one model call (see _time_tensor), so no two calls hold it.
         self._t_cache: dict[tuple, torch.Tensor] = {}
-        self._time_value: dict[float, float] = {}
-        self._level_cache: dict[float, tuple[float, float]] = {}
+        # t(sigma) of the schedule, shared by every ODE on it: a user who wraps anew pays it once
+        self._time_value: dict[float, float] = schedule_memo(schedule, "t")
+        self._level_cache: dict[float, tuple[float, float, torch.Tensor]] = schedule_memo(schedule, "level")
         # the guided call's kwargs (cond and uncond concatenated), built once here and never changed
         self._guided_kwargs: dict[str, Any] | None = self._batched_guidance_kwargs() if guidance is not None else None
         # the model's sigma range, read once (a schedule's properties may index tensors)
@@ -246,7 +247,8 @@ class DiffusionODE:
         if run is not None:
             run.nfe += 1
             if run.record:
-                run.sums.append((out.detach() if out.requires_grad else out).sum(dtype=torch.float32))
+                # out is in the state's dtype (float32 or float64): its own sum is enough to see NaN/inf
+                run.sums.append(torch.sum(out.detach() if out.requires_grad else out))
                 run.where.append((run.step, sigma))
         return out
 
@@ -274,7 +276,7 @@ class DiffusionODE:
 
         With a ``denoised_transform`` (clipping, dynamic thresholding) the transformed D
         is returned with the eps that is consistent with it, eps = (xbar - D)/sigma, so the
-        pair stays on one ray (ddim-math.md pitfall 1).
+        pair stays on one ray (docs/math.md pitfall 1).
         """
         denoised, eps = self._predict(xbar, float(sigma), True)
         if self.denoised_transform is None:
@@ -288,8 +290,10 @@ class DiffusionODE:
         # the model is evaluated inside its own range [sigma_min, sigma_max]; outside it, eps is
         # held at its value at the nearest level and D stays on the ray D = xbar - sigma eps (E9),
         # so no conversion divides by a sigma the model was not evaluated at
-        s, a = self._level(sigma)
-        out = self._call(xbar * a if a != 1.0 else xbar, s)
+        s, a, a_t = self._level(sigma)
+        # x = scale(s) xbar (E6); a float64 0-dim tensor multiplies in x's dtype like a Python float
+        # does, with less per-call overhead
+        out = self._call(xbar * a_t if a != 1.0 else xbar, s)
         if not need_denoised and self.prediction == "eps":
             return None, out
         denoised, eps = self._convert(out, xbar, s, a)
@@ -341,14 +345,15 @@ class DiffusionODE:
             return self.predict(xbar, sigma)
         return None, self.eps(xbar, sigma)
 
-    def _level(self, sigma: float) -> tuple[float, float]:
-        """``(s, scale(s))`` with s = sigma clamped to the model's range; cached per sigma (the
-        driver evaluates the same few grid levels on every run)."""
+    def _level(self, sigma: float) -> tuple[float, float, torch.Tensor]:
+        """``(s, scale(s), scale(s) as a float64 0-dim tensor)`` with s = sigma clamped to the
+        model's range; cached per sigma (the driver evaluates the same few grid levels on every run)."""
         hit = self._level_cache.get(sigma)
         if hit is None:
             lo, hi = self._sigma_range
             s = min(max(sigma, lo), hi)
-            hit = (s, self.schedule.scale(s))
+            a = self.schedule.scale(s)
+            hit = (s, a, torch.tensor(a, dtype=torch.float64))
             if len(self._level_cache) >= _CACHE_LIMIT:
                 self._level_cache.clear()
             self._level_cache[sigma] = hit
@@ -374,6 +379,16 @@ class DiffusionODE:
         run = "" if self._run is None else ", run view"
         return (f"DiffusionODE(prediction={self.prediction!r}, time={self.time!r}, schedule={self.schedule!r}, "
                 f"nfe={self.nfe}{run})")
+
+
+def schedule_memo(schedule: Schedule, what: str) -> dict:
+    """A memo dict kept on ``schedule`` (schedules are immutable once made), shared by every ODE
+    and run on it; emptied when it passes :data:`_CACHE_LIMIT` entries."""
+    memos = schedule.__dict__.setdefault("_diffsolve_memo", {})
+    memo = memos.setdefault(what, {})
+    if len(memo) > _CACHE_LIMIT:
+        memo.clear()
+    return memo
 
 
 class Run:

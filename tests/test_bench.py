@@ -49,7 +49,7 @@ def test_ddim_rmse_halves_when_nfe_doubles_in_the_asymptotic_regime(tmp_path, re
     assert set(rmse) == {100, 200, 400}
     for n in (100, 200):
         ratio = rmse[n] / rmse[2 * n]
-        assert 1.9 < ratio < 2.15, (n, ratio)  # first order (ddim-math.md 3.4 b)
+        assert 1.9 < ratio < 2.15, (n, ratio)  # first order (docs/math.md 3.4 b)
     assert all(r["ref_err"] < 1e-3 * r["rmse"] for r in res.rows)  # the reference is far more accurate
 
 

@@ -1,4 +1,4 @@
-"""DDIM and its eta family against the numbers and identities of ddim-math.md section 10."""
+"""DDIM and its eta family against the numbers and identities of docs/math.md section 10."""
 
 import math
 
@@ -23,32 +23,8 @@ def gaussian():
     return g, g.ode(ds.SigmaSchedule(0.0, SIGMA_MAX, space="vp"))
 
 
-def test_ddim_converges_at_order_one_with_the_reference_errors(gaussian):
-    # claim 10: max error at sigma = 0 for S = 160..1280 (rel 1e-3), observed order in [0.95, 1.05]
-    g, ode = gaussian
-    exact = g.exact_flow(ode.to_xbar(X_T, SIGMA_MAX), SIGMA_MAX, 0.0)
-    errs = []
-    for S, expected in [(160, 2.4798e-2), (320, 1.2477e-2), (640, 6.2579e-3), (1280, 3.1339e-3)]:
-        err = (ds.sample(ode, X_T, "ddim", sigmas=claim10_grid(S)) - exact).abs().max().item()
-        assert err == pytest.approx(expected, rel=1e-3)
-        errs.append(err)
-    orders = [math.log2(a / b) for a, b in zip(errs, errs[1:])]
-    assert all(0.95 <= p <= 1.05 for p in orders)
-
-
-def test_invert_then_sample_round_trip_converges_at_order_one(gaussian):
-    # claim 12: round-trip max error 4.8934e-2 (S=160) ... 6.2519e-3 (S=1280)
-    _, ode = gaussian
-    x0 = torch.tensor([[-0.7, 0.1, 0.45, 1.3]])
-    errs = []
-    for S, expected in [(160, 4.8934e-2), (320, 2.4774e-2), (640, 1.2465e-2), (1280, 6.2519e-3)]:
-        grid = claim10_grid(S)
-        x_T = ds.invert(ode, x0, "ddim", sigmas=grid.flip(0))
-        err = (ds.sample(ode, x_T, "ddim", sigmas=grid) - x0).abs().max().item()
-        assert err == pytest.approx(expected, rel=1e-3)
-        errs.append(err)
-    assert all(a > b for a, b in zip(errs, errs[1:]))
-    assert all(0.95 <= math.log2(a / b) <= 1.05 for a, b in zip(errs, errs[1:]))
+# claims 10 and 12 (the reference errors and order of DDIM and of its round trip) are proved in
+# tests/properties/test_exactness.py
 
 
 def test_point_mass_is_recovered_from_any_start_in_one_step():

@@ -73,9 +73,9 @@ def test_prediction_types_map_to_the_wrapper(unet, prediction_type, expected):
 
 def test_config_clipping_and_thresholding_become_the_denoised_transform(unet):
     clip = ds.from_diffusers(unet, DDPMScheduler(clip_sample=True, clip_sample_range=2.0)).denoised_transform
-    assert isinstance(clip, ds.clipping) and (clip.lo, clip.hi) == (-2.0, 2.0)
+    assert isinstance(clip, ds.Clipping) and (clip.lo, clip.hi) == (-2.0, 2.0)
     thr = ds.from_diffusers(unet, DDPMScheduler(thresholding=True, dynamic_thresholding_ratio=0.9)).denoised_transform
-    assert isinstance(thr, ds.dynamic_thresholding) and thr.p == 0.9
+    assert isinstance(thr, ds.DynamicThresholding) and thr.p == 0.9
     assert ds.from_diffusers(unet, DDPMScheduler(clip_sample=True), follow_clipping=False).denoised_transform is None
 
 

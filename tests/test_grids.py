@@ -40,7 +40,7 @@ def test_trailing_leading_linspace_follow_diffusers_timestep_spacing():
 
 
 def test_official_ddim_uniform_and_quad_indices():
-    # claim 15 (the table of ddim-math.md 4.2)
+    # claim 15 (the table of docs/math.md 4.2)
     assert ddim_uniform_indices(1000, 10) == list(range(0, 1000, 100))
     assert ddim_quad_indices(1000, 10) == [0, 9, 39, 88, 158, 246, 355, 483, 632, 800]
     assert [len(ddim_uniform_indices(1000, s)) for s in (15, 30, 300, 400)] == [16, 31, 334, 500]

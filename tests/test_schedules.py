@@ -1,4 +1,4 @@
-"""Schedules: ddim-math.md claim 1 and the sigma <-> t maps of every schedule."""
+"""Schedules: docs/math.md claim 1 and the sigma <-> t maps of every schedule."""
 
 import math
 
@@ -18,7 +18,7 @@ def test_linear_schedule_matches_reference_values(linear):
     assert linear.alphas_cumprod[0].item() == pytest.approx(0.9999, rel=1e-15)
     assert linear.alphas_cumprod[-1].item() == pytest.approx(4.0358297654e-5, rel=1e-9)
     assert linear.sigmas[-1].item() == pytest.approx(157.40728081, rel=1e-9)
-    # table of ddim-math.md 1.2 (code indices)
+    # table of docs/math.md 1.2 (code indices)
     for i, abar, sigma in [(99, 0.8970181457, 0.3388284), (499, 7.8587242882e-2, 3.4241366),
                            (800, 1.5075210598e-3, 25.735980), (900, 2.7024451956e-4, 60.822303)]:
         assert linear.alphas_cumprod[i].item() == pytest.approx(abar, rel=1e-9)

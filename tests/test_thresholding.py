@@ -17,30 +17,30 @@ def wide_mixture():
 
 def test_clipping_clamps_to_its_range():
     x = torch.tensor([[-3.0, -0.5, 0.2, 4.0]])
-    assert torch.equal(ds.clipping()(x, 1.0), torch.tensor([[-1.0, -0.5, 0.2, 1.0]]))
-    assert torch.equal(ds.clipping(-0.25, 0.5)(x, 1.0), torch.tensor([[-0.25, -0.25, 0.2, 0.5]]))
+    assert torch.equal(ds.Clipping()(x, 1.0), torch.tensor([[-1.0, -0.5, 0.2, 1.0]]))
+    assert torch.equal(ds.Clipping(-0.25, 0.5)(x, 1.0), torch.tensor([[-0.25, -0.25, 0.2, 0.5]]))
     with pytest.raises(ValueError, match="lo < hi"):
-        ds.clipping(1.0, -1.0)
+        ds.Clipping(1.0, -1.0)
 
 
 def test_dynamic_thresholding_is_imagens_rule_per_sample():
     g = torch.Generator().manual_seed(0)
     x0 = torch.randn(3, 4, 8, 8, generator=g) * torch.tensor([0.3, 2.0, 5.0]).reshape(3, 1, 1, 1)
-    out = ds.dynamic_thresholding(0.9)(x0, 1.0)
+    out = ds.DynamicThresholding(0.9)(x0, 1.0)
     for k in range(3):
         s = max(1.0, torch.quantile(x0[k].abs().flatten(), 0.9).item())  # s = max(1, quantile(|x0|, p))
         torch.testing.assert_close(out[k], x0[k].clamp(-s, s) / s, rtol=1e-14, atol=1e-14)
     assert torch.equal(out[0], x0[0].clamp(-1, 1))  # s = 1: plain clipping
     assert out.abs().max() <= 1.0
-    capped = ds.dynamic_thresholding(0.9, max_value=1.5)(x0, 1.0)
+    capped = ds.DynamicThresholding(0.9, max_value=1.5)(x0, 1.0)
     torch.testing.assert_close(capped[2], x0[2].clamp(-1.5, 1.5) / 1.5)
     with pytest.raises(ValueError, match=r"percentile p must be in \(0, 1\]"):
-        ds.dynamic_thresholding(1.5)
+        ds.DynamicThresholding(1.5)
     with pytest.raises(ValueError, match="max_value must be >= 1"):
-        ds.dynamic_thresholding(0.9, max_value=0.5)
+        ds.DynamicThresholding(0.9, max_value=0.5)
 
 
-@pytest.mark.parametrize("transform", [ds.clipping(), ds.dynamic_thresholding(0.995)])
+@pytest.mark.parametrize("transform", [ds.Clipping(), ds.DynamicThresholding(0.995)])
 def test_a_transform_keeps_denoised_and_eps_on_one_ray(wide_mixture, transform):
     ode = wide_mixture.ode(ds.DiscreteSchedule.linear(), prediction="v")
     ode_t = wide_mixture.ode(ds.DiscreteSchedule.linear(), prediction="v")
@@ -53,10 +53,10 @@ def test_a_transform_keeps_denoised_and_eps_on_one_ray(wide_mixture, transform):
 
 
 def test_eta_one_ddim_with_clipping_is_the_clipped_ddpm_posterior(wide_mixture):
-    # ddim-math.md pitfall 1 / E23-E24: with (x0hat, epshat) kept consistent, one DDIM step at
+    # docs/math.md pitfall 1 / E23-E24: with (x0hat, epshat) kept consistent, one DDIM step at
     # eta = 1 equals mu(x_t, clip(x0hat)) + nu(1) z, the clipped DDPM posterior form
     sched = ds.DiscreteSchedule.linear()
-    ode = ds.wrap(wide_mixture.model(sched), sched, denoised_transform=ds.clipping(), time_dtype=torch.float64)
+    ode = ds.wrap(wide_mixture.model(sched), sched, denoised_transform=ds.Clipping(), time_dtype=torch.float64)
     t, s = 300, 200
     abar_t, abar_s = float(sched.alphas_cumprod[t]), float(sched.alphas_cumprod[s])
     sig_t, sig_s = float(sched.sigmas[t]), float(sched.sigmas[s])
@@ -80,7 +80,7 @@ def test_clipped_ddim_differs_from_the_unclipped_ode(wide_mixture):
     x_T = torch.randn(4, 3, generator=torch.Generator().manual_seed(3))
     plain = ds.sample(wide_mixture.ode(sched), x_T, "ddim", steps=20)
     ode = wide_mixture.ode(sched)
-    ode.denoised_transform = ds.dynamic_thresholding(0.995)
+    ode.denoised_transform = ds.DynamicThresholding(0.995)
     thresholded = ds.sample(ode, x_T, "ddim", steps=20)
     assert plain.abs().max() > 1.5 and thresholded.abs().max() <= 1.0  # the last step returns the corrected D
 

@@ -153,7 +153,7 @@ class BenchResult:
     overhead: list[dict] = field(default_factory=list)
 
 
-def _as_list(value, what: str) -> list:
+def _as_list(value) -> list:
     if value is None:
         return []
     if isinstance(value, (str, int, type, BenchProblem, SolverSpec)):
@@ -163,7 +163,7 @@ def _as_list(value, what: str) -> list:
 
 def _resolve_problems(problems, samples) -> dict[str, BenchProblem]:
     out: dict[str, BenchProblem] = {}
-    for p in _as_list(problems, "problem"):
+    for p in _as_list(problems):
         prob = p if isinstance(p, BenchProblem) else get_bench_problem(str(p), samples)
         if samples and isinstance(p, BenchProblem):
             prob.samples = samples
@@ -176,7 +176,7 @@ def _resolve_problems(problems, samples) -> dict[str, BenchProblem]:
 def _resolve_grids(grids) -> list[str]:
     known = grid_names()
     out = []
-    for g in _as_list(grids, "grid"):
+    for g in _as_list(grids):
         if g not in known:
             raise BenchError(f"unknown grid {g!r}; known grids: {', '.join(known)}")
         out.append(g)
@@ -186,7 +186,7 @@ def _resolve_grids(grids) -> list[str]:
 
 
 def _resolve_nfe(nfe, specs: list[SolverSpec]) -> list[int]:
-    values = _as_list(nfe, "nfe")
+    values = _as_list(nfe)
     if not values:
         raise BenchError("no NFE given")
     for n in values:
@@ -200,7 +200,7 @@ def _resolve_nfe(nfe, specs: list[SolverSpec]) -> list[int]:
 
 
 def _resolve_seeds(seeds) -> list[int]:
-    values = _as_list(seeds, "seed") or [0]
+    values = _as_list(seeds) or [0]
     for s in values:
         if isinstance(s, bool) or not isinstance(s, int) or s < 0:
             raise BenchError(f"seeds must be integers >= 0, got {s!r}")
@@ -395,7 +395,7 @@ def run_bench(
     from . import report
 
     problems = _resolve_problems(problems if problems is not None else DEFAULTS["problems"], samples)
-    raw_specs = _as_list(solvers, "solver")
+    raw_specs = _as_list(solvers)
     if raw_specs == ["all"]:
         raw_specs = solver_names()
     elif not raw_specs:

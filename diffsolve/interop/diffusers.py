@@ -12,8 +12,8 @@ config key                            diffsolve
 ``trained_betas``                     builds (float32, as diffusers does; alpha_bar in float64)
 ``rescale_betas_zero_snr``            Lin et al. 2024's rescale (terminal alpha_bar raised to 2^-24)
 ``prediction_type``                   epsilon -> ``eps``, sample -> ``x0``, v_prediction -> ``v``
-``clip_sample``, ``clip_sample_range`` :func:`~diffsolve.clipping` as ``denoised_transform``
-``thresholding``, ...                 :func:`~diffsolve.dynamic_thresholding` (ratio, max value)
+``clip_sample``, ``clip_sample_range`` :func:`~diffsolve.Clipping` as ``denoised_transform``
+``thresholding``, ...                 :func:`~diffsolve.DynamicThresholding` (ratio, max value)
 ``timestep_spacing``, ``steps_offset`` :func:`diffusers_grid`: the same timesteps as diffusers
 ===================================== ==========================================================
 
@@ -29,7 +29,7 @@ import torch
 
 from ..grids import leading, linspace, trailing
 from ..schedules import DiscreteSchedule
-from ..thresholding import clipping, dynamic_thresholding
+from ..thresholding import Clipping, DynamicThresholding
 from ..wrapper import DiffusionODE
 
 __all__ = [
@@ -88,11 +88,11 @@ def transform_from_config(config) -> Callable | None:
     """The x0 correction the config asks for: dynamic thresholding, clipping, or None."""
     cfg = config_of(config)
     if cfg.get("thresholding", False):
-        return dynamic_thresholding(float(cfg.get("dynamic_thresholding_ratio", 0.995)),
+        return DynamicThresholding(float(cfg.get("dynamic_thresholding_ratio", 0.995)),
                                     max_value=float(cfg.get("sample_max_value", 1.0)))
     if cfg.get("clip_sample", False):
         r = float(cfg.get("clip_sample_range", 1.0))
-        return clipping(-r, r)
+        return Clipping(-r, r)
     return None
 
 

@@ -17,7 +17,7 @@ The scheduler reconciles the two:
   The replay costs solver arithmetic only, no model calls.
 
 The state is the VP model-space sample, so ``init_noise_sigma = 1`` and ``scale_model_input`` is
-the identity. The x0 correction keeps (x0hat, epshat) consistent (ddim-math.md pitfall 1): with
+the identity. The x0 correction keeps (x0hat, epshat) consistent (docs/math.md pitfall 1): with
 ``clip_sample=True`` it equals diffusers' DDIM with ``use_clipped_model_output=True``.
 """
 

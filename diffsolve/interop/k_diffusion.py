@@ -3,7 +3,7 @@
 k-diffusion's samplers share one signature, ``sampler(model, x, sigmas, extra_args=None,
 callback=None, disable=None)``, where ``model(x, sigma, **extra_args)`` is a *denoiser* in the VE
 convention: ``x`` is the noisy sample x0 + sigma * noise (the sigma-form state xbar itself), ``sigma``
-a tensor of one value per sample, and the return value the denoised estimate D (ddim-math.md
+a tensor of one value per sample, and the return value the denoised estimate D (docs/math.md
 E16). ``x`` arrives already scaled to ``sigmas[0]`` and ``sigmas`` usually ends at 0. ComfyUI's
 custom samplers (``KSAMPLER``) take functions of this form.
 

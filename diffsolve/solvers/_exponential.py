@@ -1,6 +1,6 @@
 """Shared numerics of the exponential-integrator (log-SNR) solvers.
 
-Notation (ddim-math.md 1.3): lambda = -log sigma (E7), one step goes sigma_t -> sigma_s with
+Notation (docs/math.md 1.3): lambda = -log sigma (E7), one step goes sigma_t -> sigma_s with
 h = lambda_s - lambda_t, so exp(-h) = sigma_s / sigma_t (h < 0 on an increasing, inverting grid).
 Variation of constants on the sigma-form ODE (E29) gives the exact step in two forms:
 

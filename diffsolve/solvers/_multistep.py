@@ -1,7 +1,7 @@
 """Shared numerics of the multistep solvers (lms, ipndm, plms, plms-hb, ghvb), written once.
 
 All weights are float64 Python floats, computed in a solver's ``setup`` and applied in the
-state's dtype. A multistep step on the sigma-form ODE (ddim-math.md E29) reads
+state's dtype. A multistep step on the sigma-form ODE (docs/math.md E29) reads
 
     xbar_{i+1} = xbar_i + h_i * sum_j w_j * f_{i-j},      h_i = sigma_{i+1} - sigma_i,
 

@@ -1,6 +1,6 @@
 """DDIM (Song, Meng & Ermon 2021) as the Euler method in sigma, with the eta family.
 
-Deterministic step (eta = 0), ddim-math.md E30, identical to DDIM's E22:
+Deterministic step (eta = 0), docs/math.md E30, identical to DDIM's E22:
 
     xbar_s = xbar_t + (sigma_s - sigma_t) * eps(xbar_t, sigma_t)
 
@@ -12,7 +12,7 @@ Stochastic step (eta > 0), E26 (the generalized DDIM step E18 divided by A_s):
 eta = 1 is DDPM's posterior variance (E24). ``variance="large"`` is the paper's
 sigma-hat DDPM (E25): same mean as eta = 1, noise std sqrt(1 - abar_t/abar_s) in
 VP space, i.e. sqrt((sigma_t^2 - sigma_s^2)(1 + sigma_s^2)/(1 + sigma_t^2)) in xbar,
-masked on the step to sigma = 0 (ddim-math.md 2.4).
+masked on the step to sigma = 0 (docs/math.md 2.4).
 
 The step to sigma_s = 0 returns the denoised estimate itself (E27). On an
 increasing grid (encoding, E42) the step is the deterministic one with nu := 0.

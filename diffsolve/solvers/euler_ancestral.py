@@ -1,6 +1,6 @@
 """Euler ancestral (k-diffusion's ``sample_euler_ancestral``): DDIM's eta family in VE form.
 
-ddim-math.md 2.3, E26: with nubar = eta * sigma_s * sqrt(sigma_t^2 - sigma_s^2) / sigma_t,
+docs/math.md 2.3, E26: with nubar = eta * sigma_s * sqrt(sigma_t^2 - sigma_s^2) / sigma_t,
 
     sigma_up   = min(nubar, sigma_s),     sigma_down = sqrt(sigma_s^2 - sigma_up^2)
     xbar_s     = xbar_t + (sigma_down - sigma_t) * eps(xbar_t, sigma_t) + s_noise * sigma_up * z

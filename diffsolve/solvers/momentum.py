@@ -1,5 +1,5 @@
 """Momentum samplers of Wizadwongsa et al. 2023 ("Diffusion Sampling with Momentum for Mitigating
-Divergence Artifacts", arXiv:2307.11118), on the sigma-form ODE (their eq. 2 = ddim-math.md E29).
+Divergence Artifacts", arXiv:2307.11118), on the sigma-form ODE (their eq. 2 = docs/math.md E29).
 
 ``plms-hb``: Polyak's heavy ball on PLMS (their eq. 14, Algorithm 1):
 

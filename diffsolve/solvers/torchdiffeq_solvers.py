@@ -119,27 +119,94 @@ class TorchdiffeqAdaptive(TorchdiffeqSolver):
         self.atol = check_real("atol", atol, low=0.0, low_open=True)
 
 
-# method: (base, order, model calls per step (per internal step if adaptive), description)
-METHODS = {
-    "euler": (TorchdiffeqSolver, 1, 1, "Euler (= DDIM in sigma)"),
-    "midpoint": (TorchdiffeqSolver, 2, 2, "explicit midpoint"),
-    "heun2": (TorchdiffeqSolver, 2, 2, "Heun's 2nd-order method (trapezoidal)"),
-    "heun3": (TorchdiffeqSolver, 3, 3, "Heun's 3rd-order method"),
-    "rk4": (TorchdiffeqSolver, 4, 4, "Runge-Kutta 4 (Kutta's 3/8 rule)"),
-    "explicit_adams": (TorchdiffeqSolver, 4, 1, "Adams-Bashforth 4, RK4 warm-up"),
-    "dopri5": (TorchdiffeqAdaptive, 5, 6, "adaptive Dormand-Prince 5(4)"),
-    "bosh3": (TorchdiffeqAdaptive, 3, 3, "adaptive Bogacki-Shampine 3(2)"),
-    "adaptive_heun": (TorchdiffeqAdaptive, 2, 2, "adaptive Heun-Euler 2(1)"),
-    "dopri8": (TorchdiffeqAdaptive, 8, 13, "adaptive Dormand-Prince 8(7)"),
-}
+# One class per torchdiffeq method: its name there, order, and model calls per (internal) step.
 
-for _method, (_base, _order, _calls, _what) in METHODS.items():
-    _cls_name = "Torchdiffeq" + "".join(p.capitalize() for p in _method.split("_"))
-    globals()[_cls_name] = type(_cls_name, (_base,), {
-        "__module__": __name__,
-        "__doc__": f"torchdiffeq {_method}: {_what} on the sigma-form ODE (order {_order}).",
-        "name": f"torchdiffeq-{_method}",
-        "method": _method,
-        "order": _order,
-        "calls_per_step": _calls,
-    })
+
+class TorchdiffeqEuler(TorchdiffeqSolver):
+    """torchdiffeq euler: Euler (= DDIM in sigma) on the sigma-form ODE (order 1)."""
+
+    name = "torchdiffeq-euler"
+    method = "euler"
+    order = 1
+    calls_per_step = 1
+
+
+class TorchdiffeqMidpoint(TorchdiffeqSolver):
+    """torchdiffeq midpoint: explicit midpoint on the sigma-form ODE (order 2)."""
+
+    name = "torchdiffeq-midpoint"
+    method = "midpoint"
+    order = 2
+    calls_per_step = 2
+
+
+class TorchdiffeqHeun2(TorchdiffeqSolver):
+    """torchdiffeq heun2: Heun's 2nd-order method (trapezoidal) on the sigma-form ODE (order 2)."""
+
+    name = "torchdiffeq-heun2"
+    method = "heun2"
+    order = 2
+    calls_per_step = 2
+
+
+class TorchdiffeqHeun3(TorchdiffeqSolver):
+    """torchdiffeq heun3: Heun's 3rd-order method on the sigma-form ODE (order 3)."""
+
+    name = "torchdiffeq-heun3"
+    method = "heun3"
+    order = 3
+    calls_per_step = 3
+
+
+class TorchdiffeqRk4(TorchdiffeqSolver):
+    """torchdiffeq rk4: Runge-Kutta 4 (Kutta's 3/8 rule) on the sigma-form ODE (order 4)."""
+
+    name = "torchdiffeq-rk4"
+    method = "rk4"
+    order = 4
+    calls_per_step = 4
+
+
+class TorchdiffeqExplicitAdams(TorchdiffeqSolver):
+    """torchdiffeq explicit_adams: Adams-Bashforth 4, RK4 warm-up on the sigma-form ODE (order 4)."""
+
+    name = "torchdiffeq-explicit_adams"
+    method = "explicit_adams"
+    order = 4
+    calls_per_step = 1
+
+
+class TorchdiffeqDopri5(TorchdiffeqAdaptive):
+    """torchdiffeq dopri5: adaptive Dormand-Prince 5(4) on the sigma-form ODE (order 5)."""
+
+    name = "torchdiffeq-dopri5"
+    method = "dopri5"
+    order = 5
+    calls_per_step = 6
+
+
+class TorchdiffeqBosh3(TorchdiffeqAdaptive):
+    """torchdiffeq bosh3: adaptive Bogacki-Shampine 3(2) on the sigma-form ODE (order 3)."""
+
+    name = "torchdiffeq-bosh3"
+    method = "bosh3"
+    order = 3
+    calls_per_step = 3
+
+
+class TorchdiffeqAdaptiveHeun(TorchdiffeqAdaptive):
+    """torchdiffeq adaptive_heun: adaptive Heun-Euler 2(1) on the sigma-form ODE (order 2)."""
+
+    name = "torchdiffeq-adaptive_heun"
+    method = "adaptive_heun"
+    order = 2
+    calls_per_step = 2
+
+
+class TorchdiffeqDopri8(TorchdiffeqAdaptive):
+    """torchdiffeq dopri8: adaptive Dormand-Prince 8(7) on the sigma-form ODE (order 8)."""
+
+    name = "torchdiffeq-dopri8"
+    method = "dopri8"
+    order = 8
+    calls_per_step = 13

@@ -1,4 +1,4 @@
-"""Independent float64 implementations of the formulas of ddim-math.md, written from the note's
+"""Independent float64 implementations of the formulas of docs/math.md, written from the note's
 equations (not from diffsolve's code): the oracles of the property suite.
 
 VP-space quantities take (abar, 1 - abar) pairs formed from sigma as abar = 1/(1 + sigma^2),

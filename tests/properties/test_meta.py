@@ -1,7 +1,7 @@
 """Meta-tests: docs/properties.md and the suites stay in sync with the claims and the registry.
 
 * every row of docs/properties.md names tests that exist (file and module-level function);
-* every claim of ddim-math.md section 10 (1-19), Proposition 1 and the solver laws has a row;
+* every claim of docs/math.md section 10 (1-19), Proposition 1 and the solver laws has a row;
 * every ``test_claimNN_*`` in tests/properties is documented, under claim NN;
 * every registered solver (a fresh registry, classified here independently of solver_cases.py)
   is collected in every parametrised suite that applies to it (checked on a real ``pytest
@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "properties.md"
 PROPERTIES = ROOT / "tests" / "properties"
 REF = re.compile(r"`(tests/properties/[\w/]+\.py)::(\w+)`")
+LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
 REQUIRED_CLAIMS = [str(k) for k in range(1, 20)] + ["P1"] + [f"L{k}" for k in range(1, 9)]
 
 
@@ -36,7 +37,8 @@ def doc_rows() -> dict[str, list[tuple[str, str]]]:
         cells = [c.strip() for c in line.strip("|").split("|")]
         if not cells or cells[0] in ("claim", ""):
             continue
-        rows.setdefault(cells[0], []).extend(REF.findall(line))
+        claim = LINK.sub(r"\1", cells[0])  # "[12](math.md#claim-12)" -> "12"
+        rows.setdefault(claim, []).extend(REF.findall(line))
     return rows
 
 

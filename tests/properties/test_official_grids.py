@@ -15,7 +15,7 @@ LINEAR = ds.DiscreteSchedule.linear()
 
 
 def test_claim15_official_grids_reproduce_the_table():
-    # ddim-math.md 4.2 (T = 1000)
+    # docs/math.md 4.2 (T = 1000)
     assert ddim_uniform_indices(1000, 10) == list(range(0, 1000, 100))
     assert ddim_uniform_indices(1000, 20) == list(range(0, 1000, 50))
     assert ddim_uniform_indices(1000, 50) == list(range(0, 1000, 20))

@@ -60,7 +60,7 @@ def edm_heun(x, t, S_churn=0.0, S_tmin=0.0, S_tmax=math.inf, S_noise=1.0, seed=N
     return x
 
 
-# -- k-diffusion's Euler ancestral (DDIM eta in VE form, ddim-math.md E26) -----------------------------
+# -- k-diffusion's Euler ancestral (DDIM eta in VE form, docs/math.md E26) -----------------------------
 def euler_ancestral(x, sigmas, eta=1.0, s_noise=1.0, seed=None):
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     for s, s_next in zip(sigmas[:-1], sigmas[1:]):
@@ -270,7 +270,7 @@ def test_lms_equals_ipndm_on_equal_steps():
 
 @pytest.mark.parametrize("eta", [0.0, 0.3, 1.0])
 def test_euler_ancestral_is_ddim_with_eta(eta):
-    """Claim 6 of ddim-math.md: the VE ancestral step equals DDIM's (E18 / E26) with a shared z."""
+    """Claim 6 of docs/math.md: the VE ancestral step equals DDIM's (E18 / E26) with a shared z."""
     a = library("euler-ancestral", eta=eta, seed=11)
     b = library("ddim", eta=eta, seed=11)
     assert float((a - b).abs().max()) <= 1e-12 * SIGMA_MAX

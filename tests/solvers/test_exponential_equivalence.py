@@ -1,6 +1,6 @@
 """Identities between the exponential-integrator solvers and DDIM (float64).
 
-* ddim-math.md claim 4: DPM-Solver-1 (E33) and DPM-Solver++(1) (E34) equal DDIM (E22/E30)
+* docs/math.md claim 4: DPM-Solver-1 (E33) and DPM-Solver++(1) (E34) equal DDIM (E22/E30)
   within 1e-12 * max(1, sigma) at every grid point, the step into sigma = 0 included.
 * Members of the family that are the same method by construction give the same numbers:
   UniP-p without the corrector (bh2) is DPM-Solver++(pM); log-sigma DEIS is the exact-Lagrange

@@ -2,7 +2,7 @@
 straight from the papers' update equations (agreement to 1e-10).
 
 The references work in the papers' own VP variables, x = alpha x0 + s eps with
-alpha = (1 + sigma^2)^(-1/2), s = sigma alpha, lambda = log(alpha / s) (ddim-math.md E3-E7), call the
+alpha = (1 + sigma^2)^(-1/2), s = sigma alpha, lambda = log(alpha / s) (docs/math.md E3-E7), call the
 problem's exact eps directly, write each coefficient as printed in the papers (exp/expm1 forms;
 moments by 48-point Gauss-Legendre quadrature where a paper leaves them as integrals) and share
 no code with diffsolve.solvers. The grid is uniform in lambda from sigma = 80 to 0.02 and then 0,

@@ -50,7 +50,7 @@ MEANS, STD = torch.tensor([[1.0, 0.5], [-0.8, -0.3]], dtype=torch.float64), 0.05
 
 
 def light_ode(schedule):
-    """A two-component Gaussian mixture with its exact eps (ddim-math.md E38 per component), cheaper
+    """A two-component Gaussian mixture with its exact eps (docs/math.md E38 per component), cheaper
     to call than diffsolve.problems' general mixture: the model is fed t = sigma."""
 
     def model(x, t):

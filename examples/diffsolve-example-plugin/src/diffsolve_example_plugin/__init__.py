@@ -1,6 +1,6 @@
 """An example diffsolve plugin: the explicit midpoint method in sigma and a geometric grid.
 
-Midpoint (Runge's second-order method) on d xbar / d sigma = eps (ddim-math.md E29):
+Midpoint (Runge's second-order method) on d xbar / d sigma = eps (docs/math.md E29):
 
     xbar_mid = xbar_t + (h / 2) eps(xbar_t, sigma_t),      h = sigma_s - sigma_t
     xbar_s   = xbar_t + h eps(xbar_mid, sigma_t + h / 2)
