@@ -443,6 +443,7 @@ def _cacheable(make: Callable[..., torch.Tensor], *args, **kwargs) -> torch.Tens
             return make(*args, **kwargs)
     return make(*args, **kwargs)
 
+
 #: entries each per-ODE cache (model times, noise levels, time tensors) may hold before it is
 #: emptied: bounds an ODE's memory in a long-lived process however many grids it serves
 #: (documented in docs/serving.md)
