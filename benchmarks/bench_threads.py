@@ -2,16 +2,18 @@
 
     python benchmarks/bench_threads.py [--threads 1 2 4] [--jobs 32] [--steps 10] [--dim 1024] [--batch 16]
 
-The model is an eps-MLP layer of ``--dim`` x ``--dim`` (a float32 torch matmul, which releases
-the GIL while it runs), wrapped once; every thread samples from that one ODE (``dpmpp-2m``,
-``--steps`` steps, a batch of ``--batch``). Each thread count runs the same ``--jobs`` jobs, split
-between its threads by a pool; torch runs one intra-op thread per call (``torch.set_num_threads(1)``),
-so parallelism comes from the Python threads alone. Printed: wall time, jobs per second, model
-calls per second, the speed-up over one thread, the cores the process kept busy in that
-round (CPU time / wall time: on a machine shared with other work, this bounds the speed-up), and whether every result equals the serial run's
-bit for bit. Each row is the best of ``--repeats`` rounds, the thread counts interleaved
-within a round; the speed-up is against the first count given. Expect at most the machine's core count
-as a speed-up (the model's matmuls run in parallel; the solver's Python between them does not).
+The model is an eps-MLP layer of ``--dim`` x ``--dim`` (a float32 torch matmul, which releases the
+GIL while it runs), wrapped once; every thread samples from that one ODE (``dpmpp-2m``, ``--steps``
+steps, a batch of ``--batch``). Each thread count runs the same ``--jobs`` jobs, split between its
+threads by a pool; torch runs one intra-op thread per call (``torch.set_num_threads(1)``), so
+parallelism comes from the Python threads alone.
+
+Printed per thread count: wall time, jobs and model calls per second, the speed-up over the first
+count given, the cores the process kept busy (CPU time / wall time: on a machine shared with other
+work, this bounds the speed-up), and whether every result equals the serial run's bit for bit. Each
+row is the best of ``--repeats`` rounds, the thread counts interleaved within a round. Expect at
+most the machine's core count as a speed-up (the model's matmuls run in parallel; the solver's
+Python between them does not).
 """
 
 from __future__ import annotations

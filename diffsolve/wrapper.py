@@ -223,11 +223,7 @@ class DiffusionODE:
             key += (torch.cuda.current_stream(device).cuda_stream,)
         t = self._t_cache.pop(key, None)
         if t is None:
-            if torch.is_inference_mode_enabled():  # an inference tensor has no version counter
-                with torch.inference_mode(False):
-                    t = torch.full((batch,), self.model_time(sigma), dtype=self.time_dtype, device=device)
-            else:
-                t = torch.full((batch,), self.model_time(sigma), dtype=self.time_dtype, device=device)
+            t = _cacheable(torch.full, (batch,), self.model_time(sigma), dtype=self.time_dtype, device=device)
         return key, t, t._version
 
     def _return_time(self, key: tuple, t: torch.Tensor, version: int) -> None:
@@ -370,7 +366,7 @@ class DiffusionODE:
             lo, hi = self._sigma_range
             s = min(max(sigma, lo), hi)
             a = self.schedule.scale(s)
-            hit = (s, a, torch.tensor(a, dtype=torch.float64))
+            hit = (s, a, _cacheable(torch.tensor, a, dtype=torch.float64))
             if len(self._level_cache) >= _CACHE_LIMIT:
                 self._level_cache.clear()
             self._level_cache[sigma] = hit
@@ -453,6 +449,17 @@ class _Counter:
 
 
 _CPU = torch.device("cpu")
+
+
+def _cacheable(make: Callable[..., torch.Tensor], *args, **kwargs) -> torch.Tensor:
+    """``make(*args, **kwargs)`` as a normal tensor even under ``torch.inference_mode()``: a cached
+    tensor outlives the run that made it, and a later run may need it in autograd (an inference
+    tensor cannot be saved for backward) or need its version counter (an inference tensor has none)."""
+    if torch.is_inference_mode_enabled():
+        with torch.inference_mode(False):
+            return make(*args, **kwargs)
+    return make(*args, **kwargs)
+
 
 #: entries each per-ODE cache (model times, noise levels, time tensors) may hold before it is
 #: emptied: bounds an ODE's memory in a long-lived process however many grids it serves

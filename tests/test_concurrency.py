@@ -280,6 +280,20 @@ def test_a_model_that_writes_into_its_time_input_gets_the_right_time_on_every_ca
         assert torch.equal(ds.sample(ode, x, "heun", steps=5), expected)
 
 
+def test_a_run_under_inference_mode_leaves_caches_a_later_run_with_gradients_can_use():
+    # a server samples under torch.inference_mode(); a later request differentiates through a run on
+    # the same schedule: the cached time and scale tensors must be normal tensors, not inference ones
+    sched = ds.DiscreteSchedule.linear()  # its own schedule: its memos start empty
+    ode = ds.wrap(lambda x, t: x * (t[:, None] / 1000), sched)  # t is saved for backward
+    x = torch.randn(2, 3, generator=torch.Generator().manual_seed(7))
+    with torch.inference_mode():
+        fast = ds.sample(ode, x, "ddim", steps=3)
+    x_grad = x.clone().requires_grad_(True)
+    out = ds.sample(ds.wrap(ode.model, sched), x_grad, "ddim", steps=3, grad=True)
+    out.sum().backward()
+    assert torch.equal(out.detach(), fast) and torch.isfinite(x_grad.grad).all()
+
+
 @pytest.mark.parametrize("schedule", [SCHED, ds.VPLinearSchedule(), ds.VPCosineSchedule()],
                          ids=["discrete", "vp-linear", "vp-cosine"])
 def test_model_time_is_the_same_computed_alone_or_with_a_grid(schedule):
