@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import diffsolve as ds
-from diffsolve import sampling
+from diffsolve import driver
 from diffsolve.plugins import PluginWarning, Registry, registry
 from diffsolve.problems import GaussianMixture, default_schedule
 from diffsolve.wrapper import _CACHE_LIMIT
@@ -265,7 +265,7 @@ def test_a_model_that_fails_mid_run_leaves_the_ode_as_good_as_new(error):
     for (sigma, batch, _), t in ode._t_cache.items():  # every cached time tensor holds its time
         assert torch.equal(t, torch.full((batch,), ode.model_time(sigma), dtype=torch.float32))
     ds.sample(ode, x, solver, steps=2)  # the failed run released its solver instance
-    assert sampling._running == set()
+    assert driver._running == set()
 
 
 def test_a_model_that_writes_into_its_time_input_gets_the_right_time_on_every_call():
@@ -348,4 +348,4 @@ def test_3000_calls_keep_memory_and_the_ode_caches_bounded():
     assert grown < 2**20, f"resident memory grew by {grown / 2**20:.2f} MiB over 1500 calls"
     for cache in (ode._t_cache, ode._time_value, ode._level_cache):
         assert 0 < len(cache) <= _CACHE_LIMIT
-    assert ode.run is None and sampling._running == set()
+    assert ode.run is None and driver._running == set()

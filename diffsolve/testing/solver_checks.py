@@ -77,7 +77,8 @@ def check_solver(solver: str | type, *, options: dict[str, Any] | None = None, e
         AssertionError: naming the failed check and what was measured.
     """
     from .. import problems
-    from ..sampling import invert, make_solver, sample, solver_options
+    from ..driver import solver_options
+    from ..sampling import invert, make_solver, sample
     from ..schedules import DiscreteSchedule, SigmaSchedule
     from ..solvers.base import Solver
 
