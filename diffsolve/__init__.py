@@ -25,6 +25,7 @@ from .interpolation import interpolate, lerp, slerp
 from .thresholding import clipping, dynamic_thresholding
 from .interop.diffusers import diffusers_grid, from_diffusers
 from .interop.k_diffusion import k_sampler
+from .tuning import Recipe, tune
 
 __version__ = "0.1.0"
 
@@ -66,6 +67,8 @@ __all__ = [
     "from_diffusers",
     "diffusers_grid",
     "k_sampler",
+    "tune",
+    "Recipe",
 ]
 
 
