@@ -1,0 +1,144 @@
+"""ds.tune / ds.Recipe: a tuned recipe beats the best fixed grid on held-out x_T, round-trips through
+JSON, is reproducible bit for bit, and refuses what it cannot use."""
+
+import json
+import math
+
+import pytest
+import torch
+
+import diffsolve as ds
+from diffsolve.problems import default_schedule, get_problem
+from diffsolve.tuning import AFSODE, RecipeError, best_fixed
+
+SOLVERS = ["ddim", "dpmpp-2m", "ipndm", "heun"]
+
+
+def _setup(n=64, seed=3):
+    ode = get_problem("gmm2d").ode(default_schedule())
+    x = torch.randn(n, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return ode, x
+
+
+@pytest.fixture(scope="module")
+def tuned():
+    ode, x = _setup()
+    recipe = ds.tune(ode, x, nfe=4, solvers=SOLVERS, progress=False, refine=2, max_evals=120)
+    return ode, x, recipe
+
+
+def test_tuned_recipe_beats_every_fixed_solver_and_grid_on_fresh_x_T(tuned):
+    ode, _, recipe = tuned
+    _, x_new = _setup(n=64, seed=11)  # never seen by tune
+    from diffsolve.problems import reference_solution
+
+    ref = reference_solution(ode, x_new, recipe.sigmas[0])
+    err = float((recipe.sample(ode, x_new) - ref).pow(2).mean().sqrt())
+    fixed = best_fixed(ode, x_new, 4, teacher=ref)  # every deterministic solver x registered grid
+    assert recipe.nfe <= 4
+    assert err < fixed["rmse"], (recipe, err, fixed)
+    assert recipe.report["heldout_rmse"] < recipe.report["best_fixed"]["heldout_rmse"]
+
+
+def test_recipe_nfe_is_the_exact_number_of_model_calls(tuned):
+    ode, x, recipe = tuned
+    n0 = ode.nfe
+    recipe.sample(ode, x[:5])
+    assert ode.nfe - n0 == recipe.nfe
+
+
+def test_recipe_round_trips_through_json_bit_for_bit(tuned, tmp_path):
+    ode, x, recipe = tuned
+    path = recipe.save(tmp_path / "r.json")
+    back = ds.Recipe.load(path)
+    assert back.to_dict() == recipe.to_dict()
+    assert back.sigmas[-1] == 0.0 and all(isinstance(s, float) for s in back.sigmas)
+    assert torch.equal(back.sample(ode, x), recipe.sample(ode, x))
+
+
+def test_same_inputs_give_the_same_recipe_bit_for_bit(tuned):
+    ode, x, recipe = tuned
+    again = ds.tune(ode, x, nfe=4, solvers=SOLVERS, progress=False, refine=2, max_evals=120)
+    a, b = recipe.to_dict(), again.to_dict()
+    for d in (a, b):
+        d["report"].pop("seconds")
+        d["report"].pop("tuning_model_calls")  # the first call also solved the (now cached) teacher
+        d["report"].pop("teacher_model_calls")
+    assert a == b
+
+
+def test_afs_answers_the_first_call_analytically_and_saves_it():
+    ode, x = _setup(n=4)
+    sig = ds.grid("logsnr", ode.schedule, 5).tolist()
+    afs = AFSODE(ode, sig[0])
+    xbar = ode.to_xbar(x, sig[0])
+    d, e = afs.predict(xbar, sig[0])
+    torch.testing.assert_close(e, xbar / math.sqrt(1 + sig[0] ** 2), rtol=0, atol=0)
+    torch.testing.assert_close(d, xbar - sig[0] * e, rtol=1e-12, atol=1e-12)
+    assert afs.nfe == 0
+    afs.predict(xbar, sig[0])  # only the first call is replaced
+    assert afs.nfe == 1
+    # through a recipe: one call fewer than the plain run, and close to it at sigma_max = 157
+    fp = ds.tuning.schedule_fingerprint(ode.schedule, ode.prediction)
+    plain = ds.Recipe("dpmpp-2m", {}, sig, False, 5, fp)
+    with_afs = ds.Recipe("dpmpp-2m", {}, sig, True, 4, fp)
+    n0 = ode.nfe
+    a = plain.sample(ode, x)
+    n1 = ode.nfe
+    b = with_afs.sample(ode, x)
+    assert (n1 - n0, ode.nfe - n1) == (5, 4)
+    assert float((a - b).abs().max()) < 0.05
+
+
+@pytest.mark.parametrize("nfe,match", [(0, "between 1 and"), (5000, "between 1 and"), (2.5, "integer")])
+def test_bad_nfe_is_refused(nfe, match):
+    ode, x = _setup(n=8)
+    with pytest.raises(ValueError, match=match):
+        ds.tune(ode, x, nfe=nfe, progress=False)
+
+
+def test_stochastic_solver_is_refused():
+    ode, x = _setup(n=8)
+    with pytest.raises(ValueError, match="'euler-ancestral' is stochastic"):
+        ds.tune(ode, x, nfe=4, solvers=["euler-ancestral"], progress=False)
+    with pytest.raises(RecipeError, match="stochastic"):
+        ds.Recipe("dpmpp-2m-sde", {}, [10.0, 0.0], False, 1, "x")
+
+
+def test_x_T_with_nan_is_refused():
+    ode, x = _setup(n=8)
+    x[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="x_T contains NaN"):
+        ds.tune(ode, x, nfe=4, progress=False)
+
+
+def test_recipe_of_another_schedule_is_refused(tuned):
+    _, x, recipe = tuned
+    other = get_problem("gmm2d").ode(ds.DiscreteSchedule.scaled_linear())
+    with pytest.raises(RecipeError, match="tuned for another schedule"):
+        recipe.sample(other, x)
+    v_model = get_problem("gmm2d").ode(default_schedule(), prediction="v")
+    with pytest.raises(RecipeError, match="another schedule or prediction"):
+        recipe.sample(v_model, x)
+
+
+def test_corrupt_recipe_files_are_refused(tuned, tmp_path):
+    _, _, recipe = tuned
+    p = tmp_path / "r.json"
+    text = json.dumps(recipe.to_dict())
+    p.write_text(text[: len(text) // 2])
+    with pytest.raises(RecipeError, match="is corrupt"):
+        ds.Recipe.load(p)
+    p.write_text(json.dumps({"hello": 1}))
+    with pytest.raises(RecipeError, match="not a diffsolve recipe"):
+        ds.Recipe.load(p)
+    bad = recipe.to_dict()
+    bad["sigmas"] = [3.0, 5.0, 0.0]
+    p.write_text(json.dumps(bad))
+    with pytest.raises(RecipeError, match="damaged.*strictly decreasing"):
+        ds.Recipe.load(p)
+    bad = recipe.to_dict()
+    del bad["nfe"]
+    p.write_text(json.dumps(bad))
+    with pytest.raises(RecipeError, match="damaged: entry 'nfe'"):
+        ds.Recipe.load(p)
