@@ -142,3 +142,16 @@ def test_corrupt_recipe_files_are_refused(tuned, tmp_path):
     p.write_text(json.dumps(bad))
     with pytest.raises(RecipeError, match="damaged: entry 'nfe'"):
         ds.Recipe.load(p)
+
+
+def test_bench_tuned_entry_fits_on_another_seed_and_beats_the_fixed_grid(tmp_path, monkeypatch):
+    from diffsolve.bench import harness
+
+    monkeypatch.setattr(harness, "TUNE_SAMPLES", 48)
+    monkeypatch.setattr(harness, "TUNE_SOLVERS", ["ipndm"])
+    res = harness.run_bench(["gmm2d"], ["ipndm", "tuned"], ["logsnr"], [4], out=tmp_path, samples=32,
+                            progress=False, plots=False, reports=False, log=lambda *a: None)
+    by = {r["solver"]: r for r in res.rows}
+    assert by["tuned"]["status"] == "ok" and by["tuned"]["grid"] == "tuned" and by["tuned"]["nfe"] <= 4
+    assert "tuned on seed 1000" in by["tuned"]["message"]
+    assert by["tuned"]["rmse"] < by["ipndm"]["rmse"]
