@@ -39,6 +39,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="bench-results/tuning")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--peers", action="store_true",
+                    help="also run the installed peers (diffusers, k-diffusion) on the evaluation x_T, every grid")
+    ap.add_argument("--plot", default=None, help="write the error-vs-NFE figure here (PNG)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -96,7 +99,75 @@ def main(argv=None) -> int:
                 print(f"{name} NFE {nfe}: tuned {tuned:.3e} ({recipe!r}) | best fixed {fixed['rmse']:.3e} "
                       f"({fixed['solver']} on {fixed['grid']}) | ratio {tuned / fixed['rmse']:.3f} | "
                       f"tune {secs:.1f} s, {calls} model calls", flush=True)
+    peer_best = run_peers(args, out) if args.peers else {}
+    if args.plot:
+        plot(path, peer_best, args.plot)
     return 0
+
+
+def run_peers(args, out: Path) -> dict:
+    """``{(problem, nfe): (rmse, label)}``: the best installed peer on the evaluation x_T."""
+    from diffsolve.bench import peers
+    from diffsolve.bench.harness import run_bench
+
+    labels = peers.available_peers()
+    if not labels:
+        print("no peer library installed")
+        return {}
+    nfes = [int(v) for v in args.nfe.split(",")]
+    res = run_bench(args.problem.split(","), labels, ["trailing", "karras", "logsnr"], nfes, [args.eval_seed],
+                    out=out / "peers", samples=args.eval_samples, cache=out / "references", progress=True,
+                    reports=False)
+    best: dict = {}
+    for r in res.rows:
+        if r["status"] != "ok" or r["rmse"] is None or r["nfe"] is None or r["nfe"] > r["nfe_target"]:
+            continue
+        k = (r["problem"], r["nfe_target"])
+        if k not in best or r["rmse"] < best[k][0]:
+            best[k] = (r["rmse"], f"{r['solver']} ({r['grid']})")
+    with (out / "peers-best.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["problem", "nfe", "peer_rmse", "peer"])
+        for (p, n), (e, lab) in sorted(best.items()):
+            w.writerow([p, n, e, lab])
+    return best
+
+
+def plot(path: Path, peer_best: dict, png: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    if not peer_best and (path.parent / "peers-best.csv").exists():
+        with (path.parent / "peers-best.csv").open() as f:
+            peer_best = {(r["problem"], int(r["nfe"])): (float(r["peer_rmse"]), r["peer"]) for r in csv.DictReader(f)}
+    problems = list(dict.fromkeys(r["problem"] for r in rows))
+    fig, axes = plt.subplots(1, len(problems), figsize=(5.2 * len(problems), 4.0), squeeze=False)
+    for ax, p in zip(axes[0], problems):
+        rs = sorted((r for r in rows if r["problem"] == p), key=lambda r: int(r["nfe"]))
+        n = [int(r["nfe"]) for r in rs]
+        ax.plot(n, [float(r["tuned_rmse"]) for r in rs], "o-", color="C3", lw=2, label="diffsolve tuned recipe")
+        ax.plot(n, [float(r["fixed_rmse"]) for r in rs], "s--", color="C0",
+                label="diffsolve best fixed solver+grid")
+        pn = [k for k in n if (p, k) in peer_best]
+        if pn:
+            ax.plot(pn, [peer_best[(p, k)][0] for k in pn], "^:", color="0.4", label="best peer (diffusers, k-diffusion)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(n)
+        ax.set_xticklabels([str(k) for k in n])
+        ax.minorticks_off()
+        ax.set_xlabel("NFE (model calls)")
+        ax.set_ylabel("RMSE to the exact ODE solution")
+        ax.set_title(p)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    print(f"wrote {png}")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ What is searched
    there) and the last is 0; the last non-zero sigma is free.
 3. The recipe with the lowest *fit* error wins; its held-out error is then measured, so
    overfitting shows in ``recipe.report``.
+4. Opt-in (``scalars=True``): DC-Solver's per-step compensation ratios on the winner (see
+   :func:`tune`), neutral at their initial value 0, then one more grid refinement with them.
 
 The teacher
 -----------
@@ -73,7 +75,7 @@ from .sampling import grid as make_grid
 from .sampling import list_grids, list_solvers, make_solver, sample
 from .wrapper import DiffusionODE
 
-__all__ = ["tune", "Recipe", "run_recipe", "AFSODE", "schedule_fingerprint", "best_fixed", "VARIANTS",
+__all__ = ["tune", "Recipe", "run_recipe", "AFSODE", "RecipeODE", "schedule_fingerprint", "best_fixed", "VARIANTS",
            "RecipeError"]
 
 _F64 = torch.float64
@@ -115,41 +117,65 @@ def schedule_fingerprint(schedule, prediction: str) -> str:
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
-# -- AFS -------------------------------------------------------------------------------------------
-class AFSODE(DiffusionODE):
-    """The ODE with the analytical first step: the first model call at ``sigma0`` is answered by
-    eps = xbar / sqrt(1 + sigma0^2) (see the module docstring); every other call goes to ``base``.
+# -- AFS and the per-step compensation ------------------------------------------------------------
+class RecipeODE(DiffusionODE):
+    """The ODE a recipe runs on: ``base`` with the analytical first step (``afs_sigma``: the first
+    call at that sigma is answered by eps = xbar / sqrt(1 + sigma^2), see the module docstring)
+    and the optional per-evaluation compensation ratios ``compensation`` (DC-Solver, see
+    :func:`tune`): evaluation k >= 1 returns D_k + c_k (D_k - D_{k-1}), eps made consistent
+    with it (E9); all c_k = 0 leaves every output untouched.
 
-    Made fresh for each run (the substitution happens once). Model calls are counted on this
-    object; :func:`run_recipe` adds them to ``base.nfe``.
+    Made fresh for each run. Model calls are counted on this object; :func:`run_recipe` adds
+    them to ``base.nfe``.
     """
 
-    def __init__(self, base: DiffusionODE, sigma0: float):  # noqa: D107 - shares base's settings
+    def __init__(self, base: DiffusionODE, afs_sigma: float | None = None,
+                 compensation: Sequence[float] | None = None):  # noqa: D107 - shares base's settings
         self.__dict__.update(base.__dict__)
         self.nfe = 0
-        self._afs_sigma = float(sigma0)
-        self._afs_pending = True
+        self._afs_sigma = None if afs_sigma is None else float(afs_sigma)
+        self._comp = None if compensation is None else [float(c) for c in compensation]
+        self._k = 0
+        self._prev_d = None
 
-    def _afs(self, xbar: torch.Tensor, sigma: float):
-        if self._afs_pending and float(sigma) == self._afs_sigma:
-            self._afs_pending = False
+    def _evaluate(self, xbar, sigma, need_denoised: bool):
+        sigma = float(sigma)
+        if self._afs_sigma is not None and sigma == self._afs_sigma:
+            self._afs_sigma = None
             eps = xbar * (1.0 / math.sqrt(1.0 + sigma * sigma))
             denoised = torch.add(xbar, eps, alpha=-sigma)
             if self.denoised_transform is not None:
-                denoised = self.denoised_transform(denoised, float(sigma))
-                eps = (xbar - denoised) / float(sigma)
+                denoised = self.denoised_transform(denoised, sigma)
+                eps = (xbar - denoised) / sigma
+        elif self._comp is None and not need_denoised:
+            return None, super().eps(xbar, sigma)
+        else:
+            denoised, eps = super().predict(xbar, sigma)
+        if self._comp is None:
             return denoised, eps
-        return None
+        k, prev = self._k, self._prev_d
+        self._k, self._prev_d = k + 1, denoised
+        c = self._comp[k - 1] if 1 <= k <= len(self._comp) else 0.0
+        if c != 0.0 and prev is not None:
+            denoised = torch.add(denoised, denoised - prev, alpha=c)
+            if sigma != 0:
+                eps = (xbar - denoised) / sigma
+        return denoised, eps
 
     def predict(self, xbar, sigma):
-        hit = self._afs(xbar, sigma)
-        return hit if hit is not None else super().predict(xbar, sigma)
+        return self._evaluate(xbar, sigma, True)
 
     def eps(self, xbar, sigma):
-        hit = self._afs(xbar, sigma)
-        return hit[1] if hit is not None else super().eps(xbar, sigma)
+        return self._evaluate(xbar, sigma, False)[1]
 
     __call__ = eps
+
+
+class AFSODE(RecipeODE):
+    """``base`` with the analytical first step at ``sigma0`` only (see :class:`RecipeODE`)."""
+
+    def __init__(self, base: DiffusionODE, sigma0: float):  # noqa: D107
+        super().__init__(base, afs_sigma=sigma0)
 
 
 # -- the recipe ------------------------------------------------------------------------------------
@@ -163,7 +189,8 @@ class Recipe:
         afs: whether the first model call is replaced by the analytical first step.
         nfe: the exact number of model calls of one run.
         fingerprint: :func:`schedule_fingerprint` of the schedule and prediction it was tuned on.
-        params: learned per-step parameters (none in this version: an empty dict).
+        params: learned per-step parameters: ``{"compensation": [c_1, ...]}`` with ``tune(scalars=True)``
+            (DC-Solver's ratios, see :func:`tune`), else empty.
         report: fit and held-out RMSE, the best fixed grid's, the cost of tuning.
     """
 
@@ -182,6 +209,15 @@ class Recipe:
             raise RecipeError(f"recipe sigmas must end at 0, end at {self.sigmas[-1]}")
         if self.solver not in list_solvers():
             raise RecipeError(f"recipe solver {self.solver!r} is not registered; known: {', '.join(list_solvers())}")
+        unknown = sorted(set(self.params) - {"compensation"})
+        if unknown:
+            raise RecipeError(f"recipe params {unknown} are not known; known: 'compensation'")
+        comp = self.params.get("compensation")
+        if comp is not None:
+            if not isinstance(comp, list) or not all(
+                    isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) for c in comp):
+                raise RecipeError("recipe params 'compensation' must be a list of finite numbers")
+            self.params["compensation"] = [float(c) for c in comp]
         s = make_solver(self.solver, **self.options)
         if s.stochastic:
             raise RecipeError(f"recipe solver {self.solver!r} is stochastic; a recipe needs a deterministic solver")
@@ -264,13 +300,14 @@ def run_recipe(ode: DiffusionODE, x: torch.Tensor, recipe: Recipe, **kw):
     for k in ("solver", "steps", "grid", "sigmas"):
         if k in kw:
             raise ValueError(f"{k}= cannot be given with a recipe: the recipe fixes the solver and its grid")
-    return _run(ode, x, recipe.solver, recipe.options, recipe.sigmas, recipe.afs, **kw)
+    return _run(ode, x, recipe.solver, recipe.options, recipe.sigmas, recipe.afs,
+                recipe.params.get("compensation"), **kw)
 
 
-def _run(ode, x, solver, options, sigmas, afs, **kw):
-    if not afs:
+def _run(ode, x, solver, options, sigmas, afs, compensation=None, **kw):
+    if not afs and not compensation:
         return sample(ode, x, solver, sigmas=sigmas, **options, **kw)
-    run_ode = AFSODE(ode, sigmas[0])
+    run_ode = RecipeODE(ode, sigmas[0] if afs else None, compensation)
     try:
         return sample(run_ode, x, solver, sigmas=sigmas, **options, **kw)
     finally:
@@ -411,12 +448,12 @@ class _Scorer:
         self.ode, self.x, self.ref = ode, x, ref
         self.runs = 0
 
-    def errors(self, cfg: _Config, sigmas: list[float]) -> torch.Tensor:
+    def errors(self, cfg: _Config, sigmas: list[float], compensation=None) -> torch.Tensor:
         """Per-sample mean squared error to the teacher (float64); inf where the run fails."""
         self.runs += 1
         try:
             with torch.no_grad():
-                out = _run(self.ode, self.x, cfg.solver, cfg.opts, sigmas, cfg.afs, check_finite=False)
+                out = _run(self.ode, self.x, cfg.solver, cfg.opts, sigmas, cfg.afs, compensation, check_finite=False)
         except (ValueError, RuntimeError, FloatingPointError, ZeroDivisionError):
             return torch.full((self.x.shape[0],), math.inf, dtype=_F64)
         e = (out.detach().to(_F64) - self.ref).reshape(self.x.shape[0], -1).pow(2).mean(1)
@@ -497,7 +534,7 @@ def best_fixed(ode: DiffusionODE, x_T: torch.Tensor, nfe: int, *, teacher: torch
 
 def tune(ode: DiffusionODE, x_T: torch.Tensor, nfe: int = 5, *, solvers: Sequence[str] | None = None,
          teacher: torch.Tensor | None = None, fit_fraction: float = 0.5, seed: int = 0, progress: bool = True,
-         refine: int = 3, max_evals: int | None = None) -> Recipe:
+         refine: int = 3, max_evals: int | None = None, scalars: bool = False) -> Recipe:
     """Tune a sampling recipe for ``ode`` at ``nfe`` model calls; see the module docstring.
 
     Args:
@@ -512,6 +549,14 @@ def tune(ode: DiffusionODE, x_T: torch.Tensor, nfe: int = 5, *, solvers: Sequenc
         progress: show progress (tqdm).
         refine: how many of the best configurations get their grid refined.
         max_evals: Nelder-Mead evaluations per refined configuration (default 150 + 60 per free sigma).
+        scalars: also fit the per-evaluation compensation ratios of DC-Solver (Zhao et al., ECCV 2024)
+            on the chosen solver and grid, then refine the grid once more with them (opt-in).
+            DC-Solver replaces a model output by a Lagrange interpolation of the recent outputs
+            evaluated at a shifted time rho t_k + (1 - rho) t_{k-1}; with the two-point (linear)
+            interpolation used here this is D_k + c_k (D_k - D_{k-1}), c_k = rho_k - 1, applied to
+            every model evaluation of every solver (:class:`RecipeODE`). At c = 0 the run equals
+            the base solver exactly (its order kept); a fitted c changes the O(h) term, so it is
+            kept only where it lowers the fit error. Stored as ``recipe.params["compensation"]``.
     """
     from scipy.optimize import minimize
 
@@ -579,30 +624,47 @@ def tune(ode: DiffusionODE, x_T: torch.Tensor, nfe: int = 5, *, solvers: Sequenc
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(ranked), desc=f"tune NFE {nfe}: grid refinement", unit="config")
-    for r in ranked:
-        cfg, sig0 = r[2], r[4]
+    def refine_sigmas(cfg, sig0, comp=None, budget=None):
         if len(sig0) <= 2:
-            results.append((r[0], cfg, sig0, r[5]))
-        else:
-            def f(z, cfg=cfg):
-                mse = float(fit_scorer.errors(cfg, _sigmas_from(z, sigma_max)).mean())
-                return math.log(mse) if mse > 0 and math.isfinite(mse) else (1e3 if not math.isfinite(mse) else -1e3)
+            return float(fit_scorer.errors(cfg, sig0, comp).mean()), sig0
 
-            z0 = _z_from(sig0)
-            budget = max_evals or (150 + 60 * len(z0))
-            res = minimize(f, z0, method="Nelder-Mead",
-                           options={"maxfev": budget, "xatol": 1e-4, "fatol": 1e-6, "adaptive": len(z0) > 3,
-                                    "initial_simplex": _simplex(z0)})
-            z = res.x if res.fun <= f(z0) else z0
-            sig = _sigmas_from(z, sigma_max)
-            mse = float(fit_scorer.errors(cfg, sig).mean())
-            results.append((mse, cfg, sig, r[5]))
+        def f(z):
+            return _log_mse(fit_scorer.errors(cfg, _sigmas_from(z, sigma_max), comp))
+
+        z0 = _z_from(sig0)
+        res = minimize(f, z0, method="Nelder-Mead",
+                       options={"maxfev": budget or max_evals or (150 + 60 * len(z0)), "xatol": 1e-4,
+                                "fatol": 1e-6, "adaptive": len(z0) > 3, "initial_simplex": _simplex(z0, 0.3)})
+        sig = _sigmas_from(res.x, sigma_max) if res.fun <= f(z0) else sig0
+        return float(fit_scorer.errors(cfg, sig, comp).mean()), sig
+
+    for r in ranked:
+        cfg = r[2]
+        mse, sig = refine_sigmas(cfg, r[4])
+        results.append((mse, cfg, sig, r[5]))
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
     fit_mse, cfg, sig, calls = min(results, key=lambda t: (t[0], t[1].label()))
-    e_all = scorer.errors(cfg, sig)
+    comp = None
+    if scalars:
+        # 3. (opt-in) per-evaluation compensation ratios, then the grid again with them (one alternation)
+        n_c = calls + (1 if cfg.afs else 0) - 1
+        if n_c >= 1:
+            def g(c):
+                return _log_mse(fit_scorer.errors(cfg, sig, list(c)))
+
+            c0 = [0.0] * n_c
+            res = minimize(g, c0, method="Nelder-Mead",
+                           options={"maxfev": max_evals or (100 + 40 * n_c), "xatol": 1e-4, "fatol": 1e-6,
+                                    "adaptive": n_c > 3, "initial_simplex": _simplex(c0, 0.1)})
+            if res.fun < g(c0):
+                c = [float(v) for v in res.x]
+                mse_c, sig_c = refine_sigmas(cfg, sig, c, budget=max_evals or (60 + 30 * (len(sig) - 2)))
+                if mse_c < fit_mse:
+                    fit_mse, sig, comp = mse_c, sig_c, c
+    e_all = scorer.errors(cfg, sig, comp)
     held_rmse = float(e_all[held_idx].mean().sqrt())
     report = {
         "fit_rmse": math.sqrt(fit_mse), "heldout_rmse": held_rmse,
@@ -618,18 +680,26 @@ def tune(ode: DiffusionODE, x_T: torch.Tensor, nfe: int = 5, *, solvers: Sequenc
         "sampler_runs": scorer.runs + fit_scorer.runs, "seconds": time.perf_counter() - t0,
         "schedule": repr(ode.schedule), "prediction": ode.prediction,
     }
+    params = {"compensation": comp} if comp is not None else {}
     return Recipe(solver=cfg.solver, options=cfg.opts, sigmas=sig, afs=cfg.afs, nfe=int(calls),
-                  fingerprint=schedule_fingerprint(ode.schedule, ode.prediction), report=report)
+                  fingerprint=schedule_fingerprint(ode.schedule, ode.prediction), params=params, report=report)
 
 
-def _simplex(z0):
-    """Initial Nelder-Mead simplex: each log-gap moved by 0.3 (gaps scaled by e^0.3 = 1.35)."""
+def _log_mse(e: torch.Tensor) -> float:
+    mse = float(e.mean())
+    if not math.isfinite(mse):
+        return 1e3
+    return math.log(mse) if mse > 0 else -1e3
+
+
+def _simplex(z0, step: float):
+    """Initial Nelder-Mead simplex: each coordinate moved by ``step`` (0.3 on a log-gap scales it by 1.35)."""
     import numpy as np
 
     z0 = np.asarray(z0, dtype=float)
     pts = [z0]
     for k in range(len(z0)):
         p = z0.copy()
-        p[k] += 0.3
+        p[k] += step
         pts.append(p)
     return np.array(pts)

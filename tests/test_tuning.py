@@ -155,3 +155,35 @@ def test_bench_tuned_entry_fits_on_another_seed_and_beats_the_fixed_grid(tmp_pat
     assert by["tuned"]["status"] == "ok" and by["tuned"]["grid"] == "tuned" and by["tuned"]["nfe"] <= 4
     assert "tuned on seed 1000" in by["tuned"]["message"]
     assert by["tuned"]["rmse"] < by["ipndm"]["rmse"]
+
+
+@pytest.mark.parametrize("solver,afs", [("ipndm", False), ("dpmpp-3m", True), ("heun", False), ("unipc", True)])
+def test_neutral_compensation_ratios_equal_the_base_solver(solver, afs):
+    ode, x = _setup(n=16)
+    sig = ds.grid("logsnr", ode.schedule, 6).tolist()
+    fp = ds.tuning.schedule_fingerprint(ode.schedule, ode.prediction)
+    base = ds.Recipe(solver, {}, sig, afs, 1, fp).sample(ode, x)
+    neutral = ds.Recipe(solver, {}, sig, afs, 1, fp, params={"compensation": [0.0] * 12}).sample(ode, x)
+    torch.testing.assert_close(neutral, base, rtol=0, atol=1e-12)
+    moved = ds.Recipe(solver, {}, sig, afs, 1, fp, params={"compensation": [0.1] * 12}).sample(ode, x)
+    assert float((moved - base).abs().max()) > 1e-4
+
+
+def test_compensation_replaces_the_output_by_the_shifted_linear_interpolation():
+    from diffsolve.tuning import RecipeODE
+
+    ode, x = _setup(n=4)
+    r = RecipeODE(ode, None, [0.3])
+    d1, _ = r.predict(x, 2.0)
+    d2, e2 = r.predict(x * 0.5, 1.0)
+    raw1, raw2 = ode.denoised(x, 2.0), ode.denoised(x * 0.5, 1.0)
+    torch.testing.assert_close(d1, raw1, rtol=0, atol=0)
+    torch.testing.assert_close(d2, raw2 + 0.3 * (raw2 - raw1), rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(e2, (x * 0.5 - d2) / 1.0, rtol=0, atol=0)
+
+
+def test_tune_with_scalars_does_not_raise_the_fit_error(tuned):
+    ode, x, recipe = tuned
+    with_c = ds.tune(ode, x, nfe=4, solvers=SOLVERS, progress=False, refine=2, max_evals=120, scalars=True)
+    assert with_c.report["fit_rmse"] <= recipe.report["fit_rmse"]
+    assert ds.Recipe.from_dict(json.loads(json.dumps(with_c.to_dict()))).params == with_c.params
