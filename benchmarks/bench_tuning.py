@@ -42,6 +42,9 @@ def main(argv=None) -> int:
     ap.add_argument("--peers", action="store_true",
                     help="also run the installed peers (diffusers, k-diffusion) on the evaluation x_T, every grid")
     ap.add_argument("--plot", default=None, help="write the error-vs-NFE figure here (PNG)")
+    ap.add_argument("--scalars", action="store_true", help="tune with the per-step compensation ratios")
+    ap.add_argument("--with-scalars-csv", default=None,
+                    help="tuning.csv of a --scalars run, drawn as a second tuned line in --plot")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -79,7 +82,7 @@ def main(argv=None) -> int:
                     continue
                 n0 = ode.nfe
                 t0 = time.perf_counter()
-                recipe = tune(ode, x_fit_run, nfe, teacher=ref_fit, seed=0, progress=False)
+                recipe = tune(ode, x_fit_run, nfe, teacher=ref_fit, seed=0, progress=False, scalars=args.scalars)
                 secs = time.perf_counter() - t0
                 calls = ode.nfe - n0
                 recipe.save(out / "recipes" / f"{name}-nfe{nfe}.json")
@@ -101,7 +104,7 @@ def main(argv=None) -> int:
                       f"tune {secs:.1f} s, {calls} model calls", flush=True)
     peer_best = run_peers(args, out) if args.peers else {}
     if args.plot:
-        plot(path, peer_best, args.plot)
+        plot(path, peer_best, args.plot, args.with_scalars_csv)
     return 0
 
 
@@ -133,7 +136,7 @@ def run_peers(args, out: Path) -> dict:
     return best
 
 
-def plot(path: Path, peer_best: dict, png: str) -> None:
+def plot(path: Path, peer_best: dict, png: str, scalars_csv: str | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -141,6 +144,10 @@ def plot(path: Path, peer_best: dict, png: str) -> None:
 
     with path.open() as f:
         rows = list(csv.DictReader(f))
+    sc_rows = []
+    if scalars_csv:
+        with open(scalars_csv) as f:
+            sc_rows = list(csv.DictReader(f))
     if not peer_best and (path.parent / "peers-best.csv").exists():
         with (path.parent / "peers-best.csv").open() as f:
             peer_best = {(r["problem"], int(r["nfe"])): (float(r["peer_rmse"]), r["peer"]) for r in csv.DictReader(f)}
@@ -150,6 +157,10 @@ def plot(path: Path, peer_best: dict, png: str) -> None:
         rs = sorted((r for r in rows if r["problem"] == p), key=lambda r: int(r["nfe"]))
         n = [int(r["nfe"]) for r in rs]
         ax.plot(n, [float(r["tuned_rmse"]) for r in rs], "o-", color="C3", lw=2, label="diffsolve tuned recipe")
+        sc = sorted((r for r in sc_rows if r["problem"] == p), key=lambda r: int(r["nfe"]))
+        if sc:
+            ax.plot([int(r["nfe"]) for r in sc], [float(r["tuned_rmse"]) for r in sc], "D-", color="C1", lw=1.5,
+                    label="tuned + compensation scalars")
         ax.plot(n, [float(r["fixed_rmse"]) for r in rs], "s--", color="C0",
                 label="diffsolve best fixed solver+grid")
         pn = [k for k in n if (p, k) in peer_best]
