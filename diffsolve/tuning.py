@@ -425,7 +425,7 @@ _TEACHERS: dict[str, torch.Tensor] = {}
 def _teacher(ode: DiffusionODE, x_T: torch.Tensor, sigma_max: float) -> torch.Tensor:
     from .problems import reference_solution
 
-    h = hashlib.sha1(x_T.detach().cpu().contiguous().numpy().tobytes())
+    h = hashlib.sha1(x_T.detach().to("cpu", _F64).contiguous().numpy().tobytes())
     tol = 1e-10 if x_T.dtype == _F64 else 1e-8
     key = f"{id(ode.model)}|{schedule_fingerprint(ode.schedule, ode.prediction)}|{sigma_max!r}|{tol}|{h.hexdigest()}"
     if key not in _TEACHERS:
@@ -438,7 +438,7 @@ def _teacher(ode: DiffusionODE, x_T: torch.Tensor, sigma_max: float) -> torch.Te
             ode.input_dtype = prev
         if len(_TEACHERS) >= 8:
             _TEACHERS.pop(next(iter(_TEACHERS)))
-        _TEACHERS[key] = ref.to(_F64)
+        _TEACHERS[key] = ref.detach().to("cpu", _F64)
     return _TEACHERS[key]
 
 
@@ -456,7 +456,7 @@ class _Scorer:
                 out = _run(self.ode, self.x, cfg.solver, cfg.opts, sigmas, cfg.afs, compensation, check_finite=False)
         except (ValueError, RuntimeError, FloatingPointError, ZeroDivisionError):
             return torch.full((self.x.shape[0],), math.inf, dtype=_F64)
-        e = (out.detach().to(_F64) - self.ref).reshape(self.x.shape[0], -1).pow(2).mean(1)
+        e = (out.detach().to("cpu", _F64) - self.ref).reshape(self.x.shape[0], -1).pow(2).mean(1)
         return torch.where(torch.isfinite(e), e, torch.full_like(e, math.inf))
 
 
@@ -518,7 +518,7 @@ def best_fixed(ode: DiffusionODE, x_T: torch.Tensor, nfe: int, *, teacher: torch
     _check_inputs(ode, x_T, nfe, 0.5) if x_T.shape[0] > 1 else None
     ref = teacher if teacher is not None else _teacher(ode, x_T, float(ode.schedule.sigma_max))
     counter = _Counter(ode.schedule, ode.prediction)
-    scorer = _Scorer(ode, x_T, ref.to(_F64))
+    scorer = _Scorer(ode, x_T, ref.detach().to("cpu", _F64))
     best = None
     for name in _fixed_call_solvers(solvers):
         cfg = _Config(name, (), False)
