@@ -486,7 +486,7 @@ def _z_from(sigmas: list[float]) -> list[float]:
     return [math.log(max(ls[k] - ls[k + 1], 1e-12)) for k in range(len(ls) - 1)]
 
 
-def _check_inputs(ode, x_T, nfe, fit_fraction):
+def _check_inputs(ode, x_T, nfe, fit_fraction=None):
     if not isinstance(ode, DiffusionODE):
         raise TypeError(f"ode must be the ODE from diffsolve.wrap(...), got {type(ode).__name__}")
     if not isinstance(x_T, torch.Tensor) or not x_T.is_floating_point() or x_T.dim() < 1:
@@ -500,6 +500,8 @@ def _check_inputs(ode, x_T, nfe, fit_fraction):
         raise ValueError(f"nfe must be between 1 and {limit} ({why}), got {nfe}")
     if not torch.isfinite(x_T).all():
         raise ValueError("x_T contains NaN or inf; pass finite start states")
+    if fit_fraction is None:
+        return 0
     if not isinstance(fit_fraction, (int, float)) or not 0 < fit_fraction < 1:
         raise ValueError(f"fit_fraction must be in (0, 1), got {fit_fraction!r}")
     n = x_T.shape[0]
@@ -515,7 +517,7 @@ def best_fixed(ode: DiffusionODE, x_T: torch.Tensor, nfe: int, *, teacher: torch
     """The best fixed solver+grid (default options, no AFS) at ``nfe`` model calls on ``x_T``:
     ``{"solver", "grid", "steps", "nfe", "rmse"}``, searched over every deterministic fixed-call
     solver x registered grid."""
-    _check_inputs(ode, x_T, nfe, 0.5) if x_T.shape[0] > 1 else None
+    _check_inputs(ode, x_T, nfe)
     ref = teacher if teacher is not None else _teacher(ode, x_T, float(ode.schedule.sigma_max))
     counter = _Counter(ode.schedule, ode.prediction)
     scorer = _Scorer(ode, x_T, ref.detach().to("cpu", _F64))
