@@ -95,7 +95,7 @@ def _tune(args) -> int:
 
     torch.set_num_threads(args.threads)
     try:
-        prob, ode, x_T = _bench_problem(args.problem, args.samples, args.seed)
+        _, ode, x_T = _bench_problem(args.problem, args.samples, args.seed)
         solvers = [s.strip() for s in args.solvers.split(",") if s.strip()] if args.solvers else None
         t0 = time.perf_counter()
         recipe = tune(ode, x_T, args.nfe, solvers=solvers, fit_fraction=args.fit_fraction, seed=args.split_seed,

@@ -130,7 +130,7 @@ class RecipeODE(DiffusionODE):
     """
 
     def __init__(self, base: DiffusionODE, afs_sigma: float | None = None,
-                 compensation: Sequence[float] | None = None):  # noqa: D107 - shares base's settings
+                 compensation: Sequence[float] | None = None):
         self.__dict__.update(base.__dict__)
         self.nfe = 0
         self._afs_sigma = None if afs_sigma is None else float(afs_sigma)
@@ -174,7 +174,7 @@ class RecipeODE(DiffusionODE):
 class AFSODE(RecipeODE):
     """``base`` with the analytical first step at ``sigma0`` only (see :class:`RecipeODE`)."""
 
-    def __init__(self, base: DiffusionODE, sigma0: float):  # noqa: D107
+    def __init__(self, base: DiffusionODE, sigma0: float):
         super().__init__(base, afs_sigma=sigma0)
 
 
@@ -253,7 +253,7 @@ class Recipe:
         return path
 
     @classmethod
-    def from_dict(cls, d: Any, *, source: str = "recipe") -> "Recipe":
+    def from_dict(cls, d: Any, *, source: str = "recipe") -> Recipe:
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise RecipeError(f"{source} is not a diffsolve recipe (no 'format': {FORMAT!r} entry)")
         if d.get("version") != VERSION:
@@ -274,7 +274,7 @@ class Recipe:
             raise RecipeError(f"{source} is damaged: {exc}") from None
 
     @classmethod
-    def load(cls, path: str | Path) -> "Recipe":
+    def load(cls, path: str | Path) -> Recipe:
         """Read a recipe written by :meth:`save`; a damaged or foreign file raises :class:`RecipeError`."""
         path = Path(path)
         try:
@@ -626,6 +626,7 @@ def tune(ode: DiffusionODE, x_T: torch.Tensor, nfe: int = 5, *, solvers: Sequenc
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(ranked), desc=f"tune NFE {nfe}: grid refinement", unit="config")
+
     def refine_sigmas(cfg, sig0, comp=None, budget=None):
         if len(sig0) <= 2:
             return float(fit_scorer.errors(cfg, sig0, comp).mean()), sig0
