@@ -230,9 +230,11 @@ class Recipe:
         """Raise :class:`RecipeError` unless ``ode`` has the schedule and prediction the recipe was tuned on."""
         fp = schedule_fingerprint(ode.schedule, ode.prediction)
         if fp != self.fingerprint:
+            where = (f", tuned on {self.report['schedule']}, prediction {self.report.get('prediction')!r}"
+                     if "schedule" in self.report else "")
             raise RecipeError(
-                f"this recipe was tuned for another schedule or prediction type (fingerprint {self.fingerprint}, "
-                f"tuned on {self.report.get('schedule', '?')}, prediction {self.report.get('prediction', '?')!r}); "
+                f"this recipe was tuned for another schedule or prediction type (fingerprint {self.fingerprint}"
+                f"{where}); "
                 f"this ODE has {ode.schedule!r}, prediction {ode.prediction!r} (fingerprint {fp}): "
                 "tune a recipe for it with diffsolve.tune(ode, x_T, nfe=...)")
 
