@@ -25,6 +25,7 @@ from .interpolation import interpolate, lerp, slerp
 from .thresholding import Clipping, DynamicThresholding
 from .interop.diffusers import diffusers_grid, from_diffusers
 from .interop.k_diffusion import k_sampler
+from .tuning import Recipe, tune
 
 __version__ = "0.1.0"
 
@@ -67,6 +68,8 @@ __all__ = [
     "from_diffusers",
     "diffusers_grid",
     "k_sampler",
+    "tune",
+    "Recipe",
 ]
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``diffsolve list``, ``diffsolve sample``, ``diffsolve demo``.
+"""Command line: ``diffsolve list``, ``diffsolve sample``, ``diffsolve tune``, ``diffsolve demo``.
 
 Subcommands of other parts of the library (``bench``) add themselves to :data:`SUBCOMMANDS`.
 
@@ -97,10 +97,80 @@ def _problem_setup(args):
     return problem, sched, ode, x_T
 
 
+def _bench_problem(name: str, samples: int, seed: int):
+    """A benchmark problem (analytic mixture or shipped model), its ODE in its run dtype and x_T."""
+    from .bench.problems import get_bench_problem
+
+    prob = get_bench_problem(name, samples)
+    ode = prob.ode(prob.dtype)
+    sigma_max = float(prob.schedule.sigma_max)
+    x_T = (prob.x_T(seed, samples) * prob.x_T_scale(sigma_max)).to(prob.dtype)
+    return prob, ode, x_T
+
+
+def _tune(args) -> int:
+    from .tuning import tune
+
+    from .bench.errors import BenchError
+
+    torch.set_num_threads(args.threads)
+    try:
+        _, ode, x_T = _bench_problem(args.problem, args.samples, args.seed)
+        solvers = [s.strip() for s in args.solvers.split(",") if s.strip()] if args.solvers else None
+        t0 = time.perf_counter()
+        recipe = tune(ode, x_T, args.nfe, solvers=solvers, fit_fraction=args.fit_fraction, seed=args.split_seed,
+                      progress=not args.quiet)
+    except (BenchError, ValueError) as exc:
+        print(f"diffsolve tune: error: {exc}", file=sys.stderr)
+        return 2
+    dt = time.perf_counter() - t0
+    recipe.report["problem"] = args.problem
+    recipe.save(args.out)
+    r = recipe.report
+    fixed = r["best_fixed"]
+    print(f"problem={args.problem} nfe={args.nfe} x_T: {args.samples} samples, seed {args.seed} "
+          f"({r['fit_samples']} fit, {r['heldout_samples']} held out)")
+    print(f"recipe: {recipe!r}")
+    print(f"held-out RMSE {r['heldout_rmse']:.4e} (fit {r['fit_rmse']:.4e}); best fixed solver+grid "
+          f"{fixed['solver']} on {fixed['grid']} ({fixed['nfe']} calls): {fixed['heldout_rmse']:.4e}; "
+          f"ratio {r['heldout_rmse'] / fixed['heldout_rmse']:.3f}")
+    print(f"tuning: {dt:.1f} s, {r['tuning_model_calls']} model calls ({r['teacher_model_calls']} for the teacher); "
+          f"saved {args.out}")
+    return 0
+
+
+def _sample_recipe(args) -> int:
+    from . import sample
+    from .problems import reference_solution
+    from .tuning import Recipe, RecipeError
+
+    from .bench.errors import BenchError
+
+    try:
+        recipe = Recipe.load(args.recipe)
+        name = args.problem or recipe.report.get("problem") or "gmm2d"
+        prob, ode, x_T = _bench_problem(name, args.samples, args.seed)
+        t0 = time.perf_counter()
+        x0 = sample(ode, x_T, recipe=recipe)
+        dt = time.perf_counter() - t0
+    except (BenchError, RecipeError, ValueError, OSError) as exc:
+        print(f"diffsolve sample: error: {exc}", file=sys.stderr)
+        return 2
+    ref = reference_solution(prob.reference_ode(), x_T.to(torch.float64), recipe.sigmas[0],
+                             rtol=prob.ref_tol or 1e-10, atol=prob.ref_tol or 1e-10)
+    rmse = float((x0.to(torch.float64) - ref).pow(2).mean().sqrt())
+    print(f"problem={name} recipe={args.recipe}: {recipe!r} samples={args.samples} seed={args.seed}")
+    print(f"NFE={ode.nfe}  RMSE vs exact ODE solution={rmse:.4e}  time={dt * 1e3:.1f} ms")
+    return 0
+
+
 def _sample(args) -> int:
     from . import grid, sample
     from .problems import reference_solution
 
+    if args.recipe:
+        return _sample_recipe(args)
+    args.problem = args.problem or "gmm2d"
     problem, sched, ode, x_T = _problem_setup(args)
     sig = grid(args.grid, sched, args.steps)
     opts = dict(args.option)
@@ -206,7 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--markdown", action="store_true", help="print the solver table of docs/solvers.md")
 
     s = sub.add_parser("sample", help="sample an analytic problem and report the error against the exact ODE")
-    s.add_argument("--problem", default="gmm2d", choices=sorted(PROBLEMS), help="the analytic problem")
+    s.add_argument("--problem", default=None, choices=sorted(PROBLEMS) + ["mlp-spiral"],
+                   help="the problem; with --recipe, the one it was tuned on (default: gmm2d)")
+    s.add_argument("--recipe", default=None, metavar="RECIPE.json",
+                   help="run a recipe from `diffsolve tune` (solver, grid and options come from it; default: none)")
     s.add_argument("--solver", default="ddim", help="a registered solver (diffsolve list)")
     s.add_argument("--grid", default="trailing", help="a registered grid (diffsolve list)")
     s.add_argument("--steps", type=int, default=10, help="solver steps")
@@ -217,6 +290,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "values are read as Python literals where possible (default: none)")
     s.add_argument("--samples", type=int, default=256, help="number of samples")
     s.add_argument("--seed", type=int, default=0, help="seed of x_T (the solver's noise uses seed + 1)")
+
+    t = sub.add_parser("tune", help="tune a sampling recipe (solver, options, grid) for a problem at a given NFE")
+    t.add_argument("--problem", default="gmm64", help="a benchmark problem (diffsolve bench --list), default gmm64")
+    t.add_argument("--nfe", type=int, default=5, help="model calls per sample (default 5)")
+    t.add_argument("--out", default="recipe.json", help="where to write the recipe (default recipe.json)")
+    t.add_argument("--samples", type=int, default=512, help="x_T drawn (default 512: 256 fit, 256 held out)")
+    t.add_argument("--fit-fraction", type=float, default=0.5)
+    t.add_argument("--seed", type=int, default=1000, help="x_T seed (default 1000, apart from the bench's 0)")
+    t.add_argument("--split-seed", type=int, default=0, help="seed of the fit / held-out split")
+    t.add_argument("--solvers", default=None, help="comma list of deterministic solvers (default: all)")
+    t.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
 
     d = sub.add_parser("demo", help="DDIM error vs steps on the built-in mixture (the README's main job)")
     d.add_argument("--problem", default="gmm2d", choices=sorted(PROBLEMS), help="the analytic problem")
@@ -246,6 +331,8 @@ def main(argv=None) -> int:
             return _sample(args)
         if args.command == "demo":
             return _demo(args)
+        if args.command == "tune":
+            return _tune(args)
         return SUBCOMMANDS[args.command][1](args)
     except USER_ERRORS as exc:
         msg = " ".join(str(exc).split()) or type(exc).__name__

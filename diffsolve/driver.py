@@ -30,6 +30,7 @@ from .solvers.base import Solver, bind_and_setup
 from .validation import (
     suggest,
 )
+from .validation import check_flag, check_generator, check_guidance_batch, check_sigma_range, check_state
 from .wrapper import DiffusionODE, NonFiniteError, Run, schedule_memo
 
 __all__ = ["grid", "list_solvers", "list_grids", "make_noise_sampler", "make_solver", "state_dtype_for",
@@ -330,3 +331,43 @@ def _raise_if_nonfinite(run: Run, sums, sig_list, per_step: bool) -> None:
 def _check_steps(steps) -> None:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+
+def sample_core(ode, x_T, solver="ddim", steps=None, grid=None, sigmas=None, *, generator=None, callback=None,
+                progress=False, return_trajectory=False, check_finite=True, grid_options=None, grad=False,
+                allow_out_of_range=False, **solver_options):
+    """:func:`diffsolve.sample` without its ``recipe=`` door (recipes run through here)."""
+    _check_call(ode, x_T, "x_T", callback, progress, return_trajectory, grid_options, grad)
+    sig = _resolve_sigmas(ode, steps, grid, sigmas, grid_options, increasing=False)
+    s = make_solver(solver, **solver_options)
+    _check_run(ode, x_T, sig, generator, allow_out_of_range)
+    with torch.set_grad_enabled(_check_grad(grad)):
+        return _run(ode, x_T, sig, s, generator, callback, progress, return_trajectory, check_finite)
+
+
+def _check_call(ode, x, x_name, callback, progress, return_trajectory, grid_options, grad) -> None:
+    """The arguments of sample / invert that need no grid: checked before anything runs."""
+    if not isinstance(ode, DiffusionODE):
+        raise TypeError(f"ode must be the DiffusionODE from diffsolve.wrap(...) (or from_diffusers), "
+                        f"got {type(ode).__name__}")
+    check_state(x, x_name)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be a callable taking one dict, got {type(callback).__name__}")
+    check_flag(progress, "progress")
+    check_flag(return_trajectory, "return_trajectory")
+    _check_grad(grad)
+    if grid_options is not None and not isinstance(grid_options, dict):
+        raise TypeError(f"grid_options must be a dict of the grid's options, got {type(grid_options).__name__}")
+
+
+def _check_run(ode, x, sig: torch.Tensor, generator, allow_out_of_range) -> None:
+    """What depends on the grid and the batch: the model's range, the generator, guidance."""
+    check_sigma_range(ode, sig.tolist(), allow_out_of_range=allow_out_of_range)
+    batch = x.shape[0]
+    check_generator(generator, batch)
+    check_guidance_batch(ode, batch)
+
+
+def _check_grad(grad) -> bool:
+    if not isinstance(grad, bool):
+        raise TypeError(f"grad must be True or False, got {grad!r}")
+    return grad

@@ -28,6 +28,18 @@ unless stated):
     Uniform / quadratic in the schedule's own time t (fractional index for discrete schedules);
     quadratic is linspace(sqrt(t_max), sqrt(t_min))^2 as in DPM-Solver.
 
+``kl-optimal``
+    Align Your Steps (Sabour et al., ICML 2024), Theorem 3.1: the schedule that minimizes the KL
+    bound of Euler (DDIM) steps when the data are N(0, c^2 I), sigma_k = c tan((1 - u_k) atan(sigma_max / c)
+    + u_k atan(sigma_min / c)), u_k = k / (S - 1); ``c`` (default 1, as ComfyUI's ``kl_optimal``).
+``ays-sd15`` / ``ays-sdxl`` / ``ays-svd``
+    The published 10-step Align Your Steps sigmas (paper Table 3; diffusers' ``AysSchedules``) for
+    Stable Diffusion 1.5, SDXL and Stable Video Diffusion, log-linearly interpolated in log sigma to
+    other step counts as the paper's code does, last entry set to 0. Model-specific: the schedule's
+    sigma_max must be the table's first value (14.615 for SD's scaled_linear, 700 for SVD's EDM).
+``gits-sd15``
+    GITS (Chen et al., ICML 2024) 10-step SD1.5 table (coefficient 1.20, as ComfyUI ships it), 10 steps only.
+
 Every grid accepts ``sigma_min=`` and ``sigma_max=`` where they make sense, and
 all of them append the final sigma = 0.
 """
@@ -225,6 +237,76 @@ def time_quadratic(schedule: Schedule, steps: int, sigma_min=None, sigma_max=Non
     return _time_grid(schedule, steps, 2.0, sigma_min, sigma_max)
 
 
+# -- published and closed-form low-NFE schedules ----------------------------------------------
+def kl_optimal(schedule: Schedule, steps: int, c: float = 1.0, sigma_min=None, sigma_max=None) -> torch.Tensor:
+    """Align Your Steps Theorem 3.1: sigma_k = c tan((1-u) atan(sigma_max/c) + u atan(sigma_min/c)), then 0."""
+    if not (isinstance(c, (int, float)) and math.isfinite(c) and c > 0):
+        raise ValueError(f"c (the data std of the theorem's Gaussian) must be a finite number > 0, got {c!r}")
+    lo, hi = _range(schedule, sigma_min, sigma_max)
+    if steps == 1:
+        return torch.tensor([hi, 0.0], dtype=_F64)
+    u = torch.linspace(0, 1, steps, dtype=_F64)
+    s = c * torch.tan((1 - u) * math.atan(hi / c) + u * math.atan(lo / c))
+    s[0], s[-1] = hi, lo
+    return torch.cat([s, torch.zeros(1, dtype=_F64)])
+
+
+#: published 10-step sigmas (11 values: the 10 step starts and the final sigma_min)
+AYS_TABLES = {
+    # Align Your Steps (Sabour et al., ICML 2024), Table 3; diffusers' AysSchedules
+    "ays-sd15": [14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029],
+    "ays-sdxl": [14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.113, 0.029],
+    "ays-svd": [700.00, 54.5, 15.886, 7.977, 4.248, 1.789, 0.981, 0.403, 0.173, 0.034, 0.002],
+}
+#: GITS (Chen et al., ICML 2024) SD1.5 table, coefficient 1.20, 10 steps (ComfyUI's GITSScheduler)
+GITS_SD15_10 = [14.61464119, 5.85520077, 2.84484982, 1.67050016, 1.08895338, 0.74807048, 0.50118381,
+                0.32104823, 0.19894916, 0.09824532, 0.02916753]
+
+
+def _check_table_schedule(schedule: Schedule, name: str, first: float) -> None:
+    hi = float(schedule.sigma_max)
+    if abs(hi - first) > 1e-3 * first:
+        raise ValueError(
+            f"grid {name!r} is the published table of one model family (it starts at sigma {first}); this "
+            f"schedule's sigma_max is {hi:.6g}. Use it with that model's schedule, or use 'kl-optimal', "
+            "'logsnr' or a recipe from diffsolve.tune for this one")
+
+
+def loglinear_interp(table, n: int) -> list[float]:
+    """``n`` points interpolating a decreasing ``table`` linearly in log sigma over uniform positions
+    (the Align Your Steps code's rule for other step counts)."""
+    import numpy as np
+
+    t = np.asarray(table, dtype=np.float64)
+    xs = np.linspace(0.0, 1.0, len(t))
+    ys = np.log(t[::-1])
+    return np.exp(np.interp(np.linspace(0.0, 1.0, n), xs, ys))[::-1].tolist()
+
+
+def _ays(name: str):
+    table = AYS_TABLES[name]
+
+    def fn(schedule: Schedule, steps: int) -> torch.Tensor:
+        _check_table_schedule(schedule, name, table[0])
+        s = list(table) if steps + 1 == len(table) else loglinear_interp(table, steps + 1)
+        s[-1] = 0.0
+        return torch.tensor(s, dtype=_F64)
+
+    fn.__name__ = name.replace("-", "_")
+    fn.__doc__ = (f"Align Your Steps' published 10-step {name[4:].upper()} sigmas (Sabour et al. 2024, Table 3), "
+                  "log-linear interpolation to other step counts, last entry 0.")
+    return fn
+
+
+def gits_sd15(schedule: Schedule, steps: int) -> torch.Tensor:
+    """GITS' SD1.5 table (Chen et al. 2024, coefficient 1.20), 10 steps, last entry 0."""
+    _check_table_schedule(schedule, "gits-sd15", GITS_SD15_10[0])
+    if steps != 10:
+        raise ValueError(f"grid 'gits-sd15' is published for 10 steps only, got steps={steps}; "
+                         "use 'ays-sd15' (any step count) or diffsolve.tune")
+    return torch.tensor(GITS_SD15_10[:-1] + [0.0], dtype=_F64)
+
+
 def _max_steps(steps: int, T: int, name: str) -> None:
     if steps > T:
         raise ValueError(f"grid {name!r} has at most {T} steps on this schedule, got steps={steps}")
@@ -240,4 +322,9 @@ BUILTIN_GRIDS = {
     "logsnr": logsnr,
     "time-uniform": time_uniform,
     "time-quadratic": time_quadratic,
+    "kl-optimal": kl_optimal,
+    "ays-sd15": _ays("ays-sd15"),
+    "ays-sdxl": _ays("ays-sdxl"),
+    "ays-svd": _ays("ays-svd"),
+    "gits-sd15": gits_sd15,
 }

@@ -12,6 +12,9 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 
 from .driver import (  # noqa: F401 - re-exported: the registry's front door lives beside sample
+    _check_call,
+    _check_grad,
+    _check_run,
     _Driver,
     _resolve_sigmas,
     _run,
@@ -20,11 +23,12 @@ from .driver import (  # noqa: F401 - re-exported: the registry's front door liv
     list_solvers,
     make_noise_sampler,
     make_solver,
+    sample_core,
     state_dtype_for,
 )
 from .exact import ReversibleSample, _invert_state
+from .recipe import Recipe
 from .solvers.base import Solver
-from .validation import check_flag, check_generator, check_guidance_batch, check_sigma_range, check_state
 from .wrapper import DiffusionODE
 
 __all__ = ["sample", "invert", "grid", "list_solvers", "list_grids", "make_noise_sampler", "make_solver"]
@@ -46,6 +50,7 @@ def sample(
     grid_options: dict[str, Any] | None = None,
     grad: bool = False,
     allow_out_of_range: bool = False,
+    recipe: Recipe | None = None,
     **solver_options: Any,
 ):
     """Sample: integrate the ODE (or SDE) from ``x_T`` down the grid.
@@ -74,6 +79,8 @@ def sample(
             (its schedule's; sigma = 0 always allowed; relative tolerance
             :data:`diffsolve.validation.RANGE_RTOL` for rounding), else a ValueError naming the
             range. True evaluates the model at the nearest end of its range instead, eps held there.
+        recipe: a :class:`~diffsolve.Recipe` from :func:`diffsolve.tune` (or ``Recipe.load``): it
+            fixes the solver, its options and the grid, so give none of those with it.
         solver_options: passed to the solver (``eta=`` for DDIM, ...).
 
     Every argument is checked before the first model call (:mod:`diffsolve.validation`): a
@@ -82,12 +89,20 @@ def sample(
     Returns:
         The final state in the model's space (and the trajectory if asked).
     """
-    _check_call(ode, x_T, "x_T", callback, progress, return_trajectory, grid_options, grad)
-    sig = _resolve_sigmas(ode, steps, grid, sigmas, grid_options, increasing=False)
-    s = make_solver(solver, **solver_options)
-    _check_run(ode, x_T, sig, generator, allow_out_of_range)
-    with torch.set_grad_enabled(_check_grad(grad)):
-        return _run(ode, x_T, sig, s, generator, callback, progress, return_trajectory, check_finite)
+    if recipe is not None:
+        if solver != "ddim" or steps is not None or grid is not None or sigmas is not None or solver_options:
+            raise ValueError("a recipe fixes the solver, its options and its grid: pass recipe= alone, "
+                             "without solver=, steps=, grid=, sigmas= or solver options")
+        if not isinstance(recipe, Recipe):
+            raise TypeError(f"recipe must be a diffsolve.Recipe (from diffsolve.tune or Recipe.load), "
+                            f"got {type(recipe).__name__}")
+        return recipe.sample(ode, x_T, generator=generator, callback=callback, progress=progress,
+                             return_trajectory=return_trajectory, check_finite=check_finite,
+                             grid_options=grid_options, grad=grad, allow_out_of_range=allow_out_of_range)
+    return sample_core(ode, x_T, solver, steps, grid, sigmas, generator=generator, callback=callback,
+                       progress=progress, return_trajectory=return_trajectory, check_finite=check_finite,
+                       grid_options=grid_options, grad=grad, allow_out_of_range=allow_out_of_range,
+                       **solver_options)
 
 
 def invert(
@@ -137,32 +152,3 @@ def invert(
     with torch.set_grad_enabled(_check_grad(grad)):
         return _run(ode, x0, sig, s, None, callback, progress, return_trajectory, check_finite,
                     euler_first_step=True)
-
-
-def _check_call(ode, x, x_name, callback, progress, return_trajectory, grid_options, grad) -> None:
-    """The arguments of sample / invert that need no grid: checked before anything runs."""
-    if not isinstance(ode, DiffusionODE):
-        raise TypeError(f"ode must be the DiffusionODE from diffsolve.wrap(...) (or from_diffusers), "
-                        f"got {type(ode).__name__}")
-    check_state(x, x_name)
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be a callable taking one dict, got {type(callback).__name__}")
-    check_flag(progress, "progress")
-    check_flag(return_trajectory, "return_trajectory")
-    _check_grad(grad)
-    if grid_options is not None and not isinstance(grid_options, dict):
-        raise TypeError(f"grid_options must be a dict of the grid's options, got {type(grid_options).__name__}")
-
-
-def _check_run(ode, x, sig: torch.Tensor, generator, allow_out_of_range) -> None:
-    """What depends on the grid and the batch: the model's range, the generator, guidance."""
-    check_sigma_range(ode, sig.tolist(), allow_out_of_range=allow_out_of_range)
-    batch = x.shape[0]
-    check_generator(generator, batch)
-    check_guidance_batch(ode, batch)
-
-
-def _check_grad(grad) -> bool:
-    if not isinstance(grad, bool):
-        raise TypeError(f"grad must be True or False, got {grad!r}")
-    return grad

@@ -443,9 +443,9 @@ class _Counter:
         self.value = 0
         self._lock = threading.Lock()
 
-    def add(self) -> None:
+    def add(self, n: int = 1) -> None:
         with self._lock:
-            self.value += 1
+            self.value += n
 
 
 _CPU = torch.device("cpu")

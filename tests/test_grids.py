@@ -8,11 +8,22 @@ from diffsolve.grids import ddim_quad_indices, ddim_uniform_indices
 
 DISCRETE = ds.DiscreteSchedule.linear()
 CONTINUOUS = ds.VPLinearSchedule()
+MODEL_TABLES = ("ays-sd15", "ays-sdxl", "ays-svd", "gits-sd15")
 
 
 @pytest.mark.parametrize("name", ds.list_grids())
 @pytest.mark.parametrize("steps", [1, 2, 7, 50])
 def test_every_registered_grid_is_strictly_decreasing_float64_ending_at_zero(name, steps):
+    if name in MODEL_TABLES:  # published tables of one model family: on its own schedule
+        sched = ds.EDMSchedule(0.002, 700.0) if name == "ays-svd" else ds.DiscreteSchedule.scaled_linear()
+        if name == "gits-sd15" and steps != 10:
+            with pytest.raises(ValueError, match="published for 10 steps only"):
+                ds.grid(name, sched, steps)
+            return
+        sig = ds.grid(name, sched, steps)
+        assert sig.dtype == torch.float64 and sig.numel() == steps + 1
+        assert (sig[1:] < sig[:-1]).all() and sig[-1].item() == 0.0
+        return
     if name == "ddim-quad" and steps < 2:
         with pytest.raises(ValueError, match="ddim-quad needs steps >= 2"):
             ds.grid(name, DISCRETE, steps)
@@ -26,7 +37,7 @@ def test_every_registered_grid_is_strictly_decreasing_float64_ending_at_zero(nam
         assert sig.numel() == steps + 1
 
 
-@pytest.mark.parametrize("name", ["karras", "logsnr", "time-uniform", "time-quadratic"])
+@pytest.mark.parametrize("name", ["karras", "logsnr", "time-uniform", "time-quadratic", "kl-optimal"])
 def test_sigma_space_grids_work_on_continuous_schedules(name):
     sig = ds.grid(name, CONTINUOUS, 12)
     assert sig[0].item() == pytest.approx(CONTINUOUS.sigma_max, rel=1e-12)

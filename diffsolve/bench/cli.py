@@ -43,8 +43,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--problem", type=_list("problem"), default=None,
                    help=f"comma list of problems (default {','.join(DEFAULTS['problems'])}; see `diffsolve bench --list`)")
     p.add_argument("--solvers", type=_list("solver"), default=None,
-                   help="comma list of registered solvers (options after colons: ddim:eta=1) or peers "
-                        "(diffusers:ddim, ...); default: every registered solver")
+                   help="comma list of registered solvers (options after colons: ddim:eta=1), peers "
+                        "(diffusers:ddim, ...) or 'tuned' (a diffsolve.tune recipe per problem and NFE, fitted "
+                        "on x_T of seed + 1000); default: the quick default set")
     p.add_argument("--grids", type=_list("grid"), default=None, help=f"default {','.join(DEFAULTS['grids'])}")
     p.add_argument("--nfe", type=_ints("NFE"), default=None, help=f"default {','.join(map(str, DEFAULTS['nfe']))}")
     p.add_argument("--seeds", type=_ints("seeds"), default=None, help="x_T seeds, e.g. 0,1 or 0-3 (default 0)")

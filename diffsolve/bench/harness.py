@@ -49,11 +49,19 @@ _F64 = torch.float64
 DEFAULTS: dict[str, Any] = {
     "problems": ["gmm2d", "mlp-spiral"],
     "grids": ["trailing", "karras", "logsnr"],
-    "nfe": [5, 6, 8, 10, 15, 20],
+    "nfe": [3, 4, 5, 6, 8, 10, 15, 20],
     "seeds": [0],
 }
 #: the quick default sweep's solvers (those registered); ``solvers="all"`` takes every registered one
 DEFAULT_SOLVERS = ["ddim", "euler-ancestral", "heun", "dpmpp-2m", "dpmpp-3m", "unipc", "deis", "ipndm"]
+
+#: the solver label of tuned recipes (fitted per problem and NFE on x_T of seed + TUNE_SEED_OFFSET,
+#: TUNE_SAMPLES start states split fit / held out, then run on the cell's own x_T)
+TUNED = "tuned"
+TUNE_SEED_OFFSET = 1000
+TUNE_SAMPLES = 512
+#: solvers tune() searches for the ``tuned`` entry (None: every deterministic fixed-call solver)
+TUNE_SOLVERS = None
 
 #: columns of results.csv, in order
 ROW_FIELDS = [
@@ -75,6 +83,8 @@ class SolverSpec:
     cls: type | None = None
     options: tuple[tuple[str, Any], ...] = ()
     peer: str | None = None
+    #: the ``tuned`` entry: a recipe from :func:`diffsolve.tune` per problem and NFE
+    tuned: bool = False
 
     @property
     def solver(self):
@@ -101,6 +111,8 @@ def parse_solver(spec) -> SolverSpec:
     """``"ddim"``, ``"ddim:eta=1"`` (options after colons), a Solver subclass, or a peer label."""
     if isinstance(spec, SolverSpec):
         return spec
+    if spec == TUNED:
+        return SolverSpec(label=TUNED, tuned=True)
     if isinstance(spec, type) and issubclass(spec, Solver):
         return SolverSpec(label=spec.name or spec.__name__, cls=spec)
     if not isinstance(spec, str) or not spec:
@@ -217,6 +229,7 @@ class _Context:
         self.refs = refs
         self.overhead_repeats = overhead_repeats
         self._steps: dict = {}
+        self.recipes: dict = {}
 
     def dtype(self, problem: BenchProblem) -> torch.dtype:
         return self.dtype_override or problem.dtype
@@ -290,6 +303,8 @@ def run_cell(cell: Cell, ctx: _Context) -> dict:
     x_T = problem.x_T(cell.seed, problem.samples)
     if spec.peer is not None:
         return _run_peer_cell(row, cell, problem, spec, x_T, dtype, ctx)
+    if spec.tuned:
+        return _run_tuned_cell(row, cell, problem, x_T, dtype, ctx)
     try:
         fit = ctx.steps_for(spec, problem, cell.grid, cell.nfe)
         if fit is None:
@@ -326,6 +341,46 @@ def run_cell(cell: Cell, ctx: _Context) -> dict:
         return row
 
 
+def _tuned_recipe(cell: Cell, problem: BenchProblem, dtype, ctx):
+    """The recipe of (problem, NFE, seed): tuned once per sweep on x_T of another seed."""
+    from ..tuning import tune
+
+    key = (cell.problem, cell.nfe, cell.seed, str(dtype), str(ctx.device))
+    if key not in ctx.recipes:
+        seed = cell.seed + TUNE_SEED_OFFSET
+        smax = float(problem.schedule.sigma_max)
+        x_fit = problem.x_T(seed, TUNE_SAMPLES) * problem.x_T_scale(smax)
+        teacher = ctx.refs.get(problem, x_fit, smax, 0.0, seed)[0]
+        ode = problem.ode(dtype, ctx.device)
+        n0, t0 = ode.nfe, time.perf_counter()
+        recipe = tune(ode, x_fit.to(device=ctx.device, dtype=dtype), cell.nfe, teacher=teacher, solvers=TUNE_SOLVERS,
+                      progress=False)
+        ctx.recipes[key] = (recipe, ode.nfe - n0, time.perf_counter() - t0)
+    return ctx.recipes[key]
+
+
+def _run_tuned_cell(row, cell, problem, x_T, dtype, ctx) -> dict:
+    row.update(peer=False, stochastic=False)
+    try:
+        recipe, calls, secs = _tuned_recipe(cell, problem, dtype, ctx)
+        ode = problem.ode(dtype, ctx.device)
+        x_in = (x_T * problem.x_T_scale(recipe.sigmas[0])).to(device=ctx.device, dtype=dtype)
+        n0 = ode.nfe
+        out, wall = timed(lambda: sample(ode, x_in, recipe=recipe), ctx.device)
+        nfe = ode.nfe - n0
+        # peak memory: the same run again under the meter (it slows every op, so not the timed run)
+        mem_bytes, mem_source = peak_memory(lambda: sample(ode, x_in, recipe=recipe), ctx.device)
+        row.update(status="ok", nfe=nfe, steps=recipe.steps, nfe_exact=nfe == cell.nfe, wall_s=wall,
+                   peak_mem_bytes=mem_bytes, mem_source=mem_source, sigma_start=recipe.sigmas[0],
+                   sigma_end=recipe.sigmas[-1],
+                   message=f"{recipe!r}; tuned on seed {cell.seed + TUNE_SEED_OFFSET} in {secs:.1f} s, "
+                           f"{calls} model calls")
+        return _score(row, problem, out, x_in.to(_F64).cpu(), ctx, cell.seed, False)
+    except (ValueError, TypeError, RuntimeError, FloatingPointError) as exc:
+        row.update(status="error", message=f"{type(exc).__name__}: {exc}")
+        return row
+
+
 def _run_peer_cell(row, cell, problem, spec, x_T, dtype, ctx) -> dict:
     row["peer"] = True
     row["stochastic"] = False
@@ -359,7 +414,7 @@ def _cells(problems, specs, grids, nfes, seeds) -> list[Cell]:
     cells = []
     for p in problems:
         for spec in specs:
-            gs = peers.peer_grids(spec.peer, grids) if spec.peer else grids
+            gs = [TUNED] if spec.tuned else peers.peer_grids(spec.peer, grids) if spec.peer else grids
             for g in gs:
                 for n in nfes:
                     for s in seeds:
@@ -393,6 +448,8 @@ def run_bench(
     """Run a sweep and write its reports into ``out``; see :mod:`diffsolve.bench` for the parts.
 
     ``solvers=None`` takes the registered ones of :data:`DEFAULT_SOLVERS`, ``"all"`` every registered solver; ``peers_=True`` adds every installed peer.
+    ``"tuned"`` among the solvers adds a recipe from :func:`diffsolve.tune` per problem, NFE and seed (grid column
+    ``tuned``), fitted on x_T of seed + :data:`TUNE_SEED_OFFSET` and evaluated on the cell's x_T.
     ``resume=False`` recomputes cells already on disk. Returns the rows of this sweep's cells
     (on rank 0 under torchrun: all ranks' rows; elsewhere: the rank's own).
     """

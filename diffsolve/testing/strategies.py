@@ -78,6 +78,9 @@ etas = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
 
 #: grids defined over a DiscreteSchedule's own levels only
 DISCRETE_ONLY_GRIDS = ("trailing", "leading", "linspace", "ddim-uniform", "ddim-quad")
+#: published tables of one model family: they refuse other schedules, so they are not drawn
+#: unless asked for by ``names=`` (with their model's schedule)
+MODEL_TABLE_GRIDS = ("ays-sd15", "ays-sdxl", "ays-svd", "gits-sd15")
 
 
 def _log_uniform(lo: float, hi: float) -> st.SearchStrategy[float]:
@@ -196,12 +199,13 @@ def named_grids(draw, schedule_strategy: st.SearchStrategy[Schedule] | None = No
     """``(schedule, name, steps, sigmas)``: a registered grid at a random step count.
 
     Grids come from the live registry (:func:`diffsolve.grids`), so plugin grids are drawn too;
-    grids defined over discrete levels are only drawn with a :class:`DiscreteSchedule`.
+    grids defined over discrete levels are only drawn with a :class:`DiscreteSchedule`, and the
+    published per-model tables (:data:`MODEL_TABLE_GRIDS`) only when named.
     """
     from ..sampling import grid, list_grids
 
     schedule = draw(schedule_strategy if schedule_strategy is not None else schedules())
-    pool = list(names) if names is not None else list_grids()
+    pool = list(names) if names is not None else [n for n in list_grids() if n not in MODEL_TABLE_GRIDS]
     if not isinstance(schedule, DiscreteSchedule):
         pool = [n for n in pool if n not in DISCRETE_ONLY_GRIDS]
     name = draw(st.sampled_from(sorted(pool)))

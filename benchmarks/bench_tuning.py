@@ -1,0 +1,185 @@
+"""Tuned recipes against the best fixed solver+grid, per problem and NFE (docs/tuning.md).
+
+For each problem and NFE: ``diffsolve.tune`` is fitted on x_T of seed ``--fit-seed`` (``--fit-samples``
+start states, split fit / held-out inside tune), then the recipe and every deterministic fixed-call
+solver x registered grid (default options) run on the benchmark's x_T (seed ``--eval-seed``, a different
+draw); RMSE to the float64 dopri5 reference of each x_T (the bench's reference cache). The best fixed
+solver+grid is chosen on the evaluation x_T itself (an optimistic baseline).
+
+    python benchmarks/bench_tuning.py --problem gmm64,mlp-spiral --nfe 3,4,5,6,8,10,20 --out bench-results/tuning
+
+Any bench problem name works (``diffsolve bench --list``), e.g. ``--problem digits`` once registered.
+Rows are appended to OUT/tuning.csv as they finish (a rerun skips the rows already there); the recipes
+are saved as OUT/recipes/<problem>-nfe<N>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+FIELDS = ["problem", "nfe", "tuned_rmse", "tuned_nfe", "tuned_recipe", "fixed_rmse", "fixed_solver", "fixed_grid",
+          "fixed_nfe", "ratio", "tune_heldout_rmse", "tune_fixed_heldout_rmse", "tune_seconds", "tune_model_calls",
+          "fit_samples", "eval_samples"]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--problem", default="gmm64,mlp-spiral")
+    ap.add_argument("--nfe", default="3,4,5,6,8,10,20")
+    ap.add_argument("--fit-seed", type=int, default=1000)
+    ap.add_argument("--eval-seed", type=int, default=0)
+    ap.add_argument("--fit-samples", type=int, default=512, help="x_T drawn for tune (half fit, half held out)")
+    ap.add_argument("--eval-samples", type=int, default=512)
+    ap.add_argument("--out", default="bench-results/tuning")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--peers", action="store_true",
+                    help="also run the installed peers (diffusers, k-diffusion) on the evaluation x_T, every grid")
+    ap.add_argument("--plot", default=None, help="write the error-vs-NFE figure here (PNG)")
+    ap.add_argument("--scalars", action="store_true", help="tune with the per-step compensation ratios")
+    ap.add_argument("--with-scalars-csv", default=None,
+                    help="tuning.csv of a --scalars run, drawn as a second tuned line in --plot")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    from diffsolve.bench.problems import get_bench_problem
+    from diffsolve.bench.reference import ReferenceCache
+    from diffsolve.tuning import best_fixed, tune
+
+    out = Path(args.out)
+    (out / "recipes").mkdir(parents=True, exist_ok=True)
+    refs = ReferenceCache(out / "references")
+    path = out / "tuning.csv"
+    done = set()
+    if path.exists():
+        with path.open() as f:
+            done = {(r["problem"], int(r["nfe"])) for r in csv.DictReader(f)}
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        if new:
+            w.writeheader()
+        for name in args.problem.split(","):
+            prob = get_bench_problem(name, args.eval_samples)
+            ode = prob.ode(prob.dtype, args.device)
+            smax = float(prob.schedule.sigma_max)
+            scale = prob.x_T_scale(smax)
+            x_fit = prob.x_T(args.fit_seed, args.fit_samples) * scale
+            x_eval = prob.x_T(args.eval_seed, args.eval_samples) * scale
+            ref_fit = refs.get(prob, x_fit, smax, 0.0, args.fit_seed)[0]
+            ref_eval = refs.get(prob, x_eval, smax, 0.0, args.eval_seed)[0]
+            x_fit_run = x_fit.to(device=args.device, dtype=prob.dtype)
+            x_eval_run = x_eval.to(device=args.device, dtype=prob.dtype)
+            for nfe in [int(v) for v in args.nfe.split(",")]:
+                if (name, nfe) in done:
+                    print(f"{name} NFE {nfe}: already in {path}")
+                    continue
+                n0 = ode.nfe
+                t0 = time.perf_counter()
+                recipe = tune(ode, x_fit_run, nfe, teacher=ref_fit, seed=0, progress=False, scalars=args.scalars)
+                secs = time.perf_counter() - t0
+                calls = ode.nfe - n0
+                recipe.save(out / "recipes" / f"{name}-nfe{nfe}.json")
+                with torch.no_grad():
+                    y = recipe.sample(ode, x_eval_run)
+                tuned = float((y.to(torch.float64).cpu() - ref_eval).pow(2).mean().sqrt())
+                fixed = best_fixed(ode, x_eval_run, nfe, teacher=ref_eval)
+                row = {"problem": name, "nfe": nfe, "tuned_rmse": tuned, "tuned_nfe": recipe.nfe,
+                       "tuned_recipe": repr(recipe), "fixed_rmse": fixed["rmse"], "fixed_solver": fixed["solver"],
+                       "fixed_grid": fixed["grid"], "fixed_nfe": fixed["nfe"], "ratio": tuned / fixed["rmse"],
+                       "tune_heldout_rmse": recipe.report["heldout_rmse"],
+                       "tune_fixed_heldout_rmse": recipe.report["best_fixed"]["heldout_rmse"],
+                       "tune_seconds": secs, "tune_model_calls": calls,
+                       "fit_samples": recipe.report["fit_samples"], "eval_samples": args.eval_samples}
+                w.writerow(row)
+                f.flush()
+                print(f"{name} NFE {nfe}: tuned {tuned:.3e} ({recipe!r}) | best fixed {fixed['rmse']:.3e} "
+                      f"({fixed['solver']} on {fixed['grid']}) | ratio {tuned / fixed['rmse']:.3f} | "
+                      f"tune {secs:.1f} s, {calls} model calls", flush=True)
+    peer_best = run_peers(args, out) if args.peers else {}
+    if args.plot:
+        plot(path, peer_best, args.plot, args.with_scalars_csv)
+    return 0
+
+
+def run_peers(args, out: Path) -> dict:
+    """``{(problem, nfe): (rmse, label)}``: the best installed peer on the evaluation x_T."""
+    from diffsolve.bench import peers
+    from diffsolve.bench.harness import run_bench
+
+    labels = peers.available_peers()
+    if not labels:
+        print("no peer library installed")
+        return {}
+    nfes = [int(v) for v in args.nfe.split(",")]
+    res = run_bench(args.problem.split(","), labels, ["trailing", "karras", "logsnr"], nfes, [args.eval_seed],
+                    out=out / "peers", samples=args.eval_samples, cache=out / "references", progress=True,
+                    reports=False)
+    best: dict = {}
+    for r in res.rows:
+        if r["status"] != "ok" or r["rmse"] is None or r["nfe"] is None or r["nfe"] > r["nfe_target"]:
+            continue
+        k = (r["problem"], r["nfe_target"])
+        if k not in best or r["rmse"] < best[k][0]:
+            best[k] = (r["rmse"], f"{r['solver']} ({r['grid']})")
+    with (out / "peers-best.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["problem", "nfe", "peer_rmse", "peer"])
+        for (p, n), (e, lab) in sorted(best.items()):
+            w.writerow([p, n, e, lab])
+    return best
+
+
+def plot(path: Path, peer_best: dict, png: str, scalars_csv: str | None = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    sc_rows = []
+    if scalars_csv:
+        with open(scalars_csv) as f:
+            sc_rows = list(csv.DictReader(f))
+    if not peer_best and (path.parent / "peers-best.csv").exists():
+        with (path.parent / "peers-best.csv").open() as f:
+            peer_best = {(r["problem"], int(r["nfe"])): (float(r["peer_rmse"]), r["peer"]) for r in csv.DictReader(f)}
+    problems = list(dict.fromkeys(r["problem"] for r in rows))
+    fig, axes = plt.subplots(1, len(problems), figsize=(5.2 * len(problems), 4.0), squeeze=False)
+    for ax, p in zip(axes[0], problems):
+        rs = sorted((r for r in rows if r["problem"] == p), key=lambda r: int(r["nfe"]))
+        n = [int(r["nfe"]) for r in rs]
+        ax.plot(n, [float(r["tuned_rmse"]) for r in rs], "o-", color="C3", lw=2, label="diffsolve tuned recipe")
+        sc = sorted((r for r in sc_rows if r["problem"] == p), key=lambda r: int(r["nfe"]))
+        if sc:
+            ax.plot([int(r["nfe"]) for r in sc], [float(r["tuned_rmse"]) for r in sc], "D-", color="C1", lw=1.5,
+                    label="tuned + compensation scalars")
+        ax.plot(n, [float(r["fixed_rmse"]) for r in rs], "s--", color="C0",
+                label="diffsolve best fixed solver+grid")
+        pn = [k for k in n if (p, k) in peer_best]
+        if pn:
+            ax.plot(pn, [peer_best[(p, k)][0] for k in pn], "^:", color="0.4", label="best peer (diffusers, k-diffusion)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(n)
+        ax.set_xticklabels([str(k) for k in n])
+        ax.minorticks_off()
+        ax.set_xlabel("NFE (model calls)")
+        ax.set_ylabel("RMSE to the exact ODE solution")
+        ax.set_title(p)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    print(f"wrote {png}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

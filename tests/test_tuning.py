@@ -1,0 +1,203 @@
+"""ds.tune / ds.Recipe: a tuned recipe beats the best fixed grid on held-out x_T, round-trips through
+JSON, is reproducible bit for bit, and refuses what it cannot use."""
+
+import json
+import math
+
+import pytest
+import torch
+
+import diffsolve as ds
+from diffsolve.problems import default_schedule, get_problem
+from diffsolve.tuning import AFSODE, RecipeError, best_fixed
+
+SOLVERS = ["ddim", "dpmpp-2m", "ipndm", "heun"]
+
+
+def _setup(n=64, seed=3):
+    ode = get_problem("gmm2d").ode(default_schedule())
+    x = torch.randn(n, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return ode, x
+
+
+@pytest.fixture(scope="module")
+def tuned():
+    ode, x = _setup()
+    recipe = ds.tune(ode, x, nfe=4, solvers=SOLVERS, progress=False, refine=2, max_evals=120)
+    return ode, x, recipe
+
+
+def test_tuned_recipe_beats_every_fixed_solver_and_grid_on_fresh_x_T(tuned):
+    ode, _, recipe = tuned
+    _, x_new = _setup(n=64, seed=11)  # never seen by tune
+    from diffsolve.problems import reference_solution
+
+    ref = reference_solution(ode, x_new, recipe.sigmas[0])
+    err = float((recipe.sample(ode, x_new) - ref).pow(2).mean().sqrt())
+    fixed = best_fixed(ode, x_new, 4, teacher=ref)  # every deterministic solver x registered grid
+    assert recipe.nfe <= 4
+    assert err < fixed["rmse"], (recipe, err, fixed)
+    assert recipe.report["heldout_rmse"] < recipe.report["best_fixed"]["heldout_rmse"]
+
+
+def test_recipe_nfe_is_the_exact_number_of_model_calls(tuned):
+    ode, x, recipe = tuned
+    n0 = ode.nfe
+    recipe.sample(ode, x[:5])
+    assert ode.nfe - n0 == recipe.nfe
+
+
+def test_recipe_round_trips_through_json_bit_for_bit(tuned, tmp_path):
+    ode, x, recipe = tuned
+    path = recipe.save(tmp_path / "r.json")
+    back = ds.Recipe.load(path)
+    assert back.to_dict() == recipe.to_dict()
+    assert back.sigmas[-1] == 0.0 and all(isinstance(s, float) for s in back.sigmas)
+    assert torch.equal(back.sample(ode, x), recipe.sample(ode, x))
+
+
+def test_same_inputs_give_the_same_recipe_bit_for_bit(tuned):
+    ode, x, recipe = tuned
+    again = ds.tune(ode, x, nfe=4, solvers=SOLVERS, progress=False, refine=2, max_evals=120)
+    a, b = recipe.to_dict(), again.to_dict()
+    for d in (a, b):
+        d["report"].pop("seconds")
+        d["report"].pop("tuning_model_calls")  # the first call also solved the (now cached) teacher
+        d["report"].pop("teacher_model_calls")
+    assert a == b
+
+
+def test_afs_answers_the_first_call_analytically_and_saves_it():
+    ode, x = _setup(n=4)
+    sig = ds.grid("logsnr", ode.schedule, 5).tolist()
+    afs = AFSODE(ode, sig[0])
+    xbar = ode.to_xbar(x, sig[0])
+    d, e = afs.predict(xbar, sig[0])
+    torch.testing.assert_close(e, xbar / math.sqrt(1 + sig[0] ** 2), rtol=0, atol=0)
+    torch.testing.assert_close(d, xbar - sig[0] * e, rtol=1e-12, atol=1e-12)
+    assert afs.nfe == 0
+    afs.predict(xbar, sig[0])  # only the first call is replaced
+    assert afs.nfe == 1
+    # through a recipe: one call fewer than the plain run, and close to it at sigma_max = 157
+    fp = ds.tuning.schedule_fingerprint(ode.schedule, ode.prediction)
+    plain = ds.Recipe("dpmpp-2m", {}, sig, False, 5, fp)
+    with_afs = ds.Recipe("dpmpp-2m", {}, sig, True, 4, fp)
+    n0 = ode.nfe
+    a = plain.sample(ode, x)
+    n1 = ode.nfe
+    b = with_afs.sample(ode, x)
+    assert (n1 - n0, ode.nfe - n1) == (5, 4)
+    assert float((a - b).abs().max()) < 0.05
+
+
+@pytest.mark.parametrize("nfe,match", [(0, "between 1 and"), (5000, "between 1 and"), (2.5, "integer")])
+def test_bad_nfe_is_refused(nfe, match):
+    ode, x = _setup(n=8)
+    with pytest.raises(ValueError, match=match):
+        ds.tune(ode, x, nfe=nfe, progress=False)
+
+
+def test_stochastic_solver_is_refused():
+    ode, x = _setup(n=8)
+    with pytest.raises(ValueError, match="'euler-ancestral' is stochastic"):
+        ds.tune(ode, x, nfe=4, solvers=["euler-ancestral"], progress=False)
+    with pytest.raises(RecipeError, match="stochastic"):
+        ds.Recipe("dpmpp-2m-sde", {}, [10.0, 0.0], False, 1, "x")
+
+
+def test_x_T_with_nan_is_refused():
+    ode, x = _setup(n=8)
+    x[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="x_T contains NaN"):
+        ds.tune(ode, x, nfe=4, progress=False)
+
+
+def test_recipe_of_another_schedule_is_refused(tuned):
+    _, x, recipe = tuned
+    other = get_problem("gmm2d").ode(ds.DiscreteSchedule.scaled_linear())
+    with pytest.raises(RecipeError, match="tuned for another schedule"):
+        recipe.sample(other, x)
+    v_model = get_problem("gmm2d").ode(default_schedule(), prediction="v")
+    with pytest.raises(RecipeError, match="another schedule or prediction"):
+        recipe.sample(v_model, x)
+
+
+def test_corrupt_recipe_files_are_refused(tuned, tmp_path):
+    _, _, recipe = tuned
+    p = tmp_path / "r.json"
+    text = json.dumps(recipe.to_dict())
+    p.write_text(text[: len(text) // 2])
+    with pytest.raises(RecipeError, match="is corrupt"):
+        ds.Recipe.load(p)
+    p.write_text(json.dumps({"hello": 1}))
+    with pytest.raises(RecipeError, match="not a diffsolve recipe"):
+        ds.Recipe.load(p)
+    bad = recipe.to_dict()
+    bad["sigmas"] = [3.0, 5.0, 0.0]
+    p.write_text(json.dumps(bad))
+    with pytest.raises(RecipeError, match="damaged.*strictly decreasing"):
+        ds.Recipe.load(p)
+    bad = recipe.to_dict()
+    del bad["nfe"]
+    p.write_text(json.dumps(bad))
+    with pytest.raises(RecipeError, match="damaged: entry 'nfe'"):
+        ds.Recipe.load(p)
+
+
+def test_bench_tuned_entry_fits_on_another_seed_and_beats_the_fixed_grid(tmp_path, monkeypatch):
+    from diffsolve.bench import harness
+
+    monkeypatch.setattr(harness, "TUNE_SAMPLES", 48)
+    monkeypatch.setattr(harness, "TUNE_SOLVERS", ["ipndm"])
+    res = harness.run_bench(["gmm2d"], ["ipndm", "tuned"], ["logsnr"], [4], out=tmp_path, samples=32,
+                            progress=False, plots=False, reports=False, log=lambda *a: None)
+    by = {r["solver"]: r for r in res.rows}
+    assert by["tuned"]["status"] == "ok" and by["tuned"]["grid"] == "tuned" and by["tuned"]["nfe"] <= 4
+    assert "tuned on seed 1000" in by["tuned"]["message"]
+    assert by["tuned"]["rmse"] < by["ipndm"]["rmse"]
+
+
+@pytest.mark.parametrize("solver,afs", [("ipndm", False), ("dpmpp-3m", True), ("heun", False), ("unipc", True)])
+def test_neutral_compensation_ratios_equal_the_base_solver(solver, afs):
+    ode, x = _setup(n=16)
+    sig = ds.grid("logsnr", ode.schedule, 6).tolist()
+    fp = ds.tuning.schedule_fingerprint(ode.schedule, ode.prediction)
+    base = ds.Recipe(solver, {}, sig, afs, 1, fp).sample(ode, x)
+    neutral = ds.Recipe(solver, {}, sig, afs, 1, fp, params={"compensation": [0.0] * 12}).sample(ode, x)
+    torch.testing.assert_close(neutral, base, rtol=0, atol=1e-12)
+    moved = ds.Recipe(solver, {}, sig, afs, 1, fp, params={"compensation": [0.1] * 12}).sample(ode, x)
+    assert float((moved - base).abs().max()) > 1e-4
+
+
+def test_compensation_replaces_the_output_by_the_shifted_linear_interpolation():
+    from diffsolve.tuning import RecipeODE
+
+    ode, x = _setup(n=4)
+    r = RecipeODE(ode, None, [0.3])
+    d1, _ = r.predict(x, 2.0)
+    d2, e2 = r.predict(x * 0.5, 1.0)
+    raw1, raw2 = ode.denoised(x, 2.0), ode.denoised(x * 0.5, 1.0)
+    torch.testing.assert_close(d1, raw1, rtol=0, atol=0)
+    torch.testing.assert_close(d2, raw2 + 0.3 * (raw2 - raw1), rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(e2, (x * 0.5 - d2) / 1.0, rtol=0, atol=0)
+
+
+def test_tune_with_scalars_does_not_raise_the_fit_error(tuned):
+    ode, x, recipe = tuned
+    with_c = ds.tune(ode, x, nfe=4, solvers=SOLVERS, progress=False, refine=2, max_evals=120, scalars=True)
+    assert with_c.report["fit_rmse"] <= recipe.report["fit_rmse"]
+    assert ds.Recipe.from_dict(json.loads(json.dumps(with_c.to_dict()))).params == with_c.params
+
+
+
+def test_ds_sample_runs_a_recipe_exactly_as_recipe_sample_and_refuses_a_second_grid(tuned):
+    ode, x, recipe = tuned
+    n0 = ode.nfe
+    out = ds.sample(ode, x[:5], recipe=recipe)
+    assert ode.nfe - n0 == recipe.nfe
+    assert torch.equal(out, recipe.sample(ode, x[:5]))
+    for bad in ({"steps": 5}, {"sigmas": recipe.sigmas}, {"solver": "heun"}, {"eta": 0.5}):
+        with pytest.raises(ValueError, match="a recipe fixes the solver"):
+            ds.sample(ode, x[:5], recipe=recipe, **bad)
+    with pytest.raises(TypeError, match="recipe must be a diffsolve.Recipe"):
+        ds.sample(ode, x[:5], recipe=recipe.to_dict())
