@@ -110,7 +110,7 @@ def _resolve_sigmas(ode, steps, grid_name, sigmas, grid_options, increasing: boo
     if sigmas is not None:
         if steps is not None or grid_name is not None:
             raise ValueError("pass either sigmas= or steps=/grid=, not both")
-        return validate_sigmas(sigmas, increasing=increasing)
+        return validate_sigmas(sigmas, increasing=increasing, infinite_start=not increasing)
     if steps is None:
         raise ValueError("pass steps= (with an optional grid=) or an explicit sigmas= grid")
     name = grid_name if grid_name is not None else ode.schedule.default_grid
@@ -141,7 +141,9 @@ def _run(
     ode.input_dtype = in_dtype
     ode._start_run()
     ode._recording = bool(check_finite)
-    x = ode.to_xbar(x_start.to(state_dtype), sig_list[0])
+    # a grid may start at sigma = inf (pure noise: t = 1 of a flow model); the state is then
+    # infinite in xbar and the first step is taken in model space below
+    x = ode.to_xbar(x_start.to(state_dtype), sig_list[0]) if sig_list[0] != math.inf else x_start.to(state_dtype)
 
     per_step = check_finite == "step"
     sums: list[torch.Tensor] = []
@@ -173,6 +175,15 @@ def _run(
             ode.step_index = 0
             denoised, eps = ode.predict(x, 0.0)
             x = x + sig_list[1] * eps
+            after_step(0, x, denoised)
+            start = 1
+        elif sig_list[0] == math.inf:
+            # the first step leaves sigma = inf: the limit of DDIM (E30) as sigma_t -> inf,
+            # xbar_1 = D + sigma_1 eps, with eps = x (the state is pure noise) and D from one
+            # model call at the pure-noise level (FlowMatchEuler's first step from t = 1)
+            ode.step_index = 0
+            denoised, eps = ode.predict_at_infinity(x)
+            x = torch.add(denoised, eps, alpha=sig_list[1]) if sig_list[1] > 0 else denoised
             after_step(0, x, denoised)
             start = 1
         # solvers may skip forming `denoised` when nobody reads it (no callback), and update

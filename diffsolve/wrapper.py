@@ -210,6 +210,34 @@ class DiffusionODE:
             return denoised, eps
         return denoised, (xbar - denoised) / float(sigma)
 
+    def predict_at_infinity(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One model call at sigma = inf, the pure-noise level (t = 1 of a flow model, alpha_bar = 0
+        of a zero-terminal-SNR VP model), on the model-space state ``x``: returns ``(denoised, eps)``.
+
+        There scale(sigma) sigma -> 1, so the state is the noise itself: eps = x. D is the limit of
+        the table above: flow x - out (E17 at t = 1), v -out (E12 at alpha_bar = 0), x0 out. An
+        eps-prediction model gives no D there (E9 divides by alpha_bar = 0): an error.
+        """
+        p = self.prediction
+        if p not in ("flow", "v", "x0"):
+            raise ValueError(f"a grid starting at sigma = inf needs a flow, v or x0 prediction; this model predicts "
+                             f"{p!r}, whose x0 is undefined at the pure-noise level: start the grid at a finite sigma")
+        if callable(self.time):
+            t = float(self.time(math.inf))
+        elif self.time in ("index", "t"):
+            t = float(self.schedule.t(math.inf))
+        else:
+            raise ValueError(f"time={self.time!r} has no value at sigma = inf: start the grid at a finite sigma")
+        if not math.isfinite(t):
+            raise ValueError("the model's time at sigma = inf is not finite: start the grid at a finite sigma")
+        key = (math.inf, x.shape[0] if x.dim() else 1, x.device)
+        self._t_cache[key] = torch.full((key[1],), t, dtype=self.time_dtype, device=x.device)
+        out = self._call(x, math.inf)
+        denoised = x - out if p == "flow" else (-out if p == "v" else out)
+        if self.denoised_transform is not None:
+            denoised = self.denoised_transform(denoised, math.inf)
+        return denoised, x
+
     def _predict(self, xbar: torch.Tensor, sigma: float, need_denoised: bool):
         # the model is evaluated inside its own range [sigma_min, sigma_max]; outside it, eps is
         # held at its value at the nearest level and D stays on the ray D = xbar - sigma eps (E9),
