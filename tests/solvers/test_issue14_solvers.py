@@ -70,6 +70,8 @@ def test_dpm_adaptive_spends_fewer_calls_at_a_looser_tolerance():
     ("dpm-adaptive", {"atol": -1e-3}, "atol"), ("er-sde", {"order": 4}, "order"),
     ("er-sde", {"noise_scale": "vp"}, "noise_scale"), ("restart", {"K": -1}, "K"),
     ("restart", {"intervals": [(2.0, 1.0)]}, "intervals"), ("restart", {"restart_steps": 0}, "restart_steps"),
+    ("sa-solver", {"predictor_order": 5}, "predictor_order"), ("sa-solver", {"corrector_order": 0}, "corrector_order"),
+    ("sa-solver", {"tau": -0.5}, "tau"),
 ])
 def test_bad_options_are_errors_naming_the_option(name, opts, option):
     with pytest.raises(ValueError, match=option):
