@@ -43,7 +43,7 @@ def test_sa_solver_equals_diffusers_sasolver(model, monkeypatch, p, c, tau):
 
     ode = ds.from_diffusers(model, sched.config, time_dtype=torch.float64)
     index = lambda sigma: round(float(ode.schedule.t(sigma)))  # noqa: E731 - diffusers' tau takes the timestep
-    solver = ds.make_solver("sa-solver", predictor_order=p, corrector_order=c,
+    solver = ds.make_solver("sa-solver", predictor_order=p, corrector_order=c, variant="diffusers",
                             tau=(lambda s: taus[tau](index(s))) if tau != "zero" else 0.0)
     it = iter(draws)
     sigmas = sched.sigmas.double().tolist()
@@ -52,7 +52,7 @@ def test_sa_solver_equals_diffusers_sasolver(model, monkeypatch, p, c, tau):
     rel = float((ours - expected).abs().max() / expected.abs().max())
     assert rel < 5e-6, rel  # diffusers forms its coefficients from float32 sigmas (measured 5e-7 to 8e-7)
     if tau == "half":  # and the noise matters
-        other = ds.make_solver("sa-solver", predictor_order=p, corrector_order=c, tau=0.5)
+        other = ds.make_solver("sa-solver", predictor_order=p, corrector_order=c, tau=0.5, variant="diffusers")
         it2 = iter(_draws(x.shape, 12, seed=6))
         other.setup(ode, sigmas, lambda like: next(it2))
         moved = ode.from_xbar(other.run(ode.to_xbar(x, sigmas[0]), lambda *a: None), sigmas[-1])

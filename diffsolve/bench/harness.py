@@ -54,7 +54,7 @@ DEFAULTS: dict[str, Any] = {
     "seeds": [0],
 }
 #: the quick default sweep's solvers (those registered); ``solvers="all"`` takes every registered one
-DEFAULT_SOLVERS = ["ddim", "euler-ancestral", "heun", "dpmpp-2m", "dpmpp-3m", "unipc", "deis", "ipndm"]
+DEFAULT_SOLVERS = ["ddim", "euler-ancestral", "heun", "dpmpp-2m", "dpmpp-3m", "unipc", "deis", "ipndm", "dpm-2", "dpm-fast"]
 
 #: columns of results.csv, in order
 ROW_FIELDS = [

@@ -21,7 +21,8 @@ a rejected retry only in the paper; here, as in k-diffusion, every attempt calls
 
 The solver controls its own steps (it overrides :meth:`Solver.run`): the grid only fixes the
 points the driver sees (callbacks, trajectories); steps are clipped to land on each of them and the
-step size carries over. A grid ending at sigma = 0 ends with the denoising step E27 (one call).
+step size carries over. A grid ending at sigma = 0 is integrated down to the model's smallest
+level (the schedule's sigma_min) and ends with the denoising step E27 there (one call).
 ``rtol``/``atol`` default to the paper's image values (0.05, 0.0078); for a tolerance study use
 small values (``benchmarks/dpm_adaptive_vs_dopri5.py``).
 """
@@ -114,6 +115,26 @@ class DPMSolverAdaptive(Solver):
         high, _ = self._stage(x, [e0, e2], s_from, 1.0, h, [0.0, 2 / 3])
         return low, high, e0
 
+    def _integrate(self, x, s, end, forward, pid):
+        """Adaptive steps from lambda = s to lambda = end (the last step clipped to land there)."""
+        denoised = None
+        while (s < end - 1e-5) if forward else (s > end + 1e-5):
+            t = min(end, s + pid.h) if forward else max(end, s + pid.h)
+            low, high, e0 = self._attempt(x, math.exp(-s), t - s)
+            delta = torch.clamp(self.rtol * torch.maximum(low.abs(), self._x_prev.abs()), min=self.atol)
+            error = float(torch.linalg.vector_norm((low - high) / delta)) / math.sqrt(x.numel())
+            if not math.isfinite(error):
+                raise FloatingPointError(f"dpm-adaptive: non-finite error estimate at sigma = {math.exp(-s):.6g}")
+            self.info["steps"] += 1
+            self.info["nfe"] += self.method_order
+            if pid.propose(error):
+                denoised = x - math.exp(-s) * e0
+                self._x_prev, x, s = low, high, t
+                self.info["n_accept"] += 1
+            else:
+                self.info["n_reject"] += 1
+        return x, denoised
+
     def run(self, x, after_step):
         sig = self.sigmas
         n = len(sig) - 1
@@ -121,29 +142,18 @@ class DPMSolverAdaptive(Solver):
         forward = n > 0 and sig[-1] < sig[0]
         pid = PIDController(self.h_init if forward else -self.h_init, *self.pid, self.method_order,
                             self.accept_safety)
-        x_prev = x
+        self._x_prev = x
         for i in range(n):
-            if sig[i + 1] == 0:  # the denoising step E27
-                denoised, _ = self.ode.predict(x, sig[i])
+            if sig[i + 1] == 0:  # down to the model's smallest level, then the denoising step E27
+                lo = float(self.ode.schedule.sigma_min)
+                s_last = sig[i]
+                if 0 < lo < sig[i]:
+                    x, _ = self._integrate(x, lam[i], log_snr(lo), forward, pid)
+                    s_last = lo
+                denoised, _ = self.ode.predict(x, s_last)
                 x = denoised
                 after_step(i, x, denoised)
                 continue
-            s, end = lam[i], lam[i + 1]
-            denoised = None
-            while (s < end - 1e-5) if forward else (s > end + 1e-5):
-                t = min(end, s + pid.h) if forward else max(end, s + pid.h)
-                low, high, e0 = self._attempt(x, math.exp(-s), t - s)
-                delta = torch.clamp(self.rtol * torch.maximum(low.abs(), x_prev.abs()), min=self.atol)
-                error = float(torch.linalg.vector_norm((low - high) / delta)) / math.sqrt(x.numel())
-                if not math.isfinite(error):
-                    raise FloatingPointError(f"dpm-adaptive: non-finite error estimate at sigma = {math.exp(-s):.6g}")
-                self.info["steps"] += 1
-                self.info["nfe"] += self.method_order
-                if pid.propose(error):
-                    denoised = x - math.exp(-s) * e0
-                    x_prev, x, s = low, high, t
-                    self.info["n_accept"] += 1
-                else:
-                    self.info["n_reject"] += 1
+            x, denoised = self._integrate(x, lam[i], lam[i + 1], forward, pid)
             after_step(i, x, denoised if denoised is not None else x)
         return x

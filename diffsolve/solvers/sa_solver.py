@@ -17,8 +17,11 @@ exactly: the weights of (X3) (``_exponential``) over the stretched step H, nodes
   at the predicted point is the next predictor's m_0, so the corrector costs no model call; the
   history keeps the outputs at the predicted points (as UniPC does).
 
-With two nodes both steps use the paper's / diffusers' second-order variant: the moment I_1 is
-replaced by its leading term H/2 (it keeps the order). tau = 0 is deterministic (the predictor
+``variant="diffusers"`` reproduces diffusers' SASolverScheduler, whose steps with two nodes replace
+the moment I_1 = 1 - (1 - exp(-H))/H by its leading term H/2 (it keeps the order, but on the long
+final log-SNR steps of a Karras or DDPM grid, H of 2 or more, it overshoots: 6 NFE on gmm2d, Karras
+grid, RMSE 1.1 against 0.42 for the exact moments, p = c = 2, tau = 0). The default ``"exact"`` integrates the
+polynomial exactly in every step. tau = 0 is deterministic (the predictor
 alone is DPM-Solver++ multistep with exact moments; with the corrector it is UniPC-like). The
 orders ramp up while the history builds (predictor min(p, k + 1), corrector min(c, k + 2) at step k),
 and ``lower_order_final`` caps them by the steps left (diffusers' default). ``tau`` is a number or a
@@ -37,8 +40,11 @@ from typing import Callable
 
 import torch
 
-from ._exponential import combine, log_snr, moments, poly_weights
+from ._exponential import check_choice, combine, log_snr, moments, poly_weights
 from .base import Solver
+
+
+VARIANTS = ("exact", "diffusers")
 
 
 def _order(option: str, value, allowed=(1, 2, 3, 4)) -> int:
@@ -57,7 +63,8 @@ class SASolver(Solver):
     invertible = False
 
     def __init__(self, *, predictor_order: int = 2, corrector_order: int = 2,
-                 tau: float | Callable[[float], float] = 1.0, lower_order_final: bool = True):
+                 tau: float | Callable[[float], float] = 1.0, lower_order_final: bool = True,
+                 variant: str = "exact"):
         self.p = _order("predictor_order", predictor_order)
         self.c = _order("corrector_order", corrector_order)
         if callable(tau):
@@ -71,6 +78,7 @@ class SASolver(Solver):
             self.stochastic = t > 0
         self.invertible = not self.stochastic
         self.lower_order_final = bool(lower_order_final)
+        self.variant = check_choice("variant", variant, VARIANTS)
 
     def _tau(self, sigma: float) -> float:
         t = float(self.tau_fn(sigma))
@@ -107,11 +115,10 @@ class SASolver(Solver):
         self.history: list[torch.Tensor] = []  # outputs at the predicted points, newest first
         self.last: tuple | None = None  # (xbar_k, noise, step k) of the last predictor
 
-    @staticmethod
-    def _weights(nodes, H):
+    def _weights(self, nodes, H):
         mom = moments(H, len(nodes), "data")
-        if len(nodes) == 2:
-            mom[1] = H / 2  # the paper's second-order variant
+        if len(nodes) == 2 and self.variant == "diffusers":
+            mom[1] = H / 2  # diffusers' second-order variant
         return poly_weights(nodes, mom)
 
     def step(self, i, x):
