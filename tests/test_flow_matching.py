@@ -88,7 +88,7 @@ def test_heun_and_flow_match_heun_solve_the_same_ode():
         expected = _diffusers_loop(ref, x.clone())
         ode = ds.from_diffusers(velocity_model, ref, time_dtype=torch.float64)
         gaps.append(_rel(ds.sample(ode, x, "heun", sigmas=ds.diffusers_grid(ref.config, steps)), expected))
-    assert gaps[0] > 1e-4 and gaps[1] < gaps[0] / 8
+    assert gaps[0] > 1e-2 and gaps[1] < gaps[0] / 8  # measured 3.1e-2, 1.4e-3
 
 
 def test_dynamic_shifting_without_mu_says_to_pass_it():
