@@ -10,6 +10,9 @@ sigma_i nearest to sigma_lo (below sigma_hi). On reaching it, ``K`` times:
 
 The added noise contracts the accumulated error of the earlier steps (the paper's Theorem 2);
 each restart costs 2 restart_steps model calls (trapezoidal Heun steps, all ending above 0).
+Defaults: one interval (0.1, 2.0), K = 2, restart_steps = 6 (in xbar units, i.e. EDM's sigma).
+Fewer restart steps bias the result: on N(0.5, 0.5^2) (40 Karras steps, 4000 samples) 3 steps gave a
+sample std of 0.56, 6 steps 0.51 (``tests/solvers/test_issue14_solvers.py``).
 Order 2 without restarts (K = 0 or no interval reached: plain ``heun``); stochastic otherwise.
 The step into sigma = 0 is Euler, i.e. the denoised estimate (E27).
 """
@@ -37,7 +40,7 @@ class Restart(Solver):
     stochastic = True
     invertible = False
 
-    def __init__(self, *, intervals=((0.1, 2.0),), K: int = 2, restart_steps: int = 3):
+    def __init__(self, *, intervals=((0.1, 2.0),), K: int = 2, restart_steps: int = 6):
         try:
             pairs = [(float(lo), float(hi)) for lo, hi in intervals]
         except (TypeError, ValueError):

@@ -50,6 +50,8 @@ def test_reference_weights_change_only_third_order_steps():
 def test_restart_adds_k_resolves_of_restart_steps_heun_steps():
     _, plain = _sample("restart", K=0)
     _, once = _sample("restart", K=1, restart_steps=3)
+    _, default = _sample("restart")
+    assert default - plain == 2 * 6 * 2  # K = 2 restarts of 6 Heun steps
     _, twice = _sample("restart", K=2, restart_steps=4, intervals=[(0.1, 2.0), (0.5, 5.0)])
     assert once - plain == 2 * 3 and twice - plain == 2 * (2 * 4 * 2)
 
@@ -81,3 +83,42 @@ def test_bad_options_are_errors_naming_the_option(name, opts, option):
 def test_dpm_fast_says_which_budgets_fit_the_grid():
     with pytest.raises(ValueError, match="allowed: 12, 13, 14"):
         _sample("dpm-fast", steps=6, nfe=20)
+
+
+# -- convergence of the deterministic variants the default-option order law does not reach -------------
+def _slopes(name, ns=(100, 200, 400), **opts):
+    import math
+
+    from tests.properties.test_solver_laws import ORDER_X_T, _order_ode, _order_reference
+
+    ode, exact = _order_ode(), _order_reference()
+    errs = []
+    for n in ns:
+        sig = torch.linspace(40.0, 2.0, n + 1, dtype=torch.float64)
+        errs.append(float((ds.sample(ode, ORDER_X_T.double(), name, sigmas=sig, **opts) - exact).abs().max()))
+    return [math.log2(a / b) for a, b in zip(errs, errs[1:])]
+
+
+@pytest.mark.parametrize("name, opts, order", [
+    ("er-sde", {"noise_scale": "ode"}, 3),          # measured 2.88, 2.94
+    ("er-sde", {"noise_scale": "ode", "order": 2}, 2),
+    ("dpmpp-3m-sde", {"eta": 0.0}, 3),
+    ("dpmpp-3m-sde", {"eta": 0.0, "weights": "reference"}, 2),  # the reference weighting: order 2 only
+    ("dpm-2-ancestral", {"eta": 0.0}, 2),
+    ("dpmpp-2s-ancestral", {"eta": 0.0}, 2),
+])
+def test_deterministic_variants_converge_with_their_order(name, opts, order):
+    slopes = _slopes(name, **opts)
+    assert abs(slopes[-1] - order) < 0.3, slopes
+
+
+# -- stochastic solvers without a peer agree in distribution ------------------------------------------
+@pytest.mark.parametrize("name, opts", [("er-sde", {}), ("restart", {}), ("sa-solver", {}), ("sa-solver", {"tau": 0.5}),
+                                        ("dpmpp-3m-sde", {}), ("dpm-2-ancestral", {}), ("dpmpp-2s-ancestral", {})])
+def test_stochastic_solvers_sample_the_gaussian(name, opts):
+    # N(0.5, 0.5^2) in 1-D: 4000 samples over 40 karras steps have its mean and std
+    g = ds.problems.Gaussian(torch.tensor([0.5], dtype=torch.float64), 0.5)
+    ode = g.ode(ds.DiscreteSchedule.linear())
+    x_T = torch.randn(4000, 1, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    out = ds.sample(ode, x_T, name, steps=40, grid="karras", generator=torch.Generator().manual_seed(2), **opts)
+    assert abs(float(out.mean()) - 0.5) < 0.03 and abs(float(out.std()) - 0.5) < 0.03, (out.mean(), out.std())
