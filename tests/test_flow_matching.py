@@ -134,3 +134,23 @@ def test_a_grid_from_infinity_needs_a_model_with_an_x0_at_pure_noise():
         ds.sample(ode, torch.randn(1, 2), "ddim", sigmas=[math.inf, 1.0, 0.0])
     with pytest.raises(ValueError, match="finite"):
         ds.sample(ode, torch.randn(1, 2), "ddim", sigmas=[5.0, math.inf, 0.0])
+
+
+@pytest.mark.parametrize("name", ["DDIMScheduler", "DDPMScheduler", "PNDMScheduler", "EulerDiscreteScheduler",
+                                  "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler",
+                                  "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "DPMSolverSDEScheduler",
+                                  "KDPM2DiscreteScheduler", "LMSDiscreteScheduler", "UniPCMultistepScheduler",
+                                  "DEISMultistepScheduler", "SASolverScheduler", "FlowMatchEulerDiscreteScheduler",
+                                  "FlowMatchHeunDiscreteScheduler"])
+def test_every_default_ddpm_family_and_flow_config_is_accepted(name):
+    import diffusers
+
+    ds.interop.diffusers.check_config(getattr(diffusers, name)())
+
+
+@pytest.mark.parametrize("name", ["LCMScheduler", "TCDScheduler", "EDMEulerScheduler", "CosineDPMSolverMultistepScheduler"])
+def test_other_parameterizations_are_rejected(name):
+    import diffusers
+
+    with pytest.raises(ValueError, match="not supported|not read"):
+        ds.from_diffusers(velocity_model, getattr(diffusers, name)())

@@ -105,7 +105,12 @@ FIXED_KEYS = {
     "sigma_min": ((None,), "pass your own sigmas= instead"),
     "sigma_max": ((None,), "pass your own sigmas= instead"),
     "invert_sigmas": ((False, None), "invert with ds.invert instead"),
+    # flow-sigma options of the DPM-Solver family (read by the flow-matching path itself)
+    "use_dynamic_shifting": ((False, None), "use a FlowMatchEulerDiscreteScheduler config for a flow model"),
+    "shift_terminal": ((None, 0, 0.0), "use a FlowMatchEulerDiscreteScheduler config for a flow model"),
 }
+#: keys with no effect while the keys above keep their allowed values
+INERT_KEYS = {"time_shift_type"}
 
 
 def _class_name(scheduler_or_config) -> str | None:
@@ -133,7 +138,8 @@ def check_config(config) -> Mapping[str, Any]:
     if name is not None and not flow and (name.startswith("FlowMatch") or name.startswith("EDM")):
         raise ValueError(f"{name} is not supported: from_diffusers reads DDPM-family schedulers and "
                          f"{', '.join(FLOW_SCHEDULERS)}; wrap other models with ds.wrap")
-    known = (FLOW_KEYS if flow else DDPM_KEYS) | SOLVER_KEYS | set(FIXED_KEYS)
+    own = FLOW_KEYS if flow else DDPM_KEYS
+    known = own | SOLVER_KEYS | set(FIXED_KEYS) | INERT_KEYS
     for key, value in cfg.items():
         if key.startswith("_"):
             continue
@@ -142,7 +148,7 @@ def check_config(config) -> Mapping[str, Any]:
             raise ValueError(f"scheduler config key {key!r} (= {value!r}) is not read by from_diffusers for "
                              f"{what} scheduler, and guessing could give a wrong answer; remove it if it does "
                              "not change the model or the timesteps, or wrap the model with ds.wrap")
-        if key in FIXED_KEYS:
+        if key in FIXED_KEYS and key not in own:
             allowed, advice = FIXED_KEYS[key]
             if value not in allowed:
                 raise ValueError(f"scheduler config {key}={value!r} is not supported by from_diffusers "
