@@ -12,7 +12,7 @@ The added noise contracts the accumulated error of the earlier steps (the paper'
 each restart costs 2 restart_steps model calls (trapezoidal Heun steps, all ending above 0).
 Defaults: one interval (0.1, 2.0), K = 2, restart_steps = 6 (in xbar units, i.e. EDM's sigma).
 Fewer restart steps bias the result: on N(0.5, 0.5^2) (40 Karras steps, 4000 samples) 3 steps gave a
-sample std of 0.56, 6 steps 0.51 (``tests/solvers/test_issue14_solvers.py``).
+sample std of 0.56, 6 steps 0.51.
 Order 2 without restarts (K = 0 or no interval reached: plain ``heun``); stochastic otherwise.
 The step into sigma = 0 is Euler, i.e. the denoised estimate (E27).
 """

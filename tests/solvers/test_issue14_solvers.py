@@ -116,9 +116,9 @@ def test_deterministic_variants_converge_with_their_order(name, opts, order):
 @pytest.mark.parametrize("name, opts", [("er-sde", {}), ("restart", {}), ("sa-solver", {}), ("sa-solver", {"tau": 0.5}),
                                         ("dpmpp-3m-sde", {}), ("dpm-2-ancestral", {}), ("dpmpp-2s-ancestral", {})])
 def test_stochastic_solvers_sample_the_gaussian(name, opts):
-    # N(0.5, 0.5^2) in 1-D: 4000 samples over 40 karras steps have its mean and std
+    # N(0.5, 0.5^2) in 1-D: 2000 samples over 30 karras steps have its mean and std (std error 0.008)
     g = ds.problems.Gaussian(torch.tensor([0.5], dtype=torch.float64), 0.5)
     ode = g.ode(ds.DiscreteSchedule.linear())
-    x_T = torch.randn(4000, 1, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    out = ds.sample(ode, x_T, name, steps=40, grid="karras", generator=torch.Generator().manual_seed(2), **opts)
+    x_T = torch.randn(2000, 1, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    out = ds.sample(ode, x_T, name, steps=30, grid="karras", generator=torch.Generator().manual_seed(2), **opts)
     assert abs(float(out.mean()) - 0.5) < 0.03 and abs(float(out.std()) - 0.5) < 0.03, (out.mean(), out.std())
