@@ -183,7 +183,12 @@ def _run(
             # model call at the pure-noise level (FlowMatchEuler's first step from t = 1)
             ode.step_index = 0
             denoised, eps = ode.predict_at_infinity(x)
-            x = torch.add(denoised, eps, alpha=sig_list[1]) if sig_list[1] > 0 else denoised
+            # a solver may take this step its own way (heun with variable="flow": Heun from t = 1)
+            hook = getattr(solver, "step_from_infinity", None)
+            first = hook(ode, x, denoised, eps, sig_list[1]) if hook is not None else None
+            if first is None:
+                first = torch.add(denoised, eps, alpha=sig_list[1]) if sig_list[1] > 0 else denoised
+            x = first
             after_step(0, x, denoised)
             start = 1
         # solvers may skip forming `denoised` when nobody reads it (no callback), and update

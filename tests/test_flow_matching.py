@@ -75,7 +75,18 @@ def test_the_model_is_fed_diffusers_timesteps():
     torch.testing.assert_close(torch.tensor(seen, dtype=torch.float32), ref.timesteps, rtol=1e-6, atol=1e-4)
 
 
-def test_heun_and_flow_match_heun_solve_the_same_ode():
+@pytest.mark.parametrize("shift, steps", [(1.0, 6), (3.0, 6), (3.0, 28)])
+def test_heun_in_flow_time_equals_flow_match_heun_in_float32(shift, steps):
+    ref = FlowMatchHeunDiscreteScheduler(shift=shift)
+    ref.set_timesteps(steps)
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float32)
+    expected = _diffusers_loop(ref, x.clone())
+    ode = ds.from_diffusers(velocity_model, ref)
+    out = ds.sample(ode, x, "heun", variable="flow", sigmas=ds.diffusers_grid(ref.config, steps))
+    assert ode.nfe == 2 * steps - 1 and _rel(out, expected) < 1e-5  # measured 5e-7
+
+
+def test_heun_in_sigma_and_flow_match_heun_solve_the_same_ode():
     # Heun in sigma (diffsolve) and Heun in t (FlowMatchHeun) are different second-order methods on
     # the same flow (their corrector weights on the second velocity differ by (1 - t_i)/(1 - t_{i+1}));
     # both converge to the ODE solution, so their gap closes at second order.

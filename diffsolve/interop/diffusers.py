@@ -27,8 +27,8 @@ the model predicts the velocity u = eps - x0 of x_t = (1 - t) x0 + t eps and is 
 diffusers' ``set_timesteps`` (``shift``; ``use_dynamic_shifting`` with the ``mu`` the pipeline passes;
 ``shift_terminal``); their first t is 1, i.e. sigma = inf, where :func:`diffsolve.sample` takes the
 limit DDIM step from pure noise. DDIM on that grid is FlowMatchEuler (E30 is Euler in t for a flow
-model). Heun in sigma is *not* FlowMatchHeun, which is Heun in t: the two differ at third order per
-step (docs/diffusers.md).
+model). FlowMatchHeun is Heun in t: ``heun`` with ``variable="flow"``; Heun in sigma (the default)
+is a different second-order method (docs/diffusers.md).
 
 Every config key is checked: a key or value this module cannot represent (Karras/exponential/beta
 sigma spacings inside the scheduler, learned variances, EDM or LCM parameterizations, inverted
