@@ -219,6 +219,9 @@ class DiffusionODE:
         eps-prediction model gives no D there (E9 divides by alpha_bar = 0): an error.
         """
         p = self.prediction
+        if self.schedule.space not in ("vp", "flow"):
+            raise ValueError(f"a grid starting at sigma = inf needs a VP or flow schedule (its state stays finite "
+                             f"there); this one is {self.schedule.space!r}: start the grid at a finite sigma")
         if p not in ("flow", "v", "x0"):
             raise ValueError(f"a grid starting at sigma = inf needs a flow, v or x0 prediction; this model predicts "
                              f"{p!r}, whose x0 is undefined at the pure-noise level: start the grid at a finite sigma")
@@ -230,8 +233,9 @@ class DiffusionODE:
             raise ValueError(f"time={self.time!r} has no value at sigma = inf: start the grid at a finite sigma")
         if not math.isfinite(t):
             raise ValueError("the model's time at sigma = inf is not finite: start the grid at a finite sigma")
-        key = (math.inf, x.shape[0] if x.dim() else 1, x.device)
-        self._t_cache[key] = torch.full((key[1],), t, dtype=self.time_dtype, device=x.device)
+        batch = x.shape[0] if x.dim() else 1
+        for b in (batch, 2 * batch):  # the model's time at t = 1, also for a guided (doubled) batch
+            self._t_cache[(math.inf, b, x.device)] = torch.full((b,), t, dtype=self.time_dtype, device=x.device)
         out = self._call(x, math.inf)
         denoised = x - out if p == "flow" else (-out if p == "v" else out)
         if self.denoised_transform is not None:

@@ -165,3 +165,19 @@ def test_other_parameterizations_are_rejected(name):
 
     with pytest.raises(ValueError, match="not supported|not read"):
         ds.from_diffusers(velocity_model, getattr(diffusers, name)())
+
+
+def test_a_guided_flow_model_is_fed_t_equal_1_at_the_pure_noise_level():
+    ref = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    seen = []
+
+    def model(x, t, c):
+        seen.append(t.tolist())
+        return velocity_model(x, t) * c
+
+    ode = ds.from_diffusers(model, ref, guidance=2.0, cond={"c": 1.0}, uncond={"c": 1.0})
+    ds.sample(ode, torch.randn(2, 4, 4, 4, dtype=torch.float32), "ddim", sigmas=ds.diffusers_grid(ref.config, 3))
+    assert seen[0] == [1000.0] * 4 and len(seen) == 3
+    with pytest.raises(ValueError, match="VP or flow schedule"):
+        ve = ds.wrap(lambda x, t: x, ds.EDMSchedule(), prediction="x0")
+        ds.sample(ve, torch.randn(1, 2), "ddim", sigmas=[math.inf, 1.0, 0.0])
