@@ -10,9 +10,10 @@ moves in sigma on the sigma-form ODE (E29, d xbar / d sigma = eps):
     u         = xbar + (sigma_mid - sigma_hat) eps(xbar, sigma_hat)                    (Euler to the midpoint)
     xbar_s    = xbar + (sigma_s - sigma_hat) eps(u, sigma_mid)                          (midpoint rule)
 
-Order 2 (a Runge-Kutta method with nodes 0, c = (sigma_mid - sigma_hat)/(sigma_s - sigma_hat)
-and weights 0, 1 is second order only for c = 1/2; the geometric midpoint differs from the
-arithmetic one by O(h^2) relative to h, which keeps the local error O(h^3)). Two model calls per
+Order 2: a two-stage Runge-Kutta method with nodes 0, c = (sigma_mid - sigma_hat)/(sigma_s - sigma_hat)
+and weights 0, 1 needs c = 1/2 for second order; here c = 1/2 + O(h) (sigma_s = sigma_hat (1 - d)
+gives c = 1/2 + d/8 + ...), so the order condition fails by O(h) and the local error stays O(h^3)
+(measured 2 by the order law). Two model calls per
 step; the step into sigma = 0 is Euler, i.e. the denoised estimate (E27), one call.
 
 * ``dpm-2``: ``s_churn`` etc. as in :mod:`heun` (Karras et al. 2022, Alg. 2): sigma_hat = (1 + gamma)
