@@ -136,6 +136,7 @@ class DPMSolverAdaptive(Solver):
         return x, denoised
 
     def run(self, x, after_step):
+        self.info = {"steps": 0, "n_accept": 0, "n_reject": 0, "nfe": 0}
         sig = self.sigmas
         n = len(sig) - 1
         lam = [log_snr(s) for s in sig]
