@@ -5,8 +5,14 @@ import math
 
 import pytest
 import torch
-from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EDMEulerScheduler, EulerDiscreteScheduler,
-                       FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler)
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EDMEulerScheduler,
+    EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FlowMatchHeunDiscreteScheduler,
+)
 
 import diffsolve as ds
 

@@ -42,7 +42,7 @@ def test_sa_solver_equals_diffusers_sasolver(model, monkeypatch, p, c, tau):
     expected = _diffusers(model, sched, x.clone(), draws, monkeypatch)
 
     ode = ds.from_diffusers(model, sched.config, time_dtype=torch.float64)
-    index = lambda sigma: round(float(ode.schedule.t(sigma)))  # noqa: E731 - diffusers' tau takes the timestep
+    index = lambda sigma: round(float(ode.schedule.t(sigma)))
     solver = ds.make_solver("sa-solver", predictor_order=p, corrector_order=c, variant="diffusers",
                             tau=(lambda s: taus[tau](index(s))) if tau != "zero" else 0.0)
     it = iter(draws)

@@ -135,7 +135,7 @@ def check_config(config) -> Mapping[str, Any]:
     cfg = config_of(config)
     name = _class_name(config)
     flow = is_flow_config(config)
-    if name is not None and not flow and (name.startswith("FlowMatch") or name.startswith("EDM")):
+    if name is not None and not flow and name.startswith(("FlowMatch", "EDM")):
         raise ValueError(f"{name} is not supported: from_diffusers reads DDPM-family schedulers and "
                          f"{', '.join(FLOW_SCHEDULERS)}; wrap other models with ds.wrap")
     own = FLOW_KEYS if flow else DDPM_KEYS

@@ -43,7 +43,6 @@ import torch
 from ._exponential import check_choice, combine, log_snr, moments, poly_weights
 from .base import Solver
 
-
 VARIANTS = ("exact", "diffusers")
 
 

@@ -89,7 +89,11 @@ def test_dpm_fast_says_which_budgets_fit_the_grid():
 def _slopes(name, ns=(100, 200, 400), **opts):
     import math
 
-    from tests.properties.test_solver_laws import ORDER_X_T, _order_ode, _order_reference
+    from tests.properties.test_solver_laws import (
+        ORDER_X_T,
+        _order_ode,
+        _order_reference,
+    )
 
     ode, exact = _order_ode(), _order_reference()
     errs = []
