@@ -167,7 +167,7 @@ def _resolve_sigmas(ode, steps, grid_name, sigmas, grid_options, increasing: boo
     if sigmas is not None:
         if steps is not None or grid_name is not None:
             raise ValueError("pass either sigmas= or steps=/grid=, not both")
-        return validate_sigmas(sigmas, increasing=increasing)
+        return validate_sigmas(sigmas, increasing=increasing, infinite_start=not increasing)
     if steps is None:
         raise ValueError("pass steps= (with an optional grid=) or an explicit sigmas= grid")
     name = grid_name if grid_name is not None else ode.schedule.default_grid
@@ -229,7 +229,10 @@ class _Driver:
             self.bar = tqdm(total=len(sig_list) - 1, desc=desc, unit="step")
 
     def start_state(self, x_start: torch.Tensor) -> torch.Tensor:
-        return self.ode.to_xbar(x_start.to(state_dtype_for(self.in_dtype)), self.sig[0])
+        x = x_start.to(state_dtype_for(self.in_dtype))
+        # a grid may start at sigma = inf (pure noise: t = 1 of a flow model); the state is then
+        # infinite in xbar, and the first step (_run) is taken from the model-space state
+        return x if self.sig[0] == math.inf else self.ode.to_xbar(x, self.sig[0])
 
     def after_step(self, i: int, x_new: torch.Tensor, denoised, sigma: float, sigma_next: float) -> None:
         """Step ``i`` (``sigma -> sigma_next``) is done; the next model calls belong to step i + 1."""
@@ -290,6 +293,18 @@ def _run(ode, x_start, sig, solver, generator, callback, progress, return_trajec
             # evaluated on the clean input (at the schedule's smallest level): docs/math.md section 5.
             denoised, eps = d.ode.predict(x, 0.0)
             x = x + sig_list[1] * eps
+            d.after_step(0, x, denoised, sig_list[0], sig_list[1])
+            start = 1
+        elif sig_list[0] == math.inf:
+            # the first step leaves sigma = inf: the limit of DDIM (E30) as sigma_t -> inf,
+            # xbar_1 = D + sigma_1 eps, with eps = x (the state is pure noise) and D from one model
+            # call at the pure-noise level (FlowMatchEuler's first step from t = 1). A solver may
+            # take it its own way (Solver.step_from_infinity: heun with variable="flow")
+            denoised, eps = d.ode.predict_at_infinity(x)
+            first = solver.step_from_infinity(d.ode, x, denoised, eps, sig_list[1])
+            if first is None:
+                first = torch.add(denoised, eps, alpha=sig_list[1]) if sig_list[1] > 0 else denoised
+            x = first
             d.after_step(0, x, denoised, sig_list[0], sig_list[1])
             start = 1
         x = d.solve(solver, x, start)

@@ -63,11 +63,14 @@ __all__ = [
 _F64 = torch.float64
 
 
-def validate_sigmas(sigmas, *, increasing: bool = False, name: str = "sigmas") -> torch.Tensor:
+def validate_sigmas(sigmas, *, increasing: bool = False, name: str = "sigmas",
+                    infinite_start: bool = False) -> torch.Tensor:
     """Check a user grid and return it as a float64 CPU tensor.
 
     Rules: 1-D, at least 2 entries, finite, non-negative, strictly decreasing
     (strictly increasing with ``increasing=True``, as :func:`diffsolve.invert` needs).
+    With ``infinite_start=True`` (sampling) the first entry may be ``inf``: the pure-noise
+    level of a flow or zero-terminal-SNR model (see :func:`diffsolve.sample`).
     """
     try:
         s = torch.as_tensor(sigmas, dtype=_F64).detach().cpu()
@@ -75,8 +78,11 @@ def validate_sigmas(sigmas, *, increasing: bool = False, name: str = "sigmas") -
         raise TypeError(f"{name} must be a 1-D sequence of floats: {exc}") from None
     if s.dim() != 1 or s.numel() < 2:
         raise ValueError(f"{name} must be 1-D with at least 2 entries, got shape {tuple(s.shape)}")
-    if not torch.isfinite(s).all():
-        raise ValueError(f"{name} must be finite, got {s.tolist()}")
+    finite = torch.isfinite(s)
+    if infinite_start and not increasing and s.numel() > 1 and float(s[0]) == math.inf:
+        finite[0] = True
+    if not finite.all():
+        raise ValueError(f"{name} must be finite (only sample's first entry may be +inf), got {s.tolist()}")
     if (s < 0).any():
         raise ValueError(f"{name} must be non-negative, got min {float(s.min())}")
     d = s[1:] - s[:-1]

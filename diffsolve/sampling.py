@@ -61,7 +61,10 @@ def sample(
             (standard normal for a VP model).
         solver: a registered name (:func:`solvers`), a Solver class or instance.
         steps, grid: number of steps on a registered grid (default: the schedule's
-            ``default_grid``); or pass ``sigmas`` (strictly decreasing) instead.
+            ``default_grid``); or pass ``sigmas`` (strictly decreasing) instead. ``sigmas`` may
+            start at ``inf``, the pure-noise level of a flow, v or x0 model (``x_T`` is then the
+            noise itself): the first step is the limit of DDIM (E30), xbar_1 = D + sigma_1 x_T, as
+            FlowMatchEuler's first step from t = 1 (:func:`diffsolve.diffusers_grid`).
         generator: noise for stochastic solvers: one generator, or a list of one per sample.
         callback: called after every step with a dict ``i, sigma, sigma_next, x`` (model
             space), ``xbar``, ``denoised``, ``nfe``.

@@ -398,7 +398,7 @@ class FlowSchedule(_TimeRange):
 
     def t(self, sigma):
         s = _as_f64(sigma)
-        return s / (1 + s)
+        return torch.where(torch.isinf(s), torch.ones_like(s), s / (1 + s))  # t = 1 at sigma = inf
 
 
 def _check_betas(beta_start, beta_end) -> tuple[float, float]:

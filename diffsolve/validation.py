@@ -65,7 +65,8 @@ def check_sigma_range(ode, sigmas: Sequence[float], *, allow_out_of_range: bool,
     if check_flag(allow_out_of_range, "allow_out_of_range"):
         return
     lo, hi = ode._sigma_range
-    positive = [s for s in sigmas if s > 0]
+    # sigma = inf may start a sampling grid (a flow model's t = 1): ODE.predict_at_infinity checks it
+    positive = [s for s in sigmas if 0 < s < math.inf]
     if not positive:
         return
     top, bottom = max(positive), min(positive)

@@ -186,7 +186,7 @@ class DiffusionODE:
         """The model's time at every given sigma, in one vectorized schedule call."""
         if callable(self.time) or self.time not in ("index", "t"):
             return  # closed forms (sigma, edm, log-sigma) or a user callable: nothing to batch
-        todo = [s for s in dict.fromkeys(sigmas) if s not in self._time_value][:_CACHE_LIMIT]
+        todo = [s for s in dict.fromkeys(sigmas) if s not in self._time_value and s != math.inf][:_CACHE_LIMIT]
         if not todo:
             return
         lo, hi = self._sigma_range
@@ -198,9 +198,12 @@ class DiffusionODE:
     # -- time ------------------------------------------------------------------------
     def model_time(self, sigma: float) -> float:
         """The value fed to the model as its time at noise level ``sigma``."""
-        hit = self._time_value.get(sigma)
-        if hit is not None:
-            return hit
+        if sigma == math.inf:  # the pure-noise level (t = 1 of a flow model): see predict_at_infinity
+            return self._time_at_infinity()
+        if not callable(self.time) and self.time in ("index", "t"):
+            hit = self._time_value.get(sigma)  # the schedule's t, shared by the ODEs on it
+            if hit is not None:
+                return hit
         lo, hi = self._sigma_range
         s = min(max(sigma, lo), hi)
         if callable(self.time):
@@ -298,6 +301,39 @@ class DiffusionODE:
         if sigma == 0:
             return denoised, eps
         return denoised, (xbar - denoised) / float(sigma)
+
+    def predict_at_infinity(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One model call at sigma = inf, the pure-noise level (t = 1 of a flow model, alpha_bar = 0
+        of a zero-terminal-SNR VP model), on the model-space state ``x``: returns ``(denoised, eps)``.
+
+        There scale(sigma) sigma -> 1, so the state is the noise itself: eps = x. D is the limit of
+        the table above: flow x - out (E17 at t = 1), v -out (E12 at alpha_bar = 0), x0 out. An
+        eps-prediction model gives no D there (E9 divides by alpha_bar = 0): an error.
+        """
+        p = self.prediction
+        if self.schedule.space not in ("vp", "flow"):
+            raise ValueError(f"a grid starting at sigma = inf needs a VP or flow schedule (its state stays finite "
+                             f"there); this one is {self.schedule.space!r}: start the grid at a finite sigma")
+        if p not in ("flow", "v", "x0"):
+            raise ValueError(f"a grid starting at sigma = inf needs a flow, v or x0 prediction; this model predicts "
+                             f"{p!r}, whose x0 is undefined at the pure-noise level: start the grid at a finite sigma")
+        out = self._call(x, math.inf)
+        denoised = x - out if p == "flow" else (-out if p == "v" else out)
+        if self.denoised_transform is not None:
+            denoised = self.denoised_transform(denoised, math.inf)
+        return denoised, x
+
+    def _time_at_infinity(self) -> float:
+        """The model's time at sigma = inf (t = 1 of a flow model)."""
+        if callable(self.time):
+            t = float(self.time(math.inf))
+        elif self.time in ("index", "t"):
+            t = float(self.schedule.t(math.inf))
+        else:
+            raise ValueError(f"time={self.time!r} has no value at sigma = inf: start the grid at a finite sigma")
+        if not math.isfinite(t):
+            raise ValueError("the model's time at sigma = inf is not finite: start the grid at a finite sigma")
+        return t
 
     def _predict(self, xbar: torch.Tensor, sigma: float, need_denoised: bool):
         # the model is evaluated inside its own range [sigma_min, sigma_max]; outside it, eps is

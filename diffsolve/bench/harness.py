@@ -53,7 +53,7 @@ DEFAULTS: dict[str, Any] = {
     "seeds": [0],
 }
 #: the quick default sweep's solvers (those registered); ``solvers="all"`` takes every registered one
-DEFAULT_SOLVERS = ["ddim", "euler-ancestral", "heun", "dpmpp-2m", "dpmpp-3m", "unipc", "deis", "ipndm"]
+DEFAULT_SOLVERS = ["ddim", "euler-ancestral", "heun", "dpmpp-2m", "dpmpp-3m", "unipc", "deis", "ipndm", "dpm-2", "dpm-fast"]
 
 #: the solver label of tuned recipes (fitted per problem and NFE on x_T of seed + TUNE_SEED_OFFSET,
 #: TUNE_SAMPLES start states split fit / held out, then run on the cell's own x_T)

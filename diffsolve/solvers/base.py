@@ -114,6 +114,15 @@ class Solver:
             after_step(i, x, denoised)
         return x
 
+    def step_from_infinity(self, ode: DiffusionODE, x: torch.Tensor, denoised: torch.Tensor, eps: torch.Tensor,
+                           sigma_1: float) -> torch.Tensor | None:
+        """Optional: the first step of a grid that starts at sigma = inf (a flow model's t = 1).
+
+        The driver has made one model call there (``denoised``, and ``eps`` = the pure-noise state
+        ``x``); return xbar at ``sigma_1``, or None for the limit of DDIM's step, D + sigma_1 eps.
+        """
+        return None
+
     # -- description ---------------------------------------------------------------------------
     @classmethod
     def describe(cls) -> str:

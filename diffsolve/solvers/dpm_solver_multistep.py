@@ -11,8 +11,11 @@ output m_0 and the previous ones m_1, m_2 at nodes c_j = (lambda_{t_j} - lambda_
 * 2M ``"taylor"`` and every third-order step: w from the exact moments I_k of (X3), i.e. the
   Taylor expansion I_0 m + I_1 h m' + I_2 h^2 m''/2 of the exact solution (2022a eq. (3.4) and its
   data-prediction form in 2022b) with m', m'' taken from the interpolating polynomial.
-  (The DPM-Solver reference code's 3M weights the second divided difference, m'' h^2/2, by
-  h phi_3 = I_2/2 instead of I_2; measured here, that variant converges with order 2 only.)
+  (The DPM-Solver reference code's 3M, also k-diffusion's and diffusers', weights the second
+  divided difference, m'' h^2/2, by h phi_3 = I_2/2 instead of I_2; measured here, that variant
+  converges with order 2 only. ``weights="reference"`` on dpmpp-3m / dpm-solver-3m reproduces
+  it: the moment I_2 of (X3) is halved on third-order steps. docs/findings.md has the derivation
+  and the measured slopes.)
 
 The history starts empty: step k uses order min(order, k + 1). The step into sigma = 0 is the
 denoising step E27; ``final_step="auto"`` (default) also lowers the order over the last steps on
@@ -26,6 +29,7 @@ from ._exponential import ExponentialSolver, combine, moments, poly_weights
 from .base import check_choice
 
 SOLVER_TYPES = ("midpoint", "taylor")
+WEIGHTS = ("exact", "reference")
 
 
 class _Multistep(ExponentialSolver):
@@ -34,6 +38,7 @@ class _Multistep(ExponentialSolver):
     def __init__(self, *, solver_type: str = "midpoint", final_step: str = "auto"):
         super().__init__(final_step=final_step)
         self.solver_type = check_choice("solver_type", solver_type, SOLVER_TYPES)
+        self.weights = "exact"
 
     def setup(self, ode, sigmas, noise):
         super().setup(ode, sigmas, noise)
@@ -46,6 +51,8 @@ class _Multistep(ExponentialSolver):
         mom = moments(h, p, self.form, s_s)
         if p == 2 and self.solver_type == "midpoint":
             mom[1] = mom[0] / 2
+        if p == 3 and self.weights == "reference":
+            mom[2] = mom[2] / 2  # the reference code's h phi_3 on the second difference
         return (s_s / s_t if self.form == "data" else 1.0), poly_weights(nodes, mom)
 
     def step(self, i, x):
@@ -65,7 +72,13 @@ class DPMSolverPP2M(_Multistep):
     order = 2
 
 
-class DPMSolverPP3M(_Multistep):
+class _ThirdOrder(_Multistep):
+    def __init__(self, *, solver_type: str = "midpoint", final_step: str = "auto", weights: str = "exact"):
+        super().__init__(solver_type=solver_type, final_step=final_step)
+        self.weights = check_choice("weights", weights, WEIGHTS)
+
+
+class DPMSolverPP3M(_ThirdOrder):
     """DPM-Solver++(3M): multistep data prediction, order 3, one call per step (Lu et al. 2022b)."""
 
     name = "dpmpp-3m"
@@ -80,7 +93,7 @@ class DPMSolver2M(_Multistep):
     form = "noise"
 
 
-class DPMSolver3M(_Multistep):
+class DPMSolver3M(_ThirdOrder):
     """DPM-Solver-3M: multistep noise prediction, order 3, one call per step (Lu et al. 2022a/b)."""
 
     name = "dpm-solver-3m"

@@ -13,7 +13,14 @@ In the sigma form the EDM ODE is d xbar / d sigma = eps = (xbar - D)/sigma (E29,
         xbar_{i+1} = xhat + (sigma_{i+1} - sigma_hat) (d + d') / 2                 (trapezoidal correction)
 
 N is the number of grid steps. Options keep k-diffusion's / diffusers' lowercase names
-(``s_churn``, ``s_tmin``, ``s_tmax``, ``s_noise``). Deterministic (Algorithm 1) when s_churn = 0,
+(``s_churn``, ``s_tmin``, ``s_tmax``, ``s_noise``).
+
+``variable="flow"`` takes the same trapezoidal steps in rectified-flow time t = sigma/(1 + sigma) on
+the state x = xbar/(1 + sigma) (E17), whose velocity is dx/dt = eps - D for any model (differentiate
+x along E29). For a flow-matching model that is diffusers' FlowMatchHeunDiscreteScheduler; Heun in
+sigma is a different second-order method (docs/findings.md). On a grid from sigma = inf (a flow
+config's :func:`~diffsolve.diffusers_grid`) its first step is Heun from t = 1 as well
+(:meth:`step_from_infinity`). Deterministic only (no churn). Deterministic (Algorithm 1) when s_churn = 0,
 the default: order 2, two model calls per step, and the step to sigma = 0 is Euler, i.e. it
 returns the denoised estimate (E27), one call. With s_churn > 0 the solver is stochastic.
 """
@@ -22,7 +29,11 @@ from __future__ import annotations
 
 import math
 
-from .base import Solver, check_real
+import torch
+
+from .base import Solver, check_choice, check_real
+
+VARIABLES = ("sigma", "flow")
 
 
 class Heun(Solver):
@@ -33,11 +44,14 @@ class Heun(Solver):
     calls_per_step = 2
 
     def __init__(self, *, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
-                 s_noise: float = 1.0):
+                 s_noise: float = 1.0, variable: str = "sigma"):
         s_churn = check_real("s_churn", s_churn, low=0.0)
         s_tmin = check_real("s_tmin", s_tmin, low=0.0)
         s_tmax = check_real("s_tmax", s_tmax, low=s_tmin, allow_inf=True)
         s_noise = check_real("s_noise", s_noise, low=0.0)
+        self.variable = check_choice("variable", variable, VARIABLES)
+        if variable == "flow" and s_churn > 0:
+            raise ValueError("s_churn > 0 needs variable='sigma' (the flow-time Heun is deterministic)")
         self.s_churn, self.s_tmin, self.s_tmax, self.s_noise = s_churn, s_tmin, s_tmax, s_noise
         self.stochastic = s_churn > 0
         self.invertible = not self.stochastic
@@ -55,6 +69,8 @@ class Heun(Solver):
             self.h.append(s_next - s_hat)
 
     def step(self, i, x):
+        if self.variable == "flow":
+            return self._flow_step(x, self.sigmas[i], self.sigmas[i + 1])
         s_hat, s_next, h = self.sigma_hat[i], self.sigmas[i + 1], self.h[i]
         if self.c_noise[i] > 0:
             x = x + self.c_noise[i] * self.noise(x)
@@ -63,3 +79,27 @@ class Heun(Solver):
             return denoised, denoised  # Euler on the last step: xhat - sigma_hat eps = D (E27)
         eps_next = self.ode.eps(x + h * eps, s_next)
         return x + (0.5 * h) * eps + (0.5 * h) * eps_next, denoised
+
+    # -- Heun in flow time t = sigma / (1 + sigma), state x = xbar / (1 + sigma) (E17) -------------------
+    def _flow_step(self, xbar, s, s_next):
+        denoised, eps = self.ode.predict(xbar, s)
+        if s_next == 0:
+            return denoised, denoised  # Euler to t = 0: x - t (eps - D) = D (E27)
+        return self._flow_heun(xbar / (1 + s), s / (1 + s), s_next, eps - denoised), denoised
+
+    def _flow_heun(self, x, t, s_next, v):
+        """x at t -> xbar at s_next: Euler predictor, trapezoidal corrector on dx/dt = eps - D."""
+        t_next = s_next / (1 + s_next)
+        dt = t_next - t
+        x_pred = torch.add(x, v, alpha=dt)
+        d_next, eps_next = self.ode.predict(x_pred * (1 + s_next), s_next)
+        x_next = x + (0.5 * dt) * v + (0.5 * dt) * (eps_next - d_next)
+        return x_next * (1 + s_next)
+
+    def step_from_infinity(self, ode, x, denoised, eps, sigma_next):
+        """The first step from sigma = inf (t = 1; ``x`` is the pure noise, ``(denoised, eps)`` the
+        model there): Heun in t for ``variable="flow"``; None (the driver's DDIM limit) otherwise."""
+        if self.variable != "flow" or sigma_next == 0:
+            return None
+        self.ode = ode
+        return self._flow_heun(x, 1.0, sigma_next, eps - denoised)

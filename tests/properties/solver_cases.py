@@ -48,6 +48,10 @@ STOCHASTIC_OPTIONS = {
     "euler-ancestral": [{"eta": 0.5}],
     "dpmpp-2m-sde": [{"eta": 0.5}],
     "dpmpp-sde": [{"eta": 0.5}],
+    "dpm-2": [{"s_churn": 2.0}],
+    "dpm-2-ancestral": [{"eta": 0.5}],
+    "dpmpp-2s-ancestral": [{"eta": 0.5}],
+    "dpmpp-3m-sde": [{"eta": 0.5}],
 }
 
 

@@ -261,7 +261,11 @@ def test_low_precision_run_is_finite_and_close_to_float64(name, dtype):
     # per-sample generators with 3 numbers per sample: torch draws the same normals in float32 and
     # float64 for tensors of fewer than 16 entries, so stochastic solvers see the same noise
     gens = lambda: [torch.Generator().manual_seed(100 + k) for k in range(8)]
-    opts = fast_options(name) if dtype in (torch.float16, torch.bfloat16) else {}
+    # float32: adaptive solvers at rtol = atol = 1e-5 (torchdiffeq's default here; dpm-adaptive's own
+    # default is the DPM-Solver paper's image tolerance rtol = 0.05, where float32 rounding flips
+    # accept/reject decisions and the two runs differ by the error allowed: 7.9e-5, measured)
+    opts = fast_options(name) if dtype in (torch.float16, torch.bfloat16) else (
+        {"rtol": 1e-5, "atol": 1e-5} if name in SUITES["adaptive"] else {})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref = ds.sample(ode, x_T, name, steps=10, grid="trailing", generator=gens(), **opts)
