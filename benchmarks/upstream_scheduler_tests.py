@@ -7,15 +7,16 @@ scheduler sources equal the installed 0.42's): point ``DIFFUSERS_TESTS`` at its 
     DIFFUSERS_TESTS=/tmp/diffusers-v0.40.0/tests python -m pytest -p no:cacheprovider -n 0 -q \
         benchmarks/upstream_scheduler_tests.py
 
-Each upstream class is subclassed with only ``scheduler_classes`` and the config mapping overridden
-(``get_scheduler_config`` adds ``emulate=<the class the test was written for>``); the test bodies are
-diffusers' unchanged. Without the files every test here is skipped, with the reason.
+Each upstream class is subclassed with only ``scheduler_classes`` overridden: DiffsolveScheduler with
+``emulate=`` defaulting to the class the test was written for (the config mapping: the upstream config
+is read as that class's); the test bodies are diffusers' unchanged. Without the files every test here is skipped, with the reason.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import os
 import sys
 from pathlib import Path
@@ -56,11 +57,16 @@ if _modules is None:
         pass
 else:
     def _adapt(upstream, emulate):
-        class Adapted(upstream):
-            scheduler_classes = (DiffsolveScheduler,)
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("emulate", emulate)
+            DiffsolveScheduler.__init__(self, *args, **kwargs)
 
-            def get_scheduler_config(self, **kwargs):
-                return dict(upstream.get_scheduler_config(self, **kwargs), emulate=emulate)
+        __init__.__signature__ = inspect.signature(DiffsolveScheduler.__init__)
+        # DiffsolveScheduler whose emulate= defaults to the class the upstream test was written for
+        scheduler = type(f"DiffsolveScheduler_{emulate}", (DiffsolveScheduler,), {"__init__": __init__})
+
+        class Adapted(upstream):
+            scheduler_classes = (scheduler,)
 
         Adapted.__name__ = Adapted.__qualname__ = f"Diffsolve_{upstream.__name__}"
         return Adapted

@@ -474,6 +474,10 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         elif not ("timesteps" in args or "sigmas" in args):
             raise ValueError("pass num_inference_steps (or timesteps= / sigmas=)")
         ref.set_timesteps(device=device, **args)
+        self._adopt_family_schedule(device)
+
+    def _adopt_family_schedule(self, device):
+        ref = self._ref
         self.timesteps = ref.timesteps
         self.num_inference_steps = ref.num_inference_steps
         fam = self.family.name
@@ -604,7 +608,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                         time=lambda s: s, time_dtype=torch.float64,
                         denoised_transform=self.transform if transform == "config" else transform)
 
-    def _new_solver(self, start: int = 0, n: int | None = None, **override) -> Solver:
+    def _new_solver(self, start: int = 0, steps: int | None = None, **override) -> Solver:
         opts = dict(self.solver_opts, **override)
         cls = self.solver_class
         if self.orders_rule is not None:
@@ -612,7 +616,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         solver = cls(**opts)
         if self.orders_rule is not None:
             n = len(self._grid) - 1
-            solver.__dict__["_ds_orders"] = self.orders_rule(self.fcfg, n, start, self._grid[-1] == 0.0)
+            rule = self.orders_rule(self.fcfg, n, start, self._grid[-1] == 0.0)
+            solver.__dict__["_ds_orders"] = rule[:steps] if steps is not None else rule
         return solver
 
     def _call_map(self, grid: list[float]) -> list[tuple[int, int, float]]:
@@ -755,6 +760,10 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         else:
             run["outputs"].append(out)
         run["draw"] = noise
+        if i - run["start"] >= run["steps"]:  # a zero-length step at the end of the schedule
+            denoised, _ = self._ode(lambda x, t, **_: out).predict(run["x"], sigma)
+            self._step_index = k + 1
+            return sample, denoised.to(in_dtype)
         x_next, denoised, s_next = self._attempt(i - run["start"], k)
         self._step_index = k + 1
         return self._from_xbar(x_next, s_next).to(in_dtype), (None if denoised is None else denoised.to(in_dtype))
@@ -769,13 +778,17 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"timesteps[{k}] is the call {j + 1} of a solver step, not the start of one: start "
                              "runs at a step's first call (set_begin_index(t_start * scheduler.order))")
         grid = self._grid[i:]
+        # a schedule may end with zero-length steps (karras sigmas with final_sigmas_type="sigma_min"
+        # repeat the last sigma): they leave the sample as it is, as diffusers' steps of length h = 0 do
+        while len(grid) > 2 and grid[-1] == grid[-2]:
+            grid = grid[:-1]
         for a, b in zip(grid[:-1], grid[1:]):
             if not b < a:
                 raise ValueError(f"the schedule's sigmas repeat or increase ({a} then {b}): this many steps "
                                  f"visit a level twice; use fewer steps than {len(self._grid) - 1}")
         in_dtype = sample.dtype
         state = state_dtype_for(in_dtype)
-        run: dict[str, Any] = {"start": i, "state": state, "pending": None}
+        run: dict[str, Any] = {"start": i, "state": state, "steps": len(grid) - 1}
         over = {"eta": float(eta)} if eta and self.solver_name == "ddim" else {}
 
         def model(x, t, **_):
@@ -794,7 +807,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             return run["noise"][used]
 
         view = self._ode(model).start_run(input_dtype=in_dtype, wants_denoised=True)
-        solver = self._new_solver(i, **over)
+        solver = self._new_solver(i, len(grid) - 1, **over)
         solver.setup(view, grid, noise)
         run["solver"], run["view"] = solver, view
         self._run = run
@@ -879,6 +892,10 @@ def _make_init():
         self._ddim_rule = False
         self._setup()
         self.timesteps = torch.arange(int(self.fcfg["num_train_timesteps"]) - 1, -1, -1, dtype=torch.int64)
+        ref = self._ref
+        if ref is not None and getattr(ref, "sigmas", None) is not None and len(ref.sigmas) == len(ref.timesteps) + 1:
+            # like the emulated scheduler, usable before set_timesteps (on its full training schedule)
+            self._adopt_family_schedule(None)
 
     __init__.__signature__ = sig
     return __init__
