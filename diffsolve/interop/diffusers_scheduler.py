@@ -45,6 +45,7 @@ from ..grids import validate_sigmas
 from ..sampling import grid as named_grid
 from ..sampling import make_noise_sampler, make_solver, state_dtype_for
 from ..schedules import DiscreteSchedule
+from ..solvers._exponential import combine
 from ..solvers.base import Solver
 from ..thresholding import clipping, dynamic_thresholding
 from ..wrapper import DiffusionODE
@@ -306,14 +307,21 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             if foreign:
                 raise ValueError(f"key(s) {foreign} are not keys of {emulate}; that scheduler cannot honour them")
             fcfg = dict(defaults, **given)
-            for k, ok in self.family.honoured.items():
-                if k in fcfg and not ok(fcfg[k]):
-                    raise ValueError(f"{emulate}: {k}={fcfg[k]!r} is not supported by DiffsolveScheduler")
             if cfg.get("grid") is not None:
                 raise ValueError(f"grid={cfg['grid']!r} with emulate={emulate!r}: the emulated scheduler sets the "
                                  "grid; use emulate=None for a diffsolve grid")
             self.space = self.family.space
             self._ref = self.family.cls.from_config({k: v for k, v in fcfg.items()})
+            # the family's own normalisations (DPMSolverMultistep reads solver_type "bh2" as "midpoint",
+            # UniPC reads "midpoint" as "bh2"): recorded as that scheduler records them
+            changed = {k: self._ref.config[k] for k in defaults if k in self._ref.config and k in self.config
+                       and isinstance(fcfg[k], (str, int, float, bool)) and self._ref.config[k] != fcfg[k]}
+            if changed:
+                fcfg.update(changed)
+                self.register_to_config(**{k: v for k, v in changed.items() if self.config[k] is not None})
+            for k, ok in self.family.honoured.items():
+                if k in fcfg and not ok(fcfg[k]):
+                    raise ValueError(f"{emulate}: {k}={fcfg[k]!r} is not supported by DiffsolveScheduler")
         self.fcfg = fcfg
         self.prediction = PREDICTION_TYPES.get(fcfg["prediction_type"])
         if self.prediction is None:
@@ -490,6 +498,10 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         else:
             self.sigmas = ref.sigmas
             self._grid = ref.sigmas.to(torch.float64).tolist()
+            if fam != "HeunDiscreteScheduler":
+                # step k goes from sigmas[k] to sigmas[k + 1], as in diffusers (whose log-linear Euler
+                # schedule has one sigma more than it visits)
+                self._grid = self._grid[: len(ref.timesteps) + 1]
         if self.solver_class.calls_per_step == 1 or self.solver_name == "heun" and fam == "HeunDiscreteScheduler":
             if fam == "HeunDiscreteScheduler":
                 # diffusers' Heun grid: [s0, s1, s1, ..., s_{n-1}, s_{n-1}, 0] -> the solver's grid
@@ -671,7 +683,16 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         return hits[1] if len(hits) > 1 else hits[0]
 
     def _start(self, timestep) -> int:
-        k = self._begin_index if self._begin_index is not None else self._index_for(timestep)
+        if self._begin_index is not None:
+            k = self._begin_index
+        elif self._ref is not None and self.timesteps is self._ref.timesteps and \
+                hasattr(self._ref, "index_for_timestep"):
+            # the emulated scheduler's own lookup rule (DPM-Solver/UniPC/DEIS take the last index when
+            # the timestep is not in the schedule)
+            tv = timestep.to(self.timesteps.device) if isinstance(timestep, torch.Tensor) else timestep
+            k = int(self._ref.index_for_timestep(tv))
+        else:
+            k = self._index_for(timestep)
         if not 0 <= k < len(self._calls):
             raise ValueError(f"begin_index={k} is outside the {len(self._calls)} timesteps of this schedule")
         return k
@@ -760,13 +781,33 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         else:
             run["outputs"].append(out)
         run["draw"] = noise
-        if i - run["start"] >= run["steps"]:  # a zero-length step at the end of the schedule
-            denoised, _ = self._ode(lambda x, t, **_: out).predict(run["x"], sigma)
+        if i - run["start"] >= run["steps"]:
+            if run["bad"] is not None:
+                a, b = run["bad"]
+                raise ValueError(f"the schedule's sigmas repeat or increase ({a} then {b}): with this many steps "
+                                 f"some visit a level twice; use fewer than {len(self._grid) - 1} steps")
+            x_next, denoised = self._zero_length_step(run, out, sigma)
             self._step_index = k + 1
-            return sample, denoised.to(in_dtype)
+            return self._from_xbar(x_next, sigma).to(in_dtype), denoised.to(in_dtype)
         x_next, denoised, s_next = self._attempt(i - run["start"], k)
         self._step_index = k + 1
         return self._from_xbar(x_next, s_next).to(in_dtype), (None if denoised is None else denoised.to(in_dtype))
+
+    def _zero_length_step(self, run, out, sigma):
+        """A step from sigma to sigma at the end of the schedule leaves the sample where it is, except
+        that UniPC's corrector (UniC, Zhao et al. 2023) still corrects the last step with the new
+        output, as diffusers' UniPCMultistepScheduler does on that step."""
+        solver = run["solver"]
+        denoised, _ = self._ode(lambda x, t, **_: out).predict(run["x"], sigma)
+        x = run["x"]
+        corr = getattr(solver, "corr", None)
+        if getattr(solver, "corrector", False) and corr and run["steps"] > 0 and not run.get("corrected"):
+            a_w = corr[run["steps"] - 1]
+            if a_w is not None:
+                a, w = a_w
+                x = combine(a, solver.x_base, zip(w, [denoised] + solver.history))
+            run["corrected"] = True
+        return x, denoised
 
     def _calls_in_step(self, k: int) -> int:
         i = self._calls[k][0]
@@ -778,17 +819,20 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"timesteps[{k}] is the call {j + 1} of a solver step, not the start of one: start "
                              "runs at a step's first call (set_begin_index(t_start * scheduler.order))")
         grid = self._grid[i:]
-        # a schedule may end with zero-length steps (karras sigmas with final_sigmas_type="sigma_min"
-        # repeat the last sigma): they leave the sample as it is, as diffusers' steps of length h = 0 do
-        while len(grid) > 2 and grid[-1] == grid[-2]:
-            grid = grid[:-1]
-        for a, b in zip(grid[:-1], grid[1:]):
-            if not b < a:
-                raise ValueError(f"the schedule's sigmas repeat or increase ({a} then {b}): this many steps "
-                                 f"visit a level twice; use fewer steps than {len(self._grid) - 1}")
+        # the solver runs up to the first level that does not decrease. A schedule may end with
+        # zero-length steps (karras sigmas with final_sigmas_type="sigma_min" repeat the last sigma):
+        # those are taken as diffusers takes a step of length h = 0. A level repeated earlier (more
+        # steps than distinct levels) is an error when the run reaches it, not before.
+        cut = next((m for m in range(len(grid) - 1) if not grid[m + 1] < grid[m]), None)
+        bad = None
+        if cut is not None:
+            if any(g != grid[cut] for g in grid[cut:]):
+                bad = (grid[cut], next(g for g in grid[cut:] if g != grid[cut]) if grid[cut + 1] == grid[cut]
+                       else grid[cut + 1])
+            grid = grid[: cut + 1]
         in_dtype = sample.dtype
         state = state_dtype_for(in_dtype)
-        run: dict[str, Any] = {"start": i, "state": state, "steps": len(grid) - 1}
+        run: dict[str, Any] = {"start": i, "state": state, "steps": len(grid) - 1, "bad": bad}
         over = {"eta": float(eta)} if eta and self.solver_name == "ddim" else {}
 
         def model(x, t, **_):
