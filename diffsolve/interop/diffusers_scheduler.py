@@ -160,28 +160,10 @@ class _StepODE(DiffusionODE):
         return xbar / math.sqrt(1.0 + float(sigma) ** 2)
 
 
-class _Threshold:
-    """diffusers' dynamic thresholding rule, whatever its ratio and maximum (the math is defined for
-    every ratio in [0, 1] and every maximum > 0; torch's clamp lets the maximum win over the minimum 1)."""
-
-    def __init__(self, ratio: float, max_value: float):
-        self.fn = dynamic_thresholding(max(ratio, 1e-300), max_value=max(max_value, 1.0)) \
-            if max_value >= 1.0 and ratio > 0 else None
-        self.ratio, self.max_value = ratio, max_value
-
-    def __call__(self, denoised: torch.Tensor, sigma: float) -> torch.Tensor:
-        if self.fn is not None:
-            return self.fn(denoised, sigma)
-        flat = denoised.reshape(denoised.shape[0], -1)
-        work = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
-        s = torch.quantile(work.abs(), self.ratio, dim=1).clamp(min=1.0, max=self.max_value)[:, None]
-        out = torch.maximum(torch.minimum(work, s), -s) / s
-        return out.to(denoised.dtype).reshape(denoised.shape)
-
-
 def _transform(cfg) -> Callable | None:
     if cfg.get("thresholding"):
-        return _Threshold(float(cfg.get("dynamic_thresholding_ratio", 0.995)), float(cfg.get("sample_max_value", 1.0)))
+        return dynamic_thresholding(float(cfg.get("dynamic_thresholding_ratio", 0.995)),
+                                    max_value=float(cfg.get("sample_max_value", 1.0)))
     if cfg.get("clip_sample"):
         r = float(cfg.get("clip_sample_range", 1.0))
         return clipping(-r, r)
@@ -397,7 +379,11 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                 raise ValueError(f"solver_type={fcfg['solver_type']!r} is not supported; supported: bh1, bh2")
             return "unipc", {"solver_order": min(order, 3), "variant": fcfg["solver_type"]}, _unipc_orders
         if fam == "DEISMultistepScheduler":
-            return "deis", {"solver_order": order}, _dpm_orders
+            if fcfg["solver_type"] != "logrho" or fcfg["algorithm_type"] != "deis":
+                raise ValueError(f"DEISMultistepScheduler: algorithm_type={fcfg['algorithm_type']!r}, solver_type="
+                                 f"{fcfg['solver_type']!r}; supported: 'deis' with 'logrho'")
+            # diffusers' "logrho" DEIS is log-rho AB-DEIS: diffsolve's deis with variable="log-sigma"
+            return "deis", {"solver_order": order, "variable": "log-sigma"}, _dpm_orders
         raise AssertionError(fam)
 
     # -- diffusers API ---------------------------------------------------------------------------
@@ -636,14 +622,19 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         """(step, call within the step, sigma) of every model call of the solver on ``grid``,
         from two probe runs (they must agree: a fixed-step solver's calls do not depend on data)."""
         n = len(grid) - 1
-        if self.solver_class.calls_per_step == 1 and type(make_solver(self.solver_name, **self.solver_opts)).run \
-                is Solver.run:
-            return [(i, 0, grid[i]) for i in range(n)]
-        if type(make_solver(self.solver_name, **self.solver_opts)).run is not Solver.run:
+        cls = self.solver_class
+        if self.family is not None and self.config.solver is None and cls.calls_per_step == 1:
+            return [(i, 0, grid[i]) for i in range(n)]  # the family's own one-call-per-step method
+        if getattr(cls, "adaptive", False):
             raise DataDependentCallsError(
                 f"solver {self.solver_name!r} chooses where to call the model from the data (adaptive step "
                 "control), but a diffusers pipeline needs its timesteps before the first call; use a fixed-step "
                 "solver in pipelines, or diffsolve.sample with diffsolve.from_diffusers")
+        if cls.step is Solver.step:
+            raise ValueError(
+                f"solver {self.solver_name!r} integrates the whole grid in run() and has no per-step step(), but a "
+                "diffusers pipeline hands over one model output at a time; use it through "
+                "diffsolve.sample(diffsolve.from_diffusers(model, config), ...)")
         if any(b >= a for a, b in zip(grid[:-1], grid[1:])):
             raise ValueError("the schedule's sigmas must be strictly decreasing for a multi-call solver")
         patterns = []
@@ -774,6 +765,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         out = model_output.to(run["state"])
         if j == 0:
             run["x"] = self._to_xbar(sample.to(run["state"]), sigma)
+            run["points"] = [run["x"]]
             run["outputs"] = [out]
             run["noise"] = []
             if self._calls_in_step(k) > 1:
@@ -875,7 +867,12 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         except _NeedModel as need:
             s = need.sigma
             xbar = need.x * math.sqrt(1.0 + s * s)  # the model's VP input back to xbar (E6)
-            return xbar, None, s
+            # the denoised estimate of the call just answered, at the point it was made
+            c = len(run["outputs"]) - 1
+            out = run["outputs"][c]
+            denoised, _ = self._ode(lambda x, t, **_: out).predict(run["points"][c], self._calls[k][2])
+            run["points"].append(xbar)
+            return xbar, denoised, s
         if run["calls"] != len(run["outputs"]):
             raise DataDependentCallsError(f"solver {self.solver_name!r} made {run['calls']} model calls in step "
                                           f"{i}, not the {len(run['outputs'])} set_timesteps predicted")
@@ -888,9 +885,11 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         """From any scheduler's config: the config's ``_class_name`` (a supported diffusers scheduler)
         becomes ``emulate``, and every key of that scheduler is read, its defaults included (so the
         scheduler the config came from is reproduced). Keyword arguments override config keys."""
-        cfg = config.config if hasattr(config, "config") and not isinstance(config, dict) else config
-        cfg = dict(cfg or {})
-        name = cfg.get("_class_name")
+        source = None
+        if hasattr(config, "config") and not isinstance(config, dict):  # a scheduler object
+            source, config = type(config).__name__, config.config
+        cfg = dict(config or {})
+        name = cfg.get("_class_name") or source or _family_of_keys(cfg)
         if "emulate" not in cfg and "emulate" not in kwargs and name in FAMILIES:
             cfg["emulate"] = name
             cfg.pop("_use_default_values", None)  # the source's own defaults are the values to reproduce
@@ -901,6 +900,25 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"DiffsolveScheduler cannot reproduce {name}; supported: {', '.join(FAMILIES)}. "
                              "Pass a config without _class_name (diffsolve's own grid) or emulate=")
         return super().from_config(cfg, return_unused_kwargs=return_unused_kwargs, **kwargs)
+
+
+def _family_of_keys(cfg) -> str | None:
+    """The diffusers scheduler whose keys are exactly those of ``cfg`` (the config of a scheduler
+    built in this process carries no ``_class_name``; its keys still name its class)."""
+    import diffusers
+
+    keys = {k for k in cfg if not k.startswith("_")}
+    names = dict.fromkeys(list(FAMILIES) + list(diffusers.DDIMScheduler._compatibles))
+    hits = []
+    for name in names:
+        cls = getattr(diffusers, name, None)
+        if cls is not None and {k for k in inspect.signature(cls.__init__).parameters
+                                if k not in ("self", "kwargs")} == keys:
+            hits.append(name)
+    if len(hits) > 1:
+        raise ValueError(f"the config's keys are those of {' and of '.join(hits)}: pass the scheduler itself "
+                         "(DiffsolveScheduler.from_config(scheduler)) or emulate=<its class name>")
+    return hits[0] if hits else None
 
 
 def _steps(n) -> int:
