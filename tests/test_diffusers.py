@@ -252,7 +252,7 @@ FULL_LOOPS = [
     (DPMSolverMultistepScheduler, {"use_beta_sigmas": True, "algorithm_type": "sde-dpmsolver++"}),
     (DPMSolverMultistepScheduler, {"thresholding": True, "prediction_type": "sample", "sample_max_value": 0.5}),
     (UniPCMultistepScheduler, {}), (UniPCMultistepScheduler, {"use_karras_sigmas": True, "solver_order": 3}),
-    (UniPCMultistepScheduler, {"solver_type": "bh1"}),
+    (UniPCMultistepScheduler, {"solver_type": "bh1", "final_sigmas_type": "sigma_min"}),
     (EulerDiscreteScheduler, {}), (EulerDiscreteScheduler, {"use_karras_sigmas": True, "prediction_type": "v_prediction"}),
     (EulerDiscreteScheduler, {"timestep_spacing": "trailing", "interpolation_type": "log_linear"}),
     (EulerAncestralDiscreteScheduler, {}), (HeunDiscreteScheduler, {}), (HeunDiscreteScheduler, {"use_karras_sigmas": True}),
