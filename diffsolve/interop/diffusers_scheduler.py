@@ -802,8 +802,13 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         return x, denoised
 
     def _calls_in_step(self, k: int) -> int:
-        i = self._calls[k][0]
-        return sum(1 for c in self._calls if c[0] == i)
+        counts = getattr(self, "_counts", None)
+        if counts is None or counts[0] is not self._calls:  # model calls per solver step, counted once
+            per: dict[int, int] = {}
+            for i, _, _ in self._calls:
+                per[i] = per.get(i, 0) + 1
+            self._counts = counts = (self._calls, per)
+        return counts[1][self._calls[k][0]]
 
     def _begin_run(self, k: int, sample, eta):
         i, j, _ = self._calls[k]
@@ -849,7 +854,14 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         self._run = run
 
     def _snapshot(self, solver: Solver) -> dict:
+        """A copy of the solver's state at the first call of a multi-call step. What setup made and no
+        tensor lives in (the grid, per-step coefficients) is shared, not copied, so a snapshot costs
+        the solver's history only, not the grid's length."""
         memo = {id(solver.ode): solver.ode, id(solver.noise): solver.noise}
+        frozen = self._run.setdefault("frozen", {k for k, v in solver.__dict__.items() if _setup_constant(v)})
+        for k in frozen:
+            v = solver.__dict__.get(k)
+            memo[id(v)] = v
         return copy.deepcopy(solver.__dict__, memo)
 
     def _attempt(self, i: int, k: int):
@@ -859,6 +871,9 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         solver = run["solver"]
         if "snapshot" in run and self._calls_in_step(k) > 1:
             memo = {id(solver.ode): solver.ode, id(solver.noise): solver.noise}
+            for key in run.get("frozen", ()):
+                v = run["snapshot"].get(key)
+                memo[id(v)] = v
             solver.__dict__.clear()
             solver.__dict__.update(copy.deepcopy(run["snapshot"], memo))
         run["calls"], run["noise_used"] = 0, 0
@@ -900,6 +915,15 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"DiffsolveScheduler cannot reproduce {name}; supported: {', '.join(FAMILIES)}. "
                              "Pass a config without _class_name (diffsolve's own grid) or emulate=")
         return super().from_config(cfg, return_unused_kwargs=return_unused_kwargs, **kwargs)
+
+
+def _setup_constant(value) -> bool:
+    """A non-empty container of Python numbers (nested lists/tuples), as setup leaves grids and
+    coefficients: treated as constant for the run (solvers do not mutate them in a step)."""
+    if isinstance(value, (list, tuple)):
+        return len(value) > 0 and all(_setup_constant(v) or isinstance(v, (int, float, bool, type(None)))
+                                      for v in value)
+    return False
 
 
 def _family_of_keys(cfg) -> str | None:
