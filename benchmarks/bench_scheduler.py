@@ -16,9 +16,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's diffsolve
 
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, HeunDiscreteScheduler  # noqa: E402
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, HeunDiscreteScheduler
 
-from diffsolve.interop.diffusers_scheduler import DiffsolveScheduler  # noqa: E402
+from diffsolve.interop.diffusers_scheduler import DiffsolveScheduler
 
 
 def model(x, t):

@@ -26,7 +26,10 @@ from diffusers import (
 )
 
 import diffsolve as ds
-from diffsolve.interop.diffusers_scheduler import DataDependentCallsError, DiffsolveScheduler
+from diffsolve.interop.diffusers_scheduler import (
+    DataDependentCallsError,
+    DiffsolveScheduler,
+)
 from diffsolve.plugins import get_registry
 
 STEPS = 5
@@ -333,7 +336,7 @@ def test_ddim_step_takes_ddims_arguments_and_positions():
         b = ours.step(out, t, x, *args, **kwargs)
         torch.testing.assert_close(b.prev_sample, a.prev_sample, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(b.pred_original_sample, a.pred_original_sample, rtol=1e-5, atol=1e-6)
-    prev, x0 = ours.step(out, t, x, return_dict=False)
+    _, x0 = ours.step(out, t, x, return_dict=False)
     torch.testing.assert_close(x0, ref.step(out, t, x).pred_original_sample, rtol=1e-5, atol=1e-6)
 
 

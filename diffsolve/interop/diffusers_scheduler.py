@@ -33,8 +33,10 @@ from __future__ import annotations
 
 import copy
 import inspect
+import itertools
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -49,9 +51,13 @@ from ..solvers._exponential import combine
 from ..solvers.base import Solver
 from ..thresholding import clipping, dynamic_thresholding
 from ..wrapper import DiffusionODE
-from .diffusers import PREDICTION_TYPES, diffusers_grid, prediction_from_config, schedule_from_config
+from .diffusers import (
+    PREDICTION_TYPES,
+    diffusers_grid,
+    schedule_from_config,
+)
 
-__all__ = ["DiffsolveScheduler", "DataDependentCallsError", "FAMILIES"]
+__all__ = ["FAMILIES", "DataDependentCallsError", "DiffsolveScheduler"]
 
 
 class DataDependentCallsError(ValueError):
@@ -257,13 +263,11 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
     whose value cannot be honoured is an error, never dropped.
     """
 
-    _compatibles = list(FAMILIES)
+    _compatibles: ClassVar[list[str]] = list(FAMILIES)
     order = 1
-
-    @register_to_config
-    def __init__(self, solver: str | None = None, solver_options: dict | None = None, grid: str | None = None,
-                 grid_options: dict | None = None, emulate: str | None = None, **family_keys):
-        raise NotImplementedError  # replaced below by the generated signature
+    # __init__(solver=None, solver_options=None, grid=None, grid_options=None, emulate=None, <every key of
+    # the supported diffusers schedulers>=None) is generated below (_make_init), so that
+    # register_to_config records every key by name
 
     # ------------------------------------------------------------------------------------------------
     def _setup(self):
@@ -635,7 +639,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                 f"solver {self.solver_name!r} integrates the whole grid in run() and has no per-step step(), but a "
                 "diffusers pipeline hands over one model output at a time; use it through "
                 "diffsolve.sample(diffsolve.from_diffusers(model, config), ...)")
-        if any(b >= a for a, b in zip(grid[:-1], grid[1:])):
+        if any(b >= a for a, b in itertools.pairwise(grid)):
             raise ValueError("the schedule's sigmas must be strictly decreasing for a multi-call solver")
         patterns = []
         for fn in (torch.zeros_like, lambda x: 0.5 * torch.tanh(3 * x) + 0.1):
@@ -738,10 +742,9 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
 
     # -- every other solver: one solver step per call ------------------------------------------------
     def _step_solver(self, model_output, timestep, sample, eta, use_clipped, generator, variance_noise):
-        if eta:
-            if self.solver_name != "ddim":
-                raise ValueError(f"eta={eta} given to step(): eta is DDIM's; solver {self.solver_name!r} takes "
-                                 "its options as solver_options")
+        if eta and self.solver_name != "ddim":
+            raise ValueError(f"eta={eta} given to step(): eta is DDIM's; solver {self.solver_name!r} takes "
+                             "its options as solver_options")
         if use_clipped is False and self.transform is not None:
             raise ValueError("use_clipped_model_output=False with clip_sample/thresholding: diffsolve keeps the "
                              "clipped x0 and its eps consistent; pass True (or leave it unset)")
