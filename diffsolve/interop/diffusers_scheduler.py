@@ -627,8 +627,11 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         from two probe runs (they must agree: a fixed-step solver's calls do not depend on data)."""
         n = len(grid) - 1
         cls = self.solver_class
-        if self.family is not None and self.config.solver is None and cls.calls_per_step == 1:
-            return [(i, 0, grid[i]) for i in range(n)]  # the family's own one-call-per-step method
+        if self.family is not None and self.config.solver is None:  # the family's own method
+            if cls.calls_per_step == 1:
+                return [(i, 0, grid[i]) for i in range(n)]
+            if self.family.name == "HeunDiscreteScheduler":  # two calls per step, one on the step into 0
+                return [c for i in range(n) for c in [(i, 0, grid[i])] + ([(i, 1, grid[i + 1])] if grid[i + 1] else [])]
         if getattr(cls, "adaptive", False):
             raise DataDependentCallsError(
                 f"solver {self.solver_name!r} chooses where to call the model from the data (adaptive step "
@@ -644,10 +647,11 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         patterns = []
         for fn in (torch.zeros_like, lambda x: 0.5 * torch.tanh(3 * x) + 0.1):
             seen: list[tuple[int, int, float]] = []
-            cur = [0]
+            cur = [0, 0]  # step, calls made in it so far
 
             def model(x, t, fn=fn, seen=seen, cur=cur, **_):
-                seen.append((cur[0], sum(1 for s in seen if s[0] == cur[0]), float(t[0])))
+                seen.append((cur[0], cur[1], float(t[0])))
+                cur[1] += 1
                 return fn(x)
 
             ode = self._ode(model, prediction="eps", transform=None).start_run(wants_denoised=False)
@@ -655,7 +659,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             solver.setup(ode, grid, lambda like: torch.zeros_like(like))
             x = torch.linspace(-1.5, 1.5, 4, dtype=torch.float64).reshape(1, 4)
             for i in range(n):
-                cur[0] = i
+                cur[0], cur[1] = i, 0
                 x, _ = solver.step(i, x)
             patterns.append(seen)
         if patterns[0] != patterns[1]:
