@@ -425,6 +425,22 @@ def test_keys_that_conflict_are_errors_not_warnings():
     with pytest.raises(ValueError, match="pass the scheduler itself"):
         DiffsolveScheduler.from_config(dict(LMSDiscreteScheduler().config))  # LMS and KDPM2 share their keys
     assert DiffsolveScheduler.from_config(LMSDiscreteScheduler()).config.emulate == "LMSDiscreteScheduler"
+    with pytest.raises(ValueError, match=r"cannot honour the key\(s\) \['foo'\]"):
+        DiffsolveScheduler.from_config(dict(DDIMScheduler().config, foo=1))  # never dropped with a warning
+
+
+def test_another_schedulers_config_with_a_solver_runs_on_its_training_schedule():
+    from diffusers import PNDMScheduler  # Stable Diffusion 1.x ships this one
+
+    pndm = PNDMScheduler(skip_prk_steps=True, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                         steps_offset=1, set_alpha_to_one=False)
+    with pytest.raises(ValueError, match="cannot reproduce PNDMScheduler"):
+        DiffsolveScheduler.from_config(pndm)
+    ours = DiffsolveScheduler.from_config(pndm, solver="dpmpp-2m")
+    assert ours.config.emulate is None and ours.config.beta_schedule == "scaled_linear"
+    torch.testing.assert_close(ours.alphas_cumprod, pndm.alphas_cumprod)
+    ours.set_timesteps(5)
+    assert ours.timesteps.tolist() == [801, 601, 401, 201, 1]  # steps_offset=1, leading spacing
 
 
 def test_passing_it_to_a_pipeline_constructor_keeps_it(unet):

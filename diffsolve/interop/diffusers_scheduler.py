@@ -912,16 +912,43 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             source, config = type(config).__name__, config.config
         cfg = dict(config or {})
         name = cfg.get("_class_name") or source or _family_of_keys(cfg)
-        if "emulate" not in cfg and "emulate" not in kwargs and name in FAMILIES:
+        chosen = "emulate" in cfg or "emulate" in kwargs
+        if not chosen and name in FAMILIES:
             cfg["emulate"] = name
             cfg.pop("_use_default_values", None)  # the source's own defaults are the values to reproduce
             full = dict(FAMILIES[name].defaults())
             full.update({k: v for k, v in cfg.items() if k in full})
             cfg.update(full)
-        elif name is not None and name != cls.__name__ and "emulate" not in cfg and "emulate" not in kwargs:
-            raise ValueError(f"DiffsolveScheduler cannot reproduce {name}; supported: {', '.join(FAMILIES)}. "
-                             "Pass a config without _class_name (diffsolve's own grid) or emulate=")
+        elif not chosen and name is not None and not issubclass(cls, _class_named(name)):
+            if kwargs.get("solver", cfg.get("solver")) is None:
+                raise ValueError(f"DiffsolveScheduler cannot reproduce {name}; supported: {', '.join(FAMILIES)}. "
+                                 "Name a diffsolve solver (solver=...) to run it on this config's training "
+                                 "schedule, or pass emulate=")
+            # solver= replaces the source's method: its training schedule is read (native mode) and its
+            # method's own keys (e.g. PNDM's skip_prk_steps) have nothing left to act on
+            cfg["emulate"] = None
+            method_keys = _init_keys_of(name) - set(_NATIVE_DEFAULTS)
+            cfg = {k: v for k, v in cfg.items() if k not in method_keys}
+        own = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        unknown = sorted(k for k in list(cfg) + list(kwargs) if not k.startswith("_") and k not in own)
+        if unknown:
+            raise ValueError(f"DiffsolveScheduler cannot honour the key(s) {unknown}; it reads the keys of "
+                             f"{', '.join(FAMILIES)} and its own ({', '.join(_OWN_KEYS)})")
         return super().from_config(cfg, return_unused_kwargs=return_unused_kwargs, **kwargs)
+
+
+def _class_named(name: str) -> type:
+    """The diffusers scheduler class ``name`` (or ``object`` when diffusers has none: never a base)."""
+    import diffusers
+
+    found = getattr(diffusers, name, None) if name.isidentifier() else None
+    return found if isinstance(found, type) else type("_Unknown", (), {})
+
+
+def _init_keys_of(name: str) -> set[str]:
+    cls = _class_named(name)
+    init = cls.__dict__.get("__init__") if "_Unknown" != cls.__name__ else None
+    return set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"} if init is not None else set()
 
 
 def _setup_constant(value) -> bool:
