@@ -930,7 +930,9 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             method_keys = _init_keys_of(name) - set(_NATIVE_DEFAULTS)
             cfg = {k: v for k, v in cfg.items() if k not in method_keys}
         own = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        unknown = sorted(k for k in list(cfg) + list(kwargs) if not k.startswith("_") and k not in own)
+        # keyword overrides too, unless the caller collects the unused ones (from_pretrained's path)
+        candidates = list(cfg) + ([] if return_unused_kwargs else list(kwargs))
+        unknown = sorted(k for k in candidates if not k.startswith("_") and k not in own)
         if unknown:
             raise ValueError(f"DiffsolveScheduler cannot honour the key(s) {unknown}; it reads the keys of "
                              f"{', '.join(FAMILIES)} and its own ({', '.join(_OWN_KEYS)})")
