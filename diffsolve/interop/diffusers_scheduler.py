@@ -767,6 +767,9 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                                  "set_timesteps() / set_begin_index() to start a new run")
         i, j, sigma = self._calls[k]
         run = self._run
+        if float(eta or 0.0) != run["eta"]:
+            raise ValueError(f"eta={eta} given to step() after a run started with eta={run['eta']}: one eta per run "
+                             "(it sets the solver's coefficients for the whole grid)")
         noise = self._noise_fn(generator, variance_noise)
         in_dtype = sample.dtype
         out = model_output.to(run["state"])
@@ -836,7 +839,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             grid = grid[: cut + 1]
         in_dtype = sample.dtype
         state = state_dtype_for(in_dtype)
-        run: dict[str, Any] = {"start": i, "state": state, "steps": len(grid) - 1, "bad": bad}
+        run: dict[str, Any] = {"start": i, "state": state, "steps": len(grid) - 1, "bad": bad,
+                               "eta": float(eta or 0.0)}
         over = {"eta": float(eta)} if eta and self.solver_name == "ddim" else {}
 
         def model(x, t, **_):
