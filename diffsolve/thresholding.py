@@ -42,15 +42,17 @@ class DynamicThresholding:
 
     Per sample: s = max(1, quantile(|x0|, p)) over all its entries (capped at ``max_value``),
     then x0 = clamp(x0, -s, s) / s. With s = 1 this is clipping to [-1, 1]; a larger s pulls
-    saturated values inwards instead of flattening them.
+    saturated values inwards instead of flattening them. The rule is defined for every p in
+    [0, 1] and every ``max_value`` > 0 (diffusers accepts them all): a ``max_value`` below 1 wins
+    over the floor 1, so s = max_value.
     """
 
     def __init__(self, p: float = 0.995, max_value: float = math.inf):
         p, max_value = float(p), float(max_value)
-        if not 0.0 < p <= 1.0:
-            raise ValueError(f"the percentile p must be in (0, 1], got {p}")
-        if not max_value >= 1.0:
-            raise ValueError(f"max_value must be >= 1, got {max_value}")
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"the percentile p must be in [0, 1], got {p}")
+        if not max_value > 0.0:
+            raise ValueError(f"max_value must be > 0, got {max_value}")
         self.p, self.max_value = p, max_value
 
     def __call__(self, denoised: torch.Tensor, sigma: float) -> torch.Tensor:

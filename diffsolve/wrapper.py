@@ -312,10 +312,10 @@ class DiffusionODE:
         """
         p = self.prediction
         if self.schedule.space not in ("vp", "flow"):
-            raise ValueError(f"a grid starting at sigma = inf needs a VP or flow schedule (its state stays finite "
+            raise ValueError(f"sigmas start at sigma = inf, which needs a VP or flow schedule (its state stays finite "
                              f"there); this one is {self.schedule.space!r}: start the grid at a finite sigma")
         if p not in ("flow", "v", "x0"):
-            raise ValueError(f"a grid starting at sigma = inf needs a flow, v or x0 prediction; this model predicts "
+            raise ValueError(f"sigmas start at sigma = inf, which needs a flow, v or x0 prediction; this model predicts "
                              f"{p!r}, whose x0 is undefined at the pure-noise level: start the grid at a finite sigma")
         out = self._call(x, math.inf)
         denoised = x - out if p == "flow" else (-out if p == "v" else out)

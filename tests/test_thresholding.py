@@ -34,10 +34,12 @@ def test_dynamic_thresholding_is_imagens_rule_per_sample():
     assert out.abs().max() <= 1.0
     capped = ds.DynamicThresholding(0.9, max_value=1.5)(x0, 1.0)
     torch.testing.assert_close(capped[2], x0[2].clamp(-1.5, 1.5) / 1.5)
-    with pytest.raises(ValueError, match=r"percentile p must be in \(0, 1\]"):
+    below_one = ds.DynamicThresholding(0.9, max_value=0.5)(x0, 1.0)  # diffusers' rule: the cap wins, s = 0.5
+    torch.testing.assert_close(below_one, x0.clamp(-0.5, 0.5) / 0.5)
+    with pytest.raises(ValueError, match=r"percentile p must be in \[0, 1\]"):
         ds.DynamicThresholding(1.5)
-    with pytest.raises(ValueError, match="max_value must be >= 1"):
-        ds.DynamicThresholding(0.9, max_value=0.5)
+    with pytest.raises(ValueError, match="max_value must be > 0"):
+        ds.DynamicThresholding(0.9, max_value=0.0)
 
 
 @pytest.mark.parametrize("transform", [ds.Clipping(), ds.DynamicThresholding(0.995)])

@@ -1,41 +1,63 @@
-"""``DiffsolveScheduler``: any registered diffsolve solver inside unmodified diffusers pipelines.
+"""``DiffsolveScheduler``: any registered diffsolve solver as a drop-in diffusers scheduler.
 
 A diffusers pipeline owns the loop: ``set_timesteps(n)``, then for every ``t`` in
-``scheduler.timesteps`` it calls the model and ``scheduler.step(model_output, t, sample)``. A
-diffsolve solver owns its loop too and calls the model itself, possibly several times per step.
-The scheduler reconciles the two:
+``scheduler.timesteps`` it calls the model once and ``scheduler.step(model_output, t, sample)``.
+The scheduler answers each call with **one solver step** (docs/diffusers.md, "How it steps"):
 
-* ``set_timesteps`` runs the solver once on two cheap probe models to record the sigma of every
-  model call; ``timesteps`` is that list in diffusers' units (the DDPM index, fractional off the
-  schedule's levels), so a solver with k calls per step exposes k timesteps per step. Solvers
-  whose call pattern depends on the data (adaptive step control, iterated correctors) are
-  refused there with a clear error: a pipeline needs its timesteps before the first call.
-* ``step`` stores the model output and *replays* the solver from the first ``sample`` with the
-  outputs received so far, stopping at the next model call: its input is the ``prev_sample``
-  handed back. After the last call the replay finishes and returns the solver's result. Noise
-  for stochastic solvers is drawn once (from ``step``'s ``generator``) and reused by replays.
-  The replay costs solver arithmetic only, no model calls.
+* The solver sees the model through a view of the ODE whose "model" returns the output the
+  pipeline passed to ``step``: its step ``i`` calls that model once, at the ``sample`` it was
+  given, so a solver's own history (DPM-Solver's, UniPC's, LMS's previous outputs) is kept as
+  model outputs, as diffusers' schedulers keep theirs, and a ``sample`` the pipeline edited
+  between steps (inpainting, step-end callbacks) is the one the step starts from. The loop is
+  linear in the number of steps.
+* A solver with k > 1 model calls per step (heun, the singlestep DPM-Solvers) exposes k
+  timesteps per step, in diffusers' interleaved convention (HeunDiscreteScheduler's
+  ``[t0, t1, t1, t2, t2, ...]``): the call after the first one of a step gets the point the
+  solver evaluates next as ``prev_sample``. Only that step is replayed (from a copy of the
+  solver's state taken at its first call), so the cost stays linear.
+* ``emulate`` names the diffusers scheduler whose schedule is reproduced (set from the config's
+  ``_class_name`` by ``from_config``): its own ``set_timesteps`` gives the timesteps and sigmas
+  (each family's spacing rule, karras / Lu / exponential / beta sigmas, ``final_sigmas_type``,
+  custom ``timesteps=`` / ``sigmas=``), its keys select the diffsolve solver, order and
+  algorithm, and the sample lives in that family's space (VP for DDIM/DPM-Solver/UniPC/DEIS,
+  the k-diffusion space xbar for Euler/Heun/LMS: ``init_noise_sigma`` and
+  ``scale_model_input`` are the family's). Without ``emulate`` (a config without
+  ``_class_name``, or ``DiffsolveScheduler(...)``), the grid is ``grid`` or DDIM's timestep
+  rule, the state is the VP sample and ``timesteps`` has one entry per model call.
 
-The state is the VP model-space sample, so ``init_noise_sigma = 1`` and ``scale_model_input`` is
-the identity. The x0 correction keeps (x0hat, epshat) consistent (docs/math.md pitfall 1): with
-``clip_sample=True`` it equals diffusers' DDIM with ``use_clipped_model_output=True``.
+The solver arithmetic is diffsolve's (docs/math.md E29-E30 and the solver files); only the
+schedule is taken from diffusers' own classes, so the two cannot disagree about timesteps.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import copy
+import inspect
+import itertools
+import math
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
+from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from ..grids import validate_sigmas
 from ..sampling import grid as named_grid
 from ..sampling import make_noise_sampler, make_solver, state_dtype_for
+from ..schedules import DiscreteSchedule
+from ..solvers._exponential import combine
+from ..solvers.base import Solver, bind_and_setup
+from ..thresholding import Clipping, DynamicThresholding
 from ..wrapper import DiffusionODE
-from .diffusers import diffusers_grid, prediction_from_config, schedule_from_config, transform_from_config
+from .diffusers import (
+    PREDICTION_TYPES,
+    diffusers_grid,
+    schedule_from_config,
+)
 
-__all__ = ["DiffsolveScheduler", "DataDependentCallsError"]
+__all__ = ["FAMILIES", "DataDependentCallsError", "DiffsolveScheduler"]
 
 
 class DataDependentCallsError(ValueError):
@@ -43,8 +65,184 @@ class DataDependentCallsError(ValueError):
 
 
 class _NeedModel(Exception):
+    """Raised inside a replayed step at the first model call whose output is not known yet."""
+
     def __init__(self, x: torch.Tensor, sigma: float):
         self.x, self.sigma = x, sigma
+
+
+# -- the families ----------------------------------------------------------------------------------
+#: keys every family shares: the training schedule and the x0 correction
+_SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                  "prediction_type", "rescale_betas_zero_snr", "timestep_spacing", "steps_offset")
+
+
+class _Family:
+    """What DiffsolveScheduler reproduces of one diffusers scheduler class."""
+
+    def __init__(self, name: str, space: str, honoured: dict[str, Callable[[Any], bool]] | None = None):
+        self.name, self.space = name, space
+        #: key -> predicate of the values honoured; a key not listed is honoured for every value
+        self.honoured = honoured or {}
+
+    @property
+    def cls(self):
+        import diffusers
+
+        return getattr(diffusers, self.name)
+
+    def defaults(self) -> dict[str, Any]:
+        return {k: p.default for k, p in inspect.signature(self.cls.__init__).parameters.items()
+                if k not in ("self", "kwargs")}
+
+
+def _is(*values):
+    return lambda v: v in values
+
+
+def _false(v):
+    return not v
+
+
+FAMILIES: dict[str, _Family] = {f.name: f for f in [
+    _Family("DDIMScheduler", "vp"),
+    _Family("DDPMScheduler", "vp", {"variance_type": _is("fixed_small", "fixed_large")}),
+    _Family("DPMSolverMultistepScheduler", "vp", {
+        "algorithm_type": _is("dpmsolver++", "dpmsolver", "sde-dpmsolver++"),
+        "variance_type": _is(None, "learned_range", "learned"),
+        "use_flow_sigmas": _false, "use_dynamic_shifting": _false}),
+    _Family("UniPCMultistepScheduler", "vp", {
+        "predict_x0": _is(True), "disable_corrector": lambda v: not v, "solver_p": _is(None),
+        "use_flow_sigmas": _false, "use_dynamic_shifting": _false, "shift_terminal": _is(None)}),
+    _Family("DEISMultistepScheduler", "vp", {
+        "use_flow_sigmas": _false, "use_dynamic_shifting": _false}),
+    _Family("EulerDiscreteScheduler", "ve"),
+    _Family("EulerAncestralDiscreteScheduler", "ve"),
+    _Family("HeunDiscreteScheduler", "ve"),
+    _Family("LMSDiscreteScheduler", "ve"),
+]}
+
+#: keys of DiffsolveScheduler's own (not a diffusers scheduler's)
+_OWN_KEYS = ("solver", "solver_options", "grid", "grid_options", "emulate")
+#: the keys that choose the integrator (honoured with the family's own solver only)
+_INTEGRATOR_KEYS = ("solver_order", "algorithm_type", "solver_type", "lower_order_final", "euler_at_final",
+                    "predict_x0", "disable_corrector", "solver_p", "variance_type")
+#: native mode (no ``emulate``): the keys it reads, with their defaults
+_NATIVE_DEFAULTS = {
+    "num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear",
+    "trained_betas": None, "prediction_type": "epsilon", "rescale_betas_zero_snr": False,
+    "timestep_spacing": "leading", "steps_offset": 0, "clip_sample": False, "clip_sample_range": 1.0,
+    "thresholding": False, "dynamic_thresholding_ratio": 0.995, "sample_max_value": 1.0, "set_alpha_to_one": True,
+}
+
+
+def _all_family_keys() -> list[str]:
+    keys: dict[str, None] = {}
+    for fam in FAMILIES.values():
+        keys.update(dict.fromkeys(fam.defaults()))
+    return list(keys)
+
+
+# -- the ODE the solver steps on ---------------------------------------------------------------------
+#: a fixed VP schedule for the step ODE's type check: the step ODE never reads it (it converts with
+#: the grid's sigma itself, VP scale 1/sqrt(1 + sigma^2), E6)
+_PLACEHOLDER_SCHEDULE = DiscreteSchedule.from_betas(torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64))
+
+
+class _StepODE(DiffusionODE):
+    """The sigma-form ODE (E29) whose model is the output the pipeline handed to ``step``.
+
+    The grid's sigma is used as it is (no clamping to a training range: the sigmas come from the
+    emulated scheduler), with the VP scale a(sigma) = 1/sqrt(1 + sigma^2) (E6).
+    """
+
+    def _level(self, sigma: float) -> tuple[float, float, torch.Tensor]:
+        a = 1.0 / math.sqrt(1.0 + sigma * sigma)
+        return sigma, a, torch.tensor(a, dtype=torch.float64)
+
+    def to_xbar(self, x, sigma):
+        return x * math.sqrt(1.0 + float(sigma) ** 2)
+
+    def from_xbar(self, xbar, sigma):
+        return xbar / math.sqrt(1.0 + float(sigma) ** 2)
+
+
+def _transform(cfg) -> Callable | None:
+    if cfg.get("thresholding"):
+        return DynamicThresholding(float(cfg.get("dynamic_thresholding_ratio", 0.995)),
+                                    max_value=float(cfg.get("sample_max_value", 1.0)))
+    if cfg.get("clip_sample"):
+        r = float(cfg.get("clip_sample_range", 1.0))
+        return Clipping(-r, r)
+    return None
+
+
+# -- step orders: diffusers' rules -------------------------------------------------------------------
+def _dpm_orders(cfg, n: int, start: int, final_zero: bool) -> list[int]:
+    """DPMSolverMultistep / DEIS: warm-up from the first step taken, ``lower_order_final`` on
+    schedules of fewer than 15 steps, ``euler_at_final``, a first-order step into sigma = 0."""
+    order, lof = int(cfg["solver_order"]), bool(cfg.get("lower_order_final", True))
+    out = []
+    for k in range(start, n):
+        warm = k - start
+        final = k == n - 1 and (bool(cfg.get("euler_at_final", False)) or (lof and n < 15) or final_zero)
+        second = k == n - 2 and lof and n < 15
+        if order == 1 or warm < 1 or final:
+            out.append(1)
+        elif order == 2 or warm < 2 or second:
+            out.append(2)
+        else:
+            out.append(3)
+    return out
+
+
+def _unipc_orders(cfg, n: int, start: int, final_zero: bool) -> list[int]:
+    """UniPC: ``lower_order_final`` caps the order at the steps left (no 15-step condition)."""
+    order = int(cfg["solver_order"])
+    out = []
+    for k in range(start, n):
+        p = min(order, n - k) if cfg.get("lower_order_final", True) else order
+        out.append(min(p, k - start + 1))
+    return out
+
+
+_PATCHED: dict[type, type] = {}
+
+
+def _with_orders(cls: type) -> type:
+    """``cls`` whose per-step orders (``ExponentialSolver.orders``) follow the rule the scheduler
+    hands it (``_ds_orders``) instead of diffsolve's ``final_step`` option: the step orders of
+    the emulated diffusers scheduler, which a diffsolve option cannot always express."""
+    if cls not in _PATCHED:
+        def get(self):
+            return self.__dict__["_ds_step_orders"]
+
+        def set_(self, value):
+            rule = self.__dict__.get("_ds_orders")
+            if rule is not None:
+                if len(rule) != len(value):
+                    raise ValueError(f"internal: {len(rule)} step orders for a grid of {len(value)} steps")
+                # 0 marks the denoising step into sigma = 0 (E27), whatever the order
+                value = [0 if v == 0 else r for v, r in zip(value, rule)]
+            self.__dict__["_ds_step_orders"] = value
+
+        _PATCHED[cls] = type(cls.__name__, (cls,), {"orders": property(get, set_), "__module__": cls.__module__})
+    return _PATCHED[cls]
+
+
+def _dpmpp_3m_options() -> dict[str, Any]:
+    """THE PLUG POINT for DPM-Solver++(3M) with diffusers' reference weights.
+
+    diffusers' third-order multistep step weights the second divided difference by half of what the
+    exact weights have (docs/findings.md; diffsolve/solvers/dpm_solver_multistep.py): the reference
+    weights reproduce diffusers' numbers, so a scheduler emulating DPMSolverMultistep uses them.
+    """
+    return {"weights": "reference"}
+
+
+# -- the scheduler --------------------------------------------------------------------------------------
+def _family_signature_keys() -> list[str]:
+    return [k for k in _all_family_keys() if k not in _OWN_KEYS]
 
 
 class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
@@ -52,190 +250,778 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
 
     Swap it into a pipeline the usual way::
 
-        pipe.scheduler = DiffsolveScheduler.from_config(pipe.scheduler.config, solver="dpmpp-2m")
+        pipe.scheduler = DiffsolveScheduler.from_config(pipe.scheduler.config)                  # same method
+        pipe.scheduler = DiffsolveScheduler.from_config(pipe.scheduler.config, solver="unipc")  # another one
 
-    Config: ``solver``, ``solver_options`` (dict), ``grid`` (a registered grid name; default:
-    diffusers' ``timestep_spacing``/``steps_offset``), ``grid_options``, and diffusers' own
-    schedule keys (``num_train_timesteps``, ``beta_*``, ``trained_betas``, ``prediction_type``,
-    ``rescale_betas_zero_snr``, ``clip_sample``, ``thresholding``, ``set_alpha_to_one``, ...). The
-    grid ends at sigma = 0, or at the smallest trained sigma with ``set_alpha_to_one=False``
-    (:func:`~diffsolve.diffusers_grid`).
+    Config: ``solver``, ``solver_options`` (dict), ``emulate`` (the diffusers scheduler class name
+    whose schedule and conventions are reproduced; ``from_config`` takes it from the config's
+    ``_class_name``), ``grid`` / ``grid_options`` (a registered diffsolve grid, native mode only),
+    and every key of the emulated diffusers scheduler (None: that scheduler's default). A key
+    whose value cannot be honoured is an error, never dropped.
     """
 
+    _compatibles: ClassVar[list[str]] = list(FAMILIES)
     order = 1
+    # __init__(solver=None, solver_options=None, grid=None, grid_options=None, emulate=None, <every key of
+    # the supported diffusers schedulers>=None) is generated below (_make_init), so that
+    # register_to_config records every key by name
 
-    @register_to_config
-    def __init__(
-        self,
-        solver: str = "ddim",
-        solver_options: dict | None = None,
-        grid: str | None = None,
-        grid_options: dict | None = None,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.0001,
-        beta_end: float = 0.02,
-        beta_schedule: str = "linear",
-        trained_betas: Any = None,
-        prediction_type: str = "epsilon",
-        rescale_betas_zero_snr: bool = False,
-        timestep_spacing: str = "leading",
-        steps_offset: int = 0,
-        clip_sample: bool = False,
-        clip_sample_range: float = 1.0,
-        thresholding: bool = False,
-        dynamic_thresholding_ratio: float = 0.995,
-        sample_max_value: float = 1.0,
-        set_alpha_to_one: bool = True,
-    ):
-        self.schedule = schedule_from_config(self.config)
-        self.prediction = prediction_from_config(self.config)
-        self.denoised_transform = transform_from_config(self.config)
-        self._new_solver()  # validates the name and options now
-        self.init_noise_sigma = 1.0
-        self.num_inference_steps = None
-        self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1, dtype=torch.int64)
-        self.sigmas: torch.Tensor | None = None
-        self._call_sigmas: list[float] = []
-        self._reset()
+    # ------------------------------------------------------------------------------------------------
+    def _setup(self):
+        cfg = dict(self.config)
+        emulate = cfg.get("emulate")
+        if emulate is not None and emulate not in FAMILIES:
+            raise ValueError(f"emulate={emulate!r} is not supported; supported: {', '.join(FAMILIES)} "
+                             "(or None: diffsolve's own grid and DDIM's timestep rule)")
+        self.family = FAMILIES.get(emulate)
+        keys = _family_signature_keys()
+        given = {k: cfg.get(k) for k in keys if cfg.get(k) is not None}
+        if self.family is None:
+            extra = sorted(k for k in given if k not in _NATIVE_DEFAULTS)
+            if extra:
+                raise ValueError(f"key(s) {extra} need emulate=<a diffusers scheduler class> (they belong to one; "
+                                 f"supported: {', '.join(FAMILIES)}); without it the grid is grid=/grid_options=")
+            fcfg = dict(_NATIVE_DEFAULTS, **given)
+            self.space = "vp"
+            self._ref = None
+        else:
+            defaults = self.family.defaults()
+            foreign = sorted(k for k in given if k not in defaults)
+            if foreign:
+                raise ValueError(f"key(s) {foreign} are not keys of {emulate}; that scheduler cannot honour them")
+            fcfg = dict(defaults, **given)
+            if cfg.get("grid") is not None:
+                raise ValueError(f"grid={cfg['grid']!r} with emulate={emulate!r}: the emulated scheduler sets the "
+                                 "grid; use emulate=None for a diffsolve grid")
+            self.space = self.family.space
+            self._ref = self.family.cls.from_config({k: v for k, v in fcfg.items()})
+            # the family's own normalisations (DPMSolverMultistep reads solver_type "bh2" as "midpoint",
+            # UniPC reads "midpoint" as "bh2"): recorded as that scheduler records them
+            changed = {k: self._ref.config[k] for k in defaults if k in self._ref.config and k in self.config
+                       and isinstance(fcfg[k], (str, int, float, bool)) and self._ref.config[k] != fcfg[k]}
+            if changed:
+                fcfg.update(changed)
+                self.register_to_config(**{k: v for k, v in changed.items() if self.config[k] is not None})
+            for k, ok in self.family.honoured.items():
+                if k in fcfg and not ok(fcfg[k]):
+                    raise ValueError(f"{emulate}: {k}={fcfg[k]!r} is not supported by DiffsolveScheduler")
+        self.fcfg = fcfg
+        self.prediction = PREDICTION_TYPES.get(fcfg["prediction_type"])
+        if self.prediction is None:
+            raise ValueError(f"prediction_type={fcfg['prediction_type']!r} is not supported; supported: "
+                             f"{', '.join(PREDICTION_TYPES)}")
+        self.transform = _transform(fcfg)
+        self.solver_name, self.solver_opts, self.orders_rule = self._choose_solver(cfg, fcfg)
+        probe = make_solver(self.solver_name, **self.solver_opts)  # validates name and options now
+        self.solver_class = type(probe)
+        self.order = self.solver_class.calls_per_step
+        if self._ref is not None:
+            for attr in ("betas", "alphas", "alphas_cumprod"):
+                setattr(self, attr, getattr(self._ref, attr))
+        else:
+            sched = schedule_from_config(fcfg)
+            self.schedule = sched
+            from diffusers import DDIMScheduler
 
-    # -- diffusers API -----------------------------------------------------------------------
+            ref = DDIMScheduler.from_config({k: fcfg[k] for k in FAMILIES["DDIMScheduler"].defaults() if k in fcfg})
+            self.betas, self.alphas, self.alphas_cumprod = ref.betas, ref.alphas, ref.alphas_cumprod
+        acp = self.alphas_cumprod
+        self.final_alpha_cumprod = torch.tensor(1.0) if fcfg.get("set_alpha_to_one", True) else acp[0]
+        if self._ref is not None and hasattr(self._ref, "final_alpha_cumprod"):
+            self.final_alpha_cumprod = self._ref.final_alpha_cumprod
+
+    def _choose_solver(self, cfg, fcfg) -> tuple[str, dict, Callable | None]:
+        """(solver name, options, step-order rule) from ``solver`` or the emulated family's keys."""
+        user = cfg.get("solver")
+        opts = dict(cfg.get("solver_options") or {})
+        fam = self.family.name if self.family is not None else None
+        if user is not None:
+            if fam is not None:
+                defaults = self.family.defaults()
+                clash = sorted(k for k in _INTEGRATOR_KEYS if k in defaults and fcfg[k] != defaults[k]
+                               and k != "variance_type")
+                if clash:
+                    raise ValueError(f"solver={user!r} replaces {fam}'s own method, so its key(s) {clash} (set to "
+                                     "non-default values) cannot be honoured; drop them or drop solver=")
+            return user, opts, None
+        if fam is None:
+            return "ddim", opts, None
+        if opts:
+            raise ValueError(f"solver_options={opts} without solver=: name the solver they are for")
+        if fam in ("DDIMScheduler", "DDPMScheduler"):
+            return "ddim", {}, None
+        if fam in ("EulerDiscreteScheduler",):
+            return "ddim", {}, None
+        if fam == "EulerAncestralDiscreteScheduler":
+            return "euler-ancestral", {}, None
+        if fam == "HeunDiscreteScheduler":
+            return "heun", {}, None
+        if fam == "LMSDiscreteScheduler":
+            return "lms", {"solver_order": 4}, None
+        order = int(fcfg["solver_order"])
+        if fam == "DPMSolverMultistepScheduler":
+            algo, stype = fcfg["algorithm_type"], fcfg["solver_type"]
+            check = {"midpoint": "midpoint", "heun": "taylor"}
+            if stype not in check:
+                raise ValueError(f"solver_type={stype!r} is not supported; supported: midpoint, heun")
+            if order not in (1, 2, 3):
+                raise ValueError(f"solver_order={order} is not supported; supported: 1, 2, 3")
+            if algo == "sde-dpmsolver++":
+                if order == 3:
+                    raise ValueError("algorithm_type='sde-dpmsolver++' has orders 1 and 2 (as in diffusers)")
+                return "dpmpp-2m-sde", {"eta": 1.0, "solver_type": check[stype]}, _dpm_orders
+            base = "dpmpp" if algo == "dpmsolver++" else "dpm-solver"
+            options = {"solver_type": check[stype]}
+            if order == 3 and base == "dpmpp":
+                options.update(_dpmpp_3m_options())
+            return f"{base}-{3 if order == 3 else 2}m", options, _dpm_orders
+        if fam == "UniPCMultistepScheduler":
+            if fcfg["solver_type"] not in ("bh1", "bh2"):
+                raise ValueError(f"solver_type={fcfg['solver_type']!r} is not supported; supported: bh1, bh2")
+            return "unipc", {"solver_order": min(order, 3), "variant": fcfg["solver_type"]}, _unipc_orders
+        if fam == "DEISMultistepScheduler":
+            if fcfg["solver_type"] != "logrho" or fcfg["algorithm_type"] != "deis":
+                raise ValueError(f"DEISMultistepScheduler: algorithm_type={fcfg['algorithm_type']!r}, solver_type="
+                                 f"{fcfg['solver_type']!r}; supported: 'deis' with 'logrho'")
+            # diffusers' "logrho" DEIS is log-rho AB-DEIS: diffsolve's deis with variable="log-sigma"
+            return "deis", {"solver_order": order, "variable": "log-sigma"}, _dpm_orders
+        raise AssertionError(fam)
+
+    # -- diffusers API ---------------------------------------------------------------------------
+    @property
+    def step_index(self) -> int | None:
+        """Index in ``timesteps`` of the next call (None before the first ``step``)."""
+        return self._step_index
+
+    @property
+    def begin_index(self) -> int | None:
+        """Index of the first timestep, set by ``set_begin_index`` (img2img)."""
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start the next run at ``timesteps[begin_index]`` (pipelines call it before img2img)."""
+        self._begin_index = int(begin_index)
+
+    @property
+    def init_noise_sigma(self) -> torch.Tensor:
+        """Standard deviation of the start noise in the sample's space (1 in VP space)."""
+        if self._ref is not None and self.space == "ve":
+            return torch.as_tensor(float(self._ref.init_noise_sigma))
+        return torch.tensor(1.0)
+
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
-        """The identity: the state is the VP sample the model was trained on."""
-        return sample
+        """The model's input: the sample itself in VP space; sample / sqrt(sigma^2 + 1) in the
+        k-diffusion space of Euler/Heun/LMS (E6)."""
+        if self.space == "vp" or self._ref is None:
+            return sample
+        self._sync_ref()
+        out = self._ref.scale_model_input(sample, timestep)
+        if self._step_index is None:
+            self._step_index = self._ref.step_index
+        return out
 
     def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None,
-                      sigmas=None, **kwargs):
-        """Choose the grid and expose one timestep per model call of the solver on it."""
-        if sigmas is not None:
+                      timesteps=None, sigmas=None, **kwargs):
+        """The timesteps of a run of ``num_inference_steps`` steps (or the given ``timesteps`` /
+        ``sigmas``, where the emulated scheduler accepts them)."""
+        self._step_index = None
+        self._run = None
+        if self._ref is not None:
+            return self._set_timesteps_family(num_inference_steps, device, timesteps, sigmas, kwargs)
+        if kwargs:
+            raise TypeError(f"set_timesteps got unexpected argument(s) {sorted(kwargs)}")
+        if timesteps is not None:
+            if sigmas is not None:
+                raise ValueError("pass timesteps= or sigmas=, not both")
+            t = torch.as_tensor(timesteps, dtype=torch.float64).reshape(-1)
+            sig = torch.cat([self.schedule.sigma(t), torch.zeros(1, dtype=torch.float64)])
+            sig = validate_sigmas(sig, name="the sigmas of timesteps")
+        elif sigmas is not None:
             sig = validate_sigmas(sigmas)
         elif num_inference_steps is None:
-            raise ValueError("pass num_inference_steps (or a decreasing sigmas grid)")
+            raise ValueError("pass num_inference_steps (or timesteps= / sigmas=)")
         elif self.config.grid is not None:
-            sig = named_grid(self.config.grid, self.schedule, int(num_inference_steps), **(self.config.grid_options or {}))
+            sig = named_grid(self.config.grid, self.schedule, _steps(num_inference_steps),
+                             **(self.config.grid_options or {}))
         else:
-            sig = diffusers_grid(self.config, int(num_inference_steps), self.schedule)
-        self.sigmas = sig
-        self.num_inference_steps = len(sig) - 1
-        self._call_sigmas = self._probe_calls(torch.as_tensor(sig, dtype=torch.float64).tolist())
-        t = torch.as_tensor([float(self.schedule.t(s)) for s in self._call_sigmas], dtype=torch.float64)
+            sig = diffusers_grid(self.fcfg, _steps(num_inference_steps), self.schedule)
+        self._grid = sig.tolist()
+        self.sigmas = torch.as_tensor(self._grid, dtype=torch.float32)
+        self.num_inference_steps = len(self._grid) - 1
+        self._calls = self._call_map(self._grid)
+        t = torch.as_tensor([float(self.schedule.t(s)) for _, _, s in self._calls], dtype=torch.float64)
         integral = bool(torch.equal(t, t.round()))
         self.timesteps = (t.round().to(torch.int64) if integral else t.to(torch.float32)).to(device)
-        self._reset()
+        self._ddim_rule = False
 
-    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, generator=None,
-             return_dict: bool = True, eta: float = 0.0, use_clipped_model_output: bool | None = None, **kwargs):
-        """Take the model output for the current timestep; return the next model input
-        (or, after the last timestep, the solver's result) as ``prev_sample``."""
-        if self.sigmas is None:
+    def _set_timesteps_family(self, n, device, timesteps, sigmas, kwargs):
+        ref = self._ref
+        params = inspect.signature(ref.set_timesteps).parameters
+        args: dict[str, Any] = dict(kwargs)
+        for key, val in (("timesteps", timesteps), ("sigmas", sigmas)):
+            if val is not None:
+                if key not in params:
+                    raise ValueError(f"{self.family.name} does not take {key}= in set_timesteps; pass "
+                                     "num_inference_steps")
+                args[key] = val
+        if n is not None:
+            args["num_inference_steps"] = _steps(n) if timesteps is None and sigmas is None else n
+        elif not ("timesteps" in args or "sigmas" in args):
+            raise ValueError("pass num_inference_steps (or timesteps= / sigmas=)")
+        ref.set_timesteps(device=device, **args)
+        self._adopt_family_schedule(device)
+
+    def _adopt_family_schedule(self, device):
+        ref = self._ref
+        self.timesteps = ref.timesteps
+        self.num_inference_steps = ref.num_inference_steps
+        fam = self.family.name
+        self._ddim_rule = fam in ("DDIMScheduler", "DDPMScheduler") and self.solver_name == "ddim"
+        if fam in ("DDIMScheduler", "DDPMScheduler"):
+            # one step per timestep, to the family's previous timestep (or the final level)
+            ts = [int(t) for t in ref.timesteps.tolist()]
+            self._grid = [self._sigma_of(t) for t in ts] + [self._sigma_prev(ts[-1])]
+            self.sigmas = torch.as_tensor(self._grid, dtype=torch.float32)
+        else:
+            self.sigmas = ref.sigmas
+            self._grid = ref.sigmas.to(torch.float64).tolist()
+            if fam != "HeunDiscreteScheduler":
+                # step k goes from sigmas[k] to sigmas[k + 1], as in diffusers (whose log-linear Euler
+                # schedule has one sigma more than it visits)
+                self._grid = self._grid[: len(ref.timesteps) + 1]
+        if self.solver_class.calls_per_step == 1 or self.solver_name == "heun" and fam == "HeunDiscreteScheduler":
+            if fam == "HeunDiscreteScheduler":
+                # diffusers' Heun grid: [s0, s1, s1, ..., s_{n-1}, s_{n-1}, 0] -> the solver's grid
+                g = self._grid
+                self._grid = [g[0]] + g[1:-1:2] + [g[-1]]
+            self._calls = self._call_map(self._grid)
+            if len(self._calls) != len(self.timesteps):
+                raise ValueError(f"solver {self.solver_name!r} makes {len(self._calls)} model calls on "
+                                 f"{fam}'s schedule, which has {len(self.timesteps)} timesteps")
+        else:
+            # another solver on the family's grid: one timestep per call, at the family's sigma -> t
+            g = self._grid
+            if fam == "HeunDiscreteScheduler":
+                self._grid = g = [g[0]] + g[1:-1:2] + [g[-1]]
+            self._calls = self._call_map(g)
+            self.timesteps = self._family_t([s for _, _, s in self._calls]).to(device)
+
+    def _family_t(self, sig: list[float]) -> torch.Tensor:
+        """diffusers' sigma -> timestep rule: linear interpolation of log sigma between levels."""
+        log_sigmas = torch.log(((1 - self.alphas_cumprod) / self.alphas_cumprod).double().sqrt())
+        out = []
+        for s in sig:
+            ls = math.log(max(s, 1e-30))
+            idx = int(torch.searchsorted(log_sigmas, torch.tensor(ls, dtype=torch.float64)).clamp(1, len(log_sigmas) - 1))
+            lo, hi = float(log_sigmas[idx - 1]), float(log_sigmas[idx])
+            out.append(idx - 1 + min(max((ls - lo) / (hi - lo), 0.0), 1.0))
+        return torch.as_tensor(out, dtype=torch.float32)
+
+    def _sigma_of(self, t: int) -> float:
+        a = float(self.alphas_cumprod[t])
+        a = a if a > 0 else 2.0**-24  # zero terminal SNR: the ODE cannot start at sigma = inf (docs/diffusers.md)
+        return math.sqrt((1.0 - a) / a)
+
+    def _sigma_prev(self, t: int) -> float:
+        ref = self._ref
+        if self.family.name == "DDPMScheduler":
+            prev = int(ref.previous_timestep(t))
+            a = float(ref.alphas_cumprod[prev]) if prev >= 0 else 1.0
+        else:
+            prev = t - ref.config.num_train_timesteps // ref.num_inference_steps
+            a = float(ref.alphas_cumprod[prev]) if prev >= 0 else float(ref.final_alpha_cumprod)
+        return math.sqrt(max(1.0 - a, 0.0) / a)
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, eta: float | None = None,
+             use_clipped_model_output: bool | None = None, generator=None, variance_noise: torch.Tensor | None = None,
+             return_dict: bool = True, *, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
+             s_noise: float = 1.0, order: int | None = None):
+        """One model output in, the next sample out (``prev_sample``), with the solver's denoised
+        estimate (``pred_original_sample``). DDIMScheduler's arguments and positions: ``eta``
+        (DDIM's; others refuse eta > 0), ``use_clipped_model_output``, ``generator`` (the noise of
+        stochastic solvers), ``variance_noise`` (that noise given), ``return_dict``;
+        EulerDiscrete's ``s_churn``... (churn is refused) and LMS's ``order``."""
+        if self.timesteps is None or getattr(self, "_grid", None) is None:
             raise ValueError("call set_timesteps(num_inference_steps) before step()")
-        if eta:
-            raise ValueError(f"eta={eta} given to step(): set it as a solver option instead, e.g. "
-                             "DiffsolveScheduler.from_config(config, solver='ddim', solver_options={'eta': 1.0})")
-        k = len(self._outputs)
-        if k >= len(self.timesteps):
-            raise ValueError(f"step() called {k + 1} times but the run has {len(self.timesteps)} timesteps; "
-                             "call set_timesteps() to start a new run")
-        if float(timestep) != float(self.timesteps[k]):
-            raise ValueError(f"step() got timestep {float(timestep)} but the next model call is at "
-                             f"timesteps[{k}] = {float(self.timesteps[k])}: step through scheduler.timesteps in order")
-        if k == 0:
-            self._x_start = sample
-            self._draw = make_noise_sampler(generator)
-        elif not torch.equal(sample, self._returned):
-            raise ValueError("the sample given to step() is not the prev_sample it returned last: this scheduler "
-                             "replays its solver and cannot follow latents changed between steps")
-        self._outputs.append(model_output)
-        prev = self._replay()
-        self._returned = prev
-        return SchedulerOutput(prev_sample=prev) if return_dict else (prev,)
+        if not isinstance(model_output, torch.Tensor) or not isinstance(sample, torch.Tensor):
+            raise TypeError("model_output and sample must be torch tensors")
+        if self.fcfg.get("variance_type") in ("learned", "learned_range") and model_output.shape[1] > sample.shape[1]:
+            model_output = model_output[:, : sample.shape[1]]  # the variance channels are not used
+        if s_churn > 0 and any(s_tmin <= s <= s_tmax for s in self._grid[:-1]):
+            raise ValueError("s_churn > 0 (EulerDiscreteScheduler's churn) is not supported; use "
+                             "solver='heun' with solver_options={'s_churn': ...} or a stochastic solver")
+        if order is not None and self.solver_name == "lms" and order != self.solver_opts.get("solver_order", 4):
+            raise ValueError(f"order={order} given to step(); set it as solver_options={{'solver_order': {order}}}")
+        if self._ddim_rule:
+            prev, denoised = self._step_ddim(model_output, timestep, sample, eta, use_clipped_model_output,
+                                             generator, variance_noise)
+        else:
+            prev, denoised = self._step_solver(model_output, timestep, sample, eta, use_clipped_model_output,
+                                               generator, variance_noise)
+        if not return_dict:
+            return prev, denoised
+        return DDIMSchedulerOutput(prev_sample=prev, pred_original_sample=denoised)
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
-        """Forward process at diffusers timesteps: sqrt(abar) x0 + sqrt(1 - abar) noise (E8)."""
-        t = torch.as_tensor(timesteps).reshape(-1).cpu()
-        sigma = self.schedule.sigma(t.to(torch.float64))
-        a = (1.0 / torch.sqrt(1 + sigma**2)).to(original_samples.device, original_samples.dtype)
-        b = (sigma / torch.sqrt(1 + sigma**2)).to(original_samples.device, original_samples.dtype)
+        """The forward process at ``timesteps`` in the sample's space: sqrt(abar) x0 + sqrt(1 - abar)
+        noise in VP space (E8), x0 + sigma noise in the k-diffusion space."""
+        if self._ref is not None:
+            self._sync_ref()
+            return self._ref.add_noise(original_samples, noise, timesteps)
+        t = torch.as_tensor(timesteps, device="cpu").reshape(-1).to(torch.float64)
+        acp = self.alphas_cumprod.to(torch.float64)
+        lo = t.floor().long().clamp(0, len(acp) - 1)
+        hi = (lo + 1).clamp(max=len(acp) - 1)
+        a = acp[lo] + (t - lo) * (acp[hi] - acp[lo])
         view = (-1, *([1] * (original_samples.dim() - 1)))
-        return a.reshape(view) * original_samples + b.reshape(view) * noise
+        sa = a.sqrt().to(original_samples.device, original_samples.dtype).reshape(view)
+        sb = (1 - a).sqrt().to(original_samples.device, original_samples.dtype).reshape(view)
+        return sa * original_samples + sb * noise
+
+    def _get_variance(self, timestep: int, prev_timestep: int) -> torch.Tensor:
+        """DDPM's posterior variance between two training timesteps, VP space (docs/math.md E24):
+        (1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev), as DDIMScheduler exposes it."""
+        a_t = self.alphas_cumprod[timestep]
+        a_prev = self.alphas_cumprod[prev_timestep] if prev_timestep >= 0 else self.final_alpha_cumprod
+        return (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
 
     def __len__(self) -> int:
-        return self.config.num_train_timesteps
+        return int(self.fcfg["num_train_timesteps"])
 
-    # -- the replay ------------------------------------------------------------------------------
-    def _new_solver(self):
-        return make_solver(self.config.solver, **(self.config.solver_options or {}))
+    # -- internals -----------------------------------------------------------------------------------
+    def _sync_ref(self):
+        ref = self._ref
+        if hasattr(ref, "_begin_index"):
+            ref._begin_index = self._begin_index
+        if hasattr(ref, "_step_index"):
+            ref._step_index = self._step_index
 
-    def _reset(self) -> None:
-        self._outputs: list[torch.Tensor] = []
-        self._noise: list[torch.Tensor] = []
-        self._x_start = self._returned = self._draw = None
+    def _to_xbar(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        return x * math.sqrt(1.0 + sigma * sigma) if self.space == "vp" else x
 
-    def _drive(self, ode: DiffusionODE, x_model: torch.Tensor, noise) -> torch.Tensor:
-        """One run of a fresh solver on ``self.sigmas`` from ``x_model`` (model space)."""
-        sig = torch.as_tensor(self.sigmas, dtype=torch.float64).tolist()
-        in_dtype = x_model.dtype
-        state_dtype = state_dtype_for(in_dtype)
-        ode = ode.start_run(input_dtype=in_dtype, wants_denoised=False)
-        solver = self._new_solver()
-        solver.setup(ode, sig, noise)
-        x = solver.run(ode.to_xbar(x_model.to(state_dtype), sig[0]), lambda i, x, d: None)
-        return ode.from_xbar(x, sig[-1]).to(in_dtype)
+    def _from_xbar(self, xbar: torch.Tensor, sigma: float) -> torch.Tensor:
+        return xbar / math.sqrt(1.0 + sigma * sigma) if self.space == "vp" else xbar
 
-    def _ode(self, model, prediction: str | None = None, transform=None) -> DiffusionODE:
-        # time = sigma itself in float64: the recorded calls are compared exactly
-        return DiffusionODE(model, self.schedule, prediction=prediction or self.prediction,
-                            time=lambda s: s, time_dtype=torch.float64, denoised_transform=transform)
+    def _ode(self, model, prediction: str | None = None, transform="config") -> _StepODE:
+        return _StepODE(model, _PLACEHOLDER_SCHEDULE, prediction=prediction or self.prediction,
+                        time=lambda s: s, time_dtype=torch.float64,
+                        denoised_transform=self.transform if transform == "config" else transform)
 
-    def _probe_calls(self, sig: list[float]) -> list[float]:
-        """The sigma of every model call the solver makes on ``sig``, checked to be data-independent."""
+    def _new_solver(self, start: int = 0, steps: int | None = None, **override) -> Solver:
+        opts = dict(self.solver_opts, **override)
+        cls = self.solver_class
+        if self.orders_rule is not None:
+            cls = _with_orders(cls)
+        solver = cls(**opts)
+        if self.orders_rule is not None:
+            n = len(self._grid) - 1
+            rule = self.orders_rule(self.fcfg, n, start, self._grid[-1] == 0.0)
+            solver.__dict__["_ds_orders"] = rule[:steps] if steps is not None else rule
+        return solver
+
+    def _call_map(self, grid: list[float]) -> list[tuple[int, int, float]]:
+        """(step, call within the step, sigma) of every model call of the solver on ``grid``,
+        from two probe runs (they must agree: a fixed-step solver's calls do not depend on data)."""
+        n = len(grid) - 1
+        cls = self.solver_class
+        if self.family is not None and self.config.solver is None:  # the family's own method
+            if cls.calls_per_step == 1:
+                return [(i, 0, grid[i]) for i in range(n)]
+            if self.family.name == "HeunDiscreteScheduler":  # two calls per step, one on the step into 0
+                return [c for i in range(n) for c in [(i, 0, grid[i])] + ([(i, 1, grid[i + 1])] if grid[i + 1] else [])]
+        if getattr(cls, "adaptive", False):
+            raise DataDependentCallsError(
+                f"solver {self.solver_name!r} chooses where to call the model from the data (adaptive step "
+                "control), but a diffusers pipeline needs its timesteps before the first call; use a fixed-step "
+                "solver in pipelines, or diffsolve.sample with diffsolve.from_diffusers")
+        if cls.step is Solver.step:
+            raise ValueError(
+                f"solver {self.solver_name!r} integrates the whole grid in run() and has no per-step step(), but a "
+                "diffusers pipeline hands over one model output at a time; use it through "
+                "diffsolve.sample(diffsolve.from_diffusers(model, config), ...)")
+        if any(b >= a for a, b in itertools.pairwise(grid)):
+            raise ValueError("the schedule's sigmas must be strictly decreasing for a multi-call solver")
         patterns = []
         for fn in (torch.zeros_like, lambda x: 0.5 * torch.tanh(3 * x) + 0.1):
-            seen: list[float] = []
+            seen: list[tuple[int, int, float]] = []
+            cur = [0, 0]  # step, calls made in it so far
 
-            def model(x, t, fn=fn, seen=seen, **_):
-                seen.append(float(t[0]))
+            def model(x, t, fn=fn, seen=seen, cur=cur, **_):
+                seen.append((cur[0], cur[1], float(t[0])))
+                cur[1] += 1
                 return fn(x)
 
+            ode = self._ode(model, prediction="eps", transform=None).start_run(wants_denoised=False)
+            solver = self._new_solver()
+            bind_and_setup(solver, ode, grid, lambda like: torch.zeros_like(like))
             x = torch.linspace(-1.5, 1.5, 4, dtype=torch.float64).reshape(1, 4)
-            self._drive(self._ode(model, prediction="eps"), x, lambda like: torch.zeros_like(like))
+            for i in range(n):
+                cur[0], cur[1] = i, 0
+                x, _ = solver.step(i, x)
             patterns.append(seen)
         if patterns[0] != patterns[1]:
             raise DataDependentCallsError(
-                f"solver {self.config.solver!r} chooses where to call the model from the data (adaptive step "
-                "control or an iterated corrector), but a diffusers pipeline needs its timesteps before the first "
-                "call; use a fixed-step solver in pipelines, or diffsolve.sample with diffsolve.from_diffusers")
+                f"solver {self.solver_name!r} chooses where to call the model from the data (an iterated "
+                "corrector), but a diffusers pipeline needs its timesteps before the first call")
         return patterns[0]
 
-    def _cached_noise(self, like: torch.Tensor) -> torch.Tensor:
-        j = self._noise_used
-        self._noise_used += 1
-        if j == len(self._noise):
-            self._noise.append(self._draw(like))
-        return self._noise[j]
+    def _index_for(self, timestep) -> int:
+        """The call index of ``timestep`` in the schedule, looked up by value (diffusers' rule: the
+        second match if it occurs twice, so a run starting mid-schedule skips no sigma)."""
+        ts = self.timesteps
+        tv = timestep.to(ts.device) if isinstance(timestep, torch.Tensor) else torch.tensor(timestep, device=ts.device)
+        hits = (ts == tv.to(ts.dtype)).nonzero().flatten().tolist() if ts.numel() else []
+        if not hits:
+            hits = (torch.isclose(ts.double(), tv.double(), rtol=1e-6, atol=1e-6)).nonzero().flatten().tolist()
+        if not hits:
+            raise ValueError(f"timestep {float(tv)} is not in this schedule's timesteps "
+                             f"({ts.tolist()[:4]}...); step through scheduler.timesteps")
+        return hits[1] if len(hits) > 1 else hits[0]
 
-    def _replay(self) -> torch.Tensor:
-        outputs, expected = self._outputs, self._call_sigmas
-        count = [0]
+    def _start(self, timestep) -> int:
+        if self._begin_index is not None:
+            k = self._begin_index
+        elif self._ref is not None and self.timesteps is self._ref.timesteps and \
+                hasattr(self._ref, "index_for_timestep"):
+            # the emulated scheduler's own lookup rule (DPM-Solver/UniPC/DEIS take the last index when
+            # the timestep is not in the schedule)
+            tv = timestep.to(self.timesteps.device) if isinstance(timestep, torch.Tensor) else timestep
+            k = int(self._ref.index_for_timestep(tv))
+        else:
+            k = self._index_for(timestep)
+        if not 0 <= k < len(self._calls):
+            raise ValueError(f"begin_index={k} is outside the {len(self._calls)} timesteps of this schedule")
+        return k
+
+    def _noise_fn(self, generator, variance_noise):
+        if variance_noise is not None:
+            return lambda like: variance_noise.to(like.device, like.dtype)
+        return make_noise_sampler(generator)
+
+    # -- DDIM / DDPM: memoryless steps to the family's previous timestep ------------------------------
+    def _step_ddim(self, model_output, timestep, sample, eta, use_clipped, generator, variance_noise):
+        fam = self.family.name
+        t = int(timestep)
+        if self._step_index is None or self._step_index >= len(self.timesteps) or \
+                int(self.timesteps[self._step_index]) != t:
+            found = (self.timesteps == t).nonzero().flatten().tolist()
+            self._step_index = found[0] if found else None
+        s_t, s_s = self._sigma_of(t), self._sigma_prev(t)
+        if fam == "DDPMScheduler":
+            if eta:
+                raise ValueError("eta is DDIMScheduler's; DDPMScheduler's variance is variance_type")
+            opts = {"eta": 1.0} if self.fcfg["variance_type"] == "fixed_small" else {"variance": "large"}
+        else:
+            opts = {"eta": float(eta or 0.0)}
+        clip_mixed = fam == "DDIMScheduler" and not use_clipped and self.transform is not None
+        out = self._run_memoryless(model_output, sample, s_t, s_s, opts, clip_mixed, generator, variance_noise)
+        if self._step_index is not None:
+            self._step_index += 1
+        return out
+
+    def _run_memoryless(self, model_output, sample, s_t, s_s, opts, clip_mixed, generator, variance_noise):
+        in_dtype = sample.dtype
+        state = state_dtype_for(in_dtype)
+        xbar = self._to_xbar(sample.to(state), s_t)
+        out = model_output.to(state)
+        if clip_mixed:
+            # diffusers' DDIM with use_clipped_model_output=False combines the clipped x0 with the raw
+            # eps: that is the DDIM step (E30) from the point D_clipped + sigma eps_raw, on whose ray
+            # D_clipped lies, with eps_raw as the (eps-prediction) output there
+            conv = self._ode(lambda *a, **k: None, transform=None)
+            d_raw, eps_raw = conv._convert(out, xbar, s_t, 1.0 / math.sqrt(1 + s_t * s_t))
+            d_c = self.transform(d_raw, s_t)
+            xbar = torch.add(d_c, eps_raw, alpha=s_t)
+            ode, out = self._ode(lambda x, t, **_: eps_raw, prediction="eps", transform=None), eps_raw
+        else:
+            ode = self._ode(lambda x, t, **_: out)
+        view = ode.start_run(input_dtype=in_dtype, wants_denoised=True)
+        solver = make_solver("ddim", **opts)
+        bind_and_setup(solver, view, [s_t, s_s], self._noise_fn(generator, variance_noise))
+        x_next, denoised = solver.step(0, xbar)
+        return self._from_xbar(x_next, s_s).to(in_dtype), denoised.to(in_dtype)
+
+    # -- every other solver: one solver step per call ------------------------------------------------
+    def _step_solver(self, model_output, timestep, sample, eta, use_clipped, generator, variance_noise):
+        if eta and self.solver_name != "ddim":
+            raise ValueError(f"eta={eta} given to step(): eta is DDIM's; solver {self.solver_name!r} takes "
+                             "its options as solver_options")
+        if use_clipped is False and self.transform is not None:
+            raise ValueError("use_clipped_model_output=False with clip_sample/thresholding: diffsolve keeps the "
+                             "clipped x0 and its eps consistent; pass True (or leave it unset)")
+        if self._step_index is None or self._run is None:
+            k = self._start(timestep) if self._step_index is None else self._step_index
+            self._begin_run(k, sample, eta)
+        else:
+            k = self._step_index
+            if k >= len(self._calls):
+                raise ValueError(f"step() called after the last of the {len(self._calls)} timesteps; call "
+                                 "set_timesteps() to start a new run")
+            tv = float(timestep)
+            if abs(float(self.timesteps[k]) - tv) > 1e-4 * max(1.0, abs(tv)):
+                raise ValueError(f"step() got timestep {tv} but the next call is at timesteps[{k}] = "
+                                 f"{float(self.timesteps[k])}: step through scheduler.timesteps in order, or call "
+                                 "set_timesteps() / set_begin_index() to start a new run")
+        i, j, sigma = self._calls[k]
+        run = self._run
+        if float(eta or 0.0) != run["eta"]:
+            raise ValueError(f"eta={eta} given to step() after a run started with eta={run['eta']}: one eta per run "
+                             "(it sets the solver's coefficients for the whole grid)")
+        noise = self._noise_fn(generator, variance_noise)
+        in_dtype = sample.dtype
+        out = model_output.to(run["state"])
+        if j == 0:
+            run["x"] = self._to_xbar(sample.to(run["state"]), sigma)
+            run["points"] = [run["x"]]
+            run["outputs"] = [out]
+            run["noise"] = []
+            if self._calls_in_step(k) > 1:
+                run["snapshot"] = self._snapshot(run["solver"])
+        else:
+            run["outputs"].append(out)
+        run["draw"] = noise
+        if i - run["start"] >= run["steps"]:
+            if run["bad"] is not None:
+                a, b = run["bad"]
+                raise ValueError(f"the schedule's sigmas repeat or increase ({a} then {b}): with this many steps "
+                                 f"some visit a level twice; use fewer than {len(self._grid) - 1} steps")
+            x_next, denoised = self._zero_length_step(run, out, sigma)
+            self._step_index = k + 1
+            return self._from_xbar(x_next, sigma).to(in_dtype), denoised.to(in_dtype)
+        x_next, denoised, s_next = self._attempt(i - run["start"], k)
+        self._step_index = k + 1
+        return self._from_xbar(x_next, s_next).to(in_dtype), (None if denoised is None else denoised.to(in_dtype))
+
+    def _zero_length_step(self, run, out, sigma):
+        """A step from sigma to sigma at the end of the schedule leaves the sample where it is, except
+        that UniPC's corrector (UniC, Zhao et al. 2023) still corrects the last step with the new
+        output, as diffusers' UniPCMultistepScheduler does on that step."""
+        solver = run["solver"]
+        denoised, _ = self._ode(lambda x, t, **_: out).predict(run["x"], sigma)
+        x = run["x"]
+        corr = getattr(solver, "corr", None)
+        if getattr(solver, "corrector", False) and corr and run["steps"] > 0 and not run.get("corrected"):
+            a_w = corr[run["steps"] - 1]
+            if a_w is not None:
+                a, w = a_w
+                x = combine(a, solver.x_base, zip(w, [denoised] + solver.history))
+            run["corrected"] = True
+        return x, denoised
+
+    def _calls_in_step(self, k: int) -> int:
+        counts = getattr(self, "_counts", None)
+        if counts is None or counts[0] is not self._calls:  # model calls per solver step, counted once
+            per: dict[int, int] = {}
+            for i, _, _ in self._calls:
+                per[i] = per.get(i, 0) + 1
+            self._counts = counts = (self._calls, per)
+        return counts[1][self._calls[k][0]]
+
+    def _begin_run(self, k: int, sample, eta):
+        i, j, _ = self._calls[k]
+        if j != 0:
+            raise ValueError(f"timesteps[{k}] is the call {j + 1} of a solver step, not the start of one: start "
+                             "runs at a step's first call (set_begin_index(t_start * scheduler.order))")
+        grid = self._grid[i:]
+        # the solver runs up to the first level that does not decrease. A schedule may end with
+        # zero-length steps (karras sigmas with final_sigmas_type="sigma_min" repeat the last sigma):
+        # those are taken as diffusers takes a step of length h = 0. A level repeated earlier (more
+        # steps than distinct levels) is an error when the run reaches it, not before.
+        cut = next((m for m in range(len(grid) - 1) if not grid[m + 1] < grid[m]), None)
+        bad = None
+        if cut is not None:
+            if any(g != grid[cut] for g in grid[cut:]):
+                bad = (grid[cut], next(g for g in grid[cut:] if g != grid[cut]) if grid[cut + 1] == grid[cut]
+                       else grid[cut + 1])
+            grid = grid[: cut + 1]
+        in_dtype = sample.dtype
+        state = state_dtype_for(in_dtype)
+        run: dict[str, Any] = {"start": i, "state": state, "steps": len(grid) - 1, "bad": bad,
+                               "eta": float(eta or 0.0)}
+        over = {"eta": float(eta)} if eta and self.solver_name == "ddim" else {}
 
         def model(x, t, **_):
-            j, sigma = count[0], float(t[0])
-            # a solver may carry its times in the state's dtype (torchdiffeq): compare to float32 rounding
-            if j >= len(expected) or abs(sigma - expected[j]) > 1e-5 * max(1.0, expected[j]):
-                raise DataDependentCallsError(
-                    f"solver {self.config.solver!r} called the model at sigma={sigma:.6g} (call {j}), not where "
-                    "set_timesteps predicted: its call pattern depends on the data")
-            if j == len(outputs):
-                raise _NeedModel(x, sigma)
-            count[0] += 1
-            return outputs[j]
+            c = run["calls"]
+            run["calls"] += 1
+            outs = run["outputs"]
+            if c >= len(outs):
+                raise _NeedModel(x, float(t[0]))
+            return outs[c]
 
-        self._noise_used = 0
-        ode = self._ode(model, transform=self.denoised_transform)
+        def noise(like):
+            used = run["noise_used"]
+            run["noise_used"] += 1
+            if used == len(run["noise"]):
+                run["noise"].append(run["draw"](like))
+            return run["noise"][used]
+
+        view = self._ode(model).start_run(input_dtype=in_dtype, wants_denoised=True)
+        solver = self._new_solver(i, len(grid) - 1, **over)
+        bind_and_setup(solver, view, grid, noise)
+        run["solver"], run["view"] = solver, view
+        self._run = run
+
+    def _snapshot(self, solver: Solver) -> dict:
+        """A copy of the solver's state at the first call of a multi-call step. What setup made and no
+        tensor lives in (the grid, per-step coefficients) is shared, not copied, so a snapshot costs
+        the solver's history only, not the grid's length."""
+        memo = {id(solver.ode): solver.ode, id(solver.noise): solver.noise}
+        frozen = self._run.setdefault("frozen", {k for k, v in solver.__dict__.items() if _setup_constant(v)})
+        for k in frozen:
+            v = solver.__dict__.get(k)
+            memo[id(v)] = v
+        return copy.deepcopy(solver.__dict__, memo)
+
+    def _attempt(self, i: int, k: int):
+        """Step ``i`` of the run's solver with the outputs received for it so far: the solver's next
+        point and sigma if it needs another call, else the step's result."""
+        run = self._run
+        solver = run["solver"]
+        if "snapshot" in run and self._calls_in_step(k) > 1:
+            memo = {id(solver.ode): solver.ode, id(solver.noise): solver.noise}
+            for key in run.get("frozen", ()):
+                v = run["snapshot"].get(key)
+                memo[id(v)] = v
+            solver.__dict__.clear()
+            solver.__dict__.update(copy.deepcopy(run["snapshot"], memo))
+        run["calls"], run["noise_used"] = 0, 0
         try:
-            out = self._drive(ode, self._x_start, self._cached_noise)
+            x_next, denoised = solver.step(i, run["x"])
         except _NeedModel as need:
-            return need.x
-        if count[0] != len(expected):
-            raise DataDependentCallsError(f"solver {self.config.solver!r} finished after {count[0]} model calls, "
-                                          f"not the {len(expected)} set_timesteps predicted")
-        return out
+            s = need.sigma
+            xbar = need.x * math.sqrt(1.0 + s * s)  # the model's VP input back to xbar (E6)
+            # the denoised estimate of the call just answered, at the point it was made
+            c = len(run["outputs"]) - 1
+            out = run["outputs"][c]
+            denoised, _ = self._ode(lambda x, t, **_: out).predict(run["points"][c], self._calls[k][2])
+            run["points"].append(xbar)
+            return xbar, denoised, s
+        if run["calls"] != len(run["outputs"]):
+            raise DataDependentCallsError(f"solver {self.solver_name!r} made {run['calls']} model calls in step "
+                                          f"{i}, not the {len(run['outputs'])} set_timesteps predicted")
+        run.pop("snapshot", None)
+        return x_next, denoised, solver.sigmas[i + 1]
+
+    # -- construction ----------------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
+        """From any scheduler's config: the config's ``_class_name`` (a supported diffusers scheduler)
+        becomes ``emulate``, and every key of that scheduler is read, its defaults included (so the
+        scheduler the config came from is reproduced). Keyword arguments override config keys."""
+        source = None
+        if hasattr(config, "config") and not isinstance(config, dict):  # a scheduler object
+            source, config = type(config).__name__, config.config
+        cfg = dict(config or {})
+        name = cfg.get("_class_name") or source or _family_of_keys(cfg)
+        chosen = "emulate" in cfg or "emulate" in kwargs
+        if not chosen and name in FAMILIES:
+            cfg["emulate"] = name
+            cfg.pop("_use_default_values", None)  # the source's own defaults are the values to reproduce
+            full = dict(FAMILIES[name].defaults())
+            full.update({k: v for k, v in cfg.items() if k in full})
+            cfg.update(full)
+        elif not chosen and name is not None and not issubclass(cls, _class_named(name)):
+            if kwargs.get("solver", cfg.get("solver")) is None:
+                raise ValueError(f"DiffsolveScheduler cannot reproduce {name}; supported: {', '.join(FAMILIES)}. "
+                                 "Name a diffsolve solver (solver=...) to run it on this config's training "
+                                 "schedule, or pass emulate=")
+            # solver= replaces the source's method: its training schedule is read (native mode) and its
+            # method's own keys (e.g. PNDM's skip_prk_steps) have nothing left to act on
+            cfg["emulate"] = None
+            method_keys = _init_keys_of(name) - set(_NATIVE_DEFAULTS)
+            cfg = {k: v for k, v in cfg.items() if k not in method_keys}
+        own = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        # keyword overrides too, unless the caller collects the unused ones (from_pretrained's path)
+        candidates = list(cfg) + ([] if return_unused_kwargs else list(kwargs))
+        unknown = sorted(k for k in candidates if not k.startswith("_") and k not in own)
+        if unknown:
+            raise ValueError(f"DiffsolveScheduler cannot honour the key(s) {unknown}; it reads the keys of "
+                             f"{', '.join(FAMILIES)} and its own ({', '.join(_OWN_KEYS)})")
+        return super().from_config(cfg, return_unused_kwargs=return_unused_kwargs, **kwargs)
+
+
+def _class_named(name: str) -> type:
+    """The diffusers scheduler class ``name`` (or ``object`` when diffusers has none: never a base)."""
+    import diffusers
+
+    found = getattr(diffusers, name, None) if name.isidentifier() else None
+    return found if isinstance(found, type) else type("_Unknown", (), {})
+
+
+def _init_keys_of(name: str) -> set[str]:
+    cls = _class_named(name)
+    init = cls.__dict__.get("__init__") if "_Unknown" != cls.__name__ else None
+    return set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"} if init is not None else set()
+
+
+def _setup_constant(value) -> bool:
+    """A non-empty container of Python numbers (nested lists/tuples), as setup leaves grids and
+    coefficients: treated as constant for the run (solvers do not mutate them in a step)."""
+    if isinstance(value, (list, tuple)):
+        return len(value) > 0 and all(_setup_constant(v) or isinstance(v, (int, float, bool, type(None)))
+                                      for v in value)
+    return False
+
+
+def _family_of_keys(cfg) -> str | None:
+    """The diffusers scheduler whose keys are exactly those of ``cfg`` (the config of a scheduler
+    built in this process carries no ``_class_name``; its keys still name its class)."""
+    import diffusers
+
+    keys = {k for k in cfg if not k.startswith("_")}
+    names = dict.fromkeys(list(FAMILIES) + list(diffusers.DDIMScheduler._compatibles))
+    hits = []
+    for name in names:
+        cls = getattr(diffusers, name, None)
+        if cls is not None and {k for k in inspect.signature(cls.__init__).parameters
+                                if k not in ("self", "kwargs")} == keys:
+            hits.append(name)
+    if len(hits) > 1:
+        raise ValueError(f"the config's keys are those of {' and of '.join(hits)}: pass the scheduler itself "
+                         "(DiffsolveScheduler.from_config(scheduler)) or emulate=<its class name>")
+    return hits[0] if hits else None
+
+
+def _steps(n) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        try:
+            if float(n) == int(n) and int(n) >= 1 and not isinstance(n, bool):
+                return int(n)
+        except (TypeError, ValueError):
+            pass
+        raise ValueError(f"num_inference_steps must be an integer >= 1, got {n!r}")
+    return n
+
+
+def _make_init():
+    """DiffsolveScheduler.__init__ with every diffusers key as an explicit keyword (default None:
+    the emulated scheduler's default), so ``register_to_config`` records them all."""
+    keys = _family_signature_keys()
+    params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    for k in _OWN_KEYS + tuple(keys):
+        params.append(inspect.Parameter(k, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None))
+    sig = inspect.Signature(params)
+
+    def __init__(self, *args, **kwargs):
+        bound = sig.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        self._begin_index = None
+        self._step_index = None
+        self._run = None
+        self._grid = None
+        self.num_inference_steps = None
+        self.timesteps = None
+        self.sigmas = None
+        self._ddim_rule = False
+        self._setup()
+        self.timesteps = torch.arange(int(self.fcfg["num_train_timesteps"]) - 1, -1, -1, dtype=torch.int64)
+        ref = self._ref
+        if ref is not None and getattr(ref, "sigmas", None) is not None and len(ref.sigmas) == len(ref.timesteps) + 1:
+            # like the emulated scheduler, usable before set_timesteps (on its full training schedule)
+            self._adopt_family_schedule(None)
+
+    __init__.__signature__ = sig
+    return __init__
+
+
+DiffsolveScheduler.__init__ = register_to_config(_make_init())
