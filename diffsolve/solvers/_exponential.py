@@ -36,15 +36,9 @@ the history instead (a line in sigma or sigma^2, or an eps line in sigma integra
 * ``"lower-order"``: the k-th step from the end uses order <= k (DPM-Solver's ``lower_order_final``);
 * ``"auto"``: ``"lower-order"`` on grids of fewer than 15 steps, else ``"denoise"``.
 
-Defaults, from RMSE against a dopri5 reference on the analytic mixtures gmm2d and gmm64 (DDPM linear
-schedule; logsnr, karras and time-uniform grids; 5-20 NFE): ``"auto"`` for the multistep solvers,
-``"denoise"`` for the singlestep ones. Error ratio lower-order / denoise, geometric mean over 5-10
-NFE: dpmpp-3m 0.26 (time-uniform), 0.53-0.60 (karras), 1.01-1.02 (logsnr); UniPC order 3 (bh2)
-0.26 / 0.52-0.59 / 0.86-1.00; noise prediction about neutral: dpm-solver-3m 0.95-1.17, DEIS 1.01-1.08.
-Singlestep 3S at equal NFE: worse in 8 of 12 (solver, problem, grid) settings, up to 3.7x over
-5-20 NFE, better in 2 (0.79, 0.91). For order <= 2 on a grid ending at 0 the options coincide.
-Grids whose last log-SNR steps are long (time-uniform on a DDPM schedule) favour ``"lower-order"``
-at any step count (dpmpp-3m at 15-20 NFE: 0.21).
+The defaults (``"auto"`` for the multistep solvers, ``"denoise"`` for the singlestep ones) and the
+measurements behind them are in docs/benchmarks.md, "Measurements behind the defaults". For order
+<= 2 on a grid ending at 0 the options coincide.
 """
 
 from __future__ import annotations

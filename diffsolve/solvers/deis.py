@@ -15,11 +15,11 @@ float64 (exact to rounding for smooth t(sigma); a DiscreteSchedule's time is onl
 
 Order ``order`` (1-3; history builds up as min(order, step + 1)), one call per step. The step
 into sigma = 0 is the denoising step E27; ``final_step`` as in ``_exponential`` (default "auto";
-for DEIS lowering the order at the end was about neutral: error ratio 0.95-1.08 at 5-10 NFE).
+for DEIS about neutral).
 
-Which variable (RMSE on gmm2d / gmm64, DDPM linear schedule, 5-20 NFE): "log-sigma" was 1.5-2x
-better on logsnr and karras grids, "t" 1.1-3x better on time-uniform grids. "t" stays the default
-as the paper's method (and the one that differs from dpm-solver-3m). Where the schedule's time is
+Which variable: "t" is the default as the paper's method (and the one that differs from
+dpm-solver-3m); "log-sigma" measured better on logsnr and karras grids (docs/benchmarks.md,
+"Measurements behind the defaults"). Where the schedule's time is
 sigma (EDM, SigmaSchedule) "t" is "sigma", whose extrapolation over sigma ratios exp(h) needs many
 more steps to reach its asymptotic order on a log-SNR grid.
 """

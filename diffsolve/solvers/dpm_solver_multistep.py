@@ -19,8 +19,7 @@ output m_0 and the previous ones m_1, m_2 at nodes c_j = (lambda_{t_j} - lambda_
 
 The history starts empty: step k uses order min(order, k + 1). The step into sigma = 0 is the
 denoising step E27; ``final_step="auto"`` (default) also lowers the order over the last steps on
-grids of < 15 steps, which cut the dpmpp-3m error by 2-4x at 5-10 NFE on karras and time-uniform
-grids and was neutral on logsnr (``_exponential`` has the numbers). Orders 2 and 3 (measured: tests).
+grids of < 15 steps (measured in docs/benchmarks.md, "Measurements behind the defaults"). Orders 2 and 3 (measured: tests).
 """
 
 from __future__ import annotations
