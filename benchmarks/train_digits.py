@@ -173,9 +173,9 @@ def evaluate(unet: DigitsUNet, clf: DigitsClassifier, n: int = 500) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=8, choices=[8, 16])
-    p.add_argument("--ch", type=int, default=32)
+    p.add_argument("--ch", type=int, default=24)
     p.add_argument("--mid", type=int, default=1)
-    p.add_argument("--steps", type=int, default=16000)
+    p.add_argument("--steps", type=int, default=12000)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--ema", type=float, default=0.999)

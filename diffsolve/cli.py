@@ -81,6 +81,15 @@ def _sample(args) -> int:
     from . import grid, sample
     from .problems import reference_solution
 
+    if args.problem == "digits":  # the shipped image model: a PNG grid or an .npz (see diffsolve/bench/sample_cli.py)
+        from .bench.sample_cli import sample_digits
+
+        args.samples = args.samples or 64
+        return sample_digits(args)
+    if args.out:
+        print("diffsolve sample: error: --out is for --problem digits", file=sys.stderr)
+        return 2
+    args.grid, args.samples = args.grid or "trailing", args.samples or 256
     problem, sched, ode, x_T = _problem_setup(args)
     sig = grid(args.grid, sched, args.steps)
     opts = {"eta": args.eta} if args.eta is not None else {}
@@ -132,14 +141,17 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="registered solvers and grids, with the plugin that registered each")
     ls.add_argument("--markdown", action="store_true", help="print the solver table of docs/solvers.md")
 
-    s = sub.add_parser("sample", help="sample an analytic problem and report the error against the exact ODE")
-    s.add_argument("--problem", default="gmm2d", choices=sorted(PROBLEMS))
+    s = sub.add_parser("sample", help="sample an analytic problem and report the error against the exact ODE; "
+                                      "or the digits model into a PNG grid / .npz (--out)")
+    s.add_argument("--problem", default="gmm2d", choices=sorted(PROBLEMS) + ["digits"])
     s.add_argument("--solver", default="ddim")
-    s.add_argument("--grid", default="trailing")
+    s.add_argument("--grid", default=None, help="default: trailing (the digits model: its schedule's default)")
     s.add_argument("--steps", type=int, default=10)
     s.add_argument("--eta", type=float, default=None)
-    s.add_argument("--samples", type=int, default=256)
+    s.add_argument("--samples", "--n", type=int, default=None, help="default 256 (digits: 64)")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default=None, help="digits only: FILE.png (a grid of the samples) or FILE.npz")
+    s.add_argument("--batch", type=int, default=500, help="digits only: samples per model batch")
 
     d = sub.add_parser("demo", help="DDIM error vs steps on the built-in mixture (the README's main job)")
     d.add_argument("--problem", default="gmm2d", choices=sorted(PROBLEMS))

@@ -129,11 +129,14 @@ class DigitsUNet(nn.Module):
     every block.
     """
 
-    def __init__(self, ch: int = 32, mid: int = 2, frequencies: int = 32, size: int = 8):
+    def __init__(self, ch: int = 24, mid: int = 1, frequencies: int = 32, size: int = 8,
+                 max_frequency: float = 200.0):
         super().__init__()
-        self.config = {"ch": ch, "mid": mid, "frequencies": frequencies, "size": size}
+        self.config = {"ch": ch, "mid": mid, "frequencies": frequencies, "size": size, "max_frequency": max_frequency}
         temb = 4 * ch
-        self.register_buffer("freqs", torch.exp(torch.linspace(0.0, math.log(1000.0), frequencies)),
+        # angular frequencies 1..max_frequency on t / T: the fastest wave spans 2 pi T / 200 ~ 31 levels,
+        # so eps is smooth in t between the schedule's levels (a period of ~6 levels made the ODE stiff)
+        self.register_buffer("freqs", torch.exp(torch.linspace(0.0, math.log(max_frequency), frequencies)),
                              persistent=False)
         self.time_mlp = nn.Sequential(nn.Linear(2 * frequencies, temb), nn.SiLU(), nn.Linear(temb, temb))
         self.conv_in = nn.Conv2d(1, ch, 3, padding=1)
