@@ -148,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--grid", default=None, help="default: trailing (the digits model: its schedule's default)")
     s.add_argument("--steps", type=int, default=10)
     s.add_argument("--eta", type=float, default=None)
-    s.add_argument("--samples", "--n", type=int, default=None, help="default 256 (digits: 64)")
+    s.add_argument("--samples", "--n", type=int, default=None, help="default 256 (digits: 64); under torchrun spell it --samples "
+                   "(torchrun reads --n as a prefix of its own options)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default=None, help="digits only: FILE.png (a grid of the samples) or FILE.npz")
     s.add_argument("--batch", type=int, default=500, help="digits only: samples per model batch")
