@@ -138,7 +138,8 @@ def solver_grid_png(problem, path: str | Path, rows: Sequence[tuple[str, SampleF
                     ax.set_title("reference ODE", fontsize=10)
             if j == 0:
                 ax.set_ylabel(label, fontsize=9)
-    fig.suptitle(title or f"{problem.name}: the same {n} x_T in every cell", fontsize=11)
+    fig.suptitle(title or f"{problem.name}: the same {n} x_T in every cell (rows without a grid: "
+                 f"{problem.schedule.default_grid})", fontsize=11)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
