@@ -169,8 +169,17 @@ def _sample(args) -> int:
     from .problems import reference_solution
 
     if args.recipe:
+        args.samples = args.samples or 256
         return _sample_recipe(args)
+    if args.problem == "digits":  # the shipped image model: a PNG grid or an .npz (see diffsolve/bench/sample_cli.py)
+        from .bench.sample_cli import sample_digits
+
+        args.samples = args.samples or 64
+        return sample_digits(args)
+    if args.out:
+        raise ValueError("--out is for --problem digits")
     args.problem = args.problem or "gmm2d"
+    args.grid, args.samples = args.grid or "trailing", args.samples or 256
     problem, sched, ode, x_T = _problem_setup(args)
     sig = grid(args.grid, sched, args.steps)
     opts = dict(args.option)
@@ -275,21 +284,28 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="registered solvers and grids, with the plugin that registered each")
     ls.add_argument("--markdown", action="store_true", help="print the solver table of docs/solvers.md")
 
-    s = sub.add_parser("sample", help="sample an analytic problem and report the error against the exact ODE")
-    s.add_argument("--problem", default=None, choices=sorted(PROBLEMS) + ["mlp-spiral"],
+    s = sub.add_parser("sample", help="sample an analytic problem and report the error against the exact ODE; "
+                                      "or the digits model into a PNG grid / .npz (--out)")
+    s.add_argument("--problem", default=None, choices=sorted(PROBLEMS) + ["mlp-spiral", "digits"],
                    help="the problem; with --recipe, the one it was tuned on (default: gmm2d)")
     s.add_argument("--recipe", default=None, metavar="RECIPE.json",
                    help="run a recipe from `diffsolve tune` (solver, grid and options come from it; default: none)")
     s.add_argument("--solver", default="ddim", help="a registered solver (diffsolve list)")
-    s.add_argument("--grid", default="trailing", help="a registered grid (diffsolve list)")
+    s.add_argument("--grid", default=None,
+                   help="a registered grid (diffsolve list); digits uses its schedule's own unless given "
+                        "(default: trailing)")
     s.add_argument("--steps", type=int, default=10, help="solver steps")
     s.add_argument("--eta", type=float, default=None,
                    help="noise level of an ancestral solver (default: the solver's own)")
     s.add_argument("--option", type=parse_option, action="append", default=[], metavar="KEY=VALUE",
                    help="a solver option, repeatable, e.g. --option solver_order=2 --option variance=large; "
                         "values are read as Python literals where possible (default: none)")
-    s.add_argument("--samples", type=int, default=256, help="number of samples")
+    s.add_argument("--samples", "--n", type=int, default=None,
+                   help="number of samples, 64 for digits; under torchrun spell it --samples, since torchrun "
+                        "reads --n as a prefix of its own options (default: 256)")
     s.add_argument("--seed", type=int, default=0, help="seed of x_T (the solver's noise uses seed + 1)")
+    s.add_argument("--out", default=None, help="digits only: FILE.png (a grid of the samples) or FILE.npz")
+    s.add_argument("--batch", type=int, default=500, help="digits only: samples per model batch")
 
     t = sub.add_parser("tune", help="tune a sampling recipe (solver, options, grid) for a problem at a given NFE")
     t.add_argument("--problem", default="gmm64", help="a benchmark problem (diffsolve bench --list), default gmm64")

@@ -2,8 +2,10 @@
 
 Parts, one module each:
 
-* :mod:`.problems`: analytic mixtures (exact eps), the shipped spiral MLP (:mod:`.toy`) and user
-  models from ``pkg.module:factory``;
+* :mod:`.problems`: analytic mixtures (exact eps), the shipped spiral MLP (:mod:`.toy`), the
+  shipped digits UNet (:mod:`.digits`, FDD and class coverage) and user models from
+  ``pkg.module:factory``;
+* :mod:`.pictures`: solver x NFE pictures of the digits model (``make demo``);
 * :mod:`.reference`: high-accuracy reference solutions, convergence-checked and cached on disk;
 * :mod:`.harness`: cells (problem x solver x grid x NFE x seed), metrics, resumable storage
   (:mod:`.store`), sharding under torchrun (:mod:`.dist`);

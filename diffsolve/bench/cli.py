@@ -67,9 +67,35 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="also time per-step overhead side by side (1x64 and 256x3x32x32, float32)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: stable timings; small problems gain nothing from more)")
-    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--no-plots", action="store_true", help="no PNG plots (and no digits picture)")
+    p.add_argument("--no-picture", action="store_true",
+                   help="skip the digits picture written to OUT/digits_solvers.png by the default sweep and "
+                        "by sweeps with --problem digits (rows ddim, dpmpp-2m, unipc, best fixed solver+grid; "
+                        "columns NFE 3, 5, 10, 20 and the reference)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--list", action="store_true", help="list problems, solvers, grids and peers, then exit")
+
+
+def _digits_picture(out: str) -> None:
+    """The digits model's solver x NFE picture (needs scikit-learn and matplotlib; skipped with a note without)."""
+    import os
+    import time
+    from pathlib import Path
+
+    try:
+        import matplotlib  # noqa: F401
+        import sklearn  # noqa: F401
+    except ImportError as exc:
+        print(f"digits picture skipped: {exc.name} is not installed (pip install 'diffsolve[bench,digits]')")
+        return
+    from .pictures import solver_grid_png
+    from .problems import get_bench_problem
+
+    if os.environ.get("RANK", "0") != "0":  # under torchrun: rank 0 draws it
+        return
+    t0 = time.perf_counter()
+    path = solver_grid_png(get_bench_problem("digits"), Path(out) / "digits_solvers.png")
+    print(f"digits picture: {path} ({time.perf_counter() - t0:.1f} s)")
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -105,6 +131,9 @@ def handle(args: argparse.Namespace) -> int:
                   samples=args.samples, dtype=args.dtype, device=args.device, resume=not args.fresh,
                   progress=not args.quiet, cache=args.cache, ref_tol=args.ref_tol, overhead=args.overhead,
                   plots=not args.no_plots)
+        default_sweep = args.problem is None and not args.model
+        if not (args.no_plots or args.no_picture) and (default_sweep or "digits" in (args.problem or [])):
+            _digits_picture(args.out)
     except BenchError as exc:
         print(f"diffsolve bench: error: {exc}", file=sys.stderr)
         return 2

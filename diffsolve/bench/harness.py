@@ -66,7 +66,7 @@ TUNE_SOLVERS = None
 #: columns of results.csv, in order
 ROW_FIELDS = [
     "problem", "solver", "grid", "nfe_target", "seed", "status", "nfe", "steps", "nfe_exact", "stochastic",
-    "peer", "rmse", "ref_err", "nll_gap", "sw", "wall_s", "overhead_us_per_step", "peak_mem_bytes", "mem_source",
+    "peer", "rmse", "ref_err", "nll_gap", "sw", "fdd", "coverage", "wall_s", "overhead_us_per_step", "peak_mem_bytes", "mem_source",
     "sigma_start", "sigma_end", "samples", "dtype", "device", "message",
 ]
 #: columns that depend on the machine's speed (left out when comparing runs)

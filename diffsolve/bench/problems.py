@@ -4,7 +4,8 @@
   distribution metric: NLL under the exact p0, relative to true samples.
 * :class:`ModelProblem`: any eps/x0/v-network (the shipped spiral MLP, or a user model
   given as ``pkg.mod:factory``); distribution metric: sliced Wasserstein distance to
-  held-out data when the problem has data.
+  held-out data when the problem has data. The shipped digits UNet
+  (:class:`diffsolve.bench.digits.DigitsProblem`) adds FDD and class coverage.
 
 Both give the ODE in a run dtype (:meth:`ode`), the same ODE in float64 for references
 (:meth:`reference_ode`), the raw model for peer libraries (:meth:`raw_model`) and x_T.
@@ -208,17 +209,21 @@ def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, projections: int = 128,
 
 # -- lookup ----------------------------------------------------------------------------------------
 def bench_problem_names() -> list[str]:
-    return sorted(analytic.PROBLEMS) + ["mlp-spiral"]
+    return sorted(analytic.PROBLEMS) + ["mlp-spiral", "digits"]
 
 
 def get_bench_problem(name: str, samples: int | None = None) -> BenchProblem:
-    """A built-in benchmark problem by name: the analytic mixtures and ``mlp-spiral`` (the shipped model)."""
+    """A built-in benchmark problem by name: the analytic mixtures, ``mlp-spiral`` and ``digits`` (shipped models)."""
     if name in analytic.PROBLEMS:
         return AnalyticProblem(name, samples)
     if name == "mlp-spiral":
         from .toy import spiral_problem
 
         return spiral_problem(samples or 256)
+    if name == "digits":
+        from .digits import digits_problem
+
+        return digits_problem(samples or 128)
     raise BenchError(f"unknown problem {name!r}; known problems: {', '.join(bench_problem_names())} "
                      "(or pass a model with --model pkg.module:factory)")
 
