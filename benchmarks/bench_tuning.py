@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from diffsolve.bench.problems import get_bench_problem
+    from diffsolve.bench.catalog import get_bench_problem
     from diffsolve.bench.reference import ReferenceCache
     from diffsolve.tuning import best_fixed, tune
 

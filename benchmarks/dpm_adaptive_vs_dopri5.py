@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 import diffsolve as ds
-from diffsolve.bench.problems import get_bench_problem
+from diffsolve.bench.catalog import get_bench_problem
 from diffsolve.problems import reference_solution
 
 torch.set_num_threads(1)

@@ -37,7 +37,7 @@ import torch
 
 import diffsolve as ds
 from diffsolve.bench.digits import frechet_distance
-from diffsolve.bench.problems import get_bench_problem
+from diffsolve.bench.catalog import get_bench_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 ETAS = (0.0, 0.2, 0.5, 1.0)

@@ -5,7 +5,7 @@
 import time, torch
 torch.set_num_threads(1)
 import diffsolve as ds
-from diffsolve.bench.problems import get_bench_problem
+from diffsolve.bench.catalog import get_bench_problem
 p = get_bench_problem("gmm64")
 ode = p.ode(p.dtype)
 x = p.x_T(1000, 512)

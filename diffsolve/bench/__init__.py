@@ -2,7 +2,7 @@
 
 Parts, one module each:
 
-* :mod:`.problems`: analytic mixtures (exact eps), the shipped spiral MLP (:mod:`.toy`), the
+* :mod:`.catalog` (by name) and :mod:`.problems` (the classes): analytic mixtures (exact eps), the shipped spiral MLP (:mod:`.toy`), the
   shipped digits UNet (:mod:`.digits`, FDD and class coverage) and user models from
   ``pkg.module:factory``;
 * :mod:`.pictures`: solver x NFE pictures of the digits model (``make demo``);
@@ -16,15 +16,8 @@ Parts, one module each:
 
 from .errors import BenchError
 from .harness import DEFAULTS, ROW_FIELDS, TIMING_FIELDS, BenchResult, SolverSpec, parse_solver, run_bench
-from .problems import (
-    AnalyticProblem,
-    BenchProblem,
-    ModelProblem,
-    bench_problem_names,
-    get_bench_problem,
-    load_model_problem,
-    sliced_wasserstein,
-)
+from .catalog import bench_problem_names, get_bench_problem, load_model_problem
+from .problems import AnalyticProblem, BenchProblem, ModelProblem, sliced_wasserstein
 
 __all__ = [
     "run_bench",

@@ -1,11 +1,10 @@
-"""``diffsolve bench``: the NFE-vs-quality sweep from the shell (registered in :data:`diffsolve.cli.SUBCOMMANDS`)."""
+"""``diffsolve bench``: the NFE-vs-quality sweep from the shell (:mod:`diffsolve.cli` adds it to its subcommands)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from ..cli import SUBCOMMANDS
 from .errors import BenchError
 from .harness import DEFAULTS
 
@@ -89,7 +88,7 @@ def _digits_picture(out: str) -> None:
         print(f"digits picture skipped: {exc.name} is not installed (pip install 'diffsolve[bench,digits]')")
         return
     from .pictures import solver_grid_png
-    from .problems import get_bench_problem
+    from .catalog import get_bench_problem
 
     if os.environ.get("RANK", "0") != "0":  # under torchrun: rank 0 draws it
         return
@@ -102,7 +101,7 @@ def handle(args: argparse.Namespace) -> int:
     from ..sampling import list_grids, list_solvers
     from . import peers
     from .harness import run_bench
-    from .problems import bench_problem_names, load_model_problem
+    from .catalog import bench_problem_names, load_model_problem
 
     if args.list:
         print("problems:", ", ".join(bench_problem_names()))
@@ -141,5 +140,3 @@ def handle(args: argparse.Namespace) -> int:
         return 130
     return 0
 
-
-SUBCOMMANDS["bench"] = (configure, handle)

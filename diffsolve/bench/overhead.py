@@ -70,7 +70,7 @@ def _interleaved_best(timers: dict[str, Callable[[], None]], repeats: int, log) 
 def measure_overhead(solvers=None, shapes=SHAPES, steps: int = 20, repeats: int = 7,
                      dtype: torch.dtype = torch.float32, log=print) -> list[dict]:
     """Rows ``{shape, who, us_per_step, vs_floor}``; see the module docstring."""
-    from .harness import parse_solver
+    from .spec import parse_solver
     from ..sampling import list_solvers as solver_names
 
     specs = [parse_solver(s) for s in (solvers if solvers is not None else solver_names())]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib
 import math
 from typing import Callable
 
@@ -26,8 +25,7 @@ from ..schedules import DiscreteSchedule, Schedule
 from ..wrapper import DiffusionODE
 from .errors import BenchError
 
-__all__ = ["BenchProblem", "AnalyticProblem", "ModelProblem", "get_bench_problem", "bench_problem_names",
-           "load_model_problem", "SCHEDULES"]
+__all__ = ["BenchProblem", "AnalyticProblem", "ModelProblem", "SCHEDULES"]
 
 _F64 = torch.float64
 #: default batch per problem (samples per cell)
@@ -205,66 +203,3 @@ def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, projections: int = 128,
     qx = torch.quantile(px, q, dim=0, interpolation="linear") if px.shape[0] != n else px
     qy = torch.quantile(py, q, dim=0, interpolation="linear") if py.shape[0] != n else py
     return float(((qx - qy) ** 2).mean().sqrt())
-
-
-# -- lookup ----------------------------------------------------------------------------------------
-def bench_problem_names() -> list[str]:
-    return sorted(analytic.PROBLEMS) + ["mlp-spiral", "digits"]
-
-
-def get_bench_problem(name: str, samples: int | None = None) -> BenchProblem:
-    """A built-in benchmark problem by name: the analytic mixtures, ``mlp-spiral`` and ``digits`` (shipped models)."""
-    if name in analytic.PROBLEMS:
-        return AnalyticProblem(name, samples)
-    if name == "mlp-spiral":
-        from .toy import spiral_problem
-
-        return spiral_problem(samples or 256)
-    if name == "digits":
-        from .digits import digits_problem
-
-        return digits_problem(samples or 128)
-    raise BenchError(f"unknown problem {name!r}; known problems: {', '.join(bench_problem_names())} "
-                     "(or pass a model with --model pkg.module:factory)")
-
-
-def load_model_problem(path: str, *, schedule: str = "linear", prediction: str = "eps", time=None,
-                       shape=None, samples: int | None = None) -> BenchProblem:
-    """A user model from an import path ``pkg.module:factory``.
-
-    ``factory()`` may return a :class:`BenchProblem` (used as is), a
-    :class:`~diffsolve.DiffusionODE` (``shape`` required) or a plain ``model(x, t)``
-    callable (wrapped with ``schedule``/``prediction``/``time``; ``shape`` required).
-    """
-    if not isinstance(path, str) or path.count(":") != 1 or not all(path.split(":")):
-        raise BenchError(f"--model {path!r}: expected an import path 'package.module:factory'")
-    mod_name, attr = path.split(":")
-    try:
-        module = importlib.import_module(mod_name)
-    except ImportError as exc:
-        raise BenchError(f"--model {path!r}: cannot import module {mod_name!r} ({exc})") from None
-    if not hasattr(module, attr):
-        names = sorted(n for n in vars(module) if not n.startswith("_") and callable(getattr(module, n)))
-        raise BenchError(f"--model {path!r}: module {mod_name!r} has no attribute {attr!r}; "
-                         f"its callables are: {', '.join(names) or 'none'}")
-    factory = getattr(module, attr)
-    obj = factory() if callable(factory) and not isinstance(factory, (torch.nn.Module, DiffusionODE)) else factory
-    if isinstance(obj, BenchProblem):
-        if samples:
-            obj.samples = samples
-        return obj
-    if shape is None:
-        raise BenchError(f"--model {path!r} returned a {type(obj).__name__}: pass --shape (e.g. 3,32,32) "
-                         "or return a diffsolve.bench.ModelProblem")
-    name = path
-    if isinstance(obj, DiffusionODE):
-        p = ModelProblem(name, obj.model, obj.schedule, shape, prediction=obj.prediction, time=obj.time,
-                         samples=samples or 64)
-        return p
-    if not callable(obj):
-        raise BenchError(f"--model {path!r}: factory returned {type(obj).__name__}, expected a model, "
-                         "a DiffusionODE or a ModelProblem")
-    if schedule not in SCHEDULES:
-        raise BenchError(f"unknown schedule {schedule!r}; known schedules: {', '.join(SCHEDULES)}")
-    return ModelProblem(name, obj, SCHEDULES[schedule](), shape, prediction=prediction, time=time,
-                        samples=samples or 64)

@@ -297,7 +297,7 @@ def _overhead_plot(rows, path):
 
 def write_reports(result, problems: dict, plots: bool = True, log=print) -> dict[str, Path]:
     """results.csv / results.json / results.md and the PNG plots in ``result.out``."""
-    from .harness import ROW_FIELDS
+    from .spec import ROW_FIELDS
 
     out = Path(result.out)
     rows = [r for r in result.rows if r is not None]

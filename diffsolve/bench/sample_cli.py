@@ -81,7 +81,7 @@ def _save_png(problem, x0: np.ndarray, path: Path, title: str) -> None:
 def sample_digits(args) -> int:
     """The ``digits`` branch of ``diffsolve sample`` (``--out`` .png: a grid; .npz: the arrays)."""
     from . import dist
-    from .problems import get_bench_problem
+    from .catalog import get_bench_problem
 
     out = Path(args.out) if args.out else None
     if out is None or out.suffix not in (".png", ".npz"):
