@@ -22,7 +22,10 @@ install:
 demo: install
 	$(PYTHON) -m diffsolve bench
 
+# lint and format check first (ruff, configured in pyproject.toml), then the suite
 test: install
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 test-thorough: install

@@ -36,15 +36,19 @@ def loop(sched, steps, x):
 def main(shape=(2, 4, 64, 64), steps_list=(25, 50, 100, 200), repeats=3):
     torch.set_num_threads(1)
     x = torch.randn(*shape)
-    pairs = [("DDIMScheduler", DDIMScheduler), ("DPMSolverMultistepScheduler", DPMSolverMultistepScheduler),
-             ("HeunDiscreteScheduler", HeunDiscreteScheduler)]
+    pairs = [
+        ("DDIMScheduler", DDIMScheduler),
+        ("DPMSolverMultistepScheduler", DPMSolverMultistepScheduler),
+        ("HeunDiscreteScheduler", HeunDiscreteScheduler),
+    ]
     print(f"latents {tuple(shape)} float32, CPU, 1 thread; best of {repeats}; ms per step (seconds per loop)")
     print(f"{'scheduler':48s}" + "".join(f"{n:>20d}" for n in steps_list))
     with torch.no_grad():
         for name, cls in pairs:
-            for label, make in ((f"diffusers {name}", lambda cls=cls: cls()),
-                                (f"DiffsolveScheduler.from_config({name})",
-                                 lambda cls=cls: DiffsolveScheduler.from_config(cls()))):
+            for label, make in (
+                (f"diffusers {name}", lambda cls=cls: cls()),
+                (f"DiffsolveScheduler.from_config({name})", lambda cls=cls: DiffsolveScheduler.from_config(cls())),
+            ):
                 cells = []
                 for n in steps_list:
                     best = min(loop(make(), n, x) for _ in range(repeats))

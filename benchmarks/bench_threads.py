@@ -64,10 +64,15 @@ def main() -> None:
     serial = [job(x) for x in xs]  # also the warm-up
     calls_per_job = a.steps
 
-    print(f"# diffsolve threads benchmark: torch {torch.__version__}, {os.cpu_count()} CPU core(s) "
-          f"({platform.machine()}), intra-op threads {torch.get_num_threads()}")
-    print(f"# model: {a.batch} x {a.dim} @ {a.dim} x {a.dim} float32 per call; dpmpp-2m, {a.steps} steps; "
-          f"{a.jobs} jobs; best of {a.repeats}")
+    print(
+        f"# diffsolve threads benchmark: torch {torch.__version__}, {os.cpu_count()} CPU core(s) "
+        f"({platform.machine()}), intra-op threads {torch.get_num_threads()}"
+    )
+    print(
+        f"# model: {a.batch} x {a.dim} @ {a.dim} x {a.dim} float32 per call; dpmpp-2m, {a.steps} steps; "
+        f"{a.jobs} jobs; best of {a.repeats}"
+    )
+
     def timed(n):
         c0, t0 = time.process_time(), time.perf_counter()
         if n == 1:
@@ -91,8 +96,11 @@ def main() -> None:
     print(f"{'threads':>7} {'wall s':>8} {'jobs/s':>8} {'calls/s':>8} {'speed-up':>8} {'cores':>6} {'equal':>6}")
     base = best[a.threads[0]]
     for n in a.threads:
-        print(f"{n:>7} {best[n]:>8.3f} {a.jobs / best[n]:>8.1f} {a.jobs * calls_per_job / best[n]:>8.0f} "
-              f"{base / best[n]:>8.2f} {cores[n]:>6.2f} {str(equal[n]):>6}")
+        print(
+            f"{n:>7} {best[n]:>8.3f} {a.jobs / best[n]:>8.1f} {a.jobs * calls_per_job / best[n]:>8.0f} "
+            f"{base / best[n]:>8.2f} {cores[n]:>6.2f} {str(equal[n]):>6}"
+        )
+
 
 if __name__ == "__main__":
     main()

@@ -23,9 +23,24 @@ from pathlib import Path
 
 import torch
 
-FIELDS = ["problem", "nfe", "tuned_rmse", "tuned_nfe", "tuned_recipe", "fixed_rmse", "fixed_solver", "fixed_grid",
-          "fixed_nfe", "ratio", "tune_heldout_rmse", "tune_fixed_heldout_rmse", "tune_seconds", "tune_model_calls",
-          "fit_samples", "eval_samples"]
+FIELDS = [
+    "problem",
+    "nfe",
+    "tuned_rmse",
+    "tuned_nfe",
+    "tuned_recipe",
+    "fixed_rmse",
+    "fixed_solver",
+    "fixed_grid",
+    "fixed_nfe",
+    "ratio",
+    "tune_heldout_rmse",
+    "tune_fixed_heldout_rmse",
+    "tune_seconds",
+    "tune_model_calls",
+    "fit_samples",
+    "eval_samples",
+]
 
 
 def main(argv=None) -> int:
@@ -39,12 +54,16 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="bench-results/tuning")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--peers", action="store_true",
-                    help="also run the installed peers (diffusers, k-diffusion) on the evaluation x_T, every grid")
+    ap.add_argument(
+        "--peers",
+        action="store_true",
+        help="also run the installed peers (diffusers, k-diffusion) on the evaluation x_T, every grid",
+    )
     ap.add_argument("--plot", default=None, help="write the error-vs-NFE figure here (PNG)")
     ap.add_argument("--scalars", action="store_true", help="tune with the per-step compensation ratios")
-    ap.add_argument("--with-scalars-csv", default=None,
-                    help="tuning.csv of a --scalars run, drawn as a second tuned line in --plot")
+    ap.add_argument(
+        "--with-scalars-csv", default=None, help="tuning.csv of a --scalars run, drawn as a second tuned line in --plot"
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -90,18 +109,32 @@ def main(argv=None) -> int:
                     y = recipe.sample(ode, x_eval_run)
                 tuned = float((y.to(torch.float64).cpu() - ref_eval).pow(2).mean().sqrt())
                 fixed = best_fixed(ode, x_eval_run, nfe, teacher=ref_eval)
-                row = {"problem": name, "nfe": nfe, "tuned_rmse": tuned, "tuned_nfe": recipe.nfe,
-                       "tuned_recipe": repr(recipe), "fixed_rmse": fixed["rmse"], "fixed_solver": fixed["solver"],
-                       "fixed_grid": fixed["grid"], "fixed_nfe": fixed["nfe"], "ratio": tuned / fixed["rmse"],
-                       "tune_heldout_rmse": recipe.report["heldout_rmse"],
-                       "tune_fixed_heldout_rmse": recipe.report["best_fixed"]["heldout_rmse"],
-                       "tune_seconds": secs, "tune_model_calls": calls,
-                       "fit_samples": recipe.report["fit_samples"], "eval_samples": args.eval_samples}
+                row = {
+                    "problem": name,
+                    "nfe": nfe,
+                    "tuned_rmse": tuned,
+                    "tuned_nfe": recipe.nfe,
+                    "tuned_recipe": repr(recipe),
+                    "fixed_rmse": fixed["rmse"],
+                    "fixed_solver": fixed["solver"],
+                    "fixed_grid": fixed["grid"],
+                    "fixed_nfe": fixed["nfe"],
+                    "ratio": tuned / fixed["rmse"],
+                    "tune_heldout_rmse": recipe.report["heldout_rmse"],
+                    "tune_fixed_heldout_rmse": recipe.report["best_fixed"]["heldout_rmse"],
+                    "tune_seconds": secs,
+                    "tune_model_calls": calls,
+                    "fit_samples": recipe.report["fit_samples"],
+                    "eval_samples": args.eval_samples,
+                }
                 w.writerow(row)
                 f.flush()
-                print(f"{name} NFE {nfe}: tuned {tuned:.3e} ({recipe!r}) | best fixed {fixed['rmse']:.3e} "
-                      f"({fixed['solver']} on {fixed['grid']}) | ratio {tuned / fixed['rmse']:.3f} | "
-                      f"tune {secs:.1f} s, {calls} model calls", flush=True)
+                print(
+                    f"{name} NFE {nfe}: tuned {tuned:.3e} ({recipe!r}) | best fixed {fixed['rmse']:.3e} "
+                    f"({fixed['solver']} on {fixed['grid']}) | ratio {tuned / fixed['rmse']:.3f} | "
+                    f"tune {secs:.1f} s, {calls} model calls",
+                    flush=True,
+                )
     peer_best = run_peers(args, out) if args.peers else {}
     if args.plot:
         plot(path, peer_best, args.plot, args.with_scalars_csv)
@@ -118,9 +151,18 @@ def run_peers(args, out: Path) -> dict:
         print("no peer library installed")
         return {}
     nfes = [int(v) for v in args.nfe.split(",")]
-    res = run_bench(args.problem.split(","), labels, ["trailing", "karras", "logsnr"], nfes, [args.eval_seed],
-                    out=out / "peers", samples=args.eval_samples, cache=out / "references", progress=True,
-                    reports=False)
+    res = run_bench(
+        args.problem.split(","),
+        labels,
+        ["trailing", "karras", "logsnr"],
+        nfes,
+        [args.eval_seed],
+        out=out / "peers",
+        samples=args.eval_samples,
+        cache=out / "references",
+        progress=True,
+        reports=False,
+    )
     best: dict = {}
     for r in res.rows:
         if r["status"] != "ok" or r["rmse"] is None or r["nfe"] is None or r["nfe"] > r["nfe_target"]:
@@ -159,13 +201,20 @@ def plot(path: Path, peer_best: dict, png: str, scalars_csv: str | None = None) 
         ax.plot(n, [float(r["tuned_rmse"]) for r in rs], "o-", color="C3", lw=2, label="diffsolve tuned recipe")
         sc = sorted((r for r in sc_rows if r["problem"] == p), key=lambda r: int(r["nfe"]))
         if sc:
-            ax.plot([int(r["nfe"]) for r in sc], [float(r["tuned_rmse"]) for r in sc], "D-", color="C1", lw=1.5,
-                    label="tuned + compensation scalars")
-        ax.plot(n, [float(r["fixed_rmse"]) for r in rs], "s--", color="C0",
-                label="diffsolve best fixed solver+grid")
+            ax.plot(
+                [int(r["nfe"]) for r in sc],
+                [float(r["tuned_rmse"]) for r in sc],
+                "D-",
+                color="C1",
+                lw=1.5,
+                label="tuned + compensation scalars",
+            )
+        ax.plot(n, [float(r["fixed_rmse"]) for r in rs], "s--", color="C0", label="diffsolve best fixed solver+grid")
         pn = [k for k in n if (p, k) in peer_best]
         if pn:
-            ax.plot(pn, [peer_best[(p, k)][0] for k in pn], "^:", color="0.4", label="best peer (diffusers, k-diffusion)")
+            ax.plot(
+                pn, [peer_best[(p, k)][0] for k in pn], "^:", color="0.4", label="best peer (diffusers, k-diffusion)"
+            )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xticks(n)

@@ -22,8 +22,11 @@ from diffsolve.problems import reference_solution
 torch.set_num_threads(1)
 TOLS = [1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6, 3e-7, 1e-7]
 TARGETS = [1e-1, 1e-2, 1e-3, 1e-4, 1e-5]
-SOLVERS = [("dpm-adaptive", {}), ("torchdiffeq-dopri5", {"variable": "sigma"}),
-           ("torchdiffeq-dopri5", {"variable": "log-sigma"})]
+SOLVERS = [
+    ("dpm-adaptive", {}),
+    ("torchdiffeq-dopri5", {"variable": "sigma"}),
+    ("torchdiffeq-dopri5", {"variable": "log-sigma"}),
+]
 
 
 def main() -> None:
@@ -42,8 +45,9 @@ def main() -> None:
             row += [str(ode.nfe), f"{float((out - ref).abs().max()):.2e}"]
         rows.append(row)
         print("| " + " | ".join(row) + " |", flush=True)
-    head = ["tol"] + [f"{n}{'' if not o else ' (' + o['variable'] + ')'} {c}" for n, o in SOLVERS
-                      for c in ("NFE", "error")]
+    head = ["tol"] + [
+        f"{n}{'' if not o else ' (' + o['variable'] + ')'} {c}" for n, o in SOLVERS for c in ("NFE", "error")
+    ]
     print()
     print(f"gmm64, sigma {s_max:.4g} -> {s_min:.4g}, 128 samples, float64")
     print("| " + " | ".join(head) + " |")

@@ -38,14 +38,18 @@ def main() -> None:
 
     runs = {
         "dpmpp-3m (exact, default)": lambda sig: ds.sample(ode, x_T, "dpmpp-3m", sigmas=sig, final_step="denoise"),
-        "dpmpp-3m weights=reference": lambda sig: ds.sample(ode, x_T, "dpmpp-3m", sigmas=sig, final_step="denoise",
-                                                            weights="reference"),
-        "dpmpp-3m-sde eta=0 (exact)": lambda sig: ds.sample(ode, x_T, "dpmpp-3m-sde", sigmas=sig, eta=0.0,
-                                                            final_step="denoise"),
-        "dpmpp-3m-sde eta=0 weights=reference": lambda sig: ds.sample(ode, x_T, "dpmpp-3m-sde", sigmas=sig, eta=0.0,
-                                                                      final_step="denoise", weights="reference"),
+        "dpmpp-3m weights=reference": lambda sig: ds.sample(
+            ode, x_T, "dpmpp-3m", sigmas=sig, final_step="denoise", weights="reference"
+        ),
+        "dpmpp-3m-sde eta=0 (exact)": lambda sig: ds.sample(
+            ode, x_T, "dpmpp-3m-sde", sigmas=sig, eta=0.0, final_step="denoise"
+        ),
+        "dpmpp-3m-sde eta=0 weights=reference": lambda sig: ds.sample(
+            ode, x_T, "dpmpp-3m-sde", sigmas=sig, eta=0.0, final_step="denoise", weights="reference"
+        ),
         "k-diffusion sample_dpmpp_3m_sde eta=0": lambda sig: K.sampling.sample_dpmpp_3m_sde(
-            denoiser, x_T.clone(), sig, eta=0.0, disable=True),
+            denoiser, x_T.clone(), sig, eta=0.0, disable=True
+        ),
     }
     print(f"| method | {' | '.join(f'N={n}' for n in STEPS)} | slopes {STEPS[0]}..{STEPS[-1]} |")
     print("|---|" + "---|" * (len(STEPS) + 1))

@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 import diffsolve as ds
-from diffsolve.bench.digits import frechet_distance
 from diffsolve.bench.catalog import get_bench_problem
+from diffsolve.bench.digits import frechet_distance
 
 ROOT = Path(__file__).resolve().parents[1]
 ETAS = (0.0, 0.2, 0.5, 1.0)
@@ -61,8 +61,9 @@ def _problem(model_dir):
         return get_bench_problem("digits")
     from diffsolve.bench.digits import CLASSIFIER_WEIGHTS, UNET_WEIGHTS, digits_problem
 
-    return digits_problem(unet_path=Path(model_dir) / UNET_WEIGHTS.name,
-                          classifier_path=Path(model_dir) / CLASSIFIER_WEIGHTS.name)
+    return digits_problem(
+        unet_path=Path(model_dir) / UNET_WEIGHTS.name, classifier_path=Path(model_dir) / CLASSIFIER_WEIGHTS.name
+    )
 
 
 def cpu_seconds() -> float:
@@ -114,14 +115,22 @@ def _table_cell(job):
     gen = torch.Generator().manual_seed(10_000 + seed)
     x0 = ds.sample(problem.ode(torch.float32), x_T, "ddim", steps=S, grid=GRID, generator=gen, **opts).double()
     p = problem.probabilities(x0)
-    return key, {"fdd": problem.fdd(x0), "top_prob": float(p.max(1).values.mean()),
-                 "labels": "".join(map(str, p.argmax(1).tolist())), "wall_s": time.perf_counter() - t0}
+    return key, {
+        "fdd": problem.fdd(x0),
+        "top_prob": float(p.max(1).values.mean()),
+        "labels": "".join(map(str, p.argmax(1).tolist())),
+        "wall_s": time.perf_counter() - t0,
+    }
 
 
 def table_cells(model_dir, store, samples, seeds, steps, bar, workers: int = 1):
     """Every Table 1 cell not in the store; the slowest (S = 1000) first so that workers finish together."""
-    jobs = [(f"table/{label}/S={S}/seed={seed}", label, opts, S, seed, samples)
-            for seed in seeds for S in sorted(steps, reverse=True) for label, opts in VARIANTS]
+    jobs = [
+        (f"table/{label}/S={S}/seed={seed}", label, opts, S, seed, samples)
+        for seed in seeds
+        for S in sorted(steps, reverse=True)
+        for label, opts in VARIANTS
+    ]
     jobs = [j for j in jobs if j[0] not in store]
 
     def done(key, result):
@@ -137,8 +146,9 @@ def table_cells(model_dir, store, samples, seeds, steps, bar, workers: int = 1):
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                             initargs=(model_dir,)) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(model_dir,)
+    ) as pool:
         for fut in as_completed([pool.submit(_table_cell, j) for j in jobs]):
             done(*fut.result())
 
@@ -152,11 +162,16 @@ def baselines(problem, store, samples, seeds):
     for seed in seeds:  # real-vs-real at the sample size of the table's cells
         idx = torch.randperm(train.shape[0], generator=torch.Generator().manual_seed(seed))[:samples]
         subsets.append(problem.fdd(train[idx]))
-    store.put("baseline", {"fdd_test_vs_train": frechet_distance(problem.features(problem.data("test")),
-                                                                 problem.features(train)),
-                           "fdd_train_subset_vs_test": subsets, "subset_size": min(samples, train.shape[0]),
-                           "top_prob_test": float(test_p.max(1).values.mean()),
-                           "test_accuracy": float((test_p.argmax(1) == problem.labels("test")).double().mean())})
+    store.put(
+        "baseline",
+        {
+            "fdd_test_vs_train": frechet_distance(problem.features(problem.data("test")), problem.features(train)),
+            "fdd_train_subset_vs_test": subsets,
+            "subset_size": min(samples, train.shape[0]),
+            "top_prob_test": float(test_p.max(1).values.mean()),
+            "test_accuracy": float((test_p.argmax(1) == problem.labels("test")).double().mean()),
+        },
+    )
 
 
 def reconstruction(problem, store, recon_steps, bar):
@@ -216,15 +231,20 @@ def _ms(values):
 def markdown(store, seeds, steps=STEPS) -> str:
     cells = store.data["cells"]
     b = cells["baseline"]
-    lines = [f"Table 1 on digits: FDD to the 297 held-out digits, mean +- std over seeds {','.join(map(str, seeds))}, "
-             f"{store.data['settings']['samples']} samples per cell, `ddim` on the `{GRID}` grid "
-             "(CIFAR-10 FID of the paper in brackets).", "",
-             "| | " + " | ".join(f"S = {S}" for S in steps) + " |", "|---|" + "---:|" * len(steps)]
+    lines = [
+        f"Table 1 on digits: FDD to the 297 held-out digits, mean +- std over seeds {','.join(map(str, seeds))}, "
+        f"{store.data['settings']['samples']} samples per cell, `ddim` on the `{GRID}` grid "
+        "(CIFAR-10 FID of the paper in brackets).",
+        "",
+        "| | " + " | ".join(f"S = {S}" for S in steps) + " |",
+        "|---|" + "---:|" * len(steps),
+    ]
     for label, _ in VARIANTS:
         row = []
         for S in steps:
-            vals = [cells[f"table/{label}/S={S}/seed={s}"]["fdd"] for s in seeds
-                    if f"table/{label}/S={S}/seed={s}" in cells]
+            vals = [
+                cells[f"table/{label}/S={S}/seed={s}"]["fdd"] for s in seeds if f"table/{label}/S={S}/seed={s}" in cells
+            ]
             if not vals:
                 row.append("")
                 continue
@@ -233,11 +253,19 @@ def markdown(store, seeds, steps=STEPS) -> str:
             row.append(f"{m:.2f} +- {sd:.2f} ({paper:g})")
         lines.append(f"| {label} | " + " | ".join(row) + " |")
     sm, ssd = _ms(b["fdd_train_subset_vs_test"])
-    lines += ["", f"Real digits: FDD(train subset of {b['subset_size']} vs held-out) = {sm:.2f} +- {ssd:.2f}; "
-                  f"FDD(all 1,500 train vs held-out) = {b['fdd_test_vs_train']:.2f}. Classifier: held-out accuracy "
-                  f"{b['test_accuracy']:.4f}, mean top-class probability {b['top_prob_test']:.4f}.", ""]
-    lines += ["Consistency: share of x_T whose eta = 0 sample gets the same classifier label as at S = 1000.", "",
-              "| S | " + " | ".join(str(S) for S in (10, 20, 50, 100)) + " |", "|---|" + "---:|" * 4]
+    lines += [
+        "",
+        f"Real digits: FDD(train subset of {b['subset_size']} vs held-out) = {sm:.2f} +- {ssd:.2f}; "
+        f"FDD(all 1,500 train vs held-out) = {b['fdd_test_vs_train']:.2f}. Classifier: held-out accuracy "
+        f"{b['test_accuracy']:.4f}, mean top-class probability {b['top_prob_test']:.4f}.",
+        "",
+    ]
+    lines += [
+        "Consistency: share of x_T whose eta = 0 sample gets the same classifier label as at S = 1000.",
+        "",
+        "| S | " + " | ".join(str(S) for S in (10, 20, 50, 100)) + " |",
+        "|---|" + "---:|" * 4,
+    ]
     agree = []
     for S in (10, 20, 50, 100):
         vals = []
@@ -252,29 +280,43 @@ def markdown(store, seeds, steps=STEPS) -> str:
     if s50:
         tp = _ms([c["top_prob"] for c in s50])[0]
         shares = np.stack([np.bincount(_labels(c), minlength=10) / len(c["labels"]) for c in s50])
-        lines.append(f"- mean top-class probability, 50-step DDIM: {tp:.4f} (held-out real: {b['top_prob_test']:.4f}; "
-                     f"difference {abs(tp - b['top_prob_test']):.4f})")
-        lines.append(f"- class shares of 50-step DDIM samples (all seeds): min {shares.min():.3f}, "
-                     f"max {shares.max():.3f}")
+        lines.append(
+            f"- mean top-class probability, 50-step DDIM: {tp:.4f} (held-out real: {b['top_prob_test']:.4f}; "
+            f"difference {abs(tp - b['top_prob_test']):.4f})"
+        )
+        lines.append(
+            f"- class shares of 50-step DDIM samples (all seeds): min {shares.min():.3f}, max {shares.max():.3f}"
+        )
     s100 = [cells[f"table/eta=0/S=100/seed={s}"]["fdd"] for s in seeds if f"table/eta=0/S=100/seed={s}" in cells]
     if s100:
-        lines.append(f"- FDD(DDIM, S = 100) = {_ms(s100)[0]:.2f} vs 3 x FDD(held-out vs train) = "
-                     f"{3 * b['fdd_test_vs_train']:.2f}")
+        lines.append(
+            f"- FDD(DDIM, S = 100) = {_ms(s100)[0]:.2f} vs 3 x FDD(held-out vs train) = "
+            f"{3 * b['fdd_test_vs_train']:.2f}"
+        )
     for S in (10, 20):
         means = {}
         for label in ("eta=0", "eta=1", "sigma-hat"):
-            v = [cells[f"table/{label}/S={S}/seed={s}"]["fdd"] for s in seeds if f"table/{label}/S={S}/seed={s}" in cells]
+            v = [
+                cells[f"table/{label}/S={S}/seed={s}"]["fdd"] for s in seeds if f"table/{label}/S={S}/seed={s}" in cells
+            ]
             means[label] = _ms(v)[0] if v else math.nan
         ok = means["eta=0"] < means["eta=1"] < means["sigma-hat"]
-        lines.append(f"- S = {S}: FDD eta=0 {means['eta=0']:.2f} < eta=1 {means['eta=1']:.2f} < sigma-hat "
-                     f"{means['sigma-hat']:.2f}: {'yes' if ok else 'NO'}")
+        lines.append(
+            f"- S = {S}: FDD eta=0 {means['eta=0']:.2f} < eta=1 {means['eta=1']:.2f} < sigma-hat "
+            f"{means['sigma-hat']:.2f}: {'yes' if ok else 'NO'}"
+        )
     rec = [(int(k.split("=")[1]), v["mse"]) for k, v in cells.items() if k.startswith("recon/")]
     rec.sort()
     if rec:
-        lines += ["", "Reconstruction (encode with `ds.invert`, decode with `ds.sample`, DDIM, same grid; per-pixel "
-                      "MSE with pixels in [0, 1]; the paper's CIFAR-10 Table 2 in brackets):", "",
-                  "| S | " + " | ".join(str(S) for S, _ in rec) + " |", "|---|" + "---:|" * len(rec),
-                  "| MSE | " + " | ".join(f"{v:.2e} ({PAPER_RECON.get(S, float('nan')):g})" for S, v in rec) + " |"]
+        lines += [
+            "",
+            "Reconstruction (encode with `ds.invert`, decode with `ds.sample`, DDIM, same grid; per-pixel "
+            "MSE with pixels in [0, 1]; the paper's CIFAR-10 Table 2 in brackets):",
+            "",
+            "| S | " + " | ".join(str(S) for S, _ in rec) + " |",
+            "|---|" + "---:|" * len(rec),
+            "| MSE | " + " | ".join(f"{v:.2e} ({PAPER_RECON.get(S, float('nan')):g})" for S, v in rec) + " |",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -298,8 +340,7 @@ def main() -> None:
     steps = [int(s) for s in a.steps.split(",")]
     recon_steps = [int(s) for s in a.recon_steps.split(",") if s.strip()]
     problem = _problem(a.model_dir)
-    store = Store(a.out, {"samples": a.samples, "grid": GRID, "model": problem.fingerprint()},
-                  a.fresh)
+    store = Store(a.out, {"samples": a.samples, "grid": GRID, "model": problem.fingerprint()}, a.fresh)
     t0, c0 = time.time(), cpu_seconds()
     baselines(problem, store, a.samples, seeds)
     total = len(seeds) * len(VARIANTS) * len(steps) + len(recon_steps)
@@ -313,8 +354,10 @@ def main() -> None:
     a.out.with_suffix(".md").write_text(md)
     print(md)
     child = resource.getrusage(resource.RUSAGE_CHILDREN)
-    print(f"wrote {a.out}, {a.out.with_suffix('.md')} and {a.figure}; this run: wall {time.time() - t0:.0f} s, "
-          f"CPU {cpu_seconds() - c0 + child.ru_utime + child.ru_stime:.0f} s (workers included)")
+    print(
+        f"wrote {a.out}, {a.out.with_suffix('.md')} and {a.figure}; this run: wall {time.time() - t0:.0f} s, "
+        f"CPU {cpu_seconds() - c0 + child.ru_utime + child.ru_stime:.0f} s (workers included)"
+    )
 
 
 if __name__ == "__main__":

@@ -32,8 +32,17 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from diffsolve.bench.digits import (CLASSIFIER_WEIGHTS, NUM_TRAIN_STEPS, UNET_WEIGHTS, DigitsClassifier,
-                                    DigitsUNet, frechet_distance, load_digits_split, to_images, to_model_space)
+from diffsolve.bench.digits import (
+    CLASSIFIER_WEIGHTS,
+    NUM_TRAIN_STEPS,
+    UNET_WEIGHTS,
+    DigitsClassifier,
+    DigitsUNet,
+    frechet_distance,
+    load_digits_split,
+    to_images,
+    to_model_space,
+)
 from diffsolve.problems import default_schedule
 
 
@@ -43,9 +52,11 @@ def cpu_seconds() -> float:
 
 
 def _save(model, out: Path, meta: dict) -> None:
-    blob = {"config": dict(model.config),
-            "state_dict": {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()},
-            "meta": meta}
+    blob = {
+        "config": dict(model.config),
+        "state_dict": {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()},
+        "meta": meta,
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     torch.save(blob, tmp)
@@ -64,8 +75,11 @@ def train_unet(args) -> DigitsUNet:
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     warm = 200
     lr_at = lambda k: args.lr * min(1.0, (k + 1) / warm) * 0.5 * (1 + math.cos(math.pi * k / args.steps))  # noqa: E731
-    print(f"UNet: {sum(p.numel() for p in model.parameters())} parameters, size {args.size}, "
-          f"{args.steps} steps of {args.batch}", flush=True)
+    print(
+        f"UNet: {sum(p.numel() for p in model.parameters())} parameters, size {args.size}, "
+        f"{args.steps} steps of {args.batch}",
+        flush=True,
+    )
     t0, c0 = time.time(), cpu_seconds()
     avg = None
     for k in range(args.steps):
@@ -90,11 +104,25 @@ def train_unet(args) -> DigitsUNet:
         value = float(loss.detach())
         avg = value if avg is None else 0.99 * avg + 0.01 * value
         if k % 500 == 0 or k == args.steps - 1:
-            print(f"unet step {k:>6}/{args.steps}  loss(avg) {avg:.4f}  wall {time.time() - t0:.0f}s  "
-                  f"cpu {cpu_seconds() - c0:.0f}s", flush=True)
-    _save(ema, args.out_dir / UNET_WEIGHTS.name,
-          {"steps": args.steps, "batch": args.batch, "lr": args.lr, "ema": args.ema, "seed": args.seed,
-           "final_loss_avg": avg, "command": "python benchmarks/train_digits.py", "torch": str(torch.__version__)})
+            print(
+                f"unet step {k:>6}/{args.steps}  loss(avg) {avg:.4f}  wall {time.time() - t0:.0f}s  "
+                f"cpu {cpu_seconds() - c0:.0f}s",
+                flush=True,
+            )
+    _save(
+        ema,
+        args.out_dir / UNET_WEIGHTS.name,
+        {
+            "steps": args.steps,
+            "batch": args.batch,
+            "lr": args.lr,
+            "ema": args.ema,
+            "seed": args.seed,
+            "final_loss_avg": avg,
+            "command": "python benchmarks/train_digits.py",
+            "torch": str(torch.__version__),
+        },
+    )
     return ema.eval()
 
 
@@ -108,7 +136,7 @@ def _shift(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     for i in range(3):
         for j in range(3):
             m = (dy == i) & (dx == j)
-            out[m] = pad[m, i:i + 8, j:j + 8]
+            out[m] = pad[m, i : i + 8, j : j + 8]
     return out
 
 
@@ -123,10 +151,10 @@ def train_classifier(args) -> DigitsClassifier:
     steps = args.clf_epochs * (images.shape[0] // 100)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     k = 0
-    for epoch in range(args.clf_epochs):
+    for _epoch in range(args.clf_epochs):
         perm = torch.randperm(images.shape[0], generator=g)
         for s in range(images.shape[0] // 100):
-            idx = perm[s * 100:(s + 1) * 100]
+            idx = perm[s * 100 : (s + 1) * 100]
             x = _shift(images[idx], g)
             x = (x + 0.03 * torch.randn(x.shape, generator=g)).clamp(0, 1)
             loss = F.cross_entropy(model(x), labels[idx])
@@ -140,9 +168,18 @@ def train_classifier(args) -> DigitsClassifier:
         acc = float((model(test_images.float()).argmax(1) == test_labels).double().mean())
         train_acc = float((model(images).argmax(1) == labels).double().mean())
     print(f"classifier: train accuracy {train_acc:.4f}, held-out accuracy {acc:.4f}", flush=True)
-    _save(model, args.out_dir / CLASSIFIER_WEIGHTS.name,
-          {"epochs": args.clf_epochs, "seed": args.seed + 1, "train_accuracy": train_acc, "test_accuracy": acc,
-           "command": "python benchmarks/train_digits.py", "torch": str(torch.__version__)})
+    _save(
+        model,
+        args.out_dir / CLASSIFIER_WEIGHTS.name,
+        {
+            "epochs": args.clf_epochs,
+            "seed": args.seed + 1,
+            "train_accuracy": train_acc,
+            "test_accuracy": acc,
+            "command": "python benchmarks/train_digits.py",
+            "torch": str(torch.__version__),
+        },
+    )
     return model
 
 
@@ -163,9 +200,14 @@ def evaluate(unet: DigitsUNet, clf: DigitsClassifier, n: int = 500) -> dict:
         p = clf.head(fs.float()).softmax(1)
         pt = clf(test_images.float()).softmax(1)
     shares = torch.bincount(p.argmax(1), minlength=10).double() / n
-    out = {"fdd_ddim50_vs_test": frechet_distance(fs, ft), "fdd_test_vs_train": frechet_distance(ft, fr),
-           "top_prob_samples": float(p.max(1).values.mean()), "top_prob_test": float(pt.max(1).values.mean()),
-           "class_share_min": float(shares.min()), "class_share_max": float(shares.max())}
+    out = {
+        "fdd_ddim50_vs_test": frechet_distance(fs, ft),
+        "fdd_test_vs_train": frechet_distance(ft, fr),
+        "top_prob_samples": float(p.max(1).values.mean()),
+        "top_prob_test": float(pt.max(1).values.mean()),
+        "class_share_min": float(shares.min()),
+        "class_share_max": float(shares.max()),
+    }
     print("eval (500 DDIM-50 samples):", {k: round(v, 4) for k, v in out.items()}, flush=True)
     return out
 
@@ -188,6 +230,7 @@ def main() -> None:
     t0, c0 = time.time(), cpu_seconds()
     if a.skip_classifier:
         from diffsolve.bench.digits import load_digits_classifier
+
         clf = load_digits_classifier(a.out_dir / CLASSIFIER_WEIGHTS.name)
     else:
         clf = train_classifier(a)

@@ -57,8 +57,15 @@ def train(steps: int, batch: int, lr: float, seed: int, out: Path) -> None:
     blob = {
         "config": model.config,
         "state_dict": state,
-        "meta": {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "final_loss_ema": ema,
-                 "command": "python benchmarks/train_toy_model.py", "torch": str(torch.__version__)},
+        "meta": {
+            "steps": steps,
+            "batch": batch,
+            "lr": lr,
+            "seed": seed,
+            "final_loss_ema": ema,
+            "command": "python benchmarks/train_toy_model.py",
+            "torch": str(torch.__version__),
+        },
     }
     tmp = out.with_suffix(".tmp")
     torch.save(blob, tmp)

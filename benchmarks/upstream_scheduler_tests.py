@@ -39,8 +39,9 @@ def _load():
     if not ROOT or not (Path(ROOT) / "schedulers" / "test_schedulers.py").is_file():
         return None
     if PACKAGE not in sys.modules:
-        spec = importlib.util.spec_from_file_location(PACKAGE, Path(ROOT) / "__init__.py",
-                                                      submodule_search_locations=[ROOT])
+        spec = importlib.util.spec_from_file_location(
+            PACKAGE, Path(ROOT) / "__init__.py", submodule_search_locations=[ROOT]
+        )
         pkg = importlib.util.module_from_spec(spec)
         sys.modules[PACKAGE] = pkg
         spec.loader.exec_module(pkg)
@@ -51,11 +52,13 @@ _modules = _load()
 if _modules is None:
     pytestmark = pytest.mark.skip(
         reason="diffusers' upstream tests not found: set DIFFUSERS_TESTS to the tests/ folder of a diffusers "
-               "v0.40.0 checkout (see this file's docstring)")
+        "v0.40.0 checkout (see this file's docstring)"
+    )
 
     def test_upstream_files_are_absent():
         pass
 else:
+
     def _adapt(upstream, emulate):
         def __init__(self, *args, **kwargs):
             kwargs.setdefault("emulate", emulate)

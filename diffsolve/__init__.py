@@ -7,6 +7,10 @@
 
 from . import problems
 from .grids import validate_sigmas
+from .interop.diffusers import diffusers_grid, from_diffusers
+from .interop.k_diffusion import k_sampler
+from .interpolation import interpolate, lerp, slerp
+from .inversion import ReversibleSample, invert_exact, reconstruction_error, sample_reversible
 from .plugins import DuplicateNameError, PluginWarning, UnknownNameError, hookimpl
 from .sampling import grid, invert, list_grids, list_solvers, make_noise_sampler, make_solver, sample
 from .schedules import (
@@ -19,13 +23,9 @@ from .schedules import (
     VPLinearSchedule,
 )
 from .solvers.base import ReversibleSolver, Solver
-from .wrapper import DiffusionODE, NonFiniteError, wrap
-from .inversion import ReversibleSample, invert_exact, reconstruction_error, sample_reversible
-from .interpolation import interpolate, lerp, slerp
 from .thresholding import Clipping, DynamicThresholding
-from .interop.diffusers import diffusers_grid, from_diffusers
-from .interop.k_diffusion import k_sampler
 from .tuning import Recipe, tune
+from .wrapper import DiffusionODE, NonFiniteError, wrap
 
 __version__ = "0.1.0"
 

@@ -13,7 +13,7 @@ import argparse
 import ast
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -40,9 +40,7 @@ def solvers_markdown() -> str:
     for name in sorted(reg.solvers):
         cls, owner = reg.solvers[name]
         params = inspect.signature(cls.__init__).parameters.values()
-        opts = ", ".join(
-            f"`{p.name}={p.default!r}`" for p in params if p.kind is p.KEYWORD_ONLY
-        ) or "-"
+        opts = ", ".join(f"`{p.name}={p.default!r}`" for p in params if p.kind is p.KEYWORD_ONLY) or "-"
         kind = "stochastic" if default_stochastic(cls) else "deterministic"
         lines.append(f"| `{name}` | {cls.order} | {cls.calls_per_step} | {kind} | {opts} | {cls.describe()} |")
     return "\n".join(lines) + "\n"
@@ -81,8 +79,10 @@ def _list(args) -> int:
     for owner, why in reg.skipped:
         print(f"skipped plugin {owner}: {why}")
     for kind, name, kept, refused in reg.clashes:
-        print(f"NAME CLASH: {kind} {name!r} is registered by both {kept!r} and {refused!r} "
-              f"(listed above as {kept!r}'s); set {reg._disable_hint(refused, kept)}")
+        print(
+            f"NAME CLASH: {kind} {name!r} is registered by both {kept!r} and {refused!r} "
+            f"(listed above as {kept!r}'s); set {reg._disable_hint(refused, kept)}"
+        )
     return 1 if reg.clashes else 0
 
 
@@ -109,17 +109,23 @@ def _bench_problem(name: str, samples: int, seed: int):
 
 
 def _tune(args) -> int:
-    from .tuning import tune
-
     from .bench.errors import BenchError
+    from .tuning import tune
 
     torch.set_num_threads(args.threads)
     try:
         _, ode, x_T = _bench_problem(args.problem, args.samples, args.seed)
         solvers = [s.strip() for s in args.solvers.split(",") if s.strip()] if args.solvers else None
         t0 = time.perf_counter()
-        recipe = tune(ode, x_T, args.nfe, solvers=solvers, fit_fraction=args.fit_fraction, seed=args.split_seed,
-                      progress=not args.quiet)
+        recipe = tune(
+            ode,
+            x_T,
+            args.nfe,
+            solvers=solvers,
+            fit_fraction=args.fit_fraction,
+            seed=args.split_seed,
+            progress=not args.quiet,
+        )
     except (BenchError, ValueError) as exc:
         print(f"diffsolve tune: error: {exc}", file=sys.stderr)
         return 2
@@ -128,23 +134,28 @@ def _tune(args) -> int:
     recipe.save(args.out)
     r = recipe.report
     fixed = r["best_fixed"]
-    print(f"problem={args.problem} nfe={args.nfe} x_T: {args.samples} samples, seed {args.seed} "
-          f"({r['fit_samples']} fit, {r['heldout_samples']} held out)")
+    print(
+        f"problem={args.problem} nfe={args.nfe} x_T: {args.samples} samples, seed {args.seed} "
+        f"({r['fit_samples']} fit, {r['heldout_samples']} held out)"
+    )
     print(f"recipe: {recipe!r}")
-    print(f"held-out RMSE {r['heldout_rmse']:.4e} (fit {r['fit_rmse']:.4e}); best fixed solver+grid "
-          f"{fixed['solver']} on {fixed['grid']} ({fixed['nfe']} calls): {fixed['heldout_rmse']:.4e}; "
-          f"ratio {r['heldout_rmse'] / fixed['heldout_rmse']:.3f}")
-    print(f"tuning: {dt:.1f} s, {r['tuning_model_calls']} model calls ({r['teacher_model_calls']} for the teacher); "
-          f"saved {args.out}")
+    print(
+        f"held-out RMSE {r['heldout_rmse']:.4e} (fit {r['fit_rmse']:.4e}); best fixed solver+grid "
+        f"{fixed['solver']} on {fixed['grid']} ({fixed['nfe']} calls): {fixed['heldout_rmse']:.4e}; "
+        f"ratio {r['heldout_rmse'] / fixed['heldout_rmse']:.3f}"
+    )
+    print(
+        f"tuning: {dt:.1f} s, {r['tuning_model_calls']} model calls ({r['teacher_model_calls']} for the teacher); "
+        f"saved {args.out}"
+    )
     return 0
 
 
 def _sample_recipe(args) -> int:
     from . import sample
+    from .bench.errors import BenchError
     from .problems import reference_solution
     from .tuning import Recipe, RecipeError
-
-    from .bench.errors import BenchError
 
     try:
         recipe = Recipe.load(args.recipe)
@@ -156,8 +167,13 @@ def _sample_recipe(args) -> int:
     except (BenchError, RecipeError, ValueError, OSError) as exc:
         print(f"diffsolve sample: error: {exc}", file=sys.stderr)
         return 2
-    ref = reference_solution(prob.reference_ode(), x_T.to(torch.float64), recipe.sigmas[0],
-                             rtol=prob.ref_tol or 1e-10, atol=prob.ref_tol or 1e-10)
+    ref = reference_solution(
+        prob.reference_ode(),
+        x_T.to(torch.float64),
+        recipe.sigmas[0],
+        rtol=prob.ref_tol or 1e-10,
+        atol=prob.ref_tol or 1e-10,
+    )
     rmse = float((x0.to(torch.float64) - ref).pow(2).mean().sqrt())
     print(f"problem={name} recipe={args.recipe}: {recipe!r} samples={args.samples} seed={args.seed}")
     print(f"NFE={ode.nfe}  RMSE vs exact ODE solution={rmse:.4e}  time={dt * 1e3:.1f} ms")
@@ -196,10 +212,14 @@ def _sample(args) -> int:
     rmse = float((x0 - ref).pow(2).mean().sqrt())
     nll = float(-problem.log_prob(x0).mean())
     true_nll = float(-problem.log_prob(problem.sample(4096, torch.Generator().manual_seed(7))).mean())
-    print(f"problem={args.problem} solver={args.solver} grid={args.grid} steps={args.steps} "
-          f"samples={args.samples} seed={args.seed}")
-    print(f"NFE={nfe}  RMSE vs exact ODE solution={rmse:.4e}  NLL={nll:.4f} (true samples {true_nll:.4f})  "
-          f"time={dt * 1e3:.1f} ms")
+    print(
+        f"problem={args.problem} solver={args.solver} grid={args.grid} steps={args.steps} "
+        f"samples={args.samples} seed={args.seed}"
+    )
+    print(
+        f"NFE={nfe}  RMSE vs exact ODE solution={rmse:.4e}  NLL={nll:.4f} (true samples {true_nll:.4f})  "
+        f"time={dt * 1e3:.1f} ms"
+    )
     return 0
 
 
@@ -210,8 +230,10 @@ def _demo(args) -> int:
 
     args.samples, args.seed = args.samples or 256, args.seed
     problem, sched, ode, x_T = _problem_setup(args)
-    print(f"DDIM (Euler in sigma, E30) on '{args.problem}', DDPM linear schedule, {args.grid} grid, "
-          f"{args.samples} samples; reference: dopri5 at rtol=1e-10 in float64 from the same x_T")
+    print(
+        f"DDIM (Euler in sigma, E30) on '{args.problem}', DDPM linear schedule, {args.grid} grid, "
+        f"{args.samples} samples; reference: dopri5 at rtol=1e-10 in float64 from the same x_T"
+    )
     print(f"{'steps':>6} {'NFE':>5} {'RMSE':>11} {'ratio':>6}")
     prev = None
     for steps in args.steps_list:
@@ -234,8 +256,14 @@ class _HelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action):
         text = action.help or ""
         default = action.default
-        if (default is None or default is False or default is argparse.SUPPRESS or "default" in text
-                or not action.option_strings or default == []):
+        if (
+            default is None
+            or default is False
+            or default is argparse.SUPPRESS
+            or "default" in text
+            or not action.option_strings
+            or default == []
+        ):
             return text
         shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
         return f"{text} (default: {shown})".strip()
@@ -284,25 +312,50 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="registered solvers and grids, with the plugin that registered each")
     ls.add_argument("--markdown", action="store_true", help="print the solver table of docs/solvers.md")
 
-    s = sub.add_parser("sample", help="sample an analytic problem and report the error against the exact ODE; "
-                                      "or the digits model into a PNG grid / .npz (--out)")
-    s.add_argument("--problem", default=None, choices=sorted(PROBLEMS) + ["mlp-spiral", "digits"],
-                   help="the problem; with --recipe, the one it was tuned on (default: gmm2d)")
-    s.add_argument("--recipe", default=None, metavar="RECIPE.json",
-                   help="run a recipe from `diffsolve tune` (solver, grid and options come from it; default: none)")
+    s = sub.add_parser(
+        "sample",
+        help="sample an analytic problem and report the error against the exact ODE; "
+        "or the digits model into a PNG grid / .npz (--out)",
+    )
+    s.add_argument(
+        "--problem",
+        default=None,
+        choices=sorted(PROBLEMS) + ["mlp-spiral", "digits"],
+        help="the problem; with --recipe, the one it was tuned on (default: gmm2d)",
+    )
+    s.add_argument(
+        "--recipe",
+        default=None,
+        metavar="RECIPE.json",
+        help="run a recipe from `diffsolve tune` (solver, grid and options come from it; default: none)",
+    )
     s.add_argument("--solver", default="ddim", help="a registered solver (diffsolve list)")
-    s.add_argument("--grid", default=None,
-                   help="a registered grid (diffsolve list); digits uses its schedule's own unless given "
-                        "(default: trailing)")
+    s.add_argument(
+        "--grid",
+        default=None,
+        help="a registered grid (diffsolve list); digits uses its schedule's own unless given (default: trailing)",
+    )
     s.add_argument("--steps", type=int, default=10, help="solver steps")
-    s.add_argument("--eta", type=float, default=None,
-                   help="noise level of an ancestral solver (default: the solver's own)")
-    s.add_argument("--option", type=parse_option, action="append", default=[], metavar="KEY=VALUE",
-                   help="a solver option, repeatable, e.g. --option solver_order=2 --option variance=large; "
-                        "values are read as Python literals where possible (default: none)")
-    s.add_argument("--samples", "--n", type=int, default=None,
-                   help="number of samples, 64 for digits; under torchrun spell it --samples, since torchrun "
-                        "reads --n as a prefix of its own options (default: 256)")
+    s.add_argument(
+        "--eta", type=float, default=None, help="noise level of an ancestral solver (default: the solver's own)"
+    )
+    s.add_argument(
+        "--option",
+        type=parse_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a solver option, repeatable, e.g. --option solver_order=2 --option variance=large; "
+        "values are read as Python literals where possible (default: none)",
+    )
+    s.add_argument(
+        "--samples",
+        "--n",
+        type=int,
+        default=None,
+        help="number of samples, 64 for digits; under torchrun spell it --samples, since torchrun "
+        "reads --n as a prefix of its own options (default: 256)",
+    )
     s.add_argument("--seed", type=int, default=0, help="seed of x_T (the solver's noise uses seed + 1)")
     s.add_argument("--out", default=None, help="digits only: FILE.png (a grid of the samples) or FILE.npz")
     s.add_argument("--batch", type=int, default=500, help="digits only: samples per model batch")
@@ -322,8 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="DDIM error vs steps on the built-in mixture (the README's main job)")
     d.add_argument("--problem", default="gmm2d", choices=sorted(PROBLEMS), help="the analytic problem")
     d.add_argument("--grid", default="trailing", help="a registered grid (diffsolve list)")
-    d.add_argument("--steps-list", type=_steps_list, default=[5, 10, 20, 40, 80, 160],
-                   help="comma-separated step counts")
+    d.add_argument(
+        "--steps-list", type=_steps_list, default=[5, 10, 20, 40, 80, 160], help="comma-separated step counts"
+    )
     d.add_argument("--samples", type=int, default=256, help="number of samples")
     d.add_argument("--seed", type=int, default=0, help="seed of x_T")
 

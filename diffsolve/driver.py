@@ -18,8 +18,8 @@ from __future__ import annotations
 import inspect
 import math
 import threading
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Callable
 
 import torch
 
@@ -28,14 +28,24 @@ from .plugins.registry import get_registry
 from .schedules import Schedule
 from .solvers.base import Solver, bind_and_setup
 from .validation import (
+    check_flag,
+    check_generator,
+    check_guidance_batch,
+    check_sigma_range,
+    check_state,
     suggest,
 )
-from .validation import check_flag, check_generator, check_guidance_batch, check_sigma_range, check_state
 from .wrapper import DiffusionODE, NonFiniteError, Run, schedule_memo
 
-__all__ = ["grid", "list_solvers", "list_grids", "make_noise_sampler", "make_solver", "state_dtype_for",
-           "solver_options"]
-
+__all__ = [
+    "grid",
+    "list_solvers",
+    "list_grids",
+    "make_noise_sampler",
+    "make_solver",
+    "state_dtype_for",
+    "solver_options",
+]
 
 
 # -- registry front door ---------------------------------------------------------------------
@@ -54,8 +64,9 @@ def grid(name: str, schedule, steps: int, **options) -> torch.Tensor:
     if not isinstance(name, str):
         raise TypeError(f"grid name must be a string (one of ds.list_grids()), got {name!r}")
     if not isinstance(schedule, Schedule):
-        raise TypeError(f"schedule must be a diffsolve Schedule (e.g. ds.DiscreteSchedule.linear()), "
-                        f"got {type(schedule).__name__}")
+        raise TypeError(
+            f"schedule must be a diffsolve Schedule (e.g. ds.DiscreteSchedule.linear()), got {type(schedule).__name__}"
+        )
     _check_steps(steps)
     fn = get_registry().grid(name)
     # a grid depends only on (function, schedule, steps, options): computed once per schedule
@@ -71,8 +82,10 @@ def grid(name: str, schedule, steps: int, **options) -> torch.Tensor:
             sig = fn(schedule, steps, **options)
         except TypeError as exc:
             if "argument" in str(exc):
-                raise ValueError(f"grid {name!r}: bad option in {sorted(options)} ({exc}); "
-                                 f"its signature is {name}{inspect.signature(fn)}") from None
+                raise ValueError(
+                    f"grid {name!r}: bad option in {sorted(options)} ({exc}); "
+                    f"its signature is {name}{inspect.signature(fn)}"
+                ) from None
             raise
         sig = validate_sigmas(sig, name=f"grid {name!r}")
         if float(sig[-1]) != 0.0:
@@ -92,8 +105,10 @@ def make_solver(solver: str | type | Solver, **options) -> Solver:
     if not (isinstance(cls, type) and issubclass(cls, Solver)):
         raise TypeError(f"solver must be a registered name, a Solver subclass or instance, got {solver!r}")
     if cls.step is Solver.step and cls.run is Solver.run:
-        raise TypeError(f"solver class {cls.__qualname__} implements neither step() nor run(): "
-                        "subclass diffsolve.Solver and implement step(i, x)")
+        raise TypeError(
+            f"solver class {cls.__qualname__} implements neither step() nor run(): "
+            "subclass diffsolve.Solver and implement step(i, x)"
+        )
     params = solver_options(cls)
     unknown = [k for k in options if k not in params]
     if unknown and not _takes_any_option(cls):
@@ -115,8 +130,11 @@ def solver_options(cls: type) -> list[str]:
     """The option names of a Solver class: the named parameters of its ``__init__`` (not
     ``self``, ``*args`` or ``**kwargs``)."""
     sig = inspect.signature(cls.__init__)
-    return [p.name for p in sig.parameters.values()
-            if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return [
+        p.name
+        for p in sig.parameters.values()
+        if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
 
 
 def _takes_any_option(cls: type) -> bool:
@@ -136,13 +154,17 @@ def make_noise_sampler(generator=None) -> Callable[[torch.Tensor], torch.Tensor]
     k only, so a sample does not change when the batch around it changes.
     """
     if not (generator is None or isinstance(generator, (torch.Generator, list, tuple))):
-        raise TypeError(f"generator must be None, a torch.Generator or a list of them (one per sample), "
-                        f"got {type(generator).__name__}")
+        raise TypeError(
+            f"generator must be None, a torch.Generator or a list of them (one per sample), "
+            f"got {type(generator).__name__}"
+        )
     if generator is None or isinstance(generator, torch.Generator):
+
         def noise(like: torch.Tensor) -> torch.Tensor:
             gen_device = generator.device if generator is not None else like.device
             z = torch.randn(like.shape, generator=generator, dtype=like.dtype, device=gen_device)
             return z.to(like.device)
+
         return noise
     gens = list(generator)
     if not all(isinstance(g, torch.Generator) for g in gens):
@@ -153,6 +175,7 @@ def make_noise_sampler(generator=None) -> Callable[[torch.Tensor], torch.Tensor]
             raise ValueError(f"got {len(gens)} generators for a batch of {like.shape[0]}: pass one per sample")
         zs = [torch.randn(like.shape[1:], generator=g, dtype=like.dtype, device=g.device) for g in gens]
         return torch.stack(zs).to(like.device)
+
     return noise_per_sample
 
 
@@ -190,7 +213,8 @@ def _exclusive(solver: Solver):
             raise RuntimeError(
                 f"this {solver!r} instance is already running in another sample/invert call; an instance "
                 "serves one run at a time: pass the solver's name or class (a fresh instance per run), "
-                "or give each thread its own instance")
+                "or give each thread its own instance"
+            )
         _running.add(id(solver))
     try:
         yield solver
@@ -204,8 +228,18 @@ class _Driver:
     diffusers scheduler): the run view of the ODE, dtypes, callback, trajectory, progress and
     the finite check. Solvers only step; nothing of the run is left on the user's ODE."""
 
-    def __init__(self, ode: DiffusionODE, x_start: torch.Tensor, sig_list: list[float], *, callback=None,
-                 progress: bool = False, return_trajectory: bool = False, check_finite=True, desc: str = ""):
+    def __init__(
+        self,
+        ode: DiffusionODE,
+        x_start: torch.Tensor,
+        sig_list: list[float],
+        *,
+        callback=None,
+        progress: bool = False,
+        return_trajectory: bool = False,
+        check_finite=True,
+        desc: str = "",
+    ):
         if not isinstance(ode, DiffusionODE):
             raise TypeError(f"expected the ODE from diffsolve.wrap(...), got {type(ode).__name__}")
         if not isinstance(x_start, torch.Tensor) or not x_start.is_floating_point():
@@ -217,8 +251,9 @@ class _Driver:
         self.callback = callback
         self.per_step = check_finite == "step"
         self.check_finite = bool(check_finite)
-        self.ode = ode.start_run(input_dtype=self.in_dtype, record=self.check_finite,
-                                 wants_denoised=callback is not None, sigmas=sig_list)
+        self.ode = ode.start_run(
+            input_dtype=self.in_dtype, record=self.check_finite, wants_denoised=callback is not None, sigmas=sig_list
+        )
         self.run = self.ode.run
         self.sums: list[torch.Tensor] = []
         self.traj: list[torch.Tensor] | None = [x_start] if return_trajectory else None
@@ -244,8 +279,17 @@ class _Driver:
             if self.traj is not None:
                 self.traj.append(x_model.to(self.in_dtype))
             if self.callback is not None:
-                self.callback({"i": i, "sigma": sigma, "sigma_next": sigma_next, "x": x_model, "xbar": x_new,
-                               "denoised": denoised, "nfe": self.ode.nfe})
+                self.callback(
+                    {
+                        "i": i,
+                        "sigma": sigma,
+                        "sigma_next": sigma_next,
+                        "x": x_model,
+                        "xbar": x_new,
+                        "denoised": denoised,
+                        "nfe": self.ode.nfe,
+                    }
+                )
         if self.bar is not None:
             self.bar.update(1)
 
@@ -278,12 +322,30 @@ class _Driver:
             self.bar.close()
 
 
-def _run(ode, x_start, sig, solver, generator, callback, progress, return_trajectory, check_finite,
-         euler_first_step: bool = False):
+def _run(
+    ode,
+    x_start,
+    sig,
+    solver,
+    generator,
+    callback,
+    progress,
+    return_trajectory,
+    check_finite,
+    euler_first_step: bool = False,
+):
     """sample / invert: the driver around one solver."""
     sig_list = sig.tolist()  # Python floats (float64); tolist, not a per-element tensor loop
-    d = _Driver(ode, x_start, sig_list, callback=callback, progress=progress,
-                return_trajectory=return_trajectory, check_finite=check_finite, desc=f"diffsolve {solver.name}")
+    d = _Driver(
+        ode,
+        x_start,
+        sig_list,
+        callback=callback,
+        progress=progress,
+        return_trajectory=return_trajectory,
+        check_finite=check_finite,
+        desc=f"diffsolve {solver.name}",
+    )
     d.noise = make_noise_sampler(generator)
     try:
         x = d.start_state(x_start)
@@ -329,17 +391,23 @@ def _raise_if_nonfinite(run: Run, sums, sig_list, per_step: bool) -> None:
     if where is not None:
         step, sigma = where
         i = step if step >= 0 else 0
-        msg = (f"non-finite values (NaN or inf) first appeared at step {i} of {n} "
-               f"(sigma {sig_list[i]:.6g} -> {sig_list[i + 1]:.6g}); "
-               f"the model returned non-finite values at step {step} (sigma={sigma:.6g})")
+        msg = (
+            f"non-finite values (NaN or inf) first appeared at step {i} of {n} "
+            f"(sigma {sig_list[i]:.6g} -> {sig_list[i + 1]:.6g}); "
+            f"the model returned non-finite values at step {step} (sigma={sigma:.6g})"
+        )
     elif per_step:
         i = int(bad.nonzero()[0, 0])
-        msg = (f"non-finite values (NaN or inf) first appeared at step {i} of {n} "
-               f"(sigma {sig_list[i]:.6g} -> {sig_list[i + 1]:.6g}); the model's outputs were finite, "
-               "so the solver's arithmetic overflowed (try a wider dtype)")
+        msg = (
+            f"non-finite values (NaN or inf) first appeared at step {i} of {n} "
+            f"(sigma {sig_list[i]:.6g} -> {sig_list[i + 1]:.6g}); the model's outputs were finite, "
+            "so the solver's arithmetic overflowed (try a wider dtype)"
+        )
     else:
-        msg = ("the final state is not finite although every model output was: the solver's arithmetic "
-               "overflowed (try a wider dtype); rerun with check_finite='step' to name the step")
+        msg = (
+            "the final state is not finite although every model output was: the solver's arithmetic "
+            "overflowed (try a wider dtype); rerun with check_finite='step' to name the step"
+        )
     raise NonFiniteError(msg)
 
 
@@ -347,9 +415,25 @@ def _check_steps(steps) -> None:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
 
-def sample_core(ode, x_T, solver="ddim", steps=None, grid=None, sigmas=None, *, generator=None, callback=None,
-                progress=False, return_trajectory=False, check_finite=True, grid_options=None, grad=False,
-                allow_out_of_range=False, **solver_options):
+
+def sample_core(
+    ode,
+    x_T,
+    solver="ddim",
+    steps=None,
+    grid=None,
+    sigmas=None,
+    *,
+    generator=None,
+    callback=None,
+    progress=False,
+    return_trajectory=False,
+    check_finite=True,
+    grid_options=None,
+    grad=False,
+    allow_out_of_range=False,
+    **solver_options,
+):
     """:func:`diffsolve.sample` without its ``recipe=`` door (recipes run through here)."""
     _check_call(ode, x_T, "x_T", callback, progress, return_trajectory, grid_options, grad)
     sig = _resolve_sigmas(ode, steps, grid, sigmas, grid_options, increasing=False)
@@ -362,8 +446,9 @@ def sample_core(ode, x_T, solver="ddim", steps=None, grid=None, sigmas=None, *, 
 def _check_call(ode, x, x_name, callback, progress, return_trajectory, grid_options, grad) -> None:
     """The arguments of sample / invert that need no grid: checked before anything runs."""
     if not isinstance(ode, DiffusionODE):
-        raise TypeError(f"ode must be the DiffusionODE from diffsolve.wrap(...) (or from_diffusers), "
-                        f"got {type(ode).__name__}")
+        raise TypeError(
+            f"ode must be the DiffusionODE from diffsolve.wrap(...) (or from_diffusers), got {type(ode).__name__}"
+        )
     check_state(x, x_name)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be a callable taking one dict, got {type(callback).__name__}")

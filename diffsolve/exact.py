@@ -12,8 +12,9 @@ with one model call per step but the first. This module depends only on the driv
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 
@@ -81,12 +82,19 @@ def invert_exact(
     n = len(sig) - 1
     # the driver's steps run upward: its step k undoes the solver's step n - 1 - k
     up = sig[::-1]
-    d = _Driver(ode, state.x, up, callback=callback, progress=progress, return_trajectory=return_trajectory,
-                check_finite=check_finite, desc=f"diffsolve {solver.name} inverse")
+    d = _Driver(
+        ode,
+        state.x,
+        up,
+        callback=callback,
+        progress=progress,
+        return_trajectory=return_trajectory,
+        check_finite=check_finite,
+        desc=f"diffsolve {solver.name} inverse",
+    )
     try:
         x_next = state.xbar if state.xbar is not None else d.start_state(state.x)
-        x = (state.xbar_prev if state.xbar_prev is not None
-             else d.ode.to_xbar(state.x_prev.to(x_next.dtype), sig[-2]))
+        x = state.xbar_prev if state.xbar_prev is not None else d.ode.to_xbar(state.x_prev.to(x_next.dtype), sig[-2])
         bind_and_setup(solver, d.ode, sig, _no_noise)
         d.after_step(0, x, None, up[0], up[1])  # the last state before the sample: known, no model call
         for i in range(n - 1, 0, -1):
@@ -115,15 +123,21 @@ def _invert_state(ode, state, solver, steps, grid, sigmas, solver_options, **kwa
     else:
         ok = solver is type(own)
     if not ok:
-        raise ValueError(f"this ReversibleSample was made by {own.name!r}; invert it with that solver "
-                         f"(or leave solver= out), not {solver!r}")
+        raise ValueError(
+            f"this ReversibleSample was made by {own.name!r}; invert it with that solver "
+            f"(or leave solver= out), not {solver!r}"
+        )
     if solver_options:
-        raise ValueError(f"options {sorted(solver_options)} given with a ReversibleSample: it carries its solver's options")
+        raise ValueError(
+            f"options {sorted(solver_options)} given with a ReversibleSample: it carries its solver's options"
+        )
     grid_options = kwargs.pop("grid_options", None)
     if steps is not None or grid is not None or sigmas is not None:
         # invert's grid runs upward: compare it, flipped, with the run's own
         sig = _resolve_sigmas(ode, steps, grid, sigmas, grid_options, increasing=True).flip(0)
         if sig.shape != state.sigmas.shape or not torch.equal(sig, state.sigmas):
-            raise ValueError("the grid given to invert differs from the grid the ReversibleSample was made on; "
-                             "leave steps/grid/sigmas out to use its own")
+            raise ValueError(
+                "the grid given to invert differs from the grid the ReversibleSample was made on; "
+                "leave steps/grid/sigmas out to use its own"
+            )
     return invert_exact(ode, state, **kwargs)

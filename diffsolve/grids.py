@@ -63,8 +63,9 @@ __all__ = [
 _F64 = torch.float64
 
 
-def validate_sigmas(sigmas, *, increasing: bool = False, name: str = "sigmas",
-                    infinite_start: bool = False) -> torch.Tensor:
+def validate_sigmas(
+    sigmas, *, increasing: bool = False, name: str = "sigmas", infinite_start: bool = False
+) -> torch.Tensor:
     """Check a user grid and return it as a float64 CPU tensor.
 
     Rules: 1-D, at least 2 entries, finite, non-negative, strictly decreasing
@@ -196,7 +197,8 @@ def ddim_quad(schedule: Schedule, steps: int, duplicates: str = "raise") -> torc
             f"grid 'ddim-quad' with steps={steps} on T={T} levels: the official rule int(linspace(0, sqrt(0.8 T), "
             f"S)^2) repeats indices near 0 and gives only {len(distinct)} distinct levels (a repeated level is a "
             f"step that goes nowhere but costs a model call). Use steps <= {ddim_quad_max_steps(T)}, pass "
-            "grid_options={'duplicates': 'drop'} to run the distinct levels, or use the grid 'time-quadratic'")
+            "grid_options={'duplicates': 'drop'} to run the distinct levels, or use the grid 'time-quadratic'"
+        )
     return _from_indices(sched, distinct)
 
 
@@ -265,8 +267,19 @@ AYS_TABLES = {
     "ays-svd": [700.00, 54.5, 15.886, 7.977, 4.248, 1.789, 0.981, 0.403, 0.173, 0.034, 0.002],
 }
 #: GITS (Chen et al., ICML 2024) SD1.5 table, coefficient 1.20, 10 steps (ComfyUI's GITSScheduler)
-GITS_SD15_10 = [14.61464119, 5.85520077, 2.84484982, 1.67050016, 1.08895338, 0.74807048, 0.50118381,
-                0.32104823, 0.19894916, 0.09824532, 0.02916753]
+GITS_SD15_10 = [
+    14.61464119,
+    5.85520077,
+    2.84484982,
+    1.67050016,
+    1.08895338,
+    0.74807048,
+    0.50118381,
+    0.32104823,
+    0.19894916,
+    0.09824532,
+    0.02916753,
+]
 
 
 def _check_table_schedule(schedule: Schedule, name: str, first: float) -> None:
@@ -275,7 +288,8 @@ def _check_table_schedule(schedule: Schedule, name: str, first: float) -> None:
         raise ValueError(
             f"grid {name!r} is the published table of one model family (it starts at sigma {first}); this "
             f"schedule's sigma_max is {hi:.6g}. Use it with that model's schedule, or use 'kl-optimal', "
-            "'logsnr' or a recipe from diffsolve.tune for this one")
+            "'logsnr' or a recipe from diffsolve.tune for this one"
+        )
 
 
 def loglinear_interp(table, n: int) -> list[float]:
@@ -299,8 +313,10 @@ def _ays(name: str):
         return torch.tensor(s, dtype=_F64)
 
     fn.__name__ = name.replace("-", "_")
-    fn.__doc__ = (f"Align Your Steps' published 10-step {name[4:].upper()} sigmas (Sabour et al. 2024, Table 3), "
-                  "log-linear interpolation to other step counts, last entry 0.")
+    fn.__doc__ = (
+        f"Align Your Steps' published 10-step {name[4:].upper()} sigmas (Sabour et al. 2024, Table 3), "
+        "log-linear interpolation to other step counts, last entry 0."
+    )
     return fn
 
 
@@ -308,8 +324,10 @@ def gits_sd15(schedule: Schedule, steps: int) -> torch.Tensor:
     """GITS' SD1.5 table (Chen et al. 2024, coefficient 1.20), 10 steps, last entry 0."""
     _check_table_schedule(schedule, "gits-sd15", GITS_SD15_10[0])
     if steps != 10:
-        raise ValueError(f"grid 'gits-sd15' is published for 10 steps only, got steps={steps}; "
-                         "use 'ays-sd15' (any step count) or diffsolve.tune")
+        raise ValueError(
+            f"grid 'gits-sd15' is published for 10 steps only, got steps={steps}; "
+            "use 'ays-sd15' (any step count) or diffsolve.tune"
+        )
     return torch.tensor(GITS_SD15_10[:-1] + [0.0], dtype=_F64)
 
 

@@ -12,7 +12,8 @@ theta is close to pi/2 and |z(a)| stays on the shell where x_T lives, which lerp
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -109,4 +110,3 @@ def _alphas(alpha, like: torch.Tensor) -> torch.Tensor:
     if a.numel() == 0 or not torch.isfinite(a).all():
         raise ValueError(f"alpha must be finite numbers, got {alpha!r}")
     return a.reshape(-1, *([1] * like.dim())).to(like.device)
-

@@ -15,12 +15,13 @@ Two kinds of inversion live in diffsolve:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import torch
 
-from .exact import ReversibleSample, _check_reversible, invert_exact
 from .driver import _resolve_sigmas
+from .exact import ReversibleSample, _check_reversible, invert_exact
 from .sampling import invert, make_solver, sample
 from .solvers.base import Solver
 from .wrapper import DiffusionODE

@@ -17,7 +17,7 @@ conversions are tested against exact values.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -77,7 +77,9 @@ class GaussianMixture:
         diff = x[:, None, :] - m[None]  # (N, K, D)
         sq = (diff**2).sum(-1)  # (N, K)
         safe_var = torch.where(var > 0, var, torch.ones_like(var))
-        logits = self.log_weights.to(dtype=dtype, device=dev) - 0.5 * self.dim * torch.log(safe_var) - 0.5 * sq / safe_var
+        logits = (
+            self.log_weights.to(dtype=dtype, device=dev) - 0.5 * self.dim * torch.log(safe_var) - 0.5 * sq / safe_var
+        )
         r = torch.softmax(logits, dim=-1)  # (N, K)
         coef = torch.where(var > 0, r * s / safe_var, torch.zeros_like(var))  # r_k sigma/(s_k^2 + sigma^2)
         out = (coef[..., None] * diff).sum(1)
@@ -154,8 +156,9 @@ class GaussianMixture:
     def ode(self, schedule: Schedule | None = None, prediction: str = "eps", time: str | None = None) -> DiffusionODE:
         """The exact ODE of this problem (float64 time input, so the model sees sigma exactly)."""
         schedule = schedule if schedule is not None else default_schedule()
-        return DiffusionODE(self.model(schedule, prediction, time), schedule, prediction=prediction,
-                            time=time, time_dtype=_F64)
+        return DiffusionODE(
+            self.model(schedule, prediction, time), schedule, prediction=prediction, time=time, time_dtype=_F64
+        )
 
 
 class Gaussian(GaussianMixture):
@@ -214,8 +217,15 @@ def get_problem(name: str) -> GaussianMixture:
     return PROBLEMS[name]()
 
 
-def reference_solution(ode: DiffusionODE, x_T: torch.Tensor, sigma_max: float, sigma_end: float = 0.0,
-                       rtol: float = 1e-10, atol: float = 1e-10, method: str = "dopri5") -> torch.Tensor:
+def reference_solution(
+    ode: DiffusionODE,
+    x_T: torch.Tensor,
+    sigma_max: float,
+    sigma_end: float = 0.0,
+    rtol: float = 1e-10,
+    atol: float = 1e-10,
+    method: str = "dopri5",
+) -> torch.Tensor:
     """High-accuracy solution of the ODE (E29) from ``x_T`` (model space, at ``sigma_max``) to ``sigma_end``.
 
     Integrates in float64 with an adaptive torchdiffeq method: in log-sigma down to
@@ -236,8 +246,9 @@ def reference_solution(ode: DiffusionODE, x_T: torch.Tensor, sigma_max: float, s
         xbar = odeint(f_log, xbar, u, rtol=rtol, atol=atol, method=method, options=_land(u, method))[-1]
     if sigma_c > sigma_end:
         t = torch.tensor([sigma_c, sigma_end], dtype=_F64)
-        xbar = odeint(lambda s, y: ode.eps(y, float(s)), xbar, t, rtol=rtol, atol=atol, method=method,
-                      options=_land(t, method))[-1]
+        xbar = odeint(
+            lambda s, y: ode.eps(y, float(s)), xbar, t, rtol=rtol, atol=atol, method=method, options=_land(t, method)
+        )[-1]
     return ode.from_xbar(xbar, sigma_end)
 
 

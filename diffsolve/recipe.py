@@ -12,9 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -29,6 +30,7 @@ _F64 = torch.float64
 FORMAT = "diffsolve-recipe"
 VERSION = 1
 
+
 class RecipeError(ValueError):
     """A recipe that cannot be used here: another schedule or prediction, or a damaged file."""
 
@@ -40,9 +42,16 @@ def schedule_fingerprint(schedule, prediction: str) -> str:
     lo, hi = float(schedule.sigma_min), float(schedule.sigma_max)
     probes = [math.exp(math.log(lo) + k / 15 * (math.log(hi) - math.log(lo))) for k in range(16)]
     t = schedule.t(torch.tensor(probes, dtype=_F64)).tolist()
-    parts = [type(schedule).__name__, str(schedule.space), f"{lo:.12g}", f"{hi:.12g}",
-             [f"{v:.12g}" for v in t], [f"{schedule.scale(p):.12g}" for p in probes],
-             str(getattr(schedule, "num_steps", "")), str(prediction)]
+    parts = [
+        type(schedule).__name__,
+        str(schedule.space),
+        f"{lo:.12g}",
+        f"{hi:.12g}",
+        [f"{v:.12g}" for v in t],
+        [f"{schedule.scale(p):.12g}" for p in probes],
+        str(getattr(schedule, "num_steps", "")),
+        str(prediction),
+    ]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
@@ -58,8 +67,7 @@ class RecipeODE(DiffusionODE):
     them to ``base.nfe``.
     """
 
-    def __init__(self, base: DiffusionODE, afs_sigma: float | None = None,
-                 compensation: Sequence[float] | None = None):
+    def __init__(self, base: DiffusionODE, afs_sigma: float | None = None, compensation: Sequence[float] | None = None):
         self.__dict__.update(base.__dict__)
         self._counter = _CallCounter()  # this run's calls; run_recipe adds them to base's shared count
         self._afs_sigma = None if afs_sigma is None else float(afs_sigma)
@@ -144,7 +152,8 @@ class Recipe:
         comp = self.params.get("compensation")
         if comp is not None:
             if not isinstance(comp, list) or not all(
-                    isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) for c in comp):
+                isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) for c in comp
+            ):
                 raise RecipeError("recipe params 'compensation' must be a list of finite numbers")
             self.params["compensation"] = [float(c) for c in comp]
         s = make_solver(self.solver, **self.options)
@@ -159,13 +168,17 @@ class Recipe:
         """Raise :class:`RecipeError` unless ``ode`` has the schedule and prediction the recipe was tuned on."""
         fp = schedule_fingerprint(ode.schedule, ode.prediction)
         if fp != self.fingerprint:
-            where = (f", tuned on {self.report['schedule']}, prediction {self.report.get('prediction')!r}"
-                     if "schedule" in self.report else "")
+            where = (
+                f", tuned on {self.report['schedule']}, prediction {self.report.get('prediction')!r}"
+                if "schedule" in self.report
+                else ""
+            )
             raise RecipeError(
                 f"this recipe was tuned for another schedule or prediction type (fingerprint {self.fingerprint}"
                 f"{where}); "
                 f"this ODE has {ode.schedule!r}, prediction {ode.prediction!r} (fingerprint {fp}): "
-                "tune a recipe for it with diffsolve.tune(ode, x_T, nfe=...)")
+                "tune a recipe for it with diffsolve.tune(ode, x_T, nfe=...)"
+            )
 
     def sample(self, ode: DiffusionODE, x_T: torch.Tensor, **kw):
         """Run the recipe: :func:`run_recipe`."""
@@ -173,9 +186,18 @@ class Recipe:
 
     # -- files ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": VERSION, "solver": self.solver, "options": dict(self.options),
-                "sigmas": list(self.sigmas), "afs": bool(self.afs), "nfe": int(self.nfe),
-                "fingerprint": self.fingerprint, "params": dict(self.params), "report": dict(self.report)}
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "solver": self.solver,
+            "options": dict(self.options),
+            "sigmas": list(self.sigmas),
+            "afs": bool(self.afs),
+            "nfe": int(self.nfe),
+            "fingerprint": self.fingerprint,
+            "params": dict(self.params),
+            "report": dict(self.report),
+        }
 
     def save(self, path: str | Path) -> Path:
         """Write the recipe as JSON (floats written exactly: Python's repr round-trips float64)."""
@@ -188,7 +210,9 @@ class Recipe:
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise RecipeError(f"{source} is not a diffsolve recipe (no 'format': {FORMAT!r} entry)")
         if d.get("version") != VERSION:
-            raise RecipeError(f"{source} has recipe version {d.get('version')!r}; this diffsolve reads version {VERSION}")
+            raise RecipeError(
+                f"{source} has recipe version {d.get('version')!r}; this diffsolve reads version {VERSION}"
+            )
         need = {"solver": str, "options": dict, "sigmas": list, "afs": bool, "nfe": int, "fingerprint": str}
         for k, typ in need.items():
             if not isinstance(d.get(k), typ) or (typ is int and isinstance(d.get(k), bool)):
@@ -196,9 +220,16 @@ class Recipe:
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in d["sigmas"]):
             raise RecipeError(f"{source} is damaged: 'sigmas' must be a list of numbers")
         try:
-            return cls(solver=d["solver"], options=d["options"], sigmas=d["sigmas"], afs=d["afs"], nfe=d["nfe"],
-                       fingerprint=d["fingerprint"], params=dict(d.get("params") or {}),
-                       report=dict(d.get("report") or {}))
+            return cls(
+                solver=d["solver"],
+                options=d["options"],
+                sigmas=d["sigmas"],
+                afs=d["afs"],
+                nfe=d["nfe"],
+                fingerprint=d["fingerprint"],
+                params=dict(d.get("params") or {}),
+                report=dict(d.get("report") or {}),
+            )
         except RecipeError:
             raise
         except (ValueError, TypeError) as exc:
@@ -216,8 +247,10 @@ class Recipe:
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
-        return (f"Recipe({self.solver}({opts}), nfe={self.nfe}, steps={self.steps}, afs={self.afs}, "
-                f"sigmas={[round(s, 4) for s in self.sigmas]})")
+        return (
+            f"Recipe({self.solver}({opts}), nfe={self.nfe}, steps={self.steps}, afs={self.afs}, "
+            f"sigmas={[round(s, 4) for s in self.sigmas]})"
+        )
 
 
 def run_recipe(ode: DiffusionODE, x: torch.Tensor, recipe: Recipe, **kw):
@@ -231,8 +264,9 @@ def run_recipe(ode: DiffusionODE, x: torch.Tensor, recipe: Recipe, **kw):
     for k in ("solver", "steps", "grid", "sigmas"):
         if k in kw:
             raise ValueError(f"{k}= cannot be given with a recipe: the recipe fixes the solver and its grid")
-    return run_parts(ode, x, recipe.solver, recipe.options, recipe.sigmas, recipe.afs,
-                recipe.params.get("compensation"), **kw)
+    return run_parts(
+        ode, x, recipe.solver, recipe.options, recipe.sigmas, recipe.afs, recipe.params.get("compensation"), **kw
+    )
 
 
 def run_parts(ode, x, solver, options, sigmas, afs, compensation=None, **kw):

@@ -7,7 +7,8 @@ undoes that run exactly (:func:`diffsolve.invert_exact`).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import torch
 
@@ -94,18 +95,43 @@ def sample(
     """
     if recipe is not None:
         if solver != "ddim" or steps is not None or grid is not None or sigmas is not None or solver_options:
-            raise ValueError("a recipe fixes the solver, its options and its grid: pass recipe= alone, "
-                             "without solver=, steps=, grid=, sigmas= or solver options")
+            raise ValueError(
+                "a recipe fixes the solver, its options and its grid: pass recipe= alone, "
+                "without solver=, steps=, grid=, sigmas= or solver options"
+            )
         if not isinstance(recipe, Recipe):
-            raise TypeError(f"recipe must be a diffsolve.Recipe (from diffsolve.tune or Recipe.load), "
-                            f"got {type(recipe).__name__}")
-        return recipe.sample(ode, x_T, generator=generator, callback=callback, progress=progress,
-                             return_trajectory=return_trajectory, check_finite=check_finite,
-                             grid_options=grid_options, grad=grad, allow_out_of_range=allow_out_of_range)
-    return sample_core(ode, x_T, solver, steps, grid, sigmas, generator=generator, callback=callback,
-                       progress=progress, return_trajectory=return_trajectory, check_finite=check_finite,
-                       grid_options=grid_options, grad=grad, allow_out_of_range=allow_out_of_range,
-                       **solver_options)
+            raise TypeError(
+                f"recipe must be a diffsolve.Recipe (from diffsolve.tune or Recipe.load), got {type(recipe).__name__}"
+            )
+        return recipe.sample(
+            ode,
+            x_T,
+            generator=generator,
+            callback=callback,
+            progress=progress,
+            return_trajectory=return_trajectory,
+            check_finite=check_finite,
+            grid_options=grid_options,
+            grad=grad,
+            allow_out_of_range=allow_out_of_range,
+        )
+    return sample_core(
+        ode,
+        x_T,
+        solver,
+        steps,
+        grid,
+        sigmas,
+        generator=generator,
+        callback=callback,
+        progress=progress,
+        return_trajectory=return_trajectory,
+        check_finite=check_finite,
+        grid_options=grid_options,
+        grad=grad,
+        allow_out_of_range=allow_out_of_range,
+        **solver_options,
+    )
 
 
 def invert(
@@ -140,9 +166,20 @@ def invert(
     made it.
     """
     if isinstance(x0, ReversibleSample):
-        return _invert_state(ode, x0, solver, steps, grid, sigmas, solver_options, callback=callback,
-                             progress=progress, return_trajectory=return_trajectory,
-                             check_finite=check_finite, grid_options=grid_options)
+        return _invert_state(
+            ode,
+            x0,
+            solver,
+            steps,
+            grid,
+            sigmas,
+            solver_options,
+            callback=callback,
+            progress=progress,
+            return_trajectory=return_trajectory,
+            check_finite=check_finite,
+            grid_options=grid_options,
+        )
     _check_call(ode, x0, "x0", callback, progress, return_trajectory, grid_options, grad)
     sig = _resolve_sigmas(ode, steps, grid, sigmas, grid_options, increasing=True)
     s = make_solver("ddim" if solver is None else solver, **solver_options)
@@ -153,5 +190,4 @@ def invert(
             "invert with a deterministic solver (e.g. 'ddim' with eta=0)"
         )
     with torch.set_grad_enabled(_check_grad(grad)):
-        return _run(ode, x0, sig, s, None, callback, progress, return_trajectory, check_finite,
-                    euler_first_step=True)
+        return _run(ode, x0, sig, s, None, callback, progress, return_trajectory, check_finite, euler_first_step=True)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -58,8 +58,11 @@ def _tensor_arg(name: str, value) -> torch.Tensor:
 
 def _number(name: str, value) -> float:
     """``float(value)`` for a real, non-NaN number, else an error naming the argument."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) and not (
-            isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point()):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        and not (isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point())
+    ):
         raise TypeError(f"{name} must be a real number, got {value!r}")
     v = float(value)
     if math.isnan(v):
@@ -204,7 +207,7 @@ class DiscreteSchedule(Schedule):
         return cls.from_betas(betas, **kw)
 
     @classmethod
-    def _zero_snr(cls, abar: torch.Tensor) -> "DiscreteSchedule":
+    def _zero_snr(cls, abar: torch.Tensor) -> DiscreteSchedule:
         """Lin et al. 2024, Algorithm 1: shift and scale sqrt(alpha_bar) so the last level has SNR 0.
 
         The terminal alpha_bar is then raised to ``ZERO_SNR_ALPHA_BAR`` (sigma must be finite).
@@ -286,8 +289,9 @@ class VPLinearSchedule(_TimeRange):
         beta_min, beta_max = _number("beta_min", beta_min), _number("beta_max", beta_max)
         t_eps, t_end = _number("t_eps", t_eps), _number("t_end", t_end)
         if not (0 <= beta_min <= beta_max < math.inf and beta_max > 0):
-            raise ValueError(f"need 0 <= beta_min <= beta_max < inf and beta_max > 0, got beta_min={beta_min}, "
-                             f"beta_max={beta_max}")
+            raise ValueError(
+                f"need 0 <= beta_min <= beta_max < inf and beta_max > 0, got beta_min={beta_min}, beta_max={beta_max}"
+            )
         if not 0 < t_eps < t_end:
             raise ValueError(f"need 0 < t_eps < t_end, got t_eps={t_eps}, t_end={t_end}")
         self.beta_min, self.beta_max, self.t_eps, self.t_end = float(beta_min), float(beta_max), t_eps, t_end
@@ -404,7 +408,9 @@ class FlowSchedule(_TimeRange):
 def _check_betas(beta_start, beta_end) -> tuple[float, float]:
     beta_start, beta_end = _number("beta_start", beta_start), _number("beta_end", beta_end)
     if not (0 < beta_start <= 1 and 0 < beta_end <= 1):
-        raise ValueError(f"beta_start and beta_end must lie in (0, 1], got beta_start={beta_start}, beta_end={beta_end}")
+        raise ValueError(
+            f"beta_start and beta_end must lie in (0, 1], got beta_start={beta_start}, beta_end={beta_end}"
+        )
     return beta_start, beta_end
 
 

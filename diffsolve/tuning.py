@@ -63,18 +63,28 @@ import hashlib
 import inspect
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
+from .recipe import AFSODE, Recipe, RecipeError, RecipeODE, run_parts, run_recipe, schedule_fingerprint  # noqa: F401
 from .sampling import grid as make_grid
 from .sampling import list_grids, list_solvers, make_solver
-from .recipe import AFSODE, Recipe, RecipeError, RecipeODE, run_parts, run_recipe, schedule_fingerprint  # noqa: F401
 from .wrapper import DiffusionODE
 
-__all__ = ["tune", "Recipe", "run_recipe", "AFSODE", "RecipeODE", "schedule_fingerprint", "best_fixed", "VARIANTS",
-           "RecipeError"]
+__all__ = [
+    "tune",
+    "Recipe",
+    "run_recipe",
+    "AFSODE",
+    "RecipeODE",
+    "schedule_fingerprint",
+    "best_fixed",
+    "VARIANTS",
+    "RecipeError",
+]
 
 _F64 = torch.float64
 #: the largest NFE tune() searches (the Nelder-Mead refinement has NFE - 1 parameters)
@@ -83,14 +93,22 @@ MAX_NFE = 100
 #: option variants searched per solver besides its defaults (the free low-NFE rules:
 #: order, lower-order final / denoise final step, the extrapolation variable)
 VARIANTS: dict[str, list[dict[str, Any]]] = {
-    "deis": [{"solver_order": o, "variable": v, "final_step": f} for o in (2, 3) for v in ("t", "log-sigma")
-             for f in ("denoise", "lower-order")],
+    "deis": [
+        {"solver_order": o, "variable": v, "final_step": f}
+        for o in (2, 3)
+        for v in ("t", "log-sigma")
+        for f in ("denoise", "lower-order")
+    ],
     "dpmpp-2m": [{"solver_type": "heun"}],
     "dpm-solver-2m": [{"solver_type": "heun"}],
     "dpmpp-3m": [{"final_step": "denoise"}, {"final_step": "lower-order"}],
     "dpm-solver-3m": [{"final_step": "denoise"}, {"final_step": "lower-order"}],
-    "unipc": [{"solver_order": o, "variant": v, "final_step": f} for o in (2, 3) for v in ("bh1", "bh2")
-              for f in ("denoise", "lower-order")],
+    "unipc": [
+        {"solver_order": o, "variant": v, "final_step": f}
+        for o in (2, 3)
+        for v in ("bh1", "bh2")
+        for f in ("denoise", "lower-order")
+    ],
     "ipndm": [{"solver_order": o} for o in (2, 3)],
     "lms": [{"solver_order": o} for o in (2, 3)],
 }
@@ -164,11 +182,14 @@ def _fixed_call_solvers(solvers: Sequence[str] | None) -> list[str]:
             raise ValueError(f"solvers: unknown solver {n!r}; known: {', '.join(list_solvers())}")
         cls = reg.solver(n)
         if cls.stochastic or make_solver(n).stochastic:
-            raise ValueError(f"solvers: {n!r} is stochastic; tune() needs deterministic solvers (its error is "
-                             "measured against the exact ODE solution): e.g. ddim, dpmpp-2m, unipc, ipndm")
+            raise ValueError(
+                f"solvers: {n!r} is stochastic; tune() needs deterministic solvers (its error is "
+                "measured against the exact ODE solution): e.g. ddim, dpmpp-2m, unipc, ipndm"
+            )
         if "rtol" in inspect.signature(cls.__init__).parameters:
-            raise ValueError(f"solvers: {n!r} is adaptive (its number of model calls is not fixed); "
-                             "tune() needs a fixed-call solver")
+            raise ValueError(
+                f"solvers: {n!r} is adaptive (its number of model calls is not fixed); tune() needs a fixed-call solver"
+            )
         names.append(n)
     if not names:
         raise ValueError("solvers: empty list")
@@ -235,7 +256,9 @@ class _Scorer:
         self.runs += 1
         try:
             with torch.no_grad():
-                out = run_parts(self.ode, self.x, cfg.solver, cfg.opts, sigmas, cfg.afs, compensation, check_finite=False)
+                out = run_parts(
+                    self.ode, self.x, cfg.solver, cfg.opts, sigmas, cfg.afs, compensation, check_finite=False
+                )
         except (ValueError, RuntimeError, FloatingPointError, ZeroDivisionError):
             return torch.full((self.x.shape[0],), math.inf, dtype=_F64)
         e = (out.detach().to("cpu", _F64) - self.ref).reshape(self.x.shape[0], -1).pow(2).mean(1)
@@ -277,8 +300,11 @@ def _check_inputs(ode, x_T, nfe, fit_fraction=None):
         raise ValueError(f"nfe must be an integer between 1 and {MAX_NFE}, got {nfe!r}")
     limit = min(MAX_NFE, getattr(ode.schedule, "num_steps", MAX_NFE))
     if not 1 <= nfe <= limit:
-        why = (f"the schedule has {ode.schedule.num_steps} levels" if limit < MAX_NFE
-               else "tuning targets low NFE; above it use a fixed grid")
+        why = (
+            f"the schedule has {ode.schedule.num_steps} levels"
+            if limit < MAX_NFE
+            else "tuning targets low NFE; above it use a fixed grid"
+        )
         raise ValueError(f"nfe must be between 1 and {limit} ({why}), got {nfe}")
     if not torch.isfinite(x_T).all():
         raise ValueError("x_T contains NaN or inf; pass finite start states")
@@ -289,13 +315,21 @@ def _check_inputs(ode, x_T, nfe, fit_fraction=None):
     n = x_T.shape[0]
     n_fit = int(round(n * fit_fraction))
     if n_fit < 1 or n - n_fit < 1:
-        raise ValueError(f"x_T has {n} samples: fit_fraction={fit_fraction} leaves no fit or no held-out part; "
-                         "pass at least 2 samples (16 or more for a meaningful recipe)")
+        raise ValueError(
+            f"x_T has {n} samples: fit_fraction={fit_fraction} leaves no fit or no held-out part; "
+            "pass at least 2 samples (16 or more for a meaningful recipe)"
+        )
     return n_fit
 
 
-def best_fixed(ode: DiffusionODE, x_T: torch.Tensor, nfe: int, *, teacher: torch.Tensor | None = None,
-               solvers: Sequence[str] | None = None) -> dict[str, Any]:
+def best_fixed(
+    ode: DiffusionODE,
+    x_T: torch.Tensor,
+    nfe: int,
+    *,
+    teacher: torch.Tensor | None = None,
+    solvers: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """The best fixed solver+grid (default options, no AFS) at ``nfe`` model calls on ``x_T``:
     ``{"solver", "grid", "steps", "nfe", "rmse"}``, searched over every deterministic fixed-call
     solver x registered grid."""
@@ -316,9 +350,20 @@ def best_fixed(ode: DiffusionODE, x_T: torch.Tensor, nfe: int, *, teacher: torch
     return best
 
 
-def tune(ode: DiffusionODE, x_T: torch.Tensor, nfe: int = 5, *, solvers: Sequence[str] | None = None,
-         teacher: torch.Tensor | None = None, fit_fraction: float = 0.5, seed: int = 0, progress: bool = True,
-         refine: int = 3, max_evals: int | None = None, scalars: bool = False) -> Recipe:
+def tune(
+    ode: DiffusionODE,
+    x_T: torch.Tensor,
+    nfe: int = 5,
+    *,
+    solvers: Sequence[str] | None = None,
+    teacher: torch.Tensor | None = None,
+    fit_fraction: float = 0.5,
+    seed: int = 0,
+    progress: bool = True,
+    refine: int = 3,
+    max_evals: int | None = None,
+    scalars: bool = False,
+) -> Recipe:
     """Tune a sampling recipe for ``ode`` at ``nfe`` model calls; see the module docstring.
 
     Args:
@@ -417,9 +462,18 @@ def tune(ode: DiffusionODE, x_T: torch.Tensor, nfe: int = 5, *, solvers: Sequenc
             return _log_mse(fit_scorer.errors(cfg, _sigmas_from(z, sigma_max), comp))
 
         z0 = _z_from(sig0)
-        res = minimize(f, z0, method="Nelder-Mead",
-                       options={"maxfev": budget or max_evals or (150 + 60 * len(z0)), "xatol": 1e-4,
-                                "fatol": 1e-6, "adaptive": len(z0) > 3, "initial_simplex": _simplex(z0, 0.3)})
+        res = minimize(
+            f,
+            z0,
+            method="Nelder-Mead",
+            options={
+                "maxfev": budget or max_evals or (150 + 60 * len(z0)),
+                "xatol": 1e-4,
+                "fatol": 1e-6,
+                "adaptive": len(z0) > 3,
+                "initial_simplex": _simplex(z0, 0.3),
+            },
+        )
         sig = _sigmas_from(res.x, sigma_max) if res.fun <= f(z0) else sig0
         return float(fit_scorer.errors(cfg, sig, comp).mean()), sig
 
@@ -437,13 +491,23 @@ def tune(ode: DiffusionODE, x_T: torch.Tensor, nfe: int = 5, *, solvers: Sequenc
         # 3. (opt-in) per-evaluation compensation ratios, then the grid again with them (one alternation)
         n_c = calls + (1 if cfg.afs else 0) - 1
         if n_c >= 1:
+
             def g(c):
                 return _log_mse(fit_scorer.errors(cfg, sig, list(c)))
 
             c0 = [0.0] * n_c
-            res = minimize(g, c0, method="Nelder-Mead",
-                           options={"maxfev": max_evals or (100 + 40 * n_c), "xatol": 1e-4, "fatol": 1e-6,
-                                    "adaptive": n_c > 3, "initial_simplex": _simplex(c0, 0.1)})
+            res = minimize(
+                g,
+                c0,
+                method="Nelder-Mead",
+                options={
+                    "maxfev": max_evals or (100 + 40 * n_c),
+                    "xatol": 1e-4,
+                    "fatol": 1e-6,
+                    "adaptive": n_c > 3,
+                    "initial_simplex": _simplex(c0, 0.1),
+                },
+            )
             if res.fun < g(c0):
                 c = [float(v) for v in res.x]
                 mse_c, sig_c = refine_sigmas(cfg, sig, c, budget=max_evals or (60 + 30 * (len(sig) - 2)))
@@ -452,22 +516,48 @@ def tune(ode: DiffusionODE, x_T: torch.Tensor, nfe: int = 5, *, solvers: Sequenc
     e_all = scorer.errors(cfg, sig, comp)
     held_rmse = float(e_all[held_idx].mean().sqrt())
     report = {
-        "fit_rmse": math.sqrt(fit_mse), "heldout_rmse": held_rmse,
-        "fit_samples": int(n_fit), "heldout_samples": int(x_T.shape[0] - n_fit), "seed": int(seed),
-        "best_fixed": None if base is None else {
-            "solver": base[2].solver, "grid": base[3], "nfe": base[5], "steps": len(base[4]) - 1,
-            "heldout_rmse": math.sqrt(base[1]), "fit_rmse": math.sqrt(base[0])},
-        "best_fixed_on_fit": None if base_fit is None else {
-            "solver": base_fit[2].solver, "grid": base_fit[3], "fit_rmse": math.sqrt(base_fit[0]),
-            "heldout_rmse": math.sqrt(base_fit[1])},
+        "fit_rmse": math.sqrt(fit_mse),
+        "heldout_rmse": held_rmse,
+        "fit_samples": int(n_fit),
+        "heldout_samples": int(x_T.shape[0] - n_fit),
+        "seed": int(seed),
+        "best_fixed": None
+        if base is None
+        else {
+            "solver": base[2].solver,
+            "grid": base[3],
+            "nfe": base[5],
+            "steps": len(base[4]) - 1,
+            "heldout_rmse": math.sqrt(base[1]),
+            "fit_rmse": math.sqrt(base[0]),
+        },
+        "best_fixed_on_fit": None
+        if base_fit is None
+        else {
+            "solver": base_fit[2].solver,
+            "grid": base_fit[3],
+            "fit_rmse": math.sqrt(base_fit[0]),
+            "heldout_rmse": math.sqrt(base_fit[1]),
+        },
         "start": {"config": cfg.label(), "grid": next((r[3] for r in ranked if r[2] == cfg), None)},
-        "tuning_model_calls": int(ode.nfe - calls0), "teacher_model_calls": int(teacher_calls),
-        "sampler_runs": scorer.runs + fit_scorer.runs, "seconds": time.perf_counter() - t0,
-        "schedule": repr(ode.schedule), "prediction": ode.prediction,
+        "tuning_model_calls": int(ode.nfe - calls0),
+        "teacher_model_calls": int(teacher_calls),
+        "sampler_runs": scorer.runs + fit_scorer.runs,
+        "seconds": time.perf_counter() - t0,
+        "schedule": repr(ode.schedule),
+        "prediction": ode.prediction,
     }
     params = {"compensation": comp} if comp is not None else {}
-    return Recipe(solver=cfg.solver, options=cfg.opts, sigmas=sig, afs=cfg.afs, nfe=int(calls),
-                  fingerprint=schedule_fingerprint(ode.schedule, ode.prediction), params=params, report=report)
+    return Recipe(
+        solver=cfg.solver,
+        options=cfg.opts,
+        sigmas=sig,
+        afs=cfg.afs,
+        nfe=int(calls),
+        fingerprint=schedule_fingerprint(ode.schedule, ode.prediction),
+        params=params,
+        report=report,
+    )
 
 
 def _log_mse(e: torch.Tensor) -> float:

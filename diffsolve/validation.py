@@ -23,12 +23,20 @@ from __future__ import annotations
 
 import difflib
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
-__all__ = ["RANGE_RTOL", "check_state", "check_sigma_range", "check_generator", "check_guidance_batch",
-           "check_flag", "suggest", "closest"]
+__all__ = [
+    "RANGE_RTOL",
+    "check_state",
+    "check_sigma_range",
+    "check_generator",
+    "check_guidance_batch",
+    "check_flag",
+    "suggest",
+    "closest",
+]
 
 #: relative tolerance of the range check: a grid's first sigma may exceed sigma_max by this much
 #: (rounding) and still be evaluated at sigma_max without an error
@@ -42,11 +50,15 @@ def check_state(x, name: str = "x_T") -> None:
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor (float16/bfloat16/float32/float64), got {x.dtype}")
     if x.dim() == 0:
-        raise ValueError(f"{name} must have a batch dimension (shape (batch, ...)), got a 0-d tensor; "
-                         f"use {name}.reshape(1) or {name}[None]")
+        raise ValueError(
+            f"{name} must have a batch dimension (shape (batch, ...)), got a 0-d tensor; "
+            f"use {name}.reshape(1) or {name}[None]"
+        )
     if x.numel() == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}): the batch and every sample dimension "
-                         "must have at least one entry")
+        raise ValueError(
+            f"{name} is empty (shape {tuple(x.shape)}): the batch and every sample dimension "
+            "must have at least one entry"
+        )
     if not bool(torch.isfinite(x).all()):
         n = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{name} has {n} non-finite entries (NaN or inf); the run would start from them")
@@ -75,13 +87,15 @@ def check_sigma_range(ode, sigmas: Sequence[float], *, allow_out_of_range: bool,
             f"{name} reach sigma = {top:.6g}, above the model's range [{lo:.6g}, {hi:.6g}] "
             f"(its schedule's sigma_max); the model would be evaluated at sigma_max instead. Start the grid at "
             f"sigma <= {hi:.6g}, or pass allow_out_of_range=True to evaluate the model at the nearest end of "
-            "its range (eps held there)")
+            "its range (eps held there)"
+        )
     if bottom < lo * (1 - RANGE_RTOL):
         raise ValueError(
             f"{name} reach sigma = {bottom:.6g}, below the model's range [{lo:.6g}, {hi:.6g}] "
             f"(its schedule's sigma_min) but above 0; the model would be evaluated at sigma_min instead. "
             f"Use levels >= {lo:.6g} (then 0), or pass allow_out_of_range=True to evaluate the model at the "
-            "nearest end of its range (eps held there)")
+            "nearest end of its range (eps held there)"
+        )
 
 
 def check_generator(generator, batch: int) -> None:
@@ -89,14 +103,18 @@ def check_generator(generator, batch: int) -> None:
     if generator is None or isinstance(generator, torch.Generator):
         return
     if not isinstance(generator, (list, tuple)):
-        raise TypeError(f"generator must be None, a torch.Generator or a list of them (one per sample), "
-                        f"got {type(generator).__name__}; e.g. generator=torch.Generator().manual_seed(0)")
+        raise TypeError(
+            f"generator must be None, a torch.Generator or a list of them (one per sample), "
+            f"got {type(generator).__name__}; e.g. generator=torch.Generator().manual_seed(0)"
+        )
     bad = [type(g).__name__ for g in generator if not isinstance(g, torch.Generator)]
     if bad:
         raise TypeError(f"generator must be a list of torch.Generator (one per sample), got one holding {bad[0]}")
     if len(generator) != batch:
-        raise ValueError(f"generator: got a list of {len(generator)} generators for a batch of {batch}; "
-                         "pass one per sample, or a single torch.Generator")
+        raise ValueError(
+            f"generator: got a list of {len(generator)} generators for a batch of {batch}; "
+            "pass one per sample, or a single torch.Generator"
+        )
 
 
 def check_guidance_batch(ode, batch: int) -> None:
@@ -108,9 +126,11 @@ def check_guidance_batch(ode, batch: int) -> None:
         for key, value in kw.items():
             if isinstance(value, torch.Tensor) and (value.dim() == 0 or value.shape[0] != batch):
                 got = "a 0-d tensor" if value.dim() == 0 else f"batch {value.shape[0]}"
-                raise ValueError(f"{label}[{key!r}] has {got}, but x has batch {batch}: guidance calls the "
-                                 f"model on cat([x, x]) with cat([cond, uncond]); give {label}[{key!r}] "
-                                 f"one entry per sample (e.g. .expand({batch}, ...))")
+                raise ValueError(
+                    f"{label}[{key!r}] has {got}, but x has batch {batch}: guidance calls the "
+                    f"model on cat([x, x]) with cat([cond, uncond]); give {label}[{key!r}] "
+                    f"one entry per sample (e.g. .expand({batch}, ...))"
+                )
 
 
 def closest(name, choices: Iterable[str]) -> str | None:
@@ -122,8 +142,9 @@ def closest(name, choices: Iterable[str]) -> str | None:
     for c in choices:
         if c.lower().replace("_", "-") == canon:
             return c
-    hits = difflib.get_close_matches(name, choices, n=1, cutoff=0.6) or \
-        difflib.get_close_matches(canon, [c.lower().replace("_", "-") for c in choices], n=1, cutoff=0.6)
+    hits = difflib.get_close_matches(name, choices, n=1, cutoff=0.6) or difflib.get_close_matches(
+        canon, [c.lower().replace("_", "-") for c in choices], n=1, cutoff=0.6
+    )
     if not hits:
         return None
     for c in choices:  # map a canonical hit back to its spelling
@@ -140,8 +161,11 @@ def suggest(name, choices: Iterable[str]) -> str:
 
 def check_finite_number(value, name: str) -> float:
     """``float(value)`` for a real, finite number (not a bool), else a ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) and not (
-            isinstance(value, torch.Tensor) and value.numel() == 1):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        and not (isinstance(value, torch.Tensor) and value.numel() == 1)
+    ):
         raise TypeError(f"{name} must be a real number, got {value!r}")
     v = float(value)
     if not math.isfinite(v):

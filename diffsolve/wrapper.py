@@ -32,7 +32,8 @@ from __future__ import annotations
 import copy
 import math
 import threading
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -83,8 +84,10 @@ class DiffusionODE:
             raise TypeError(f"prediction must be a string, one of {', '.join(PREDICTIONS)}; got {prediction!r}")
         prediction = PREDICTION_ALIASES.get(prediction, prediction)
         if prediction not in PREDICTIONS:
-            raise ValueError(f"prediction={prediction!r} is not known{suggest(prediction, [*PREDICTIONS, *PREDICTION_ALIASES])}; "
-                             f"allowed: {', '.join(PREDICTIONS)} (aliases: {', '.join(PREDICTION_ALIASES)})")
+            raise ValueError(
+                f"prediction={prediction!r} is not known{suggest(prediction, [*PREDICTIONS, *PREDICTION_ALIASES])}; "
+                f"allowed: {', '.join(PREDICTIONS)} (aliases: {', '.join(PREDICTION_ALIASES)})"
+            )
         time = schedule.default_time if time is None else time
         if not callable(time) and time not in TIME_CONVENTIONS:
             raise ValueError(
@@ -161,8 +164,14 @@ class DiffusionODE:
         return self._run is None or self._run.wants_denoised
 
     # -- runs ------------------------------------------------------------------------
-    def start_run(self, *, input_dtype: torch.dtype | None = None, record: bool = False,
-                  wants_denoised: bool = True, sigmas: Sequence[float] | None = None) -> DiffusionODE:
+    def start_run(
+        self,
+        *,
+        input_dtype: torch.dtype | None = None,
+        record: bool = False,
+        wants_denoised: bool = True,
+        sigmas: Sequence[float] | None = None,
+    ) -> DiffusionODE:
         """A view of this ODE for one run: same model, schedule and caches, its own run state.
 
         The driver (:func:`diffsolve.sample`, :func:`diffsolve.invert`, exact inversion, the
@@ -312,11 +321,15 @@ class DiffusionODE:
         """
         p = self.prediction
         if self.schedule.space not in ("vp", "flow"):
-            raise ValueError(f"sigmas start at sigma = inf, which needs a VP or flow schedule (its state stays finite "
-                             f"there); this one is {self.schedule.space!r}: start the grid at a finite sigma")
+            raise ValueError(
+                f"sigmas start at sigma = inf, which needs a VP or flow schedule (its state stays finite "
+                f"there); this one is {self.schedule.space!r}: start the grid at a finite sigma"
+            )
         if p not in ("flow", "v", "x0"):
-            raise ValueError(f"sigmas start at sigma = inf, which needs a flow, v or x0 prediction; this model predicts "
-                             f"{p!r}, whose x0 is undefined at the pure-noise level: start the grid at a finite sigma")
+            raise ValueError(
+                f"sigmas start at sigma = inf, which needs a flow, v or x0 prediction; this model predicts "
+                f"{p!r}, whose x0 is undefined at the pure-noise level: start the grid at a finite sigma"
+            )
         out = self._call(x, math.inf)
         denoised = x - out if p == "flow" else (-out if p == "v" else out)
         if self.denoised_transform is not None:
@@ -357,8 +370,10 @@ class DiffusionODE:
             return (torch.add(xbar, out, alpha=-sigma) if sigma != 0 else xbar), out
         if p == "x0":
             if sigma == 0:
-                raise ValueError("an x0-prediction model gives no eps at sigma = 0 (its schedule's sigma_min is 0); "
-                                 "use a schedule with sigma_min > 0 or a grid that does not evaluate sigma = 0")
+                raise ValueError(
+                    "an x0-prediction model gives no eps at sigma = 0 (its schedule's sigma_min is 0); "
+                    "use a schedule with sigma_min > 0 or a grid that does not evaluate sigma = 0"
+                )
             return out, (xbar - out) / sigma
         if p == "v":
             r2 = 1.0 + sigma * sigma
@@ -426,8 +441,10 @@ class DiffusionODE:
 
     def __repr__(self) -> str:
         run = "" if self._run is None else ", run view"
-        return (f"DiffusionODE(prediction={self.prediction!r}, time={self.time!r}, schedule={self.schedule!r}, "
-                f"nfe={self.nfe}{run})")
+        return (
+            f"DiffusionODE(prediction={self.prediction!r}, time={self.time!r}, schedule={self.schedule!r}, "
+            f"nfe={self.nfe}{run})"
+        )
 
 
 def schedule_memo(schedule: Schedule, what: str) -> dict:

@@ -18,11 +18,16 @@ torch.set_num_threads(1)
 torch.set_default_dtype(torch.float64)
 
 settings.register_profile(
-    "quick", max_examples=25, deadline=None, derandomize=True,
+    "quick",
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.register_profile(
-    "thorough", max_examples=250, deadline=None,
+    "thorough",
+    max_examples=250,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.load_profile(os.environ.get("DIFFSOLVE_HYPOTHESIS_PROFILE", "quick"))

@@ -22,9 +22,20 @@ def ref_cache(tmp_path_factory):
 
 
 def quick(tmp_path, ref_cache, **kw):
-    args = dict(problems=["gmm2d"], solvers=["ddim"], grids=["trailing"], nfe=[5, 10], seeds=[0], samples=64,
-                out=tmp_path / "out", cache=ref_cache, progress=False, overhead_repeats=1, plots=False,
-                log=lambda *_: None)
+    args = dict(
+        problems=["gmm2d"],
+        solvers=["ddim"],
+        grids=["trailing"],
+        nfe=[5, 10],
+        seeds=[0],
+        samples=64,
+        out=tmp_path / "out",
+        cache=ref_cache,
+        progress=False,
+        overhead_repeats=1,
+        plots=False,
+        log=lambda *_: None,
+    )
     args.update(kw)
     return run_bench(**args)
 
@@ -82,23 +93,29 @@ def test_nfe_that_no_solver_can_reach_is_a_clear_error(tmp_path, ref_cache):
         quick(tmp_path, ref_cache, nfe=[0])
 
 
-@pytest.mark.parametrize("kw, pattern", [
-    ({"problems": ["nope"]}, r"unknown problem 'nope'; known problems: .*gmm2d.*mlp-spiral"),
-    ({"solvers": ["nope"]}, r"unknown solver 'nope'; known solvers: .*ddim"),
-    ({"grids": ["nope"]}, r"unknown grid 'nope'; known grids: .*karras.*trailing"),
-    ({"solvers": ["ddim:eta=-1"]}, r"solver 'ddim:eta=-1': eta must be"),
-    ({"dtype": "float16"}, r"unknown dtype 'float16'; choices: float32, float64"),
-])
+@pytest.mark.parametrize(
+    "kw, pattern",
+    [
+        ({"problems": ["nope"]}, r"unknown problem 'nope'; known problems: .*gmm2d.*mlp-spiral"),
+        ({"solvers": ["nope"]}, r"unknown solver 'nope'; known solvers: .*ddim"),
+        ({"grids": ["nope"]}, r"unknown grid 'nope'; known grids: .*karras.*trailing"),
+        ({"solvers": ["ddim:eta=-1"]}, r"solver 'ddim:eta=-1': eta must be"),
+        ({"dtype": "float16"}, r"unknown dtype 'float16'; choices: float32, float64"),
+    ],
+)
 def test_bad_input_names_the_value_and_the_choices(tmp_path, ref_cache, kw, pattern):
     with pytest.raises(BenchError, match=pattern):
         quick(tmp_path, ref_cache, **kw)
 
 
-@pytest.mark.parametrize("path, pattern", [
-    ("no_such_module_xyz:factory", r"cannot import module 'no_such_module_xyz'"),
-    ("diffsolve.bench.toy:nope", r"has no attribute 'nope'; its callables are: .*spiral_problem"),
-    ("diffsolve.bench.toy", r"expected an import path 'package.module:factory'"),
-])
+@pytest.mark.parametrize(
+    "path, pattern",
+    [
+        ("no_such_module_xyz:factory", r"cannot import module 'no_such_module_xyz'"),
+        ("diffsolve.bench.toy:nope", r"has no attribute 'nope'; its callables are: .*spiral_problem"),
+        ("diffsolve.bench.toy", r"expected an import path 'package.module:factory'"),
+    ],
+)
 def test_bad_model_path_is_a_clear_error(path, pattern):
     with pytest.raises(BenchError, match=pattern):
         load_model_problem(path)
@@ -118,8 +135,10 @@ def test_rerun_with_same_arguments_skips_finished_cells(tmp_path, ref_cache):
     assert first.computed == 4 and first.skipped == 0
     again = quick(tmp_path, ref_cache, solvers=["ddim", "ddim:eta=1"])
     assert again.computed == 0 and again.skipped == 4
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("wall_s", "overhead_us_per_step", "peak_mem_bytes")}  # noqa: E731
-                          for r in rows]
+    strip = lambda rows: [
+        {k: v for k, v in r.items() if k not in ("wall_s", "overhead_us_per_step", "peak_mem_bytes")}  # noqa: E731
+        for r in rows
+    ]
     assert strip(first.rows) == strip(json.loads(json.dumps(again.rows)))
     more = quick(tmp_path, ref_cache, solvers=["ddim", "ddim:eta=1"], nfe=[5, 10, 20])  # only the new NFE runs
     assert more.computed == 2 and more.skipped == 4
@@ -128,8 +147,14 @@ def test_rerun_with_same_arguments_skips_finished_cells(tmp_path, ref_cache):
 def test_reports_csv_json_markdown_and_plots_are_written(tmp_path, ref_cache):
     res = quick(tmp_path, ref_cache, solvers=["ddim", "ddim:eta=1"], grids=["trailing", "logsnr"], plots=True)
     out = tmp_path / "out"
-    for name in ("results.csv", "results.json", "results.md", "error_vs_nfe.png", "distribution_vs_nfe.png",
-                 "overhead.png"):
+    for name in (
+        "results.csv",
+        "results.json",
+        "results.md",
+        "error_vs_nfe.png",
+        "distribution_vs_nfe.png",
+        "overhead.png",
+    ):
         assert (out / name).stat().st_size > 0, name
     assert len((out / "results.csv").read_text().strip().splitlines()) == 1 + len(res.rows) == 9
     assert len(json.loads((out / "results.json").read_text())["cells"]) == 8
@@ -144,6 +169,7 @@ def test_reference_is_cached_on_disk_and_reused(tmp_path, monkeypatch):
 
     def boom(*a, **k):
         raise AssertionError("reference recomputed")
+
     monkeypatch.setattr("diffsolve.bench.reference.reference_solution", boom)
     res = quick(tmp_path, tmp_path / "refs", nfe=[5], out=tmp_path / "other")
     assert res.rows[0]["status"] == "ok"
@@ -165,12 +191,14 @@ def test_shipped_model_is_small_loads_safely_and_samples_the_spiral():
 
 
 def test_user_model_from_an_import_path(tmp_path, monkeypatch, ref_cache):
-    (tmp_path / "my_models_for_bench.py").write_text(textwrap.dedent("""
+    (tmp_path / "my_models_for_bench.py").write_text(
+        textwrap.dedent("""
         from diffsolve.problems import default_schedule, get_problem
 
         def plain():
             return get_problem("gaussian").model(default_schedule())   # model(x, t) -> eps
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(BenchError, match="pass --shape"):
         load_model_problem("my_models_for_bench:plain")
@@ -181,8 +209,25 @@ def test_user_model_from_an_import_path(tmp_path, monkeypatch, ref_cache):
 
 
 def test_cli_bench_with_the_shipped_model_path(tmp_path, capsys):
-    rc = main(["bench", "--model", "diffsolve.bench.toy:spiral_problem", "--solvers", "ddim", "--grids", "trailing",
-               "--nfe", "5", "--samples", "16", "--out", str(tmp_path), "--no-plots", "--quiet"])
+    rc = main(
+        [
+            "bench",
+            "--model",
+            "diffsolve.bench.toy:spiral_problem",
+            "--solvers",
+            "ddim",
+            "--grids",
+            "trailing",
+            "--nfe",
+            "5",
+            "--samples",
+            "16",
+            "--out",
+            str(tmp_path),
+            "--no-plots",
+            "--quiet",
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "1 cells (1 computed" in out and "mlp-spiral" in out
@@ -192,8 +237,9 @@ def test_cli_bench_with_the_shipped_model_path(tmp_path, capsys):
 def test_python_dash_m_diffsolve_bench_lists_choices():
     import subprocess
 
-    out = subprocess.run([sys.executable, "-m", "diffsolve", "bench", "--list"], capture_output=True, text=True,
-                         timeout=120, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "diffsolve", "bench", "--list"], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
     assert "gmm2d" in out and "ddim" in out and "trailing" in out
 
 

@@ -13,15 +13,50 @@ def _rows(path):
 
 
 def test_two_process_torchrun_equals_single_process(tmp_path):
-    args = ["-m", "diffsolve", "bench", "--problem", "gmm2d", "--solvers", "ddim,ddim:eta=1", "--grids", "trailing",
-            "--nfe", "5,10", "--seeds", "0,1", "--samples", "32", "--ref-tol", "1e-8", "--no-plots", "--quiet"]
+    args = [
+        "-m",
+        "diffsolve",
+        "bench",
+        "--problem",
+        "gmm2d",
+        "--solvers",
+        "ddim,ddim:eta=1",
+        "--grids",
+        "trailing",
+        "--nfe",
+        "5,10",
+        "--seeds",
+        "0,1",
+        "--samples",
+        "32",
+        "--ref-tol",
+        "1e-8",
+        "--no-plots",
+        "--quiet",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     args += ["--cache", str(tmp_path / "refs")]  # references are keyed and deterministic: share them
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          *args, "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=180)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            *args,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
-    single = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], env=env,
-                            capture_output=True, text=True, timeout=180)
+    single = subprocess.run(
+        [sys.executable, *args, "--out", str(tmp_path / "one")], env=env, capture_output=True, text=True, timeout=180
+    )
     assert single.returncode == 0, single.stderr
     one_rows, two_rows = _rows(tmp_path / "one" / "results.csv"), _rows(tmp_path / "two" / "results.csv")
     assert len(one_rows) == 2 * 2 * 2 and one_rows == two_rows

@@ -28,8 +28,12 @@ def test_every_k_diffusion_peer_is_available_and_torchvision_is_not_left_stubbed
 
 
 # diffsolve solver equal to each k-diffusion sampler, run with its own DiscreteEpsDDPMDenoiser
-SAME = {"k-diffusion:euler": "ddim", "k-diffusion:dpmpp-2m": "dpmpp-2m", "k-diffusion:lms": "lms",
-        "k-diffusion:heun": "heun"}
+SAME = {
+    "k-diffusion:euler": "ddim",
+    "k-diffusion:dpmpp-2m": "dpmpp-2m",
+    "k-diffusion:lms": "lms",
+    "k-diffusion:heun": "heun",
+}
 
 
 @pytest.mark.parametrize("grid", ["trailing", "karras", "logsnr"])
@@ -60,8 +64,20 @@ def test_k_sampler_dpmpp_2m_equals_k_diffusions_with_its_own_denoiser():
 
 
 def test_k_diffusion_peers_in_the_sweep_on_every_grid(tmp_path):
-    res = run_bench(["gmm2d"], ["dpmpp-2m", "lms"], ["trailing", "karras"], [10], [0], out=tmp_path, peers_=True,
-                    samples=32, progress=False, overhead_repeats=1, plots=False, log=lambda *_: None)
+    res = run_bench(
+        ["gmm2d"],
+        ["dpmpp-2m", "lms"],
+        ["trailing", "karras"],
+        [10],
+        [0],
+        out=tmp_path,
+        peers_=True,
+        samples=32,
+        progress=False,
+        overhead_repeats=1,
+        plots=False,
+        log=lambda *_: None,
+    )
     cells = {(r["solver"], r["grid"]): r for r in res.rows}
     for name in ("dpmpp-2m", "lms"):
         for grid in ("trailing", "karras"):
@@ -70,8 +86,10 @@ def test_k_diffusion_peers_in_the_sweep_on_every_grid(tmp_path):
     assert cells[("k-diffusion:heun", "karras")]["nfe"] == 9  # 2 S - 1 calls: S = 5
     # the best cell (lms on karras here) and the peer that ties it up to rounding are both bold
     md = (tmp_path / "results.md").read_text().splitlines()
-    row = {name: next(line for line in md if line.startswith(f"| {name} | karras |"))
-           for name in ("lms", "k-diffusion:lms")}
+    row = {
+        name: next(line for line in md if line.startswith(f"| {name} | karras |"))
+        for name in ("lms", "k-diffusion:lms")
+    }
     assert row["lms"].split("|")[3] == row["k-diffusion:lms"].split("|")[3]
     assert row["lms"].split("|")[3].strip().startswith("**")
 
@@ -82,9 +100,16 @@ def test_overhead_table_has_the_floors_ddim_and_every_peer_side_by_side():
     rows = measure_overhead(solvers=["ddim", "dpmpp-2m"], shapes=[(1, 8)], steps=3, repeats=1)
     whos = [r["who"] for r in rows]
     assert whos[:2] == ["floor: x + c*eps (one fused op)", "floor, VP model: x*a for the model, then x + c*eps"]
-    for who in ("diffsolve:ddim", "diffsolve:ddim (check_finite=False)", "diffsolve:ddim (VE model)",
-                "diffsolve:dpmpp-2m", "diffusers:ddim", "diffusers:unipc", "k-diffusion:euler",
-                "k-diffusion:dpmpp-2m"):
+    for who in (
+        "diffsolve:ddim",
+        "diffsolve:ddim (check_finite=False)",
+        "diffsolve:ddim (VE model)",
+        "diffsolve:dpmpp-2m",
+        "diffusers:ddim",
+        "diffusers:unipc",
+        "k-diffusion:euler",
+        "k-diffusion:dpmpp-2m",
+    ):
         assert who in whos, who
     assert all(r["us_per_step"] > 0 and r["shape"] == "1x8" for r in rows)
     assert "k-diffusion:dpmpp-2m" in overhead_markdown(rows)

@@ -37,8 +37,20 @@ def test_every_diffusers_peer_runs_with_its_real_nfe_counted():
 
 
 def test_peers_in_the_sweep_table(tmp_path):
-    res = run_bench(["gmm2d"], ["ddim"], ["trailing"], [10], [0], out=tmp_path, peers_=True, samples=32,
-                    progress=False, overhead_repeats=1, plots=False, log=lambda *_: None)
+    res = run_bench(
+        ["gmm2d"],
+        ["ddim"],
+        ["trailing"],
+        [10],
+        [0],
+        out=tmp_path,
+        peers_=True,
+        samples=32,
+        progress=False,
+        overhead_repeats=1,
+        plots=False,
+        log=lambda *_: None,
+    )
     by = {r["solver"]: r for r in res.rows}
     assert {"ddim", "diffusers:ddim", "diffusers:heun", "diffusers:deis"} <= set(by)
     assert by["diffusers:ddim"]["rmse"] == pytest.approx(by["ddim"]["rmse"], rel=1e-6)

@@ -10,9 +10,30 @@ import time
 
 def test_sweep_killed_midway_resumes_with_no_lost_or_duplicated_cell(tmp_path):
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "diffsolve", "bench", "--problem", "gmm2d", "--solvers", "ddim",
-           "--grids", "trailing,karras,logsnr", "--nfe", "20,30,40,50,60", "--seeds", "0,1", "--samples", "32",
-           "--ref-tol", "1e-8", "--out", str(out), "--no-plots", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "diffsolve",
+        "bench",
+        "--problem",
+        "gmm2d",
+        "--solvers",
+        "ddim",
+        "--grids",
+        "trailing,karras,logsnr",
+        "--nfe",
+        "20,30,40,50,60",
+        "--seeds",
+        "0,1",
+        "--samples",
+        "32",
+        "--ref-tol",
+        "1e-8",
+        "--out",
+        str(out),
+        "--no-plots",
+        "--quiet",
+    ]
     total = 3 * 5 * 2
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -24,8 +24,9 @@ class Euler(ds.Solver):
         return (denoised if s_next == 0 else x + (s_next - s) * eps), denoised
 
 
-@pytest.mark.parametrize("name, kwargs, order", [("ddim", {}, 1), ("heun", {}, 2), ("dpmpp-2m", {}, 2),
-                                                 ("bdia", {"expected_order": 2}, 2)])
+@pytest.mark.parametrize(
+    "name, kwargs, order", [("ddim", {}, 1), ("heun", {}, 2), ("dpmpp-2m", {}, 2), ("bdia", {"expected_order": 2}, 2)]
+)
 def test_check_solver_passes_built_in_solvers_and_measures_their_order(name, kwargs, order):
     report = check_solver(name, **kwargs)
     assert abs(report["measured_order"] - order) <= 0.3
@@ -101,14 +102,17 @@ class NoDoc(Euler):
 NoDoc.__doc__ = None
 
 
-@pytest.mark.parametrize("cls, check, detail", [
-    (OverclaimsOrder, "order", r"observed orders \[.*\].*expected 2 \(declared order = 2\)"),
-    (GlobalRandom, "seed", "same x_T and generator seed differ"),
-    (Flattens, "shapes and dtypes", r"state of shape \(2, 1, 2, 2\) (came back as \(\(2, 4\)|raised)"),
-    (MiscountsCalls, "calls per step", "1 per step, but calls_per_step = 2"),
-    (PositionalOption, "contract", r"options must be keyword-only.*\['eta'\]"),
-    (NoDoc, "contract", "needs a docstring"),
-])
+@pytest.mark.parametrize(
+    "cls, check, detail",
+    [
+        (OverclaimsOrder, "order", r"observed orders \[.*\].*expected 2 \(declared order = 2\)"),
+        (GlobalRandom, "seed", "same x_T and generator seed differ"),
+        (Flattens, "shapes and dtypes", r"state of shape \(2, 1, 2, 2\) (came back as \(\(2, 4\)|raised)"),
+        (MiscountsCalls, "calls per step", "1 per step, but calls_per_step = 2"),
+        (PositionalOption, "contract", r"options must be keyword-only.*\['eta'\]"),
+        (NoDoc, "contract", "needs a docstring"),
+    ],
+)
 def test_check_solver_names_the_broken_law(cls, check, detail):
     with pytest.raises(AssertionError, match=rf"check_solver\('{cls.name}'\) \[{check}\]: .*{detail}"):
         check_solver(cls)

@@ -21,18 +21,21 @@ def _run(argv, capsys):
     return code, out.out, out.err
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["sample", "--solver", "dpmpp_2m", "--samples", "4"], "unknown solver 'dpmpp_2m' (did you mean 'dpmpp-2m'?)"),
-    (["sample", "--grid", "karas", "--samples", "4"], "unknown grid 'karas' (did you mean 'karras'?)"),
-    (["sample", "--steps", "0", "--samples", "4"], "steps must be an integer >= 1, got 0"),
-    (["sample", "--option", "etaa=0.5", "--samples", "4"], "unknown option(s) ['etaa'] (did you mean 'eta'?)"),
-    (["sample", "--option", "eta=-1", "--samples", "4"], "eta must be a finite number in [0.0, inf], got -1"),
-    (["sample", "--eta", "0.5", "--option", "eta=0.5", "--samples", "4"], "eta given twice"),
-    (["sample", "--option", "noequals"], "expected KEY=VALUE"),
-    (["sample", "--steps", "ten"], "invalid int value: 'ten'"),
-    (["demo", "--steps-list", "5,x"], "expected integers like 5,10,20"),
-    (["nosuchcommand"], "invalid choice: 'nosuchcommand'"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["sample", "--solver", "dpmpp_2m", "--samples", "4"], "unknown solver 'dpmpp_2m' (did you mean 'dpmpp-2m'?)"),
+        (["sample", "--grid", "karas", "--samples", "4"], "unknown grid 'karas' (did you mean 'karras'?)"),
+        (["sample", "--steps", "0", "--samples", "4"], "steps must be an integer >= 1, got 0"),
+        (["sample", "--option", "etaa=0.5", "--samples", "4"], "unknown option(s) ['etaa'] (did you mean 'eta'?)"),
+        (["sample", "--option", "eta=-1", "--samples", "4"], "eta must be a finite number in [0.0, inf], got -1"),
+        (["sample", "--eta", "0.5", "--option", "eta=0.5", "--samples", "4"], "eta given twice"),
+        (["sample", "--option", "noequals"], "expected KEY=VALUE"),
+        (["sample", "--steps", "ten"], "invalid int value: 'ten'"),
+        (["demo", "--steps-list", "5,x"], "expected integers like 5,10,20"),
+        (["nosuchcommand"], "invalid choice: 'nosuchcommand'"),
+    ],
+)
 def test_cli_errors_are_one_line_with_exit_code_2(argv, message, capsys):
     code, out, err = _run(argv, capsys)
     assert code == 2
@@ -43,18 +46,37 @@ def test_cli_errors_are_one_line_with_exit_code_2(argv, message, capsys):
 
 def test_cli_error_from_the_shell_has_no_traceback():
     env = dict(os.environ, DIFFSOLVE_DISABLE_PLUGINS="all")
-    proc = subprocess.run([sys.executable, "-m", "diffsolve", "sample", "--solver", "nope", "--samples", "4"],
-                          cwd=ROOT, env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "diffsolve", "sample", "--solver", "nope", "--samples", "4"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("diffsolve sample: error: unknown solver 'nope'")
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("command, defaults", [
-    ("sample", ["(default: gmm2d)", "(default: ddim)", "(default: trailing)", "(default: 10)", "(default: 256)",
-                "(default: 0)", "default: the solver's own", "default: none"]),
-    ("demo", ["(default: gmm2d)", "(default: trailing)", "(default: 5,10,20,40,80,160)", "(default: 256)"]),
-])
+@pytest.mark.parametrize(
+    "command, defaults",
+    [
+        (
+            "sample",
+            [
+                "(default: gmm2d)",
+                "(default: ddim)",
+                "(default: trailing)",
+                "(default: 10)",
+                "(default: 256)",
+                "(default: 0)",
+                "default: the solver's own",
+                "default: none",
+            ],
+        ),
+        ("demo", ["(default: gmm2d)", "(default: trailing)", "(default: 5,10,20,40,80,160)", "(default: 256)"]),
+    ],
+)
 def test_help_gives_the_defaults(command, defaults, capsys):
     code, out, _ = _run([command, "--help"], capsys)
     text = " ".join(out.split())
@@ -74,8 +96,22 @@ def test_option_passes_solver_options_parsed_as_literals(capsys, monkeypatch):
         return real(ode, x_T, solver, **kwargs)
 
     monkeypatch.setattr(diffsolve, "sample", spy)
-    code, out, err = _run(["sample", "--solver", "ddim", "--steps", "4", "--samples", "8",
-                           "--option", "eta=0.5", "--option", "variance=eta"], capsys)
+    code, out, err = _run(
+        [
+            "sample",
+            "--solver",
+            "ddim",
+            "--steps",
+            "4",
+            "--samples",
+            "8",
+            "--option",
+            "eta=0.5",
+            "--option",
+            "variance=eta",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert seen["eta"] == 0.5 and isinstance(seen["eta"], float) and seen["variance"] == "eta"
     assert "solver=ddim" in out

@@ -99,8 +99,11 @@ class _EntryPoint:
 
 def _grid_plugin():
     def register_grids(register):
-        register("plugin-uniform", lambda schedule, steps: torch.linspace(schedule.sigma_max, 0.0, steps + 1,
-                                                                         dtype=torch.float64))
+        register(
+            "plugin-uniform",
+            lambda schedule, steps: torch.linspace(schedule.sigma_max, 0.0, steps + 1, dtype=torch.float64),
+        )
+
     return type("Plugin", (), {"register_grids": staticmethod(ds.hookimpl(register_grids))})
 
 
@@ -225,8 +228,10 @@ def test_one_solver_instance_in_two_runs_at_once_is_an_error_not_a_mix():
         release.set()
         first.join(10)
     # released when its run ends: the instance runs again, and equals a fresh one
-    assert torch.equal(ds.sample(ds.wrap(_eps_model, SCHED), x, solver, steps=3),
-                       ds.sample(ds.wrap(_eps_model, SCHED), x, "heun", steps=3))
+    assert torch.equal(
+        ds.sample(ds.wrap(_eps_model, SCHED), x, solver, steps=3),
+        ds.sample(ds.wrap(_eps_model, SCHED), x, "heun", steps=3),
+    )
 
 
 # -- faults ----------------------------------------------------------------------------------------
@@ -243,8 +248,9 @@ class _Failing:
         return _eps_model(x, t)
 
 
-@pytest.mark.parametrize("error", [RuntimeError("CUDA out of memory"), KeyboardInterrupt()],
-                         ids=["exception", "keyboard-interrupt"])
+@pytest.mark.parametrize(
+    "error", [RuntimeError("CUDA out of memory"), KeyboardInterrupt()], ids=["exception", "keyboard-interrupt"]
+)
 def test_a_model_that_fails_mid_run_leaves_the_ode_as_good_as_new(error):
     x = torch.randn(4, 8, generator=torch.Generator().manual_seed(3))
     fresh = ds.wrap(_eps_model, SCHED)
@@ -294,8 +300,9 @@ def test_a_run_under_inference_mode_leaves_caches_a_later_run_with_gradients_can
     assert torch.equal(out.detach(), fast) and torch.isfinite(x_grad.grad).all()
 
 
-@pytest.mark.parametrize("schedule", [SCHED, ds.VPLinearSchedule(), ds.VPCosineSchedule()],
-                         ids=["discrete", "vp-linear", "vp-cosine"])
+@pytest.mark.parametrize(
+    "schedule", [SCHED, ds.VPLinearSchedule(), ds.VPCosineSchedule()], ids=["discrete", "vp-linear", "vp-cosine"]
+)
 def test_model_time_is_the_same_computed_alone_or_with_a_grid(schedule):
     # a run's model times are computed for its whole grid at once and cached; when another
     # thread's run empties that cache, they are computed one by one: the bits must not change

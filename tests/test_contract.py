@@ -59,6 +59,7 @@ def test_a_solver_with_only_setup_and_step_runs_unchanged_and_equals_ddim():
 
 def test_an_option_named_like_a_contract_attribute_is_refused_when_the_class_is_defined():
     with pytest.raises(TypeError, match=r"option\(s\) \['order'\].*solver_order"):
+
         class _Bad(Solver):  # noqa: F841 - the definition itself must fail
             name = "bad"
 
@@ -66,11 +67,18 @@ def test_an_option_named_like_a_contract_attribute_is_refused_when_the_class_is_
                 self.order = order
 
 
-@pytest.mark.parametrize("name, options, order", [
-    ("unipc", {"solver_order": 2}, 3), ("unipc", {"solver_order": 2, "corrector": False}, 2),
-    ("plms-hb", {"solver_order": 4}, 1), ("plms-hb", {"solver_order": 2, "beta": 1.0}, 2),
-    ("lms", {"solver_order": 2}, 2), ("deis", {"solver_order": 1}, 1), ("ghvb", {"solver_order": 3}, 3),
-])
+@pytest.mark.parametrize(
+    "name, options, order",
+    [
+        ("unipc", {"solver_order": 2}, 3),
+        ("unipc", {"solver_order": 2, "corrector": False}, 2),
+        ("plms-hb", {"solver_order": 4}, 1),
+        ("plms-hb", {"solver_order": 2, "beta": 1.0}, 2),
+        ("lms", {"solver_order": 2}, 2),
+        ("deis", {"solver_order": 1}, 1),
+        ("ghvb", {"solver_order": 3}, 3),
+    ],
+)
 def test_an_instance_reports_the_order_its_options_give(name, options, order):
     assert ds.make_solver(name, **options).order == order
     with pytest.raises(ValueError, match="its options are: .*solver_order"):
@@ -136,16 +144,19 @@ def test_exact_inversion_needs_a_reversible_solver_not_an_unstep_attribute():
     assert isinstance(ds.make_solver("bdia"), ReversibleSolver)
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda: check_choice("variant", "bh3", ("bh1", "bh2")), "variant='bh3' is not allowed; allowed: 'bh1', 'bh2'"),
-    (lambda: check_choice("corrector", 1, (True, False)), "corrector=1 is not allowed"),
-    (lambda: check_real("eta", -1, low=0.0), r"eta must be a finite number in \[0.0, inf\], got -1"),
-    (lambda: check_real("eta", float("nan"), low=0.0), "eta must be a finite number"),
-    (lambda: check_real("eta", "x"), "eta must be a number, got 'x'"),
-    (lambda: check_real("rtol", 0.0, low=0.0, low_open=True), r"rtol must be a finite number in \(0.0, inf\]"),
-    (lambda: check_int("solver_order", 2.0, (1, 2, 3)), "solver_order=2.0 is not allowed; allowed: 1, 2, 3"),
-    (lambda: check_int("solver_order", True, (1, 2, 3)), "solver_order=True is not allowed"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: check_choice("variant", "bh3", ("bh1", "bh2")), "variant='bh3' is not allowed; allowed: 'bh1', 'bh2'"),
+        (lambda: check_choice("corrector", 1, (True, False)), "corrector=1 is not allowed"),
+        (lambda: check_real("eta", -1, low=0.0), r"eta must be a finite number in \[0.0, inf\], got -1"),
+        (lambda: check_real("eta", float("nan"), low=0.0), "eta must be a finite number"),
+        (lambda: check_real("eta", "x"), "eta must be a number, got 'x'"),
+        (lambda: check_real("rtol", 0.0, low=0.0, low_open=True), r"rtol must be a finite number in \(0.0, inf\]"),
+        (lambda: check_int("solver_order", 2.0, (1, 2, 3)), "solver_order=2.0 is not allowed; allowed: 1, 2, 3"),
+        (lambda: check_int("solver_order", True, (1, 2, 3)), "solver_order=True is not allowed"),
+    ],
+)
 def test_option_checks_name_the_option_and_the_allowed_values(call, match):
     with pytest.raises(ValueError, match=match):
         call()

@@ -80,8 +80,9 @@ def test_eta_one_is_the_ddpm_posterior_mean_and_variance():
         std = _one_step(sig[t], sig[s], x, eps, one, eta=1.0) - mean
         beta = 1 - abar[t] / abar[s]
         x0 = (x - math.sqrt(1 - abar[t]) * eps) / math.sqrt(abar[t])
-        mu = (math.sqrt(abar[s]) * beta / (1 - abar[t])) * x0 + \
-             (math.sqrt(abar[t] / abar[s]) * (1 - abar[s]) / (1 - abar[t])) * x
+        mu = (math.sqrt(abar[s]) * beta / (1 - abar[t])) * x0 + (
+            math.sqrt(abar[t] / abar[s]) * (1 - abar[s]) / (1 - abar[t])
+        ) * x
         torch.testing.assert_close(mean, mu, rtol=1e-12, atol=1e-13)
         var = beta * (1 - abar[s]) / (1 - abar[t])
         torch.testing.assert_close(std, torch.full_like(std, math.sqrt(var)), rtol=1e-10, atol=1e-15)

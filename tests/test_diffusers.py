@@ -38,11 +38,20 @@ STEPS = 5
 @pytest.fixture(scope="module")
 def unet():
     torch.manual_seed(0)
-    return UNet2DModel(
-        sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(4, 8),
-        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=4,
-    ).to(torch.float32).eval()
+    return (
+        UNet2DModel(
+            sample_size=8,
+            in_channels=3,
+            out_channels=3,
+            layers_per_block=1,
+            block_out_channels=(4, 8),
+            down_block_types=("DownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "UpBlock2D"),
+            norm_num_groups=4,
+        )
+        .to(torch.float32)
+        .eval()
+    )
 
 
 def _run(pipe, seed=1, **kwargs):
@@ -56,12 +65,15 @@ def _rel(a, b):
 
 
 # -- from_diffusers -------------------------------------------------------------------------------
-@pytest.mark.parametrize("config", [
-    {"beta_schedule": "linear"},
-    {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
-    {"beta_schedule": "squaredcos_cap_v2"},
-    {"trained_betas": torch.linspace(1e-4, 0.03, 500).tolist(), "num_train_timesteps": 500},
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"beta_schedule": "linear"},
+        {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
+        {"beta_schedule": "squaredcos_cap_v2"},
+        {"trained_betas": torch.linspace(1e-4, 0.03, 500).tolist(), "num_train_timesteps": 500},
+    ],
+)
 def test_schedule_from_a_config_matches_diffusers_alphas_cumprod(config):
     ref = DDIMScheduler(**config)
     sched = ds.interop.diffusers.schedule_from_config(ref.config)
@@ -101,7 +113,9 @@ def test_config_clipping_and_thresholding_become_the_denoised_transform(unet):
 @pytest.mark.parametrize("bad", [{"prediction_type": "flow_prediction"}, {"prediction_type": "x0"}])
 def test_an_unsupported_prediction_type_is_a_clear_error(unet, bad):
     cfg = dict(_explicit(DDIMScheduler().config), **bad)
-    with pytest.raises(ValueError, match=r"prediction_type=.* is not supported; supported: epsilon, sample, v_prediction"):
+    with pytest.raises(
+        ValueError, match=r"prediction_type=.* is not supported; supported: epsilon, sample, v_prediction"
+    ):
         ds.from_diffusers(unet, cfg)
     with pytest.raises(ValueError, match="is not supported"):
         DiffsolveScheduler.from_config(cfg)
@@ -140,8 +154,12 @@ def test_ddim_in_a_ddim_pipeline_equals_diffusers_ddim_scheduler(unet, predictio
 
 @pytest.mark.parametrize("spacing", ["leading", "trailing"])
 def test_set_alpha_to_one_false_ends_at_the_smallest_trained_level_as_diffusers_does(unet, spacing):
-    pipe = DDIMPipeline(unet=unet, scheduler=DDIMScheduler(set_alpha_to_one=False, timestep_spacing=spacing,
-                                                          prediction_type="v_prediction", clip_sample=False))
+    pipe = DDIMPipeline(
+        unet=unet,
+        scheduler=DDIMScheduler(
+            set_alpha_to_one=False, timestep_spacing=spacing, prediction_type="v_prediction", clip_sample=False
+        ),
+    )
     ref = _run(pipe)
     pipe.scheduler = DiffsolveScheduler.from_config(pipe.scheduler)
     assert _rel(_run(pipe), ref) < 1e-5
@@ -182,10 +200,18 @@ def test_a_stochastic_solver_draws_its_noise_from_the_pipeline_generator(unet):
     sched = _native(config, solver="ddim", solver_options={"eta": 1.0})
     out = _run(DDPMPipeline(unet=unet, scheduler=sched), seed=3)
     gen = torch.Generator().manual_seed(3)
-    x_T = torch.randn(2, 3, 8, 8, generator=gen, dtype=torch.float32)  # the pipeline draws x_T first, then the solver's noise
+    x_T = torch.randn(
+        2, 3, 8, 8, generator=gen, dtype=torch.float32
+    )  # the pipeline draws x_T first, then the solver's noise
     with torch.no_grad():
-        ref = ds.sample(ds.from_diffusers(unet, config), x_T, "ddim", sigmas=ds.diffusers_grid(config, STEPS),
-                        eta=1.0, generator=gen)
+        ref = ds.sample(
+            ds.from_diffusers(unet, config),
+            x_T,
+            "ddim",
+            sigmas=ds.diffusers_grid(config, STEPS),
+            eta=1.0,
+            generator=gen,
+        )
     assert _rel(out, (ref / 2 + 0.5).clamp(0, 1)) < 1e-5
     assert _rel(out, _run(DDPMPipeline(unet=unet, scheduler=sched), seed=4)) > 1e-2
 
@@ -243,23 +269,34 @@ def _loop(sched, steps=10, timesteps=None, edit=None, seed=0, x=None, **step_kwa
 
 
 FULL_LOOPS = [
-    (DDIMScheduler, {}), (DDIMScheduler, {"clip_sample": True, "prediction_type": "v_prediction"}),
-    (DDIMScheduler, {"timestep_spacing": "linspace"}), (DDPMScheduler, {}),
+    (DDIMScheduler, {}),
+    (DDIMScheduler, {"clip_sample": True, "prediction_type": "v_prediction"}),
+    (DDIMScheduler, {"timestep_spacing": "linspace"}),
+    (DDPMScheduler, {}),
     (DDPMScheduler, {"variance_type": "fixed_large", "clip_sample": False}),
-    (DPMSolverMultistepScheduler, {}), (DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
+    (DPMSolverMultistepScheduler, {}),
+    (DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
     (DPMSolverMultistepScheduler, {"final_sigmas_type": "sigma_min", "lower_order_final": False}),
     (DPMSolverMultistepScheduler, {"euler_at_final": True, "lower_order_final": False}),
     (DPMSolverMultistepScheduler, {"use_lu_lambdas": True, "solver_type": "heun"}),
-    (DPMSolverMultistepScheduler, {"use_exponential_sigmas": True, "algorithm_type": "dpmsolver",
-                                   "final_sigmas_type": "sigma_min"}),
+    (
+        DPMSolverMultistepScheduler,
+        {"use_exponential_sigmas": True, "algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"},
+    ),
     (DPMSolverMultistepScheduler, {"use_beta_sigmas": True, "algorithm_type": "sde-dpmsolver++"}),
     (DPMSolverMultistepScheduler, {"thresholding": True, "prediction_type": "sample", "sample_max_value": 0.5}),
-    (UniPCMultistepScheduler, {}), (UniPCMultistepScheduler, {"use_karras_sigmas": True, "solver_order": 3}),
+    (UniPCMultistepScheduler, {}),
+    (UniPCMultistepScheduler, {"use_karras_sigmas": True, "solver_order": 3}),
     (UniPCMultistepScheduler, {"solver_type": "bh1", "final_sigmas_type": "sigma_min"}),
-    (EulerDiscreteScheduler, {}), (EulerDiscreteScheduler, {"use_karras_sigmas": True, "prediction_type": "v_prediction"}),
+    (EulerDiscreteScheduler, {}),
+    (EulerDiscreteScheduler, {"use_karras_sigmas": True, "prediction_type": "v_prediction"}),
     (EulerDiscreteScheduler, {"timestep_spacing": "trailing", "interpolation_type": "log_linear"}),
-    (EulerAncestralDiscreteScheduler, {}), (HeunDiscreteScheduler, {}), (HeunDiscreteScheduler, {"use_karras_sigmas": True}),
-    (LMSDiscreteScheduler, {}), (DEISMultistepScheduler, {}), (DEISMultistepScheduler, {"solver_order": 2}),
+    (EulerAncestralDiscreteScheduler, {}),
+    (HeunDiscreteScheduler, {}),
+    (HeunDiscreteScheduler, {"use_karras_sigmas": True}),
+    (LMSDiscreteScheduler, {}),
+    (DEISMultistepScheduler, {}),
+    (DEISMultistepScheduler, {"solver_order": 2}),
 ]
 
 
@@ -285,8 +322,16 @@ def test_the_step_loop_is_linear_one_solver_step_per_call(monkeypatch):
     assert calls == list(range(40))  # no replay: step i once, in order
 
 
-@pytest.mark.parametrize("cls", [DPMSolverMultistepScheduler, UniPCMultistepScheduler, EulerDiscreteScheduler,
-                                 HeunDiscreteScheduler, DDIMScheduler])
+@pytest.mark.parametrize(
+    "cls",
+    [
+        DPMSolverMultistepScheduler,
+        UniPCMultistepScheduler,
+        EulerDiscreteScheduler,
+        HeunDiscreteScheduler,
+        DDIMScheduler,
+    ],
+)
 @pytest.mark.parametrize("by", ["begin_index", "value"])
 def test_img2img_starts_mid_schedule_as_diffusers_does(cls, by):
     x0 = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(5))
@@ -303,18 +348,29 @@ def test_img2img_starts_mid_schedule_as_diffusers_does(cls, by):
     assert _rel(results[1], results[0]) < 1e-5
 
 
-@pytest.mark.parametrize("cls", [DPMSolverMultistepScheduler, UniPCMultistepScheduler, EulerAncestralDiscreteScheduler,
-                                 HeunDiscreteScheduler, LMSDiscreteScheduler, DDIMScheduler])
+@pytest.mark.parametrize(
+    "cls",
+    [
+        DPMSolverMultistepScheduler,
+        UniPCMultistepScheduler,
+        EulerAncestralDiscreteScheduler,
+        HeunDiscreteScheduler,
+        LMSDiscreteScheduler,
+        DDIMScheduler,
+    ],
+)
 def test_latents_edited_between_steps_are_used_as_by_diffusers(cls):
     known = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(7))
     mask = (torch.arange(16).reshape(1, 1, 4, 4) % 3 == 0).float()  # 1: keep the known region
     results = []
     for sched in (cls(), DiffsolveScheduler.from_config(cls())):
+
         def edit(i, x, sched=sched):  # inpainting: the known region, noised to the next timestep
             if i + 1 >= len(sched.timesteps):
                 return x * (1 - mask) + known * mask
-            noised = sched.add_noise(known, torch.full_like(known, 0.3), sched.timesteps[i + 1:i + 2])
+            noised = sched.add_noise(known, torch.full_like(known, 0.3), sched.timesteps[i + 1 : i + 2])
             return x * (1 - mask) + noised * mask
+
         results.append(_loop(sched, edit=edit))
     assert _rel(results[1], results[0]) < 1e-5
 
@@ -327,9 +383,11 @@ def test_ddim_step_takes_ddims_arguments_and_positions():
     t = ref.timesteps[3]
     out = _toy_model(x, t) * 3  # large: clipping acts
     z = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(2))
-    for args, kwargs in [((0.5, False, torch.Generator().manual_seed(3)), {}),  # eta is the 4th positional
-                         ((0.7,), {"use_clipped_model_output": True, "variance_noise": z}),
-                         ((0.0,), {"use_clipped_model_output": False})]:
+    for args, kwargs in [
+        ((0.5, False, torch.Generator().manual_seed(3)), {}),  # eta is the 4th positional
+        ((0.7,), {"use_clipped_model_output": True, "variance_noise": z}),
+        ((0.0,), {"use_clipped_model_output": False}),
+    ]:
         a = ref.step(out, t, x, *args, **kwargs)
         if "generator" not in kwargs and len(args) > 2:
             args = (args[0], args[1], torch.Generator().manual_seed(3))
@@ -342,7 +400,10 @@ def test_ddim_step_takes_ddims_arguments_and_positions():
 
 def test_pred_original_sample_is_the_families_estimate():
     for cls in (EulerDiscreteScheduler, HeunDiscreteScheduler, LMSDiscreteScheduler):
-        ref, ours = cls(prediction_type="v_prediction"), DiffsolveScheduler.from_config(cls(prediction_type="v_prediction"))
+        ref, ours = (
+            cls(prediction_type="v_prediction"),
+            DiffsolveScheduler.from_config(cls(prediction_type="v_prediction")),
+        )
         for sched in (ref, ours):
             sched.set_timesteps(8)
         x = torch.randn(1, 3, 4, 4, generator=torch.Generator().manual_seed(1)) * ref.init_noise_sigma
@@ -361,8 +422,9 @@ def test_the_attributes_pipelines_read_are_diffusers():
         ref.set_timesteps(10), ours.set_timesteps(10)
         assert isinstance(ours.init_noise_sigma, torch.Tensor)
         assert float(ours.init_noise_sigma) == pytest.approx(float(ref.init_noise_sigma), rel=1e-6)
-    assert float(DiffsolveScheduler.from_config(DDIMScheduler(set_alpha_to_one=False)).final_alpha_cumprod) == \
-        pytest.approx(float(DDIMScheduler().alphas_cumprod[0]))
+    assert float(
+        DiffsolveScheduler.from_config(DDIMScheduler(set_alpha_to_one=False)).final_alpha_cumprod
+    ) == pytest.approx(float(DDIMScheduler().alphas_cumprod[0]))
     compatible = {c.__name__ for c in DiffsolveScheduler().compatibles}
     assert {"DDIMScheduler", "DPMSolverMultistepScheduler", "EulerDiscreteScheduler"} <= compatible
     # both ways: a diffusers scheduler from our config, and ours from its config
@@ -405,13 +467,18 @@ def test_validation_is_no_stricter_than_diffusers():
     torch.testing.assert_close(ours.step(0.1 * x, 0, x).prev_sample, ref.step(0.1 * x, 0, x).prev_sample)
 
 
-@pytest.mark.parametrize("source, match", [
-    (lambda: DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver", final_sigmas_type="sigma_min"),
-     "algorithm_type='sde-dpmsolver'"),
-    (lambda: UniPCMultistepScheduler(disable_corrector=[0]), "disable_corrector"),
-    (lambda: DPMSolverMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction"), "not supported"),
-    (lambda: DPMSolverSinglestepScheduler(), "cannot reproduce DPMSolverSinglestepScheduler"),
-])
+@pytest.mark.parametrize(
+    "source, match",
+    [
+        (
+            lambda: DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver", final_sigmas_type="sigma_min"),
+            "algorithm_type='sde-dpmsolver'",
+        ),
+        (lambda: UniPCMultistepScheduler(disable_corrector=[0]), "disable_corrector"),
+        (lambda: DPMSolverMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction"), "not supported"),
+        (lambda: DPMSolverSinglestepScheduler(), "cannot reproduce DPMSolverSinglestepScheduler"),
+    ],
+)
 def test_a_key_that_cannot_be_honoured_is_an_error(source, match):
     with pytest.raises(ValueError, match=match):
         DiffsolveScheduler.from_config(source())
@@ -432,8 +499,14 @@ def test_keys_that_conflict_are_errors_not_warnings():
 def test_another_schedulers_config_with_a_solver_runs_on_its_training_schedule():
     from diffusers import PNDMScheduler  # Stable Diffusion 1.x ships this one
 
-    pndm = PNDMScheduler(skip_prk_steps=True, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                         steps_offset=1, set_alpha_to_one=False)
+    pndm = PNDMScheduler(
+        skip_prk_steps=True,
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        steps_offset=1,
+        set_alpha_to_one=False,
+    )
     with pytest.raises(ValueError, match="cannot reproduce PNDMScheduler"):
         DiffsolveScheduler.from_config(pndm)
     ours = DiffsolveScheduler.from_config(pndm, solver="dpmpp-2m")

@@ -12,8 +12,15 @@ pytest.importorskip("sklearn", reason="the digits problem needs scikit-learn (pi
 
 from diffsolve import DiffusionODE  # noqa: E402
 from diffsolve.bench import bench_problem_names, get_bench_problem  # noqa: E402
-from diffsolve.bench.digits import (CLASSIFIER_WEIGHTS, N_TEST, N_TRAIN, UNET_WEIGHTS, digits_split,  # noqa: E402
-                                    frechet_distance, load_digits_split)
+from diffsolve.bench.digits import (  # noqa: E402
+    CLASSIFIER_WEIGHTS,
+    N_TEST,
+    N_TRAIN,
+    UNET_WEIGHTS,
+    digits_split,
+    frechet_distance,
+    load_digits_split,
+)
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +101,14 @@ def test_solver_picture_has_every_row_and_column(problem, tmp_path):
     from diffsolve.bench.pictures import solver_grid_png, solver_row, steps_for_nfe
 
     assert steps_for_nfe("heun", problem.schedule, "karras", 5, problem.shape) == 3  # 2 calls/step, last Euler
-    path = solver_grid_png(problem, tmp_path / "g.png", rows=[solver_row("ddim"), solver_row("heun", "karras")],
-                           nfes=(2, 3), n=4, reference=False)
+    path = solver_grid_png(
+        problem,
+        tmp_path / "g.png",
+        rows=[solver_row("ddim"), solver_row("heun", "karras")],
+        nfes=(2, 3),
+        n=4,
+        reference=False,
+    )
     import matplotlib.image
 
     img = matplotlib.image.imread(path)
@@ -103,10 +116,18 @@ def test_solver_picture_has_every_row_and_column(problem, tmp_path):
 
 
 def _sample(args, env, torchrun=False):
-    pre = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"] if torchrun \
+    pre = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+        if torchrun
         else [sys.executable]
-    return subprocess.run(pre + ["-m", "diffsolve", "sample", "--problem", "digits", *args], env=env,
-                          capture_output=True, text=True, timeout=180)
+    )
+    return subprocess.run(
+        pre + ["-m", "diffsolve", "sample", "--problem", "digits", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 def test_sample_npz_under_two_process_torchrun_equals_one_process_bit_for_bit(tmp_path):

@@ -26,8 +26,11 @@ def test_quickstart_callback_is_one_dict_with_the_drivers_keys():
 
 def test_solver_table_kind_is_what_the_default_instance_does():
     # euler-ancestral's class attribute says deterministic, its default instance (eta = 1) draws noise
-    rows = {line.split("|")[1].strip(" `"): line.split("|")[4].strip() for line in solvers_markdown().splitlines()
-            if line.startswith("| `")}
+    rows = {
+        line.split("|")[1].strip(" `"): line.split("|")[4].strip()
+        for line in solvers_markdown().splitlines()
+        if line.startswith("| `")
+    }
     assert rows["euler-ancestral"] == "stochastic" and rows["ddim"] == "deterministic"
     for name, (cls, _) in get_registry().solvers.items():
         assert rows[name] == ("stochastic" if ds.make_solver(name).stochastic else "deterministic"), name

@@ -77,7 +77,12 @@ def test_the_model_is_fed_diffusers_timesteps():
         seen.append(float(t[0]))
         return velocity_model(x, t)
 
-    ds.sample(ds.from_diffusers(model, ref), torch.randn(1, 4, 4, 4, dtype=torch.float32), "ddim", sigmas=ds.diffusers_grid(ref.config, 6))
+    ds.sample(
+        ds.from_diffusers(model, ref),
+        torch.randn(1, 4, 4, 4, dtype=torch.float32),
+        "ddim",
+        sigmas=ds.diffusers_grid(ref.config, 6),
+    )
     torch.testing.assert_close(torch.tensor(seen, dtype=torch.float32), ref.timesteps, rtol=1e-6, atol=1e-4)
 
 
@@ -116,15 +121,18 @@ def test_dynamic_shifting_without_mu_says_to_pass_it():
         ds.diffusers_grid(FlowMatchEulerDiscreteScheduler().config, 10, mu=1.0)
 
 
-@pytest.mark.parametrize("scheduler, match", [
-    (lambda: FlowMatchEulerDiscreteScheduler(invert_sigmas=True), "invert_sigmas=True"),
-    (lambda: FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True), "use_karras_sigmas=True"),
-    (lambda: EulerDiscreteScheduler(use_karras_sigmas=True), "use_karras_sigmas=True"),
-    (lambda: EulerDiscreteScheduler(timestep_type="continuous"), "timestep_type='continuous'"),
-    (lambda: DPMSolverMultistepScheduler(use_flow_sigmas=True), "use_flow_sigmas=True"),
-    (lambda: DPMSolverMultistepScheduler(final_sigmas_type="sigma_min"), "final_sigmas_type='sigma_min'"),
-    (lambda: DDIMScheduler(), None),
-])
+@pytest.mark.parametrize(
+    "scheduler, match",
+    [
+        (lambda: FlowMatchEulerDiscreteScheduler(invert_sigmas=True), "invert_sigmas=True"),
+        (lambda: FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True), "use_karras_sigmas=True"),
+        (lambda: EulerDiscreteScheduler(use_karras_sigmas=True), "use_karras_sigmas=True"),
+        (lambda: EulerDiscreteScheduler(timestep_type="continuous"), "timestep_type='continuous'"),
+        (lambda: DPMSolverMultistepScheduler(use_flow_sigmas=True), "use_flow_sigmas=True"),
+        (lambda: DPMSolverMultistepScheduler(final_sigmas_type="sigma_min"), "final_sigmas_type='sigma_min'"),
+        (lambda: DDIMScheduler(), None),
+    ],
+)
 def test_a_config_that_cannot_be_represented_is_an_error(scheduler, match):
     cfg = scheduler().config
     if match is None:  # the control: a plain DDIM config passes the check
@@ -153,19 +161,36 @@ def test_a_grid_from_infinity_needs_a_model_with_an_x0_at_pure_noise():
         ds.sample(ode, torch.randn(1, 2), "ddim", sigmas=[5.0, math.inf, 0.0])
 
 
-@pytest.mark.parametrize("name", ["DDIMScheduler", "DDPMScheduler", "PNDMScheduler", "EulerDiscreteScheduler",
-                                  "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler",
-                                  "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "DPMSolverSDEScheduler",
-                                  "KDPM2DiscreteScheduler", "LMSDiscreteScheduler", "UniPCMultistepScheduler",
-                                  "DEISMultistepScheduler", "SASolverScheduler", "FlowMatchEulerDiscreteScheduler",
-                                  "FlowMatchHeunDiscreteScheduler"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "DDIMScheduler",
+        "DDPMScheduler",
+        "PNDMScheduler",
+        "EulerDiscreteScheduler",
+        "EulerAncestralDiscreteScheduler",
+        "HeunDiscreteScheduler",
+        "DPMSolverMultistepScheduler",
+        "DPMSolverSinglestepScheduler",
+        "DPMSolverSDEScheduler",
+        "KDPM2DiscreteScheduler",
+        "LMSDiscreteScheduler",
+        "UniPCMultistepScheduler",
+        "DEISMultistepScheduler",
+        "SASolverScheduler",
+        "FlowMatchEulerDiscreteScheduler",
+        "FlowMatchHeunDiscreteScheduler",
+    ],
+)
 def test_every_default_ddpm_family_and_flow_config_is_accepted(name):
     import diffusers
 
     ds.interop.diffusers.check_config(getattr(diffusers, name)())
 
 
-@pytest.mark.parametrize("name", ["LCMScheduler", "TCDScheduler", "EDMEulerScheduler", "CosineDPMSolverMultistepScheduler"])
+@pytest.mark.parametrize(
+    "name", ["LCMScheduler", "TCDScheduler", "EDMEulerScheduler", "CosineDPMSolverMultistepScheduler"]
+)
 def test_other_parameterizations_are_rejected(name):
     import diffusers
 

@@ -79,20 +79,46 @@ def _from_diffusers(model=None, config=None):
 CASES = [
     # sample
     *[(_sample, {"ode": v}, ["ode"]) for v in (3, "ode", None, Model(), SCHED)],
-    *[(_sample, {"x_T": v}, ["x_T"]) for v in ([[0.0, 1.0]], 3.0, "x", None, torch.zeros(2, 3, dtype=torch.int64),
-                                              torch.zeros(2, 3, dtype=torch.bool), torch.tensor(1.0),
-                                              torch.zeros(0, 3), torch.zeros(2, 0), torch.full((2, 3), NAN),
-                                              torch.full((2, 3), -INF))],
+    *[
+        (_sample, {"x_T": v}, ["x_T"])
+        for v in (
+            [[0.0, 1.0]],
+            3.0,
+            "x",
+            None,
+            torch.zeros(2, 3, dtype=torch.int64),
+            torch.zeros(2, 3, dtype=torch.bool),
+            torch.tensor(1.0),
+            torch.zeros(0, 3),
+            torch.zeros(2, 0),
+            torch.full((2, 3), NAN),
+            torch.full((2, 3), -INF),
+        )
+    ],
     *[(_sample, {"solver": v}, ["solver"]) for v in (3, None, "nope", "dpmpp_2m", object(), int, ds.Solver)],
     *[(_sample, {"steps": v}, ["steps"]) for v in (0, -1, 2.5, "10", True, NAN, [4])],
     *[(_sample, {"grid": v}, ["grid"]) for v in ("nope", "karas", 3, ["karras"])],
-    *[(_sample, {"steps": None, "sigmas": v}, ["sigmas"]) for v in ([1.0], [[1.0, 0.0]], [1.0, 2.0, 0.0], [NAN, 0.0],
-                                                                   [1.0, -1.0], [INF, 0.0], "abc", [1e4, 1.0, 0.0],
-                                                                   [10.0, 1e-5, 0.0], torch.zeros(0))],
+    *[
+        (_sample, {"steps": None, "sigmas": v}, ["sigmas"])
+        for v in (
+            [1.0],
+            [[1.0, 0.0]],
+            [1.0, 2.0, 0.0],
+            [NAN, 0.0],
+            [1.0, -1.0],
+            [INF, 0.0],
+            "abc",
+            [1e4, 1.0, 0.0],
+            [10.0, 1e-5, 0.0],
+            torch.zeros(0),
+        )
+    ],
     (_sample, {"sigmas": [1.0, 0.0]}, ["sigmas"]),  # both steps= and sigmas=
     (_sample, {"steps": None}, ["steps"]),
-    *[(_sample, {"generator": v}, ["generator"]) for v in (0, "seed", 1.5, [torch.Generator()],
-                                                          [torch.Generator(), None], object())],
+    *[
+        (_sample, {"generator": v}, ["generator"])
+        for v in (0, "seed", 1.5, [torch.Generator()], [torch.Generator(), None], object())
+    ],
     *[(_sample, {"callback": v}, ["callback"]) for v in (3, "print", [print])],
     *[(_sample, {"progress": v}, ["progress"]) for v in ("yes", 2, None)],
     *[(_sample, {"return_trajectory": v}, ["return_trajectory"]) for v in ("no", 1)],
@@ -203,8 +229,9 @@ def check_refused(case) -> None:
     message = str(exc)
     assert any(word in message for word in _names(case)), f"{_names(case)} not named in: {message!r}"
     innermost = traceback.extract_tb(exc.__traceback__)[-1].filename
-    assert str(Path(innermost).resolve()).startswith(PACKAGE), \
+    assert str(Path(innermost).resolve()).startswith(PACKAGE), (
         f"raised outside diffsolve ({innermost}): {type(exc).__name__}: {message}"
+    )
     assert Model.calls == 0, "the model was called before the argument was refused"
 
 
@@ -233,10 +260,14 @@ def _nan_state(draw_shape, pos, value):
     return x
 
 
-bad_steps = st.one_of(st.integers(max_value=0), st.floats(allow_nan=True, allow_infinity=True),
-                      st.text(max_size=3), st.booleans(), st.none())
-bad_eta = st.one_of(st.floats(max_value=-1e-12, allow_infinity=True), st.just(NAN), st.just(INF),
-                    st.text(max_size=3))
+bad_steps = st.one_of(
+    st.integers(max_value=0),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=3),
+    st.booleans(),
+    st.none(),
+)
+bad_eta = st.one_of(st.floats(max_value=-1e-12, allow_infinity=True), st.just(NAN), st.just(INF), st.text(max_size=3))
 shapes = st.lists(st.integers(1, 3), min_size=1, max_size=3)
 bad_x = st.one_of(
     st.builds(_nan_state, shapes, st.integers(0, 100), st.sampled_from([NAN, INF, -INF])),
@@ -254,11 +285,16 @@ bad_sigmas = st.one_of(
     st.floats(0.0, 100.0).map(lambda v: [v]),
     st.floats(200.0, 1e8).map(lambda v: [v, 1.0, 0.0]),
 )
-bad_generator = st.one_of(st.integers(), st.text(max_size=3), st.floats(),
-                          st.integers(0, 5).filter(lambda n: n != 2).map(lambda n: [torch.Generator()] * n))
+bad_generator = st.one_of(
+    st.integers(),
+    st.text(max_size=3),
+    st.floats(),
+    st.integers(0, 5).filter(lambda n: n != 2).map(lambda n: [torch.Generator()] * n),
+)
 bad_guidance = st.one_of(st.just(NAN), st.just(INF), st.just(-INF), st.text(max_size=3))
-bad_prediction = st.text(max_size=8).filter(lambda p: p not in ("eps", "x0", "sample", "v", "score", "flow",
-                                                                "epsilon", "v_prediction"))
+bad_prediction = st.text(max_size=8).filter(
+    lambda p: p not in ("eps", "x0", "sample", "v", "score", "flow", "epsilon", "v_prediction")
+)
 
 GENERATED = st.one_of(
     st.tuples(st.just(_sample), bad_steps.map(lambda v: {"steps": v}), st.just(["steps"])),
@@ -266,20 +302,35 @@ GENERATED = st.one_of(
     st.tuples(st.just(_sample), bad_x.map(lambda v: {"x_T": v}), st.just(["x_T"])),
     st.tuples(st.just(_sample), bad_sigmas.map(lambda v: {"steps": None, "sigmas": v}), st.just(["sigmas"])),
     st.tuples(st.just(_sample), bad_generator.map(lambda v: {"generator": v}), st.just(["generator"])),
-    st.tuples(st.just(_sample), st.text(min_size=1, max_size=8).filter(lambda n: n not in ds.list_solvers())
-              .map(lambda v: {"solver": v}), st.just(["solver"])),
+    st.tuples(
+        st.just(_sample),
+        st.text(min_size=1, max_size=8).filter(lambda n: n not in ds.list_solvers()).map(lambda v: {"solver": v}),
+        st.just(["solver"]),
+    ),
     st.tuples(st.just(_invert), bad_x.map(lambda v: {"x0": v}), st.just(["x0"])),
     st.tuples(st.just(_grid), bad_steps.map(lambda v: {"steps": v}), st.just(["steps"])),
-    st.tuples(st.just(_grid), st.text(max_size=8).filter(lambda n: n not in ds.list_grids())
-              .map(lambda v: {"name": v}), st.just(["grid"])),
+    st.tuples(
+        st.just(_grid),
+        st.text(max_size=8).filter(lambda n: n not in ds.list_grids()).map(lambda v: {"name": v}),
+        st.just(["grid"]),
+    ),
     st.tuples(st.just(_wrap), bad_prediction.map(lambda v: {"prediction": v}), st.just(["prediction"])),
-    st.tuples(st.just(_wrap), bad_guidance.map(lambda v: {"guidance": v, "cond": {"c": 1}, "uncond": {"c": 1}}),
-              st.just(["guidance"])),
-    st.tuples(st.just(_wrap), st.floats(allow_nan=True).filter(lambda v: not 0 <= v <= 1)
-              .map(lambda v: {"guidance_rescale": v}), st.just(["guidance_rescale"])),
+    st.tuples(
+        st.just(_wrap),
+        bad_guidance.map(lambda v: {"guidance": v, "cond": {"c": 1}, "uncond": {"c": 1}}),
+        st.just(["guidance"]),
+    ),
+    st.tuples(
+        st.just(_wrap),
+        st.floats(allow_nan=True).filter(lambda v: not 0 <= v <= 1).map(lambda v: {"guidance_rescale": v}),
+        st.just(["guidance_rescale"]),
+    ),
     st.tuples(st.just(lambda **kw: _k_sampler(**kw)), bad_x.map(lambda v: {"x": v}), st.just(["x"])),
-    st.tuples(st.just(lambda **kw: _k_sampler(**kw)), bad_sigmas.filter(lambda v: len(v) < 3 or v[0] < 200)
-              .map(lambda v: {"sigmas": v}), st.just(["sigmas"])),
+    st.tuples(
+        st.just(lambda **kw: _k_sampler(**kw)),
+        bad_sigmas.filter(lambda v: len(v) < 3 or v[0] < 200).map(lambda v: {"sigmas": v}),
+        st.just(["sigmas"]),
+    ),
 )
 
 

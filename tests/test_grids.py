@@ -46,8 +46,11 @@ def test_sigma_space_grids_work_on_continuous_schedules(name):
 
 def test_trailing_leading_linspace_follow_diffusers_timestep_spacing():
     # trailing (S=10): indices 999, 899, ..., 99; leading: 900, ..., 0; linspace: round(linspace(0, 999, 10))
-    for name, idx in [("trailing", range(999, 0, -100)), ("leading", range(900, -1, -100)),
-                      ("linspace", [999, 888, 777, 666, 555, 444, 333, 222, 111, 0])]:
+    for name, idx in [
+        ("trailing", range(999, 0, -100)),
+        ("leading", range(900, -1, -100)),
+        ("linspace", [999, 888, 777, 666, 555, 444, 333, 222, 111, 0]),
+    ]:
         sig = ds.grid(name, DISCRETE, 10)
         torch.testing.assert_close(sig[:-1], DISCRETE.sigmas[list(idx)], rtol=0, atol=0)
 
@@ -75,13 +78,16 @@ def test_logsnr_grid_is_uniform_in_lambda():
     torch.testing.assert_close(d, d[:1].expand_as(d), rtol=1e-12, atol=0)
 
 
-@pytest.mark.parametrize("bad, match", [
-    ([1.0, 2.0, 0.0], "strictly decreasing"),
-    ([[1.0, 0.0]], "1-D"),
-    ([float("nan"), 0.0], "finite"),
-    ([1.0, -0.5], "non-negative"),
-    ([1.0], "at least 2 entries"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ([1.0, 2.0, 0.0], "strictly decreasing"),
+        ([[1.0, 0.0]], "1-D"),
+        ([float("nan"), 0.0], "finite"),
+        ([1.0, -0.5], "non-negative"),
+        ([1.0], "at least 2 entries"),
+    ],
+)
 def test_bad_user_grid_is_rejected_with_the_rule(bad, match):
     with pytest.raises(ValueError, match=match):
         ds.validate_sigmas(bad)

@@ -25,8 +25,11 @@ def _imports(name: str, path: Path, mods: dict[str, Path]) -> set[str]:
         if isinstance(node, ast.ImportFrom):
             base = pkg.split(".")
             base = base[: len(base) - (node.level - 1)] if node.level else []
-            mod = ".".join(base + [node.module]) if node.level and node.module else (
-                ".".join(base) if node.level else node.module or "")
+            mod = (
+                ".".join(base + [node.module])
+                if node.level and node.module
+                else (".".join(base) if node.level else node.module or "")
+            )
             for alias in node.names:
                 full = f"{mod}.{alias.name}"
                 out.add(full if full in mods else mod)
@@ -47,7 +50,7 @@ def test_no_import_circles_inside_the_package():
         path.append(m)
         for n in sorted(graph[m]):
             if state.get(n) == 1:
-                circles.append(path[path.index(n):] + [n])
+                circles.append(path[path.index(n) :] + [n])
             elif n not in state:
                 visit(n)
         path.pop()

@@ -73,8 +73,9 @@ def test_exact_inversion_trajectory_and_callback_walk_back_up_the_grid(mixture):
 def test_bdia_with_gamma_zero_is_ddim_and_has_no_exact_inverse(mixture):
     prob, ode = mixture
     x_T = _x_T(prob)
-    torch.testing.assert_close(ds.sample(ode, x_T, "bdia", steps=8, gamma=0.0),
-                               ds.sample(ode, x_T, "ddim", steps=8), rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        ds.sample(ode, x_T, "bdia", steps=8, gamma=0.0), ds.sample(ode, x_T, "ddim", steps=8), rtol=0, atol=1e-12
+    )
     state = ds.sample_reversible(ode, x_T, "bdia", steps=8, gamma=0.0)
     with pytest.raises(ValueError, match="DDIM step and has no exact inverse"):
         ds.invert(ode, state)
@@ -172,8 +173,9 @@ def test_every_deterministic_solver_inverts_and_its_round_trip_shrinks_with_step
 
 
 # -- bad input ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name, options", [("ddim", {"eta": 0.5}), ("ddim", {"variance": "large"})]
-                         + [(n, {}) for n in _stochastic_names()])
+@pytest.mark.parametrize(
+    "name, options", [("ddim", {"eta": 0.5}), ("ddim", {"variance": "large"})] + [(n, {}) for n in _stochastic_names()]
+)
 def test_inverting_with_a_stochastic_solver_is_refused(mixture, name, options):
     prob, ode = mixture
     with pytest.raises(ValueError, match=f"solver {name!r} cannot invert: it is stochastic"):

@@ -49,8 +49,9 @@ def test_every_solver_as_a_k_sampler_equals_ds_sample_on_the_same_grid(name):
     x, sigmas = _setup(steps=6, seed=1)
     opts = _options(name)
     out = ds.k_sampler(name, **opts)(denoiser, x, sigmas, generator=torch.Generator().manual_seed(5))
-    ref = ds.sample(MIX.ode(VE, prediction="x0"), x, name, sigmas=sigmas, generator=torch.Generator().manual_seed(5),
-                    **opts)
+    ref = ds.sample(
+        MIX.ode(VE, prediction="x0"), x, name, sigmas=sigmas, generator=torch.Generator().manual_seed(5), **opts
+    )
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
 
 
@@ -64,8 +65,15 @@ def test_options_extra_args_and_callback_follow_k_diffusion():
 
     sampler = ds.k_sampler("ddim", eta=1.0)
     assert sampler.__name__ == "sample_ddim"
-    out = sampler(model, x, sigmas, extra_args={"cond": "c"}, callback=infos.append, disable=True,
-                  generator=torch.Generator().manual_seed(0))
+    out = sampler(
+        model,
+        x,
+        sigmas,
+        extra_args={"cond": "c"},
+        callback=infos.append,
+        disable=True,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert torch.isfinite(out).all() and set(seen_kwargs) == {"c"}
     assert [i["i"] for i in infos] == list(range(5))
     assert set(infos[0]) == {"x", "i", "sigma", "sigma_hat", "denoised"}
@@ -79,8 +87,10 @@ def test_unknown_solver_or_option_fails_when_the_sampler_is_made():
         ds.k_sampler("ddim", eta=-1.0)
 
 
-@pytest.mark.parametrize("name, k_name, opts", [("ddim", "sample_euler", {}), ("heun", "sample_heun", {}),
-                                                ("dpmpp-2m", "sample_dpmpp_2m", {})])
+@pytest.mark.parametrize(
+    "name, k_name, opts",
+    [("ddim", "sample_euler", {}), ("heun", "sample_heun", {}), ("dpmpp-2m", "sample_dpmpp_2m", {})],
+)
 def test_callback_passes_the_state_before_the_step_as_k_diffusion_does(name, k_name, opts):
     # issue 13: x in the callback of step i is the state at sigmas[i] (before the step), and denoised is
     # the model's output there: the very values k-diffusion's own sampler passes
@@ -98,19 +108,34 @@ def test_callback_passes_the_state_before_the_step_as_k_diffusion_does(name, k_n
         assert float(a["sigma"]) == float(b["sigma"])
 
 
-@pytest.mark.parametrize("call, exc, match", [
-    (lambda s: s(denoiser, torch.zeros(4, 3, dtype=torch.int64), ds.grid("karras", VE, 3)), TypeError,
-     "x must be a floating-point tensor"),
-    (lambda s: s(denoiser, torch.full((4, 3), float("nan")), ds.grid("karras", VE, 3)), ValueError,
-     "x has 12 non-finite entries"),
-    (lambda s: s(denoiser, torch.zeros(4, 3), [[1.0, 0.0]]), ValueError, "sigmas must be 1-D"),
-    (lambda s: s(denoiser, torch.zeros(4, 3), [0.0, 1.0]), ValueError, "sigmas must be strictly decreasing"),
-    (lambda s: s(denoiser, torch.zeros(4, 3), ds.grid("karras", VE, 3), extra_args=[1]), TypeError,
-     "extra_args must be a dict"),
-    (lambda s: s(denoiser, torch.zeros(4, 3), ds.grid("karras", VE, 3), callback=3), TypeError,
-     "callback must be callable"),
-    (lambda s: s("model", torch.zeros(4, 3), ds.grid("karras", VE, 3)), TypeError, "model must be a denoiser"),
-])
+@pytest.mark.parametrize(
+    "call, exc, match",
+    [
+        (
+            lambda s: s(denoiser, torch.zeros(4, 3, dtype=torch.int64), ds.grid("karras", VE, 3)),
+            TypeError,
+            "x must be a floating-point tensor",
+        ),
+        (
+            lambda s: s(denoiser, torch.full((4, 3), float("nan")), ds.grid("karras", VE, 3)),
+            ValueError,
+            "x has 12 non-finite entries",
+        ),
+        (lambda s: s(denoiser, torch.zeros(4, 3), [[1.0, 0.0]]), ValueError, "sigmas must be 1-D"),
+        (lambda s: s(denoiser, torch.zeros(4, 3), [0.0, 1.0]), ValueError, "sigmas must be strictly decreasing"),
+        (
+            lambda s: s(denoiser, torch.zeros(4, 3), ds.grid("karras", VE, 3), extra_args=[1]),
+            TypeError,
+            "extra_args must be a dict",
+        ),
+        (
+            lambda s: s(denoiser, torch.zeros(4, 3), ds.grid("karras", VE, 3), callback=3),
+            TypeError,
+            "callback must be callable",
+        ),
+        (lambda s: s("model", torch.zeros(4, 3), ds.grid("karras", VE, 3)), TypeError, "model must be a denoiser"),
+    ],
+)
 def test_k_sampler_checks_its_arguments_before_the_first_call(call, exc, match):
     with pytest.raises(exc, match=match):
         call(ds.k_sampler("ddim"))

@@ -45,7 +45,12 @@ DETERMINISTIC = [
     ("sample_dpm_2", {}, "dpm-2", {}),
     ("sample_dpm_2_ancestral", {"eta": 0.0}, "dpm-2-ancestral", {"eta": 0.0}),
     ("sample_dpmpp_2s_ancestral", {"eta": 0.0}, "dpmpp-2s-ancestral", {"eta": 0.0}),
-    ("sample_dpmpp_3m_sde", {"eta": 0.0}, "dpmpp-3m-sde", {"eta": 0.0, "weights": "reference", "final_step": "denoise"}),
+    (
+        "sample_dpmpp_3m_sde",
+        {"eta": 0.0},
+        "dpmpp-3m-sde",
+        {"eta": 0.0, "weights": "reference", "final_step": "denoise"},
+    ),
 ]
 
 
@@ -90,11 +95,13 @@ def test_dpm_adaptive_equals_k_diffusions(setup, order):
     p, den = setup
     s_max, s_min = 80.0, 0.05
     x = _x(p, s_max)
-    theirs, info = K.sampling.sample_dpm_adaptive(den, x, s_min, s_max, order=order, rtol=1e-3, atol=1e-4,
-                                                  disable=True, return_info=True)
+    theirs, info = K.sampling.sample_dpm_adaptive(
+        den, x, s_min, s_max, order=order, rtol=1e-3, atol=1e-4, disable=True, return_info=True
+    )
     counted = []
     ours = ds.k_sampler("dpm-adaptive", solver_order=order, rtol=1e-3, atol=1e-4)(
-        lambda x_, s: counted.append(1) or den(x_, s), x, torch.tensor([s_max, s_min], dtype=torch.float64))
+        lambda x_, s: counted.append(1) or den(x_, s), x, torch.tensor([s_max, s_min], dtype=torch.float64)
+    )
     assert _rel(ours, theirs) < TOL
     assert len(counted) == info["nfe"] > 6 * order
 
@@ -111,8 +118,13 @@ def _run_with_noise(den, name, opts, x, sigmas, draws):
     from diffsolve.wrapper import DiffusionODE
 
     pos = sigmas[sigmas > 0]
-    ode = DiffusionODE(den, SigmaSchedule(float(pos.min()), float(pos.max()), space="ve"), prediction="x0",
-                       time="sigma", time_dtype=torch.float64)
+    ode = DiffusionODE(
+        den,
+        SigmaSchedule(float(pos.min()), float(pos.max()), space="ve"),
+        prediction="x0",
+        time="sigma",
+        time_dtype=torch.float64,
+    )
     it = iter(draws)
     solver = ds.make_solver(name, **opts)
     solver.setup(ode, sigmas.tolist(), lambda like: next(it))
@@ -124,13 +136,18 @@ STOCHASTIC = [
     ("sample_dpm_2_ancestral", {"eta": 0.5, "s_noise": 0.8}, "dpm-2-ancestral", {"eta": 0.5, "s_noise": 0.8}),
     ("sample_dpmpp_2s_ancestral", {"eta": 1.0}, "dpmpp-2s-ancestral", {}),
     ("sample_dpmpp_3m_sde", {"eta": 1.0}, "dpmpp-3m-sde", {"weights": "reference", "final_step": "denoise"}),
-    ("sample_dpmpp_3m_sde", {"eta": 0.5, "s_noise": 0.9}, "dpmpp-3m-sde",
-     {"eta": 0.5, "s_noise": 0.9, "weights": "reference", "final_step": "denoise"}),
+    (
+        "sample_dpmpp_3m_sde",
+        {"eta": 0.5, "s_noise": 0.9},
+        "dpmpp-3m-sde",
+        {"eta": 0.5, "s_noise": 0.9, "weights": "reference", "final_step": "denoise"},
+    ),
 ]
 
 
-@pytest.mark.parametrize("k_name, k_opts, name, opts", STOCHASTIC,
-                         ids=[f"{d[2]}-{i}" for i, d in enumerate(STOCHASTIC)])
+@pytest.mark.parametrize(
+    "k_name, k_opts, name, opts", STOCHASTIC, ids=[f"{d[2]}-{i}" for i, d in enumerate(STOCHASTIC)]
+)
 def test_stochastic_samplers_equal_k_diffusions_given_the_same_noise(setup, k_name, k_opts, name, opts):
     p, den = setup
     sigmas = ds.grid("karras", SCHED, 8)

@@ -21,14 +21,28 @@ def installed_example(tmp_path_factory):
     """The example plugin distribution, really installed with pip from its local path (into a temp dir)."""
     target = tmp_path_factory.mktemp("site")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(EXAMPLE)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(EXAMPLE),
+        ],
         check=True,
     )
     sys.path.insert(0, str(target))
     try:
-        eps = [ep for dist in metadata.distributions(path=[str(target)]) for ep in dist.entry_points
-               if ep.group == "diffsolve"]
+        eps = [
+            ep
+            for dist in metadata.distributions(path=[str(target)])
+            for ep in dist.entry_points
+            if ep.group == "diffsolve"
+        ]
         yield eps
     finally:
         sys.path.remove(str(target))
@@ -47,8 +61,9 @@ def test_installed_plugin_solver_and_grid_appear_and_sample(installed_example):
     x_T = torch.tensor([[1.0, -0.5], [0.3, 0.2]])
     ref = ds.problems.reference_solution(ode, x_T, 5.0, 0.5)
     cls = reg.solver("example-midpoint")
-    errs = [(ds.sample(ode, x_T, cls, sigmas=torch.linspace(5.0, 0.5, n + 1)) - ref).abs().max().item()
-            for n in (40, 80)]
+    errs = [
+        (ds.sample(ode, x_T, cls, sigmas=torch.linspace(5.0, 0.5, n + 1)) - ref).abs().max().item() for n in (40, 80)
+    ]
     assert 3.5 < errs[0] / errs[1] < 4.5  # order 2: error / 4 per halving
     grid = reg.grid("example-geometric")(ds.EDMSchedule(), 4)
     assert grid[-1] == 0 and (grid[1:] < grid[:-1]).all()
@@ -119,15 +134,18 @@ def test_two_plugins_claiming_one_name_is_an_error_naming_both():
 
 def test_registry_loads_once():
     calls = []
-    ep = _FakeEntryPoint("counter", _plugin(register_grids=lambda register: (calls.append(1),
-                                                                            register("counted", lambda s, n: None))))
+    ep = _FakeEntryPoint(
+        "counter", _plugin(register_grids=lambda register: (calls.append(1), register("counted", lambda s, n: None)))
+    )
     reg = Registry(entry_points=[ep], disabled=())
     reg.load(), reg.load(), reg.solver_names()
     assert calls == [1]
 
 
 def test_unknown_solver_lists_the_known_ones():
-    with pytest.raises(UnknownNameError, match="unknown solver 'dddim' \\(did you mean 'ddim'\\?\\); known solvers: .*ddim"):
+    with pytest.raises(
+        UnknownNameError, match="unknown solver 'dddim' \\(did you mean 'ddim'\\?\\); known solvers: .*ddim"
+    ):
         ds.sample(ds.problems.Gaussian([0.0], 1.0).ode(), torch.zeros(1, 1), "dddim", steps=3)
 
 
@@ -171,8 +189,11 @@ def test_disable_list_matches_case_insensitively_with_dash_and_underscore_alike(
 def test_disable_list_warns_on_names_that_match_no_plugin(monkeypatch):
     ep = _FakeEntryPoint("real", _plugin(register_solvers=lambda register: register(_Midpointish)))
     monkeypatch.setenv("DIFFSOLVE_DISABLE_PLUGINS", "real,typo-plugin")
-    with pytest.warns(PluginWarning, match=r"names \['typo-plugin'\], which match no installed diffsolve plugin "
-                                           r"\(installed: real\)"):
+    with pytest.warns(
+        PluginWarning,
+        match=r"names \['typo-plugin'\], which match no installed diffsolve plugin "
+        r"\(installed: real\)",
+    ):
         reg = Registry(entry_points=[ep]).load()
     assert "plugin-euler" not in reg.solvers
 
@@ -181,8 +202,10 @@ def test_unknown_solver_error_says_a_plugin_was_disabled(monkeypatch):
     ep = _FakeEntryPoint("mine", _plugin(register_solvers=lambda register: register(_Midpointish)))
     monkeypatch.setenv("DIFFSOLVE_DISABLE_PLUGINS", "mine")
     reg = Registry(entry_points=[ep]).load()
-    with pytest.raises(UnknownNameError, match="unknown solver 'plugin-euler'.*Plugin\\(s\\) dist-mine:mine are "
-                                               "disabled by DIFFSOLVE_DISABLE_PLUGINS"):
+    with pytest.raises(
+        UnknownNameError,
+        match="unknown solver 'plugin-euler'.*Plugin\\(s\\) dist-mine:mine are disabled by DIFFSOLVE_DISABLE_PLUGINS",
+    ):
         reg.solver("plugin-euler")
     enabled = Registry(entry_points=[ep], disabled=())
     with pytest.raises(UnknownNameError) as info:
@@ -204,8 +227,12 @@ def test_duplicate_name_error_gives_the_exact_disable_value(monkeypatch):
     other = _FakeEntryPoint("other", _plugin(register_solvers=lambda register: register(_Midpointish)))
     again = _FakeEntryPoint("again", _plugin(register_solvers=lambda register: register(_Midpointish)))
     reg = Registry(entry_points=[other, again], disabled=["old"])
-    with pytest.warns(PluginWarning, match="old"), pytest.raises(
-            DuplicateNameError, match="set DIFFSOLVE_DISABLE_PLUGINS=old,again or DIFFSOLVE_DISABLE_PLUGINS=old,other"):
+    with (
+        pytest.warns(PluginWarning, match="old"),
+        pytest.raises(
+            DuplicateNameError, match="set DIFFSOLVE_DISABLE_PLUGINS=old,again or DIFFSOLVE_DISABLE_PLUGINS=old,other"
+        ),
+    ):
         reg.load()
     with pytest.raises(DuplicateNameError):  # a later lookup does not see a half-loaded registry
         reg.solver("ddim")

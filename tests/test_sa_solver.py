@@ -43,8 +43,13 @@ def test_sa_solver_equals_diffusers_sasolver(model, monkeypatch, p, c, tau):
 
     ode = ds.from_diffusers(model, sched.config, time_dtype=torch.float64)
     index = lambda sigma: round(float(ode.schedule.t(sigma)))
-    solver = ds.make_solver("sa-solver", predictor_order=p, corrector_order=c, variant="diffusers",
-                            tau=(lambda s: taus[tau](index(s))) if tau != "zero" else 0.0)
+    solver = ds.make_solver(
+        "sa-solver",
+        predictor_order=p,
+        corrector_order=c,
+        variant="diffusers",
+        tau=(lambda s: taus[tau](index(s))) if tau != "zero" else 0.0,
+    )
     it = iter(draws)
     sigmas = sched.sigmas.double().tolist()
     solver.setup(ode, sigmas, lambda like: next(it))

@@ -23,8 +23,7 @@ def test_nfe_equals_steps_for_ddim_and_user_grid_is_used(mixture_ode):
 
 def test_callback_and_trajectory_report_every_step(mixture_ode):
     infos = []
-    x, traj = ds.sample(mixture_ode, torch.randn(3, 2), "ddim", steps=4, callback=infos.append,
-                        return_trajectory=True)
+    x, traj = ds.sample(mixture_ode, torch.randn(3, 2), "ddim", steps=4, callback=infos.append, return_trajectory=True)
     assert [i["i"] for i in infos] == [0, 1, 2, 3]
     assert set(infos[0]) >= {"i", "sigma", "sigma_next", "x", "xbar", "denoised", "nfe"}
     assert len(traj) == 5 and torch.equal(traj[-1], x)
@@ -71,21 +70,27 @@ def test_nan_from_the_model_names_the_step_and_sigma():
 
     ode = ds.wrap(model, sched)
     sig = torch.tensor([40.0, 10.0, 4.0, 1.0, 0.0])
-    with pytest.raises(ds.NonFiniteError, match=r"first appeared at step 2 of 4 \(sigma 4 -> 1\); "
-                                                 r"the model returned non-finite values at step 2 \(sigma=4\)"):
+    with pytest.raises(
+        ds.NonFiniteError,
+        match=r"first appeared at step 2 of 4 \(sigma 4 -> 1\); "
+        r"the model returned non-finite values at step 2 \(sigma=4\)",
+    ):
         ds.sample(ode, torch.zeros(2, 3), "ddim", sigmas=sig)
 
 
-@pytest.mark.parametrize("kwargs, exc, match", [
-    ({"steps": 0}, ValueError, "steps must be an integer >= 1, got 0"),
-    ({"steps": 5, "eta": -0.1}, ValueError, r"eta must be a finite number in \[0.0, inf\], got -0.1"),
-    ({"steps": 5, "variance": "huge"}, ValueError, "variance='huge' is not allowed; allowed: 'eta', 'large'"),
-    ({"steps": 5, "etaa": 0.3}, ValueError, "solver 'ddim': .*etaa.*its options are: eta, variance"),
-    ({}, ValueError, "pass steps="),
-    ({"steps": 5, "sigmas": [1.0, 0.0]}, ValueError, "either sigmas= or steps="),
-    ({"sigmas": [1.0, 2.0, 0.0]}, ValueError, "strictly decreasing for sampling; entry 1"),
-    ({"steps": 5, "grid": "nope"}, ds.UnknownNameError, "unknown grid 'nope'; known grids:"),
-])
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        ({"steps": 0}, ValueError, "steps must be an integer >= 1, got 0"),
+        ({"steps": 5, "eta": -0.1}, ValueError, r"eta must be a finite number in \[0.0, inf\], got -0.1"),
+        ({"steps": 5, "variance": "huge"}, ValueError, "variance='huge' is not allowed; allowed: 'eta', 'large'"),
+        ({"steps": 5, "etaa": 0.3}, ValueError, "solver 'ddim': .*etaa.*its options are: eta, variance"),
+        ({}, ValueError, "pass steps="),
+        ({"steps": 5, "sigmas": [1.0, 0.0]}, ValueError, "either sigmas= or steps="),
+        ({"sigmas": [1.0, 2.0, 0.0]}, ValueError, "strictly decreasing for sampling; entry 1"),
+        ({"steps": 5, "grid": "nope"}, ds.UnknownNameError, "unknown grid 'nope'; known grids:"),
+    ],
+)
 def test_bad_sample_arguments_name_the_argument(mixture_ode, kwargs, exc, match):
     with pytest.raises(exc, match=match):
         ds.sample(mixture_ode, torch.zeros(1, 2), "ddim", **kwargs)
@@ -123,8 +128,11 @@ def test_nan_during_invert_names_the_step_where_the_model_was_called():
         return torch.full_like(x, float("nan")) if t[0] > 5.0 else torch.zeros_like(x)
 
     ode = ds.wrap(model, ds.EDMSchedule())
-    with pytest.raises(ds.NonFiniteError, match=r"at step 3 of 4 \(sigma 10 -> 40\); "
-                                                 r"the model returned non-finite values at step 3 \(sigma=10\)"):
+    with pytest.raises(
+        ds.NonFiniteError,
+        match=r"at step 3 of 4 \(sigma 10 -> 40\); "
+        r"the model returned non-finite values at step 3 \(sigma=10\)",
+    ):
         ds.invert(ode, torch.zeros(1, 2), "ddim", sigmas=[0.0, 1.0, 4.0, 10.0, 40.0])
 
 
@@ -152,8 +160,14 @@ def test_no_tensor_handed_out_is_changed_by_a_later_step(schedule):
     assert torch.equal(x_T, x_T_copy)
     assert all(torch.equal(a, b) for a, b in zip(model.inputs, model.copies)) and len(model.inputs) == 6
     seen = []
-    out_cb, traj = ds.sample(ode, x_T, "ddim", steps=6, return_trajectory=True,
-                             callback=lambda info: seen.append((info["xbar"], info["xbar"].clone())))
+    out_cb, traj = ds.sample(
+        ode,
+        x_T,
+        "ddim",
+        steps=6,
+        return_trajectory=True,
+        callback=lambda info: seen.append((info["xbar"], info["xbar"].clone())),
+    )
     assert torch.equal(out, out_cb)
     assert all(torch.equal(a, b) for a, b in seen) and len({id(a) for a, _ in seen}) == 6
     assert torch.equal(traj[-1], out) and torch.equal(traj[0], x_T)

@@ -19,8 +19,12 @@ def test_linear_schedule_matches_reference_values(linear):
     assert linear.alphas_cumprod[-1].item() == pytest.approx(4.0358297654e-5, rel=1e-9)
     assert linear.sigmas[-1].item() == pytest.approx(157.40728081, rel=1e-9)
     # table of docs/math.md 1.2 (code indices)
-    for i, abar, sigma in [(99, 0.8970181457, 0.3388284), (499, 7.8587242882e-2, 3.4241366),
-                           (800, 1.5075210598e-3, 25.735980), (900, 2.7024451956e-4, 60.822303)]:
+    for i, abar, sigma in [
+        (99, 0.8970181457, 0.3388284),
+        (499, 7.8587242882e-2, 3.4241366),
+        (800, 1.5075210598e-3, 25.735980),
+        (900, 2.7024451956e-4, 60.822303),
+    ]:
         assert linear.alphas_cumprod[i].item() == pytest.approx(abar, rel=1e-9)
         assert linear.sigmas[i].item() == pytest.approx(sigma, rel=1e-6)
 
@@ -51,9 +55,13 @@ def test_from_betas_equals_from_alphas_cumprod(linear):
     torch.testing.assert_close(other.sigmas, linear.sigmas, rtol=1e-12, atol=0)
 
 
-@pytest.mark.parametrize("factory", [
-    ds.DiscreteSchedule.scaled_linear, ds.DiscreteSchedule.squaredcos_cap_v2,
-])
+@pytest.mark.parametrize(
+    "factory",
+    [
+        ds.DiscreteSchedule.scaled_linear,
+        ds.DiscreteSchedule.squaredcos_cap_v2,
+    ],
+)
 def test_named_discrete_schedules_are_valid(factory):
     s = factory(1000)
     assert s.num_steps == 1000 and (s.sigmas[1:] > s.sigmas[:-1]).all()
@@ -67,10 +75,17 @@ def test_zero_terminal_snr_rescale_ends_at_the_floor_and_keeps_the_first_level()
     assert math.isfinite(z.sigma_max) and z.sigma_max > 4000
 
 
-@pytest.mark.parametrize("sched", [
-    ds.VPLinearSchedule(), ds.VPCosineSchedule(), ds.EDMSchedule(), ds.FlowSchedule(),
-    ds.SigmaSchedule(0.0, 157.4, space="vp"),
-], ids=lambda s: type(s).__name__)
+@pytest.mark.parametrize(
+    "sched",
+    [
+        ds.VPLinearSchedule(),
+        ds.VPCosineSchedule(),
+        ds.EDMSchedule(),
+        ds.FlowSchedule(),
+        ds.SigmaSchedule(0.0, 157.4, space="vp"),
+    ],
+    ids=lambda s: type(s).__name__,
+)
 def test_t_inverts_sigma(sched):
     t = torch.linspace(sched.t_min, sched.t_max, 57, dtype=torch.float64)
     torch.testing.assert_close(sched.t(sched.sigma(t)), t, rtol=1e-10, atol=1e-12)
@@ -89,13 +104,16 @@ def test_flow_schedule_sigma_is_ratio_t_over_one_minus_t():
     assert s.scale(1 / 3) == pytest.approx(0.75, rel=1e-15)  # x = (1 - t) xbar  (E17)
 
 
-@pytest.mark.parametrize("bad, match", [
-    (lambda: ds.DiscreteSchedule.from_alphas_cumprod([0.9, 0.95]), "strictly decreasing"),
-    (lambda: ds.DiscreteSchedule.from_betas([0.1, 1.5]), r"betas must lie in \(0, 1\]"),
-    (lambda: ds.DiscreteSchedule.linear(1), "num_steps"),
-    (lambda: ds.SigmaSchedule(1.0, 0.5), "sigma_min < sigma_max"),
-    (lambda: ds.SigmaSchedule(space="xx"), "space must be"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (lambda: ds.DiscreteSchedule.from_alphas_cumprod([0.9, 0.95]), "strictly decreasing"),
+        (lambda: ds.DiscreteSchedule.from_betas([0.1, 1.5]), r"betas must lie in \(0, 1\]"),
+        (lambda: ds.DiscreteSchedule.linear(1), "num_steps"),
+        (lambda: ds.SigmaSchedule(1.0, 0.5), "sigma_min < sigma_max"),
+        (lambda: ds.SigmaSchedule(space="xx"), "space must be"),
+    ],
+)
 def test_bad_schedule_arguments_are_named(bad, match):
     with pytest.raises(ValueError, match=match):
         bad()

@@ -69,9 +69,10 @@ def test_eta_one_ddim_with_clipping_is_the_clipped_ddpm_posterior(wide_mixture):
     eps = wide_mixture.eps(x_t / math.sqrt(abar_t), sig_t)
     x0hat = ((x_t - math.sqrt(1 - abar_t) * eps) / math.sqrt(abar_t)).clamp(-1, 1)
     beta_ts = 1 - abar_t / abar_s
-    mean = (math.sqrt(abar_s) * beta_ts / (1 - abar_t)) * x0hat \
-        + (math.sqrt(abar_t / abar_s) * (1 - abar_s) / (1 - abar_t)) * x_t          # E23
-    nu = math.sqrt(beta_ts * (1 - abar_s) / (1 - abar_t))                          # E24
+    mean = (math.sqrt(abar_s) * beta_ts / (1 - abar_t)) * x0hat + (
+        math.sqrt(abar_t / abar_s) * (1 - abar_s) / (1 - abar_t)
+    ) * x_t  # E23
+    nu = math.sqrt(beta_ts * (1 - abar_s) / (1 - abar_t))  # E24
     z = torch.randn(x_t.shape, generator=torch.Generator().manual_seed(9))
     torch.testing.assert_close(out, mean + nu * z, rtol=0, atol=1e-12)
     assert (x0hat.abs() == 1.0).sum() >= 6  # the clip was active
@@ -95,8 +96,9 @@ def _guided_ode(phi):
 
     sched = ds.DiscreteSchedule.linear()
     one, zero = torch.ones(4), torch.zeros(4)
-    return ds.wrap(model, sched, guidance=5.0, cond={"c": one}, uncond={"c": zero},
-                   guidance_rescale=phi, time_dtype=torch.float64), model
+    return ds.wrap(
+        model, sched, guidance=5.0, cond={"c": one}, uncond={"c": zero}, guidance_rescale=phi, time_dtype=torch.float64
+    ), model
 
 
 @pytest.mark.parametrize("phi", [0.0, 0.7, 1.0])
@@ -108,11 +110,12 @@ def test_guidance_rescale_follows_lin_et_al_eqs_15_16(phi):
     pos = model(x * a, None, torch.ones(4))
     neg = model(x * a, None, torch.zeros(4))
     cfg = neg + 5.0 * (pos - neg)
+
     def std(v):  # per-sample std over the sample's entries
         return v.std(dim=(1, 2), keepdim=True)
 
-    rescaled = cfg * std(pos) / std(cfg)                                      # eq. 15
-    torch.testing.assert_close(out, phi * rescaled + (1 - phi) * cfg)         # eq. 16
+    rescaled = cfg * std(pos) / std(cfg)  # eq. 15
+    torch.testing.assert_close(out, phi * rescaled + (1 - phi) * cfg)  # eq. 16
     if phi == 1.0:
         torch.testing.assert_close(std(out), std(pos))  # the guided output has the conditional std
     assert ode.nfe == 1  # one batched call for both branches

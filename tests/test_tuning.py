@@ -149,8 +149,18 @@ def test_bench_tuned_entry_fits_on_another_seed_and_beats_the_fixed_grid(tmp_pat
 
     monkeypatch.setattr(harness, "TUNE_SAMPLES", 48)
     monkeypatch.setattr(harness, "TUNE_SOLVERS", ["ipndm"])
-    res = harness.run_bench(["gmm2d"], ["ipndm", "tuned"], ["logsnr"], [4], out=tmp_path, samples=32,
-                            progress=False, plots=False, reports=False, log=lambda *a: None)
+    res = harness.run_bench(
+        ["gmm2d"],
+        ["ipndm", "tuned"],
+        ["logsnr"],
+        [4],
+        out=tmp_path,
+        samples=32,
+        progress=False,
+        plots=False,
+        reports=False,
+        log=lambda *a: None,
+    )
     by = {r["solver"]: r for r in res.rows}
     assert by["tuned"]["status"] == "ok" and by["tuned"]["grid"] == "tuned" and by["tuned"]["nfe"] <= 4
     assert "tuned on seed 1000" in by["tuned"]["message"]
@@ -187,7 +197,6 @@ def test_tune_with_scalars_does_not_raise_the_fit_error(tuned):
     with_c = ds.tune(ode, x, nfe=4, solvers=SOLVERS, progress=False, refine=2, max_evals=120, scalars=True)
     assert with_c.report["fit_rmse"] <= recipe.report["fit_rmse"]
     assert ds.Recipe.from_dict(json.loads(json.dumps(with_c.to_dict()))).params == with_c.params
-
 
 
 def test_ds_sample_runs_a_recipe_exactly_as_recipe_sample_and_refuses_a_second_grid(tuned):

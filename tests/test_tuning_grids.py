@@ -14,8 +14,18 @@ SVD = ds.EDMSchedule(0.002, 700.0)
 AYS_SD15 = [14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152]
 AYS_SDXL = [14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.113]
 AYS_SVD = [700.00, 54.5, 15.886, 7.977, 4.248, 1.789, 0.981, 0.403, 0.173, 0.034]
-GITS = [14.61464119, 5.85520077, 2.84484982, 1.67050016, 1.08895338, 0.74807048, 0.50118381, 0.32104823,
-        0.19894916, 0.09824532]
+GITS = [
+    14.61464119,
+    5.85520077,
+    2.84484982,
+    1.67050016,
+    1.08895338,
+    0.74807048,
+    0.50118381,
+    0.32104823,
+    0.19894916,
+    0.09824532,
+]
 
 
 @pytest.mark.parametrize("c", [1.0, 0.5])
@@ -29,8 +39,10 @@ def test_kl_optimal_equals_the_closed_form_of_ays_theorem_3_1(c):
     assert sig[-1].item() == 0.0 and sig[0].item() == hi and sig[-2].item() == lo
 
 
-@pytest.mark.parametrize("name,sched,table", [("ays-sd15", SD, AYS_SD15), ("ays-sdxl", SD, AYS_SDXL),
-                                              ("ays-svd", SVD, AYS_SVD), ("gits-sd15", SD, GITS)])
+@pytest.mark.parametrize(
+    "name,sched,table",
+    [("ays-sd15", SD, AYS_SD15), ("ays-sdxl", SD, AYS_SDXL), ("ays-svd", SVD, AYS_SVD), ("gits-sd15", SD, GITS)],
+)
 def test_published_schedules_equal_their_tables_at_ten_steps(name, sched, table):
     assert ds.grid(name, sched, 10).tolist() == table + [0.0]
 

@@ -35,15 +35,18 @@ def _refused(model, fn, exc, match):
 
 
 # -- x_T ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("x, exc, match", [
-    ([[0.0, 1.0]], TypeError, "x_T must be a torch.Tensor of shape"),
-    (torch.zeros(2, 3, dtype=torch.int64), TypeError, "x_T must be a floating-point tensor"),
-    (torch.tensor(0.5), ValueError, "x_T must have a batch dimension"),
-    (torch.zeros(0, 3), ValueError, r"x_T is empty \(shape \(0, 3\)\)"),
-    (torch.zeros(2, 0), ValueError, r"x_T is empty"),
-    (torch.tensor([[0.0, float("nan")], [1.0, 2.0]]), ValueError, "x_T has 1 non-finite entries"),
-    (torch.tensor([[0.0, float("inf")]]), ValueError, "x_T has 1 non-finite entries"),
-])
+@pytest.mark.parametrize(
+    "x, exc, match",
+    [
+        ([[0.0, 1.0]], TypeError, "x_T must be a torch.Tensor of shape"),
+        (torch.zeros(2, 3, dtype=torch.int64), TypeError, "x_T must be a floating-point tensor"),
+        (torch.tensor(0.5), ValueError, "x_T must have a batch dimension"),
+        (torch.zeros(0, 3), ValueError, r"x_T is empty \(shape \(0, 3\)\)"),
+        (torch.zeros(2, 0), ValueError, r"x_T is empty"),
+        (torch.tensor([[0.0, float("nan")], [1.0, 2.0]]), ValueError, "x_T has 1 non-finite entries"),
+        (torch.tensor([[0.0, float("inf")]]), ValueError, "x_T has 1 non-finite entries"),
+    ],
+)
 def test_sample_checks_x_T_before_calling_the_model(counted, x, exc, match):
     model, ode = counted
     _refused(model, lambda: ds.sample(ode, x, "ddim", steps=3), exc, match)
@@ -51,22 +54,34 @@ def test_sample_checks_x_T_before_calling_the_model(counted, x, exc, match):
 
 def test_nan_in_x0_is_named_by_invert_not_blamed_on_the_model(counted):
     model, ode = counted
-    _refused(model, lambda: ds.invert(ode, torch.tensor([[float("nan"), 0.0]]), steps=3), ValueError,
-             "x0 has 1 non-finite entries")
+    _refused(
+        model,
+        lambda: ds.invert(ode, torch.tensor([[float("nan"), 0.0]]), steps=3),
+        ValueError,
+        "x0 has 1 non-finite entries",
+    )
 
 
 # -- the model's range -------------------------------------------------------------------------------
 def test_sigma_above_the_models_range_is_an_error_naming_the_range(counted):
     model, ode = counted
     hi = ode.schedule.sigma_max
-    _refused(model, lambda: ds.sample(ode, torch.zeros(1, 2), "ddim", sigmas=[1e4, 1.0, 0.0]), ValueError,
-             rf"sigma = 10000, above the model's range \[0.01\d*, {hi:.6g}\].*allow_out_of_range=True")
+    _refused(
+        model,
+        lambda: ds.sample(ode, torch.zeros(1, 2), "ddim", sigmas=[1e4, 1.0, 0.0]),
+        ValueError,
+        rf"sigma = 10000, above the model's range \[0.01\d*, {hi:.6g}\].*allow_out_of_range=True",
+    )
 
 
 def test_sigma_below_the_models_range_but_positive_is_an_error(counted):
     model, ode = counted
-    _refused(model, lambda: ds.sample(ode, torch.zeros(1, 2), "ddim", sigmas=[10.0, 1e-4, 0.0]), ValueError,
-             r"sigma = 0.0001, below the model's range")
+    _refused(
+        model,
+        lambda: ds.sample(ode, torch.zeros(1, 2), "ddim", sigmas=[10.0, 1e-4, 0.0]),
+        ValueError,
+        r"sigma = 0.0001, below the model's range",
+    )
 
 
 def test_allow_out_of_range_evaluates_the_model_at_the_end_of_its_range(counted):
@@ -91,19 +106,23 @@ def test_a_first_sigma_above_sigma_max_by_rounding_is_not_an_error(counted):
 
 def test_invert_checks_the_range_of_its_increasing_grid(counted):
     model, ode = counted
-    _refused(model, lambda: ds.invert(ode, torch.zeros(1, 2), sigmas=[0.0, 1.0, 1e4]), ValueError,
-             "above the model's range")
+    _refused(
+        model, lambda: ds.invert(ode, torch.zeros(1, 2), sigmas=[0.0, 1.0, 1e4]), ValueError, "above the model's range"
+    )
     ds.invert(ode, torch.zeros(1, 2), sigmas=[0.0, 1.0, 1e4], allow_out_of_range=True)
 
 
 # -- generator -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("solver", ["ddim", "euler-ancestral"])  # deterministic and stochastic alike
-@pytest.mark.parametrize("generator, exc, match", [
-    (0, TypeError, "generator must be None, a torch.Generator or a list of them.*got int"),
-    ("seed", TypeError, "generator must be None, a torch.Generator"),
-    ([torch.Generator()], ValueError, "generator: got a list of 1 generators for a batch of 2"),
-    ([torch.Generator(), 3], TypeError, "generator must be a list of torch.Generator.*holding int"),
-])
+@pytest.mark.parametrize(
+    "generator, exc, match",
+    [
+        (0, TypeError, "generator must be None, a torch.Generator or a list of them.*got int"),
+        ("seed", TypeError, "generator must be None, a torch.Generator"),
+        ([torch.Generator()], ValueError, "generator: got a list of 1 generators for a batch of 2"),
+        ([torch.Generator(), 3], TypeError, "generator must be a list of torch.Generator.*holding int"),
+    ],
+)
 def test_generator_is_checked_before_the_first_call_for_every_solver(counted, solver, generator, exc, match):
     model, ode = counted
     _refused(model, lambda: ds.sample(ode, torch.zeros(2, 2), solver, steps=3, generator=generator), exc, match)
@@ -115,9 +134,14 @@ def test_generator_zero_no_longer_fails_inside_iteration():
 
 
 # -- eta > 1 ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("solver, rule", [("ddim", "sigma_down is clamped at 0 and sigma_up kept"),
-                                          ("euler-ancestral", "sigma_up is capped at sigma_s"),
-                                          ("dpmpp-sde", "sigma_up is capped at sigma_s")])
+@pytest.mark.parametrize(
+    "solver, rule",
+    [
+        ("ddim", "sigma_down is clamped at 0 and sigma_up kept"),
+        ("euler-ancestral", "sigma_up is capped at sigma_s"),
+        ("dpmpp-sde", "sigma_up is capped at sigma_s"),
+    ],
+)
 def test_eta_above_one_warns_saying_what_it_does(solver, rule):
     with pytest.warns(EtaWarning, match=rf"eta=1.5 > 1 adds more noise.*{rule}.*_ancestral.py"):
         ds.make_solver(solver, eta=1.5)
@@ -129,10 +153,19 @@ def test_eta_above_one_warns_saying_what_it_does(solver, rule):
 # -- guidance ----------------------------------------------------------------------------------------
 def test_guidance_cond_with_another_batch_is_an_error_naming_it():
     model = CountingModel()
-    ode = ds.wrap(lambda x, t, c=None: model(x, t), ds.DiscreteSchedule.linear(), guidance=3.0,
-                  cond={"c": torch.ones(1, 4)}, uncond={"c": torch.zeros(1, 4)})
-    _refused(model, lambda: ds.sample(ode, torch.zeros(2, 2), "ddim", steps=3), ValueError,
-             r"cond\['c'\] has batch 1, but x has batch 2")
+    ode = ds.wrap(
+        lambda x, t, c=None: model(x, t),
+        ds.DiscreteSchedule.linear(),
+        guidance=3.0,
+        cond={"c": torch.ones(1, 4)},
+        uncond={"c": torch.zeros(1, 4)},
+    )
+    _refused(
+        model,
+        lambda: ds.sample(ode, torch.zeros(2, 2), "ddim", steps=3),
+        ValueError,
+        r"cond\['c'\] has batch 1, but x has batch 2",
+    )
     ds.sample(ode, torch.zeros(1, 2), "ddim", steps=3)  # the matching batch runs
     assert model.calls == 3
 
@@ -180,22 +213,31 @@ def test_a_setup_override_without_super_still_works():
     mix = GaussianMixture(torch.tensor([[1.0, -0.5], [-0.8, 0.4]]), [0.3, 0.5])
     ode = mix.ode(ds.DiscreteSchedule.linear())
     x_T = torch.randn(2, 2, generator=torch.Generator().manual_seed(1))
-    torch.testing.assert_close(ds.sample(ode, x_T, NoSuper, steps=6), ds.sample(ode, x_T, "ddim", steps=6),
-                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        ds.sample(ode, x_T, NoSuper, steps=6), ds.sample(ode, x_T, "ddim", steps=6), rtol=1e-12, atol=1e-12
+    )
 
 
 # -- did you mean ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("call, match", [
-    (lambda: ds.make_solver("dpmpp_2m"), "unknown solver 'dpmpp_2m' \\(did you mean 'dpmpp-2m'\\?\\)"),
-    (lambda: ds.make_solver("DDIM"), "did you mean 'ddim'"),
-    (lambda: ds.make_solver("eular-ancestral"), "did you mean 'euler-ancestral'"),
-    (lambda: ds.grid("karas", ds.DiscreteSchedule.linear(), 5), "unknown grid 'karas' \\(did you mean 'karras'\\?\\)"),
-    (lambda: ds.wrap(CountingModel(), ds.VPLinearSchedule(), prediction="espilon"), "did you mean 'epsilon'"),
-    (lambda: ds.wrap(CountingModel(), ds.VPLinearSchedule(), time="sigmas"), "did you mean 'sigma'"),
-    (lambda: ds.make_solver("ddim", etta=0.5), "unknown option\\(s\\) \\['etta'\\] \\(did you mean 'eta'\\?\\)"),
-    (lambda: ds.from_diffusers(CountingModel(), {"prediction_type": "v-prediction"}),
-     "did you mean 'v_prediction'"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: ds.make_solver("dpmpp_2m"), "unknown solver 'dpmpp_2m' \\(did you mean 'dpmpp-2m'\\?\\)"),
+        (lambda: ds.make_solver("DDIM"), "did you mean 'ddim'"),
+        (lambda: ds.make_solver("eular-ancestral"), "did you mean 'euler-ancestral'"),
+        (
+            lambda: ds.grid("karas", ds.DiscreteSchedule.linear(), 5),
+            "unknown grid 'karas' \\(did you mean 'karras'\\?\\)",
+        ),
+        (lambda: ds.wrap(CountingModel(), ds.VPLinearSchedule(), prediction="espilon"), "did you mean 'epsilon'"),
+        (lambda: ds.wrap(CountingModel(), ds.VPLinearSchedule(), time="sigmas"), "did you mean 'sigma'"),
+        (lambda: ds.make_solver("ddim", etta=0.5), "unknown option\\(s\\) \\['etta'\\] \\(did you mean 'eta'\\?\\)"),
+        (
+            lambda: ds.from_diffusers(CountingModel(), {"prediction_type": "v-prediction"}),
+            "did you mean 'v_prediction'",
+        ),
+    ],
+)
 def test_unknown_names_suggest_the_closest_known_one(call, match):
     with pytest.raises(ValueError, match=match):
         call()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import diffsolve as ds
-from diffsolve.problems import GaussianMixture, Gaussian
+from diffsolve.problems import Gaussian, GaussianMixture
 
 PREDICTIONS = ["eps", "x0", "v", "score", "flow"]
 
@@ -29,8 +29,9 @@ SCHEDULES = {
 @pytest.mark.parametrize("key", list(SCHEDULES))
 def test_every_prediction_and_time_convention_recovers_exact_eps_and_denoised(mixture, prediction, key):
     sched, time = SCHEDULES[key]
-    ode = ds.wrap(mixture.model(sched, prediction, time), sched, prediction=prediction, time=time,
-                  time_dtype=torch.float64)
+    ode = ds.wrap(
+        mixture.model(sched, prediction, time), sched, prediction=prediction, time=time, time_dtype=torch.float64
+    )
     xbar = torch.randn(5, 3, generator=torch.Generator().manual_seed(1))
     lo, hi = sched.sigma_min, sched.sigma_max
     for sigma in [lo, math.sqrt(lo * hi), 0.5 * hi]:
@@ -82,8 +83,14 @@ def test_classifier_free_guidance_is_one_batched_call_combining_cond_and_uncond(
         batches.append(x.shape[0])
         return x * 0 + label[:, None].to(x.dtype)
 
-    ode = ds.wrap(model, sched, prediction="eps", guidance=3.0,
-                  cond={"label": torch.tensor([2.0, 2.0])}, uncond={"label": torch.tensor([0.5, 0.5])})
+    ode = ds.wrap(
+        model,
+        sched,
+        prediction="eps",
+        guidance=3.0,
+        cond={"label": torch.tensor([2.0, 2.0])},
+        uncond={"label": torch.tensor([0.5, 0.5])},
+    )
     eps = ode.eps(torch.zeros(2, 3), 1.0)
     # u + w (c - u) = 0.5 + 3 (2 - 0.5) = 5
     torch.testing.assert_close(eps, torch.full((2, 3), 5.0))
@@ -97,16 +104,18 @@ def test_guidance_rescale_matches_the_conditional_std():
     def model(x, t, c):
         return torch.where(c[:, None] > 0, cond_out.repeat(2, 1), torch.zeros_like(x))
 
-    ode = ds.wrap(model, sched, guidance=5.0, guidance_rescale=1.0,
-                  cond={"c": torch.ones(2)}, uncond={"c": torch.zeros(2)})
+    ode = ds.wrap(
+        model, sched, guidance=5.0, guidance_rescale=1.0, cond={"c": torch.ones(2)}, uncond={"c": torch.zeros(2)}
+    )
     eps = ode.eps(torch.zeros(2, 16), 1.0)
     torch.testing.assert_close(eps.std(dim=1), cond_out.std(dim=1))
 
 
 def test_model_kwargs_pass_through():
     got = {}
-    ode = ds.wrap(lambda x, t, **kw: (got.update(kw), torch.zeros_like(x))[1], ds.EDMSchedule(),
-                  model_kwargs={"context": "hello"})
+    ode = ds.wrap(
+        lambda x, t, **kw: (got.update(kw), torch.zeros_like(x))[1], ds.EDMSchedule(), model_kwargs={"context": "hello"}
+    )
     ode.eps(torch.zeros(1, 2), 1.0)
     assert got == {"context": "hello"}
 
@@ -121,12 +130,15 @@ def test_denoised_transform_keeps_eps_consistent():
     torch.testing.assert_close(x - 2.0 * eps, denoised)
 
 
-@pytest.mark.parametrize("kwargs, exc, match", [
-    ({"prediction": "noise"}, ValueError, "prediction='noise' is not known; allowed: eps, x0"),
-    ({"time": "minutes"}, ValueError, "time='minutes' is not known"),
-    ({"guidance": 2.0}, ValueError, "guidance needs both cond= and uncond="),
-    ({"guidance_rescale": 2.0}, ValueError, "guidance_rescale must be in"),
-])
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        ({"prediction": "noise"}, ValueError, "prediction='noise' is not known; allowed: eps, x0"),
+        ({"time": "minutes"}, ValueError, "time='minutes' is not known"),
+        ({"guidance": 2.0}, ValueError, "guidance needs both cond= and uncond="),
+        ({"guidance_rescale": 2.0}, ValueError, "guidance_rescale must be in"),
+    ],
+)
 def test_bad_wrapper_arguments_name_the_argument(kwargs, exc, match):
     with pytest.raises(exc, match=match):
         ds.wrap(lambda x, t: x, ds.DiscreteSchedule.linear(), **kwargs)

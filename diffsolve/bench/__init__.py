@@ -14,9 +14,9 @@ Parts, one module each:
 * :mod:`.report`: CSV, JSON, markdown and PNG reports.
 """
 
+from .catalog import bench_problem_names, get_bench_problem, load_model_problem
 from .errors import BenchError
 from .harness import DEFAULTS, ROW_FIELDS, TIMING_FIELDS, BenchResult, SolverSpec, parse_solver, run_bench
-from .catalog import bench_problem_names, get_bench_problem, load_model_problem
 from .problems import AnalyticProblem, BenchProblem, ModelProblem, sliced_wasserstein
 
 __all__ = [

@@ -33,12 +33,15 @@ def get_bench_problem(name: str, samples: int | None = None) -> BenchProblem:
         from .digits import digits_problem
 
         return digits_problem(samples or 128)
-    raise BenchError(f"unknown problem {name!r}; known problems: {', '.join(bench_problem_names())} "
-                     "(or pass a model with --model pkg.module:factory)")
+    raise BenchError(
+        f"unknown problem {name!r}; known problems: {', '.join(bench_problem_names())} "
+        "(or pass a model with --model pkg.module:factory)"
+    )
 
 
-def load_model_problem(path: str, *, schedule: str = "linear", prediction: str = "eps", time=None,
-                       shape=None, samples: int | None = None) -> BenchProblem:
+def load_model_problem(
+    path: str, *, schedule: str = "linear", prediction: str = "eps", time=None, shape=None, samples: int | None = None
+) -> BenchProblem:
     """A user model from an import path ``pkg.module:factory``.
 
     ``factory()`` may return a :class:`BenchProblem` (used as is), a
@@ -54,8 +57,10 @@ def load_model_problem(path: str, *, schedule: str = "linear", prediction: str =
         raise BenchError(f"--model {path!r}: cannot import module {mod_name!r} ({exc})") from None
     if not hasattr(module, attr):
         names = sorted(n for n in vars(module) if not n.startswith("_") and callable(getattr(module, n)))
-        raise BenchError(f"--model {path!r}: module {mod_name!r} has no attribute {attr!r}; "
-                         f"its callables are: {', '.join(names) or 'none'}")
+        raise BenchError(
+            f"--model {path!r}: module {mod_name!r} has no attribute {attr!r}; "
+            f"its callables are: {', '.join(names) or 'none'}"
+        )
     factory = getattr(module, attr)
     obj = factory() if callable(factory) and not isinstance(factory, (torch.nn.Module, DiffusionODE)) else factory
     if isinstance(obj, BenchProblem):
@@ -63,17 +68,23 @@ def load_model_problem(path: str, *, schedule: str = "linear", prediction: str =
             obj.samples = samples
         return obj
     if shape is None:
-        raise BenchError(f"--model {path!r} returned a {type(obj).__name__}: pass --shape (e.g. 3,32,32) "
-                         "or return a diffsolve.bench.ModelProblem")
+        raise BenchError(
+            f"--model {path!r} returned a {type(obj).__name__}: pass --shape (e.g. 3,32,32) "
+            "or return a diffsolve.bench.ModelProblem"
+        )
     name = path
     if isinstance(obj, DiffusionODE):
-        p = ModelProblem(name, obj.model, obj.schedule, shape, prediction=obj.prediction, time=obj.time,
-                         samples=samples or 64)
+        p = ModelProblem(
+            name, obj.model, obj.schedule, shape, prediction=obj.prediction, time=obj.time, samples=samples or 64
+        )
         return p
     if not callable(obj):
-        raise BenchError(f"--model {path!r}: factory returned {type(obj).__name__}, expected a model, "
-                         "a DiffusionODE or a ModelProblem")
+        raise BenchError(
+            f"--model {path!r}: factory returned {type(obj).__name__}, expected a model, "
+            "a DiffusionODE or a ModelProblem"
+        )
     if schedule not in SCHEDULES:
         raise BenchError(f"unknown schedule {schedule!r}; known schedules: {', '.join(SCHEDULES)}")
-    return ModelProblem(name, obj, SCHEDULES[schedule](), shape, prediction=prediction, time=time,
-                        samples=samples or 64)
+    return ModelProblem(
+        name, obj, SCHEDULES[schedule](), shape, prediction=prediction, time=time, samples=samples or 64
+    )

@@ -15,6 +15,7 @@ def _list(kind):
         if not items:
             raise argparse.ArgumentTypeError(f"empty {kind} list")
         return items
+
     return parse
 
 
@@ -29,31 +30,51 @@ def _ints(kind):
                 else:
                     out.append(int(part))
             except ValueError:
-                raise argparse.ArgumentTypeError(f"{kind} must be integers like 5,10,20 or ranges like 0-3, got {text!r}")
+                raise argparse.ArgumentTypeError(
+                    f"{kind} must be integers like 5,10,20 or ranges like 0-3, got {text!r}"
+                ) from None
         if not out:
             raise argparse.ArgumentTypeError(f"empty {kind} list")
         return out
+
     return parse
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.description = ("NFE-vs-quality benchmark: every solver x grid x NFE x seed on analytic problems (exact eps) "
-                     "and a trained model; table, CSV/JSON and plots in --out. Reruns resume.")
-    p.add_argument("--problem", type=_list("problem"), default=None,
-                   help=f"comma list of problems (default {','.join(DEFAULTS['problems'])}; see `diffsolve bench --list`)")
-    p.add_argument("--solvers", type=_list("solver"), default=None,
-                   help="comma list of registered solvers (options after colons: ddim:eta=1), peers "
-                        "(diffusers:ddim, ...) or 'tuned' (a diffsolve.tune recipe per problem and NFE, fitted "
-                        "on x_T of seed + 1000); default: the quick default set")
+    p.description = (
+        "NFE-vs-quality benchmark: every solver x grid x NFE x seed on analytic problems (exact eps) "
+        "and a trained model; table, CSV/JSON and plots in --out. Reruns resume."
+    )
+    p.add_argument(
+        "--problem",
+        type=_list("problem"),
+        default=None,
+        help=f"comma list of problems (default {','.join(DEFAULTS['problems'])}; see `diffsolve bench --list`)",
+    )
+    p.add_argument(
+        "--solvers",
+        type=_list("solver"),
+        default=None,
+        help="comma list of registered solvers (options after colons: ddim:eta=1), peers "
+        "(diffusers:ddim, ...) or 'tuned' (a diffsolve.tune recipe per problem and NFE, fitted "
+        "on x_T of seed + 1000); default: the quick default set",
+    )
     p.add_argument("--grids", type=_list("grid"), default=None, help=f"default {','.join(DEFAULTS['grids'])}")
     p.add_argument("--nfe", type=_ints("NFE"), default=None, help=f"default {','.join(map(str, DEFAULTS['nfe']))}")
     p.add_argument("--seeds", type=_ints("seeds"), default=None, help="x_T seeds, e.g. 0,1 or 0-3 (default 0)")
     p.add_argument("--samples", type=int, default=None, help="samples per cell (default: per problem)")
     p.add_argument("--out", default="bench-results", help="output folder (default ./bench-results)")
-    p.add_argument("--model", default=None, metavar="PKG.MODULE:FACTORY",
-                   help="a user model: factory() returns a ModelProblem, a DiffusionODE or model(x, t)")
-    p.add_argument("--schedule", default="linear", help="schedule of a plain --model callable "
-                   "(linear, scaled_linear, squaredcos_cap_v2)")
+    p.add_argument(
+        "--model",
+        default=None,
+        metavar="PKG.MODULE:FACTORY",
+        help="a user model: factory() returns a ModelProblem, a DiffusionODE or model(x, t)",
+    )
+    p.add_argument(
+        "--schedule",
+        default="linear",
+        help="schedule of a plain --model callable (linear, scaled_linear, squaredcos_cap_v2)",
+    )
     p.add_argument("--prediction", default="eps", help="what a plain --model callable predicts (eps, x0, v, ...)")
     p.add_argument("--shape", default=None, help="shape of one sample of --model, e.g. 3,32,32")
     p.add_argument("--peers", action="store_true", help="also run diffusers' schedulers (and k-diffusion if installed)")
@@ -62,15 +83,25 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--cache", default=None, help="reference cache folder (default OUT/references)")
     p.add_argument("--ref-tol", type=float, default=1e-10)
-    p.add_argument("--overhead", action="store_true",
-                   help="also time per-step overhead side by side (1x64 and 256x3x32x32, float32)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: stable timings; small problems gain nothing from more)")
+    p.add_argument(
+        "--overhead",
+        action="store_true",
+        help="also time per-step overhead side by side (1x64 and 256x3x32x32, float32)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: stable timings; small problems gain nothing from more)",
+    )
     p.add_argument("--no-plots", action="store_true", help="no PNG plots (and no digits picture)")
-    p.add_argument("--no-picture", action="store_true",
-                   help="skip the digits picture written to OUT/digits_solvers.png by the default sweep and "
-                        "by sweeps with --problem digits (rows ddim, dpmpp-2m, unipc, best fixed solver+grid; "
-                        "columns NFE 3, 5, 10, 20 and the reference)")
+    p.add_argument(
+        "--no-picture",
+        action="store_true",
+        help="skip the digits picture written to OUT/digits_solvers.png by the default sweep and "
+        "by sweeps with --problem digits (rows ddim, dpmpp-2m, unipc, best fixed solver+grid; "
+        "columns NFE 3, 5, 10, 20 and the reference)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--list", action="store_true", help="list problems, solvers, grids and peers, then exit")
 
@@ -87,8 +118,8 @@ def _digits_picture(out: str) -> None:
     except ImportError as exc:
         print(f"digits picture skipped: {exc.name} is not installed (pip install 'diffsolve[bench,digits]')")
         return
-    from .pictures import solver_grid_png
     from .catalog import get_bench_problem
+    from .pictures import solver_grid_png
 
     if os.environ.get("RANK", "0") != "0":  # under torchrun: rank 0 draws it
         return
@@ -100,8 +131,8 @@ def _digits_picture(out: str) -> None:
 def handle(args: argparse.Namespace) -> int:
     from ..sampling import list_grids, list_solvers
     from . import peers
-    from .harness import run_bench
     from .catalog import bench_problem_names, load_model_problem
+    from .harness import run_bench
 
     if args.list:
         print("problems:", ", ".join(bench_problem_names()))
@@ -124,12 +155,29 @@ def handle(args: argparse.Namespace) -> int:
                     shape = tuple(int(s) for s in args.shape.split(","))
                 except ValueError:
                     raise BenchError(f"--shape {args.shape!r}: expected integers like 3,32,32") from None
-            problems.append(load_model_problem(args.model, schedule=args.schedule, prediction=args.prediction,
-                                               shape=shape, samples=args.samples))
-        run_bench(problems, args.solvers, args.grids, args.nfe, args.seeds, out=args.out, peers_=args.peers,
-                  samples=args.samples, dtype=args.dtype, device=args.device, resume=not args.fresh,
-                  progress=not args.quiet, cache=args.cache, ref_tol=args.ref_tol, overhead=args.overhead,
-                  plots=not args.no_plots)
+            problems.append(
+                load_model_problem(
+                    args.model, schedule=args.schedule, prediction=args.prediction, shape=shape, samples=args.samples
+                )
+            )
+        run_bench(
+            problems,
+            args.solvers,
+            args.grids,
+            args.nfe,
+            args.seeds,
+            out=args.out,
+            peers_=args.peers,
+            samples=args.samples,
+            dtype=args.dtype,
+            device=args.device,
+            resume=not args.fresh,
+            progress=not args.quiet,
+            cache=args.cache,
+            ref_tol=args.ref_tol,
+            overhead=args.overhead,
+            plots=not args.no_plots,
+        )
         default_sweep = args.problem is None and not args.model
         if not (args.no_plots or args.no_picture) and (default_sweep or "digits" in (args.problem or [])):
             _digits_picture(args.out)
@@ -139,4 +187,3 @@ def handle(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
-

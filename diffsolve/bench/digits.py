@@ -31,9 +31,23 @@ from torch.nn import functional as F
 from ..problems import default_schedule
 from .problems import ModelProblem, sliced_wasserstein
 
-__all__ = ["DigitsUNet", "DigitsClassifier", "load_digits_split", "digits_split", "load_digits_unet",
-           "load_digits_classifier", "frechet_distance", "DigitsProblem", "digits_problem", "UNET_WEIGHTS",
-           "CLASSIFIER_WEIGHTS", "SPLIT_SEED", "N_TRAIN", "N_TEST", "NUM_TRAIN_STEPS"]
+__all__ = [
+    "DigitsUNet",
+    "DigitsClassifier",
+    "load_digits_split",
+    "digits_split",
+    "load_digits_unet",
+    "load_digits_classifier",
+    "frechet_distance",
+    "DigitsProblem",
+    "digits_problem",
+    "UNET_WEIGHTS",
+    "CLASSIFIER_WEIGHTS",
+    "SPLIT_SEED",
+    "N_TRAIN",
+    "N_TEST",
+    "NUM_TRAIN_STEPS",
+]
 
 UNET_WEIGHTS = Path(__file__).with_name("digits_unet.pt")
 CLASSIFIER_WEIGHTS = Path(__file__).with_name("digits_classifier.pt")
@@ -48,8 +62,9 @@ def _sklearn_digits():
     try:
         from sklearn.datasets import load_digits
     except ImportError:
-        raise ImportError("the digits problem needs scikit-learn (it ships the 8x8 digits): "
-                          "pip install 'diffsolve[digits]'") from None
+        raise ImportError(
+            "the digits problem needs scikit-learn (it ships the 8x8 digits): pip install 'diffsolve[digits]'"
+        ) from None
     d = load_digits()
     return np.asarray(d.images, dtype=np.float64), np.asarray(d.target, dtype=np.int64)
 
@@ -129,15 +144,15 @@ class DigitsUNet(nn.Module):
     every block.
     """
 
-    def __init__(self, ch: int = 24, mid: int = 1, frequencies: int = 32, size: int = 8,
-                 max_frequency: float = 200.0):
+    def __init__(self, ch: int = 24, mid: int = 1, frequencies: int = 32, size: int = 8, max_frequency: float = 200.0):
         super().__init__()
         self.config = {"ch": ch, "mid": mid, "frequencies": frequencies, "size": size, "max_frequency": max_frequency}
         temb = 4 * ch
         # angular frequencies 1..max_frequency on t / T: the fastest wave spans 2 pi T / 200 ~ 31 levels,
         # so eps is smooth in t between the schedule's levels (a period of ~6 levels made the ODE stiff)
-        self.register_buffer("freqs", torch.exp(torch.linspace(0.0, math.log(max_frequency), frequencies)),
-                             persistent=False)
+        self.register_buffer(
+            "freqs", torch.exp(torch.linspace(0.0, math.log(max_frequency), frequencies)), persistent=False
+        )
         self.time_mlp = nn.Sequential(nn.Linear(2 * frequencies, temb), nn.SiLU(), nn.Linear(temb, temb))
         self.conv_in = nn.Conv2d(1, ch, 3, padding=1)
         self.down0 = _ResBlock(ch, ch, temb)
@@ -172,13 +187,17 @@ class DigitsClassifier(nn.Module):
         super().__init__()
         self.config = {"ch": ch, "feat": feat}
         self.body = nn.Sequential(
-            nn.Conv2d(1, ch, 3, padding=1), nn.SiLU(),
-            nn.Conv2d(ch, ch, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(1, ch, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(ch, ch, 3, padding=1),
+            nn.SiLU(),
             nn.AvgPool2d(2),  # 4x4
-            nn.Conv2d(ch, 2 * ch, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(ch, 2 * ch, 3, padding=1),
+            nn.SiLU(),
             nn.AvgPool2d(2),  # 2x2
             nn.Flatten(),
-            nn.Linear(2 * ch * 4, feat), nn.SiLU(),
+            nn.Linear(2 * ch * 4, feat),
+            nn.SiLU(),
         )
         self.head = nn.Linear(feat, 10)
 
@@ -228,8 +247,9 @@ def frechet_distance(f1, f2) -> float:
     a = np.asarray(torch.as_tensor(f1).detach().to(_F64).cpu(), dtype=np.float64)
     b = np.asarray(torch.as_tensor(f2).detach().to(_F64).cpu(), dtype=np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
-        raise ValueError(f"frechet_distance: need two (N, D) feature sets with N >= 2 and equal D, "
-                         f"got {a.shape} and {b.shape}")
+        raise ValueError(
+            f"frechet_distance: need two (N, D) feature sets with N >= 2 and equal D, got {a.shape} and {b.shape}"
+        )
     mu1, mu2 = a.mean(0), b.mean(0)
     s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     r1 = _sqrtm_psd(s1)
@@ -257,13 +277,23 @@ class DigitsProblem(ModelProblem):
     def __init__(self, samples: int = 128, unet_path=UNET_WEIGHTS, classifier_path=CLASSIFIER_WEIGHTS):
         unet = load_digits_unet(unet_path)
         self.size = int(unet.config["size"])
-        super().__init__("digits", unet, default_schedule(), (1, self.size, self.size), prediction="eps",
-                         time="index", data=None, samples=samples, dtype=torch.float32,
-                         description=f"compact eps-UNet on scikit-learn's 8x8 digits ({self.size}x{self.size}, "
-                                     "shipped weights); FDD to the 297 held-out digits",
-                         # float64 convolutions are slow on a CPU: references to 1e-5, far below the float32
-                         # runs' own rounding floor on images of unit scale
-                         ref_tol=1e-7, ref_target=1e-5)
+        super().__init__(
+            "digits",
+            unet,
+            default_schedule(),
+            (1, self.size, self.size),
+            prediction="eps",
+            time="index",
+            data=None,
+            samples=samples,
+            dtype=torch.float32,
+            description=f"compact eps-UNet on scikit-learn's 8x8 digits ({self.size}x{self.size}, "
+            "shipped weights); FDD to the 297 held-out digits",
+            # float64 convolutions are slow on a CPU: references to 1e-5, far below the float32
+            # runs' own rounding floor on images of unit scale
+            ref_tol=1e-7,
+            ref_target=1e-5,
+        )
         del self.data  # ModelProblem's held-out tensor: here data(split) is a method
         self.classifier = load_digits_classifier(classifier_path)
         self._cache: dict = {}
@@ -308,8 +338,12 @@ class DigitsProblem(ModelProblem):
 
     def metrics(self, x0):
         x0 = x0.detach().to(_F64).cpu()
-        return {"nll_gap": float("nan"), "sw": sliced_wasserstein(x0, self.data("test")),
-                "fdd": self.fdd(x0), "coverage": self.coverage(x0)}
+        return {
+            "nll_gap": float("nan"),
+            "sw": sliced_wasserstein(x0, self.data("test")),
+            "fdd": self.fdd(x0),
+            "coverage": self.coverage(x0),
+        }
 
 
 def digits_problem(samples: int = 128, **paths) -> DigitsProblem:

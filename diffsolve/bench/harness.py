@@ -21,21 +21,22 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from ..sampling import grid as make_grid
 from ..sampling import list_grids as grid_names
-from ..sampling import sample
 from ..sampling import list_solvers as solver_names
+from ..sampling import sample
 from ..wrapper import DiffusionODE
 from . import dist, peers
+from .catalog import get_bench_problem
 from .errors import BenchError
 from .measure import ZeroModel, peak_memory, timed
-from .catalog import get_bench_problem
 from .problems import BenchProblem
 from .reference import ReferenceCache
 from .spec import ROW_FIELDS, TIMING_FIELDS, TUNED, SolverSpec, parse_solver
@@ -53,7 +54,18 @@ DEFAULTS: dict[str, Any] = {
     "seeds": [0],
 }
 #: the quick default sweep's solvers (those registered); ``solvers="all"`` takes every registered one
-DEFAULT_SOLVERS = ["ddim", "euler-ancestral", "heun", "dpmpp-2m", "dpmpp-3m", "unipc", "deis", "ipndm", "dpm-2", "dpm-fast"]
+DEFAULT_SOLVERS = [
+    "ddim",
+    "euler-ancestral",
+    "heun",
+    "dpmpp-2m",
+    "dpmpp-3m",
+    "unipc",
+    "deis",
+    "ipndm",
+    "dpm-2",
+    "dpm-fast",
+]
 
 #: the solver label of tuned recipes (fitted per problem and NFE on x_T of seed + TUNE_SEED_OFFSET,
 #: TUNE_SAMPLES start states split fit / held out, then run on the cell's own x_T)
@@ -61,6 +73,7 @@ TUNE_SEED_OFFSET = 1000
 TUNE_SAMPLES = 512
 #: solvers tune() searches for the ``tuned`` entry (None: every deterministic fixed-call solver)
 TUNE_SOLVERS = None
+
 
 # -- configuration ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -152,8 +165,9 @@ class _Context:
         return self.dtype_override or problem.dtype
 
     def zero_ode(self, ode: DiffusionODE) -> DiffusionODE:
-        return DiffusionODE(ZeroModel(), ode.schedule, prediction=ode.prediction, time=ode.time,
-                            time_dtype=ode.time_dtype)
+        return DiffusionODE(
+            ZeroModel(), ode.schedule, prediction=ode.prediction, time=ode.time, time_dtype=ode.time_dtype
+        )
 
     def steps_for(self, spec: SolverSpec, problem: BenchProblem, grid: str, nfe: int) -> tuple[int, int] | None:
         """``(steps, real NFE)`` of the largest run that fits ``nfe`` model calls, or None."""
@@ -194,8 +208,17 @@ class _Context:
 
 def _base_row(cell: Cell, problem: BenchProblem, dtype, device) -> dict:
     row = {k: None for k in ROW_FIELDS}
-    row.update(problem=cell.problem, solver=cell.solver, grid=cell.grid, nfe_target=cell.nfe, seed=cell.seed,
-               samples=problem.samples, dtype=str(dtype).replace("torch.", ""), device=str(device), message="")
+    row.update(
+        problem=cell.problem,
+        solver=cell.solver,
+        grid=cell.grid,
+        nfe_target=cell.nfe,
+        seed=cell.seed,
+        samples=problem.samples,
+        dtype=str(dtype).replace("torch.", ""),
+        device=str(device),
+        message="",
+    )
     return row
 
 
@@ -225,8 +248,11 @@ def run_cell(cell: Cell, ctx: _Context) -> dict:
     try:
         fit = ctx.steps_for(spec, problem, cell.grid, cell.nfe)
         if fit is None:
-            row.update(status="unreachable", peer=False,
-                       message=f"{spec.label} needs at least {spec.calls_per_step} calls per step")
+            row.update(
+                status="unreachable",
+                peer=False,
+                message=f"{spec.label} needs at least {spec.calls_per_step} calls per step",
+            )
             return row
         steps = fit[0]
         solver = spec.instance()
@@ -238,20 +264,47 @@ def run_cell(cell: Cell, ctx: _Context) -> dict:
         out, wall = timed(lambda: sample(ode, x_in, solver, sigmas=sig, generator=gen), device)
         nfe = ode.nfe - n0
         # peak memory: the same run again under the meter (it slows every op, so not the timed run)
-        mem_bytes, mem_source = peak_memory(lambda: sample(
-            ode, x_in, spec.instance(), sigmas=sig,
-            generator=torch.Generator(device=device).manual_seed(1_000_003 + cell.seed)), device)
+        mem_bytes, mem_source = peak_memory(
+            lambda: sample(
+                ode,
+                x_in,
+                spec.instance(),
+                sigmas=sig,
+                generator=torch.Generator(device=device).manual_seed(1_000_003 + cell.seed),
+            ),
+            device,
+        )
         # framework overhead: the same run with a zero-cost model, best of a few
         zero = ctx.zero_ode(ode)
         best = math.inf
         for _ in range(ctx.overhead_repeats):
             s = spec.instance()
-            _, t = timed(lambda: sample(zero, x_in, s, sigmas=sig, generator=torch.Generator(device=device).manual_seed(0),
-                                        check_finite=False), device)
+            _, t = timed(
+                lambda: sample(
+                    zero,
+                    x_in,
+                    s,
+                    sigmas=sig,
+                    generator=torch.Generator(device=device).manual_seed(0),
+                    check_finite=False,
+                ),
+                device,
+            )
             best = min(best, t)
-        row.update(status="ok", nfe=nfe, steps=steps, nfe_exact=nfe == cell.nfe, stochastic=bool(solver.stochastic),
-                   peer=False, wall_s=wall, overhead_us_per_step=best / steps * 1e6, peak_mem_bytes=mem_bytes,
-                   mem_source=mem_source, sigma_start=float(sig[0]), sigma_end=float(sig[-1]))
+        row.update(
+            status="ok",
+            nfe=nfe,
+            steps=steps,
+            nfe_exact=nfe == cell.nfe,
+            stochastic=bool(solver.stochastic),
+            peer=False,
+            wall_s=wall,
+            overhead_us_per_step=best / steps * 1e6,
+            peak_mem_bytes=mem_bytes,
+            mem_source=mem_source,
+            sigma_start=float(sig[0]),
+            sigma_end=float(sig[-1]),
+        )
         return _score(row, problem, out, x_in.to(_F64).cpu(), ctx, cell.seed, bool(solver.stochastic))
     except (ValueError, TypeError, RuntimeError, FloatingPointError) as exc:
         row.update(status="error", peer=False, message=f"{type(exc).__name__}: {exc}")
@@ -270,8 +323,14 @@ def _tuned_recipe(cell: Cell, problem: BenchProblem, dtype, ctx):
         teacher = ctx.refs.get(problem, x_fit, smax, 0.0, seed)[0]
         ode = problem.ode(dtype, ctx.device)
         n0, t0 = ode.nfe, time.perf_counter()
-        recipe = tune(ode, x_fit.to(device=ctx.device, dtype=dtype), cell.nfe, teacher=teacher, solvers=TUNE_SOLVERS,
-                      progress=False)
+        recipe = tune(
+            ode,
+            x_fit.to(device=ctx.device, dtype=dtype),
+            cell.nfe,
+            teacher=teacher,
+            solvers=TUNE_SOLVERS,
+            progress=False,
+        )
         ctx.recipes[key] = (recipe, ode.nfe - n0, time.perf_counter() - t0)
     return ctx.recipes[key]
 
@@ -287,11 +346,18 @@ def _run_tuned_cell(row, cell, problem, x_T, dtype, ctx) -> dict:
         nfe = ode.nfe - n0
         # peak memory: the same run again under the meter (it slows every op, so not the timed run)
         mem_bytes, mem_source = peak_memory(lambda: sample(ode, x_in, recipe=recipe), ctx.device)
-        row.update(status="ok", nfe=nfe, steps=recipe.steps, nfe_exact=nfe == cell.nfe, wall_s=wall,
-                   peak_mem_bytes=mem_bytes, mem_source=mem_source, sigma_start=recipe.sigmas[0],
-                   sigma_end=recipe.sigmas[-1],
-                   message=f"{recipe!r}; tuned on seed {cell.seed + TUNE_SEED_OFFSET} in {secs:.1f} s, "
-                           f"{calls} model calls")
+        row.update(
+            status="ok",
+            nfe=nfe,
+            steps=recipe.steps,
+            nfe_exact=nfe == cell.nfe,
+            wall_s=wall,
+            peak_mem_bytes=mem_bytes,
+            mem_source=mem_source,
+            sigma_start=recipe.sigmas[0],
+            sigma_end=recipe.sigmas[-1],
+            message=f"{recipe!r}; tuned on seed {cell.seed + TUNE_SEED_OFFSET} in {secs:.1f} s, {calls} model calls",
+        )
         return _score(row, problem, out, x_in.to(_F64).cpu(), ctx, cell.seed, False)
     except (ValueError, TypeError, RuntimeError, FloatingPointError) as exc:
         row.update(status="error", message=f"{type(exc).__name__}: {exc}")
@@ -310,14 +376,24 @@ def _run_peer_cell(row, cell, problem, spec, x_T, dtype, ctx) -> dict:
             row.update(status="unreachable", message=f"{spec.label} cannot run with {cell.nfe} model calls")
             return row
         mem_bytes, mem_source = peak_memory(
-            lambda: peers.run_peer(spec.peer, problem, x_T, cell.grid, cell.nfe, dtype), "cpu")
+            lambda: peers.run_peer(spec.peer, problem, x_T, cell.grid, cell.nfe, dtype), "cpu"
+        )
         best = math.inf
         for _ in range(ctx.overhead_repeats):
             _, t = timed(lambda: peers.run_peer(spec.peer, problem, x_T, cell.grid, cell.nfe, dtype, model=ZeroModel()))
             best = min(best, t)
-        row.update(status="ok", nfe=run.nfe, steps=run.steps, nfe_exact=run.nfe == cell.nfe, wall_s=wall,
-                   overhead_us_per_step=best / run.steps * 1e6, peak_mem_bytes=mem_bytes, mem_source=mem_source,
-                   sigma_start=run.sigma_start, sigma_end=run.sigma_end)
+        row.update(
+            status="ok",
+            nfe=run.nfe,
+            steps=run.steps,
+            nfe_exact=run.nfe == cell.nfe,
+            wall_s=wall,
+            overhead_us_per_step=best / run.steps * 1e6,
+            peak_mem_bytes=mem_bytes,
+            mem_source=mem_source,
+            sigma_start=run.sigma_start,
+            sigma_end=run.sigma_end,
+        )
         if run.sigma_end != 0:
             row["message"] = f"ends at sigma={run.sigma_end:.4g}, not 0; RMSE vs the reference at that sigma"
         return _score(row, problem, run.x0, x_T, ctx, cell.seed, False)

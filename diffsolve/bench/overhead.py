@@ -23,7 +23,7 @@ import io
 import math
 import time
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -67,11 +67,12 @@ def _interleaved_best(timers: dict[str, Callable[[], None]], repeats: int, log) 
     return best
 
 
-def measure_overhead(solvers=None, shapes=SHAPES, steps: int = 20, repeats: int = 7,
-                     dtype: torch.dtype = torch.float32, log=print) -> list[dict]:
+def measure_overhead(
+    solvers=None, shapes=SHAPES, steps: int = 20, repeats: int = 7, dtype: torch.dtype = torch.float32, log=print
+) -> list[dict]:
     """Rows ``{shape, who, us_per_step, vs_floor}``; see the module docstring."""
-    from .spec import parse_solver
     from ..sampling import list_solvers as solver_names
+    from .spec import parse_solver
 
     specs = [parse_solver(s) for s in (solvers if solvers is not None else solver_names())]
     sched = DiscreteSchedule.linear(1000, 1e-4, 0.02)
@@ -97,7 +98,9 @@ def measure_overhead(solvers=None, shapes=SHAPES, steps: int = 20, repeats: int 
 
         FLOOR = "floor: x + c*eps (one fused op)"
         timers: dict[str, Callable[[], None]] = {
-            FLOOR: floor_loop, "floor, VP model: x*a for the model, then x + c*eps": vp_floor_loop}
+            FLOOR: floor_loop,
+            "floor, VP model: x*a for the model, then x + c*eps": vp_floor_loop,
+        }
         per = {FLOOR: inner, "floor, VP model: x*a for the model, then x + c*eps": inner}
         sig = make_grid("trailing", sched, steps)
         sig_ve = make_grid("karras", edm, steps)
@@ -105,19 +108,27 @@ def measure_overhead(solvers=None, shapes=SHAPES, steps: int = 20, repeats: int 
             ode = DiffusionODE(ZeroModel(), sched, prediction="eps", time="index", time_dtype=torch.float32)
 
             def run(spec=spec, ode=ode, check=True):
-                sample(ode, x, spec.instance(), sigmas=sig, generator=torch.Generator().manual_seed(0),
-                       check_finite=check)
+                sample(
+                    ode, x, spec.instance(), sigmas=sig, generator=torch.Generator().manual_seed(0), check_finite=check
+                )
+
             timers[f"diffsolve:{spec.label}"] = run
             if spec.label == "ddim":
                 timers["diffsolve:ddim (check_finite=False)"] = lambda run=run: run(check=False)
                 # a sigma-form (VE) model is handed the state itself: no input scaling
                 ve = DiffusionODE(ZeroModel(), edm, prediction="eps", time="sigma", time_dtype=torch.float32)
                 for check, tag in ((True, ""), (False, ", check_finite=False")):
-                    timers[f"diffsolve:ddim (VE model{tag})"] = \
-                        lambda check=check: sample(ve, x, "ddim", sigmas=sig_ve, check_finite=check)
+                    timers[f"diffsolve:ddim (VE model{tag})"] = lambda check=check: sample(
+                        ve, x, "ddim", sigmas=sig_ve, check_finite=check
+                    )
                 # what a user who wraps a model and samples once pays: wrap, grid, run, all defaults
-                timers[FRESH] = lambda: sample(DiffusionODE(ZeroModel(), sched, prediction="eps", time="index"),
-                                               x, "ddim", steps=steps, grid="trailing")
+                timers[FRESH] = lambda: sample(
+                    DiffusionODE(ZeroModel(), sched, prediction="eps", time="index"),
+                    x,
+                    "ddim",
+                    steps=steps,
+                    grid="trailing",
+                )
         avail = peers.available_peers()
         minus: dict[str, str] = {}
         for peer in ("diffusers:ddim", "diffusers:euler", "diffusers:dpmpp-2m", "diffusers:unipc"):
@@ -161,6 +172,7 @@ def _diffusers_loop(label, sched, x, steps):
                 fn()
             finally:
                 torch.set_default_dtype(old)
+
         return wrapped
 
     def loop():
@@ -169,6 +181,7 @@ def _diffusers_loop(label, sched, x, steps):
         for t in s.timesteps:
             inp = s.scale_model_input(y, t) if ve else y
             y = s.step(zero(inp, t), t, y).prev_sample
+
     return in_dtype(loop), in_dtype(lambda: s.set_timesteps(steps)), n
 
 
@@ -182,6 +195,7 @@ def _kdiff_loop(sampler: str, sched, x, sig):
     def loop():
         with torch.no_grad():
             fn(den, x, sig_x, disable=True)
+
     return loop
 
 
@@ -189,8 +203,13 @@ def overhead_markdown(rows: list[dict]) -> str:
     shapes = list(dict.fromkeys(r["shape"] for r in rows))
     whos = list(dict.fromkeys(r["who"] for r in rows))
     val = {(r["shape"], r["who"]): r for r in rows}
-    out = ["| per step, zero-cost model, " + f"{'float32'} CPU | " + " | ".join(f"{s}: µs (x floor)" for s in shapes) + " |",
-           "|---|" + "---:|" * len(shapes)]
+    out = [
+        "| per step, zero-cost model, "
+        + f"{'float32'} CPU | "
+        + " | ".join(f"{s}: µs (x floor)" for s in shapes)
+        + " |",
+        "|---|" + "---:|" * len(shapes),
+    ]
     for w in whos:
         cells = []
         for s in shapes:
@@ -209,12 +228,19 @@ def overhead_plot(rows: list[dict], path) -> None:
     from .store import atomic_write_bytes
 
     shapes = list(dict.fromkeys(r["shape"] for r in rows))
-    fig, axes = plt.subplots(1, len(shapes), figsize=(6.0 * len(shapes), 0.8 + 0.32 * len(rows) / len(shapes)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(shapes), figsize=(6.0 * len(shapes), 0.8 + 0.32 * len(rows) / len(shapes)), squeeze=False
+    )
     for ax, s in zip(axes[0], shapes):
         rs = [r for r in rows if r["shape"] == s]
-        colors = ["tab:gray" if r["who"].startswith("floor") else
-                  "tab:blue" if r["who"].startswith("diffsolve") else "tab:orange" for r in rs]
+        colors = [
+            "tab:gray"
+            if r["who"].startswith("floor")
+            else "tab:blue"
+            if r["who"].startswith("diffsolve")
+            else "tab:orange"
+            for r in rs
+        ]
         ax.barh(range(len(rs)), [r["us_per_step"] for r in rs], color=colors)
         ax.set_yticks(range(len(rs)))
         ax.set_yticklabels([r["who"] for r in rs], fontsize=8)

@@ -23,9 +23,9 @@ import math
 import sys
 import types
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -63,18 +63,21 @@ def _heun_calls(s: int) -> int:
     return 2 * s - 1
 
 
-PEERS: dict[str, Peer] = {p.label: p for p in [
-    Peer("diffusers:ddim", "diffusers", "DDIMScheduler"),
-    Peer("diffusers:dpmpp-2m", "diffusers", "DPMSolverMultistepScheduler"),
-    Peer("diffusers:unipc", "diffusers", "UniPCMultistepScheduler", force_dtype=torch.float32),
-    Peer("diffusers:euler", "diffusers", "EulerDiscreteScheduler", ve_state=True),
-    Peer("diffusers:heun", "diffusers", "HeunDiscreteScheduler", ve_state=True),
-    Peer("diffusers:deis", "diffusers", "DEISMultistepScheduler"),
-    Peer("k-diffusion:euler", "k-diffusion", "sample_euler"),
-    Peer("k-diffusion:heun", "k-diffusion", "sample_heun", calls=_heun_calls),
-    Peer("k-diffusion:dpmpp-2m", "k-diffusion", "sample_dpmpp_2m"),
-    Peer("k-diffusion:lms", "k-diffusion", "sample_lms"),
-]}
+PEERS: dict[str, Peer] = {
+    p.label: p
+    for p in [
+        Peer("diffusers:ddim", "diffusers", "DDIMScheduler"),
+        Peer("diffusers:dpmpp-2m", "diffusers", "DPMSolverMultistepScheduler"),
+        Peer("diffusers:unipc", "diffusers", "UniPCMultistepScheduler", force_dtype=torch.float32),
+        Peer("diffusers:euler", "diffusers", "EulerDiscreteScheduler", ve_state=True),
+        Peer("diffusers:heun", "diffusers", "HeunDiscreteScheduler", ve_state=True),
+        Peer("diffusers:deis", "diffusers", "DEISMultistepScheduler"),
+        Peer("k-diffusion:euler", "k-diffusion", "sample_euler"),
+        Peer("k-diffusion:heun", "k-diffusion", "sample_heun", calls=_heun_calls),
+        Peer("k-diffusion:dpmpp-2m", "k-diffusion", "sample_dpmpp_2m"),
+        Peer("k-diffusion:lms", "k-diffusion", "sample_lms"),
+    ]
+}
 
 
 def _importable(name: str) -> bool:
@@ -166,8 +169,9 @@ def _load_kdiffusion() -> types.SimpleNamespace:
                     sys.modules.pop(n, None)
                 else:
                     sys.modules[n] = m
-    how = f"files loaded without the package __init__ ({init_error})" + \
-        ("; torchvision stubbed during the import" if stubbed else "")
+    how = f"files loaded without the package __init__ ({init_error})" + (
+        "; torchvision stubbed during the import" if stubbed else ""
+    )
     return types.SimpleNamespace(sampling=pkg.sampling, external=pkg.external, how=how)
 
 
@@ -180,8 +184,10 @@ def _check_problem(problem) -> tuple[DiscreteSchedule, Callable, str, torch.dtyp
     sched = problem.schedule
     model, prediction, time = problem.raw_model(problem.dtype)
     if not isinstance(sched, DiscreteSchedule) or time != "index" or prediction not in _PREDICTION_TYPE:
-        raise ValueError(f"peers need a discrete-index model predicting eps, x0 or v; {problem.name!r} has "
-                         f"schedule {type(sched).__name__}, time={time!r}, prediction={prediction!r}")
+        raise ValueError(
+            f"peers need a discrete-index model predicting eps, x0 or v; {problem.name!r} has "
+            f"schedule {type(sched).__name__}, time={time!r}, prediction={prediction!r}"
+        )
     return sched, model, prediction, problem.ode(problem.dtype).time_dtype
 
 
@@ -192,12 +198,22 @@ def diffusers_scheduler(label: str, sched: DiscreteSchedule, prediction: str = "
     peer = PEERS[label]
     abar = sched.alphas_cumprod
     betas = torch.cat([1 - abar[:1], 1 - abar[1:] / abar[:-1]])
-    common = dict(num_train_timesteps=sched.num_steps, trained_betas=betas.tolist(),
-                  prediction_type=_PREDICTION_TYPE[prediction], timestep_spacing="trailing", steps_offset=0)
+    common = dict(
+        num_train_timesteps=sched.num_steps,
+        trained_betas=betas.tolist(),
+        prediction_type=_PREDICTION_TYPE[prediction],
+        timestep_spacing="trailing",
+        steps_offset=0,
+    )
     extra = {
         "DDIMScheduler": dict(clip_sample=False, set_alpha_to_one=True, thresholding=False),
-        "DPMSolverMultistepScheduler": dict(algorithm_type="dpmsolver++", solver_order=2, lower_order_final=True,
-                                            final_sigmas_type="zero", thresholding=False),
+        "DPMSolverMultistepScheduler": dict(
+            algorithm_type="dpmsolver++",
+            solver_order=2,
+            lower_order_final=True,
+            final_sigmas_type="zero",
+            thresholding=False,
+        ),
         "UniPCMultistepScheduler": dict(solver_order=2, final_sigmas_type="zero", thresholding=False),
         "EulerDiscreteScheduler": dict(final_sigmas_type="zero"),
         "HeunDiscreteScheduler": dict(clip_sample=False),
@@ -237,8 +253,9 @@ def _diffusers_steps(scheduler, nfe: int) -> int:
     return 0
 
 
-def run_peer(label: str, problem, x_T: torch.Tensor, grid: str, nfe: int, dtype: torch.dtype,
-             model=None) -> PeerRun | None:
+def run_peer(
+    label: str, problem, x_T: torch.Tensor, grid: str, nfe: int, dtype: torch.dtype, model=None
+) -> PeerRun | None:
     """Run peer ``label`` from ``x_T`` (model space) with at most ``nfe`` model calls.
 
     Returns None when ``nfe`` is too small for the peer. ``model`` replaces the problem's
@@ -294,8 +311,11 @@ def _run_peer(label, problem, x_T, grid, nfe, dtype, model):
     if steps < 1:
         return None
     sig = make_grid(grid, sched, steps)
-    denoiser = K.external.DiscreteEpsDDPMDenoiser(counter, sched.alphas_cumprod, quantize=False) \
-        if prediction == "eps" else K.external.DiscreteVDDPMDenoiser(counter, sched.alphas_cumprod, quantize=False)
+    denoiser = (
+        K.external.DiscreteEpsDDPMDenoiser(counter, sched.alphas_cumprod, quantize=False)
+        if prediction == "eps"
+        else K.external.DiscreteVDDPMDenoiser(counter, sched.alphas_cumprod, quantize=False)
+    )
     sigma_start = float(sig[0])
     x = x_T * math.sqrt(1 + sigma_start**2)
     sampler = getattr(K.sampling, peer.target)

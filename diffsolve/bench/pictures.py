@@ -9,8 +9,8 @@ a new row is one more pair in the list.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
@@ -20,8 +20,7 @@ from ..sampling import make_solver, sample
 from ..wrapper import DiffusionODE
 from .measure import ZeroModel
 
-__all__ = ["solver_grid_png", "default_rows", "solver_row", "steps_for_nfe", "image_mosaic", "BEST_FIXED",
-           "DEMO_NFES"]
+__all__ = ["solver_grid_png", "default_rows", "solver_row", "steps_for_nfe", "image_mosaic", "BEST_FIXED", "DEMO_NFES"]
 
 _F64 = torch.float64
 #: the NFE columns of the demo picture
@@ -44,8 +43,14 @@ def steps_for_nfe(solver: str, schedule, grid: str, nfe: int, shape, **options) 
 
     def calls(steps: int) -> int:
         zero.nfe = 0
-        sample(zero, x, make_solver(solver, **options), sigmas=make_grid(grid, schedule, steps),
-               generator=torch.Generator().manual_seed(0), check_finite=False)
+        sample(
+            zero,
+            x,
+            make_solver(solver, **options),
+            sigmas=make_grid(grid, schedule, steps),
+            generator=torch.Generator().manual_seed(0),
+            check_finite=False,
+        )
         return zero.nfe
 
     best = None
@@ -67,16 +72,26 @@ def solver_row(solver: str, grid: str | None = None, label: str | None = None, *
         steps = steps_for_nfe(solver, ode.schedule, g, nfe, tuple(x_T.shape[1:]), **options)
         if steps is None:
             return None
-        return sample(ode, x_T, solver, sigmas=make_grid(g, ode.schedule, steps),
-                      generator=torch.Generator().manual_seed(0), **options)
+        return sample(
+            ode,
+            x_T,
+            solver,
+            sigmas=make_grid(g, ode.schedule, steps),
+            generator=torch.Generator().manual_seed(0),
+            **options,
+        )
 
     return label or (solver if grid is None else f"{solver} / {grid}"), run
 
 
 def default_rows() -> list[tuple[str, SampleFn]]:
     """ddim, dpmpp-2m, unipc (each on the schedule's default grid) and the best fixed solver+grid."""
-    return [solver_row("ddim"), solver_row("dpmpp-2m"), solver_row("unipc"),
-            solver_row(*BEST_FIXED, label=f"best fixed: {BEST_FIXED[0]} / {BEST_FIXED[1]}")]
+    return [
+        solver_row("ddim"),
+        solver_row("dpmpp-2m"),
+        solver_row("unipc"),
+        solver_row(*BEST_FIXED, label=f"best fixed: {BEST_FIXED[0]} / {BEST_FIXED[1]}"),
+    ]
 
 
 def image_mosaic(images: torch.Tensor, cols: int) -> torch.Tensor:
@@ -86,13 +101,21 @@ def image_mosaic(images: torch.Tensor, cols: int) -> torch.Tensor:
     out = torch.full((rows * (h + 1) - 1, cols * (w + 1) - 1), 0.5, dtype=images.dtype)
     for k in range(n):
         r, c = divmod(k, cols)
-        out[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = images[k]
+        out[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = images[k]
     return out
 
 
-def solver_grid_png(problem, path: str | Path, rows: Sequence[tuple[str, SampleFn]] | None = None,
-                    nfes: Sequence[int] = DEMO_NFES, n: int = 16, seed: int = 0, reference: bool = True,
-                    dtype: torch.dtype = torch.float32, title: str | None = None) -> Path:
+def solver_grid_png(
+    problem,
+    path: str | Path,
+    rows: Sequence[tuple[str, SampleFn]] | None = None,
+    nfes: Sequence[int] = DEMO_NFES,
+    n: int = 16,
+    seed: int = 0,
+    reference: bool = True,
+    dtype: torch.dtype = torch.float32,
+    title: str | None = None,
+) -> Path:
     """Draw rows x NFE columns (+ the reference) of ``problem``'s samples from one x_T into ``path``.
 
     ``problem`` is a benchmark problem with ``to_images`` (the digits problem); ``n`` samples per
@@ -108,7 +131,7 @@ def solver_grid_png(problem, path: str | Path, rows: Sequence[tuple[str, SampleF
         raise ValueError("rows: give at least one (label, sample_fn) pair")
     ode = problem.ode(dtype)
     x_T = problem.x_T(seed, n)
-    cols = max(1, int(round(n ** 0.5)))
+    cols = max(1, int(round(n**0.5)))
     cells: list[list[torch.Tensor | None]] = []
     for _, fn in rows:
         cells.append([fn(ode, x_T.to(dtype), int(k)) for k in nfes])
@@ -138,8 +161,11 @@ def solver_grid_png(problem, path: str | Path, rows: Sequence[tuple[str, SampleF
                     ax.set_title("reference ODE", fontsize=10)
             if j == 0:
                 ax.set_ylabel(label, fontsize=9)
-    fig.suptitle(title or f"{problem.name}: the same {n} x_T in every cell (rows without a grid: "
-                 f"{problem.schedule.default_grid})", fontsize=11)
+    fig.suptitle(
+        title
+        or f"{problem.name}: the same {n} x_T in every cell (rows without a grid: {problem.schedule.default_grid})",
+        fontsize=11,
+    )
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

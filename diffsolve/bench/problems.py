@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -94,7 +94,9 @@ class AnalyticProblem(BenchProblem):
         self.shape = tuple(self.mixture.shape)
         self.samples = samples or DEFAULT_SAMPLES.get(name, 256)
         self.dtype = _F64
-        self.description = f"analytic Gaussian mixture '{name}' ({self.mixture.means.shape[0]} components, D={self.mixture.dim})"
+        self.description = (
+            f"analytic Gaussian mixture '{name}' ({self.mixture.means.shape[0]} components, D={self.mixture.dim})"
+        )
         self._ode = self.mixture.ode(self.schedule)
         self._true: torch.Tensor | None = None
         self._true_nll: float | None = None
@@ -136,10 +138,23 @@ class ModelProblem(BenchProblem):
 
     dist_metric = "sw"
 
-    def __init__(self, name: str, model, schedule: Schedule, shape, *, prediction: str = "eps", time=None,
-                 data: torch.Tensor | None = None, samples: int = 256, dtype: torch.dtype = torch.float32,
-                 description: str = "", fingerprint: str | None = None, ref_tol: float | None = 1e-8,
-                 ref_target: float | None = 1e-6):
+    def __init__(
+        self,
+        name: str,
+        model,
+        schedule: Schedule,
+        shape,
+        *,
+        prediction: str = "eps",
+        time=None,
+        data: torch.Tensor | None = None,
+        samples: int = 256,
+        dtype: torch.dtype = torch.float32,
+        description: str = "",
+        fingerprint: str | None = None,
+        ref_tol: float | None = 1e-8,
+        ref_target: float | None = 1e-6,
+    ):
         self.name = name
         self.model = model
         self.schedule = schedule
@@ -164,8 +179,13 @@ class ModelProblem(BenchProblem):
         key = (dtype, str(device))
         if key not in self._odes:
             time_dtype = _F64 if dtype == _F64 else torch.float32
-            self._odes[key] = DiffusionODE(self._model_in(dtype, device), self.schedule, prediction=self.prediction,
-                                           time=self.time, time_dtype=time_dtype)
+            self._odes[key] = DiffusionODE(
+                self._model_in(dtype, device),
+                self.schedule,
+                prediction=self.prediction,
+                time=self.time,
+                time_dtype=time_dtype,
+            )
         return self._odes[key]
 
     def reference_ode(self):

@@ -37,8 +37,10 @@ class ReferenceCache:
 
     def key(self, problem, sigma_start: float, sigma_end: float, seed: int, n: int) -> str:
         # sigmas to 12 digits: grids that start at the same level up to rounding share a reference
-        raw = (f"{problem.fingerprint()}|{sigma_start:.12g}|{sigma_end:.12g}|{seed}|{n}|{self._tol(problem)!r}|"
-               f"{self._target(problem)!r}")
+        raw = (
+            f"{problem.fingerprint()}|{sigma_start:.12g}|{sigma_end:.12g}|{seed}|{n}|{self._tol(problem)!r}|"
+            f"{self._target(problem)!r}"
+        )
         return f"{problem.name.replace('/', '-').replace(':', '-')}__{hashlib.sha1(raw.encode()).hexdigest()[:16]}"
 
     def get(self, problem, x_T: torch.Tensor, sigma_start: float, sigma_end: float, seed: int):
@@ -82,7 +84,10 @@ class ReferenceCache:
             if err <= self._target(problem):
                 break
         else:
-            warnings.warn(f"reference for {problem.name!r} did not converge to {self._target(problem):g} "
-                          f"(last change {err:.3g} at tol {tol:g}); RMSE below that is not meaningful", stacklevel=2)
+            warnings.warn(
+                f"reference for {problem.name!r} did not converge to {self._target(problem):g} "
+                f"(last change {err:.3g} at tol {tol:g}); RMSE below that is not meaningful",
+                stacklevel=2,
+            )
         self.computed += 1
         return prev, err

@@ -122,8 +122,10 @@ def _table(agg, problem, lines, nfes, metric: str, use_abs: bool) -> str:
 
 
 def _cost_table(agg, problem, lines, nfes) -> str:
-    out = ["| solver | grid | overhead µs/step (zero-cost model) | wall ms at NFE "
-           f"{nfes[-1]} | peak memory KiB |", "|---|---|---:|---:|---:|"]
+    out = [
+        f"| solver | grid | overhead µs/step (zero-cost model) | wall ms at NFE {nfes[-1]} | peak memory KiB |",
+        "|---|---|---:|---:|---:|",
+    ]
     for s, g in lines:
         ovs = [agg[(problem, s, g, n)]["overhead"] for n in nfes if (problem, s, g, n) in agg]
         ovs = [v for v in ovs if v is not None]
@@ -131,8 +133,11 @@ def _cost_table(agg, problem, lines, nfes) -> str:
         mems = [agg[(problem, s, g, n)]["mem"] for n in nfes if (problem, s, g, n) in agg]
         mems = [m for m in mems if m is not None]
         wall = f"{last['wall'] * 1e3:.2f}" if last and last["wall"] is not None else "n/a"
-        out.append(f"| {s} | {g} | {median(ovs):.1f} | {wall} | {max(mems) / 1024:.0f} |" if ovs else
-                   f"| {s} | {g} | n/a | {wall} | n/a |")
+        out.append(
+            f"| {s} | {g} | {median(ovs):.1f} | {wall} | {max(mems) / 1024:.0f} |"
+            if ovs
+            else f"| {s} | {g} | n/a | {wall} | n/a |"
+        )
     return "\n".join(out)
 
 
@@ -144,11 +149,12 @@ def markdown_tables(rows: list[dict], problems: dict) -> str:
         obj = problems.get(p)
         desc = getattr(obj, "description", "") if obj is not None else ""
         metric = _dist_metric(obj)
-        mname = {"nll_gap": "NLL under the exact p0 minus that of true samples (nats; under-dispersed samples go "
-                            "negative; bold: smallest |gap|)",
-                 "fdd": "FDD, the Frechet distance of the digit classifier's features to the held-out digits "
-                        "(this data set's FID; biased upward at small sample counts)"}.get(
-                     metric, "sliced Wasserstein-2 distance to held-out data")
+        mname = {
+            "nll_gap": "NLL under the exact p0 minus that of true samples (nats; under-dispersed samples go "
+            "negative; bold: smallest |gap|)",
+            "fdd": "FDD, the Frechet distance of the digit classifier's features to the held-out digits "
+            "(this data set's FID; biased upward at small sample counts)",
+        }.get(metric, "sliced Wasserstein-2 distance to held-out data")
         parts.append(f"### {p}" + (f": {desc}" if desc else ""))
         parts.append("RMSE of the final samples to the reference ODE solution (deterministic solvers):\n")
         parts.append(_table(agg, p, lines[p], nfes, "rmse", False))
@@ -157,11 +163,13 @@ def markdown_tables(rows: list[dict], problems: dict) -> str:
         parts.append("\nCost:\n")
         parts.append(_cost_table(agg, p, lines[p], nfes))
         parts.append("")
-    parts.append("Bold: best of the column. `*`: the real NFE (in brackets) differs from the column's. "
-                 "`†`: the peer ends at sigma > 0. `—`: NFE not reachable. `n/a`: not defined (RMSE of a "
-                 "stochastic solver). Values are means over seeds. Peak memory: the largest total of one run's "
-                 "tensors alive at once (CPU: counted op by op in a separate, untimed run; CUDA: the allocator's "
-                 "peak), the largest over the NFE columns.")
+    parts.append(
+        "Bold: best of the column. `*`: the real NFE (in brackets) differs from the column's. "
+        "`†`: the peer ends at sigma > 0. `—`: NFE not reachable. `n/a`: not defined (RMSE of a "
+        "stochastic solver). Values are means over seeds. Peak memory: the largest total of one run's "
+        "tensors alive at once (CPU: counted op by op in a separate, untimed run; CUDA: the allocator's "
+        "peak), the largest over the NFE columns."
+    )
     return "\n".join(parts) + "\n"
 
 
@@ -216,8 +224,14 @@ def _line_plots(rows, problems, metric_of, ylabel_of, title, path):
             if s not in solvers:
                 solvers.append(s)
     colors = _colors(solvers)
-    fig, axes = plt.subplots(len(plist), len(grids), figsize=(4.2 * len(grids) + 2.0, 3.4 * len(plist) + 0.6),
-                             squeeze=False, sharex=True, layout="constrained")
+    fig, axes = plt.subplots(
+        len(plist),
+        len(grids),
+        figsize=(4.2 * len(grids) + 2.0, 3.4 * len(plist) + 0.6),
+        squeeze=False,
+        sharex=True,
+        layout="constrained",
+    )
     handles = {}
     for i, p in enumerate(plist):
         metric = metric_of(problems.get(p))
@@ -235,9 +249,16 @@ def _line_plots(rows, problems, metric_of, ylabel_of, title, path):
                     continue
                 pts.sort()
                 k = solvers.index(s)
-                (h,) = ax.plot([x for x, _ in pts], [y for _, y in pts], color=colors[s],
-                               linestyle="--" if ":" in s and s.split(":")[0] in ("diffusers", "k-diffusion") else "-",
-                               marker=_MARKERS[k % len(_MARKERS)], markersize=4, linewidth=1.5, label=s)
+                (h,) = ax.plot(
+                    [x for x, _ in pts],
+                    [y for _, y in pts],
+                    color=colors[s],
+                    linestyle="--" if ":" in s and s.split(":")[0] in ("diffusers", "k-diffusion") else "-",
+                    marker=_MARKERS[k % len(_MARKERS)],
+                    markersize=4,
+                    linewidth=1.5,
+                    label=s,
+                )
                 handles.setdefault(s, h)
             ax.set_xscale("log")
             ax.set_yscale("log")
@@ -272,8 +293,9 @@ def _overhead_plot(rows, path):
 
     agg = aggregate(rows)
     plist, lines, nfes = _series(rows)
-    fig, axes = plt.subplots(1, len(plist), figsize=(5.0 * len(plist), 0.5 + 0.28 * max(len(v) for v in lines.values())),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(plist), figsize=(5.0 * len(plist), 0.5 + 0.28 * max(len(v) for v in lines.values())), squeeze=False
+    )
     for i, p in enumerate(plist):
         ax = axes[0][i]
         labels, vals = [], []
@@ -321,13 +343,25 @@ def write_reports(result, problems: dict, plots: bool = True, log=print) -> dict
         ok = [r for r in rows if r["status"] == "ok"]
         if ok:
             files["error_plot"] = out / "error_vs_nfe.png"
-            _line_plots(ok, problems, lambda p: "rmse", lambda m: "RMSE to reference",
-                        "RMSE to the reference ODE solution vs NFE (log-log)", files["error_plot"])
+            _line_plots(
+                ok,
+                problems,
+                lambda p: "rmse",
+                lambda m: "RMSE to reference",
+                "RMSE to the reference ODE solution vs NFE (log-log)",
+                files["error_plot"],
+            )
             files["dist_plot"] = out / "distribution_vs_nfe.png"
-            _line_plots(ok, problems, _dist_metric,
-                        lambda m: {"nll_gap": "|NLL gap| (nats)", "fdd": "FDD to held-out digits"}.get(
-                            m, "sliced W2 to held-out data"),
-                        "Distribution metric vs NFE (every solver)", files["dist_plot"])
+            _line_plots(
+                ok,
+                problems,
+                _dist_metric,
+                lambda m: {"nll_gap": "|NLL gap| (nats)", "fdd": "FDD to held-out digits"}.get(
+                    m, "sliced W2 to held-out data"
+                ),
+                "Distribution metric vs NFE (every solver)",
+                files["dist_plot"],
+            )
             files["overhead_plot"] = out / "overhead.png"
             _overhead_plot(ok, files["overhead_plot"])
         if result.overhead:
@@ -345,13 +379,18 @@ def summary(result, problems: dict, seconds: float) -> str:
     by_status = defaultdict(int)
     for r in rows:
         by_status[r["status"]] += 1
-    lines_out = [f"bench: {len(rows)} cells ({result.computed} computed, {result.skipped} already done) in "
-                 f"{seconds:.1f} s; " + ", ".join(f"{v} {k}" for k, v in sorted(by_status.items()))]
+    lines_out = [
+        f"bench: {len(rows)} cells ({result.computed} computed, {result.skipped} already done) in "
+        f"{seconds:.1f} s; " + ", ".join(f"{v} {k}" for k, v in sorted(by_status.items()))
+    ]
     for p in plist:
         best = []
         for n in nfes:
-            cands = [(a["rmse"], s, g) for (pp, s, g, nn), a in agg.items()
-                     if pp == p and nn == n and a["status"] == "ok" and a["exact"] and a["rmse"] is not None]
+            cands = [
+                (a["rmse"], s, g)
+                for (pp, s, g, nn), a in agg.items()
+                if pp == p and nn == n and a["status"] == "ok" and a["exact"] and a["rmse"] is not None
+            ]
             if cands:
                 v, s, g = min(cands)
                 best.append(f"NFE {n}: {s}/{g} {v:.2e}")

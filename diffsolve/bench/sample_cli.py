@@ -30,8 +30,18 @@ def _generators(seed: int, lo: int, hi: int, stream: int) -> list[torch.Generato
     return [torch.Generator().manual_seed(per_sample_seed(seed, i, stream)) for i in range(lo, hi)]
 
 
-def digits_samples(problem, solver: str, steps: int, grid: str | None, n: int, seed: int, batch: int = 500,
-                   chunks: list[int] | None = None, progress: bool = False, **options) -> dict[int, np.ndarray]:
+def digits_samples(
+    problem,
+    solver: str,
+    steps: int,
+    grid: str | None,
+    n: int,
+    seed: int,
+    batch: int = 500,
+    chunks: list[int] | None = None,
+    progress: bool = False,
+    **options,
+) -> dict[int, np.ndarray]:
     """``{chunk index: x0 (float32, model space)}`` for the chunks asked (default: all of them)."""
     from ..sampling import sample
 
@@ -85,8 +95,10 @@ def sample_digits(args) -> int:
 
     out = Path(args.out) if args.out else None
     if out is None or out.suffix not in (".png", ".npz"):
-        print("diffsolve sample: error: --problem digits needs --out FILE.png (a picture) or FILE.npz (the arrays)",
-              file=sys.stderr)
+        print(
+            "diffsolve sample: error: --problem digits needs --out FILE.png (a picture) or FILE.npz (the arrays)",
+            file=sys.stderr,
+        )
         return 2
     if not 1 <= args.samples <= _MAX_N:
         print(f"diffsolve sample: error: --n must be in [1, {_MAX_N}], got {args.samples}", file=sys.stderr)
@@ -101,8 +113,18 @@ def sample_digits(args) -> int:
     try:
         n_chunks = -(-args.samples // args.batch)
         t0 = time.perf_counter()
-        mine = digits_samples(problem, args.solver, args.steps, args.grid, args.samples, args.seed, args.batch,
-                              chunks=list(range(rank, n_chunks, world)), progress=rank == 0, **options)
+        mine = digits_samples(
+            problem,
+            args.solver,
+            args.steps,
+            args.grid,
+            args.samples,
+            args.seed,
+            args.batch,
+            chunks=list(range(rank, n_chunks, world)),
+            progress=rank == 0,
+            **options,
+        )
         if world > 1:
             import torch.distributed as tdist
 
@@ -121,10 +143,19 @@ def sample_digits(args) -> int:
             _save_png(problem, x0, out, title)
         else:
             images = problem.to_images(torch.from_numpy(x0)).numpy().astype(np.float32)
-            np.savez(out, x0=x0, images=images, seed=np.int64(args.seed), steps=np.int64(args.steps),
-                     solver=np.str_(args.solver), grid=np.str_(grid))
-        print(f"wrote {out}: {x0.shape[0]} samples, {args.solver} {args.steps} steps ({grid}), "
-              f"{world} process(es), {time.perf_counter() - t0:.1f} s")
+            np.savez(
+                out,
+                x0=x0,
+                images=images,
+                seed=np.int64(args.seed),
+                steps=np.int64(args.steps),
+                solver=np.str_(args.solver),
+                grid=np.str_(grid),
+            )
+        print(
+            f"wrote {out}: {x0.shape[0]} samples, {args.solver} {args.steps} steps ({grid}), "
+            f"{world} process(es), {time.perf_counter() - t0:.1f} s"
+        )
         return 0
     finally:
         dist.teardown()

@@ -21,9 +21,33 @@ TUNED = "tuned"
 
 #: columns of results.csv, in order
 ROW_FIELDS = [
-    "problem", "solver", "grid", "nfe_target", "seed", "status", "nfe", "steps", "nfe_exact", "stochastic",
-    "peer", "rmse", "ref_err", "nll_gap", "sw", "fdd", "coverage", "wall_s", "overhead_us_per_step", "peak_mem_bytes", "mem_source",
-    "sigma_start", "sigma_end", "samples", "dtype", "device", "message",
+    "problem",
+    "solver",
+    "grid",
+    "nfe_target",
+    "seed",
+    "status",
+    "nfe",
+    "steps",
+    "nfe_exact",
+    "stochastic",
+    "peer",
+    "rmse",
+    "ref_err",
+    "nll_gap",
+    "sw",
+    "fdd",
+    "coverage",
+    "wall_s",
+    "overhead_us_per_step",
+    "peak_mem_bytes",
+    "mem_source",
+    "sigma_start",
+    "sigma_end",
+    "samples",
+    "dtype",
+    "device",
+    "message",
 ]
 #: columns that depend on the machine's speed (left out when comparing runs)
 TIMING_FIELDS = ("wall_s", "overhead_us_per_step", "peak_mem_bytes")
@@ -76,14 +100,15 @@ def parse_solver(spec) -> SolverSpec:
     if spec in peers.PEERS:
         if spec not in peers.available_peers():
             lib = peers.PEERS[spec].library
-            raise BenchError(f"peer {spec!r} needs {lib}, which is not installed "
-                             f"(pip install {'diffusers' if lib == 'diffusers' else 'k-diffusion'})")
+            raise BenchError(
+                f"peer {spec!r} needs {lib}, which is not installed "
+                f"(pip install {'diffusers' if lib == 'diffusers' else 'k-diffusion'})"
+            )
         return SolverSpec(label=spec, peer=spec)
     name, *opts = spec.split(":")
     known = solver_names()
     if name not in known:
-        raise BenchError(f"unknown solver {name!r}; known solvers: {', '.join(known)}; "
-                         f"peers: {', '.join(peers.PEERS)}")
+        raise BenchError(f"unknown solver {name!r}; known solvers: {', '.join(known)}; peers: {', '.join(peers.PEERS)}")
     options = []
     for o in opts:
         if "=" not in o:

@@ -13,8 +13,9 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "CellStore", "cell_key", "to_jsonable"]
 

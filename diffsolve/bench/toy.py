@@ -77,7 +77,14 @@ def spiral_problem(samples: int = 256):
 
     held_out = spiral(4096, torch.Generator().manual_seed(HELD_OUT_SEED))
     return ModelProblem(
-        "mlp-spiral", load_toy_model(), default_schedule(), shape=(2,), prediction="eps", time="index",
-        data=held_out, samples=samples, dtype=torch.float32,
+        "mlp-spiral",
+        load_toy_model(),
+        default_schedule(),
+        shape=(2,),
+        prediction="eps",
+        time="index",
+        data=held_out,
+        samples=samples,
+        dtype=torch.float32,
         description="eps-MLP trained on a 2-D spiral (shipped weights)",
     )

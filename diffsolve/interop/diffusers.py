@@ -41,7 +41,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 
@@ -77,19 +78,58 @@ def config_of(scheduler_or_config) -> Mapping[str, Any]:
 
 FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
 #: keys of a flow-matching config that set the model or the grid (read here)
-FLOW_KEYS = {"num_train_timesteps", "shift", "use_dynamic_shifting", "base_shift", "max_shift",
-             "base_image_seq_len", "max_image_seq_len", "shift_terminal", "time_shift_type"}
+FLOW_KEYS = {
+    "num_train_timesteps",
+    "shift",
+    "use_dynamic_shifting",
+    "base_shift",
+    "max_shift",
+    "base_image_seq_len",
+    "max_image_seq_len",
+    "shift_terminal",
+    "time_shift_type",
+}
 #: keys of a DDPM-family config read here
-DDPM_KEYS = {"num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
-             "rescale_betas_zero_snr", "prediction_type", "clip_sample", "clip_sample_range", "thresholding",
-             "dynamic_thresholding_ratio", "sample_max_value", "timestep_spacing", "steps_offset",
-             "set_alpha_to_one"}
+DDPM_KEYS = {
+    "num_train_timesteps",
+    "beta_start",
+    "beta_end",
+    "beta_schedule",
+    "trained_betas",
+    "rescale_betas_zero_snr",
+    "prediction_type",
+    "clip_sample",
+    "clip_sample_range",
+    "thresholding",
+    "dynamic_thresholding_ratio",
+    "sample_max_value",
+    "timestep_spacing",
+    "steps_offset",
+    "set_alpha_to_one",
+}
 #: keys that only choose a scheduler's own sampling method: diffsolve takes the solver separately
-SOLVER_KEYS = {"solver_order", "algorithm_type", "solver_type", "lower_order_final", "euler_at_final",
-               "disable_corrector", "predict_x0", "solver_p", "predictor_order", "corrector_order",
-               "tau_func", "skip_prk_steps", "noise_sampler_seed", "lambda_min_clipped", "stochastic_sampling",
-               # DiffsolveScheduler's own
-               "solver", "solver_options", "grid", "grid_options"}
+SOLVER_KEYS = {
+    "solver_order",
+    "algorithm_type",
+    "solver_type",
+    "lower_order_final",
+    "euler_at_final",
+    "disable_corrector",
+    "predict_x0",
+    "solver_p",
+    "predictor_order",
+    "corrector_order",
+    "tau_func",
+    "skip_prk_steps",
+    "noise_sampler_seed",
+    "lambda_min_clipped",
+    "stochastic_sampling",
+    # DiffsolveScheduler's own
+    "solver",
+    "solver_options",
+    "grid",
+    "grid_options",
+}
 #: keys accepted only at the value that leaves the model and the grid as read here: key -> (allowed, what to do)
 FIXED_KEYS = {
     "use_karras_sigmas": ((False, None), "sample with grid='karras' (ds.grid) instead"),
@@ -99,8 +139,10 @@ FIXED_KEYS = {
     "use_flow_sigmas": ((False, None), "use a FlowMatchEulerDiscreteScheduler config for a flow model"),
     "flow_shift": ((1.0, None), "use a FlowMatchEulerDiscreteScheduler config with shift= for a flow model"),
     "final_sigmas_type": (("zero", None), "the grid ends at sigma = 0; pass your own sigmas= to end elsewhere"),
-    "variance_type": ((None, "fixed_small", "fixed_large"),
-                      "a learned variance doubles the model's output channels; wrap the eps half with ds.wrap"),
+    "variance_type": (
+        (None, "fixed_small", "fixed_large"),
+        "a learned variance doubles the model's output channels; wrap the eps half with ds.wrap",
+    ),
     "timestep_type": (("discrete", None), "wrap a continuous-time model with ds.wrap(time=...)"),
     "interpolation_type": (("linear", None), "pass your own sigmas= instead"),
     "sigma_min": ((None,), "pass your own sigmas= instead"),
@@ -137,8 +179,10 @@ def check_config(config) -> Mapping[str, Any]:
     name = _class_name(config)
     flow = is_flow_config(config)
     if name is not None and not flow and name.startswith(("FlowMatch", "EDM")):
-        raise ValueError(f"{name} is not supported: from_diffusers reads DDPM-family schedulers and "
-                         f"{', '.join(FLOW_SCHEDULERS)}; wrap other models with ds.wrap")
+        raise ValueError(
+            f"{name} is not supported: from_diffusers reads DDPM-family schedulers and "
+            f"{', '.join(FLOW_SCHEDULERS)}; wrap other models with ds.wrap"
+        )
     own = FLOW_KEYS if flow else DDPM_KEYS
     known = own | SOLVER_KEYS | set(FIXED_KEYS) | INERT_KEYS
     for key, value in cfg.items():
@@ -146,14 +190,18 @@ def check_config(config) -> Mapping[str, Any]:
             continue
         if key not in known:
             what = "a flow-matching" if flow else "a DDPM-family"
-            raise ValueError(f"scheduler config key {key!r} (= {value!r}) is not read by from_diffusers for "
-                             f"{what} scheduler, and guessing could give a wrong answer; remove it if it does "
-                             "not change the model or the timesteps, or wrap the model with ds.wrap")
+            raise ValueError(
+                f"scheduler config key {key!r} (= {value!r}) is not read by from_diffusers for "
+                f"{what} scheduler, and guessing could give a wrong answer; remove it if it does "
+                "not change the model or the timesteps, or wrap the model with ds.wrap"
+            )
         if key in FIXED_KEYS and key not in own:
             allowed, advice = FIXED_KEYS[key]
             if value not in allowed:
-                raise ValueError(f"scheduler config {key}={value!r} is not supported by from_diffusers "
-                                 f"(allowed: {', '.join(map(repr, allowed))}): {advice}")
+                raise ValueError(
+                    f"scheduler config {key}={value!r} is not supported by from_diffusers "
+                    f"(allowed: {', '.join(map(repr, allowed))}): {advice}"
+                )
     if flow and cfg.get("time_shift_type", "exponential") not in ("exponential", "linear"):
         raise ValueError(f"time_shift_type={cfg['time_shift_type']!r} is not known; allowed: 'exponential', 'linear'")
     return cfg
@@ -189,8 +237,9 @@ def schedule_from_config(config) -> DiscreteSchedule:
     elif kind == "squaredcos_cap_v2":
         return DiscreteSchedule.squaredcos_cap_v2(T, rescale_zero_terminal_snr=zero_snr)
     else:
-        raise ValueError(f"beta_schedule={kind!r} is not supported; supported: {', '.join(BETA_SCHEDULES)} "
-                         "(or pass trained_betas)")
+        raise ValueError(
+            f"beta_schedule={kind!r} is not supported; supported: {', '.join(BETA_SCHEDULES)} (or pass trained_betas)"
+        )
     return DiscreteSchedule.from_betas(betas.to(torch.float64), rescale_zero_terminal_snr=zero_snr)
 
 
@@ -210,8 +259,10 @@ def prediction_from_config(config) -> str:
     if p not in PREDICTION_TYPES:
         from ..validation import suggest
 
-        raise ValueError(f"prediction_type={p!r} is not supported; supported: {', '.join(PREDICTION_TYPES)}"
-                         f"{suggest(p, PREDICTION_TYPES)}")
+        raise ValueError(
+            f"prediction_type={p!r} is not supported; supported: {', '.join(PREDICTION_TYPES)}"
+            f"{suggest(p, PREDICTION_TYPES)}"
+        )
     return PREDICTION_TYPES[p]
 
 
@@ -219,8 +270,9 @@ def transform_from_config(config) -> Callable | None:
     """The x0 correction the config asks for: dynamic thresholding, clipping, or None."""
     cfg = config_of(config)
     if cfg.get("thresholding", False):
-        return DynamicThresholding(float(cfg.get("dynamic_thresholding_ratio", 0.995)),
-                                    max_value=float(cfg.get("sample_max_value", 1.0)))
+        return DynamicThresholding(
+            float(cfg.get("dynamic_thresholding_ratio", 0.995)), max_value=float(cfg.get("sample_max_value", 1.0))
+        )
     if cfg.get("clip_sample", False):
         r = float(cfg.get("clip_sample_range", 1.0))
         return Clipping(-r, r)
@@ -235,8 +287,10 @@ def flow_times(config, steps: int, mu: float | None = None) -> torch.Tensor:
     shift = float(cfg.get("shift", 1.0))
     dynamic = bool(cfg.get("use_dynamic_shifting", False))
     if dynamic and mu is None:
-        raise ValueError("use_dynamic_shifting=True: pass mu= (the resolution-dependent shift the pipeline "
-                         "computes, e.g. from base_shift/max_shift and the image's token count) to diffusers_grid")
+        raise ValueError(
+            "use_dynamic_shifting=True: pass mu= (the resolution-dependent shift the pipeline "
+            "computes, e.g. from base_shift/max_shift and the image's token count) to diffusers_grid"
+        )
     if not dynamic and mu is not None:
         raise ValueError("mu= is only used with use_dynamic_shifting=True; this config shifts by shift=")
     if not isinstance(steps, int) or steps < 1:
@@ -262,8 +316,9 @@ def flow_times(config, steps: int, mu: float | None = None) -> torch.Tensor:
     return torch.from_numpy(np.asarray(t)).to(torch.float32)
 
 
-def diffusers_grid(config, steps: int, schedule: DiscreteSchedule | None = None, *,
-                   mu: float | None = None) -> torch.Tensor:
+def diffusers_grid(
+    config, steps: int, schedule: DiscreteSchedule | None = None, *, mu: float | None = None
+) -> torch.Tensor:
     """The sigmas of diffusers' ``set_timesteps(steps)`` for this config (``timestep_spacing``,
     ``steps_offset``), ending at sigma = 0 as DDIM with ``set_alpha_to_one=True`` does.
 
@@ -305,7 +360,9 @@ def diffusers_grid(config, steps: int, schedule: DiscreteSchedule | None = None,
 def model_callable(model) -> Callable[..., torch.Tensor]:
     """``model(x, t, **kwargs) -> tensor`` from a diffusers model (its output's ``.sample``) or a callable."""
     if not callable(model):
-        raise TypeError(f"model must be a diffusers model or a callable model(x, t, **kwargs), got {type(model).__name__}")
+        raise TypeError(
+            f"model must be a diffusers model or a callable model(x, t, **kwargs), got {type(model).__name__}"
+        )
 
     def call(x, t, **kwargs):
         out = model(x, t, **kwargs)

@@ -73,8 +73,17 @@ class _NeedModel(Exception):
 
 # -- the families ----------------------------------------------------------------------------------
 #: keys every family shares: the training schedule and the x0 correction
-_SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
-                  "prediction_type", "rescale_betas_zero_snr", "timestep_spacing", "steps_offset")
+_SCHEDULE_KEYS = (
+    "num_train_timesteps",
+    "beta_start",
+    "beta_end",
+    "beta_schedule",
+    "trained_betas",
+    "prediction_type",
+    "rescale_betas_zero_snr",
+    "timestep_spacing",
+    "steps_offset",
+)
 
 
 class _Family:
@@ -92,8 +101,11 @@ class _Family:
         return getattr(diffusers, self.name)
 
     def defaults(self) -> dict[str, Any]:
-        return {k: p.default for k, p in inspect.signature(self.cls.__init__).parameters.items()
-                if k not in ("self", "kwargs")}
+        return {
+            k: p.default
+            for k, p in inspect.signature(self.cls.__init__).parameters.items()
+            if k not in ("self", "kwargs")
+        }
 
 
 def _is(*values):
@@ -104,35 +116,72 @@ def _false(v):
     return not v
 
 
-FAMILIES: dict[str, _Family] = {f.name: f for f in [
-    _Family("DDIMScheduler", "vp"),
-    _Family("DDPMScheduler", "vp", {"variance_type": _is("fixed_small", "fixed_large")}),
-    _Family("DPMSolverMultistepScheduler", "vp", {
-        "algorithm_type": _is("dpmsolver++", "dpmsolver", "sde-dpmsolver++"),
-        "variance_type": _is(None, "learned_range", "learned"),
-        "use_flow_sigmas": _false, "use_dynamic_shifting": _false}),
-    _Family("UniPCMultistepScheduler", "vp", {
-        "predict_x0": _is(True), "disable_corrector": lambda v: not v, "solver_p": _is(None),
-        "use_flow_sigmas": _false, "use_dynamic_shifting": _false, "shift_terminal": _is(None)}),
-    _Family("DEISMultistepScheduler", "vp", {
-        "use_flow_sigmas": _false, "use_dynamic_shifting": _false}),
-    _Family("EulerDiscreteScheduler", "ve"),
-    _Family("EulerAncestralDiscreteScheduler", "ve"),
-    _Family("HeunDiscreteScheduler", "ve"),
-    _Family("LMSDiscreteScheduler", "ve"),
-]}
+FAMILIES: dict[str, _Family] = {
+    f.name: f
+    for f in [
+        _Family("DDIMScheduler", "vp"),
+        _Family("DDPMScheduler", "vp", {"variance_type": _is("fixed_small", "fixed_large")}),
+        _Family(
+            "DPMSolverMultistepScheduler",
+            "vp",
+            {
+                "algorithm_type": _is("dpmsolver++", "dpmsolver", "sde-dpmsolver++"),
+                "variance_type": _is(None, "learned_range", "learned"),
+                "use_flow_sigmas": _false,
+                "use_dynamic_shifting": _false,
+            },
+        ),
+        _Family(
+            "UniPCMultistepScheduler",
+            "vp",
+            {
+                "predict_x0": _is(True),
+                "disable_corrector": lambda v: not v,
+                "solver_p": _is(None),
+                "use_flow_sigmas": _false,
+                "use_dynamic_shifting": _false,
+                "shift_terminal": _is(None),
+            },
+        ),
+        _Family("DEISMultistepScheduler", "vp", {"use_flow_sigmas": _false, "use_dynamic_shifting": _false}),
+        _Family("EulerDiscreteScheduler", "ve"),
+        _Family("EulerAncestralDiscreteScheduler", "ve"),
+        _Family("HeunDiscreteScheduler", "ve"),
+        _Family("LMSDiscreteScheduler", "ve"),
+    ]
+}
 
 #: keys of DiffsolveScheduler's own (not a diffusers scheduler's)
 _OWN_KEYS = ("solver", "solver_options", "grid", "grid_options", "emulate")
 #: the keys that choose the integrator (honoured with the family's own solver only)
-_INTEGRATOR_KEYS = ("solver_order", "algorithm_type", "solver_type", "lower_order_final", "euler_at_final",
-                    "predict_x0", "disable_corrector", "solver_p", "variance_type")
+_INTEGRATOR_KEYS = (
+    "solver_order",
+    "algorithm_type",
+    "solver_type",
+    "lower_order_final",
+    "euler_at_final",
+    "predict_x0",
+    "disable_corrector",
+    "solver_p",
+    "variance_type",
+)
 #: native mode (no ``emulate``): the keys it reads, with their defaults
 _NATIVE_DEFAULTS = {
-    "num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear",
-    "trained_betas": None, "prediction_type": "epsilon", "rescale_betas_zero_snr": False,
-    "timestep_spacing": "leading", "steps_offset": 0, "clip_sample": False, "clip_sample_range": 1.0,
-    "thresholding": False, "dynamic_thresholding_ratio": 0.995, "sample_max_value": 1.0, "set_alpha_to_one": True,
+    "num_train_timesteps": 1000,
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "trained_betas": None,
+    "prediction_type": "epsilon",
+    "rescale_betas_zero_snr": False,
+    "timestep_spacing": "leading",
+    "steps_offset": 0,
+    "clip_sample": False,
+    "clip_sample_range": 1.0,
+    "thresholding": False,
+    "dynamic_thresholding_ratio": 0.995,
+    "sample_max_value": 1.0,
+    "set_alpha_to_one": True,
 }
 
 
@@ -169,8 +218,9 @@ class _StepODE(DiffusionODE):
 
 def _transform(cfg) -> Callable | None:
     if cfg.get("thresholding"):
-        return DynamicThresholding(float(cfg.get("dynamic_thresholding_ratio", 0.995)),
-                                    max_value=float(cfg.get("sample_max_value", 1.0)))
+        return DynamicThresholding(
+            float(cfg.get("dynamic_thresholding_ratio", 0.995)), max_value=float(cfg.get("sample_max_value", 1.0))
+        )
     if cfg.get("clip_sample"):
         r = float(cfg.get("clip_sample_range", 1.0))
         return Clipping(-r, r)
@@ -214,6 +264,7 @@ def _with_orders(cls: type) -> type:
     hands it (``_ds_orders``) instead of diffsolve's ``final_step`` option: the step orders of
     the emulated diffusers scheduler, which a diffsolve option cannot always express."""
     if cls not in _PATCHED:
+
         def get(self):
             return self.__dict__["_ds_step_orders"]
 
@@ -271,16 +322,20 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         cfg = dict(self.config)
         emulate = cfg.get("emulate")
         if emulate is not None and emulate not in FAMILIES:
-            raise ValueError(f"emulate={emulate!r} is not supported; supported: {', '.join(FAMILIES)} "
-                             "(or None: diffsolve's own grid and DDIM's timestep rule)")
+            raise ValueError(
+                f"emulate={emulate!r} is not supported; supported: {', '.join(FAMILIES)} "
+                "(or None: diffsolve's own grid and DDIM's timestep rule)"
+            )
         self.family = FAMILIES.get(emulate)
         keys = _family_signature_keys()
         given = {k: cfg.get(k) for k in keys if cfg.get(k) is not None}
         if self.family is None:
             extra = sorted(k for k in given if k not in _NATIVE_DEFAULTS)
             if extra:
-                raise ValueError(f"key(s) {extra} need emulate=<a diffusers scheduler class> (they belong to one; "
-                                 f"supported: {', '.join(FAMILIES)}); without it the grid is grid=/grid_options=")
+                raise ValueError(
+                    f"key(s) {extra} need emulate=<a diffusers scheduler class> (they belong to one; "
+                    f"supported: {', '.join(FAMILIES)}); without it the grid is grid=/grid_options="
+                )
             fcfg = dict(_NATIVE_DEFAULTS, **given)
             self.space = "vp"
             self._ref = None
@@ -291,14 +346,22 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                 raise ValueError(f"key(s) {foreign} are not keys of {emulate}; that scheduler cannot honour them")
             fcfg = dict(defaults, **given)
             if cfg.get("grid") is not None:
-                raise ValueError(f"grid={cfg['grid']!r} with emulate={emulate!r}: the emulated scheduler sets the "
-                                 "grid; use emulate=None for a diffsolve grid")
+                raise ValueError(
+                    f"grid={cfg['grid']!r} with emulate={emulate!r}: the emulated scheduler sets the "
+                    "grid; use emulate=None for a diffsolve grid"
+                )
             self.space = self.family.space
             self._ref = self.family.cls.from_config({k: v for k, v in fcfg.items()})
             # the family's own normalisations (DPMSolverMultistep reads solver_type "bh2" as "midpoint",
             # UniPC reads "midpoint" as "bh2"): recorded as that scheduler records them
-            changed = {k: self._ref.config[k] for k in defaults if k in self._ref.config and k in self.config
-                       and isinstance(fcfg[k], (str, int, float, bool)) and self._ref.config[k] != fcfg[k]}
+            changed = {
+                k: self._ref.config[k]
+                for k in defaults
+                if k in self._ref.config
+                and k in self.config
+                and isinstance(fcfg[k], (str, int, float, bool))
+                and self._ref.config[k] != fcfg[k]
+            }
             if changed:
                 fcfg.update(changed)
                 self.register_to_config(**{k: v for k, v in changed.items() if self.config[k] is not None})
@@ -308,8 +371,10 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         self.fcfg = fcfg
         self.prediction = PREDICTION_TYPES.get(fcfg["prediction_type"])
         if self.prediction is None:
-            raise ValueError(f"prediction_type={fcfg['prediction_type']!r} is not supported; supported: "
-                             f"{', '.join(PREDICTION_TYPES)}")
+            raise ValueError(
+                f"prediction_type={fcfg['prediction_type']!r} is not supported; supported: "
+                f"{', '.join(PREDICTION_TYPES)}"
+            )
         self.transform = _transform(fcfg)
         self.solver_name, self.solver_opts, self.orders_rule = self._choose_solver(cfg, fcfg)
         probe = make_solver(self.solver_name, **self.solver_opts)  # validates name and options now
@@ -338,11 +403,14 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         if user is not None:
             if fam is not None:
                 defaults = self.family.defaults()
-                clash = sorted(k for k in _INTEGRATOR_KEYS if k in defaults and fcfg[k] != defaults[k]
-                               and k != "variance_type")
+                clash = sorted(
+                    k for k in _INTEGRATOR_KEYS if k in defaults and fcfg[k] != defaults[k] and k != "variance_type"
+                )
                 if clash:
-                    raise ValueError(f"solver={user!r} replaces {fam}'s own method, so its key(s) {clash} (set to "
-                                     "non-default values) cannot be honoured; drop them or drop solver=")
+                    raise ValueError(
+                        f"solver={user!r} replaces {fam}'s own method, so its key(s) {clash} (set to "
+                        "non-default values) cannot be honoured; drop them or drop solver="
+                    )
             return user, opts, None
         if fam is None:
             return "ddim", opts, None
@@ -381,8 +449,10 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             return "unipc", {"solver_order": min(order, 3), "variant": fcfg["solver_type"]}, _unipc_orders
         if fam == "DEISMultistepScheduler":
             if fcfg["solver_type"] != "logrho" or fcfg["algorithm_type"] != "deis":
-                raise ValueError(f"DEISMultistepScheduler: algorithm_type={fcfg['algorithm_type']!r}, solver_type="
-                                 f"{fcfg['solver_type']!r}; supported: 'deis' with 'logrho'")
+                raise ValueError(
+                    f"DEISMultistepScheduler: algorithm_type={fcfg['algorithm_type']!r}, solver_type="
+                    f"{fcfg['solver_type']!r}; supported: 'deis' with 'logrho'"
+                )
             # diffusers' "logrho" DEIS is log-rho AB-DEIS: diffsolve's deis with variable="log-sigma"
             return "deis", {"solver_order": order, "variable": "log-sigma"}, _dpm_orders
         raise AssertionError(fam)
@@ -420,8 +490,14 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             self._step_index = self._ref.step_index
         return out
 
-    def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None,
-                      timesteps=None, sigmas=None, **kwargs):
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        timesteps=None,
+        sigmas=None,
+        **kwargs,
+    ):
         """The timesteps of a run of ``num_inference_steps`` steps (or the given ``timesteps`` /
         ``sigmas``, where the emulated scheduler accepts them)."""
         self._step_index = None
@@ -441,8 +517,9 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         elif num_inference_steps is None:
             raise ValueError("pass num_inference_steps (or timesteps= / sigmas=)")
         elif self.config.grid is not None:
-            sig = named_grid(self.config.grid, self.schedule, _steps(num_inference_steps),
-                             **(self.config.grid_options or {}))
+            sig = named_grid(
+                self.config.grid, self.schedule, _steps(num_inference_steps), **(self.config.grid_options or {})
+            )
         else:
             sig = diffusers_grid(self.fcfg, _steps(num_inference_steps), self.schedule)
         self._grid = sig.tolist()
@@ -461,8 +538,9 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         for key, val in (("timesteps", timesteps), ("sigmas", sigmas)):
             if val is not None:
                 if key not in params:
-                    raise ValueError(f"{self.family.name} does not take {key}= in set_timesteps; pass "
-                                     "num_inference_steps")
+                    raise ValueError(
+                        f"{self.family.name} does not take {key}= in set_timesteps; pass num_inference_steps"
+                    )
                 args[key] = val
         if n is not None:
             args["num_inference_steps"] = _steps(n) if timesteps is None and sigmas is None else n
@@ -496,8 +574,10 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                 self._grid = [g[0]] + g[1:-1:2] + [g[-1]]
             self._calls = self._call_map(self._grid)
             if len(self._calls) != len(self.timesteps):
-                raise ValueError(f"solver {self.solver_name!r} makes {len(self._calls)} model calls on "
-                                 f"{fam}'s schedule, which has {len(self.timesteps)} timesteps")
+                raise ValueError(
+                    f"solver {self.solver_name!r} makes {len(self._calls)} model calls on "
+                    f"{fam}'s schedule, which has {len(self.timesteps)} timesteps"
+                )
         else:
             # another solver on the family's grid: one timestep per call, at the family's sigma -> t
             g = self._grid
@@ -512,7 +592,9 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         out = []
         for s in sig:
             ls = math.log(max(s, 1e-30))
-            idx = int(torch.searchsorted(log_sigmas, torch.tensor(ls, dtype=torch.float64)).clamp(1, len(log_sigmas) - 1))
+            idx = int(
+                torch.searchsorted(log_sigmas, torch.tensor(ls, dtype=torch.float64)).clamp(1, len(log_sigmas) - 1)
+            )
             lo, hi = float(log_sigmas[idx - 1]), float(log_sigmas[idx])
             out.append(idx - 1 + min(max((ls - lo) / (hi - lo), 0.0), 1.0))
         return torch.as_tensor(out, dtype=torch.float32)
@@ -532,10 +614,23 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             a = float(ref.alphas_cumprod[prev]) if prev >= 0 else float(ref.final_alpha_cumprod)
         return math.sqrt(max(1.0 - a, 0.0) / a)
 
-    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, eta: float | None = None,
-             use_clipped_model_output: bool | None = None, generator=None, variance_noise: torch.Tensor | None = None,
-             return_dict: bool = True, *, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
-             s_noise: float = 1.0, order: int | None = None):
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep,
+        sample: torch.Tensor,
+        eta: float | None = None,
+        use_clipped_model_output: bool | None = None,
+        generator=None,
+        variance_noise: torch.Tensor | None = None,
+        return_dict: bool = True,
+        *,
+        s_churn: float = 0.0,
+        s_tmin: float = 0.0,
+        s_tmax: float = math.inf,
+        s_noise: float = 1.0,
+        order: int | None = None,
+    ):
         """One model output in, the next sample out (``prev_sample``), with the solver's denoised
         estimate (``pred_original_sample``). DDIMScheduler's arguments and positions: ``eta``
         (DDIM's; others refuse eta > 0), ``use_clipped_model_output``, ``generator`` (the noise of
@@ -548,16 +643,20 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         if self.fcfg.get("variance_type") in ("learned", "learned_range") and model_output.shape[1] > sample.shape[1]:
             model_output = model_output[:, : sample.shape[1]]  # the variance channels are not used
         if s_churn > 0 and any(s_tmin <= s <= s_tmax for s in self._grid[:-1]):
-            raise ValueError("s_churn > 0 (EulerDiscreteScheduler's churn) is not supported; use "
-                             "solver='heun' with solver_options={'s_churn': ...} or a stochastic solver")
+            raise ValueError(
+                "s_churn > 0 (EulerDiscreteScheduler's churn) is not supported; use "
+                "solver='heun' with solver_options={'s_churn': ...} or a stochastic solver"
+            )
         if order is not None and self.solver_name == "lms" and order != self.solver_opts.get("solver_order", 4):
             raise ValueError(f"order={order} given to step(); set it as solver_options={{'solver_order': {order}}}")
         if self._ddim_rule:
-            prev, denoised = self._step_ddim(model_output, timestep, sample, eta, use_clipped_model_output,
-                                             generator, variance_noise)
+            prev, denoised = self._step_ddim(
+                model_output, timestep, sample, eta, use_clipped_model_output, generator, variance_noise
+            )
         else:
-            prev, denoised = self._step_solver(model_output, timestep, sample, eta, use_clipped_model_output,
-                                               generator, variance_noise)
+            prev, denoised = self._step_solver(
+                model_output, timestep, sample, eta, use_clipped_model_output, generator, variance_noise
+            )
         if not return_dict:
             return prev, denoised
         return DDIMSchedulerOutput(prev_sample=prev, pred_original_sample=denoised)
@@ -603,9 +702,14 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         return xbar / math.sqrt(1.0 + sigma * sigma) if self.space == "vp" else xbar
 
     def _ode(self, model, prediction: str | None = None, transform="config") -> _StepODE:
-        return _StepODE(model, _PLACEHOLDER_SCHEDULE, prediction=prediction or self.prediction,
-                        time=lambda s: s, time_dtype=torch.float64,
-                        denoised_transform=self.transform if transform == "config" else transform)
+        return _StepODE(
+            model,
+            _PLACEHOLDER_SCHEDULE,
+            prediction=prediction or self.prediction,
+            time=lambda s: s,
+            time_dtype=torch.float64,
+            denoised_transform=self.transform if transform == "config" else transform,
+        )
 
     def _new_solver(self, start: int = 0, steps: int | None = None, **override) -> Solver:
         opts = dict(self.solver_opts, **override)
@@ -633,12 +737,14 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             raise DataDependentCallsError(
                 f"solver {self.solver_name!r} chooses where to call the model from the data (adaptive step "
                 "control), but a diffusers pipeline needs its timesteps before the first call; use a fixed-step "
-                "solver in pipelines, or diffsolve.sample with diffsolve.from_diffusers")
+                "solver in pipelines, or diffsolve.sample with diffsolve.from_diffusers"
+            )
         if cls.step is Solver.step:
             raise ValueError(
                 f"solver {self.solver_name!r} integrates the whole grid in run() and has no per-step step(), but a "
                 "diffusers pipeline hands over one model output at a time; use it through "
-                "diffsolve.sample(diffsolve.from_diffusers(model, config), ...)")
+                "diffsolve.sample(diffsolve.from_diffusers(model, config), ...)"
+            )
         if any(b >= a for a, b in itertools.pairwise(grid)):
             raise ValueError("the schedule's sigmas must be strictly decreasing for a multi-call solver")
         patterns = []
@@ -662,7 +768,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         if patterns[0] != patterns[1]:
             raise DataDependentCallsError(
                 f"solver {self.solver_name!r} chooses where to call the model from the data (an iterated "
-                "corrector), but a diffusers pipeline needs its timesteps before the first call")
+                "corrector), but a diffusers pipeline needs its timesteps before the first call"
+            )
         return patterns[0]
 
     def _index_for(self, timestep) -> int:
@@ -674,15 +781,18 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         if not hits:
             hits = (torch.isclose(ts.double(), tv.double(), rtol=1e-6, atol=1e-6)).nonzero().flatten().tolist()
         if not hits:
-            raise ValueError(f"timestep {float(tv)} is not in this schedule's timesteps "
-                             f"({ts.tolist()[:4]}...); step through scheduler.timesteps")
+            raise ValueError(
+                f"timestep {float(tv)} is not in this schedule's timesteps "
+                f"({ts.tolist()[:4]}...); step through scheduler.timesteps"
+            )
         return hits[1] if len(hits) > 1 else hits[0]
 
     def _start(self, timestep) -> int:
         if self._begin_index is not None:
             k = self._begin_index
-        elif self._ref is not None and self.timesteps is self._ref.timesteps and \
-                hasattr(self._ref, "index_for_timestep"):
+        elif (
+            self._ref is not None and self.timesteps is self._ref.timesteps and hasattr(self._ref, "index_for_timestep")
+        ):
             # the emulated scheduler's own lookup rule (DPM-Solver/UniPC/DEIS take the last index when
             # the timestep is not in the schedule)
             tv = timestep.to(self.timesteps.device) if isinstance(timestep, torch.Tensor) else timestep
@@ -702,8 +812,11 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
     def _step_ddim(self, model_output, timestep, sample, eta, use_clipped, generator, variance_noise):
         fam = self.family.name
         t = int(timestep)
-        if self._step_index is None or self._step_index >= len(self.timesteps) or \
-                int(self.timesteps[self._step_index]) != t:
+        if (
+            self._step_index is None
+            or self._step_index >= len(self.timesteps)
+            or int(self.timesteps[self._step_index]) != t
+        ):
             found = (self.timesteps == t).nonzero().flatten().tolist()
             self._step_index = found[0] if found else None
         s_t, s_s = self._sigma_of(t), self._sigma_prev(t)
@@ -744,29 +857,39 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
     # -- every other solver: one solver step per call ------------------------------------------------
     def _step_solver(self, model_output, timestep, sample, eta, use_clipped, generator, variance_noise):
         if eta and self.solver_name != "ddim":
-            raise ValueError(f"eta={eta} given to step(): eta is DDIM's; solver {self.solver_name!r} takes "
-                             "its options as solver_options")
+            raise ValueError(
+                f"eta={eta} given to step(): eta is DDIM's; solver {self.solver_name!r} takes "
+                "its options as solver_options"
+            )
         if use_clipped is False and self.transform is not None:
-            raise ValueError("use_clipped_model_output=False with clip_sample/thresholding: diffsolve keeps the "
-                             "clipped x0 and its eps consistent; pass True (or leave it unset)")
+            raise ValueError(
+                "use_clipped_model_output=False with clip_sample/thresholding: diffsolve keeps the "
+                "clipped x0 and its eps consistent; pass True (or leave it unset)"
+            )
         if self._step_index is None or self._run is None:
             k = self._start(timestep) if self._step_index is None else self._step_index
             self._begin_run(k, sample, eta)
         else:
             k = self._step_index
             if k >= len(self._calls):
-                raise ValueError(f"step() called after the last of the {len(self._calls)} timesteps; call "
-                                 "set_timesteps() to start a new run")
+                raise ValueError(
+                    f"step() called after the last of the {len(self._calls)} timesteps; call "
+                    "set_timesteps() to start a new run"
+                )
             tv = float(timestep)
             if abs(float(self.timesteps[k]) - tv) > 1e-4 * max(1.0, abs(tv)):
-                raise ValueError(f"step() got timestep {tv} but the next call is at timesteps[{k}] = "
-                                 f"{float(self.timesteps[k])}: step through scheduler.timesteps in order, or call "
-                                 "set_timesteps() / set_begin_index() to start a new run")
+                raise ValueError(
+                    f"step() got timestep {tv} but the next call is at timesteps[{k}] = "
+                    f"{float(self.timesteps[k])}: step through scheduler.timesteps in order, or call "
+                    "set_timesteps() / set_begin_index() to start a new run"
+                )
         i, j, sigma = self._calls[k]
         run = self._run
         if float(eta or 0.0) != run["eta"]:
-            raise ValueError(f"eta={eta} given to step() after a run started with eta={run['eta']}: one eta per run "
-                             "(it sets the solver's coefficients for the whole grid)")
+            raise ValueError(
+                f"eta={eta} given to step() after a run started with eta={run['eta']}: one eta per run "
+                "(it sets the solver's coefficients for the whole grid)"
+            )
         noise = self._noise_fn(generator, variance_noise)
         in_dtype = sample.dtype
         out = model_output.to(run["state"])
@@ -783,8 +906,10 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         if i - run["start"] >= run["steps"]:
             if run["bad"] is not None:
                 a, b = run["bad"]
-                raise ValueError(f"the schedule's sigmas repeat or increase ({a} then {b}): with this many steps "
-                                 f"some visit a level twice; use fewer than {len(self._grid) - 1} steps")
+                raise ValueError(
+                    f"the schedule's sigmas repeat or increase ({a} then {b}): with this many steps "
+                    f"some visit a level twice; use fewer than {len(self._grid) - 1} steps"
+                )
             x_next, denoised = self._zero_length_step(run, out, sigma)
             self._step_index = k + 1
             return self._from_xbar(x_next, sigma).to(in_dtype), denoised.to(in_dtype)
@@ -820,8 +945,10 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
     def _begin_run(self, k: int, sample, eta):
         i, j, _ = self._calls[k]
         if j != 0:
-            raise ValueError(f"timesteps[{k}] is the call {j + 1} of a solver step, not the start of one: start "
-                             "runs at a step's first call (set_begin_index(t_start * scheduler.order))")
+            raise ValueError(
+                f"timesteps[{k}] is the call {j + 1} of a solver step, not the start of one: start "
+                "runs at a step's first call (set_begin_index(t_start * scheduler.order))"
+            )
         grid = self._grid[i:]
         # the solver runs up to the first level that does not decrease. A schedule may end with
         # zero-length steps (karras sigmas with final_sigmas_type="sigma_min" repeat the last sigma):
@@ -831,13 +958,14 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         bad = None
         if cut is not None:
             if any(g != grid[cut] for g in grid[cut:]):
-                bad = (grid[cut], next(g for g in grid[cut:] if g != grid[cut]) if grid[cut + 1] == grid[cut]
-                       else grid[cut + 1])
+                bad = (
+                    grid[cut],
+                    next(g for g in grid[cut:] if g != grid[cut]) if grid[cut + 1] == grid[cut] else grid[cut + 1],
+                )
             grid = grid[: cut + 1]
         in_dtype = sample.dtype
         state = state_dtype_for(in_dtype)
-        run: dict[str, Any] = {"start": i, "state": state, "steps": len(grid) - 1, "bad": bad,
-                               "eta": float(eta or 0.0)}
+        run: dict[str, Any] = {"start": i, "state": state, "steps": len(grid) - 1, "bad": bad, "eta": float(eta or 0.0)}
         over = {"eta": float(eta)} if eta and self.solver_name == "ddim" else {}
 
         def model(x, t, **_):
@@ -897,8 +1025,10 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             run["points"].append(xbar)
             return xbar, denoised, s
         if run["calls"] != len(run["outputs"]):
-            raise DataDependentCallsError(f"solver {self.solver_name!r} made {run['calls']} model calls in step "
-                                          f"{i}, not the {len(run['outputs'])} set_timesteps predicted")
+            raise DataDependentCallsError(
+                f"solver {self.solver_name!r} made {run['calls']} model calls in step "
+                f"{i}, not the {len(run['outputs'])} set_timesteps predicted"
+            )
         run.pop("snapshot", None)
         return x_next, denoised, solver.sigmas[i + 1]
 
@@ -922,9 +1052,11 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             cfg.update(full)
         elif not chosen and name is not None and not issubclass(cls, _class_named(name)):
             if kwargs.get("solver", cfg.get("solver")) is None:
-                raise ValueError(f"DiffsolveScheduler cannot reproduce {name}; supported: {', '.join(FAMILIES)}. "
-                                 "Name a diffsolve solver (solver=...) to run it on this config's training "
-                                 "schedule, or pass emulate=")
+                raise ValueError(
+                    f"DiffsolveScheduler cannot reproduce {name}; supported: {', '.join(FAMILIES)}. "
+                    "Name a diffsolve solver (solver=...) to run it on this config's training "
+                    "schedule, or pass emulate="
+                )
             # solver= replaces the source's method: its training schedule is read (native mode) and its
             # method's own keys (e.g. PNDM's skip_prk_steps) have nothing left to act on
             cfg["emulate"] = None
@@ -935,8 +1067,10 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         candidates = list(cfg) + ([] if return_unused_kwargs else list(kwargs))
         unknown = sorted(k for k in candidates if not k.startswith("_") and k not in own)
         if unknown:
-            raise ValueError(f"DiffsolveScheduler cannot honour the key(s) {unknown}; it reads the keys of "
-                             f"{', '.join(FAMILIES)} and its own ({', '.join(_OWN_KEYS)})")
+            raise ValueError(
+                f"DiffsolveScheduler cannot honour the key(s) {unknown}; it reads the keys of "
+                f"{', '.join(FAMILIES)} and its own ({', '.join(_OWN_KEYS)})"
+            )
         return super().from_config(cfg, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
 
@@ -958,8 +1092,9 @@ def _setup_constant(value) -> bool:
     """A non-empty container of Python numbers (nested lists/tuples), as setup leaves grids and
     coefficients: treated as constant for the run (solvers do not mutate them in a step)."""
     if isinstance(value, (list, tuple)):
-        return len(value) > 0 and all(_setup_constant(v) or isinstance(v, (int, float, bool, type(None)))
-                                      for v in value)
+        return len(value) > 0 and all(
+            _setup_constant(v) or isinstance(v, (int, float, bool, type(None))) for v in value
+        )
     return False
 
 
@@ -973,12 +1108,16 @@ def _family_of_keys(cfg) -> str | None:
     hits = []
     for name in names:
         cls = getattr(diffusers, name, None)
-        if cls is not None and {k for k in inspect.signature(cls.__init__).parameters
-                                if k not in ("self", "kwargs")} == keys:
+        if (
+            cls is not None
+            and {k for k in inspect.signature(cls.__init__).parameters if k not in ("self", "kwargs")} == keys
+        ):
             hits.append(name)
     if len(hits) > 1:
-        raise ValueError(f"the config's keys are those of {' and of '.join(hits)}: pass the scheduler itself "
-                         "(DiffsolveScheduler.from_config(scheduler)) or emulate=<its class name>")
+        raise ValueError(
+            f"the config's keys are those of {' and of '.join(hits)}: pass the scheduler itself "
+            "(DiffsolveScheduler.from_config(scheduler)) or emulate=<its class name>"
+        )
     return hits[0] if hits else None
 
 

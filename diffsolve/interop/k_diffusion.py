@@ -13,7 +13,8 @@ sigma, and calls :func:`diffsolve.sample` on exactly the given ``sigmas``.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 
@@ -62,19 +63,27 @@ def k_sampler(name: str, **options: Any) -> Callable[..., torch.Tensor]:
         def denoiser(x_in, sigma, **kwargs):
             return model(x_in, sigma, **kwargs)
 
-        ode = DiffusionODE(denoiser, schedule, prediction="x0", time="sigma",
-                           model_kwargs=extra_args or {}, time_dtype=x.dtype)
+        ode = DiffusionODE(
+            denoiser, schedule, prediction="x0", time="sigma", model_kwargs=extra_args or {}, time_dtype=x.dtype
+        )
         k_callback = None
         if callback is not None:
             before = [x]  # the state at sigmas[i], before step i (k-diffusion's convention)
 
             def k_callback(info):
                 i = info["i"]
-                callback({"x": before[0], "i": i, "sigma": sig[i], "sigma_hat": sig[i],
-                          "denoised": info["denoised"]})
+                callback({"x": before[0], "i": i, "sigma": sig[i], "sigma_hat": sig[i], "denoised": info["denoised"]})
                 before[0] = info["x"]
-        return sample(ode, x, make_solver(name, **options), sigmas=sig, generator=generator,
-                      callback=k_callback, progress=disable is False)
+
+        return sample(
+            ode,
+            x,
+            make_solver(name, **options),
+            sigmas=sig,
+            generator=generator,
+            callback=k_callback,
+            progress=disable is False,
+        )
 
     sampler.__name__ = f"sample_{name.replace('-', '_')}"
     sampler.__doc__ = f"diffsolve {name!r} as a k-diffusion sampler (options {options})."

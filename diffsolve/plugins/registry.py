@@ -20,7 +20,8 @@ import importlib.metadata as metadata
 import os
 import threading
 import warnings
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import pluggy
 
@@ -73,8 +74,12 @@ class Registry:
             default: read from ``DIFFSOLVE_DISABLE_PLUGINS`` when loading.
     """
 
-    def __init__(self, entry_points: Iterable[Any] | None = None, disabled: Iterable[str] | None = None,
-                 on_duplicate: str = "raise"):
+    def __init__(
+        self,
+        entry_points: Iterable[Any] | None = None,
+        disabled: Iterable[str] | None = None,
+        on_duplicate: str = "raise",
+    ):
         if on_duplicate not in ("raise", "record"):
             raise ValueError(f"on_duplicate={on_duplicate!r} is not allowed; allowed: 'raise', 'record'")
         self._entry_points = entry_points
@@ -93,7 +98,7 @@ class Registry:
         self._disable_name: dict[str, str] = {}
 
     # -- loading ---------------------------------------------------------------------------
-    def load(self) -> "Registry":
+    def load(self) -> Registry:
         """Load the plugins, once. Thread-safe: concurrent first users wait for one load and see
         the complete registry; a plugin that fails is reported once. An error that stops the load
         (two plugins claiming one name) is raised again to every later user; an interrupt
@@ -152,9 +157,13 @@ class Registry:
         unknown = sorted(wanted[c] for c in set(wanted) - matched - {"all"})
         if unknown:
             names = sorted({n for owner, n in self._disable_name.items()})
-            warnings.warn(f"{DISABLE_ENV} names {unknown}, which match no installed diffsolve plugin "
-                          f"(installed: {', '.join(names) or 'none'}); names match case-insensitively, "
-                          "with - and _ alike", PluginWarning, stacklevel=4)
+            warnings.warn(
+                f"{DISABLE_ENV} names {unknown}, which match no installed diffsolve plugin "
+                f"(installed: {', '.join(names) or 'none'}); names match case-insensitively, "
+                "with - and _ alike",
+                PluginWarning,
+                stacklevel=4,
+            )
         # a clash (DuplicateNameError) stops the load; load() raises it again to every later user
         self._collect(pm.hook.register_solvers, self.solvers, self._check_solver, "solver")
         self._collect(pm.hook.register_grids, self.grids, self._check_grid, "grid")
@@ -167,8 +176,12 @@ class Registry:
         owners |= {c[3] for c in self.clashes}
         for owner in loaded:
             if owner not in owners and owner not in failed:
-                self._report(owner, "registered no solver and no grid (does it implement register_solvers / "
-                                    "register_grids, marked with @diffsolve.hookimpl?)", skipped=False)
+                self._report(
+                    owner,
+                    "registered no solver and no grid (does it implement register_solvers / "
+                    "register_grids, marked with @diffsolve.hookimpl?)",
+                    skipped=False,
+                )
 
     def _disable_hint(self, *owners: str) -> str:
         """The exact DIFFSOLVE_DISABLE_PLUGINS value that blocks one of ``owners``."""
@@ -204,8 +217,11 @@ class Registry:
                         hint = self._disable_hint(_owner, first) if first != _owner else ""
                         raise DuplicateNameError(
                             f"{kind} name {name!r} is registered by both {first!r} and {_owner!r}; "
-                            + (f"block one of them: set {hint}" if hint else
-                               f"a plugin registers a name twice: fix {_owner!r}")
+                            + (
+                                f"block one of them: set {hint}"
+                                if hint
+                                else f"a plugin registers a name twice: fix {_owner!r}"
+                            )
                         )
                 _staged[name] = (obj, _owner)
 
@@ -264,8 +280,10 @@ class Registry:
         off = [owner for owner, why in self.skipped if why.startswith("disabled")]
         if off:
             # a disabled plugin is never imported, so which names it would register is unknown
-            msg += (f". Plugin(s) {', '.join(off)} are disabled by {DISABLE_ENV}: if the {kind} comes from "
-                    f"one of them, remove it from {DISABLE_ENV}")
+            msg += (
+                f". Plugin(s) {', '.join(off)} are disabled by {DISABLE_ENV}: if the {kind} comes from "
+                f"one of them, remove it from {DISABLE_ENV}"
+            )
         return msg
 
     def solver_names(self) -> list[str]:

@@ -42,10 +42,17 @@ def check_eta(value, *, clamp_up: bool = True) -> float:
 
     eta = check_real("eta", value, low=0.0)
     if eta > 1:
-        what = ("sigma_up is capped at sigma_s: the step lands at sigma_down = 0 wherever the cap binds and the "
-                "marginal variance is kept (k-diffusion's rule)" if clamp_up else
-                "sigma_down is clamped at 0 and sigma_up kept, so the step adds more noise than the marginal "
-                "at sigma_s has (DDIM's E18 read literally)")
-        warnings.warn(f"eta={eta:g} > 1 adds more noise per step than DDPM's posterior (eta = 1, E24): {what}. "
-                      "See diffsolve/solvers/_ancestral.py", EtaWarning, stacklevel=3)
+        what = (
+            "sigma_up is capped at sigma_s: the step lands at sigma_down = 0 wherever the cap binds and the "
+            "marginal variance is kept (k-diffusion's rule)"
+            if clamp_up
+            else "sigma_down is clamped at 0 and sigma_up kept, so the step adds more noise than the marginal "
+            "at sigma_s has (DDIM's E18 read literally)"
+        )
+        warnings.warn(
+            f"eta={eta:g} > 1 adds more noise per step than DDPM's posterior (eta = 1, E24): {what}. "
+            "See diffsolve/solvers/_ancestral.py",
+            EtaWarning,
+            stacklevel=3,
+        )
     return eta

@@ -44,7 +44,7 @@ measurements behind them are in docs/benchmarks.md, "Measurements behind the def
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

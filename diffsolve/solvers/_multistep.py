@@ -42,8 +42,10 @@ def lagrange_weights(nodes: Sequence[float], a: float, b: float) -> list[float]:
         coef, denom = [1.0], 1.0  # coefficients of prod_{m != j} (u - r_m), lowest power first
         for m, rm in enumerate(r):
             if m != j:
-                coef = [(coef[p - 1] if p > 0 else 0.0) - (rm * coef[p] if p < len(coef) else 0.0)
-                        for p in range(len(coef) + 1)]
+                coef = [
+                    (coef[p - 1] if p > 0 else 0.0) - (rm * coef[p] if p < len(coef) else 0.0)
+                    for p in range(len(coef) + 1)
+                ]
                 denom *= rj - rm
         weights.append(sum(c / (p + 1) for p, c in enumerate(coef)) / denom)
     return weights

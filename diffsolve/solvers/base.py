@@ -44,14 +44,23 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Callable, ClassVar, Sequence
+from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import torch
 
 from ..wrapper import DiffusionODE
 
-__all__ = ["Solver", "ReversibleSolver", "NoiseSampler", "check_choice", "check_real", "check_int",
-           "CONTRACT_ATTRIBUTES", "bind_and_setup"]
+__all__ = [
+    "Solver",
+    "ReversibleSolver",
+    "NoiseSampler",
+    "check_choice",
+    "check_real",
+    "check_int",
+    "CONTRACT_ATTRIBUTES",
+    "bind_and_setup",
+]
 
 NoiseSampler = Callable[[torch.Tensor], torch.Tensor]
 """``noise(like)`` returns standard normal noise shaped like ``like`` (per-sample generators honoured)."""
@@ -114,8 +123,9 @@ class Solver:
             after_step(i, x, denoised)
         return x
 
-    def step_from_infinity(self, ode: DiffusionODE, x: torch.Tensor, denoised: torch.Tensor, eps: torch.Tensor,
-                           sigma_1: float) -> torch.Tensor | None:
+    def step_from_infinity(
+        self, ode: DiffusionODE, x: torch.Tensor, denoised: torch.Tensor, eps: torch.Tensor, sigma_1: float
+    ) -> torch.Tensor | None:
         """Optional: the first step of a grid that starts at sigma = inf (a flow model's t = 1).
 
         The driver has made one model call there (``denoised``, and ``eps`` = the pure-noise state
@@ -162,8 +172,15 @@ def check_choice(option: str, value, allowed: Sequence):
     return value
 
 
-def check_real(option: str, value, *, low: float = -math.inf, high: float = math.inf,
-               low_open: bool = False, allow_inf: bool = False) -> float:
+def check_real(
+    option: str,
+    value,
+    *,
+    low: float = -math.inf,
+    high: float = math.inf,
+    low_open: bool = False,
+    allow_inf: bool = False,
+) -> float:
     """``float(value)`` if it is a number in ``[low, high]`` (``(low, high]`` with ``low_open``),
     finite unless ``allow_inf``; else a ValueError naming the option and the range."""
     try:
@@ -175,7 +192,9 @@ def check_real(option: str, value, *, low: float = -math.inf, high: float = math
     ok = (math.isfinite(v) or (allow_inf and not math.isnan(v))) and (v > low if low_open else v >= low) and v <= high
     if not ok:
         lo = "(" if low_open else "["
-        raise ValueError(f"{option} must be a {'' if allow_inf else 'finite '}number in {lo}{low}, {high}], got {value!r}")
+        raise ValueError(
+            f"{option} must be a {'' if allow_inf else 'finite '}number in {lo}{low}, {high}], got {value!r}"
+        )
     return v
 
 

@@ -54,13 +54,14 @@ class DEIS(ExponentialSolver):
         if self.variable != "log-sigma":  # v at the grid and at every step's quadrature points, in one call
             n = len(self.h)
             x, self.gauss_w = np.polynomial.legendre.leggauss(_GAUSS_POINTS)
-            lam = np.array([self.lam[i] + self.h[i] * (x + 1) / 2 if self.orders[i] else np.zeros_like(x)
-                            for i in range(n)])
+            lam = np.array(
+                [self.lam[i] + self.h[i] * (x + 1) / 2 if self.orders[i] else np.zeros_like(x) for i in range(n)]
+            )
             self.gauss_sigma = np.exp(-lam)
             every = np.concatenate([np.asarray(self.sigmas), self.gauss_sigma.ravel()])
             if self.variable == "t":
                 every = ode.schedule.t(torch.from_numpy(every)).numpy()
-            self.v, self.gauss_v = every[: n + 1], every[n + 1:].reshape(n, -1)
+            self.v, self.gauss_v = every[: n + 1], every[n + 1 :].reshape(n, -1)
         self.coef = [self._coefficients(i, p) if p else None for i, p in enumerate(self.orders)]
         self.history = []
 
@@ -81,5 +82,5 @@ class DEIS(ExponentialSolver):
         if self.coef[i] is None:
             return denoised, denoised  # E27: the step into sigma = 0
         self.history.insert(0, eps)
-        del self.history[self.order:]
+        del self.history[self.order :]
         return combine(1.0, x, zip(self.coef[i], self.history)), denoised

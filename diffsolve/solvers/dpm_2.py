@@ -29,8 +29,7 @@ import math
 import torch
 
 from ._ancestral import ancestral_split, check_eta
-from .base import check_real
-from .base import Solver
+from .base import Solver, check_real
 from .heun import Heun
 
 

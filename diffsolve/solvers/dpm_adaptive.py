@@ -75,8 +75,18 @@ class DPMSolverAdaptive(Solver):
     calls_per_step = 3
     adaptive = True
 
-    def __init__(self, *, solver_order: int = 3, rtol: float = 0.05, atol: float = 0.0078, h_init: float = 0.05,
-                 pcoeff: float = 0.0, icoeff: float = 1.0, dcoeff: float = 0.0, accept_safety: float = 0.81):
+    def __init__(
+        self,
+        *,
+        solver_order: int = 3,
+        rtol: float = 0.05,
+        atol: float = 0.0078,
+        h_init: float = 0.05,
+        pcoeff: float = 0.0,
+        icoeff: float = 1.0,
+        dcoeff: float = 0.0,
+        accept_safety: float = 0.81,
+    ):
         self.method_order = self.order = check_int("solver_order", solver_order, (2, 3))
         self.rtol, self.atol = _positive("rtol", rtol), _positive("atol", atol)
         self.h_init = _positive("h_init", h_init)
@@ -139,8 +149,7 @@ class DPMSolverAdaptive(Solver):
         n = len(sig) - 1
         lam = [log_snr(s) for s in sig]
         forward = n > 0 and sig[-1] < sig[0]
-        pid = PIDController(self.h_init if forward else -self.h_init, *self.pid, self.method_order,
-                            self.accept_safety)
+        pid = PIDController(self.h_init if forward else -self.h_init, *self.pid, self.method_order, self.accept_safety)
         self._x_prev = x
         for i in range(n):
             if sig[i + 1] == 0:  # down to the model's smallest level, then the denoising step E27

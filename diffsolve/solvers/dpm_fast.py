@@ -39,8 +39,10 @@ class DPMSolverFast(_Singlestep):
             n = (3 * k - 3 if k > 1 else 2) if self.nfe is None else self.nfe
             if n // 3 + 1 != k or n < 1:
                 allowed = [m for m in (3 * k - 3, 3 * k - 2, 3 * k - 1) if m >= 1]
-                raise ValueError(f"nfe={self.nfe} does not fit a grid of {k} positive steps "
-                                 f"(K = floor(nfe/3) + 1); allowed: {', '.join(map(str, allowed))}")
+                raise ValueError(
+                    f"nfe={self.nfe} does not fit a grid of {k} positive steps "
+                    f"(K = floor(nfe/3) + 1); allowed: {', '.join(map(str, allowed))}"
+                )
             self._fast_orders = [3] * (k - 2) + [2, 1] if n % 3 == 0 else [3] * (k - 1) + [n % 3]
         else:
             self._fast_orders = []

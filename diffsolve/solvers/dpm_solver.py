@@ -54,8 +54,11 @@ class _Singlestep(ExponentialSolver):
             return [self._substep(s_t, c1 * h, [0.0]), self._substep(s_t, h, [0.0, c1], True)]
         c1, c2 = STAGES[3]
         _, a, (w0, w2) = self._substep(s_t, h, [0.0, c2])
-        return [self._substep(s_t, c1 * h, [0.0]), self._substep(s_t, c2 * h, [0.0, c1 / c2]),
-                (self.sigmas[i + 1], a, [w0, 0.0, w2])]
+        return [
+            self._substep(s_t, c1 * h, [0.0]),
+            self._substep(s_t, c2 * h, [0.0, c1 / c2]),
+            (self.sigmas[i + 1], a, [w0, 0.0, w2]),
+        ]
 
     def step(self, i, x):
         denoised, eps = self.ode.predict(x, self.sigmas[i])

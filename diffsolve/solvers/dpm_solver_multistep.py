@@ -59,7 +59,7 @@ class _Multistep(ExponentialSolver):
         if self.coef[i] is None:
             return denoised, denoised  # E27: the step into sigma = 0
         self.history.insert(0, self.output(denoised, eps))
-        del self.history[self.order:]
+        del self.history[self.order :]
         a, w = self.coef[i]
         return combine(a, x, zip(w, self.history)), denoised
 

@@ -21,9 +21,8 @@ import math
 import torch
 
 from ._ancestral import ancestral_split, check_eta
-from .base import check_real
 from ._exponential import combine
-from .base import Solver
+from .base import Solver, check_real
 
 
 class DPMSolverPP2SAncestral(Solver):

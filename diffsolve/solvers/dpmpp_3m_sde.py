@@ -23,8 +23,8 @@ import math
 
 import torch
 
-from .base import check_real
 from ._exponential import check_choice, combine, moments, poly_weights
+from .base import check_real
 from .dpm_solver_multistep import WEIGHTS
 from .dpmpp_sde import _Stochastic
 

@@ -100,7 +100,7 @@ class DPMSolverPPSDE(_Stochastic):
         """(sigma, a, sigma_up) per stage: the ancestral split of E26 as a DPM-Solver++(1) step to sigma_down."""
         s_t, s_s = self.sigmas[i], self.sigmas[i + 1]
         out = []
-        for s in ([s_s] if p == 1 else [math.sqrt(s_t * s_s), s_s]):
+        for s in [s_s] if p == 1 else [math.sqrt(s_t * s_s), s_s]:
             down, up = ancestral_split(s_t, s, self.eta)
             out.append((s, down / s_t, up))
         return out

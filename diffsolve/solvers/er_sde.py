@@ -35,9 +35,8 @@ import math
 import numpy as np
 import torch
 
-from .base import check_int, check_real
 from ._exponential import check_choice, combine
-from .base import Solver
+from .base import Solver, check_int, check_real
 
 NOISE_SCALES = {
     "er-sde-5": lambda x: x * (np.exp(x**0.3) + 10.0),

@@ -15,7 +15,6 @@ posterior variance, E24). eta = 0 is deterministic Euler (= DDIM, order 1) and m
 
 from __future__ import annotations
 
-
 from ._ancestral import ancestral_split, check_eta
 from .base import Solver, check_real
 from .ddim import DDIM

@@ -43,8 +43,15 @@ class Heun(Solver):
     order = 2
     calls_per_step = 2
 
-    def __init__(self, *, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
-                 s_noise: float = 1.0, variable: str = "sigma"):
+    def __init__(
+        self,
+        *,
+        s_churn: float = 0.0,
+        s_tmin: float = 0.0,
+        s_tmax: float = math.inf,
+        s_noise: float = 1.0,
+        variable: str = "sigma",
+    ):
         s_churn = check_real("s_churn", s_churn, low=0.0)
         s_tmin = check_real("s_tmin", s_tmin, low=0.0)
         s_tmax = check_real("s_tmax", s_tmax, low=s_tmin, allow_inf=True)

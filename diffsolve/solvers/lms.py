@@ -16,8 +16,7 @@ at practical step counts. k = 1 is DDIM (E30).
 from __future__ import annotations
 
 from ._multistep import History, warmup_weights
-from .base import check_int
-from .base import Solver
+from .base import Solver, check_int
 
 
 class LMS(Solver):

@@ -25,7 +25,6 @@ warm-up bounds the order by 2 as h -> 0) and need no model call at sigma = 0.
 
 from __future__ import annotations
 
-
 from ._multistep import History, adams_bashforth, ghvb_weights
 from .base import Solver, check_int, check_real
 
@@ -77,8 +76,10 @@ class GHVB(Solver):
     def setup(self, ode, sigmas, noise):
         super().setup(ode, sigmas, noise)
         table = [ghvb_weights(k, self.beta) for k in range(1, self.order + 1)]
-        self.coefs = [[(s_next - s) * w for w in table[min(i, self.order - 1)]]
-                      for i, (s, s_next) in enumerate(zip(self.sigmas[:-1], self.sigmas[1:]))]
+        self.coefs = [
+            [(s_next - s) * w for w in table[min(i, self.order - 1)]]
+            for i, (s, s_next) in enumerate(zip(self.sigmas[:-1], self.sigmas[1:]))
+        ]
         self.history = History(self.order)
 
     def step(self, i, x):

@@ -47,7 +47,9 @@ class Restart(Solver):
             raise ValueError(f"intervals must be a sequence of (sigma_lo, sigma_hi) pairs, got {intervals!r}") from None
         for lo, hi in pairs:
             if not (0 < lo < hi < math.inf):
-                raise ValueError(f"intervals: each (sigma_lo, sigma_hi) needs 0 < sigma_lo < sigma_hi < inf, got {(lo, hi)}")
+                raise ValueError(
+                    f"intervals: each (sigma_lo, sigma_hi) needs 0 < sigma_lo < sigma_hi < inf, got {(lo, hi)}"
+                )
         if isinstance(K, bool) or not isinstance(K, int) or K < 0:
             raise ValueError(f"K must be an integer >= 0, got {K!r}")
         if isinstance(restart_steps, bool) or not isinstance(restart_steps, int) or restart_steps < 1:

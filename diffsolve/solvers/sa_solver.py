@@ -36,7 +36,7 @@ sigma = 0 is the denoising step E27 (the corrector of the last point is applied,
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -61,9 +61,15 @@ class SASolver(Solver):
     stochastic = True
     invertible = False
 
-    def __init__(self, *, predictor_order: int = 2, corrector_order: int = 2,
-                 tau: float | Callable[[float], float] = 1.0, lower_order_final: bool = True,
-                 variant: str = "exact"):
+    def __init__(
+        self,
+        *,
+        predictor_order: int = 2,
+        corrector_order: int = 2,
+        tau: float | Callable[[float], float] = 1.0,
+        lower_order_final: bool = True,
+        variant: str = "exact",
+    ):
         self.p = _order("predictor_order", predictor_order)
         self.c = _order("corrector_order", corrector_order)
         if callable(tau):

@@ -98,8 +98,9 @@ class TorchdiffeqSolver(Solver):
         field = _Field(self.ode, log, times, after_step)
         if m > 0:
             grid = torch.tensor(times, dtype=torch.float64, device=x.device)
-            x = odeint(field, x, grid[[0, -1]], method=self.method, rtol=self.rtol, atol=self.atol,
-                       options=self._options(grid))[-1]
+            x = odeint(
+                field, x, grid[[0, -1]], method=self.method, rtol=self.rtol, atol=self.atol, options=self._options(grid)
+            )[-1]
             for i in range(field.done, m):
                 after_step(i, x, field.denoised)
         if m < n:  # log-sigma: the step to sigma = 0 is the denoised estimate (E27)

@@ -37,8 +37,9 @@ class UniPC(ExponentialSolver):
     order = 3
     calls_per_step = 1
 
-    def __init__(self, *, solver_order: int = 2, variant: str = "bh2", corrector: bool = True,
-                 final_step: str = "auto"):
+    def __init__(
+        self, *, solver_order: int = 2, variant: str = "bh2", corrector: bool = True, final_step: str = "auto"
+    ):
         super().__init__(final_step=final_step)
         self.p = check_int("solver_order", solver_order, (1, 2, 3))
         self.corrector = check_choice("corrector", corrector, (True, False))
@@ -73,7 +74,7 @@ class UniPC(ExponentialSolver):
         if self.corrector and i > 0:
             a, w = self.corr[i - 1]  # UniC for xbar_i, from the previous base and the new output
             x = combine(a, self.x_base, zip(w, self.history))
-        del self.history[self.p:]
+        del self.history[self.p :]
         self.x_base = x
         a, w = self.pred[i]
         return combine(a, x, zip(w, self.history)), denoised

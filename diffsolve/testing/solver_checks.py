@@ -57,8 +57,14 @@ def _fail(check: str, name: str, detail: str) -> AssertionError:
     return AssertionError(f"check_solver({name!r}) [{check}]: {detail}")
 
 
-def check_solver(solver: str | type, *, options: dict[str, Any] | None = None, expected_order: float | None = None,
-                 order_tolerance: float = 0.3, max_steps: int = 1600) -> dict[str, Any]:
+def check_solver(
+    solver: str | type,
+    *,
+    options: dict[str, Any] | None = None,
+    expected_order: float | None = None,
+    order_tolerance: float = 0.3,
+    max_steps: int = 1600,
+) -> dict[str, Any]:
     """Check that a solver obeys diffsolve's Solver contract and laws (see the module docstring).
 
     Args:
@@ -95,20 +101,26 @@ def check_solver(solver: str | type, *, options: dict[str, Any] | None = None, e
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise _fail("contract", name, f"{attr} must be an integer >= 1, got {value!r}")
     if not (cls.__doc__ or "").strip() or cls.__doc__ is Solver.__doc__:
-        raise _fail("contract", name, "the class needs a docstring: its first line describes the method "
-                                      "in `diffsolve list` and docs/solvers.md")
+        raise _fail(
+            "contract",
+            name,
+            "the class needs a docstring: its first line describes the method in `diffsolve list` and docs/solvers.md",
+        )
     import inspect
 
-    bad = [p.name for p in inspect.signature(cls.__init__).parameters.values()
-           if p.name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD]
+    bad = [
+        p.name
+        for p in inspect.signature(cls.__init__).parameters.values()
+        if p.name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD
+    ]
     if bad:
-        raise _fail("contract", name, f"options must be keyword-only (def __init__(self, *, ...)); "
-                                      f"positional: {bad}")
+        raise _fail("contract", name, f"options must be keyword-only (def __init__(self, *, ...)); positional: {bad}")
     try:
         instance = make_solver(cls, **options)
     except Exception as exc:
-        raise _fail("contract", name, f"the instance with options {options} cannot be made: "
-                                      f"{type(exc).__name__}: {exc}") from exc
+        raise _fail(
+            "contract", name, f"the instance with options {options} cannot be made: {type(exc).__name__}: {exc}"
+        ) from exc
     for attr in ("stochastic", "invertible"):
         if not isinstance(getattr(instance, attr), bool):
             raise _fail("contract", name, f"{attr} must be True or False, got {getattr(instance, attr)!r}")
@@ -121,8 +133,9 @@ def check_solver(solver: str | type, *, options: dict[str, Any] | None = None, e
     # -- shapes, dtypes, calls per step ----------------------------------------------------------
     means3 = torch.tensor([[1.0, -0.5, 0.0], [-0.8, 0.4, 0.3]], dtype=_F64)
     mix3 = problems.GaussianMixture(means3, [0.3, 0.5], shape=(3,))
-    mix4 = problems.GaussianMixture(torch.tensor([[1.0, -0.5, 0.0, 0.2], [-0.8, 0.4, 0.3, -0.1]], dtype=_F64),
-                                    [0.3, 0.5], shape=(1, 2, 2))
+    mix4 = problems.GaussianMixture(
+        torch.tensor([[1.0, -0.5, 0.0, 0.2], [-0.8, 0.4, 0.3, -0.1]], dtype=_F64), [0.3, 0.5], shape=(1, 2, 2)
+    )
     sched = DiscreteSchedule.linear()
 
     def run(problem, shape, dtype=_F64, steps=6, seed=0, grid="trailing", generator=None, batch_seed=None):
@@ -140,8 +153,11 @@ def check_solver(solver: str | type, *, options: dict[str, Any] | None = None, e
             try:
                 out, ode, _ = run(problem, shape, dtype)
             except Exception as exc:
-                raise _fail("shapes and dtypes", name, f"sampling a {dtype} state of shape {shape} raised "
-                                                       f"{type(exc).__name__}: {exc}") from exc
+                raise _fail(
+                    "shapes and dtypes",
+                    name,
+                    f"sampling a {dtype} state of shape {shape} raised {type(exc).__name__}: {exc}",
+                ) from exc
             if not isinstance(out, torch.Tensor) or out.shape != shape or out.dtype != dtype:
                 got = (tuple(out.shape), out.dtype) if isinstance(out, torch.Tensor) else type(out).__name__
                 raise _fail("shapes and dtypes", name, f"a {dtype} state of shape {shape} came back as {got}")
@@ -155,20 +171,29 @@ def check_solver(solver: str | type, *, options: dict[str, Any] | None = None, e
     per_step = (nfe[40] - nfe[20]) / 20
     report["nfe_per_step"] = None if getattr(cls, "adaptive", False) else per_step
     if not getattr(cls, "adaptive", False) and abs(per_step - cls.calls_per_step) > 0.25 * cls.calls_per_step:
-        raise _fail("calls per step", name, f"{nfe[20]} model calls for 20 steps and {nfe[40]} for 40: {per_step:g} "
-                                            f"per step, but calls_per_step = {cls.calls_per_step}")
+        raise _fail(
+            "calls per step",
+            name,
+            f"{nfe[20]} model calls for 20 steps and {nfe[40]} for 40: {per_step:g} "
+            f"per step, but calls_per_step = {cls.calls_per_step}",
+        )
 
     # -- seeds ----------------------------------------------------------------------------------
     a, _, _ = run(mix3, (2, 3))
     b, _, _ = run(mix3, (2, 3))
     if not torch.equal(a, b):
-        raise _fail("seed", name, f"two runs with the same x_T and generator seed differ by "
-                                  f"{float((a - b).abs().max()):.3g}")
+        raise _fail(
+            "seed", name, f"two runs with the same x_T and generator seed differ by {float((a - b).abs().max()):.3g}"
+        )
     if stochastic:
         c, _, _ = run(mix3, (2, 3), generator=torch.Generator().manual_seed(12345))
         if torch.equal(a, c):
-            raise _fail("seed", name, "the solver is stochastic but a different generator seed gave the same "
-                                      "result: draw noise with self.noise(like)")
+            raise _fail(
+                "seed",
+                name,
+                "the solver is stochastic but a different generator seed gave the same "
+                "result: draw noise with self.noise(like)",
+            )
         # per-sample generators: sample 1 alone equals sample 1 of the batch
         ode = mix3.ode(sched)
         x_T = torch.randn(3, 3, generator=torch.Generator().manual_seed(0), dtype=_F64)
@@ -176,8 +201,12 @@ def check_solver(solver: str | type, *, options: dict[str, Any] | None = None, e
         full = sample(ode, x_T, fresh(), steps=6, grid="trailing", generator=gens([7, 8, 9]))
         part = sample(ode, x_T[1:2], fresh(), steps=6, grid="trailing", generator=gens([8]))
         if not torch.allclose(full[1:2], part, rtol=1e-12, atol=1e-12):
-            raise _fail("seed", name, "with one generator per sample, a sample changed when the batch around "
-                                      "it changed: draw noise with self.noise(like), not torch.randn")
+            raise _fail(
+                "seed",
+                name,
+                "with one generator per sample, a sample changed when the batch around "
+                "it changed: draw noise with self.noise(like), not torch.randn",
+            )
 
     # -- one step, batch of one ------------------------------------------------------------------
     try:
@@ -185,16 +214,24 @@ def check_solver(solver: str | type, *, options: dict[str, Any] | None = None, e
     except Exception as exc:
         raise _fail("one step", name, f"a one-step grid raised {type(exc).__name__}: {exc}") from exc
     if out.shape != (1, 3) or not bool(torch.isfinite(out).all()) or ode.nfe < 1:
-        raise _fail("one step", name, f"a one-step run on a batch of one gave shape {tuple(out.shape)}, "
-                                      f"finite={bool(torch.isfinite(out).all())}, {ode.nfe} model calls")
+        raise _fail(
+            "one step",
+            name,
+            f"a one-step run on a batch of one gave shape {tuple(out.shape)}, "
+            f"finite={bool(torch.isfinite(out).all())}, {ode.nfe} model calls",
+        )
 
     # -- lands on the data -----------------------------------------------------------------------
     out, _, _ = run(mix3, (8, 3), steps=50)
     nearest = torch.cdist(out.to(_F64), mix3.means).min(dim=1).values
     limit = 5 * float(mix3.stds.max())
     if not bool((nearest < limit).all()):
-        raise _fail("lands on the data", name, f"after 50 steps a sample is {float(nearest.max()):.3g} from the "
-                                               f"nearest mixture component (allowed {limit:.3g})")
+        raise _fail(
+            "lands on the data",
+            name,
+            f"after 50 steps a sample is {float(nearest.max()):.3g} from the "
+            f"nearest mixture component (allowed {limit:.3g})",
+        )
 
     # -- order -----------------------------------------------------------------------------------
     expected = cls.order if expected_order is None else expected_order
@@ -207,9 +244,13 @@ def check_solver(solver: str | type, *, options: dict[str, Any] | None = None, e
         orders = _observed_orders(cls, options, expected, max_steps)
         report.update(measured_order=orders[-1] if orders else None, orders=orders)
         if not orders or abs(orders[-1] - expected) > order_tolerance:
-            raise _fail("order", name, f"observed orders {[round(p, 3) for p in orders]} on uniform grids of "
-                                       f"25..{max_steps} steps; expected {expected} (declared order = "
-                                       f"{cls.order}) within {order_tolerance}")
+            raise _fail(
+                "order",
+                name,
+                f"observed orders {[round(p, 3) for p in orders]} on uniform grids of "
+                f"25..{max_steps} steps; expected {expected} (declared order = "
+                f"{cls.order}) within {order_tolerance}",
+            )
 
     # -- invert ----------------------------------------------------------------------------------
     if invertible and not stochastic:
@@ -221,13 +262,15 @@ def check_solver(solver: str | type, *, options: dict[str, Any] | None = None, e
             x_T = invert(ode, x0, fresh(), sigmas=sig.flip(0))
             back = sample(ode, x_T, fresh(), sigmas=sig)
         except Exception as exc:
-            raise _fail("invert", name, f"the solver says invertible = True but invert raised "
-                                        f"{type(exc).__name__}: {exc}") from exc
+            raise _fail(
+                "invert", name, f"the solver says invertible = True but invert raised {type(exc).__name__}: {exc}"
+            ) from exc
         err = float((back - x0).abs().max())
         report["round_trip_error"] = err
         if not math.isfinite(err) or err > 0.1:
-            raise _fail("invert", name, f"encoding then decoding with 40 steps returned {err:.3g} from the start "
-                                        "(allowed 0.1)")
+            raise _fail(
+                "invert", name, f"encoding then decoding with 40 steps returned {err:.3g} from the start (allowed 0.1)"
+            )
     return report
 
 
@@ -260,8 +303,9 @@ def _observed_orders(cls, options, expected: float, max_steps: int) -> list[floa
     while n <= max_steps:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            outs.append(sample(ode, x_T, make_solver(cls, **options), sigmas=torch.linspace(40.0, 2.0, n + 1,
-                                                                                              dtype=_F64)))
+            outs.append(
+                sample(ode, x_T, make_solver(cls, **options), sigmas=torch.linspace(40.0, 2.0, n + 1, dtype=_F64))
+            )
         if len(outs) > 1:
             diffs.append(float((outs[-1] - outs[-2]).abs().max()))
             if len(diffs) > 1 and diffs[-1] > 0:

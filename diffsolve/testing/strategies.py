@@ -89,8 +89,9 @@ def _log_uniform(lo: float, hi: float) -> st.SearchStrategy[float]:
 
 # -- schedules -------------------------------------------------------------------------------
 @st.composite
-def alpha_bar_sequences(draw, min_size: int = 10, max_size: int = 64,
-                        min_decrement: float = 1e-4, max_decrement: float = 2.0) -> torch.Tensor:
+def alpha_bar_sequences(
+    draw, min_size: int = 10, max_size: int = 64, min_decrement: float = 1e-4, max_decrement: float = 2.0
+) -> torch.Tensor:
     """A strictly decreasing float64 alpha_bar sequence in (0, 1): abar_k = exp(-sum_{j<=k} d_j).
 
     At least ``min_size`` = 10 levels by default: a 2-level schedule is a legal but degenerate
@@ -114,8 +115,9 @@ _NAMED_DISCRETE = {
 
 
 @st.composite
-def discrete_schedules(draw, named: bool = True, random: bool = True,
-                       min_steps: int = 10, max_steps: int = 1000) -> DiscreteSchedule:
+def discrete_schedules(
+    draw, named: bool = True, random: bool = True, min_steps: int = 10, max_steps: int = 1000
+) -> DiscreteSchedule:
     """A :class:`DiscreteSchedule`: one of the named DDPM schedules at a random length, or a random one.
 
     At least ``min_steps`` = 10 levels by default (pass ``min_steps=2`` for the degenerate short
@@ -152,8 +154,15 @@ def schedules() -> st.SearchStrategy[Schedule]:
 
 # -- grids -----------------------------------------------------------------------------------
 @st.composite
-def sigma_grids(draw, min_steps: int = 1, max_steps: int = 30, sigma_max: tuple[float, float] = (0.5, 200.0),
-                sigma_min: float = 1e-3, final_zero: bool = True, max_gap_ratio: float | None = None) -> torch.Tensor:
+def sigma_grids(
+    draw,
+    min_steps: int = 1,
+    max_steps: int = 30,
+    sigma_max: tuple[float, float] = (0.5, 200.0),
+    sigma_min: float = 1e-3,
+    final_zero: bool = True,
+    max_gap_ratio: float | None = None,
+) -> torch.Tensor:
     """A strictly decreasing float64 sigma grid with ``steps`` in [min_steps, max_steps] steps.
 
     The first entry is drawn log-uniformly in ``sigma_max``; the other positive entries log-uniformly
@@ -167,14 +176,22 @@ def sigma_grids(draw, min_steps: int = 1, max_steps: int = 30, sigma_max: tuple[
     n_inner = steps - 1 if final_zero else steps
     lo, hi = math.log(sigma_min), math.log(top)
     if max_gap_ratio is None:
-        us = draw(st.lists(st.floats(lo, hi, exclude_max=True, allow_nan=False), min_size=n_inner,
-                           max_size=n_inner, unique=True))
+        us = draw(
+            st.lists(
+                st.floats(lo, hi, exclude_max=True, allow_nan=False), min_size=n_inner, max_size=n_inner, unique=True
+            )
+        )
         pos = sorted({top, *(math.exp(u) for u in us)}, reverse=True)
     else:
         # log-sigma gaps built step by step, each within a factor max_gap_ratio of the previous one,
         # then scaled (ratios kept) to fit between sigma_min and the top
-        factors = draw(st.lists(st.floats(-math.log(max_gap_ratio), math.log(max_gap_ratio)),
-                                min_size=max(n_inner - 1, 0), max_size=max(n_inner - 1, 0)))
+        factors = draw(
+            st.lists(
+                st.floats(-math.log(max_gap_ratio), math.log(max_gap_ratio)),
+                min_size=max(n_inner - 1, 0),
+                max_size=max(n_inner - 1, 0),
+            )
+        )
         gaps = [1.0]
         for f in factors:
             gaps.append(gaps[-1] * math.exp(f))
@@ -194,8 +211,13 @@ def sigma_grids(draw, min_steps: int = 1, max_steps: int = 30, sigma_max: tuple[
 
 
 @st.composite
-def named_grids(draw, schedule_strategy: st.SearchStrategy[Schedule] | None = None,
-                min_steps: int = 1, max_steps: int = 50, names: Sequence[str] | None = None):
+def named_grids(
+    draw,
+    schedule_strategy: st.SearchStrategy[Schedule] | None = None,
+    min_steps: int = 1,
+    max_steps: int = 50,
+    names: Sequence[str] | None = None,
+):
     """``(schedule, name, steps, sigmas)``: a registered grid at a random step count.
 
     Grids come from the live registry (:func:`diffsolve.grids`), so plugin grids are drawn too;
@@ -232,8 +254,9 @@ def shapes(min_batch: int = 1, max_batch: int = 4, max_dims: int = 3, max_side: 
 
 
 @st.composite
-def states(draw, shape: Sequence[int] | st.SearchStrategy | None = None, bound: float = 10.0,
-           dtype: torch.dtype = _F64) -> torch.Tensor:
+def states(
+    draw, shape: Sequence[int] | st.SearchStrategy | None = None, bound: float = 10.0, dtype: torch.dtype = _F64
+) -> torch.Tensor:
     """A bounded tensor with entries in [-bound, bound] (float64 by default) of a drawn or given shape."""
     from hypothesis.extra.numpy import arrays
 
@@ -248,8 +271,9 @@ def states(draw, shape: Sequence[int] | st.SearchStrategy | None = None, bound: 
 
 # -- analytic problems -----------------------------------------------------------------------
 @st.composite
-def gaussians(draw, min_dim: int = 1, max_dim: int = 4, mean_bound: float = 2.0,
-              std: tuple[float, float] = (0.05, 3.0)) -> Gaussian:
+def gaussians(
+    draw, min_dim: int = 1, max_dim: int = 4, mean_bound: float = 2.0, std: tuple[float, float] = (0.05, 3.0)
+) -> Gaussian:
     """N(m, s^2 I) with random dimension, mean and std (the exact flow E38 is available)."""
     dim = draw(st.integers(min_dim, max_dim))
     m = draw(st.lists(st.floats(-mean_bound, mean_bound), min_size=dim, max_size=dim))
@@ -258,8 +282,15 @@ def gaussians(draw, min_dim: int = 1, max_dim: int = 4, mean_bound: float = 2.0,
 
 
 @st.composite
-def mixtures(draw, min_components: int = 1, max_components: int = 4, min_dim: int = 1, max_dim: int = 4,
-             mean_bound: float = 2.0, std: tuple[float, float] = (0.1, 2.0)) -> GaussianMixture:
+def mixtures(
+    draw,
+    min_components: int = 1,
+    max_components: int = 4,
+    min_dim: int = 1,
+    max_dim: int = 4,
+    mean_bound: float = 2.0,
+    std: tuple[float, float] = (0.1, 2.0),
+) -> GaussianMixture:
     """An isotropic Gaussian mixture with random components, means, stds and weights."""
     k = draw(st.integers(min_components, max_components))
     dim = draw(st.integers(min_dim, max_dim))

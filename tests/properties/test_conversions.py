@@ -11,9 +11,11 @@ import diffsolve as ds
 from diffsolve.testing import strategies as dst
 
 PREDICTIONS = ["eps", "x0", "v", "score", "flow"]
-SPACES = {"vp": lambda: ds.SigmaSchedule(0.0, 1e4, space="vp"),
-          "ve": lambda: ds.SigmaSchedule(0.0, 1e4, space="ve"),
-          "flow": lambda: ds.FlowSchedule(t_eps=1e-6, t_end=1 - 1e-6)}
+SPACES = {
+    "vp": lambda: ds.SigmaSchedule(0.0, 1e4, space="vp"),
+    "ve": lambda: ds.SigmaSchedule(0.0, 1e4, space="ve"),
+    "flow": lambda: ds.FlowSchedule(t_eps=1e-6, t_end=1 - 1e-6),
+}
 
 
 def _scale(space, sigma):
@@ -34,8 +36,13 @@ def _raw_output(prediction, x0, eps, sigma, scale):
     return eps - x0  # E17: flow velocity u
 
 
-@given(st.sampled_from(PREDICTIONS), st.sampled_from(sorted(SPACES)),
-       st.floats(math.log(1e-3), math.log(1e3)).map(math.exp), dst.seeds, dst.shapes())
+@given(
+    st.sampled_from(PREDICTIONS),
+    st.sampled_from(sorted(SPACES)),
+    st.floats(math.log(1e-3), math.log(1e3)).map(math.exp),
+    dst.seeds,
+    dst.shapes(),
+)
 def test_claim02_conversions_recover_x0_and_eps(prediction, space, sigma, seed, shape):
     g = torch.Generator().manual_seed(seed)
     x0, eps = torch.randn(shape, generator=g), torch.randn(shape, generator=g)  # unit variance (claim 2)
@@ -69,7 +76,8 @@ def test_claim02_exact_models_in_every_convention_give_the_exact_ode(mixture, sc
     sigma = math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
     ode = ds.wrap(mixture.model(sched, prediction), sched, prediction=prediction, time_dtype=torch.float64)
     xbar = mixture.sample(3, torch.Generator().manual_seed(seed)) + sigma * torch.randn(
-        3, mixture.dim, generator=torch.Generator().manual_seed(seed + 1))
+        3, mixture.dim, generator=torch.Generator().manual_seed(seed + 1)
+    )
     denoised, eps = ode.predict(xbar, sigma)
     # as claim 2, plus the analytic model's own t -> sigma map (about 1e-13 relative in sigma, at most
     # 1e-13 |xbar| in eps): 1e-12 * max(sigma, 1/sigma) * max(1, |xbar|)
@@ -93,15 +101,19 @@ def test_claim19_ddim_trajectory_is_the_same_for_every_prediction(gaussian, sigm
             torch.testing.assert_close(b, a, rtol=0, atol=1e-12 * max(1.0, float(sigmas[k])), msg=f"{p}, step {k}")
 
 
-@given(dst.gaussians(), dst.sigma_grids(max_steps=20, sigma_max=(0.5, 100.0)), dst.seeds,
-       st.sampled_from(PREDICTIONS))
+@given(dst.gaussians(), dst.sigma_grids(max_steps=20, sigma_max=(0.5, 100.0)), dst.seeds, st.sampled_from(PREDICTIONS))
 def test_claim19_ddim_xbar_trajectory_is_the_same_in_vp_ve_and_flow_space(gaussian, sigmas, seed, prediction):
     xbar_T = 3 * torch.randn(2, gaussian.dim, generator=torch.Generator().manual_seed(seed))
     got = {}
     for space, make in SPACES.items():
         sched = make()
-        ode = ds.wrap(gaussian.model(sched, prediction, "sigma" if space != "flow" else "t"), sched,
-                      prediction=prediction, time="sigma" if space != "flow" else "t", time_dtype=torch.float64)
+        ode = ds.wrap(
+            gaussian.model(sched, prediction, "sigma" if space != "flow" else "t"),
+            sched,
+            prediction=prediction,
+            time="sigma" if space != "flow" else "t",
+            time_dtype=torch.float64,
+        )
         x_T = ode.from_xbar(xbar_T, float(sigmas[0]))
         _, traj = ds.sample(ode, x_T, "ddim", sigmas=sigmas, return_trajectory=True)
         got[space] = [ode.to_xbar(x, float(s)) for x, s in zip(traj, sigmas)]

@@ -166,8 +166,9 @@ ANCESTRAL_EQUIVALENTS = {"euler-ancestral": lambda eta: {"eta": eta}}
 
 
 # -- claim 7 -----------------------------------------------------------------------------------------
-@given(st.floats(math.log(1e-3), math.log(1e3)).map(math.exp), vp_states(3), dst.etas,
-       st.sampled_from(["eta", "large"]))
+@given(
+    st.floats(math.log(1e-3), math.log(1e3)).map(math.exp), vp_states(3), dst.etas, st.sampled_from(["eta", "large"])
+)
 def test_claim07_last_step_returns_x0hat_for_every_eta(sigma_t, xs, eta, variance):
     x_t, eps, z = xs
     got = ddim_vp_step(sigma_t, 0.0, x_t, eps, z, eta=eta, variance=variance)
@@ -266,8 +267,14 @@ def test_claim16_official_grid_run_makes_one_call_per_index(steps, name):
     sched = ds.DiscreteSchedule.linear()
     calls = []
     ode = ds.wrap(lambda x, t: (calls.append(t[0].item()), torch.zeros_like(x))[1], sched)
-    ds.sample(ode, torch.zeros(1, 1), "ddim", steps=steps, grid=name,
-              grid_options={"duplicates": "drop"} if name == "ddim-quad" else None)
+    ds.sample(
+        ode,
+        torch.zeros(1, 1),
+        "ddim",
+        steps=steps,
+        grid=name,
+        grid_options={"duplicates": "drop"} if name == "ddim-quad" else None,
+    )
     if name == "ddim-uniform":
         seq = ref.official_uniform(1000, steps)
         assert ode.nfe == len(seq) == len(ddim_uniform_indices(1000, steps))

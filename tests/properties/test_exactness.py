@@ -41,8 +41,10 @@ def point_mass_and_start(draw):
 
 
 @given(point_mass_and_start(), dst.sigma_grids(min_steps=1, max_steps=40))
-@example((PointMass(torch.tensor([0.3, -1.2, 2.0])), torch.tensor([[5.0, -3.0, 0.1], [0.0, 1.0, 2.0]])),
-         torch.tensor([SIGMA_MAX, 0.0]))  # S = 1 from the top of the linear schedule
+@example(
+    (PointMass(torch.tensor([0.3, -1.2, 2.0])), torch.tensor([[5.0, -3.0, 0.1], [0.0, 1.0, 2.0]])),
+    torch.tensor([SIGMA_MAX, 0.0]),
+)  # S = 1 from the top of the linear schedule
 def test_claim09_ddim_returns_the_point_mass_from_any_start_on_any_grid(problem_and_start, sigmas):
     problem, x_T = problem_and_start
     ode = problem.ode(ds.SigmaSchedule(0.0, float(sigmas[0]), space="vp"), time="sigma")
@@ -115,7 +117,7 @@ def test_claim12_invert_then_sample_has_the_reference_round_trip_errors():
 def test_proposition1_vp_probability_flow_in_t_and_the_sigma_ode_agree(mixture, beta_min, beta_max, seed):
     """E35 for the VP SDE with linear beta(t), written from the note (not from diffsolve's schedule):
 
-        dx/dt = -(beta/2) x + (beta/2) eps*/B,   A = exp(-int beta / 2),  B = sqrt(1 - A^2),  sigma = B/A
+    dx/dt = -(beta/2) x + (beta/2) eps*/B,   A = exp(-int beta / 2),  B = sqrt(1 - A^2),  sigma = B/A
     """
     t_end, t_eps = 1.0, 1e-3
     integral = lambda t: beta_min * t + 0.5 * (beta_max - beta_min) * t * t

@@ -41,8 +41,9 @@ def point_mass_eps_model(c):
 
 def _one_step_from_the_marginal(solver, opts, c, sigma_t, sigma_s, seed):
     """x_t ~ N(A_t c, B_t^2) (VP), one solver step with the exact eps, returned in VP space."""
-    ode = ds.wrap(point_mass_eps_model(c), ds.SigmaSchedule(0.0, 1e4, space="vp"), time="sigma",
-                  time_dtype=torch.float64)
+    ode = ds.wrap(
+        point_mass_eps_model(c), ds.SigmaSchedule(0.0, 1e4, space="vp"), time="sigma", time_dtype=torch.float64
+    )
     g = torch.Generator().manual_seed(seed)
     x_t = ref.A(sigma_t) * c + ref.B(sigma_t) * torch.randn(N, c.numel(), generator=g)
     s = ds.make_solver(solver, **opts)
@@ -69,8 +70,12 @@ def linear_levels(draw):
 
 
 @settings(max_examples=max(3, settings.default.max_examples // 5))
-@given(linear_levels(), st.lists(st.floats(-2.0, 2.0), min_size=1, max_size=1), st.integers(0, 2**31 - 1),
-       st.floats(0.0, 1.0))
+@given(
+    linear_levels(),
+    st.lists(st.floats(-2.0, 2.0), min_size=1, max_size=1),
+    st.integers(0, 2**31 - 1),
+    st.floats(0.0, 1.0),
+)
 def test_claim13_one_ddim_step_keeps_the_marginal_for_every_eta(levels, c, seed, eta_any):
     sigma_t, sigma_s = levels
     c = torch.tensor(c, dtype=torch.float64)

@@ -73,7 +73,9 @@ def test_every_claim_test_is_documented_under_its_claim():
             if m:
                 claim = str(int(m.group(1)))
                 assert (file.name, name) in documented, f"{file.name}::{name} is not in docs/properties.md"
-                assert documented[(file.name, name)] == claim, f"{name} is documented under claim {documented[(file.name, name)]}"
+                assert documented[(file.name, name)] == claim, (
+                    f"{name} is documented under claim {documented[(file.name, name)]}"
+                )
 
 
 # -- the registry is covered ------------------------------------------------------------------------
@@ -82,7 +84,12 @@ def _collected_ids(files: list[str]) -> dict[str, set[str]]:
     env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}  # a plain, serial collection
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *files],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     ids: dict[str, set[str]] = {}
@@ -128,9 +135,11 @@ def test_every_registered_solver_is_in_every_suite_that_applies():
     for dtype in dtypes:
         names = {i[: -len(dtype) - 1] for i in got if i.endswith("-" + dtype)}
         assert names == expect["all"], f"low precision {dtype}: missing {sorted(expect['all'] - names)}"
-    stochastic_suites = ["test_every_stochastic_solver_returns_the_point_mass",
-                         "test_stochastic_sample_does_not_depend_on_its_batch",
-                         "test_one_step_of_every_stochastic_solver_keeps_the_point_mass_marginal"]
+    stochastic_suites = [
+        "test_every_stochastic_solver_returns_the_point_mass",
+        "test_stochastic_sample_does_not_depend_on_its_batch",
+        "test_one_step_of_every_stochastic_solver_keeps_the_point_mass_marginal",
+    ]
     for suite in stochastic_suites:
         got = ids.get(suite, set())
         names = {i.split("[")[0] for i in got}

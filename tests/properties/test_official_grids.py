@@ -22,15 +22,42 @@ def test_claim15_official_grids_reproduce_the_table():
     assert ddim_uniform_indices(1000, 100) == list(range(0, 1000, 10))
     assert ddim_uniform_indices(1000, 1000) == list(range(1000))
     assert ddim_quad_indices(1000, 10) == [0, 9, 39, 88, 158, 246, 355, 483, 632, 800]
-    assert ddim_quad_indices(1000, 20) == [0, 2, 8, 19, 35, 55, 79, 108, 141, 179, 221, 268, 319, 374, 434,
-                                           498, 567, 640, 718, 800]
+    assert ddim_quad_indices(1000, 20) == [
+        0,
+        2,
+        8,
+        19,
+        35,
+        55,
+        79,
+        108,
+        141,
+        179,
+        221,
+        268,
+        319,
+        374,
+        434,
+        498,
+        567,
+        640,
+        718,
+        800,
+    ]
     assert ddim_quad_indices(1000, 50)[:6] == [0, 0, 1, 2, 5, 8]
     assert ddim_quad_indices(1000, 100)[:8] == [0, 0, 0, 0, 1, 2, 2, 3]
     # non-divisors: NFE = len(seq) = 16, 31, 334, 500, 1000
     assert [len(ddim_uniform_indices(1000, S)) for S in (15, 30, 300, 400, 600)] == [16, 31, 334, 500, 1000]
     # quad distinct counts
-    assert [len(set(ddim_quad_indices(1000, S))) for S in (10, 20, 50, 100, 200, 500, 1000)] == \
-        [10, 20, 49, 96, 187, 422, 688]
+    assert [len(set(ddim_quad_indices(1000, S))) for S in (10, 20, 50, 100, 200, 500, 1000)] == [
+        10,
+        20,
+        49,
+        96,
+        187,
+        422,
+        688,
+    ]
     assert all(ddim_quad_indices(1000, S)[-1] == 800 for S in (10, 20, 50, 100, 1000))
 
 

@@ -18,9 +18,14 @@ def test_claim01_linear_schedule_reference_values():
     # rel 1e-9: the note quotes 11 significant digits
     assert sched.alphas_cumprod[-1].item() == pytest.approx(4.0358297654e-5, rel=1e-9)
     assert sched.sigmas[-1].item() == pytest.approx(157.40728081, rel=1e-9)
-    for i, abar, sigma, lam in [(0, 0.9999, 0.0100005, 4.60512), (99, 0.8970181457, 0.3388284, 1.08226),
-                                (499, 7.8587242882e-2, 3.4241366, -1.23085), (800, 1.5075210598e-3, 25.735980, -3.24789),
-                                (900, 2.7024451956e-4, 60.822303, -4.10796), (999, 4.0358297654e-5, 157.407281, -5.05884)]:
+    for i, abar, sigma, lam in [
+        (0, 0.9999, 0.0100005, 4.60512),
+        (99, 0.8970181457, 0.3388284, 1.08226),
+        (499, 7.8587242882e-2, 3.4241366, -1.23085),
+        (800, 1.5075210598e-3, 25.735980, -3.24789),
+        (900, 2.7024451956e-4, 60.822303, -4.10796),
+        (999, 4.0358297654e-5, 157.407281, -5.05884),
+    ]:
         assert sched.alphas_cumprod[i].item() == pytest.approx(abar, rel=1e-9)
         # the table's sigma and lambda columns are printed to 6-8 digits: compare at that precision
         assert sched.sigmas[i].item() == pytest.approx(sigma, rel=5e-7)

@@ -60,8 +60,9 @@ def _order_ode():
 @functools.lru_cache(maxsize=1)
 def _order_reference() -> torch.Tensor:
     # dopri5 at rtol = atol = 1e-13 in log-sigma: agrees with RK4 on 4000 log-uniform steps to 3e-13
-    return reference_solution(_order_ode(), ORDER_X_T, ORDER_SIGMA_MAX, ORDER_SIGMA_END,
-                              rtol=1e-13, atol=1e-13, method="dopri5")
+    return reference_solution(
+        _order_ode(), ORDER_X_T, ORDER_SIGMA_MAX, ORDER_SIGMA_END, rtol=1e-13, atol=1e-13, method="dopri5"
+    )
 
 
 @pytest.mark.parametrize("name", SUITES["fixed_step"])
@@ -224,8 +225,9 @@ def test_claim17_deterministic_output_is_bit_identical_across_rng_states(name, s
 
 @pytest.mark.parametrize("name, opts", params(STOCHASTIC_CASES))
 @settings(max_examples=max(3, settings.default.max_examples // 5))
-@given(st.lists(dst.seeds, min_size=4, max_size=4, unique=True), st.permutations(range(4)),
-       st.integers(1, 4), dst.seeds)
+@given(
+    st.lists(dst.seeds, min_size=4, max_size=4, unique=True), st.permutations(range(4)), st.integers(1, 4), dst.seeds
+)
 def test_stochastic_sample_does_not_depend_on_its_batch(name, opts, seeds, perm, keep, seed_x):
     ode = PRECISION_MIXTURE.ode(ds.DiscreteSchedule.linear())
     x_T = torch.randn(4, 3, generator=torch.Generator().manual_seed(seed_x))
@@ -236,8 +238,15 @@ def test_stochastic_sample_does_not_depend_on_its_batch(name, opts, seeds, perm,
     # bit-identical: the analytic model and every solver step act per sample
     torch.testing.assert_close(part, full[sub], rtol=0, atol=0)
     # and the noise is really used: another seed for sample 0 changes it
-    other = ds.sample(ode, x_T[:1], name, steps=8, grid="trailing",
-                      generator=[torch.Generator().manual_seed(seeds[0] ^ 0x5EED)], **opts)
+    other = ds.sample(
+        ode,
+        x_T[:1],
+        name,
+        steps=8,
+        grid="trailing",
+        generator=[torch.Generator().manual_seed(seeds[0] ^ 0x5EED)],
+        **opts,
+    )
     assert not torch.equal(other, full[:1])
 
 
@@ -264,8 +273,11 @@ def test_low_precision_run_is_finite_and_close_to_float64(name, dtype):
     # float32: adaptive solvers at rtol = atol = 1e-5 (torchdiffeq's default here; dpm-adaptive's own
     # default is the DPM-Solver paper's image tolerance rtol = 0.05, where float32 rounding flips
     # accept/reject decisions and the two runs differ by the error allowed: 7.9e-5, measured)
-    opts = fast_options(name) if dtype in (torch.float16, torch.bfloat16) else (
-        {"rtol": 1e-5, "atol": 1e-5} if name in SUITES["adaptive"] else {})
+    opts = (
+        fast_options(name)
+        if dtype in (torch.float16, torch.bfloat16)
+        else ({"rtol": 1e-5, "atol": 1e-5} if name in SUITES["adaptive"] else {})
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref = ds.sample(ode, x_T, name, steps=10, grid="trailing", generator=gens(), **opts)

@@ -44,14 +44,15 @@ def mixture_eps(x, t):
     """Exact eps of the mixture at per-sample sigma t (no division by sigma)."""
     var = STD**2 + t[:, None] ** 2
     d0 = x - MEANS[0]
-    logit = math.log(WEIGHTS[1] / WEIGHTS[0]) - 0.5 * (
-        ((x - MEANS[1]) ** 2).sum(-1, keepdim=True) - (d0**2).sum(-1, keepdim=True)) / var
+    logit = (
+        math.log(WEIGHTS[1] / WEIGHTS[0])
+        - 0.5 * (((x - MEANS[1]) ** 2).sum(-1, keepdim=True) - (d0**2).sum(-1, keepdim=True)) / var
+    )
     return t[:, None] * (d0 + torch.sigmoid(logit) * (MEANS[0] - MEANS[1])) / var
 
 
 def mixture_ode():
-    return ds.wrap(mixture_eps, ds.SigmaSchedule(0.0, 100.0), prediction="eps", time="sigma",
-                   time_dtype=torch.float64)
+    return ds.wrap(mixture_eps, ds.SigmaSchedule(0.0, 100.0), prediction="eps", time="sigma", time_dtype=torch.float64)
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,9 @@ from diffsolve.problems import GaussianMixture
 F64 = torch.float64
 MIX = GaussianMixture(torch.tensor([[1.0, 0.5], [-1.0, -0.3]], dtype=F64), [0.6, 0.9], weights=[0.3, 0.7])
 STEPS, SIGMA_MAX, SIGMA_MIN = 12, 20.0, 0.02
-GRID = [(SIGMA_MAX ** (1 / 7) + k / (STEPS - 1) * (SIGMA_MIN ** (1 / 7) - SIGMA_MAX ** (1 / 7))) ** 7
-        for k in range(STEPS)] + [0.0]
+GRID = [
+    (SIGMA_MAX ** (1 / 7) + k / (STEPS - 1) * (SIGMA_MIN ** (1 / 7) - SIGMA_MAX ** (1 / 7))) ** 7 for k in range(STEPS)
+] + [0.0]
 X_T = SIGMA_MAX * torch.tensor([[-1.2, 0.3], [0.4, -0.9], [1.5, 1.1]], dtype=F64)
 TOL = 1e-10
 
@@ -144,15 +145,17 @@ def ghvb(x, sigmas, order=4, beta=0.8):
 # -- F-PNDM (Liu et al. 2022) with PNDM's own VP transfer (their code's ``transfer``) ---------------------
 def pndm_transfer(x_vp, s, s_next, e):
     a, a_next = 1 / (1 + s**2), 1 / (1 + s_next**2)  # alpha_bar
-    return x_vp + (a_next - a) * (x_vp / (math.sqrt(a) * (math.sqrt(a) + math.sqrt(a_next)))
-                                 - e / (math.sqrt(a) * (math.sqrt((1 - a_next) * a) + math.sqrt((1 - a) * a_next))))
+    return x_vp + (a_next - a) * (
+        x_vp / (math.sqrt(a) * (math.sqrt(a) + math.sqrt(a_next)))
+        - e / (math.sqrt(a) * (math.sqrt((1 - a_next) * a) + math.sqrt((1 - a) * a_next)))
+    )
 
 
 def f_pndm(xbar, sigmas, mid):
     to_vp = lambda xb, s: xb / math.sqrt(1 + s**2)
     to_bar = lambda xv, s: xv * math.sqrt(1 + s**2)
     x, ets = to_vp(xbar, sigmas[0]), []
-    for i, (s, s_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+    for _i, (s, s_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
         e_of = lambda x_vp, sig: eps(to_bar(x_vp, sig), sig)
         if len(ets) > 2:
             ets.append(e_of(x, s))
@@ -195,7 +198,7 @@ def torchdiffeq_method(x, sigmas, method, variable="sigma"):
     else:
         f, times, last = (lambda s, y: eps(y, s)), list(sigmas), False
     history = []
-    for i, (t, t_next) in enumerate(zip(times[:-1], times[1:])):
+    for _i, (t, t_next) in enumerate(zip(times[:-1], times[1:])):
         h = t_next - t
         if method != "explicit_adams":
             x = rk_step(f, t, x, h, TABLEAUS[method])
@@ -207,8 +210,11 @@ def torchdiffeq_method(x, sigmas, method, variable="sigma"):
 
 CASES = [
     ("heun", {}, lambda: edm_heun(X_T, GRID)),
-    ("heun", {"s_churn": 4.0, "s_tmin": 0.05, "s_tmax": 10.0, "s_noise": 1.003, "seed": 7},
-     lambda: edm_heun(X_T, GRID, S_churn=4.0, S_tmin=0.05, S_tmax=10.0, S_noise=1.003, seed=7)),
+    (
+        "heun",
+        {"s_churn": 4.0, "s_tmin": 0.05, "s_tmax": 10.0, "s_noise": 1.003, "seed": 7},
+        lambda: edm_heun(X_T, GRID, S_churn=4.0, S_tmin=0.05, S_tmax=10.0, S_noise=1.003, seed=7),
+    ),
     ("euler-ancestral", {"seed": 5}, lambda: euler_ancestral(X_T, GRID, seed=5)),
     ("euler-ancestral", {"eta": 0.4, "s_noise": 0.9, "seed": 5}, lambda: euler_ancestral(X_T, GRID, 0.4, 0.9, seed=5)),
     ("euler-ancestral", {"eta": 1.7, "seed": 5}, lambda: euler_ancestral(X_T, GRID, 1.7, seed=5)),
@@ -225,7 +231,8 @@ CASES = [
     ("plms", {"midpoint": "sigma"}, lambda: f_pndm(X_T, GRID, lambda s, s_next: 0.5 * (s + s_next))),
 ] + [
     (f"torchdiffeq-{m}", {"variable": v}, (lambda m=m, v=v: torchdiffeq_method(X_T, GRID, m, v)))
-    for m in ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams") for v in ("sigma", "log-sigma")
+    for m in ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams")
+    for v in ("sigma", "log-sigma")
 ]
 
 
@@ -259,7 +266,10 @@ def test_momentum_solvers_reduce_to_adams_bashforth_and_to_each_other():
     assert float((library("plms-hb", beta=1.0) - ab).abs().max()) <= 1e-12  # HB with beta = 1 is PLMS
     assert float((library("ghvb", beta=1.0) - ab).abs().max()) <= 1e-12  # GHVB with beta = 1 is AB
     # first-order GHVB is Euler with heavy ball (the paper, after eq. 19)
-    assert float((library("ghvb", solver_order=1, beta=0.6) - library("plms-hb", solver_order=1, beta=0.6)).abs().max()) <= 1e-12
+    assert (
+        float((library("ghvb", solver_order=1, beta=0.6) - library("plms-hb", solver_order=1, beta=0.6)).abs().max())
+        <= 1e-12
+    )
     assert float((library("lms", solver_order=1) - library("ddim")).abs().max()) <= 1e-12
 
 

@@ -15,13 +15,25 @@ F64 = torch.float64
 MEANS = torch.tensor([[1.0, 0.5], [-1.0, -0.3]], dtype=F64)
 STD, WEIGHTS = 0.5, (0.3, 0.7)
 
-NATIVE = [("heun", {}), ("lms", {}), ("ipndm", {}), ("plms", {}), ("plms-hb", {}), ("ghvb", {}),
-          ("euler-ancestral", {"eta": 0.0})]
-TORCHDIFFEQ_FIXED = [(f"torchdiffeq-{m}", {"variable": v})
-                     for m in ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams")
-                     for v in ("sigma", "log-sigma")]
-ADAPTIVE = [(f"torchdiffeq-{m}", {"variable": v})
-            for m in ("dopri5", "bosh3", "adaptive_heun", "dopri8") for v in ("sigma", "log-sigma")]
+NATIVE = [
+    ("heun", {}),
+    ("lms", {}),
+    ("ipndm", {}),
+    ("plms", {}),
+    ("plms-hb", {}),
+    ("ghvb", {}),
+    ("euler-ancestral", {"eta": 0.0}),
+]
+TORCHDIFFEQ_FIXED = [
+    (f"torchdiffeq-{m}", {"variable": v})
+    for m in ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams")
+    for v in ("sigma", "log-sigma")
+]
+ADAPTIVE = [
+    (f"torchdiffeq-{m}", {"variable": v})
+    for m in ("dopri5", "bosh3", "adaptive_heun", "dopri8")
+    for v in ("sigma", "log-sigma")
+]
 STOCHASTIC = [("heun", {"s_churn": 10.0}), ("euler-ancestral", {}), ("euler-ancestral", {"eta": 0.5, "s_noise": 0.9})]
 
 
@@ -33,16 +45,20 @@ def mixture_eps(x, s):
     """Exact eps of the mixture (x: (N, 2) float64, s: (N, 1) sigma)."""
     var = STD**2 + s**2
     d0 = x - MEANS[0]
-    logit = math.log(WEIGHTS[1] / WEIGHTS[0]) - 0.5 * (
-        ((x - MEANS[1]) ** 2).sum(-1, keepdim=True) - (d0**2).sum(-1, keepdim=True)) / var
+    logit = (
+        math.log(WEIGHTS[1] / WEIGHTS[0])
+        - 0.5 * (((x - MEANS[1]) ** 2).sum(-1, keepdim=True) - (d0**2).sum(-1, keepdim=True)) / var
+    )
     return s * (d0 + torch.sigmoid(logit) * (MEANS[0] - MEANS[1])) / var
 
 
 def vp_ode(eps_fn=mixture_eps, sigma_max=157.0):
     """An eps model in VP space (x = xbar / sqrt(1 + sigma^2)), fed sigma in the model's dtype."""
+
     def model(x, t):
         s = t.to(F64)[:, None]
         return eps_fn(x.to(F64) * torch.sqrt(1 + s**2), s).to(x.dtype)
+
     return ds.wrap(model, ds.SigmaSchedule(0.0, sigma_max, space="vp"), prediction="eps", time="sigma")
 
 
@@ -54,6 +70,7 @@ def gaussian_eps(x, s):
 def ve_mixture_ode():
     def model(x, t):
         return mixture_eps(x, t[:, None])
+
     return ds.wrap(model, ds.SigmaSchedule(0.0, 80.0), prediction="eps", time="sigma", time_dtype=F64)
 
 
@@ -62,8 +79,11 @@ def karras(steps, sigma_min=0.01, sigma_max=20.0):
 
 
 # -- float32: finite for every step count, the final step to sigma = 0 included ------------------------
-@pytest.mark.parametrize("name, options", NATIVE + STOCHASTIC + TORCHDIFFEQ_FIXED + ADAPTIVE,
-                         ids=_ids(NATIVE + STOCHASTIC + TORCHDIFFEQ_FIXED + ADAPTIVE))
+@pytest.mark.parametrize(
+    "name, options",
+    NATIVE + STOCHASTIC + TORCHDIFFEQ_FIXED + ADAPTIVE,
+    ids=_ids(NATIVE + STOCHASTIC + TORCHDIFFEQ_FIXED + ADAPTIVE),
+)
 def test_float32_stays_finite_for_1_to_50_steps(name, options):
     # VP model with sigma_max = 157 (DDPM's): |xbar| ~ 157 at the start, the float32 stress of pitfall 6.
     # Adaptive methods choose their own internal steps, so a few grid sizes cover them (at a
@@ -75,8 +95,9 @@ def test_float32_stays_finite_for_1_to_50_steps(name, options):
         step_counts, options = (1, 2, 3, 5, 50), {**options, "rtol": 1e-4, "atol": 1e-4}
     for steps in step_counts:
         gen = torch.Generator().manual_seed(steps)
-        out = ds.sample(ode, x_T, name, sigmas=ds.grid("karras", ode.schedule, steps, sigma_min=0.002),
-                        generator=gen, **options)  # check_finite: raises NonFiniteError otherwise
+        out = ds.sample(
+            ode, x_T, name, sigmas=ds.grid("karras", ode.schedule, steps, sigma_min=0.002), generator=gen, **options
+        )  # check_finite: raises NonFiniteError otherwise
         assert out.dtype == torch.float32 and torch.isfinite(out).all()
 
 
@@ -129,8 +150,9 @@ def test_adaptive_round_trip_is_within_tolerance(name, options):
     assert float((back - x0).abs().max()) < 1e-3
 
 
-@pytest.mark.parametrize("name, options", NATIVE + TORCHDIFFEQ_FIXED + ADAPTIVE,
-                         ids=_ids(NATIVE + TORCHDIFFEQ_FIXED + ADAPTIVE))
+@pytest.mark.parametrize(
+    "name, options", NATIVE + TORCHDIFFEQ_FIXED + ADAPTIVE, ids=_ids(NATIVE + TORCHDIFFEQ_FIXED + ADAPTIVE)
+)
 def test_solver_integrates_upward_on_an_increasing_grid_from_positive_sigma(name, options):
     """A grid starting at sigma = 0.5 > 0: the solver takes every step upward itself (no Euler start)."""
     g = Gaussian(torch.tensor([0.3, -0.2, 0.1, 0.5], dtype=F64), 0.5)
@@ -152,7 +174,10 @@ NFE = [  # (solver, options, steps, NFE on a grid ending at sigma = 0)
     ("heun", {}, 10, 19),  # 2 per step, Euler (1) on the step to 0
     ("plms", {}, 10, 19),  # 3 pseudo-RK steps of 4 calls, then 1 per step: steps + 9
     ("plms", {}, 2, 8),  # all pseudo-RK
-    ("lms", {}, 10, 10), ("ipndm", {}, 10, 10), ("plms-hb", {}, 10, 10), ("ghvb", {}, 10, 10),
+    ("lms", {}, 10, 10),
+    ("ipndm", {}, 10, 10),
+    ("plms-hb", {}, 10, 10),
+    ("ghvb", {}, 10, 10),
     ("euler-ancestral", {}, 10, 10),
     ("torchdiffeq-rk4", {}, 10, 40),
     ("torchdiffeq-rk4", {"variable": "log-sigma"}, 10, 37),  # 9 RK4 steps + the denoise step
@@ -168,19 +193,32 @@ def test_model_calls_per_run(name, options, steps, nfe):
     calls = []
     inner = ode.model
     ode.model = lambda x, t, **kw: calls.append(1) or inner(x, t, **kw)
-    ds.sample(ode, 20 * torch.ones(1, 2, dtype=F64), name, sigmas=karras(steps).tolist(),
-              generator=torch.Generator().manual_seed(0), **options)
+    ds.sample(
+        ode,
+        20 * torch.ones(1, 2, dtype=F64),
+        name,
+        sigmas=karras(steps).tolist(),
+        generator=torch.Generator().manual_seed(0),
+        **options,
+    )
     assert ode.nfe == len(calls) == nfe
 
 
 # -- options, flags, noise -----------------------------------------------------------------------------------------
 BAD_OPTIONS = [
-    ("lms", {"solver_order": 5}, "solver_order"), ("ipndm", {"solver_order": 0}, "solver_order"), ("ghvb", {"beta": 0.0}, "beta"),
-    ("plms-hb", {"beta": 1.5}, "beta"), ("ghvb", {"solver_order": 2.0}, "solver_order"), ("lms", {"solver_order": True}, "solver_order"),
+    ("lms", {"solver_order": 5}, "solver_order"),
+    ("ipndm", {"solver_order": 0}, "solver_order"),
+    ("ghvb", {"beta": 0.0}, "beta"),
+    ("plms-hb", {"beta": 1.5}, "beta"),
+    ("ghvb", {"solver_order": 2.0}, "solver_order"),
+    ("lms", {"solver_order": True}, "solver_order"),
     ("plms", {"midpoint": "mean"}, "midpoint"),
-    ("heun", {"s_churn": -1.0}, "s_churn"), ("heun", {"s_tmin": 2.0, "s_tmax": 1.0}, "s_tmax"),
-    ("heun", {"s_noise": math.nan}, "s_noise"), ("euler-ancestral", {"eta": -0.1}, "eta"),
-    ("torchdiffeq-rk4", {"variable": "t"}, "variable"), ("torchdiffeq-dopri5", {"rtol": 0.0}, "rtol"),
+    ("heun", {"s_churn": -1.0}, "s_churn"),
+    ("heun", {"s_tmin": 2.0, "s_tmax": 1.0}, "s_tmax"),
+    ("heun", {"s_noise": math.nan}, "s_noise"),
+    ("euler-ancestral", {"eta": -0.1}, "eta"),
+    ("torchdiffeq-rk4", {"variable": "t"}, "variable"),
+    ("torchdiffeq-dopri5", {"rtol": 0.0}, "rtol"),
     ("torchdiffeq-dopri5", {"atol": -1e-6}, "atol"),
     ("torchdiffeq-rk4", {"rtol": 1e-3}, "variable"),  # fixed-grid methods take no tolerance
 ]
@@ -220,16 +258,31 @@ def test_torchdiffeq_trajectory_is_the_grid_states():
     ode, grid = vp_ode(), karras(12, sigma_max=157.0).tolist()
     x_T = torch.randn(4, 2, generator=torch.Generator().manual_seed(2), dtype=F64)
     seen = []
-    out, traj = ds.sample(ode, x_T, "torchdiffeq-euler", sigmas=grid, return_trajectory=True,
-                          callback=lambda info: seen.append((info["i"], info["sigma_next"])))
+    out, traj = ds.sample(
+        ode,
+        x_T,
+        "torchdiffeq-euler",
+        sigmas=grid,
+        return_trajectory=True,
+        callback=lambda info: seen.append((info["i"], info["sigma_next"])),
+    )
     _, ref_traj = ds.sample(ode, x_T, "ddim", sigmas=grid, return_trajectory=True)
     assert seen == [(i, grid[i + 1]) for i in range(12)]
     for a, b in zip(traj, ref_traj):
         assert float((a - b).abs().max()) <= 1e-12 * 157
     for name, options in (("torchdiffeq-dopri5", {}), ("torchdiffeq-bosh3", {"variable": "log-sigma"})):
         seen.clear()
-        out, traj = ds.sample(ode, x_T, name, sigmas=grid, return_trajectory=True, rtol=1e-6, atol=1e-6,
-                              callback=lambda info: seen.append(info["i"]), **options)
+        out, traj = ds.sample(
+            ode,
+            x_T,
+            name,
+            sigmas=grid,
+            return_trajectory=True,
+            rtol=1e-6,
+            atol=1e-6,
+            callback=lambda info: seen.append(info["i"]),
+            **options,
+        )
         assert seen == list(range(12)) and len(traj) == 13 and torch.equal(traj[-1], out)
         # an intermediate state is the ODE's solution at its grid sigma
         mid = ds.sample(ode, x_T, "torchdiffeq-dopri8", sigmas=grid[:9], rtol=1e-9, atol=1e-9)
@@ -238,9 +291,13 @@ def test_torchdiffeq_trajectory_is_the_grid_states():
 
 # -- the shared weights of _multistep ---------------------------------------------------------------------------
 def test_adams_bashforth_weights_are_the_classical_table():
-    table = {1: [1], 2: [Fraction(3, 2), Fraction(-1, 2)], 3: [Fraction(23, 12), Fraction(-16, 12), Fraction(5, 12)],
-             4: [Fraction(55, 24), Fraction(-59, 24), Fraction(37, 24), Fraction(-9, 24)],
-             5: [Fraction(c, 720) for c in (1901, -2774, 2616, -1274, 251)]}
+    table = {
+        1: [1],
+        2: [Fraction(3, 2), Fraction(-1, 2)],
+        3: [Fraction(23, 12), Fraction(-16, 12), Fraction(5, 12)],
+        4: [Fraction(55, 24), Fraction(-59, 24), Fraction(37, 24), Fraction(-9, 24)],
+        5: [Fraction(c, 720) for c in (1901, -2774, 2616, -1274, 251)],
+    }
     for k, expected in table.items():
         assert ms.adams_bashforth(k) == pytest.approx([float(c) for c in expected], abs=1e-14)
     assert ms.adams_series(6) == pytest.approx([1, 1 / 2, 5 / 12, 3 / 8, 251 / 720, 95 / 288], abs=1e-15)  # eq. 15
@@ -249,11 +306,18 @@ def test_adams_bashforth_weights_are_the_classical_table():
 @pytest.mark.parametrize("beta", [0.2, 0.5, 0.8, 1.0])
 def test_ghvb_weights_are_the_papers_table(beta):
     b = beta  # Wizadwongsa et al. 2023, Algorithm 2 (orders 2-5) and eq. 19
-    table = {2: [(2 + b) / (2 * b), -(2 - b) / (2 * b)],
-             3: [(18 + 5 * b) / (12 * b), -(24 - 8 * b) / (12 * b), (6 - b) / (12 * b)],
-             4: [(46 + 9 * b) / (24 * b), -(78 - 19 * b) / (24 * b), (42 - 5 * b) / (24 * b), -(10 - b) / (24 * b)],
-             5: [(1650 + 251 * b) / (720 * b), -(3420 - 646 * b) / (720 * b), (2880 - 264 * b) / (720 * b),
-                 -(1380 - 106 * b) / (720 * b), (270 - 19 * b) / (720 * b)]}
+    table = {
+        2: [(2 + b) / (2 * b), -(2 - b) / (2 * b)],
+        3: [(18 + 5 * b) / (12 * b), -(24 - 8 * b) / (12 * b), (6 - b) / (12 * b)],
+        4: [(46 + 9 * b) / (24 * b), -(78 - 19 * b) / (24 * b), (42 - 5 * b) / (24 * b), -(10 - b) / (24 * b)],
+        5: [
+            (1650 + 251 * b) / (720 * b),
+            -(3420 - 646 * b) / (720 * b),
+            (2880 - 264 * b) / (720 * b),
+            -(1380 - 106 * b) / (720 * b),
+            (270 - 19 * b) / (720 * b),
+        ],
+    }
     assert ms.ghvb_weights(1, b) == pytest.approx([1.0], abs=1e-14)
     for k, expected in table.items():
         assert ms.ghvb_weights(k, b) == pytest.approx(expected, abs=1e-13)

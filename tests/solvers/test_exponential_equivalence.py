@@ -18,8 +18,17 @@ from diffsolve.problems import get_problem
 def trajectory(ode, x_T, solver, sigmas=None, steps=None, grid=None, seed=None, **options):
     states = []
     gen = None if seed is None else torch.Generator().manual_seed(seed)
-    out = ds.sample(ode, x_T, solver, steps=steps, grid=grid, sigmas=sigmas, generator=gen,
-                    callback=lambda info: states.append((info["sigma_next"], info["xbar"])), **options)
+    out = ds.sample(
+        ode,
+        x_T,
+        solver,
+        steps=steps,
+        grid=grid,
+        sigmas=sigmas,
+        generator=gen,
+        callback=lambda info: states.append((info["sigma_next"], info["xbar"])),
+        **options,
+    )
     return out, states
 
 
@@ -43,8 +52,9 @@ def setup():
 @pytest.mark.parametrize("grid", ["trailing", "logsnr"])
 def test_first_order_exponential_integrators_equal_ddim(setup, name, grid):
     ode, x_T = setup
-    assert_same_trajectory(trajectory(ode, x_T, name, steps=10, grid=grid),
-                           trajectory(ode, x_T, "ddim", steps=10, grid=grid), 1e-12)
+    assert_same_trajectory(
+        trajectory(ode, x_T, name, steps=10, grid=grid), trajectory(ode, x_T, "ddim", steps=10, grid=grid), 1e-12
+    )
 
 
 SAME_METHOD = [
@@ -63,16 +73,22 @@ SAME_METHOD = [
 def test_members_that_are_the_same_method_agree(setup, a, b):
     ode, x_T = setup
     for steps in (4, 12, 20):  # with and without the lower-order end of final_step="auto"
-        assert_same_trajectory(trajectory(ode, x_T, a[0], steps=steps, grid="logsnr", **a[1]),
-                               trajectory(ode, x_T, b[0], steps=steps, grid="logsnr", **b[1]), 1e-12)
+        assert_same_trajectory(
+            trajectory(ode, x_T, a[0], steps=steps, grid="logsnr", **a[1]),
+            trajectory(ode, x_T, b[0], steps=steps, grid="logsnr", **b[1]),
+            1e-12,
+        )
 
 
 def test_deis_in_sigma_equals_deis_in_t_when_the_schedule_time_is_sigma():
     problem = get_problem("gaussian")
     ode = problem.ode(ds.SigmaSchedule(0.002, 80.0, space="vp"))
     x_T = torch.randn(3, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    assert_same_trajectory(trajectory(ode, x_T, "deis", steps=12, grid="karras", variable="sigma"),
-                           trajectory(ode, x_T, "deis", steps=12, grid="karras", variable="t"), 1e-12)
+    assert_same_trajectory(
+        trajectory(ode, x_T, "deis", steps=12, grid="karras", variable="sigma"),
+        trajectory(ode, x_T, "deis", steps=12, grid="karras", variable="t"),
+        1e-12,
+    )
 
 
 @pytest.mark.parametrize("name", ["dpmpp-2m-sde", "dpmpp-sde"])

@@ -262,24 +262,46 @@ def run(name, options, seed=None, schedule=None):
 CASES = []
 for lower in (False, True):
     fs = {"final_step": "lower-order" if lower else "denoise"}
-    for order, (noise_name, data_name) in {1: ("dpm-solver-1", "dpmpp-1"), 2: ("dpm-solver-2s", "dpmpp-2s"),
-                                            3: ("dpm-solver-3s", "dpmpp-3s")}.items():
+    for order, (noise_name, data_name) in {
+        1: ("dpm-solver-1", "dpmpp-1"),
+        2: ("dpm-solver-2s", "dpmpp-2s"),
+        3: ("dpm-solver-3s", "dpmpp-3s"),
+    }.items():
         CASES.append((noise_name, fs, lambda x, o=order, lo=lower: reference_singlestep(x, o, False, lo)))
         CASES.append((data_name, fs, lambda x, o=order, lo=lower: reference_singlestep(x, o, True, lo)))
-    for name, order, data in [("dpmpp-2m", 2, True), ("dpmpp-3m", 3, True), ("dpm-solver-2m", 2, False),
-                              ("dpm-solver-3m", 3, False)]:
+    for name, order, data in [
+        ("dpmpp-2m", 2, True),
+        ("dpmpp-3m", 3, True),
+        ("dpm-solver-2m", 2, False),
+        ("dpm-solver-3m", 3, False),
+    ]:
         CASES.append((name, fs, lambda x, o=order, d=data, lo=lower: reference_multistep(x, o, d, lo)))
-        CASES.append((name, dict(fs, solver_type="taylor"),
-                      lambda x, o=order, d=data, lo=lower: reference_multistep(x, o, d, lo, taylor2=True)))
+        CASES.append(
+            (
+                name,
+                dict(fs, solver_type="taylor"),
+                lambda x, o=order, d=data, lo=lower: reference_multistep(x, o, d, lo, taylor2=True),
+            )
+        )
     for order in (1, 2, 3):
         for variant in ("bh1", "bh2"):
             for corrector in (True, False):
-                CASES.append(("unipc", dict(fs, solver_order=order, variant=variant, corrector=corrector),
-                              lambda x, o=order, v=variant, c=corrector, lo=lower: reference_unipc(x, o, v, c, lo)))
+                CASES.append(
+                    (
+                        "unipc",
+                        dict(fs, solver_order=order, variant=variant, corrector=corrector),
+                        lambda x, o=order, v=variant, c=corrector, lo=lower: reference_unipc(x, o, v, c, lo),
+                    )
+                )
     for order in (1, 2, 3):
         for variable in ("sigma", "log-sigma"):
-            CASES.append(("deis", dict(fs, solver_order=order, variable=variable),
-                          lambda x, o=order, v=variable, lo=lower: reference_deis(x, o, v, None, lo)))
+            CASES.append(
+                (
+                    "deis",
+                    dict(fs, solver_order=order, variable=variable),
+                    lambda x, o=order, v=variable, lo=lower: reference_deis(x, o, v, None, lo),
+                )
+            )
 
 
 @pytest.mark.parametrize("name, options, reference", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])

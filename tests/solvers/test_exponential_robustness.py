@@ -13,11 +13,29 @@ from diffsolve.problems import get_problem
 
 _exp = importlib.import_module("diffsolve.solvers._exponential")
 
-FAMILY = ["dpm-solver-1", "dpm-solver-2s", "dpm-solver-3s", "dpmpp-1", "dpmpp-2s", "dpmpp-3s", "dpmpp-2m",
-          "dpmpp-3m", "dpm-solver-2m", "dpm-solver-3m", "unipc", "deis", "dpmpp-2m-sde", "dpmpp-sde"]
+FAMILY = [
+    "dpm-solver-1",
+    "dpm-solver-2s",
+    "dpm-solver-3s",
+    "dpmpp-1",
+    "dpmpp-2s",
+    "dpmpp-3s",
+    "dpmpp-2m",
+    "dpmpp-3m",
+    "dpm-solver-2m",
+    "dpm-solver-3m",
+    "unipc",
+    "deis",
+    "dpmpp-2m-sde",
+    "dpmpp-sde",
+]
 VARIANTS = [(name, {}) for name in FAMILY] + [
-    ("unipc", {"variant": "bh1"}), ("unipc", {"solver_order": 3, "variant": "bh1"}), ("unipc", {"solver_order": 1, "variant": "bh1"}),
-    ("deis", {"variable": "log-sigma"}), ("dpmpp-3m", {"final_step": "denoise"}), ("dpmpp-3s", {"final_step": "auto"}),
+    ("unipc", {"variant": "bh1"}),
+    ("unipc", {"solver_order": 3, "variant": "bh1"}),
+    ("unipc", {"solver_order": 1, "variant": "bh1"}),
+    ("deis", {"variable": "log-sigma"}),
+    ("dpmpp-3m", {"final_step": "denoise"}),
+    ("dpmpp-3s", {"final_step": "auto"}),
 ]
 DETERMINISTIC = [(n, o) for n, o in VARIANTS if not ds.make_solver(n, **o).stochastic]
 DETERMINISTIC += [("dpmpp-2m-sde", {"eta": 0.0}), ("dpmpp-sde", {"eta": 0.0})]
@@ -30,11 +48,20 @@ SCHEDULES = {  # each with its own default grid (all end at sigma = 0)
 
 
 CONTRACT = {  # name: (order, calls_per_step, stochastic)
-    "dpm-solver-1": (1, 1, False), "dpm-solver-2s": (2, 2, False), "dpm-solver-3s": (3, 3, False),
-    "dpmpp-1": (1, 1, False), "dpmpp-2s": (2, 2, False), "dpmpp-3s": (3, 3, False),
-    "dpmpp-2m": (2, 1, False), "dpmpp-3m": (3, 1, False),
-    "dpm-solver-2m": (2, 1, False), "dpm-solver-3m": (3, 1, False),
-    "unipc": (3, 1, False), "deis": (3, 1, False), "dpmpp-2m-sde": (2, 1, True), "dpmpp-sde": (2, 2, True),
+    "dpm-solver-1": (1, 1, False),
+    "dpm-solver-2s": (2, 2, False),
+    "dpm-solver-3s": (3, 3, False),
+    "dpmpp-1": (1, 1, False),
+    "dpmpp-2s": (2, 2, False),
+    "dpmpp-3s": (3, 3, False),
+    "dpmpp-2m": (2, 1, False),
+    "dpmpp-3m": (3, 1, False),
+    "dpm-solver-2m": (2, 1, False),
+    "dpm-solver-3m": (3, 1, False),
+    "unipc": (3, 1, False),
+    "deis": (3, 1, False),
+    "dpmpp-2m-sde": (2, 1, True),
+    "dpmpp-sde": (2, 2, True),
 }
 
 
@@ -73,8 +100,15 @@ def test_float32_stays_finite_for_1_to_50_steps_on_the_default_grids(name, optio
         all_steps = range(1, 51) if label.startswith("ddpm") else (1, 2, 3, 5, 14, 15, 50)
         for steps in all_steps:
             seen = []
-            out = ds.sample(ode, x_T, name, steps=steps, generator=torch.Generator().manual_seed(1),
-                            callback=lambda info: seen.append(info), **options)  # check_finite raises on NaN/inf
+            out = ds.sample(
+                ode,
+                x_T,
+                name,
+                steps=steps,
+                generator=torch.Generator().manual_seed(1),
+                callback=lambda info: seen.append(info),
+                **options,
+            )  # check_finite raises on NaN/inf
             assert out.dtype == torch.float32 and torch.isfinite(out).all(), (label, steps)
             # the step into sigma = 0 is the denoising step E27: the output is the last denoised estimate
             assert seen[-1]["sigma_next"] == 0 and torch.equal(seen[-1]["xbar"], seen[-1]["denoised"])
@@ -121,12 +155,18 @@ def test_stochastic_solvers_are_refused_by_invert_and_use_only_the_drivers_noise
 
 
 BAD_OPTIONS = [
-    ("dpmpp-3m", {"final_step": "zero"}, "final_step"), ("dpm-solver-3s", {"final_step": None}, "final_step"),
-    ("dpmpp-2m", {"solver_type": "heun"}, "solver_type"), ("unipc", {"solver_order": 4}, "solver_order"),
-    ("unipc", {"solver_order": True}, "solver_order"), ("unipc", {"variant": "bh3"}, "variant"),
-    ("unipc", {"corrector": "yes"}, "corrector"), ("deis", {"variable": "time"}, "variable"),
-    ("deis", {"solver_order": 0}, "solver_order"), ("dpmpp-2m-sde", {"eta": -1.0}, "eta"),
-    ("dpmpp-sde", {"eta": float("nan")}, "eta"), ("dpmpp-2m-sde", {"solver_type": "euler"}, "solver_type"),
+    ("dpmpp-3m", {"final_step": "zero"}, "final_step"),
+    ("dpm-solver-3s", {"final_step": None}, "final_step"),
+    ("dpmpp-2m", {"solver_type": "heun"}, "solver_type"),
+    ("unipc", {"solver_order": 4}, "solver_order"),
+    ("unipc", {"solver_order": True}, "solver_order"),
+    ("unipc", {"variant": "bh3"}, "variant"),
+    ("unipc", {"corrector": "yes"}, "corrector"),
+    ("deis", {"variable": "time"}, "variable"),
+    ("deis", {"solver_order": 0}, "solver_order"),
+    ("dpmpp-2m-sde", {"eta": -1.0}, "eta"),
+    ("dpmpp-sde", {"eta": float("nan")}, "eta"),
+    ("dpmpp-2m-sde", {"solver_type": "euler"}, "solver_type"),
 ]
 
 
@@ -144,7 +184,10 @@ def test_unknown_option_is_refused():
 
 def test_unipc_declares_order_p_plus_one_with_the_corrector():
     assert ds.make_solver("unipc").order == 3 and type(ds.make_solver("unipc")).order == 3
-    assert ds.make_solver("unipc", solver_order=3).order == 4 and ds.make_solver("unipc", solver_order=3, corrector=False).order == 3
+    assert (
+        ds.make_solver("unipc", solver_order=3).order == 4
+        and ds.make_solver("unipc", solver_order=3, corrector=False).order == 3
+    )
 
 
 def test_step_orders_build_up_the_history_and_lower_the_order_at_the_end():

@@ -19,16 +19,22 @@ def _sample(name, steps=12, grid="karras", seed=1, **opts):
     return out, ode.nfe
 
 
-@pytest.mark.parametrize("a, b", [
-    (("dpm-2-ancestral", {"eta": 0.0}), ("dpm-2", {})),
-    (("dpmpp-2s-ancestral", {"eta": 0.0}), ("dpmpp-2s", {})),
-    (("dpmpp-3m-sde", {"eta": 0.0}), ("dpmpp-3m", {"solver_type": "taylor"})),
-    (("dpmpp-3m-sde", {"eta": 0.0, "weights": "reference"}), ("dpmpp-3m", {"solver_type": "taylor", "weights": "reference"})),
-    (("dpm-fast", {"nfe": 3 * 11 - 1}), ("dpm-solver-3s", {"final_step": "denoise"})),
-    (("er-sde", {"solver_order": 1, "noise_scale": "ode"}), ("ddim", {})),
-    (("er-sde", {"solver_order": 1, "noise_scale": "sde"}), ("ddim", {"eta": 1.0})),
-    (("restart", {"K": 0}), ("heun", {})),
-])
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        (("dpm-2-ancestral", {"eta": 0.0}), ("dpm-2", {})),
+        (("dpmpp-2s-ancestral", {"eta": 0.0}), ("dpmpp-2s", {})),
+        (("dpmpp-3m-sde", {"eta": 0.0}), ("dpmpp-3m", {"solver_type": "taylor"})),
+        (
+            ("dpmpp-3m-sde", {"eta": 0.0, "weights": "reference"}),
+            ("dpmpp-3m", {"solver_type": "taylor", "weights": "reference"}),
+        ),
+        (("dpm-fast", {"nfe": 3 * 11 - 1}), ("dpm-solver-3s", {"final_step": "denoise"})),
+        (("er-sde", {"solver_order": 1, "noise_scale": "ode"}), ("ddim", {})),
+        (("er-sde", {"solver_order": 1, "noise_scale": "sde"}), ("ddim", {"eta": 1.0})),
+        (("restart", {"K": 0}), ("heun", {})),
+    ],
+)
 def test_special_cases_equal_the_solver_they_reduce_to(a, b):
     x, _ = _sample(a[0], **a[1])
     y, _ = _sample(b[0], **b[1])
@@ -64,17 +70,29 @@ def test_dpm_adaptive_spends_fewer_calls_at_a_looser_tolerance():
     assert float((tight - ref).abs().max()) < float((loose - ref).abs().max())
 
 
-@pytest.mark.parametrize("name, opts, option", [
-    ("dpm-2-ancestral", {"eta": -1.0}, "eta"), ("dpm-2-ancestral", {"s_noise": float("nan")}, "s_noise"),
-    ("dpmpp-2s-ancestral", {"eta": float("inf")}, "eta"), ("dpmpp-3m-sde", {"weights": "half"}, "weights"),
-    ("dpmpp-3m", {"weights": "paper"}, "weights"), ("dpmpp-3m-sde", {"s_noise": -1}, "s_noise"),
-    ("dpm-fast", {"nfe": 0}, "nfe"), ("dpm-adaptive", {"solver_order": 1}, "solver_order"), ("dpm-adaptive", {"rtol": 0}, "rtol"),
-    ("dpm-adaptive", {"atol": -1e-3}, "atol"), ("er-sde", {"solver_order": 4}, "solver_order"),
-    ("er-sde", {"noise_scale": "vp"}, "noise_scale"), ("restart", {"K": -1}, "K"),
-    ("restart", {"intervals": [(2.0, 1.0)]}, "intervals"), ("restart", {"restart_steps": 0}, "restart_steps"),
-    ("sa-solver", {"predictor_order": 5}, "predictor_order"), ("sa-solver", {"corrector_order": 0}, "corrector_order"),
-    ("sa-solver", {"tau": -0.5}, "tau"),
-])
+@pytest.mark.parametrize(
+    "name, opts, option",
+    [
+        ("dpm-2-ancestral", {"eta": -1.0}, "eta"),
+        ("dpm-2-ancestral", {"s_noise": float("nan")}, "s_noise"),
+        ("dpmpp-2s-ancestral", {"eta": float("inf")}, "eta"),
+        ("dpmpp-3m-sde", {"weights": "half"}, "weights"),
+        ("dpmpp-3m", {"weights": "paper"}, "weights"),
+        ("dpmpp-3m-sde", {"s_noise": -1}, "s_noise"),
+        ("dpm-fast", {"nfe": 0}, "nfe"),
+        ("dpm-adaptive", {"solver_order": 1}, "solver_order"),
+        ("dpm-adaptive", {"rtol": 0}, "rtol"),
+        ("dpm-adaptive", {"atol": -1e-3}, "atol"),
+        ("er-sde", {"solver_order": 4}, "solver_order"),
+        ("er-sde", {"noise_scale": "vp"}, "noise_scale"),
+        ("restart", {"K": -1}, "K"),
+        ("restart", {"intervals": [(2.0, 1.0)]}, "intervals"),
+        ("restart", {"restart_steps": 0}, "restart_steps"),
+        ("sa-solver", {"predictor_order": 5}, "predictor_order"),
+        ("sa-solver", {"corrector_order": 0}, "corrector_order"),
+        ("sa-solver", {"tau": -0.5}, "tau"),
+    ],
+)
 def test_bad_options_are_errors_naming_the_option(name, opts, option):
     with pytest.raises(ValueError, match=option):
         ds.make_solver(name, **opts)
@@ -103,22 +121,35 @@ def _slopes(name, ns=(100, 200, 400), **opts):
     return [math.log2(a / b) for a, b in zip(errs, errs[1:])]
 
 
-@pytest.mark.parametrize("name, opts, order", [
-    ("er-sde", {"noise_scale": "ode"}, 3),          # measured 2.88, 2.94
-    ("er-sde", {"noise_scale": "ode", "solver_order": 2}, 2),
-    ("dpmpp-3m-sde", {"eta": 0.0}, 3),
-    ("dpmpp-3m-sde", {"eta": 0.0, "weights": "reference"}, 2),  # the reference weighting: order 2 only
-    ("dpm-2-ancestral", {"eta": 0.0}, 2),
-    ("dpmpp-2s-ancestral", {"eta": 0.0}, 2),
-])
+@pytest.mark.parametrize(
+    "name, opts, order",
+    [
+        ("er-sde", {"noise_scale": "ode"}, 3),  # measured 2.88, 2.94
+        ("er-sde", {"noise_scale": "ode", "solver_order": 2}, 2),
+        ("dpmpp-3m-sde", {"eta": 0.0}, 3),
+        ("dpmpp-3m-sde", {"eta": 0.0, "weights": "reference"}, 2),  # the reference weighting: order 2 only
+        ("dpm-2-ancestral", {"eta": 0.0}, 2),
+        ("dpmpp-2s-ancestral", {"eta": 0.0}, 2),
+    ],
+)
 def test_deterministic_variants_converge_with_their_order(name, opts, order):
     slopes = _slopes(name, **opts)
     assert abs(slopes[-1] - order) < 0.3, slopes
 
 
 # -- stochastic solvers without a peer agree in distribution ------------------------------------------
-@pytest.mark.parametrize("name, opts", [("er-sde", {}), ("restart", {}), ("sa-solver", {}), ("sa-solver", {"tau": 0.5}),
-                                        ("dpmpp-3m-sde", {}), ("dpm-2-ancestral", {}), ("dpmpp-2s-ancestral", {})])
+@pytest.mark.parametrize(
+    "name, opts",
+    [
+        ("er-sde", {}),
+        ("restart", {}),
+        ("sa-solver", {}),
+        ("sa-solver", {"tau": 0.5}),
+        ("dpmpp-3m-sde", {}),
+        ("dpm-2-ancestral", {}),
+        ("dpmpp-2s-ancestral", {}),
+    ],
+)
 def test_stochastic_solvers_sample_the_gaussian(name, opts):
     # N(0.5, 0.5^2) in 1-D: 2000 samples over 30 karras steps have its mean and std (std error 0.008)
     g = ds.problems.Gaussian(torch.tensor([0.5], dtype=torch.float64), 0.5)

@@ -1,7 +1,8 @@
 """The example plugin's own test: diffsolve's laws for its solver, in one call (docs/plugins.md section 4)."""
 
-from diffsolve.testing import check_solver
 from diffsolve_example_plugin import ExampleMidpoint
+
+from diffsolve.testing import check_solver
 
 
 def test_example_midpoint_obeys_the_diffsolve_contract():
