@@ -5,7 +5,7 @@ eps), 128 starting points, float64. Both solvers integrate from the schedule's s
 sigma_min (the grid [sigma_max, sigma_min]: no final denoising step, so the error is the
 integrator's), with rtol = atol = tol; dopri5 in both of diffsolve's variables (sigma, log-sigma).
 Error: max |x - x_ref| at sigma_min in model space, x_ref from dopri5 at rtol = atol = 1e-11 in
-log-sigma (diffsolve.problems.reference_solution). NFE: model calls (ode.nfe).
+log-sigma (diffsolve.analytic.reference_solution). NFE: model calls (ode.nfe).
 
 Run: python benchmarks/dpm_adaptive_vs_dopri5.py      (about a minute on one CPU core; a markdown table)
 """
@@ -16,8 +16,8 @@ import torch
 from tqdm import tqdm
 
 import diffsolve as ds
+from diffsolve.analytic import reference_solution
 from diffsolve.bench.catalog import get_bench_problem
-from diffsolve.problems import reference_solution
 
 torch.set_num_threads(1)
 TOLS = [1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6, 3e-7, 1e-7]

@@ -18,8 +18,8 @@ import math
 import torch
 
 import diffsolve as ds
+from diffsolve.analytic import Gaussian
 from diffsolve.bench.peers import kdiffusion
-from diffsolve.problems import Gaussian
 
 torch.set_num_threads(1)
 SIGMA_MAX, SIGMA_END = 80.0, 0.05

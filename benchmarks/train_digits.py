@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
+from diffsolve.analytic import default_schedule
 from diffsolve.bench.digits import (
     CLASSIFIER_WEIGHTS,
     NUM_TRAIN_STEPS,
@@ -43,7 +44,6 @@ from diffsolve.bench.digits import (
     to_images,
     to_model_space,
 )
-from diffsolve.problems import default_schedule
 
 
 def cpu_seconds() -> float:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
+from diffsolve.analytic import default_schedule
 from diffsolve.bench.toy import NUM_TRAIN_STEPS, TRAIN_SEED, WEIGHTS, EpsMLP, spiral
-from diffsolve.problems import default_schedule
 
 
 def train(steps: int, batch: int, lr: float, seed: int, out: Path) -> None:

@@ -5,7 +5,7 @@
 (docs/math.md E29). DDIM is the Euler method on it (E30).
 """
 
-from . import problems
+from . import analytic
 from .grids import validate_sigmas
 from .interop.diffusers import diffusers_grid, from_diffusers
 from .interop.k_diffusion import k_sampler
@@ -30,7 +30,7 @@ from .wrapper import DiffusionODE, NonFiniteError, wrap
 __version__ = "0.1.0"
 
 __all__ = [
-    "problems",
+    "analytic",
     "sample",
     "invert",
     "grid",

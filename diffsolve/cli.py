@@ -87,7 +87,7 @@ def _list(args) -> int:
 
 
 def _problem_setup(args):
-    from .problems import default_schedule, get_problem
+    from .analytic import default_schedule, get_problem
 
     problem = get_problem(args.problem)
     sched = default_schedule()
@@ -153,8 +153,8 @@ def _tune(args) -> int:
 
 def _sample_recipe(args) -> int:
     from . import sample
+    from .analytic import reference_solution
     from .bench.errors import BenchError
-    from .problems import reference_solution
     from .tuning import Recipe, RecipeError
 
     try:
@@ -182,7 +182,7 @@ def _sample_recipe(args) -> int:
 
 def _sample(args) -> int:
     from . import grid, sample
-    from .problems import reference_solution
+    from .analytic import reference_solution
 
     if args.recipe:
         args.samples = args.samples or 256
@@ -226,7 +226,7 @@ def _sample(args) -> int:
 def _demo(args) -> int:
     """DDIM error vs steps on the built-in 2-D mixture, against a tight torchdiffeq solve."""
     from . import grid, sample
-    from .problems import reference_solution
+    from .analytic import reference_solution
 
     args.samples, args.seed = args.samples or 256, args.seed
     problem, sched, ode, x_T = _problem_setup(args)
@@ -305,7 +305,7 @@ def _steps_list(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .problems import PROBLEMS
+    from .analytic import PROBLEMS
 
     p = _Parser(prog="diffsolve", description="Sample diffusion models with any solver.")
     sub = p.add_subparsers(dest="command", required=True)

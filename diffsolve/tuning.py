@@ -31,7 +31,7 @@ What is searched
 The teacher
 -----------
 The exact solution from each x_T: adaptive dopri5 in a float64 state
-(:func:`diffsolve.problems.reference_solution`, rtol = atol = 1e-10 for a float64 x_T,
+(:func:`diffsolve.analytic.reference_solution`, rtol = atol = 1e-10 for a float64 x_T,
 1e-8 otherwise), computed once per (ODE, x_T) and cached in memory. Pass ``teacher=``
 with precomputed ends (model space, sigma = 0) to skip it.
 
@@ -226,7 +226,7 @@ _TEACHERS: dict[str, torch.Tensor] = {}
 
 
 def _teacher(ode: DiffusionODE, x_T: torch.Tensor, sigma_max: float) -> torch.Tensor:
-    from .problems import reference_solution
+    from .analytic import reference_solution
 
     h = hashlib.sha1(x_T.detach().to("cpu", _F64).contiguous().numpy().tobytes())
     tol = 1e-10 if x_T.dtype == _F64 else 1e-8

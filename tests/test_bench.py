@@ -193,7 +193,7 @@ def test_shipped_model_is_small_loads_safely_and_samples_the_spiral():
 def test_user_model_from_an_import_path(tmp_path, monkeypatch, ref_cache):
     (tmp_path / "my_models_for_bench.py").write_text(
         textwrap.dedent("""
-        from diffsolve.problems import default_schedule, get_problem
+        from diffsolve.analytic import default_schedule, get_problem
 
         def plain():
             return get_problem("gaussian").model(default_schedule())   # model(x, t) -> eps
@@ -250,7 +250,7 @@ def test_peak_memory_counts_the_tensors_of_each_run_not_the_process_heap():
 
     n, source = peak_memory(lambda: torch.ones(1000, dtype=torch.float64) * 2)
     assert source == "tensors" and n == 2 * 8000  # the ones and the product are alive together
-    mix = ds.problems.GaussianMixture(torch.tensor([[1.0, -0.5], [-0.8, 0.4]]), [0.3, 0.5])
+    mix = ds.analytic.GaussianMixture(torch.tensor([[1.0, -0.5], [-0.8, 0.4]]), [0.3, 0.5])
     x = torch.randn(512, 2, generator=torch.Generator().manual_seed(0))
     readings = {}
     for name in ("ddim", "heun", "dpmpp-2m", "ddim"):

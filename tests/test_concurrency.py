@@ -17,8 +17,8 @@ import torch
 
 import diffsolve as ds
 from diffsolve import driver
+from diffsolve.analytic import GaussianMixture, default_schedule
 from diffsolve.plugins import PluginWarning, Registry, registry
-from diffsolve.problems import GaussianMixture, default_schedule
 from diffsolve.wrapper import _CACHE_LIMIT
 
 MIX = GaussianMixture(torch.randn(3, 8, generator=torch.Generator().manual_seed(0)), 0.5)

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import diffsolve as ds
+from diffsolve.analytic import GaussianMixture
 from diffsolve.plugins import get_registry
-from diffsolve.problems import GaussianMixture
 
 REGISTRY = get_registry()
 NAMES = sorted(REGISTRY.solvers)

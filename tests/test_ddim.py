@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import diffsolve as ds
-from diffsolve.problems import Gaussian, PointMass
+from diffsolve.analytic import Gaussian, PointMass
 
 SIGMA_MAX = 157.40728081
 X_T = torch.tensor([[-2.0, -0.5, 0.7, 1.9]])

@@ -18,7 +18,7 @@ def test_quickstart_callback_is_one_dict_with_the_drivers_keys():
     assert m, "the quickstart describes the callback as one dict"
     documented = set(re.findall(r"`(\w+)`", m.group(1)))
     seen = []
-    mix = ds.problems.GaussianMixture(torch.tensor([[1.0, -0.5], [-0.8, 0.4]]), [0.3, 0.5])
+    mix = ds.analytic.GaussianMixture(torch.tensor([[1.0, -0.5], [-0.8, 0.4]]), [0.3, 0.5])
     ds.sample(mix.ode(ds.DiscreteSchedule.linear()), torch.zeros(2, 2), "ddim", steps=2, callback=seen.append)
     assert len(seen) == 2 and all(isinstance(info, dict) for info in seen)
     assert documented == set(seen[0]), (documented, set(seen[0]))

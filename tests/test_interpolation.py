@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import diffsolve as ds
-from diffsolve.problems import get_problem
+from diffsolve.analytic import get_problem
 
 
 def _pair(shape=(3, 4, 4), seed=0):

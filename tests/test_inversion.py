@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import diffsolve as ds
+from diffsolve.analytic import Gaussian, get_problem
 from diffsolve.plugins import get_registry
-from diffsolve.problems import Gaussian, get_problem
 
 SIGMA_MAX = 157.40728081
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import diffsolve as ds
+from diffsolve.analytic import GaussianMixture
 from diffsolve.plugins import get_registry
-from diffsolve.problems import GaussianMixture
 
 MIX = GaussianMixture(torch.tensor([[1.0, -0.5, 0.0], [-0.8, 0.4, 0.3]]), [0.3, 0.5], shape=(3,))
 VE = ds.SigmaSchedule(0.002, 80.0, space="ve")

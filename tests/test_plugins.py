@@ -56,10 +56,10 @@ def test_installed_plugin_solver_and_grid_appear_and_sample(installed_example):
     assert "ddim" in reg.solvers and "example-geometric" in reg.grids
     # it samples through the same driver, and is second order on a 2-component mixture
     # (sigma 5 -> 0.5 on uniform grids of 40 and 80 steps: asymptotic, ratio measured 4.17)
-    mix = ds.problems.GaussianMixture(torch.tensor([[1.0, -0.5], [-0.8, 0.4]]), [0.3, 0.5])
+    mix = ds.analytic.GaussianMixture(torch.tensor([[1.0, -0.5], [-0.8, 0.4]]), [0.3, 0.5])
     ode = mix.ode(ds.SigmaSchedule(0.0, 20.0, space="vp"))
     x_T = torch.tensor([[1.0, -0.5], [0.3, 0.2]])
-    ref = ds.problems.reference_solution(ode, x_T, 5.0, 0.5)
+    ref = ds.analytic.reference_solution(ode, x_T, 5.0, 0.5)
     cls = reg.solver("example-midpoint")
     errs = [
         (ds.sample(ode, x_T, cls, sigmas=torch.linspace(5.0, 0.5, n + 1)) - ref).abs().max().item() for n in (40, 80)
@@ -146,7 +146,7 @@ def test_unknown_solver_lists_the_known_ones():
     with pytest.raises(
         UnknownNameError, match="unknown solver 'dddim' \\(did you mean 'ddim'\\?\\); known solvers: .*ddim"
     ):
-        ds.sample(ds.problems.Gaussian([0.0], 1.0).ode(), torch.zeros(1, 1), "dddim", steps=3)
+        ds.sample(ds.analytic.Gaussian([0.0], 1.0).ode(), torch.zeros(1, 1), "dddim", steps=3)
 
 
 def test_tests_do_not_autoload_machine_plugins():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import diffsolve as ds
-from diffsolve.problems import Gaussian, GaussianMixture
+from diffsolve.analytic import Gaussian, GaussianMixture
 
 
 @pytest.fixture

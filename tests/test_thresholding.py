@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import diffsolve as ds
-from diffsolve.problems import GaussianMixture
+from diffsolve.analytic import GaussianMixture
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import diffsolve as ds
-from diffsolve.problems import default_schedule, get_problem
+from diffsolve.analytic import default_schedule, get_problem
 from diffsolve.tuning import AFSODE, RecipeError, best_fixed
 
 SOLVERS = ["ddim", "dpmpp-2m", "ipndm", "heun"]
@@ -30,7 +30,7 @@ def tuned():
 def test_tuned_recipe_beats_every_fixed_solver_and_grid_on_fresh_x_T(tuned):
     ode, _, recipe = tuned
     _, x_new = _setup(n=64, seed=11)  # never seen by tune
-    from diffsolve.problems import reference_solution
+    from diffsolve.analytic import reference_solution
 
     ref = reference_solution(ode, x_new, recipe.sigmas[0])
     err = float((recipe.sample(ode, x_new) - ref).pow(2).mean().sqrt())

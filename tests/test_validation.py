@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import diffsolve as ds
-from diffsolve.problems import GaussianMixture
+from diffsolve.analytic import GaussianMixture
 from diffsolve.solvers._ancestral import EtaWarning
 
 

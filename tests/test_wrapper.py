@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import diffsolve as ds
-from diffsolve.problems import Gaussian, GaussianMixture
+from diffsolve.analytic import Gaussian, GaussianMixture
 
 PREDICTIONS = ["eps", "x0", "v", "score", "flow"]
 

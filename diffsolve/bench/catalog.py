@@ -8,7 +8,7 @@ import importlib
 
 import torch
 
-from .. import problems as analytic
+from .. import analytic
 from ..wrapper import DiffusionODE
 from .errors import BenchError
 from .problems import SCHEDULES, AnalyticProblem, BenchProblem, ModelProblem

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..problems import default_schedule
+from ..analytic import default_schedule
 from .problems import ModelProblem, sliced_wasserstein
 
 __all__ = [

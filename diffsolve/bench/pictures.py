@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..problems import reference_solution
+from ..analytic import reference_solution
 from ..sampling import grid as make_grid
 from ..sampling import make_solver, sample
 from ..wrapper import DiffusionODE

@@ -1,6 +1,6 @@
 """Benchmark problems: an ODE to sample, a start state x_T, and a way to judge the samples.
 
-* :class:`AnalyticProblem`: the Gaussian mixtures of :mod:`diffsolve.problems` (exact eps);
+* :class:`AnalyticProblem`: the Gaussian mixtures of :mod:`diffsolve.analytic` (exact eps);
   distribution metric: NLL under the exact p0, relative to true samples.
 * :class:`ModelProblem`: any eps/x0/v-network (the shipped spiral MLP, or a user model
   given as ``pkg.mod:factory``); distribution metric: sliced Wasserstein distance to
@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import torch
 
-from .. import problems as analytic
+from .. import analytic
 from ..schedules import DiscreteSchedule, Schedule
 from ..wrapper import DiffusionODE
 from .errors import BenchError
@@ -83,7 +83,7 @@ class BenchProblem:
 
 
 class AnalyticProblem(BenchProblem):
-    """A Gaussian mixture of :data:`diffsolve.problems.PROBLEMS` with its exact eps."""
+    """A Gaussian mixture of :data:`diffsolve.analytic.PROBLEMS` with its exact eps."""
 
     dist_metric = "nll_gap"
 

@@ -2,7 +2,7 @@
 
 The reference of a cell is the exact ODE solution (E29) from the cell's x_T, started
 at the grid's first sigma and stopped at its end point: adaptive dopri5 in float64
-(:func:`diffsolve.problems.reference_solution`) at tolerance ``tol``. Convergence is
+(:func:`diffsolve.analytic.reference_solution`) at tolerance ``tol``. Convergence is
 checked by solving again at ``tol / 2``: the RMS difference of the two is the
 reference's error estimate ``ref_err``; while it exceeds ``target`` the tolerance is
 halved again (at most ``max_halvings`` times). Results are cached in ``folder`` keyed by
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..problems import reference_solution
+from ..analytic import reference_solution
 from .store import atomic_write_bytes
 
 __all__ = ["ReferenceCache"]

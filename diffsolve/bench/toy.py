@@ -72,7 +72,7 @@ def load_toy_model(path: str | Path = WEIGHTS) -> EpsMLP:
 
 def spiral_problem(samples: int = 256):
     """The shipped model as a benchmark problem (also usable as ``--model diffsolve.bench.toy:spiral_problem``)."""
-    from ..problems import default_schedule
+    from ..analytic import default_schedule
     from .problems import ModelProblem
 
     held_out = spiral(4096, torch.Generator().manual_seed(HELD_OUT_SEED))

@@ -12,7 +12,7 @@ this from your package's tests instead::
 Each check raises an ``AssertionError`` whose message names the check and what was measured;
 the function returns a dict of the measurements (``measured_order``, ``nfe_per_step``, ...).
 A few seconds per solver on a CPU. The checks, all on small analytic problems
-(:mod:`diffsolve.problems`) in float64 unless stated:
+(:mod:`diffsolve.analytic`) in float64 unless stated:
 
 ``contract``
     ``name`` a non-empty string, ``order`` and ``calls_per_step`` integers >= 1, ``stochastic`` and
@@ -82,7 +82,7 @@ def check_solver(
     Raises:
         AssertionError: naming the failed check and what was measured.
     """
-    from .. import problems
+    from .. import analytic as problems
     from ..driver import solver_options
     from ..sampling import invert, make_solver, sample
     from ..schedules import DiscreteSchedule, SigmaSchedule
@@ -291,7 +291,7 @@ def _observed_orders(cls, options, expected: float, max_steps: int) -> list[floa
     ``max_steps``. The problem is the one of tests/properties/test_solver_laws.py (a 2-component
     mixture, VP with t = sigma, sigma 40 -> 2 uniform: every method's asymptotic regime, no denoising
     step in the error)."""
-    from ..problems import GaussianMixture
+    from ..analytic import GaussianMixture
     from ..sampling import make_solver, sample
     from ..schedules import SigmaSchedule
 

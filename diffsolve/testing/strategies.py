@@ -14,7 +14,7 @@ States
     :func:`shapes`, :func:`states` (bounded float64 tensors of random shapes).
 Models
     :func:`gaussians`, :func:`mixtures`, :func:`point_masses` (analytic problems with random
-    parameters, :mod:`diffsolve.problems`), :func:`smooth_networks` (a small tanh MLP with fixed
+    parameters, :mod:`diffsolve.analytic`), :func:`smooth_networks` (a small tanh MLP with fixed
     random weights, used as an eps model).
 
 Example::
@@ -39,7 +39,7 @@ except ImportError as exc:  # pragma: no cover - only without the test extra
 
 import torch
 
-from ..problems import Gaussian, GaussianMixture, PointMass
+from ..analytic import Gaussian, GaussianMixture, PointMass
 from ..schedules import (
     DiscreteSchedule,
     FlowSchedule,

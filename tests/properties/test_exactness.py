@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torchdiffeq import odeint
 
 import diffsolve as ds
-from diffsolve.problems import Gaussian, PointMass
+from diffsolve.analytic import Gaussian, PointMass
 from diffsolve.testing import strategies as dst
 
 SIGMA_MAX = 157.40728081  # sigma_1000 of the linear schedule (claim 1)
@@ -140,7 +140,7 @@ def test_proposition1_vp_probability_flow_in_t_and_the_sigma_ode_agree(mixture, 
     # the sigma-form ODE (E29) from the same x_T, through diffsolve's schedule and wrapper
     sched = ds.VPLinearSchedule(beta_min, beta_max, t_eps=t_eps, t_end=t_end)
     ode = ds.wrap(mixture.model(sched, "eps", "t"), sched, prediction="eps", time="t", time_dtype=torch.float64)
-    x_sigma = ds.problems.reference_solution(ode, x_T, sched.sigma_max, sched.sigma_min, rtol=1e-11, atol=1e-11)
+    x_sigma = ds.analytic.reference_solution(ode, x_T, sched.sigma_max, sched.sigma_min, rtol=1e-11, atol=1e-11)
     # 1e-7 (float64, the bound): both integrations run at 1e-11 tolerances and agree to
     # ~1e-10 (measured); the bound leaves room for the accumulated local errors of ~500 steps
     torch.testing.assert_close(x_sigma, x_vp, rtol=0, atol=1e-7)

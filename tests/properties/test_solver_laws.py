@@ -19,7 +19,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import diffsolve as ds
-from diffsolve.problems import Gaussian, GaussianMixture, reference_solution
+from diffsolve.analytic import Gaussian, GaussianMixture, reference_solution
 from diffsolve.testing import strategies as dst
 
 from .solver_cases import STOCHASTIC_CASES, SUITES, params

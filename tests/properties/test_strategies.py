@@ -6,7 +6,7 @@ import torch
 from hypothesis import given
 
 import diffsolve as ds
-from diffsolve.problems import Gaussian, GaussianMixture, PointMass
+from diffsolve.analytic import Gaussian, GaussianMixture, PointMass
 from diffsolve.testing import strategies as dst
 
 

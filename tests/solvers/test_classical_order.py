@@ -2,7 +2,7 @@
 euler-ancestral with eta = 0, torchdiffeq-*): the slope of log(error) against log(steps).
 
 Problem: a two-component isotropic Gaussian mixture in 2-D (means (1, 0.5), (-1, -0.3), std 1,
-weights 0.3/0.7) with its exact eps (the formula of diffsolve.problems, checked below), as a VE
+weights 0.3/0.7) with its exact eps (the formula of diffsolve.analytic, checked below), as a VE
 model (SigmaSchedule, t = sigma). Its ODE is nonlinear, unlike a single Gaussian: for E38's
 flow xbar - m ~ sqrt(s^2 + sigma^2) the explicit midpoint method happens to be third order, which
 would hide an order defect. The reference is dopri8 at rtol = atol = 1e-13 in log-sigma, made to
@@ -32,7 +32,7 @@ import torch
 from torchdiffeq import odeint
 
 import diffsolve as ds
-from diffsolve.problems import GaussianMixture
+from diffsolve.analytic import GaussianMixture
 
 MEANS = torch.tensor([[1.0, 0.5], [-1.0, -0.3]], dtype=torch.float64)
 STD, WEIGHTS = 1.0, (0.3, 0.7)

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import diffsolve as ds
-from diffsolve.problems import GaussianMixture
+from diffsolve.analytic import GaussianMixture
 
 F64 = torch.float64
 MIX = GaussianMixture(torch.tensor([[1.0, 0.5], [-1.0, -0.3]], dtype=F64), [0.6, 0.9], weights=[0.3, 0.7])

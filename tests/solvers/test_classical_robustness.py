@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import diffsolve as ds
-from diffsolve.problems import Gaussian
+from diffsolve.analytic import Gaussian
 from diffsolve.solvers import _multistep as ms
 
 F64 = torch.float64

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import diffsolve as ds
-from diffsolve.problems import get_problem
+from diffsolve.analytic import get_problem
 
 
 def trajectory(ode, x_T, solver, sigmas=None, steps=None, grid=None, seed=None, **options):

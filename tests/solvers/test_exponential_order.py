@@ -28,7 +28,7 @@ import pytest
 import torch
 
 import diffsolve as ds
-from diffsolve.problems import get_problem
+from diffsolve.analytic import get_problem
 
 NS = (16, 32, 64, 128)
 NS_NOISE_MULTISTEP = (32, 64, 128, 256)

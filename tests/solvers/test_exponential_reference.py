@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import diffsolve as ds
-from diffsolve.problems import get_problem
+from diffsolve.analytic import get_problem
 
 SIGMAS = [float(s) for s in torch.exp(torch.linspace(math.log(80.0), math.log(0.02), 12, dtype=torch.float64))] + [0.0]
 PROBLEM = get_problem("gmm2d")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import diffsolve as ds
-from diffsolve.problems import get_problem
+from diffsolve.analytic import get_problem
 
 _exp = importlib.import_module("diffsolve.solvers._exponential")
 
@@ -78,7 +78,7 @@ MEANS, STD = torch.tensor([[1.0, 0.5], [-0.8, -0.3]], dtype=torch.float64), 0.05
 
 def light_ode(schedule):
     """A two-component Gaussian mixture with its exact eps (docs/math.md E38 per component), cheaper
-    to call than diffsolve.problems' general mixture: the model is fed t = sigma."""
+    to call than diffsolve.analytic' general mixture: the model is fed t = sigma."""
 
     def model(x, t):
         sigma = float(t[0])

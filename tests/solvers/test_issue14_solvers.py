@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import diffsolve as ds
-from diffsolve.problems import GaussianMixture
+from diffsolve.analytic import GaussianMixture
 
 MIX = GaussianMixture(torch.tensor([[1.0, -0.5, 0.0], [-0.8, 0.4, 0.3]]), [0.3, 0.5], shape=(3,))
 X_T = torch.randn(5, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -152,7 +152,7 @@ def test_deterministic_variants_converge_with_their_order(name, opts, order):
 )
 def test_stochastic_solvers_sample_the_gaussian(name, opts):
     # N(0.5, 0.5^2) in 1-D: 2000 samples over 30 karras steps have its mean and std (std error 0.008)
-    g = ds.problems.Gaussian(torch.tensor([0.5], dtype=torch.float64), 0.5)
+    g = ds.analytic.Gaussian(torch.tensor([0.5], dtype=torch.float64), 0.5)
     ode = g.ode(ds.DiscreteSchedule.linear())
     x_T = torch.randn(2000, 1, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     out = ds.sample(ode, x_T, name, steps=30, grid="karras", generator=torch.Generator().manual_seed(2), **opts)
