@@ -15,6 +15,7 @@ returned in it.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import threading
@@ -129,12 +130,17 @@ def make_solver(solver: str | type | Solver, **options) -> Solver:
 def solver_options(cls: type) -> list[str]:
     """The option names of a Solver class: the named parameters of its ``__init__`` (not
     ``self``, ``*args`` or ``**kwargs``)."""
+    return list(_solver_options(cls))
+
+
+@functools.lru_cache(maxsize=256)
+def _solver_options(cls: type) -> tuple[str, ...]:
     sig = inspect.signature(cls.__init__)
-    return [
+    return tuple(
         p.name
         for p in sig.parameters.values()
         if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
+    )
 
 
 def _takes_any_option(cls: type) -> bool:

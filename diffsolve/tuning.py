@@ -232,13 +232,10 @@ def _teacher(ode: DiffusionODE, x_T: torch.Tensor, sigma_max: float) -> torch.Te
     tol = 1e-10 if x_T.dtype == _F64 else 1e-8
     key = f"{id(ode.model)}|{schedule_fingerprint(ode.schedule, ode.prediction)}|{sigma_max!r}|{tol}|{h.hexdigest()}"
     if key not in _TEACHERS:
-        prev = getattr(ode, "input_dtype", None)
-        ode.input_dtype = x_T.dtype  # the model is called in its own dtype; the state is float64
-        try:
-            with torch.no_grad():
-                ref = reference_solution(ode, x_T.to(_F64), sigma_max, 0.0, rtol=tol, atol=tol)
-        finally:
-            ode.input_dtype = prev
+        # the model is called in its own dtype (a run view of the ODE); the state is float64
+        view = ode.start_run(input_dtype=x_T.dtype)
+        with torch.no_grad():
+            ref = reference_solution(view, x_T.to(_F64), sigma_max, 0.0, rtol=tol, atol=tol)
         if len(_TEACHERS) >= 8:
             _TEACHERS.pop(next(iter(_TEACHERS)))
         _TEACHERS[key] = ref.detach().to("cpu", _F64)

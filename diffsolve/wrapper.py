@@ -131,7 +131,8 @@ class DiffusionODE:
         # caches are plain dicts of immutable values (a single get or set is atomic; a clear only
         # costs a recomputation, which gives the same bits). A time tensor is taken out of its
         # cache for the length of one model call (see _time_tensor), so no two calls hold it.
-        self._t_cache: dict[tuple, torch.Tensor] = {}
+        # time tensors, shared by the ODEs on one schedule with one time convention and dtype
+        self._t_cache: dict[tuple, torch.Tensor] = schedule_memo(schedule, "time-tensors")
         # t(sigma) of the schedule, shared by every ODE on it: a user who wraps anew pays it once
         self._time_value: dict[float, float] = schedule_memo(schedule, "t")
         self._level_cache: dict[float, tuple[float, float, torch.Tensor]] = schedule_memo(schedule, "level")
@@ -230,7 +231,7 @@ class DiffusionODE:
         cache key and version: :meth:`_return_time` puts it back after the model call unless the
         model wrote into it. Taken out, it is held by one model call at a time, so a model that
         modifies its time input in place cannot change another thread's call or a later run."""
-        key = (sigma, batch, device)
+        key = (sigma, batch, device, self.time, self.time_dtype)
         if device != _CPU and device.type == "cuda":  # filled on this thread's stream: read it only there
             key += (torch.cuda.current_stream(device).cuda_stream,)
         t = self._t_cache.pop(key, None)

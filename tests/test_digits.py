@@ -10,6 +10,7 @@ import torch
 
 pytest.importorskip("sklearn", reason="the digits problem needs scikit-learn (pip install 'diffsolve[digits]')")
 
+import diffsolve as ds  # noqa: E402
 from diffsolve import DiffusionODE  # noqa: E402
 from diffsolve.bench import bench_problem_names, get_bench_problem  # noqa: E402
 from diffsolve.bench.digits import (  # noqa: E402
@@ -159,3 +160,30 @@ def test_sample_cli_refuses_digits_without_an_output_file(capsys):
 
     assert main(["sample", "--problem", "digits", "--steps", "2"]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+def test_recipe_row_runs_the_recipe_of_each_nfe_and_leaves_the_others_empty(tmp_path):
+    from diffsolve.analytic import default_schedule, get_problem
+    from diffsolve.bench.pictures import recipe_row
+    from diffsolve.recipe import schedule_fingerprint
+
+    ode = get_problem("gmm2d").ode(default_schedule())
+    sig = ds.grid("logsnr", ode.schedule, 4).tolist()
+    recipe = ds.Recipe("dpmpp-2m", {}, sig, False, 5, schedule_fingerprint(ode.schedule, ode.prediction))
+    recipe.save(tmp_path / "toy-nfe5.json")
+    label, run = recipe_row("toy", folder=tmp_path)
+    x_T = torch.randn(3, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert label == "tuned recipe" and run(ode, x_T, 3) is None
+    torch.testing.assert_close(run(ode, x_T, 5), ds.sample(ode, x_T, "dpmpp-2m", sigmas=sig), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("nfe", [3, 5, 10])
+def test_shipped_digits_recipes_fit_the_digits_model_and_make_exactly_their_model_calls(problem, nfe):
+    from diffsolve.bench.pictures import RECIPES
+
+    recipe = ds.Recipe.load(RECIPES / f"digits-nfe{nfe}.json")
+    ode = problem.ode(torch.float32)
+    recipe.check(ode)  # tuned on this schedule and prediction
+    n0 = ode.nfe
+    out = ds.sample(ode, problem.x_T(0, 4).to(torch.float32), recipe=recipe)
+    assert ode.nfe - n0 == recipe.nfe <= nfe and torch.isfinite(out).all()

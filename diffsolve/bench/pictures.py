@@ -15,12 +15,23 @@ from pathlib import Path
 import torch
 
 from ..analytic import reference_solution
+from ..recipe import Recipe
 from ..sampling import grid as make_grid
 from ..sampling import make_solver, sample
 from ..wrapper import DiffusionODE
 from .measure import ZeroModel
 
-__all__ = ["solver_grid_png", "default_rows", "solver_row", "steps_for_nfe", "image_mosaic", "BEST_FIXED", "DEMO_NFES"]
+__all__ = [
+    "solver_grid_png",
+    "default_rows",
+    "solver_row",
+    "recipe_row",
+    "RECIPES",
+    "steps_for_nfe",
+    "image_mosaic",
+    "BEST_FIXED",
+    "DEMO_NFES",
+]
 
 _F64 = torch.float64
 #: the NFE columns of the demo picture
@@ -84,13 +95,31 @@ def solver_row(solver: str, grid: str | None = None, label: str | None = None, *
     return label or (solver if grid is None else f"{solver} / {grid}"), run
 
 
+#: recipes tuned to the shipped digits model (``benchmarks/tune_digits.py``), one file per NFE
+RECIPES = Path(__file__).resolve().parent / "recipes"
+
+
+def recipe_row(name: str = "digits", label: str = "tuned recipe", folder: Path = RECIPES) -> tuple[str, SampleFn]:
+    """A row that runs the recipe ``{name}-nfe{N}.json`` of ``folder`` at each NFE (n/a where none is shipped)."""
+
+    def run(ode: DiffusionODE, x_T: torch.Tensor, nfe: int):
+        path = Path(folder) / f"{name}-nfe{nfe}.json"
+        if not path.exists():
+            return None
+        return sample(ode, x_T, recipe=Recipe.load(path))
+
+    return label, run
+
+
 def default_rows() -> list[tuple[str, SampleFn]]:
-    """ddim, dpmpp-2m, unipc (each on the schedule's default grid) and the best fixed solver+grid."""
+    """ddim, dpmpp-2m, unipc (each on the schedule's default grid), the best fixed solver+grid and the
+    recipes tuned to the model (:func:`diffsolve.tune`, shipped in ``diffsolve/bench/recipes``)."""
     return [
         solver_row("ddim"),
         solver_row("dpmpp-2m"),
         solver_row("unipc"),
         solver_row(*BEST_FIXED, label=f"best fixed: {BEST_FIXED[0]} / {BEST_FIXED[1]}"),
+        recipe_row(),
     ]
 
 
