@@ -268,8 +268,8 @@ def test_a_model_that_fails_mid_run_leaves_the_ode_as_good_as_new(error):
     assert torch.equal(ode.eps(x, 3.0), expected_eps)  # a direct call: in x's dtype, not the failed run's
     assert torch.equal(ds.sample(ode, x, "dpmpp-2m", steps=6), expected)
     assert ode.nfe == 4 + fresh.nfe
-    for (sigma, batch, _, time, dtype, *_), t in ode._t_cache.items():  # every cached time tensor holds its time
-        if (time, dtype) == (ode.time, ode.time_dtype):  # (the cache is the schedule's, shared by its ODEs)
+    for (sigma, batch, _, convention, dtype, *_), t in ode._t_cache.items():  # every cached time tensor holds its time
+        if (convention, dtype) == (ode.time, ode.time_dtype):  # (the cache is the schedule's, shared by its ODEs)
             assert torch.equal(t, torch.full((batch,), ode.model_time(sigma), dtype=torch.float32))
     ds.sample(ode, x, solver, steps=2)  # the failed run released its solver instance
     assert driver._running == set()
