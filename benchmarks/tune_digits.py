@@ -4,7 +4,7 @@ Each recipe is ``diffsolve.tune`` on x_T of seed 1000 (256 draws: half fit, half
 benchmark's and the pictures' x_T (seed 0) are never seen by it. ``make demo``'s picture runs them
 in its "tuned recipe" row. Seeded and deterministic: the same inputs give the same recipe, bit for bit.
 
-    python benchmarks/tune_digits.py --nfe 3,5,10,20      # about a minute per NFE on one core
+    python benchmarks/tune_digits.py --nfe 3,5,10 --scalars   # 3-5 minutes per NFE on one core
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=256, help="x_T drawn (half fit, half held out; default 256)")
     ap.add_argument("--seed", type=int, default=1000, help="x_T seed (default 1000; the benchmark uses 0)")
     ap.add_argument("--out", default=str(RECIPES), help="folder of the recipes (default: the package's)")
+    ap.add_argument(
+        "--scalars", action="store_true", help="also fit DC-Solver's compensation ratios (tune(scalars=True))"
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     problem = get_bench_problem("digits")
@@ -35,7 +38,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for nfe in [int(n) for n in args.nfe.split(",")]:
         t0 = time.process_time()
-        recipe = ds.tune(ode, x_T, nfe=nfe, progress=True)
+        recipe = ds.tune(ode, x_T, nfe=nfe, scalars=args.scalars, progress=True)
         recipe.report["problem"] = "digits"
         path = recipe.save(out / f"digits-nfe{nfe}.json")
         r = recipe.report
