@@ -93,6 +93,16 @@ def sample(
     Returns:
         The final state in the model's space (and the trajectory if asked).
     """
+    run = dict(
+        generator=generator,
+        callback=callback,
+        progress=progress,
+        return_trajectory=return_trajectory,
+        check_finite=check_finite,
+        grid_options=grid_options,
+        grad=grad,
+        allow_out_of_range=allow_out_of_range,
+    )
     if recipe is not None:
         if solver != "ddim" or steps is not None or grid is not None or sigmas is not None or solver_options:
             raise ValueError(
@@ -103,35 +113,8 @@ def sample(
             raise TypeError(
                 f"recipe must be a diffsolve.Recipe (from diffsolve.tune or Recipe.load), got {type(recipe).__name__}"
             )
-        return recipe.sample(
-            ode,
-            x_T,
-            generator=generator,
-            callback=callback,
-            progress=progress,
-            return_trajectory=return_trajectory,
-            check_finite=check_finite,
-            grid_options=grid_options,
-            grad=grad,
-            allow_out_of_range=allow_out_of_range,
-        )
-    return sample_core(
-        ode,
-        x_T,
-        solver,
-        steps,
-        grid,
-        sigmas,
-        generator=generator,
-        callback=callback,
-        progress=progress,
-        return_trajectory=return_trajectory,
-        check_finite=check_finite,
-        grid_options=grid_options,
-        grad=grad,
-        allow_out_of_range=allow_out_of_range,
-        **solver_options,
-    )
+        return recipe.sample(ode, x_T, **run)
+    return sample_core(ode, x_T, solver, steps, grid, sigmas, **run, **solver_options)
 
 
 def invert(

@@ -56,3 +56,13 @@ def check_eta(value, *, clamp_up: bool = True) -> float:
             stacklevel=3,
         )
     return eta
+
+
+def set_noise_options(solver, eta, s_noise) -> None:
+    """The options of an ancestral solver: ``eta`` (:func:`check_eta`) and ``s_noise`` (a number >= 0),
+    and the instance's ``stochastic`` / ``invertible`` flags that follow from them."""
+    from .base import check_real
+
+    solver.eta, solver.s_noise = check_eta(eta), check_real("s_noise", s_noise, low=0.0)
+    solver.stochastic = solver.eta > 0 and solver.s_noise > 0
+    solver.invertible = not solver.stochastic

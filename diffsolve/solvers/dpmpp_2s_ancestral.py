@@ -20,9 +20,9 @@ import math
 
 import torch
 
-from ._ancestral import ancestral_split, check_eta
+from ._ancestral import ancestral_split, set_noise_options
 from ._exponential import combine
-from .base import Solver, check_real
+from .base import Solver
 
 
 class DPMSolverPP2SAncestral(Solver):
@@ -35,9 +35,7 @@ class DPMSolverPP2SAncestral(Solver):
     invertible = False
 
     def __init__(self, *, eta: float = 1.0, s_noise: float = 1.0):
-        self.eta, self.s_noise = check_eta(eta), check_real("s_noise", s_noise, low=0.0)
-        self.stochastic = self.eta > 0 and self.s_noise > 0
-        self.invertible = not self.stochastic
+        set_noise_options(self, eta, s_noise)
 
     def setup(self, ode, sigmas, noise):
         super().setup(ode, sigmas, noise)

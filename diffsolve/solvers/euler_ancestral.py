@@ -15,8 +15,8 @@ posterior variance, E24). eta = 0 is deterministic Euler (= DDIM, order 1) and m
 
 from __future__ import annotations
 
-from ._ancestral import ancestral_split, check_eta
-from .base import Solver, check_real
+from ._ancestral import ancestral_split, set_noise_options
+from .base import Solver
 from .ddim import DDIM
 
 
@@ -28,10 +28,7 @@ class EulerAncestral(DDIM):
     calls_per_step = 1
 
     def __init__(self, *, eta: float = 1.0, s_noise: float = 1.0):
-        self.eta = eta = check_eta(eta)
-        self.s_noise = s_noise = check_real("s_noise", s_noise, low=0.0)
-        self.stochastic = eta > 0 and s_noise > 0
-        self.invertible = not self.stochastic
+        set_noise_options(self, eta, s_noise)
 
     def setup(self, ode, sigmas, noise):
         Solver.setup(self, ode, sigmas, noise)
