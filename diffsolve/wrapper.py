@@ -181,7 +181,7 @@ class DiffusionODE:
 
         Args:
             input_dtype: dtype the model is called in (x_T's; None: the state's).
-            record: record a float32 sum of every model output, to name the step where NaN/inf
+            record: record a sum of every model output (in the state's dtype), to name the step where NaN/inf
                 first appeared (:meth:`Run.first_nonfinite`).
             wants_denoised: whether a callback reads each step's denoised estimate.
             sigmas: the run's grid: the model's times for all its levels are computed at once.
@@ -424,11 +424,6 @@ class DiffusionODE:
             self._level_cache[sigma] = hit
         return hit
 
-    def model_sees_state(self, sigma: float) -> bool:
-        """Whether the model call at ``sigma`` may be handed the state tensor itself (True), or
-        surely a new tensor: the scaled input x = scale(sigma) xbar of a VP model (False)."""
-        return self._level(float(sigma))[1] == 1.0
-
     # -- spaces ------------------------------------------------------------------------
     def to_xbar(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         """Model space -> sigma-form state: xbar = x / scale(sigma) (E6)."""
@@ -467,7 +462,7 @@ class Run:
         wants_denoised: whether a callback reads each step's denoised estimate.
         step: the driver's step the next model calls belong to (for NaN reports).
         nfe: model calls made in this run.
-        sums, where: per model call, a float32 output sum (on the device) and (step, sigma).
+        sums, where: per model call, the output's sum in the state's dtype (on the device) and (step, sigma).
     """
 
     __slots__ = ("input_dtype", "record", "wants_denoised", "step", "nfe", "sums", "where")

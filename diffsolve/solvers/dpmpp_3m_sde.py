@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import math
 
-import torch
-
-from ._exponential import check_choice, combine, moments, poly_weights
-from .base import check_real
+from ._exponential import moments, poly_weights
+from .base import check_choice, check_real
 from .dpm_solver_multistep import WEIGHTS
-from .dpmpp_sde import _Stochastic
+from .dpmpp_sde import _MultistepSDE
 
 
-class DPMSolverPP3MSDE(_Stochastic):
+class DPMSolverPP3MSDE(_MultistepSDE):
     """SDE-DPM-Solver++(3M): multistep data prediction with noise eta (k-diffusion's dpmpp_3m_sde), order 3 at eta = 0."""
 
     name = "dpmpp-3m-sde"
@@ -43,11 +41,6 @@ class DPMSolverPP3MSDE(_Stochastic):
         self.stochastic = self.eta > 0 and self.s_noise > 0
         self.invertible = not self.stochastic
 
-    def setup(self, ode, sigmas, noise):
-        super().setup(ode, sigmas, noise)
-        self.coef = [self._coefficients(i, p) if p else None for i, p in enumerate(self.orders)]
-        self.history = []
-
     def _coefficients(self, i: int, p: int) -> tuple[float, list[float], float]:
         """(a, w, noise std) of (S1) for step i with a polynomial of order p."""
         h, H = self.h[i], (1 + self.eta) * self.h[i]
@@ -57,12 +50,3 @@ class DPMSolverPP3MSDE(_Stochastic):
         nodes = [(self.lam[i - j] - self.lam[i]) / h for j in range(p)]
         z = self.s_noise * self.sigmas[i + 1] * math.sqrt(-math.expm1(-2 * self.eta * h))
         return math.exp(-H), poly_weights(nodes, mom), z
-
-    def step(self, i, x):
-        denoised, _ = self.ode.predict(x, self.sigmas[i])
-        if self.coef[i] is None:
-            return denoised, denoised  # E27: the step into sigma = 0
-        self.history = [denoised] + self.history[:2]
-        a, w, z = self.coef[i]
-        x_next = combine(a, x, zip(w, self.history))
-        return (torch.add(x_next, self.noise(x), alpha=z) if z > 0 else x_next), denoised

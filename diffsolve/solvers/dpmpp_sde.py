@@ -48,7 +48,28 @@ class _Stochastic(ExponentialSolver):
         self.invertible = not self.stochastic
 
 
-class DPMSolverPP2MSDE(_Stochastic):
+class _MultistepSDE(_Stochastic):
+    """The multistep SDE loop of (S1), one call per step: D_0 and the previous ``order - 1`` denoised
+    outputs through the per-step ``(a, w, noise std)`` of the subclass's ``_coefficients(i, p)``."""
+
+    calls_per_step = 1
+
+    def setup(self, ode, sigmas, noise):
+        super().setup(ode, sigmas, noise)
+        self.coef = [self._coefficients(i, p) if p else None for i, p in enumerate(self.orders)]
+        self.history = []
+
+    def step(self, i, x):
+        denoised, _ = self.ode.predict(x, self.sigmas[i])
+        if self.coef[i] is None:
+            return denoised, denoised  # E27: the step into sigma = 0
+        self.history = [denoised] + self.history[: self.order - 1]
+        a, w, z = self.coef[i]
+        x_next = combine(a, x, zip(w, self.history))
+        return (torch.add(x_next, self.noise(x), alpha=z) if z > 0 else x_next), denoised
+
+
+class DPMSolverPP2MSDE(_MultistepSDE):
     """SDE-DPM-Solver++(2M): multistep data prediction with noise eta (Lu et al. 2022b), order 2 at eta = 0."""
 
     name = "dpmpp-2m-sde"
@@ -59,11 +80,6 @@ class DPMSolverPP2MSDE(_Stochastic):
         super().__init__(eta=eta, final_step=final_step)
         self.solver_type = check_choice("solver_type", solver_type, SOLVER_TYPES)
 
-    def setup(self, ode, sigmas, noise):
-        super().setup(ode, sigmas, noise)
-        self.coef = [self._coefficients(i, p) if p else None for i, p in enumerate(self.orders)]
-        self.history = []
-
     def _coefficients(self, i: int, p: int) -> tuple[float, list[float], float]:
         """(a, w, noise std) of (S1) for step i: the data-form weights of (X3) over the stretched step H."""
         h, H = self.h[i], (1 + self.eta) * self.h[i]
@@ -72,15 +88,6 @@ class DPMSolverPP2MSDE(_Stochastic):
             mom[1] = mom[0] / 2
         w = poly_weights([0.0, (self.lam[i - 1] - self.lam[i]) / h][:p], mom)
         return math.exp(-H), w, self.sigmas[i + 1] * math.sqrt(-math.expm1(-2 * self.eta * h))
-
-    def step(self, i, x):
-        denoised, _ = self.ode.predict(x, self.sigmas[i])
-        if self.coef[i] is None:
-            return denoised, denoised  # E27: the step into sigma = 0
-        self.history = [denoised] + self.history[:1]
-        a, w, z = self.coef[i]
-        x_next = combine(a, x, zip(w, self.history))
-        return (torch.add(x_next, self.noise(x), alpha=z) if z > 0 else x_next), denoised
 
 
 class DPMSolverPPSDE(_Stochastic):
