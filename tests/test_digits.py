@@ -73,7 +73,9 @@ def test_problem_interface(problem):
 def test_real_held_out_digits_score_as_digits(problem):
     test = problem.data("test")
     m = problem.metrics(test)
-    assert m["coverage"] == 1.0 and m["fdd"] == 0.0
+    # the held-out set scored against itself: FDD is 0 up to the rounding of the float32 classifier's
+    # features, which metrics() recomputes from a float64 copy (measured 1.4e-11 in one worker order)
+    assert m["coverage"] == 1.0 and m["fdd"] < 1e-8
     acc = (problem.probabilities(test).argmax(1) == problem.labels("test")).double().mean()
     assert float(acc) > 0.95
 
