@@ -13,15 +13,16 @@ from typing import Any, Literal
 import torch
 
 from .driver import (  # noqa: F401 - re-exported: the registry's front door lives beside sample
+    Driver,
     _check_call,
     _check_grad,
     _check_run,
-    _Driver,
     _resolve_sigmas,
     _run,
     grid,
     list_grids,
     list_solvers,
+    make_grid,
     make_noise_sampler,
     make_solver,
     sample_core,
@@ -32,7 +33,7 @@ from .recipe import Recipe
 from .solvers.base import Solver
 from .wrapper import DiffusionODE
 
-__all__ = ["sample", "invert", "grid", "list_solvers", "list_grids", "make_noise_sampler", "make_solver"]
+__all__ = ["sample", "invert", "make_grid", "grid", "list_solvers", "list_grids", "make_noise_sampler", "make_solver"]
 
 
 def sample(

@@ -62,6 +62,10 @@ class DiffusionODE:
         nfe: number of model calls so far (a guided call is one batched call: one NFE).
     """
 
+    #: whether this ODE's predictions are renoising (CFG++, DDNM: (denoised, eps) off the state's ray);
+    #: a solver then continues from :meth:`renoised` (docs/math.md, "Renoising predictions")
+    renoise = False
+
     def __init__(
         self,
         model: Callable[..., torch.Tensor],
@@ -386,6 +390,14 @@ class DiffusionODE:
         # flow velocity u = eps - x0
         denoised = (xbar - sigma * out) / (1.0 + sigma)
         return denoised, out + denoised
+
+    def renoised(self, x: torch.Tensor, denoised: torch.Tensor, eps: torch.Tensor, sigma: float) -> torch.Tensor:
+        """The state a solver continues from after ``predict(x, sigma)``: ``x`` itself, or, when this ODE's
+        predictions are renoising (``self.renoise``: CFG++, DDNM), ``denoised + sigma * eps`` (docs/math.md,
+        "Renoising predictions")."""
+        if not self.renoise or sigma == 0:
+            return x
+        return torch.add(denoised, eps, alpha=float(sigma))
 
     def denoised(self, xbar: torch.Tensor, sigma: float) -> torch.Tensor:
         """The x0-prediction D(xbar; sigma) (one model call)."""

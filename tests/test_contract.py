@@ -31,7 +31,7 @@ def test_subpackages_import_and_are_not_shadowed_by_functions():
 
 
 class _MinimalEuler(Solver):
-    """A plugin written against the minimal contract: class attributes, setup and step."""
+    """A plugin written against the first contract: class attributes, setup and step(i, x), the run on self."""
 
     name = "minimal-euler"
     order = 1
@@ -45,15 +45,45 @@ class _MinimalEuler(Solver):
         return x + self.h[i] * eps, denoised
 
 
-def test_a_solver_with_only_setup_and_step_runs_unchanged_and_equals_ddim():
+class _Euler(Solver):
+    """The same solver in the current contract: init returns the run state, step is a generator."""
+
+    name = "minimal-euler-2"
+    order = 1
+
+    def init(self, ode, sigmas, noise):
+        state = super().init(ode, sigmas, noise)
+        state.h = [b - a for a, b in zip(state.sigmas[:-1], state.sigmas[1:])]
+        return state
+
+    def step(self, i, x, state):
+        denoised, eps = yield x, state.sigmas[i], True
+        return x + state.h[i] * eps, denoised
+
+
+def test_a_solver_with_only_init_and_step_equals_ddim_and_inverts():
     ode = _ode()
     x_T = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
     infos = []
-    out = ds.sample(ode, x_T, _MinimalEuler, steps=6, callback=infos.append)
-    ref = ds.sample(ode, x_T, "ddim", steps=6)
-    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    out = ds.sample(ode, x_T, _Euler, steps=6, callback=infos.append)
+    torch.testing.assert_close(out, ds.sample(ode, x_T, "ddim", steps=6), rtol=0, atol=1e-12)
     assert [i["i"] for i in infos] == list(range(6))
-    back = ds.invert(ode, out, _MinimalEuler, steps=6)
+    back = ds.invert(ode, out, _Euler, steps=6)
+    assert back.shape == x_T.shape and torch.isfinite(back).all()
+
+
+def test_a_first_contract_solver_runs_through_the_adapter_with_a_deprecation_warning_naming_the_new_form():
+    ode = _ode()
+    x_T = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+    infos = []
+    solver = _MinimalEuler()
+    with pytest.warns(DeprecationWarning, match=r"first Solver contract.*init\(ode, sigmas, noise\) -> state"):
+        out = ds.sample(ode, x_T, solver, steps=6, callback=infos.append)
+    torch.testing.assert_close(out, ds.sample(ode, x_T, "ddim", steps=6), rtol=0, atol=1e-12)
+    assert [i["i"] for i in infos] == list(range(6))
+    assert not hasattr(solver, "h")  # the adapter set up a copy: the instance keeps no run
+    with pytest.warns(DeprecationWarning):
+        back = ds.invert(ode, out, _MinimalEuler, steps=6)
     assert back.shape == x_T.shape and torch.isfinite(back).all()
 
 

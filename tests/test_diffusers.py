@@ -312,14 +312,15 @@ def test_from_config_reproduces_the_diffusers_scheduler_on_a_full_loop(cls, conf
     assert torch.equal(ours.timesteps, ref.timesteps) and ours.order == ref.order
 
 
-def test_the_step_loop_is_linear_one_solver_step_per_call(monkeypatch):
-    ours = DiffsolveScheduler.from_config(DPMSolverMultistepScheduler())
+@pytest.mark.parametrize("cls", [DPMSolverMultistepScheduler, HeunDiscreteScheduler])
+def test_the_step_loop_is_linear_one_solver_step_per_call(monkeypatch, cls):
+    ours = DiffsolveScheduler.from_config(cls())
     calls = []
     solver_cls = ours.solver_class
     original = solver_cls.step
-    monkeypatch.setattr(solver_cls, "step", lambda self, i, x: calls.append(i) or original(self, i, x))
+    monkeypatch.setattr(solver_cls, "step", lambda self, i, x, state: calls.append(i) or original(self, i, x, state))
     _loop(ours, steps=40)
-    assert calls == list(range(40))  # no replay: step i once, in order
+    assert calls == list(range(40))  # no replay: step i once, in order (heun: two pipeline calls per step)
 
 
 @pytest.mark.parametrize(
