@@ -61,7 +61,8 @@ def sample(
         ode: from :func:`diffsolve.wrap`.
         x_T: the start state in the model's own space at the grid's first sigma
             (standard normal for a VP model).
-        solver: a registered name (:func:`solvers`), a Solver class or instance.
+        solver: a registered name (:func:`list_solvers`), a Solver class or an instance (an instance
+            holds options only and may serve several runs at once).
         steps, grid: number of steps on a registered grid (default: the schedule's
             ``default_grid``); or pass ``sigmas`` (strictly decreasing) instead. ``sigmas`` may
             start at ``inf``, the pure-noise level of a flow, v or x0 model (``x_T`` is then the

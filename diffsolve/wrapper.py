@@ -144,7 +144,7 @@ class DiffusionODE:
         self._guided_kwargs: dict[str, Any] | None = self._batched_guidance_kwargs() if guidance is not None else None
         # the model's sigma range, read once (a schedule's properties may index tensors)
         self._sigma_range = (float(schedule.sigma_min), float(schedule.sigma_max))
-        self._counter = _Counter()
+        self._counter = _CallCounter()
         #: the run this view belongs to (see :meth:`start_run`); None on the ODE ``wrap`` returns
         self._run: Run | None = None
 
@@ -495,7 +495,7 @@ class Run:
         return self.where[int(bad.nonzero()[0, 0])]
 
 
-class _Counter:
+class _CallCounter:
     """A call counter shared by an ODE and its run views; exact under threads."""
 
     __slots__ = ("value", "_lock")
@@ -508,6 +508,8 @@ class _Counter:
         with self._lock:
             self.value += n
 
+
+_Counter = _CallCounter  # its former name, still imported by recipe.py (the tune branch's file)
 
 _CPU = torch.device("cpu")
 

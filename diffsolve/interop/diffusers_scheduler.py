@@ -631,10 +631,21 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
         """The forward process at ``timesteps`` in the sample's space: sqrt(abar) x0 + sqrt(1 - abar)
         noise in VP space (E8), x0 + sigma noise in the k-diffusion space."""
+        t = torch.as_tensor(timesteps, device="cpu").reshape(-1).to(torch.float64)
+        if self._ref is not None and self.space == "vp" and not torch.equal(t, t.round()):
+            # a multi-call solver's own timesteps on a DDIM/DDPM schedule fall between the training levels,
+            # which that scheduler's add_noise cannot index: the forward process at the call's own sigma (E8)
+            sig = torch.tensor([self._calls[self._index_for(float(v))][2] for v in t], dtype=torch.float64)
+            a = 1.0 / (1.0 + sig * sig)
+            view = (-1, *([1] * (original_samples.dim() - 1)))
+            sa = a.sqrt().to(original_samples.device, original_samples.dtype).reshape(view)
+            sb = (1 - a).sqrt().to(original_samples.device, original_samples.dtype).reshape(view)
+            return sa * original_samples + sb * noise
         if self._ref is not None:
             self._sync_ref()
+            if self.family.name in ("DDIMScheduler", "DDPMScheduler") and isinstance(timesteps, torch.Tensor):
+                timesteps = timesteps.round().long()  # they index alphas_cumprod (integral here)
             return self._ref.add_noise(original_samples, noise, timesteps)
-        t = torch.as_tensor(timesteps, device="cpu").reshape(-1).to(torch.float64)
         acp = self.alphas_cumprod.to(torch.float64)
         lo = t.floor().long().clamp(0, len(acp) - 1)
         hi = (lo + 1).clamp(max=len(acp) - 1)
@@ -982,6 +993,17 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             full.update({k: v for k, v in cfg.items() if k in full})
             cfg.update(full)
         elif not chosen and name is not None and not issubclass(cls, _class_named(name)):
+            keys = _init_keys_of(name)
+            beta = bool(keys & {"beta_schedule", "trained_betas"})  # a DDPM training schedule native mode reads
+            spacing = sorted(k for k in _GRID_KEYS if k in cfg and cfg[k] != _default_of(name, k))
+            if not beta or spacing:
+                what = "its schedule is not a DDPM beta schedule" if not beta else f"its key(s) {spacing} set the grid"
+                raise ValueError(
+                    f"DiffsolveScheduler cannot reproduce {name} ({what}); supported: {', '.join(FAMILIES)}. "
+                    "Sample that model with diffsolve itself, which reads the whole config: "
+                    "ds.sample(ds.from_diffusers(model, scheduler.config), x_T, solver, "
+                    "sigmas=ds.diffusers_grid(scheduler.config, steps))"
+                )
             if kwargs.get("solver", cfg.get("solver")) is None:
                 raise ValueError(
                     f"DiffsolveScheduler cannot reproduce {name}; supported: {', '.join(FAMILIES)}. "
@@ -991,8 +1013,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             # solver= replaces the source's method: its training schedule is read (native mode) and its
             # method's own keys (e.g. PNDM's skip_prk_steps) have nothing left to act on
             cfg["emulate"] = None
-            method_keys = _init_keys_of(name) - set(_NATIVE_DEFAULTS)
-            cfg = {k: v for k, v in cfg.items() if k not in method_keys}
+            cfg = {k: v for k, v in cfg.items() if k not in keys - set(_NATIVE_DEFAULTS)}
         own = set(inspect.signature(cls.__init__).parameters) - {"self"}
         # keyword overrides too, unless the caller collects the unused ones (from_pretrained's path)
         candidates = list(cfg) + ([] if return_unused_kwargs else list(kwargs))
@@ -1011,6 +1032,22 @@ def _class_named(name: str) -> type:
 
     found = getattr(diffusers, name, None) if name.isidentifier() else None
     return found if isinstance(found, type) else type("_Unknown", (), {})
+
+
+#: keys of a diffusers scheduler that shape its sigma grid (a method replaced by solver= cannot drop them)
+_GRID_KEYS = (
+    "use_karras_sigmas",
+    "use_exponential_sigmas",
+    "use_beta_sigmas",
+    "use_lu_lambdas",
+    "shift",
+    "use_flow_sigmas",
+)
+
+
+def _default_of(name: str, key: str):
+    param = inspect.signature(_class_named(name).__init__).parameters.get(key)
+    return None if param is None else param.default
 
 
 def _init_keys_of(name: str) -> set[str]:
