@@ -208,3 +208,18 @@ def test_the_ancestral_split_keeps_the_marginal_variance_and_adds_no_noise_upwar
     down, up = ancestral_split(3.0, 2.9, 5.0)  # eta > 1: capped (k-diffusion) or kept (DDIM's E18)
     assert (down, up) == (0.0, 2.9)
     assert ancestral_split(3.0, 2.9, 5.0, clamp_up=False)[1] > 2.9
+
+
+def test_make_grid_is_the_public_grid_function_and_grid_stays_its_alias():
+    sched = ds.DiscreteSchedule.linear()
+    assert ds.make_grid is ds.grid
+    assert torch.equal(ds.make_grid("karras", sched, 7), ds.grid("karras", sched, 7))
+
+
+def test_the_solver_base_declares_adaptive_and_renoise_ok_as_contract_attributes():
+    from diffsolve.solvers.base import CONTRACT_ATTRIBUTES
+
+    assert Solver.adaptive is False and Solver.renoise_ok is False
+    assert {"adaptive", "renoise_ok"} <= set(CONTRACT_ATTRIBUTES)
+    assert ds.make_solver("dpm-adaptive").adaptive and ds.make_solver("torchdiffeq-dopri5").adaptive
+    assert not ds.make_solver("torchdiffeq-rk4").adaptive and not ds.make_solver("heun").adaptive

@@ -287,6 +287,8 @@ class LegacyAdapter:
         self.solver = solver
 
     def __getattr__(self, name):  # name, order, stochastic, ... of the wrapped instance
+        if name == "solver":  # not set yet (copy, unpickling): no recursion through __getattr__
+            raise AttributeError(name)
         return getattr(self.solver, name)
 
     def init(self, ode, sigmas, noise) -> RunState:
