@@ -341,7 +341,9 @@ def _run(
         desc=f"diffsolve {solver.name}",
     )
     d.noise = make_noise_sampler(generator)
+    solver = as_protocol(solver)
     try:
+        check_renoise(d.ode, solver)  # before the first model call
         x = d.start_state(x_start)
         start = 0
         if euler_first_step and sig_list[0] == 0.0:
@@ -357,8 +359,7 @@ def _run(
             # call at the pure-noise level (FlowMatchEuler's first step from t = 1). A solver may
             # take it its own way (Solver.step_from_infinity: heun with variable="flow")
             denoised, eps = d.ode.predict_at_infinity(x)
-            proto = as_protocol(solver)
-            first = proto.step_from_infinity(x, denoised, eps, sig_list[1], RunState(d.ode, sig_list, d.noise))
+            first = solver.step_from_infinity(x, denoised, eps, sig_list[1], RunState(d.ode, sig_list, d.noise))
             if inspect.isgenerator(first):
                 first = advance(first, d.ode)
             if first is None:

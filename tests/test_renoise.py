@@ -77,6 +77,7 @@ def test_a_solver_that_cannot_take_renoising_predictions_is_refused_with_the_one
     with pytest.raises(ValueError, match="renoising") as err:
         ds.sample(ode, X_T, name, steps=4)
     assert name in str(err.value) and "ddim" in str(err.value) and "dpmpp-2m" in str(err.value)
+    assert ode.nfe == 0  # refused before the first model call
 
 
 def test_unipc_takes_renoising_predictions_only_without_its_corrector():

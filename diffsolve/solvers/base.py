@@ -330,7 +330,7 @@ def _legacy_run(self, x, after_step):
 def as_protocol(solver: Solver):
     """``solver`` itself, or for a first-contract solver a :class:`LegacyAdapter` around it, with a
     ``DeprecationWarning`` naming the current form."""
-    if not type(solver).legacy:
+    if isinstance(solver, LegacyAdapter) or not type(solver).legacy:
         return solver
     warnings.warn(
         f"solver class {type(solver).__qualname__} ({solver.name!r}) uses the first Solver contract "
