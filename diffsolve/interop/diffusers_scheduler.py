@@ -81,8 +81,12 @@ _SCHEDULE_KEYS = (
 class _Family:
     """What DiffsolveScheduler reproduces of one diffusers scheduler class."""
 
-    def __init__(self, name: str, space: str, honoured: dict[str, Callable[[Any], bool]] | None = None):
+    def __init__(
+        self, name: str, space: str, method: Callable, honoured: dict[str, Callable[[Any], bool]] | None = None
+    ):
         self.name, self.space = name, space
+        #: fcfg -> (diffsolve solver, options, per-step order rule or None): the family's own method
+        self.method = method
         #: key -> predicate of the values honoured; a key not listed is honoured for every value
         self.honoured = honoured or {}
 
@@ -108,14 +112,93 @@ def _false(v):
     return not v
 
 
+# -- step orders: diffusers' rules -------------------------------------------------------------------
+def _dpm_orders(cfg, n: int, start: int, final_zero: bool) -> list[int]:
+    """DPMSolverMultistep / DEIS: warm-up from the first step taken, ``lower_order_final`` on
+    schedules of fewer than 15 steps, ``euler_at_final``, a first-order step into sigma = 0."""
+    order, lof = int(cfg["solver_order"]), bool(cfg.get("lower_order_final", True))
+    out = []
+    for k in range(start, n):
+        warm = k - start
+        final = k == n - 1 and (bool(cfg.get("euler_at_final", False)) or (lof and n < 15) or final_zero)
+        second = k == n - 2 and lof and n < 15
+        if order == 1 or warm < 1 or final:
+            out.append(1)
+        elif order == 2 or warm < 2 or second:
+            out.append(2)
+        else:
+            out.append(3)
+    return out
+
+
+def _unipc_orders(cfg, n: int, start: int, final_zero: bool) -> list[int]:
+    """UniPC: ``lower_order_final`` caps the order at the steps left (no 15-step condition)."""
+    order = int(cfg["solver_order"])
+    out = []
+    for k in range(start, n):
+        p = min(order, n - k) if cfg.get("lower_order_final", True) else order
+        out.append(min(p, k - start + 1))
+    return out
+
+
+def _dpmpp_3m_options() -> dict[str, Any]:
+    """THE PLUG POINT for DPM-Solver++(3M) with diffusers' reference weights.
+
+    diffusers' third-order multistep step weights the second divided difference by half of what the
+    exact weights have (docs/findings.md; diffsolve/solvers/dpm_solver_multistep.py): the reference
+    weights reproduce diffusers' numbers, so a scheduler emulating DPMSolverMultistep uses them.
+    """
+    return {"weights": "reference"}
+
+
+# -- each family's own method: (diffsolve solver, options, per-step order rule) from its keys ---------
+def _fixed(name: str, **options) -> Callable:
+    return lambda fcfg: (name, dict(options), None)
+
+
+def _dpm_method(fcfg):
+    order, algo, stype = int(fcfg["solver_order"]), fcfg["algorithm_type"], fcfg["solver_type"]
+    check = {"midpoint": "midpoint", "heun": "taylor"}
+    if stype not in check:
+        raise ValueError(f"solver_type={stype!r} is not supported; supported: midpoint, heun")
+    if order not in (1, 2, 3):
+        raise ValueError(f"solver_order={order} is not supported; supported: 1, 2, 3")
+    if algo == "sde-dpmsolver++":
+        if order == 3:
+            raise ValueError("algorithm_type='sde-dpmsolver++' has orders 1 and 2 (as in diffusers)")
+        return "dpmpp-2m-sde", {"eta": 1.0, "solver_type": check[stype]}, _dpm_orders
+    base = "dpmpp" if algo == "dpmsolver++" else "dpm-solver"
+    options = {"solver_type": check[stype]}
+    if order == 3 and base == "dpmpp":
+        options.update(_dpmpp_3m_options())
+    return f"{base}-{3 if order == 3 else 2}m", options, _dpm_orders
+
+
+def _unipc_method(fcfg):
+    if fcfg["solver_type"] not in ("bh1", "bh2"):
+        raise ValueError(f"solver_type={fcfg['solver_type']!r} is not supported; supported: bh1, bh2")
+    return "unipc", {"solver_order": min(int(fcfg["solver_order"]), 3), "variant": fcfg["solver_type"]}, _unipc_orders
+
+
+def _deis_method(fcfg):
+    if fcfg["solver_type"] != "logrho" or fcfg["algorithm_type"] != "deis":
+        raise ValueError(
+            f"DEISMultistepScheduler: algorithm_type={fcfg['algorithm_type']!r}, solver_type="
+            f"{fcfg['solver_type']!r}; supported: 'deis' with 'logrho'"
+        )
+    # diffusers' "logrho" DEIS is log-rho AB-DEIS: diffsolve's deis with variable="log-sigma"
+    return "deis", {"solver_order": int(fcfg["solver_order"]), "variable": "log-sigma"}, _dpm_orders
+
+
 FAMILIES: dict[str, _Family] = {
     f.name: f
     for f in [
-        _Family("DDIMScheduler", "vp"),
-        _Family("DDPMScheduler", "vp", {"variance_type": _is("fixed_small", "fixed_large")}),
+        _Family("DDIMScheduler", "vp", _fixed("ddim")),
+        _Family("DDPMScheduler", "vp", _fixed("ddim"), {"variance_type": _is("fixed_small", "fixed_large")}),
         _Family(
             "DPMSolverMultistepScheduler",
             "vp",
+            _dpm_method,
             {
                 "algorithm_type": _is("dpmsolver++", "dpmsolver", "sde-dpmsolver++"),
                 "variance_type": _is(None, "learned_range", "learned"),
@@ -126,6 +209,7 @@ FAMILIES: dict[str, _Family] = {
         _Family(
             "UniPCMultistepScheduler",
             "vp",
+            _unipc_method,
             {
                 "predict_x0": _is(True),
                 "disable_corrector": lambda v: not v,
@@ -135,11 +219,13 @@ FAMILIES: dict[str, _Family] = {
                 "shift_terminal": _is(None),
             },
         ),
-        _Family("DEISMultistepScheduler", "vp", {"use_flow_sigmas": _false, "use_dynamic_shifting": _false}),
-        _Family("EulerDiscreteScheduler", "ve"),
-        _Family("EulerAncestralDiscreteScheduler", "ve"),
-        _Family("HeunDiscreteScheduler", "ve"),
-        _Family("LMSDiscreteScheduler", "ve"),
+        _Family(
+            "DEISMultistepScheduler", "vp", _deis_method, {"use_flow_sigmas": _false, "use_dynamic_shifting": _false}
+        ),
+        _Family("EulerDiscreteScheduler", "ve", _fixed("ddim")),
+        _Family("EulerAncestralDiscreteScheduler", "ve", _fixed("euler-ancestral")),
+        _Family("HeunDiscreteScheduler", "ve", _fixed("heun")),
+        _Family("LMSDiscreteScheduler", "ve", _fixed("lms", solver_order=4)),
     ]
 }
 
@@ -217,45 +303,6 @@ def _transform(cfg) -> Callable | None:
         r = float(cfg.get("clip_sample_range", 1.0))
         return Clipping(-r, r)
     return None
-
-
-# -- step orders: diffusers' rules -------------------------------------------------------------------
-def _dpm_orders(cfg, n: int, start: int, final_zero: bool) -> list[int]:
-    """DPMSolverMultistep / DEIS: warm-up from the first step taken, ``lower_order_final`` on
-    schedules of fewer than 15 steps, ``euler_at_final``, a first-order step into sigma = 0."""
-    order, lof = int(cfg["solver_order"]), bool(cfg.get("lower_order_final", True))
-    out = []
-    for k in range(start, n):
-        warm = k - start
-        final = k == n - 1 and (bool(cfg.get("euler_at_final", False)) or (lof and n < 15) or final_zero)
-        second = k == n - 2 and lof and n < 15
-        if order == 1 or warm < 1 or final:
-            out.append(1)
-        elif order == 2 or warm < 2 or second:
-            out.append(2)
-        else:
-            out.append(3)
-    return out
-
-
-def _unipc_orders(cfg, n: int, start: int, final_zero: bool) -> list[int]:
-    """UniPC: ``lower_order_final`` caps the order at the steps left (no 15-step condition)."""
-    order = int(cfg["solver_order"])
-    out = []
-    for k in range(start, n):
-        p = min(order, n - k) if cfg.get("lower_order_final", True) else order
-        out.append(min(p, k - start + 1))
-    return out
-
-
-def _dpmpp_3m_options() -> dict[str, Any]:
-    """THE PLUG POINT for DPM-Solver++(3M) with diffusers' reference weights.
-
-    diffusers' third-order multistep step weights the second divided difference by half of what the
-    exact weights have (docs/findings.md; diffsolve/solvers/dpm_solver_multistep.py): the reference
-    weights reproduce diffusers' numbers, so a scheduler emulating DPMSolverMultistep uses them.
-    """
-    return {"weights": "reference"}
 
 
 # -- the scheduler --------------------------------------------------------------------------------------
@@ -383,46 +430,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             return "ddim", opts, None
         if opts:
             raise ValueError(f"solver_options={opts} without solver=: name the solver they are for")
-        if fam in ("DDIMScheduler", "DDPMScheduler"):
-            return "ddim", {}, None
-        if fam in ("EulerDiscreteScheduler",):
-            return "ddim", {}, None
-        if fam == "EulerAncestralDiscreteScheduler":
-            return "euler-ancestral", {}, None
-        if fam == "HeunDiscreteScheduler":
-            return "heun", {}, None
-        if fam == "LMSDiscreteScheduler":
-            return "lms", {"solver_order": 4}, None
-        order = int(fcfg["solver_order"])
-        if fam == "DPMSolverMultistepScheduler":
-            algo, stype = fcfg["algorithm_type"], fcfg["solver_type"]
-            check = {"midpoint": "midpoint", "heun": "taylor"}
-            if stype not in check:
-                raise ValueError(f"solver_type={stype!r} is not supported; supported: midpoint, heun")
-            if order not in (1, 2, 3):
-                raise ValueError(f"solver_order={order} is not supported; supported: 1, 2, 3")
-            if algo == "sde-dpmsolver++":
-                if order == 3:
-                    raise ValueError("algorithm_type='sde-dpmsolver++' has orders 1 and 2 (as in diffusers)")
-                return "dpmpp-2m-sde", {"eta": 1.0, "solver_type": check[stype]}, _dpm_orders
-            base = "dpmpp" if algo == "dpmsolver++" else "dpm-solver"
-            options = {"solver_type": check[stype]}
-            if order == 3 and base == "dpmpp":
-                options.update(_dpmpp_3m_options())
-            return f"{base}-{3 if order == 3 else 2}m", options, _dpm_orders
-        if fam == "UniPCMultistepScheduler":
-            if fcfg["solver_type"] not in ("bh1", "bh2"):
-                raise ValueError(f"solver_type={fcfg['solver_type']!r} is not supported; supported: bh1, bh2")
-            return "unipc", {"solver_order": min(order, 3), "variant": fcfg["solver_type"]}, _unipc_orders
-        if fam == "DEISMultistepScheduler":
-            if fcfg["solver_type"] != "logrho" or fcfg["algorithm_type"] != "deis":
-                raise ValueError(
-                    f"DEISMultistepScheduler: algorithm_type={fcfg['algorithm_type']!r}, solver_type="
-                    f"{fcfg['solver_type']!r}; supported: 'deis' with 'logrho'"
-                )
-            # diffusers' "logrho" DEIS is log-rho AB-DEIS: diffsolve's deis with variable="log-sigma"
-            return "deis", {"solver_order": order, "variable": "log-sigma"}, _dpm_orders
-        raise AssertionError(fam)
+        return self.family.method(fcfg)
 
     # -- diffusers API ---------------------------------------------------------------------------
     @property
