@@ -223,3 +223,20 @@ def test_the_solver_base_declares_adaptive_and_renoise_ok_as_contract_attributes
     assert {"adaptive", "renoise_ok"} <= set(CONTRACT_ATTRIBUTES)
     assert ds.make_solver("dpm-adaptive").adaptive and ds.make_solver("torchdiffeq-dopri5").adaptive
     assert not ds.make_solver("torchdiffeq-rk4").adaptive and not ds.make_solver("heun").adaptive
+
+
+def test_step_orders_replaces_the_final_step_rule_and_is_checked():
+    # the per-step orders the diffusers scheduler passes (its lower_order_final rule) as a public option:
+    # the same orders as final_step="lower-order" give the same run, bit for bit
+    ode = _ode()
+    x_T = torch.randn(2, 4, generator=torch.Generator().manual_seed(3))
+    sig = ds.make_grid("karras", ode.schedule, 6)
+    lower = ds.sample(ode, x_T, "dpmpp-3m", sigmas=sig, final_step="lower-order")
+    assert torch.equal(ds.sample(ode, x_T, "dpmpp-3m", sigmas=sig, step_orders=(1, 2, 3, 3, 2, 1)), lower)
+    assert not torch.equal(ds.sample(ode, x_T, "dpmpp-3m", sigmas=sig, step_orders=(1, 1, 1, 1, 1, 1)), lower)
+    with pytest.raises(ValueError, match="step_orders has 3 entries for a grid of 6 steps"):
+        ds.sample(ode, x_T, "dpmpp-3m", sigmas=sig, step_orders=(1, 2, 3))
+    with pytest.raises(ValueError, match=r"step_orders\[1\] = 3: step 1 of 'dpmpp-3m' can take order 2 at most"):
+        ds.sample(ode, x_T, "dpmpp-3m", sigmas=sig, step_orders=(1, 3, 3, 3, 2, 1))
+    with pytest.raises(ValueError, match="integers >= 1"):
+        ds.make_solver("unipc", step_orders=(1, 0))
