@@ -12,7 +12,7 @@ from .interop.k_diffusion import k_sampler
 from .interpolation import interpolate, lerp, slerp
 from .inversion import ReversibleSample, invert_exact, reconstruction_error, sample_reversible
 from .plugins import DuplicateNameError, PluginWarning, UnknownNameError, hookimpl
-from .sampling import grid, invert, list_grids, list_solvers, make_noise_sampler, make_solver, sample
+from .sampling import grid, invert, list_grids, list_solvers, make_grid, make_noise_sampler, make_solver, sample
 from .schedules import (
     DiscreteSchedule,
     EDMSchedule,
@@ -22,7 +22,7 @@ from .schedules import (
     VPCosineSchedule,
     VPLinearSchedule,
 )
-from .solvers.base import ReversibleSolver, Solver
+from .solvers.base import ReversibleSolver, RunState, Solver
 from .thresholding import Clipping, DynamicThresholding
 from .tuning import Recipe, tune
 from .wrapper import DiffusionODE, NonFiniteError, wrap
@@ -33,6 +33,7 @@ __all__ = [
     "analytic",
     "sample",
     "invert",
+    "make_grid",
     "grid",
     "list_grids",
     "list_solvers",
@@ -43,6 +44,7 @@ __all__ = [
     "DiffusionODE",
     "Solver",
     "ReversibleSolver",
+    "RunState",
     "Schedule",
     "DiscreteSchedule",
     "VPLinearSchedule",

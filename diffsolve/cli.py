@@ -181,7 +181,7 @@ def _sample_recipe(args) -> int:
 
 
 def _sample(args) -> int:
-    from . import grid, sample
+    from . import make_grid, sample
     from .analytic import reference_solution
 
     if args.recipe:
@@ -197,7 +197,7 @@ def _sample(args) -> int:
     args.problem = args.problem or "gmm2d"
     args.grid, args.samples = args.grid or "trailing", args.samples or 256
     problem, sched, ode, x_T = _problem_setup(args)
-    sig = grid(args.grid, sched, args.steps)
+    sig = make_grid(args.grid, sched, args.steps)
     opts = dict(args.option)
     if args.eta is not None:
         if "eta" in opts:
@@ -225,7 +225,7 @@ def _sample(args) -> int:
 
 def _demo(args) -> int:
     """DDIM error vs steps on the built-in 2-D mixture, against a tight torchdiffeq solve."""
-    from . import grid, sample
+    from . import make_grid, sample
     from .analytic import reference_solution
 
     args.samples, args.seed = args.samples or 256, args.seed
@@ -237,7 +237,7 @@ def _demo(args) -> int:
     print(f"{'steps':>6} {'NFE':>5} {'RMSE':>11} {'ratio':>6}")
     prev = None
     for steps in args.steps_list:
-        sig = grid(args.grid, sched, steps)
+        sig = make_grid(args.grid, sched, steps)
         ref = reference_solution(ode, x_T, float(sig[0]))
         n0 = ode.nfe
         x0 = sample(ode, x_T, "ddim", sigmas=sig)

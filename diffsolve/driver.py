@@ -1,6 +1,6 @@
 """The driver: the one loop every run goes through, and the registry's front door.
 
-:class:`_Driver` owns a run's bookkeeping: the per-run view of the ODE (the model's input dtype,
+:class:`Driver` owns a run's bookkeeping: the per-run view of the ODE (the model's input dtype,
 the NaN record, the step being taken), the noise, the callback, the progress bar, NaN/inf
 detection, trajectories and the conversion between the model's space and the sigma-form state
 xbar (docs/math.md E6). :func:`diffsolve.sample`, :func:`diffsolve.invert` and exact inversion
@@ -18,16 +18,14 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-import threading
 from collections.abc import Callable
-from contextlib import contextmanager
 
 import torch
 
 from .grids import validate_sigmas
 from .plugins.registry import get_registry
 from .schedules import Schedule
-from .solvers.base import Solver, bind_and_setup
+from .solvers.base import RunState, Solver, advance, as_protocol
 from .validation import (
     check_flag,
     check_generator,
@@ -39,6 +37,7 @@ from .validation import (
 from .wrapper import DiffusionODE, NonFiniteError, Run, schedule_memo
 
 __all__ = [
+    "make_grid",
     "grid",
     "list_solvers",
     "list_grids",
@@ -60,8 +59,11 @@ def list_grids() -> list[str]:
     return get_registry().grid_names()
 
 
-def grid(name: str, schedule, steps: int, **options) -> torch.Tensor:
-    """The grid ``name`` for ``schedule`` with ``steps`` steps: a strictly decreasing float64 tensor ending at 0."""
+def make_grid(name: str, schedule, steps: int, **options) -> torch.Tensor:
+    """The grid ``name`` for ``schedule`` with ``steps`` steps: a strictly decreasing float64 tensor ending at 0.
+
+    Also reachable as ``grid`` (its first name, kept for existing code); ``make_grid`` does not read
+    like the ``grid=`` keyword of :func:`diffsolve.sample`, which takes a grid's *name*."""
     if not isinstance(name, str):
         raise TypeError(f"grid name must be a string (one of ds.list_grids()), got {name!r}")
     if not isinstance(schedule, Schedule):
@@ -94,6 +96,9 @@ def grid(name: str, schedule, steps: int, **options) -> torch.Tensor:
         if key is not None:
             memo[key] = sig
     return sig.clone()  # the caller may change its copy
+
+
+grid = make_grid
 
 
 def make_solver(solver: str | type | Solver, **options) -> Solver:
@@ -200,36 +205,11 @@ def _resolve_sigmas(ode, steps, grid_name, sigmas, grid_options, increasing: boo
     if steps is None:
         raise ValueError("pass steps= (with an optional grid=) or an explicit sigmas= grid")
     name = grid_name if grid_name is not None else ode.schedule.default_grid
-    sig = grid(name, ode.schedule, steps, **(grid_options or {}))
+    sig = make_grid(name, ode.schedule, steps, **(grid_options or {}))
     return sig.flip(0) if increasing else sig
 
 
-# ids of the solver instances inside a run now: an instance keeps its run's grid and history on
-# itself, so it serves one run at a time (names and classes make a fresh instance per run)
-_running: set[int] = set()
-_running_lock = threading.Lock()
-
-
-@contextmanager
-def _exclusive(solver: Solver):
-    """Hold ``solver`` for one run: the same instance in two runs at once (two threads, or a
-    callback that samples) would mix their states, so that is an error naming the remedy."""
-    with _running_lock:
-        if id(solver) in _running:
-            raise RuntimeError(
-                f"this {solver!r} instance is already running in another sample/invert call; an instance "
-                "serves one run at a time: pass the solver's name or class (a fresh instance per run), "
-                "or give each thread its own instance"
-            )
-        _running.add(id(solver))
-    try:
-        yield solver
-    finally:
-        with _running_lock:
-            _running.discard(id(solver))
-
-
-class _Driver:
+class Driver:
     """One run's bookkeeping, shared by every loop (sample, invert, exact inversion, the
     diffusers scheduler): the run view of the ODE, dtypes, callback, trajectory, progress and
     the finite check. Solvers only step; nothing of the run is left on the user's ODE."""
@@ -300,21 +280,29 @@ class _Driver:
             self.bar.update(1)
 
     def solve(self, solver: Solver, x: torch.Tensor, start: int = 0) -> torch.Tensor:
-        """Run ``solver`` over ``sig[start:]`` (its own step i is the driver's step start + i)."""
-        with _exclusive(solver):
-            return self._solve(solver, x, start)
+        """Run ``solver`` over ``sig[start:]`` (its own step i is the driver's step start + i).
 
-    def _solve(self, solver: Solver, x: torch.Tensor, start: int) -> torch.Tensor:
+        The run's state is the solver's :meth:`~Solver.init` result, held here for the length of
+        the run: one solver instance serves any number of runs at once."""
         sig = self.sig
         self.run.step = start
-        bind_and_setup(solver, self.ode, sig[start:], self.noise)
-        if len(sig) - 1 <= start:
+        proto = as_protocol(solver)
+        check_renoise(self.ode, proto)
+        state = proto.init(self.ode, sig[start:], self.noise)
+        n = len(sig) - 1 - start
+        if n <= 0:
             return x
+        if type(proto).run is not Solver.run:  # a whole-run method (adaptive, torchdiffeq, legacy)
 
-        def after_step(i, x_new, denoised):
-            self.after_step(start + i, x_new, denoised, sig[start + i], sig[start + i + 1])
+            def after_step(i, x_new, denoised):
+                self.after_step(start + i, x_new, denoised, sig[start + i], sig[start + i + 1])
 
-        return solver.run(x, after_step)
+            return proto.run(x, after_step, state)
+        ode, step = self.ode, proto.step
+        for i in range(n):
+            x, denoised = advance(step(i, x, state), ode)
+            self.after_step(start + i, x, denoised, sig[start + i], sig[start + i + 1])
+        return x
 
     def finish(self, x: torch.Tensor, sigma_last: float) -> torch.Tensor:
         """The final state in the model's space and dtype, after the finite check."""
@@ -342,7 +330,7 @@ def _run(
 ):
     """sample / invert: the driver around one solver."""
     sig_list = sig.tolist()  # Python floats (float64); tolist, not a per-element tensor loop
-    d = _Driver(
+    d = Driver(
         ode,
         x_start,
         sig_list,
@@ -353,7 +341,9 @@ def _run(
         desc=f"diffsolve {solver.name}",
     )
     d.noise = make_noise_sampler(generator)
+    solver = as_protocol(solver)
     try:
+        check_renoise(d.ode, solver)  # before the first model call
         x = d.start_state(x_start)
         start = 0
         if euler_first_step and sig_list[0] == 0.0:
@@ -369,7 +359,9 @@ def _run(
             # call at the pure-noise level (FlowMatchEuler's first step from t = 1). A solver may
             # take it its own way (Solver.step_from_infinity: heun with variable="flow")
             denoised, eps = d.ode.predict_at_infinity(x)
-            first = solver.step_from_infinity(d.ode, x, denoised, eps, sig_list[1])
+            first = solver.step_from_infinity(x, denoised, eps, sig_list[1], RunState(d.ode, sig_list, d.noise))
+            if inspect.isgenerator(first):
+                first = advance(first, d.ode)
             if first is None:
                 first = torch.add(denoised, eps, alpha=sig_list[1]) if sig_list[1] > 0 else denoised
             x = first
@@ -380,6 +372,26 @@ def _run(
     finally:
         d.close()
     return (out, d.traj) if return_trajectory else out
+
+
+def check_renoise(ode: DiffusionODE, solver) -> None:
+    """Refuse a run whose predictions are renoising (``ode.renoise``: CFG++, DDNM) with a solver that
+    does not continue from the renoised state (``renoise_ok`` False)."""
+    if not ode.renoise or getattr(solver, "renoise_ok", False):
+        return
+    able = []
+    for name in list_solvers():
+        try:
+            if make_solver(name).renoise_ok:
+                able.append(name)
+        except Exception:  # noqa: BLE001 - a plugin that cannot build with defaults is left out of the hint
+            continue
+    raise ValueError(
+        f"solver {solver.name!r} cannot run this ODE: its predictions are renoising (CFG++, DDNM: the "
+        "(denoised, eps) pair is off the state's ray, x != denoised + sigma * eps), and this solver's update "
+        "cannot take a prediction off the state's ray (it does not continue from ode.renoised(...); "
+        "docs/math.md, 'Renoising predictions'). Solvers that can: " + ", ".join(able)
+    )
 
 
 def _raise_if_nonfinite(run: Run, sums, sig_list, per_step: bool) -> None:

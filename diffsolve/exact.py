@@ -11,15 +11,14 @@ with one model call per step but the first. This module depends only on the driv
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 
-from .driver import _Driver, _resolve_sigmas
-from .solvers.base import ReversibleSolver, Solver, bind_and_setup
+from .driver import Driver, _resolve_sigmas
+from .solvers.base import ReversibleSolver, Solver, advance, as_protocol
 from .wrapper import DiffusionODE
 
 __all__ = ["ReversibleSample", "invert_exact"]
@@ -76,13 +75,12 @@ def invert_exact(
     if not isinstance(ode, DiffusionODE):
         raise TypeError(f"expected the ODE from diffsolve.wrap(...), got {type(ode).__name__}")
     _check_reversible(state.solver)
-    # a copy: the sample's solver is left as it was, and threads may invert one sample at once
-    solver = copy.copy(state.solver)
+    solver = state.solver
     sig = state.sigmas.tolist()
     n = len(sig) - 1
     # the driver's steps run upward: its step k undoes the solver's step n - 1 - k
     up = sig[::-1]
-    d = _Driver(
+    d = Driver(
         ode,
         state.x,
         up,
@@ -95,10 +93,11 @@ def invert_exact(
     try:
         x_next = state.xbar if state.xbar is not None else d.start_state(state.x)
         x = state.xbar_prev if state.xbar_prev is not None else d.ode.to_xbar(state.x_prev.to(x_next.dtype), sig[-2])
-        bind_and_setup(solver, d.ode, sig, _no_noise)
+        proto = as_protocol(solver)
+        run = proto.init(d.ode, sig, _no_noise)
         d.after_step(0, x, None, up[0], up[1])  # the last state before the sample: known, no model call
         for i in range(n - 1, 0, -1):
-            x_prev = solver.unstep(i, x, x_next)
+            x_prev = advance(proto.unstep(i, x, x_next, run), d.ode)
             d.after_step(n - i, x_prev, None, sig[i], sig[i - 1])
             x_next, x = x, x_prev
         out = d.finish(x, sig[0])

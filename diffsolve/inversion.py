@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import torch
 
-from .driver import _resolve_sigmas
+from .driver import _resolve_sigmas, state_dtype_for
 from .exact import ReversibleSample, _check_reversible, invert_exact
 from .sampling import invert, make_solver, sample
 from .solvers.base import Solver
@@ -51,8 +51,19 @@ def sample_reversible(
     s = make_solver(solver, **solver_options)
     _check_reversible(s)
     sig = _resolve_sigmas(ode, steps, grid, sigmas, grid_options, increasing=False)
-    x = sample(ode, x_T, s, sigmas=sig, callback=callback, progress=progress, check_finite=check_finite)
-    xbar, xbar_prev = s.last, s.prev
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be a callable taking one dict, got {type(callback).__name__}")
+    kept: list[torch.Tensor] = []  # the sigma-form states after the last two steps
+
+    def keep(info):
+        kept[:] = [*kept[-1:], info["xbar"]]
+        if callback is not None:
+            callback(info)
+
+    x = sample(ode, x_T, s, sigmas=sig, callback=keep, progress=progress, check_finite=check_finite)
+    xbar = kept[-1]
+    # one step: the state before it is the start state
+    xbar_prev = kept[0] if len(kept) == 2 else ode.to_xbar(x_T.to(state_dtype_for(x_T.dtype)), float(sig[0]))
     x_prev = ode.from_xbar(xbar_prev, float(sig[-2])).to(x.dtype)
     return ReversibleSample(x=x, x_prev=x_prev, sigmas=sig, solver=s, xbar=xbar, xbar_prev=xbar_prev)
 

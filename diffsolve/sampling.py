@@ -13,15 +13,16 @@ from typing import Any, Literal
 import torch
 
 from .driver import (  # noqa: F401 - re-exported: the registry's front door lives beside sample
+    Driver,
     _check_call,
     _check_grad,
     _check_run,
-    _Driver,
     _resolve_sigmas,
     _run,
     grid,
     list_grids,
     list_solvers,
+    make_grid,
     make_noise_sampler,
     make_solver,
     sample_core,
@@ -32,7 +33,7 @@ from .recipe import Recipe
 from .solvers.base import Solver
 from .wrapper import DiffusionODE
 
-__all__ = ["sample", "invert", "grid", "list_solvers", "list_grids", "make_noise_sampler", "make_solver"]
+__all__ = ["sample", "invert", "make_grid", "grid", "list_solvers", "list_grids", "make_noise_sampler", "make_solver"]
 
 
 def sample(
@@ -60,7 +61,8 @@ def sample(
         ode: from :func:`diffsolve.wrap`.
         x_T: the start state in the model's own space at the grid's first sigma
             (standard normal for a VP model).
-        solver: a registered name (:func:`solvers`), a Solver class or instance.
+        solver: a registered name (:func:`list_solvers`), a Solver class or an instance (an instance
+            holds options only and may serve several runs at once).
         steps, grid: number of steps on a registered grid (default: the schedule's
             ``default_grid``); or pass ``sigmas`` (strictly decreasing) instead. ``sigmas`` may
             start at ``inf``, the pure-noise level of a flow, v or x0 model (``x_T`` is then the

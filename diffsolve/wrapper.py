@@ -62,6 +62,10 @@ class DiffusionODE:
         nfe: number of model calls so far (a guided call is one batched call: one NFE).
     """
 
+    #: whether this ODE's predictions are renoising (CFG++, DDNM: (denoised, eps) off the state's ray);
+    #: a solver then continues from :meth:`renoised` (docs/math.md, "Renoising predictions")
+    renoise = False
+
     def __init__(
         self,
         model: Callable[..., torch.Tensor],
@@ -140,7 +144,7 @@ class DiffusionODE:
         self._guided_kwargs: dict[str, Any] | None = self._batched_guidance_kwargs() if guidance is not None else None
         # the model's sigma range, read once (a schedule's properties may index tensors)
         self._sigma_range = (float(schedule.sigma_min), float(schedule.sigma_max))
-        self._counter = _Counter()
+        self._counter = _CallCounter()
         #: the run this view belongs to (see :meth:`start_run`); None on the ODE ``wrap`` returns
         self._run: Run | None = None
 
@@ -387,6 +391,14 @@ class DiffusionODE:
         denoised = (xbar - sigma * out) / (1.0 + sigma)
         return denoised, out + denoised
 
+    def renoised(self, x: torch.Tensor, denoised: torch.Tensor, eps: torch.Tensor, sigma: float) -> torch.Tensor:
+        """The state a solver continues from after ``predict(x, sigma)``: ``x`` itself, or, when this ODE's
+        predictions are renoising (``self.renoise``: CFG++, DDNM), ``denoised + sigma * eps`` (docs/math.md,
+        "Renoising predictions")."""
+        if not self.renoise or sigma == 0:
+            return x
+        return torch.add(denoised, eps, alpha=float(sigma))
+
     def denoised(self, xbar: torch.Tensor, sigma: float) -> torch.Tensor:
         """The x0-prediction D(xbar; sigma) (one model call)."""
         return self.predict(xbar, sigma)[0]
@@ -483,7 +495,7 @@ class Run:
         return self.where[int(bad.nonzero()[0, 0])]
 
 
-class _Counter:
+class _CallCounter:
     """A call counter shared by an ODE and its run views; exact under threads."""
 
     __slots__ = ("value", "_lock")
@@ -496,6 +508,8 @@ class _Counter:
         with self._lock:
             self.value += n
 
+
+_Counter = _CallCounter  # its former name, still imported by recipe.py (the tune branch's file)
 
 _CPU = torch.device("cpu")
 

@@ -46,10 +46,10 @@ class TwoCalls(Solver):
     name = "two-calls"
     calls_per_step = 2
 
-    def step(self, i, x):
-        s, s_next = self.sigmas[i], self.sigmas[i + 1]
-        denoised, eps = self.ode.predict(x, s)
-        self.ode.predict(x, s)
+    def step(self, i, x, state):
+        s, s_next = state.sigmas[i], state.sigmas[i + 1]
+        denoised, eps = yield x, s, True
+        yield x, s, True
         return (denoised, denoised) if s_next == 0 else (x + (s_next - s) * eps, denoised)
 
 

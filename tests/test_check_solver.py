@@ -18,9 +18,9 @@ class Euler(ds.Solver):
 
     name = "test-euler"
 
-    def step(self, i, x):
-        s, s_next = self.sigmas[i], self.sigmas[i + 1]
-        denoised, eps = self.ode.predict(x, s)
+    def step(self, i, x, state):
+        s, s_next = state.sigmas[i], state.sigmas[i + 1]
+        denoised, eps = yield x, s, True
         return (denoised if s_next == 0 else x + (s_next - s) * eps), denoised
 
 
@@ -64,9 +64,9 @@ class GlobalRandom(Euler):
     stochastic = True
     invertible = False
 
-    def step(self, i, x):
-        x_next, denoised = super().step(i, x)
-        return (x_next + 0.01 * torch.randn_like(x) if self.sigmas[i + 1] > 0 else x_next), denoised
+    def step(self, i, x, state):
+        x_next, denoised = yield from super().step(i, x, state)
+        return (x_next + 0.01 * torch.randn_like(x) if state.sigmas[i + 1] > 0 else x_next), denoised
 
 
 class Flattens(Euler):
@@ -74,8 +74,8 @@ class Flattens(Euler):
 
     name = "test-flattens"
 
-    def step(self, i, x):
-        x_next, denoised = super().step(i, x)
+    def step(self, i, x, state):
+        x_next, denoised = yield from super().step(i, x, state)
         return x_next.reshape(x.shape[0], -1), denoised
 
 
@@ -102,6 +102,52 @@ class NoDoc(Euler):
 NoDoc.__doc__ = None
 
 
+class EditsInPlace(Euler):
+    """Euler that updates the state in place (docs/plugins.md forbids it: the driver and a callback may hold x)."""
+
+    name = "test-in-place"
+
+    def step(self, i, x, state):
+        s, s_next = state.sigmas[i], state.sigmas[i + 1]
+        denoised, eps = yield x, s, True
+        return (denoised if s_next == 0 else x.add_(eps, alpha=s_next - s)), denoised
+
+
+class KeepsRunOnSelf(Euler):
+    """Euler with a 'history' kept on the instance: two interleaved runs on one instance mix."""
+
+    name = "test-run-on-self"
+
+    def step(self, i, x, state):
+        s, s_next = state.sigmas[i], state.sigmas[i + 1]
+        denoised, eps = yield x, s, True
+        if i == 0:
+            self.first_eps = eps
+        return (denoised if s_next == 0 else x + (s_next - s) * (0.9 * eps + 0.1 * self.first_eps)), denoised
+
+
+class NotAGenerator(Euler):
+    """A step that calls the model itself instead of yielding the request."""
+
+    name = "test-not-generator"
+
+    def step(self, i, x, state):
+        s, s_next = state.sigmas[i], state.sigmas[i + 1]
+        denoised, eps = state.ode.predict(x, s)
+        return (denoised if s_next == 0 else x + (s_next - s) * eps), denoised
+
+
+class FirstContract(ds.Solver):
+    """Euler written against the first contract (setup + step(i, x), the run on self)."""
+
+    name = "test-first-contract"
+
+    def step(self, i, x):
+        s, s_next = self.sigmas[i], self.sigmas[i + 1]
+        denoised, eps = self.ode.predict(x, s)
+        return (denoised if s_next == 0 else x + (s_next - s) * eps), denoised
+
+
 @pytest.mark.parametrize(
     "cls, check, detail",
     [
@@ -111,6 +157,10 @@ NoDoc.__doc__ = None
         (MiscountsCalls, "calls per step", "1 per step, but calls_per_step = 2"),
         (PositionalOption, "contract", r"options must be keyword-only.*\['eta'\]"),
         (NoDoc, "contract", "needs a docstring"),
+        (EditsInPlace, "step protocol", "changed its input state x in place"),
+        (KeepsRunOnSelf, "step protocol", "two runs interleaved on one instance differ"),
+        (NotAGenerator, "step protocol", "must be a generator"),
+        (FirstContract, "contract", r"first Solver contract.*init\(ode, sigmas, noise\) -> state"),
     ],
 )
 def test_check_solver_names_the_broken_law(cls, check, detail):

@@ -31,7 +31,7 @@ def test_subpackages_import_and_are_not_shadowed_by_functions():
 
 
 class _MinimalEuler(Solver):
-    """A plugin written against the minimal contract: class attributes, setup and step."""
+    """A plugin written against the first contract: class attributes, setup and step(i, x), the run on self."""
 
     name = "minimal-euler"
     order = 1
@@ -45,15 +45,45 @@ class _MinimalEuler(Solver):
         return x + self.h[i] * eps, denoised
 
 
-def test_a_solver_with_only_setup_and_step_runs_unchanged_and_equals_ddim():
+class _Euler(Solver):
+    """The same solver in the current contract: init returns the run state, step is a generator."""
+
+    name = "minimal-euler-2"
+    order = 1
+
+    def init(self, ode, sigmas, noise):
+        state = super().init(ode, sigmas, noise)
+        state.h = [b - a for a, b in zip(state.sigmas[:-1], state.sigmas[1:])]
+        return state
+
+    def step(self, i, x, state):
+        denoised, eps = yield x, state.sigmas[i], True
+        return x + state.h[i] * eps, denoised
+
+
+def test_a_solver_with_only_init_and_step_equals_ddim_and_inverts():
     ode = _ode()
     x_T = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
     infos = []
-    out = ds.sample(ode, x_T, _MinimalEuler, steps=6, callback=infos.append)
-    ref = ds.sample(ode, x_T, "ddim", steps=6)
-    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    out = ds.sample(ode, x_T, _Euler, steps=6, callback=infos.append)
+    torch.testing.assert_close(out, ds.sample(ode, x_T, "ddim", steps=6), rtol=0, atol=1e-12)
     assert [i["i"] for i in infos] == list(range(6))
-    back = ds.invert(ode, out, _MinimalEuler, steps=6)
+    back = ds.invert(ode, out, _Euler, steps=6)
+    assert back.shape == x_T.shape and torch.isfinite(back).all()
+
+
+def test_a_first_contract_solver_runs_through_the_adapter_with_a_deprecation_warning_naming_the_new_form():
+    ode = _ode()
+    x_T = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+    infos = []
+    solver = _MinimalEuler()
+    with pytest.warns(DeprecationWarning, match=r"first Solver contract.*init\(ode, sigmas, noise\) -> state"):
+        out = ds.sample(ode, x_T, solver, steps=6, callback=infos.append)
+    torch.testing.assert_close(out, ds.sample(ode, x_T, "ddim", steps=6), rtol=0, atol=1e-12)
+    assert [i["i"] for i in infos] == list(range(6))
+    assert not hasattr(solver, "h")  # the adapter set up a copy: the instance keeps no run
+    with pytest.warns(DeprecationWarning):
+        back = ds.invert(ode, out, _MinimalEuler, steps=6)
     assert back.shape == x_T.shape and torch.isfinite(back).all()
 
 
@@ -178,3 +208,35 @@ def test_the_ancestral_split_keeps_the_marginal_variance_and_adds_no_noise_upwar
     down, up = ancestral_split(3.0, 2.9, 5.0)  # eta > 1: capped (k-diffusion) or kept (DDIM's E18)
     assert (down, up) == (0.0, 2.9)
     assert ancestral_split(3.0, 2.9, 5.0, clamp_up=False)[1] > 2.9
+
+
+def test_make_grid_is_the_public_grid_function_and_grid_stays_its_alias():
+    sched = ds.DiscreteSchedule.linear()
+    assert ds.make_grid is ds.grid
+    assert torch.equal(ds.make_grid("karras", sched, 7), ds.grid("karras", sched, 7))
+
+
+def test_the_solver_base_declares_adaptive_and_renoise_ok_as_contract_attributes():
+    from diffsolve.solvers.base import CONTRACT_ATTRIBUTES
+
+    assert Solver.adaptive is False and Solver.renoise_ok is False
+    assert {"adaptive", "renoise_ok"} <= set(CONTRACT_ATTRIBUTES)
+    assert ds.make_solver("dpm-adaptive").adaptive and ds.make_solver("torchdiffeq-dopri5").adaptive
+    assert not ds.make_solver("torchdiffeq-rk4").adaptive and not ds.make_solver("heun").adaptive
+
+
+def test_step_orders_replaces_the_final_step_rule_and_is_checked():
+    # the per-step orders the diffusers scheduler passes (its lower_order_final rule) as a public option:
+    # the same orders as final_step="lower-order" give the same run, bit for bit
+    ode = _ode()
+    x_T = torch.randn(2, 4, generator=torch.Generator().manual_seed(3))
+    sig = ds.make_grid("karras", ode.schedule, 6)
+    lower = ds.sample(ode, x_T, "dpmpp-3m", sigmas=sig, final_step="lower-order")
+    assert torch.equal(ds.sample(ode, x_T, "dpmpp-3m", sigmas=sig, step_orders=(1, 2, 3, 3, 2, 1)), lower)
+    assert not torch.equal(ds.sample(ode, x_T, "dpmpp-3m", sigmas=sig, step_orders=(1, 1, 1, 1, 1, 1)), lower)
+    with pytest.raises(ValueError, match="step_orders has 3 entries for a grid of 6 steps"):
+        ds.sample(ode, x_T, "dpmpp-3m", sigmas=sig, step_orders=(1, 2, 3))
+    with pytest.raises(ValueError, match=r"step_orders\[1\] = 3: step 1 of 'dpmpp-3m' can take order 2 at most"):
+        ds.sample(ode, x_T, "dpmpp-3m", sigmas=sig, step_orders=(1, 3, 3, 3, 2, 1))
+    with pytest.raises(ValueError, match="integers >= 1"):
+        ds.make_solver("unipc", step_orders=(1, 0))

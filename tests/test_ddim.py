@@ -7,6 +7,7 @@ import torch
 
 import diffsolve as ds
 from diffsolve.analytic import Gaussian, PointMass
+from diffsolve.solvers.base import advance
 
 SIGMA_MAX = 157.40728081
 X_T = torch.tensor([[-2.0, -0.5, 0.7, 1.9]])
@@ -48,9 +49,9 @@ def _one_step(sigma_t, sigma_s, x_vp, eps, z, **options):
     sched = ds.SigmaSchedule(0.0, 1e4, space="vp")
     ode = ds.wrap(lambda x, t: eps.expand_as(x), sched, prediction="eps", time_dtype=torch.float64)
     solver = ds.make_solver("ddim", **options)
-    solver.setup(ode, [sigma_t, sigma_s], lambda like: z.expand_as(like))
+    state = solver.init(ode, [sigma_t, sigma_s], lambda like: z.expand_as(like))
     xbar = ode.to_xbar(x_vp, sigma_t)
-    out, _ = solver.step(0, xbar)
+    out, _ = advance(solver.step(0, xbar, state), ode)
     return ode.from_xbar(out, sigma_s)
 
 

@@ -20,7 +20,9 @@ from diffusers import (
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     HeunDiscreteScheduler,
+    KDPM2DiscreteScheduler,
     LMSDiscreteScheduler,
+    PNDMScheduler,
     UNet2DModel,
     UniPCMultistepScheduler,
 )
@@ -312,14 +314,15 @@ def test_from_config_reproduces_the_diffusers_scheduler_on_a_full_loop(cls, conf
     assert torch.equal(ours.timesteps, ref.timesteps) and ours.order == ref.order
 
 
-def test_the_step_loop_is_linear_one_solver_step_per_call(monkeypatch):
-    ours = DiffsolveScheduler.from_config(DPMSolverMultistepScheduler())
+@pytest.mark.parametrize("cls", [DPMSolverMultistepScheduler, HeunDiscreteScheduler])
+def test_the_step_loop_is_linear_one_solver_step_per_call(monkeypatch, cls):
+    ours = DiffsolveScheduler.from_config(cls())
     calls = []
     solver_cls = ours.solver_class
     original = solver_cls.step
-    monkeypatch.setattr(solver_cls, "step", lambda self, i, x: calls.append(i) or original(self, i, x))
+    monkeypatch.setattr(solver_cls, "step", lambda self, i, x, state: calls.append(i) or original(self, i, x, state))
     _loop(ours, steps=40)
-    assert calls == list(range(40))  # no replay: step i once, in order
+    assert calls == list(range(40))  # no replay: step i once, in order (heun: two pipeline calls per step)
 
 
 @pytest.mark.parametrize(
@@ -541,3 +544,53 @@ def test_misuse_of_step_is_a_clear_error():
         heun.step(x, heun.timesteps[1], x)
     with pytest.raises(ds.UnknownNameError):
         DiffsolveScheduler(solver="nope")
+
+
+# -- issue 23 ---------------------------------------------------------------------------------------
+def test_a_flow_matching_scheduler_object_is_refused_not_run_on_a_ddpm_schedule():
+    # issue 23.1: the object (not its .config) with solver= used to drop shift and every flow key and run
+    # a DDPM schedule (timesteps 750, 500, 250, 0 instead of diffusers' 1000, 857.7, 602.2, 8.9)
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    flow = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    for kwargs in ({"solver": "ddim"}, {}):
+        with pytest.raises(ValueError, match="not a DDPM beta schedule") as err:
+            DiffsolveScheduler.from_config(flow, **kwargs)
+        assert "solver=" not in str(err.value) and "ds.from_diffusers(model, scheduler.config)" in str(err.value)
+    # the call the message names runs on the flow schedule diffusers itself uses
+    flow.set_timesteps(4)
+    sigmas = ds.diffusers_grid(flow.config, 4)
+    s = sigmas[:-1]
+    t = torch.where(s.isinf(), 1.0, s / (1 + s)) * 1000  # flow time t = sigma / (1 + sigma) (E17), diffusers' units
+    torch.testing.assert_close(t.float(), flow.timesteps, rtol=1e-5, atol=1e-3)
+    ode = ds.from_diffusers(lambda x, t: torch.zeros_like(x), flow.config)
+    assert torch.isfinite(ds.sample(ode, torch.randn(1, 4), "ddim", sigmas=sigmas)).all()
+
+
+def test_a_method_replaced_by_solver_keeps_no_grid_key_it_would_drop():
+    with pytest.raises(ValueError, match=r"key\(s\) \['use_karras_sigmas'\] set the grid"):
+        DiffsolveScheduler.from_config(KDPM2DiscreteScheduler(use_karras_sigmas=True), solver="heun")
+    DiffsolveScheduler.from_config(PNDMScheduler(skip_prk_steps=True), solver="ddim")  # a method key: dropped
+
+
+@pytest.mark.parametrize("solver", ["heun", "dpmpp-2s"])
+def test_add_noise_takes_every_timestep_a_two_call_solver_hands_out(solver):
+    # issue 23.8: on a DDIM schedule a two-call solver's timesteps fall between training levels (float);
+    # add_noise (img2img) indexed alphas_cumprod with them and raised IndexError
+    sched = DiffsolveScheduler.from_config(DDIMScheduler(), solver=solver)
+    sched.set_timesteps(10)
+    noise = torch.randn(1, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    acp = DDIMScheduler().alphas_cumprod.double()
+    fractional = 0
+    for t in sched.timesteps:
+        std = float(sched.add_noise(torch.zeros_like(noise), noise, t.reshape(1)).norm() / noise.norm())
+        lo, hi = int(torch.floor(t)), int(torch.ceil(t))
+        bounds = sorted(float((1 - acp[k]).sqrt()) for k in (lo, hi))
+        assert bounds[0] - 1e-6 <= std <= bounds[1] + 1e-6  # the noise level of that time, between its levels
+        fractional += lo != hi
+    assert sched.timesteps.is_floating_point()  # the case of the issue: float timesteps
+    assert fractional > 0 or solver == "heun"  # heun evaluates on the levels themselves; the midpoint between
+    # an img2img run from the middle of the schedule completes
+    t_start = 4 * sched.order
+    x = sched.add_noise(torch.zeros_like(noise), noise, sched.timesteps[t_start : t_start + 1])
+    assert torch.isfinite(_loop(sched, timesteps=sched.timesteps[t_start:], x=x)).all()

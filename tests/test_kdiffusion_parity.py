@@ -127,8 +127,8 @@ def _run_with_noise(den, name, opts, x, sigmas, draws):
     )
     it = iter(draws)
     solver = ds.make_solver(name, **opts)
-    solver.setup(ode, sigmas.tolist(), lambda like: next(it))
-    return solver.run(x, lambda *a: None)
+    state = solver.init(ode, sigmas.tolist(), lambda like: next(it))
+    return solver.run(x, lambda *a: None, state)
 
 
 STOCHASTIC = [

@@ -161,9 +161,10 @@ class _Midpointish(ds.Solver):
 
     name = "plugin-euler"
 
-    def step(self, i, x):
-        denoised, eps = self.ode.predict(x, self.sigmas[i])
-        return (denoised if self.sigmas[i + 1] == 0 else x + (self.sigmas[i + 1] - self.sigmas[i]) * eps), denoised
+    def step(self, i, x, state):
+        sig = state.sigmas
+        denoised, eps = yield x, sig[i], True
+        return (denoised if sig[i + 1] == 0 else x + (sig[i + 1] - sig[i]) * eps), denoised
 
 
 def test_plugin_whose_hooks_register_nothing_gets_a_plugin_warning():

@@ -52,13 +52,13 @@ def test_sa_solver_equals_diffusers_sasolver(model, monkeypatch, p, c, tau):
     )
     it = iter(draws)
     sigmas = sched.sigmas.double().tolist()
-    solver.setup(ode, sigmas, lambda like: next(it))
-    ours = ode.from_xbar(solver.run(ode.to_xbar(x, sigmas[0]), lambda *a: None), sigmas[-1])
+    state = solver.init(ode, sigmas, lambda like: next(it))
+    ours = ode.from_xbar(solver.run(ode.to_xbar(x, sigmas[0]), lambda *a: None, state), sigmas[-1])
     rel = float((ours - expected).abs().max() / expected.abs().max())
     assert rel < 5e-6, rel  # diffusers forms its coefficients from float32 sigmas (measured 5e-7 to 8e-7)
     if tau == "half":  # and the noise matters
         other = ds.make_solver("sa-solver", predictor_order=p, corrector_order=c, tau=0.5, variant="diffusers")
         it2 = iter(_draws(x.shape, 12, seed=6))
-        other.setup(ode, sigmas, lambda like: next(it2))
-        moved = ode.from_xbar(other.run(ode.to_xbar(x, sigmas[0]), lambda *a: None), sigmas[-1])
+        state = other.init(ode, sigmas, lambda like: next(it2))
+        moved = ode.from_xbar(other.run(ode.to_xbar(x, sigmas[0]), lambda *a: None, state), sigmas[-1])
         assert float((moved - expected).abs().max()) > 1e-3

@@ -13,8 +13,9 @@ The scheduler answers each call with **one solver step** (docs/diffusers.md, "Ho
 * A solver with k > 1 model calls per step (heun, the singlestep DPM-Solvers) exposes k
   timesteps per step, in diffusers' interleaved convention (HeunDiscreteScheduler's
   ``[t0, t1, t1, t2, t2, ...]``): the call after the first one of a step gets the point the
-  solver evaluates next as ``prev_sample``. Only that step is replayed (from a copy of the
-  solver's state taken at its first call), so the cost stays linear.
+  solver evaluates next as ``prev_sample``. A solver step is a generator that yields its model
+  requests (docs/plugins.md), so the scheduler keeps the step open between pipeline calls and
+  answers each request with the next model output: nothing is replayed.
 * ``emulate`` names the diffusers scheduler whose schedule is reproduced (set from the config's
   ``_class_name`` by ``from_config``): its own ``set_timesteps`` gives the timesteps and sigmas
   (each family's spacing rule, karras / Lu / exponential / beta sigmas, ``final_sigmas_type``,
@@ -31,7 +32,6 @@ schedule is taken from diffusers' own classes, so the two cannot disagree about 
 
 from __future__ import annotations
 
-import copy
 import inspect
 import itertools
 import math
@@ -44,11 +44,10 @@ from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from ..grids import validate_sigmas
-from ..sampling import grid as named_grid
-from ..sampling import make_noise_sampler, make_solver, state_dtype_for
+from ..sampling import make_grid, make_noise_sampler, make_solver, state_dtype_for
 from ..schedules import DiscreteSchedule
 from ..solvers._exponential import combine
-from ..solvers.base import Solver, bind_and_setup
+from ..solvers.base import Solver, advance
 from ..thresholding import Clipping, DynamicThresholding
 from ..wrapper import DiffusionODE
 from .diffusers import (
@@ -62,13 +61,6 @@ __all__ = ["FAMILIES", "DataDependentCallsError", "DiffsolveScheduler"]
 
 class DataDependentCallsError(ValueError):
     """The solver decides where to call the model from the data: no fixed timestep list exists."""
-
-
-class _NeedModel(Exception):
-    """Raised inside a replayed step at the first model call whose output is not known yet."""
-
-    def __init__(self, x: torch.Tensor, sigma: float):
-        self.x, self.sigma = x, sigma
 
 
 # -- the families ----------------------------------------------------------------------------------
@@ -89,8 +81,12 @@ _SCHEDULE_KEYS = (
 class _Family:
     """What DiffsolveScheduler reproduces of one diffusers scheduler class."""
 
-    def __init__(self, name: str, space: str, honoured: dict[str, Callable[[Any], bool]] | None = None):
+    def __init__(
+        self, name: str, space: str, method: Callable, honoured: dict[str, Callable[[Any], bool]] | None = None
+    ):
         self.name, self.space = name, space
+        #: fcfg -> (diffsolve solver, options, per-step order rule or None): the family's own method
+        self.method = method
         #: key -> predicate of the values honoured; a key not listed is honoured for every value
         self.honoured = honoured or {}
 
@@ -116,14 +112,93 @@ def _false(v):
     return not v
 
 
+# -- step orders: diffusers' rules -------------------------------------------------------------------
+def _dpm_orders(cfg, n: int, start: int, final_zero: bool) -> list[int]:
+    """DPMSolverMultistep / DEIS: warm-up from the first step taken, ``lower_order_final`` on
+    schedules of fewer than 15 steps, ``euler_at_final``, a first-order step into sigma = 0."""
+    order, lof = int(cfg["solver_order"]), bool(cfg.get("lower_order_final", True))
+    out = []
+    for k in range(start, n):
+        warm = k - start
+        final = k == n - 1 and (bool(cfg.get("euler_at_final", False)) or (lof and n < 15) or final_zero)
+        second = k == n - 2 and lof and n < 15
+        if order == 1 or warm < 1 or final:
+            out.append(1)
+        elif order == 2 or warm < 2 or second:
+            out.append(2)
+        else:
+            out.append(3)
+    return out
+
+
+def _unipc_orders(cfg, n: int, start: int, final_zero: bool) -> list[int]:
+    """UniPC: ``lower_order_final`` caps the order at the steps left (no 15-step condition)."""
+    order = int(cfg["solver_order"])
+    out = []
+    for k in range(start, n):
+        p = min(order, n - k) if cfg.get("lower_order_final", True) else order
+        out.append(min(p, k - start + 1))
+    return out
+
+
+def _dpmpp_3m_options() -> dict[str, Any]:
+    """THE PLUG POINT for DPM-Solver++(3M) with diffusers' reference weights.
+
+    diffusers' third-order multistep step weights the second divided difference by half of what the
+    exact weights have (docs/findings.md; diffsolve/solvers/dpm_solver_multistep.py): the reference
+    weights reproduce diffusers' numbers, so a scheduler emulating DPMSolverMultistep uses them.
+    """
+    return {"weights": "reference"}
+
+
+# -- each family's own method: (diffsolve solver, options, per-step order rule) from its keys ---------
+def _fixed(name: str, **options) -> Callable:
+    return lambda fcfg: (name, dict(options), None)
+
+
+def _dpm_method(fcfg):
+    order, algo, stype = int(fcfg["solver_order"]), fcfg["algorithm_type"], fcfg["solver_type"]
+    check = {"midpoint": "midpoint", "heun": "taylor"}
+    if stype not in check:
+        raise ValueError(f"solver_type={stype!r} is not supported; supported: midpoint, heun")
+    if order not in (1, 2, 3):
+        raise ValueError(f"solver_order={order} is not supported; supported: 1, 2, 3")
+    if algo == "sde-dpmsolver++":
+        if order == 3:
+            raise ValueError("algorithm_type='sde-dpmsolver++' has orders 1 and 2 (as in diffusers)")
+        return "dpmpp-2m-sde", {"eta": 1.0, "solver_type": check[stype]}, _dpm_orders
+    base = "dpmpp" if algo == "dpmsolver++" else "dpm-solver"
+    options = {"solver_type": check[stype]}
+    if order == 3 and base == "dpmpp":
+        options.update(_dpmpp_3m_options())
+    return f"{base}-{3 if order == 3 else 2}m", options, _dpm_orders
+
+
+def _unipc_method(fcfg):
+    if fcfg["solver_type"] not in ("bh1", "bh2"):
+        raise ValueError(f"solver_type={fcfg['solver_type']!r} is not supported; supported: bh1, bh2")
+    return "unipc", {"solver_order": min(int(fcfg["solver_order"]), 3), "variant": fcfg["solver_type"]}, _unipc_orders
+
+
+def _deis_method(fcfg):
+    if fcfg["solver_type"] != "logrho" or fcfg["algorithm_type"] != "deis":
+        raise ValueError(
+            f"DEISMultistepScheduler: algorithm_type={fcfg['algorithm_type']!r}, solver_type="
+            f"{fcfg['solver_type']!r}; supported: 'deis' with 'logrho'"
+        )
+    # diffusers' "logrho" DEIS is log-rho AB-DEIS: diffsolve's deis with variable="log-sigma"
+    return "deis", {"solver_order": int(fcfg["solver_order"]), "variable": "log-sigma"}, _dpm_orders
+
+
 FAMILIES: dict[str, _Family] = {
     f.name: f
     for f in [
-        _Family("DDIMScheduler", "vp"),
-        _Family("DDPMScheduler", "vp", {"variance_type": _is("fixed_small", "fixed_large")}),
+        _Family("DDIMScheduler", "vp", _fixed("ddim")),
+        _Family("DDPMScheduler", "vp", _fixed("ddim"), {"variance_type": _is("fixed_small", "fixed_large")}),
         _Family(
             "DPMSolverMultistepScheduler",
             "vp",
+            _dpm_method,
             {
                 "algorithm_type": _is("dpmsolver++", "dpmsolver", "sde-dpmsolver++"),
                 "variance_type": _is(None, "learned_range", "learned"),
@@ -134,6 +209,7 @@ FAMILIES: dict[str, _Family] = {
         _Family(
             "UniPCMultistepScheduler",
             "vp",
+            _unipc_method,
             {
                 "predict_x0": _is(True),
                 "disable_corrector": lambda v: not v,
@@ -143,11 +219,13 @@ FAMILIES: dict[str, _Family] = {
                 "shift_terminal": _is(None),
             },
         ),
-        _Family("DEISMultistepScheduler", "vp", {"use_flow_sigmas": _false, "use_dynamic_shifting": _false}),
-        _Family("EulerDiscreteScheduler", "ve"),
-        _Family("EulerAncestralDiscreteScheduler", "ve"),
-        _Family("HeunDiscreteScheduler", "ve"),
-        _Family("LMSDiscreteScheduler", "ve"),
+        _Family(
+            "DEISMultistepScheduler", "vp", _deis_method, {"use_flow_sigmas": _false, "use_dynamic_shifting": _false}
+        ),
+        _Family("EulerDiscreteScheduler", "ve", _fixed("ddim")),
+        _Family("EulerAncestralDiscreteScheduler", "ve", _fixed("euler-ancestral")),
+        _Family("HeunDiscreteScheduler", "ve", _fixed("heun")),
+        _Family("LMSDiscreteScheduler", "ve", _fixed("lms", solver_order=4)),
     ]
 }
 
@@ -225,70 +303,6 @@ def _transform(cfg) -> Callable | None:
         r = float(cfg.get("clip_sample_range", 1.0))
         return Clipping(-r, r)
     return None
-
-
-# -- step orders: diffusers' rules -------------------------------------------------------------------
-def _dpm_orders(cfg, n: int, start: int, final_zero: bool) -> list[int]:
-    """DPMSolverMultistep / DEIS: warm-up from the first step taken, ``lower_order_final`` on
-    schedules of fewer than 15 steps, ``euler_at_final``, a first-order step into sigma = 0."""
-    order, lof = int(cfg["solver_order"]), bool(cfg.get("lower_order_final", True))
-    out = []
-    for k in range(start, n):
-        warm = k - start
-        final = k == n - 1 and (bool(cfg.get("euler_at_final", False)) or (lof and n < 15) or final_zero)
-        second = k == n - 2 and lof and n < 15
-        if order == 1 or warm < 1 or final:
-            out.append(1)
-        elif order == 2 or warm < 2 or second:
-            out.append(2)
-        else:
-            out.append(3)
-    return out
-
-
-def _unipc_orders(cfg, n: int, start: int, final_zero: bool) -> list[int]:
-    """UniPC: ``lower_order_final`` caps the order at the steps left (no 15-step condition)."""
-    order = int(cfg["solver_order"])
-    out = []
-    for k in range(start, n):
-        p = min(order, n - k) if cfg.get("lower_order_final", True) else order
-        out.append(min(p, k - start + 1))
-    return out
-
-
-_PATCHED: dict[type, type] = {}
-
-
-def _with_orders(cls: type) -> type:
-    """``cls`` whose per-step orders (``ExponentialSolver.orders``) follow the rule the scheduler
-    hands it (``_ds_orders``) instead of diffsolve's ``final_step`` option: the step orders of
-    the emulated diffusers scheduler, which a diffsolve option cannot always express."""
-    if cls not in _PATCHED:
-
-        def get(self):
-            return self.__dict__["_ds_step_orders"]
-
-        def set_(self, value):
-            rule = self.__dict__.get("_ds_orders")
-            if rule is not None:
-                if len(rule) != len(value):
-                    raise ValueError(f"internal: {len(rule)} step orders for a grid of {len(value)} steps")
-                # 0 marks the denoising step into sigma = 0 (E27), whatever the order
-                value = [0 if v == 0 else r for v, r in zip(value, rule)]
-            self.__dict__["_ds_step_orders"] = value
-
-        _PATCHED[cls] = type(cls.__name__, (cls,), {"orders": property(get, set_), "__module__": cls.__module__})
-    return _PATCHED[cls]
-
-
-def _dpmpp_3m_options() -> dict[str, Any]:
-    """THE PLUG POINT for DPM-Solver++(3M) with diffusers' reference weights.
-
-    diffusers' third-order multistep step weights the second divided difference by half of what the
-    exact weights have (docs/findings.md; diffsolve/solvers/dpm_solver_multistep.py): the reference
-    weights reproduce diffusers' numbers, so a scheduler emulating DPMSolverMultistep uses them.
-    """
-    return {"weights": "reference"}
 
 
 # -- the scheduler --------------------------------------------------------------------------------------
@@ -416,46 +430,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             return "ddim", opts, None
         if opts:
             raise ValueError(f"solver_options={opts} without solver=: name the solver they are for")
-        if fam in ("DDIMScheduler", "DDPMScheduler"):
-            return "ddim", {}, None
-        if fam in ("EulerDiscreteScheduler",):
-            return "ddim", {}, None
-        if fam == "EulerAncestralDiscreteScheduler":
-            return "euler-ancestral", {}, None
-        if fam == "HeunDiscreteScheduler":
-            return "heun", {}, None
-        if fam == "LMSDiscreteScheduler":
-            return "lms", {"solver_order": 4}, None
-        order = int(fcfg["solver_order"])
-        if fam == "DPMSolverMultistepScheduler":
-            algo, stype = fcfg["algorithm_type"], fcfg["solver_type"]
-            check = {"midpoint": "midpoint", "heun": "taylor"}
-            if stype not in check:
-                raise ValueError(f"solver_type={stype!r} is not supported; supported: midpoint, heun")
-            if order not in (1, 2, 3):
-                raise ValueError(f"solver_order={order} is not supported; supported: 1, 2, 3")
-            if algo == "sde-dpmsolver++":
-                if order == 3:
-                    raise ValueError("algorithm_type='sde-dpmsolver++' has orders 1 and 2 (as in diffusers)")
-                return "dpmpp-2m-sde", {"eta": 1.0, "solver_type": check[stype]}, _dpm_orders
-            base = "dpmpp" if algo == "dpmsolver++" else "dpm-solver"
-            options = {"solver_type": check[stype]}
-            if order == 3 and base == "dpmpp":
-                options.update(_dpmpp_3m_options())
-            return f"{base}-{3 if order == 3 else 2}m", options, _dpm_orders
-        if fam == "UniPCMultistepScheduler":
-            if fcfg["solver_type"] not in ("bh1", "bh2"):
-                raise ValueError(f"solver_type={fcfg['solver_type']!r} is not supported; supported: bh1, bh2")
-            return "unipc", {"solver_order": min(order, 3), "variant": fcfg["solver_type"]}, _unipc_orders
-        if fam == "DEISMultistepScheduler":
-            if fcfg["solver_type"] != "logrho" or fcfg["algorithm_type"] != "deis":
-                raise ValueError(
-                    f"DEISMultistepScheduler: algorithm_type={fcfg['algorithm_type']!r}, solver_type="
-                    f"{fcfg['solver_type']!r}; supported: 'deis' with 'logrho'"
-                )
-            # diffusers' "logrho" DEIS is log-rho AB-DEIS: diffsolve's deis with variable="log-sigma"
-            return "deis", {"solver_order": order, "variable": "log-sigma"}, _dpm_orders
-        raise AssertionError(fam)
+        return self.family.method(fcfg)
 
     # -- diffusers API ---------------------------------------------------------------------------
     @property
@@ -517,7 +492,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         elif num_inference_steps is None:
             raise ValueError("pass num_inference_steps (or timesteps= / sigmas=)")
         elif self.config.grid is not None:
-            sig = named_grid(
+            sig = make_grid(
                 self.config.grid, self.schedule, _steps(num_inference_steps), **(self.config.grid_options or {})
             )
         else:
@@ -664,10 +639,21 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
         """The forward process at ``timesteps`` in the sample's space: sqrt(abar) x0 + sqrt(1 - abar)
         noise in VP space (E8), x0 + sigma noise in the k-diffusion space."""
+        t = torch.as_tensor(timesteps, device="cpu").reshape(-1).to(torch.float64)
+        if self._ref is not None and self.space == "vp" and not torch.equal(t, t.round()):
+            # a multi-call solver's own timesteps on a DDIM/DDPM schedule fall between the training levels,
+            # which that scheduler's add_noise cannot index: the forward process at the call's own sigma (E8)
+            sig = torch.tensor([self._calls[self._index_for(float(v))][2] for v in t], dtype=torch.float64)
+            a = 1.0 / (1.0 + sig * sig)
+            view = (-1, *([1] * (original_samples.dim() - 1)))
+            sa = a.sqrt().to(original_samples.device, original_samples.dtype).reshape(view)
+            sb = (1 - a).sqrt().to(original_samples.device, original_samples.dtype).reshape(view)
+            return sa * original_samples + sb * noise
         if self._ref is not None:
             self._sync_ref()
+            if self.family.name in ("DDIMScheduler", "DDPMScheduler") and isinstance(timesteps, torch.Tensor):
+                timesteps = timesteps.round().long()  # they index alphas_cumprod (integral here)
             return self._ref.add_noise(original_samples, noise, timesteps)
-        t = torch.as_tensor(timesteps, device="cpu").reshape(-1).to(torch.float64)
         acp = self.alphas_cumprod.to(torch.float64)
         lo = t.floor().long().clamp(0, len(acp) - 1)
         hi = (lo + 1).clamp(max=len(acp) - 1)
@@ -712,16 +698,13 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         )
 
     def _new_solver(self, start: int = 0, steps: int | None = None, **override) -> Solver:
+        """The run's solver; with the emulated family's per-step orders (its ``lower_order_final`` /
+        ``euler_at_final`` rule over the whole schedule) as the solver's ``step_orders`` option."""
         opts = dict(self.solver_opts, **override)
-        cls = self.solver_class
         if self.orders_rule is not None:
-            cls = _with_orders(cls)
-        solver = cls(**opts)
-        if self.orders_rule is not None:
-            n = len(self._grid) - 1
-            rule = self.orders_rule(self.fcfg, n, start, self._grid[-1] == 0.0)
-            solver.__dict__["_ds_orders"] = rule[:steps] if steps is not None else rule
-        return solver
+            rule = self.orders_rule(self.fcfg, len(self._grid) - 1, start, self._grid[-1] == 0.0)
+            opts["step_orders"] = tuple(rule[:steps] if steps is not None else rule)
+        return self.solver_class(**opts)
 
     def _call_map(self, grid: list[float]) -> list[tuple[int, int, float]]:
         """(step, call within the step, sigma) of every model call of the solver on ``grid``,
@@ -733,13 +716,19 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                 return [(i, 0, grid[i]) for i in range(n)]
             if self.family.name == "HeunDiscreteScheduler":  # two calls per step, one on the step into 0
                 return [c for i in range(n) for c in [(i, 0, grid[i])] + ([(i, 1, grid[i + 1])] if grid[i + 1] else [])]
-        if getattr(cls, "adaptive", False):
+        if cls.legacy:
+            raise ValueError(
+                f"solver {self.solver_name!r} uses the first Solver contract (step(i, x) calling the model "
+                "itself), which a pipeline cannot feed one model output at a time: port it to the generator "
+                "step(i, x, state) (docs/plugins.md, 'Porting a solver')"
+            )
+        if cls.adaptive:
             raise DataDependentCallsError(
                 f"solver {self.solver_name!r} chooses where to call the model from the data (adaptive step "
                 "control), but a diffusers pipeline needs its timesteps before the first call; use a fixed-step "
                 "solver in pipelines, or diffsolve.sample with diffsolve.from_diffusers"
             )
-        if cls.step is Solver.step:
+        if cls.step is Solver.step or cls.run is not Solver.run:
             raise ValueError(
                 f"solver {self.solver_name!r} integrates the whole grid in run() and has no per-step step(), but a "
                 "diffusers pipeline hands over one model output at a time; use it through "
@@ -759,11 +748,11 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
 
             ode = self._ode(model, prediction="eps", transform=None).start_run(wants_denoised=False)
             solver = self._new_solver()
-            bind_and_setup(solver, ode, grid, lambda like: torch.zeros_like(like))
+            state = solver.init(ode, grid, lambda like: torch.zeros_like(like))
             x = torch.linspace(-1.5, 1.5, 4, dtype=torch.float64).reshape(1, 4)
             for i in range(n):
                 cur[0], cur[1] = i, 0
-                x, _ = solver.step(i, x)
+                x, _ = advance(solver.step(i, x, state), ode)
             patterns.append(seen)
         if patterns[0] != patterns[1]:
             raise DataDependentCallsError(
@@ -850,8 +839,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             ode = self._ode(lambda x, t, **_: out)
         view = ode.start_run(input_dtype=in_dtype, wants_denoised=True)
         solver = make_solver("ddim", **opts)
-        bind_and_setup(solver, view, [s_t, s_s], self._noise_fn(generator, variance_noise))
-        x_next, denoised = solver.step(0, xbar)
+        state = solver.init(view, [s_t, s_s], self._noise_fn(generator, variance_noise))
+        x_next, denoised = advance(solver.step(0, xbar, state), view)
         return self._from_xbar(x_next, s_s).to(in_dtype), denoised.to(in_dtype)
 
     # -- every other solver: one solver step per call ------------------------------------------------
@@ -890,19 +879,9 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                 f"eta={eta} given to step() after a run started with eta={run['eta']}: one eta per run "
                 "(it sets the solver's coefficients for the whole grid)"
             )
-        noise = self._noise_fn(generator, variance_noise)
+        run["draw"] = self._noise_fn(generator, variance_noise)  # the noise of this call's step
         in_dtype = sample.dtype
-        out = model_output.to(run["state"])
-        if j == 0:
-            run["x"] = self._to_xbar(sample.to(run["state"]), sigma)
-            run["points"] = [run["x"]]
-            run["outputs"] = [out]
-            run["noise"] = []
-            if self._calls_in_step(k) > 1:
-                run["snapshot"] = self._snapshot(run["solver"])
-        else:
-            run["outputs"].append(out)
-        run["draw"] = noise
+        run["out"] = model_output.to(run["dtype"])
         if i - run["start"] >= run["steps"]:
             if run["bad"] is not None:
                 a, b = run["bad"]
@@ -910,26 +889,56 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                     f"the schedule's sigmas repeat or increase ({a} then {b}): with this many steps "
                     f"some visit a level twice; use fewer than {len(self._grid) - 1} steps"
                 )
-            x_next, denoised = self._zero_length_step(run, out, sigma)
+            x_next, denoised = self._zero_length_step(run, self._to_xbar(sample.to(run["dtype"]), sigma), sigma)
             self._step_index = k + 1
             return self._from_xbar(x_next, sigma).to(in_dtype), denoised.to(in_dtype)
-        x_next, denoised, s_next = self._attempt(i - run["start"], k)
+        if j == 0:  # a new solver step, from the sample the pipeline holds (it may have edited it)
+            last = run.get("last")
+            if last is not None and sample is last[0] and sample._version == last[1]:
+                x = last[2]  # our own prev_sample, unchanged: continue from the solver's state, no round trip
+            else:
+                x = self._to_xbar(sample.to(run["dtype"]), sigma)
+            run["gen"] = run["solver"].step(i - run["start"], x, run["state"])
+            run["request"] = run["gen"].send(None)
+        x_req, s_req, _ = run["request"]
+        answer = run["view"].predict(x_req, s_req)  # this call's output, at the point the solver asked for
         self._step_index = k + 1
-        return self._from_xbar(x_next, s_next).to(in_dtype), (None if denoised is None else denoised.to(in_dtype))
+        try:
+            run["request"] = run["gen"].send(answer)
+        except StopIteration as stop:
+            if j + 1 != self._calls_in_step(k):
+                raise DataDependentCallsError(
+                    f"solver {self.solver_name!r} made {j + 1} model calls in step {i}, not the "
+                    f"{self._calls_in_step(k)} set_timesteps predicted"
+                ) from None
+            x_next, denoised = stop.value
+            s_next = run["state"].sigmas[i - run["start"] + 1]
+            prev = self._from_xbar(x_next, s_next).to(in_dtype)
+            # the next step continues from x_next itself when the pipeline hands prev back untouched
+            # (same tensor, no in-place edit since: its version counter), as diffsolve.sample would
+            run["last"] = (prev, prev._version, x_next)
+            return prev, (None if denoised is None else denoised.to(in_dtype))
+        if j + 1 >= self._calls_in_step(k):
+            raise DataDependentCallsError(
+                f"solver {self.solver_name!r} asks for more than the {j + 1} model calls in step {i} "
+                "that set_timesteps predicted"
+            )
+        # the step needs another call: the pipeline evaluates the model at the point it asks for next
+        x_mid, s_mid, _ = run["request"]
+        return self._from_xbar(x_mid, s_mid).to(in_dtype), answer[0].to(in_dtype)
 
-    def _zero_length_step(self, run, out, sigma):
+    def _zero_length_step(self, run, x, sigma):
         """A step from sigma to sigma at the end of the schedule leaves the sample where it is, except
         that UniPC's corrector (UniC, Zhao et al. 2023) still corrects the last step with the new
         output, as diffusers' UniPCMultistepScheduler does on that step."""
-        solver = run["solver"]
-        denoised, _ = self._ode(lambda x, t, **_: out).predict(run["x"], sigma)
-        x = run["x"]
-        corr = getattr(solver, "corr", None)
+        solver, state = run["solver"], run["state"]
+        denoised, _ = run["view"].predict(x, sigma)
+        corr = getattr(state, "corr", None)
         if getattr(solver, "corrector", False) and corr and run["steps"] > 0 and not run.get("corrected"):
             a_w = corr[run["steps"] - 1]
             if a_w is not None:
                 a, w = a_w
-                x = combine(a, solver.x_base, zip(w, [denoised] + solver.history))
+                x = combine(a, state.x_base, zip(w, [denoised] + state.history))
             run["corrected"] = True
         return x, denoised
 
@@ -965,72 +974,13 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             grid = grid[: cut + 1]
         in_dtype = sample.dtype
         state = state_dtype_for(in_dtype)
-        run: dict[str, Any] = {"start": i, "state": state, "steps": len(grid) - 1, "bad": bad, "eta": float(eta or 0.0)}
+        run: dict[str, Any] = {"start": i, "dtype": state, "steps": len(grid) - 1, "bad": bad, "eta": float(eta or 0.0)}
         over = {"eta": float(eta)} if eta and self.solver_name == "ddim" else {}
-
-        def model(x, t, **_):
-            c = run["calls"]
-            run["calls"] += 1
-            outs = run["outputs"]
-            if c >= len(outs):
-                raise _NeedModel(x, float(t[0]))
-            return outs[c]
-
-        def noise(like):
-            used = run["noise_used"]
-            run["noise_used"] += 1
-            if used == len(run["noise"]):
-                run["noise"].append(run["draw"](like))
-            return run["noise"][used]
-
-        view = self._ode(model).start_run(input_dtype=in_dtype, wants_denoised=True)
+        # the solver's model is the output of the pipeline's current call; its noise, the current call's
+        view = self._ode(lambda x, t, **_: run["out"]).start_run(input_dtype=in_dtype, wants_denoised=True)
         solver = self._new_solver(i, len(grid) - 1, **over)
-        bind_and_setup(solver, view, grid, noise)
-        run["solver"], run["view"] = solver, view
+        run.update(solver=solver, view=view, state=solver.init(view, grid, lambda like: run["draw"](like)))
         self._run = run
-
-    def _snapshot(self, solver: Solver) -> dict:
-        """A copy of the solver's state at the first call of a multi-call step. What setup made and no
-        tensor lives in (the grid, per-step coefficients) is shared, not copied, so a snapshot costs
-        the solver's history only, not the grid's length."""
-        memo = {id(solver.ode): solver.ode, id(solver.noise): solver.noise}
-        frozen = self._run.setdefault("frozen", {k for k, v in solver.__dict__.items() if _setup_constant(v)})
-        for k in frozen:
-            v = solver.__dict__.get(k)
-            memo[id(v)] = v
-        return copy.deepcopy(solver.__dict__, memo)
-
-    def _attempt(self, i: int, k: int):
-        """Step ``i`` of the run's solver with the outputs received for it so far: the solver's next
-        point and sigma if it needs another call, else the step's result."""
-        run = self._run
-        solver = run["solver"]
-        if "snapshot" in run and self._calls_in_step(k) > 1:
-            memo = {id(solver.ode): solver.ode, id(solver.noise): solver.noise}
-            for key in run.get("frozen", ()):
-                v = run["snapshot"].get(key)
-                memo[id(v)] = v
-            solver.__dict__.clear()
-            solver.__dict__.update(copy.deepcopy(run["snapshot"], memo))
-        run["calls"], run["noise_used"] = 0, 0
-        try:
-            x_next, denoised = solver.step(i, run["x"])
-        except _NeedModel as need:
-            s = need.sigma
-            xbar = need.x * math.sqrt(1.0 + s * s)  # the model's VP input back to xbar (E6)
-            # the denoised estimate of the call just answered, at the point it was made
-            c = len(run["outputs"]) - 1
-            out = run["outputs"][c]
-            denoised, _ = self._ode(lambda x, t, **_: out).predict(run["points"][c], self._calls[k][2])
-            run["points"].append(xbar)
-            return xbar, denoised, s
-        if run["calls"] != len(run["outputs"]):
-            raise DataDependentCallsError(
-                f"solver {self.solver_name!r} made {run['calls']} model calls in step "
-                f"{i}, not the {len(run['outputs'])} set_timesteps predicted"
-            )
-        run.pop("snapshot", None)
-        return x_next, denoised, solver.sigmas[i + 1]
 
     # -- construction ----------------------------------------------------------------------------------
     @classmethod
@@ -1051,6 +1001,17 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             full.update({k: v for k, v in cfg.items() if k in full})
             cfg.update(full)
         elif not chosen and name is not None and not issubclass(cls, _class_named(name)):
+            keys = _init_keys_of(name)
+            beta = bool(keys & {"beta_schedule", "trained_betas"})  # a DDPM training schedule native mode reads
+            spacing = sorted(k for k in _GRID_KEYS if k in cfg and cfg[k] != _default_of(name, k))
+            if not beta or spacing:
+                what = "its schedule is not a DDPM beta schedule" if not beta else f"its key(s) {spacing} set the grid"
+                raise ValueError(
+                    f"DiffsolveScheduler cannot reproduce {name} ({what}); supported: {', '.join(FAMILIES)}. "
+                    "Sample that model with diffsolve itself, which reads the whole config: "
+                    "ds.sample(ds.from_diffusers(model, scheduler.config), x_T, solver, "
+                    "sigmas=ds.diffusers_grid(scheduler.config, steps))"
+                )
             if kwargs.get("solver", cfg.get("solver")) is None:
                 raise ValueError(
                     f"DiffsolveScheduler cannot reproduce {name}; supported: {', '.join(FAMILIES)}. "
@@ -1060,8 +1021,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             # solver= replaces the source's method: its training schedule is read (native mode) and its
             # method's own keys (e.g. PNDM's skip_prk_steps) have nothing left to act on
             cfg["emulate"] = None
-            method_keys = _init_keys_of(name) - set(_NATIVE_DEFAULTS)
-            cfg = {k: v for k, v in cfg.items() if k not in method_keys}
+            cfg = {k: v for k, v in cfg.items() if k not in keys - set(_NATIVE_DEFAULTS)}
         own = set(inspect.signature(cls.__init__).parameters) - {"self"}
         # keyword overrides too, unless the caller collects the unused ones (from_pretrained's path)
         candidates = list(cfg) + ([] if return_unused_kwargs else list(kwargs))
@@ -1082,20 +1042,26 @@ def _class_named(name: str) -> type:
     return found if isinstance(found, type) else type("_Unknown", (), {})
 
 
+#: keys of a diffusers scheduler that shape its sigma grid (a method replaced by solver= cannot drop them)
+_GRID_KEYS = (
+    "use_karras_sigmas",
+    "use_exponential_sigmas",
+    "use_beta_sigmas",
+    "use_lu_lambdas",
+    "shift",
+    "use_flow_sigmas",
+)
+
+
+def _default_of(name: str, key: str):
+    param = inspect.signature(_class_named(name).__init__).parameters.get(key)
+    return None if param is None else param.default
+
+
 def _init_keys_of(name: str) -> set[str]:
     cls = _class_named(name)
     init = cls.__dict__.get("__init__") if "_Unknown" != cls.__name__ else None
     return set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"} if init is not None else set()
-
-
-def _setup_constant(value) -> bool:
-    """A non-empty container of Python numbers (nested lists/tuples), as setup leaves grids and
-    coefficients: treated as constant for the run (solvers do not mutate them in a step)."""
-    if isinstance(value, (list, tuple)):
-        return len(value) > 0 and all(
-            _setup_constant(v) or isinstance(v, (int, float, bool, type(None))) for v in value
-        )
-    return False
 
 
 def _family_of_keys(cfg) -> str | None:

@@ -36,6 +36,13 @@ the history instead (a line in sigma or sigma^2, or an eps line in sigma integra
 * ``"lower-order"``: the k-th step from the end uses order <= k (DPM-Solver's ``lower_order_final``);
 * ``"auto"``: ``"lower-order"`` on grids of fewer than 15 steps, else ``"denoise"``.
 
+``step_orders`` (a sequence with one order per grid step) replaces that rule when a caller knows
+the orders it wants: :class:`diffsolve.DiffsolveScheduler` passes diffusers' ``lower_order_final`` /
+``euler_at_final`` orders of the emulated scheduler, whose "fewer than 15 steps" counts the whole
+schedule, not the part a run starting mid-schedule (img2img) integrates. The step into sigma = 0
+stays the denoising step E27; an order above the method's, or above the history a multistep
+method has at that step (i + 1), is an error.
+
 The defaults (``"auto"`` for the multistep solvers, ``"denoise"`` for the singlestep ones) and the
 measurements behind them are in docs/benchmarks.md, "Measurements behind the defaults". For order
 <= 2 on a grid ending at 0 the options coincide.
@@ -141,21 +148,48 @@ class ExponentialSolver(Solver):
     """Base of the log-SNR solvers: the ``final_step`` option and the lambda grid.
 
     Subclasses set ``form`` ("data": combine denoised D, "noise": combine eps) and call
-    :meth:`setup` to get ``self.lam`` (lambda per grid point), ``self.h`` (per step) and
-    ``self.orders`` (:func:`step_orders`).
+    :meth:`init` to get a run state with ``state.lam`` (lambda per grid point), ``state.h`` (per
+    step) and ``state.orders`` (:func:`step_orders`). They all continue from the renoised state
+    after each model evaluation (``renoise_ok``).
     """
 
     form = "data"
     multistep = True
+    renoise_ok = True
 
-    def __init__(self, *, final_step: str = "auto"):
+    def __init__(self, *, final_step: str = "auto", step_orders: Sequence[int] | None = None):
         self.final_step = check_choice("final_step", final_step, FINAL_STEPS)
+        if step_orders is not None:
+            try:
+                step_orders = tuple(step_orders)
+            except TypeError:
+                raise ValueError(f"step_orders must be None or a sequence of orders, got {step_orders!r}") from None
+            if not all(isinstance(p, int) and not isinstance(p, bool) and p >= 1 for p in step_orders):
+                raise ValueError(f"step_orders must hold integers >= 1 (one per grid step), got {step_orders!r}")
+        self.step_orders = step_orders
 
-    def setup(self, ode, sigmas, noise):
-        super().setup(ode, sigmas, noise)
-        self.lam = [log_snr(s) for s in self.sigmas]
-        self.h = [b - a for a, b in zip(self.lam[:-1], self.lam[1:])]
-        self.orders = step_orders(self.sigmas, self.max_order, self.final_step, self.multistep)
+    def init(self, ode, sigmas, noise):
+        state = super().init(ode, sigmas, noise)
+        state.lam = [log_snr(s) for s in state.sigmas]
+        state.h = [b - a for a, b in zip(state.lam[:-1], state.lam[1:])]
+        state.orders = step_orders(state.sigmas, self.max_order, self.final_step, self.multistep)
+        if self.step_orders is not None:
+            state.orders = self._given_orders(state.orders)
+        return state
+
+    def _given_orders(self, rule: list[int]) -> list[int]:
+        """The ``step_orders`` option on this grid (0, the denoising step into sigma = 0, kept)."""
+        given = self.step_orders
+        if len(given) != len(rule):
+            raise ValueError(f"step_orders has {len(given)} entries for a grid of {len(rule)} steps: give one per step")
+        for i, p in enumerate(given):
+            cap = min(self.max_order, i + 1) if self.multistep else self.max_order
+            if p > cap:
+                raise ValueError(
+                    f"step_orders[{i}] = {p}: step {i} of {self.name!r} can take order {cap} at most "
+                    "(the method's order, and a multistep method's history at that step)"
+                )
+        return [0 if r == 0 else p for r, p in zip(rule, given)]
 
     @property
     def max_order(self) -> int:

@@ -45,30 +45,32 @@ class BDIA(ReversibleSolver):
         self.gamma = check_real("gamma", gamma, low=0.0, high=1.0)
         self.space = check_choice("space", space, SPACES)
 
-    def setup(self, ode, sigmas, noise):
-        super().setup(ode, sigmas, noise)
-        sig, scale = self.sigmas, ode.schedule.scale
+    def init(self, ode, sigmas, noise):
+        state = super().init(ode, sigmas, noise)
+        sig, scale = state.sigmas, ode.schedule.scale
         # g[i] couples xbar_{i-1} into the step i -> i+1 (unused at i = 0)
-        self.g = [0.0] + [
+        state.g = [0.0] + [
             self.gamma * (scale(sig[i - 1]) / scale(sig[i + 1]) if self.space == "model" else 1.0)
             for i in range(1, len(sig) - 1)
         ]
-        self.prev: torch.Tensor | None = None  # xbar_{i-1}
-        self.last: torch.Tensor | None = None  # xbar_i after the last step
+        state.prev: torch.Tensor | None = None  # xbar_{i-1}
+        state.last: torch.Tensor | None = None  # xbar_i after the last step
+        return state
 
-    def step(self, i, x):
-        s_prev, s_t, s_next = self.sigmas[i - 1] if i else None, self.sigmas[i], self.sigmas[i + 1]
-        denoised, eps = self.ode.predict(x, s_t)
+    def step(self, i, x, state):
+        sig = state.sigmas
+        s_prev, s_t, s_next = sig[i - 1] if i else None, sig[i], sig[i + 1]
+        denoised, eps = yield x, s_t, True
         x_next = x + (s_next - s_t) * eps
-        if i and self.g[i] != 0.0:
-            x_next = x_next + self.g[i] * (self.prev - (x + (s_prev - s_t) * eps))
-        self.prev, self.last = x, x_next
+        if i and state.g[i] != 0.0:
+            x_next = x_next + state.g[i] * (state.prev - (x + (s_prev - s_t) * eps))
+        state.prev, state.last = x, x_next
         return x_next, denoised
 
-    def unstep(self, i: int, x: torch.Tensor, x_next: torch.Tensor) -> torch.Tensor:
+    def unstep(self, i: int, x: torch.Tensor, x_next: torch.Tensor, state):
         """Undo :meth:`step` ``i`` (i >= 1): from xbar_i and xbar_{i+1}, return xbar_{i-1} exactly."""
-        if i < 1 or self.g[i] == 0.0:
+        if i < 1 or state.g[i] == 0.0:
             raise ValueError(f"step {i} of bdia (gamma={self.gamma}) is a DDIM step and has no exact inverse")
-        s_prev, s_t, s_next = self.sigmas[i - 1], self.sigmas[i], self.sigmas[i + 1]
-        _, eps = self.ode.predict(x, s_t)
-        return x + (s_prev - s_t) * eps + (x_next - (x + (s_next - s_t) * eps)) / self.g[i]
+        s_prev, s_t, s_next = state.sigmas[i - 1], state.sigmas[i], state.sigmas[i + 1]
+        _, eps = yield x, s_t, True
+        return x + (s_prev - s_t) * eps + (x_next - (x + (s_next - s_t) * eps)) / state.g[i]

@@ -37,6 +37,7 @@ class DDIM(Solver):
     name = "ddim"
     order = 1
     calls_per_step = 1
+    renoise_ok = True
 
     def __init__(self, *, eta: float = 0.0, variance: str = "eta"):
         self.eta = eta = check_eta(eta, clamp_up=False)
@@ -45,26 +46,30 @@ class DDIM(Solver):
         self.stochastic = eta > 0 or variance == "large"
         self.invertible = not self.stochastic
 
-    def setup(self, ode, sigmas, noise):
-        super().setup(ode, sigmas, noise)
+    def init(self, ode, sigmas, noise):
+        state = super().init(ode, sigmas, noise)
         # float64 coefficients per step: x_next = x + c_eps * eps + c_noise * z
-        self.c_eps, self.c_noise = [], []
-        for s_t, s_s in zip(self.sigmas[:-1], self.sigmas[1:]):
+        state.c_eps, state.c_noise = [], []
+        for s_t, s_s in zip(state.sigmas[:-1], state.sigmas[1:]):
             # nu := 0 on upward (encoding) steps (pitfall 10); for eta > 1 the radicand
             # sigma_s^2 - nubar^2 is clamped at 0 and nubar kept (E18 read literally)
             eta = 1.0 if self.variance == "large" else self.eta
             sigma_down, nubar = ancestral_split(s_t, s_s, eta, clamp_up=False)
             if self.variance == "large" and s_s < s_t:  # sigma-hat (E25): eta = 1's mean, larger noise
                 nubar = math.sqrt((s_t**2 - s_s**2) * (1 + s_s**2) / (1 + s_t**2)) if s_s > 0 else 0.0
-            self.c_eps.append(sigma_down - s_t)
-            self.c_noise.append(nubar)
+            state.c_eps.append(sigma_down - s_t)
+            state.c_noise.append(nubar)
+        return state
 
-    def step(self, i, x):
-        s_t, s_s = self.sigmas[i], self.sigmas[i + 1]
-        denoised, eps = self.ode.evaluate(x, s_t, need_denoised=s_s == 0)
+    def step(self, i, x, state):
+        s_t, s_s = state.sigmas[i], state.sigmas[i + 1]
+        denoised, eps = yield x, s_t, s_s == 0
         if s_s == 0:
             return denoised, denoised  # E27: the last step is the x0-prediction
-        x_next = torch.add(x, eps, alpha=self.c_eps[i])  # one fused kernel: x + c * eps
-        if self.c_noise[i] > 0:
-            x_next = torch.add(x_next, self.noise(x), alpha=self.c_noise[i])
+        # renoising predictions (CFG++, DDNM): continue from D + sigma_t eps, so that
+        # x_next = D + sigma_down eps (docs/math.md, "Renoising predictions")
+        x = state.ode.renoised(x, denoised, eps, s_t)
+        x_next = torch.add(x, eps, alpha=state.c_eps[i])  # one fused kernel: x + c * eps
+        if state.c_noise[i] > 0:
+            x_next = torch.add(x_next, state.noise(x), alpha=state.c_noise[i])
         return x_next, denoised

@@ -26,6 +26,8 @@ more steps to reach its asymptotic order on a log-SNR grid.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -44,43 +46,53 @@ class DEIS(ExponentialSolver):
     calls_per_step = 1
     form = "noise"
 
-    def __init__(self, *, solver_order: int = 3, variable: str = "t", final_step: str = "auto"):
-        super().__init__(final_step=final_step)
+    def __init__(
+        self,
+        *,
+        solver_order: int = 3,
+        variable: str = "t",
+        final_step: str = "auto",
+        step_orders: Sequence[int] | None = None,
+    ):
+        super().__init__(final_step=final_step, step_orders=step_orders)
         self.order = check_int("solver_order", solver_order, (1, 2, 3))
         self.variable = check_choice("variable", variable, VARIABLES)
 
-    def setup(self, ode, sigmas, noise):
-        super().setup(ode, sigmas, noise)
+    def init(self, ode, sigmas, noise):
+        state = super().init(ode, sigmas, noise)
         if self.variable != "log-sigma":  # v at the grid and at every step's quadrature points, in one call
-            n = len(self.h)
-            x, self.gauss_w = np.polynomial.legendre.leggauss(_GAUSS_POINTS)
+            n = len(state.h)
+            x, state.gauss_w = np.polynomial.legendre.leggauss(_GAUSS_POINTS)
             lam = np.array(
-                [self.lam[i] + self.h[i] * (x + 1) / 2 if self.orders[i] else np.zeros_like(x) for i in range(n)]
+                [state.lam[i] + state.h[i] * (x + 1) / 2 if state.orders[i] else np.zeros_like(x) for i in range(n)]
             )
-            self.gauss_sigma = np.exp(-lam)
-            every = np.concatenate([np.asarray(self.sigmas), self.gauss_sigma.ravel()])
+            state.gauss_sigma = np.exp(-lam)
+            every = np.concatenate([np.asarray(state.sigmas), state.gauss_sigma.ravel()])
             if self.variable == "t":
                 every = ode.schedule.t(torch.from_numpy(every)).numpy()
-            self.v, self.gauss_v = every[: n + 1], every[n + 1 :].reshape(n, -1)
-        self.coef = [self._coefficients(i, p) if p else None for i, p in enumerate(self.orders)]
-        self.history = []
+            state.v, state.gauss_v = every[: n + 1], every[n + 1 :].reshape(n, -1)
+        state.coef = [self._coefficients(state, i, p) if p else None for i, p in enumerate(state.orders)]
+        state.history = []
+        return state
 
-    def _coefficients(self, i: int, p: int) -> list[float]:
-        h = self.h[i]
+    def _coefficients(self, state, i: int, p: int) -> list[float]:
+        h = state.h[i]
         if self.variable == "log-sigma":
-            nodes = [(self.lam[i - j] - self.lam[i]) / h for j in range(p)]
-            return poly_weights(nodes, moments(h, p, "noise", self.sigmas[i + 1]))
-        v, nodes = self.gauss_v[i], [float(self.v[i - j]) for j in range(p)]
+            nodes = [(state.lam[i - j] - state.lam[i]) / h for j in range(p)]
+            return poly_weights(nodes, moments(h, p, "noise", state.sigmas[i + 1]))
+        v, nodes = state.gauss_v[i], [float(state.v[i - j]) for j in range(p)]
         out = []
         for j in range(p):
             basis = np.prod([(v - nodes[k]) / (nodes[j] - nodes[k]) for k in range(p) if k != j], axis=0)
-            out.append(float(-(h / 2) * np.sum(self.gauss_w * self.gauss_sigma[i] * basis)))
+            out.append(float(-(h / 2) * np.sum(state.gauss_w * state.gauss_sigma[i] * basis)))
         return out
 
-    def step(self, i, x):
-        denoised, eps = self.ode.predict(x, self.sigmas[i])
-        if self.coef[i] is None:
+    def step(self, i, x, state):
+        s_t = state.sigmas[i]
+        denoised, eps = yield x, s_t, True
+        if state.coef[i] is None:
             return denoised, denoised  # E27: the step into sigma = 0
-        self.history.insert(0, eps)
-        del self.history[self.order :]
-        return combine(1.0, x, zip(self.coef[i], self.history)), denoised
+        x = state.ode.renoised(x, denoised, eps, s_t)
+        state.history.insert(0, eps)
+        del state.history[self.order :]
+        return combine(1.0, x, zip(state.coef[i], state.history)), denoised

@@ -33,12 +33,12 @@ from .base import Solver
 from .heun import Heun
 
 
-def midpoint_step(ode, x: torch.Tensor, s_from: float, s_to: float, denoised_eps=None):
-    """The DPM-2 move from s_from to s_to > 0 (two calls, or one if (denoised, eps) at s_from is given)."""
-    _, eps = denoised_eps if denoised_eps is not None else ode.predict(x, s_from)
+def midpoint_step(x: torch.Tensor, s_from: float, s_to: float, eps: torch.Tensor):
+    """The DPM-2 move from s_from to s_to > 0, given eps at (x, s_from): one model request."""
     s_mid = math.sqrt(s_from * s_to)
     u = torch.add(x, eps, alpha=s_mid - s_from)
-    return torch.add(x, ode.eps(u, s_mid), alpha=s_to - s_from)
+    _, eps_mid = yield u, s_mid, False
+    return torch.add(x, eps_mid, alpha=s_to - s_from)
 
 
 class DPM2(Heun):
@@ -48,14 +48,15 @@ class DPM2(Heun):
     order = 2
     calls_per_step = 2
 
-    def step(self, i, x):
-        s_hat, s_next = self.sigma_hat[i], self.sigmas[i + 1]
-        if self.c_noise[i] > 0:
-            x = x + self.c_noise[i] * self.noise(x)
-        denoised, eps = self.ode.predict(x, s_hat)
+    def step(self, i, x, state):
+        s_hat, s_next = state.sigma_hat[i], state.sigmas[i + 1]
+        if state.c_noise[i] > 0:
+            x = x + state.c_noise[i] * state.noise(x)
+        denoised, eps = yield x, s_hat, True
         if s_next == 0:
             return denoised, denoised  # Euler on the last step: E27
-        return midpoint_step(self.ode, x, s_hat, s_next, (denoised, eps)), denoised
+        x = state.ode.renoised(x, denoised, eps, s_hat)
+        return (yield from midpoint_step(x, s_hat, s_next, eps)), denoised
 
 
 class DPM2Ancestral(Solver):
@@ -66,21 +67,24 @@ class DPM2Ancestral(Solver):
     calls_per_step = 2
     stochastic = True
     invertible = False
+    renoise_ok = True
 
     def __init__(self, *, eta: float = 1.0, s_noise: float = 1.0):
         set_noise_options(self, eta, s_noise)
 
-    def setup(self, ode, sigmas, noise):
-        super().setup(ode, sigmas, noise)
-        self.split = [ancestral_split(a, b, self.eta) for a, b in zip(self.sigmas[:-1], self.sigmas[1:])]
+    def init(self, ode, sigmas, noise):
+        state = super().init(ode, sigmas, noise)
+        state.split = [ancestral_split(a, b, self.eta) for a, b in zip(state.sigmas[:-1], state.sigmas[1:])]
+        return state
 
-    def step(self, i, x):
-        s_t = self.sigmas[i]
-        down, up = self.split[i]
-        denoised, eps = self.ode.predict(x, s_t)
+    def step(self, i, x, state):
+        s_t = state.sigmas[i]
+        down, up = state.split[i]
+        denoised, eps = yield x, s_t, True
+        x = state.ode.renoised(x, denoised, eps, s_t)
         # Euler to sigma_down = 0 is the denoised estimate (E27); the noise then still restores
         # sigma_s (k-diffusion adds none there, which happens only for eta > 1 where sigma_up = sigma_s)
-        x = midpoint_step(self.ode, x, s_t, down, (denoised, eps)) if down > 0 else denoised
+        x = (yield from midpoint_step(x, s_t, down, eps)) if down > 0 else denoised
         if up > 0 and self.s_noise > 0:
-            x = torch.add(x, self.noise(x), alpha=self.s_noise * up)
+            x = torch.add(x, state.noise(x), alpha=self.s_noise * up)
         return x, denoised

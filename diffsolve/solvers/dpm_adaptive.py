@@ -94,8 +94,6 @@ class DPMSolverAdaptive(Solver):
         if not all(math.isfinite(c) for c in self.pid):
             raise ValueError(f"pcoeff, icoeff, dcoeff must be finite, got {self.pid}")
         self.accept_safety = _positive("accept_safety", accept_safety)
-        #: filled by run(): attempted, accepted, rejected steps and model calls
-        self.info = {"steps": 0, "n_accept": 0, "n_reject": 0, "nfe": 0}
 
     # one attempted step: x_low, x_high of (X3) in the noise form
     def _stage(self, x, eps_list, s_from, c, h, nodes, shortcut=False):
@@ -107,61 +105,62 @@ class DPMSolverAdaptive(Solver):
             mom[1] = mom[0] / 2
         return combine(1.0, x, zip(poly_weights(nodes, mom), eps_list)), s_end
 
-    def _attempt(self, x, s_from, h):
-        _, e0 = self.ode.predict(x, s_from)
+    def _attempt(self, ode, x, s_from, h):
+        _, e0 = ode.predict(x, s_from)
         if self.method_order == 2:
             low, _ = self._stage(x, [e0], s_from, 1.0, h, [0.0])
             u1, s1 = self._stage(x, [e0], s_from, 0.5, h, [0.0])
-            e1 = self.ode.eps(u1, s1)
+            e1 = ode.eps(u1, s1)
             high, _ = self._stage(x, [e0, e1], s_from, 1.0, h, [0.0, 0.5], shortcut=True)
             return low, high, e0
         u1, s1 = self._stage(x, [e0], s_from, 1 / 3, h, [0.0])
-        e1 = self.ode.eps(u1, s1)
+        e1 = ode.eps(u1, s1)
         low, _ = self._stage(x, [e0, e1], s_from, 1.0, h, [0.0, 1 / 3], shortcut=True)
         u2, s2 = self._stage(x, [e0, e1], s_from, 2 / 3, h, [0.0, 0.5])
-        e2 = self.ode.eps(u2, s2)
+        e2 = ode.eps(u2, s2)
         high, _ = self._stage(x, [e0, e2], s_from, 1.0, h, [0.0, 2 / 3])
         return low, high, e0
 
-    def _integrate(self, x, s, end, forward, pid):
+    def _integrate(self, state, x, s, end, forward, pid):
         """Adaptive steps from lambda = s to lambda = end (the last step clipped to land there)."""
         denoised = None
         while (s < end - 1e-5) if forward else (s > end + 1e-5):
             t = min(end, s + pid.h) if forward else max(end, s + pid.h)
-            low, high, e0 = self._attempt(x, math.exp(-s), t - s)
-            delta = torch.clamp(self.rtol * torch.maximum(low.abs(), self._x_prev.abs()), min=self.atol)
+            low, high, e0 = self._attempt(state.ode, x, math.exp(-s), t - s)
+            delta = torch.clamp(self.rtol * torch.maximum(low.abs(), state.x_prev.abs()), min=self.atol)
             error = float(torch.linalg.vector_norm((low - high) / delta)) / math.sqrt(x.numel())
             if not math.isfinite(error):
                 raise FloatingPointError(f"dpm-adaptive: non-finite error estimate at sigma = {math.exp(-s):.6g}")
-            self.info["steps"] += 1
-            self.info["nfe"] += self.method_order
+            state.info["steps"] += 1
+            state.info["nfe"] += self.method_order
             if pid.propose(error):
                 denoised = x - math.exp(-s) * e0
-                self._x_prev, x, s = low, high, t
-                self.info["n_accept"] += 1
+                state.x_prev, x, s = low, high, t
+                state.info["n_accept"] += 1
             else:
-                self.info["n_reject"] += 1
+                state.info["n_reject"] += 1
         return x, denoised
 
-    def run(self, x, after_step):
-        self.info = {"steps": 0, "n_accept": 0, "n_reject": 0, "nfe": 0}
-        sig = self.sigmas
+    def run(self, x, after_step, state):
+        #: attempted, accepted, rejected steps and model calls of this run
+        state.info = {"steps": 0, "n_accept": 0, "n_reject": 0, "nfe": 0}
+        sig = state.sigmas
         n = len(sig) - 1
         lam = [log_snr(s) for s in sig]
         forward = n > 0 and sig[-1] < sig[0]
         pid = PIDController(self.h_init if forward else -self.h_init, *self.pid, self.method_order, self.accept_safety)
-        self._x_prev = x
+        state.x_prev = x
         for i in range(n):
             if sig[i + 1] == 0:  # down to the model's smallest level, then the denoising step E27
-                lo = float(self.ode.schedule.sigma_min)
+                lo = float(state.ode.schedule.sigma_min)
                 s_last = sig[i]
                 if 0 < lo < sig[i]:
-                    x, _ = self._integrate(x, lam[i], log_snr(lo), forward, pid)
+                    x, _ = self._integrate(state, x, lam[i], log_snr(lo), forward, pid)
                     s_last = lo
-                denoised, _ = self.ode.predict(x, s_last)
+                denoised, _ = state.ode.predict(x, s_last)
                 x = denoised
                 after_step(i, x, denoised)
                 continue
-            x, denoised = self._integrate(x, lam[i], lam[i + 1], forward, pid)
+            x, denoised = self._integrate(state, x, lam[i], lam[i + 1], forward, pid)
             after_step(i, x, denoised if denoised is not None else x)
         return x

@@ -16,6 +16,7 @@ a second-order step and converges with order 3.
 
 from __future__ import annotations
 
+from ._exponential import ExponentialSolver
 from .dpm_solver import _Singlestep
 
 
@@ -33,7 +34,7 @@ class DPMSolverFast(_Singlestep):
             raise ValueError(f"nfe must be None or an integer >= 1, got {nfe!r}")
         self.nfe = nfe
 
-    def setup(self, ode, sigmas, noise):
+    def init(self, ode, sigmas, noise):
         k = sum(1 for s in list(sigmas)[1:] if s > 0)  # positive steps (the step into 0 denoises)
         if k:
             n = (3 * k - 3 if k > 1 else 2) if self.nfe is None else self.nfe
@@ -43,10 +44,9 @@ class DPMSolverFast(_Singlestep):
                     f"nfe={self.nfe} does not fit a grid of {k} positive steps "
                     f"(K = floor(nfe/3) + 1); allowed: {', '.join(map(str, allowed))}"
                 )
-            self._fast_orders = [3] * (k - 2) + [2, 1] if n % 3 == 0 else [3] * (k - 1) + [n % 3]
+            fast_orders = [3] * (k - 2) + [2, 1] if n % 3 == 0 else [3] * (k - 1) + [n % 3]
         else:
-            self._fast_orders = []
-        super().setup(ode, sigmas, noise)
-
-    def _plan(self, i, p):
-        return super()._plan(i, self._fast_orders[i])
+            fast_orders = []
+        state = ExponentialSolver.init(self, ode, sigmas, noise)
+        state.plan = [self._plan(state, i, fast_orders[i]) if p else None for i, p in enumerate(state.orders)]
+        return state

@@ -33,9 +33,10 @@ class _Singlestep(ExponentialSolver):
     def __init__(self, *, final_step: str = "denoise"):
         super().__init__(final_step=final_step)
 
-    def setup(self, ode, sigmas, noise):
-        super().setup(ode, sigmas, noise)
-        self.plan = [self._plan(i, p) if p else None for i, p in enumerate(self.orders)]
+    def init(self, ode, sigmas, noise):
+        state = super().init(ode, sigmas, noise)
+        state.plan = [self._plan(state, i, p) if p else None for i, p in enumerate(state.orders)]
+        return state
 
     def _substep(self, s_t: float, h: float, nodes, second_order_shortcut=False):
         """(sigma at the end, a, weights) of one (X3) step of size h from s_t through ``nodes``."""
@@ -45,8 +46,8 @@ class _Singlestep(ExponentialSolver):
             mom[1] = mom[0] / 2
         return s_end, (s_end / s_t if self.form == "data" else 1.0), poly_weights(nodes, mom)
 
-    def _plan(self, i: int, p: int) -> list:
-        s_t, h = self.sigmas[i], self.h[i]
+    def _plan(self, state, i: int, p: int) -> list:
+        s_t, h = state.sigmas[i], state.h[i]
         if p == 1:
             return [self._substep(s_t, h, [0.0])]
         if p == 2:
@@ -57,18 +58,22 @@ class _Singlestep(ExponentialSolver):
         return [
             self._substep(s_t, c1 * h, [0.0]),
             self._substep(s_t, c2 * h, [0.0, c1 / c2]),
-            (self.sigmas[i + 1], a, [w0, 0.0, w2]),
+            (state.sigmas[i + 1], a, [w0, 0.0, w2]),
         ]
 
-    def step(self, i, x):
-        denoised, eps = self.ode.predict(x, self.sigmas[i])
-        if self.plan[i] is None:
+    def step(self, i, x, state):
+        s_t = state.sigmas[i]
+        denoised, eps = yield x, s_t, True
+        if state.plan[i] is None:
             return denoised, denoised  # E27: the step into sigma = 0
+        x = state.ode.renoised(x, denoised, eps, s_t)
         outs = [self.output(denoised, eps)]
-        *stages, (_, a, w) = self.plan[i]
+        *stages, (_, a, w) = state.plan[i]
         for s_j, a_j, w_j in stages:
             u = combine(a_j, x, zip(w_j, outs))
-            outs.append(self.output(*self.ode.predict(u, s_j)))
+            d_j, eps_j = yield u, s_j, True
+            # a stage's own renoised state enters no later combination: only its output does
+            outs.append(self.output(d_j, eps_j))
         return combine(a, x, zip(w, outs)), denoised
 
 

@@ -24,6 +24,8 @@ grids of < 15 steps (measured in docs/benchmarks.md, "Measurements behind the de
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ._exponential import ExponentialSolver, combine, moments, poly_weights
 from .base import check_choice
 
@@ -34,19 +36,22 @@ WEIGHTS = ("exact", "reference")
 class _Multistep(ExponentialSolver):
     calls_per_step = 1
 
-    def __init__(self, *, solver_type: str = "midpoint", final_step: str = "auto"):
-        super().__init__(final_step=final_step)
+    def __init__(
+        self, *, solver_type: str = "midpoint", final_step: str = "auto", step_orders: Sequence[int] | None = None
+    ):
+        super().__init__(final_step=final_step, step_orders=step_orders)
         self.solver_type = check_choice("solver_type", solver_type, SOLVER_TYPES)
         self.weights = "exact"
 
-    def setup(self, ode, sigmas, noise):
-        super().setup(ode, sigmas, noise)
-        self.coef = [self._coefficients(i, p) if p else None for i, p in enumerate(self.orders)]
-        self.history = []
+    def init(self, ode, sigmas, noise):
+        state = super().init(ode, sigmas, noise)
+        state.coef = [self._coefficients(state, i, p) if p else None for i, p in enumerate(state.orders)]
+        state.history = []
+        return state
 
-    def _coefficients(self, i: int, p: int) -> tuple[float, list[float]]:
-        h, s_t, s_s = self.h[i], self.sigmas[i], self.sigmas[i + 1]
-        nodes = [(self.lam[i - j] - self.lam[i]) / h for j in range(p)]
+    def _coefficients(self, state, i: int, p: int) -> tuple[float, list[float]]:
+        h, s_t, s_s = state.h[i], state.sigmas[i], state.sigmas[i + 1]
+        nodes = [(state.lam[i - j] - state.lam[i]) / h for j in range(p)]
         mom = moments(h, p, self.form, s_s)
         if p == 2 and self.solver_type == "midpoint":
             mom[1] = mom[0] / 2
@@ -54,14 +59,16 @@ class _Multistep(ExponentialSolver):
             mom[2] = mom[2] / 2  # the reference code's h phi_3 on the second difference
         return (s_s / s_t if self.form == "data" else 1.0), poly_weights(nodes, mom)
 
-    def step(self, i, x):
-        denoised, eps = self.ode.predict(x, self.sigmas[i])
-        if self.coef[i] is None:
+    def step(self, i, x, state):
+        s_t = state.sigmas[i]
+        denoised, eps = yield x, s_t, True
+        if state.coef[i] is None:
             return denoised, denoised  # E27: the step into sigma = 0
-        self.history.insert(0, self.output(denoised, eps))
-        del self.history[self.order :]
-        a, w = self.coef[i]
-        return combine(a, x, zip(w, self.history)), denoised
+        x = state.ode.renoised(x, denoised, eps, s_t)
+        state.history.insert(0, self.output(denoised, eps))
+        del state.history[self.order :]
+        a, w = state.coef[i]
+        return combine(a, x, zip(w, state.history)), denoised
 
 
 class DPMSolverPP2M(_Multistep):
@@ -72,8 +79,15 @@ class DPMSolverPP2M(_Multistep):
 
 
 class _ThirdOrder(_Multistep):
-    def __init__(self, *, solver_type: str = "midpoint", final_step: str = "auto", weights: str = "exact"):
-        super().__init__(solver_type=solver_type, final_step=final_step)
+    def __init__(
+        self,
+        *,
+        solver_type: str = "midpoint",
+        final_step: str = "auto",
+        weights: str = "exact",
+        step_orders: Sequence[int] | None = None,
+    ):
+        super().__init__(solver_type=solver_type, final_step=final_step, step_orders=step_orders)
         self.weights = check_choice("weights", weights, WEIGHTS)
 
 

@@ -33,32 +33,36 @@ class DPMSolverPP2SAncestral(Solver):
     calls_per_step = 2
     stochastic = True
     invertible = False
+    renoise_ok = True
 
     def __init__(self, *, eta: float = 1.0, s_noise: float = 1.0):
         set_noise_options(self, eta, s_noise)
 
-    def setup(self, ode, sigmas, noise):
-        super().setup(ode, sigmas, noise)
-        self.plan = []
-        for s_t, s_s in zip(self.sigmas[:-1], self.sigmas[1:]):
+    def init(self, ode, sigmas, noise):
+        state = super().init(ode, sigmas, noise)
+        state.plan = []
+        for s_t, s_s in zip(state.sigmas[:-1], state.sigmas[1:]):
             down, up = ancestral_split(s_t, s_s, self.eta)
             if down == 0:
-                self.plan.append((0.0, None, None, up))
+                state.plan.append((0.0, None, None, up))
                 continue
             h = math.log(s_t / down)
             s_m = math.sqrt(s_t * down)
             # (sigma_m, (a, w) to the midpoint, (a, w) to sigma_down, sigma_up); w = -expm1(-c h)
-            self.plan.append((s_m, (s_m / s_t, -math.expm1(-h / 2)), (down / s_t, -math.expm1(-h)), up))
+            state.plan.append((s_m, (s_m / s_t, -math.expm1(-h / 2)), (down / s_t, -math.expm1(-h)), up))
+        return state
 
-    def step(self, i, x):
-        s_m, to_mid, to_down, up = self.plan[i]
-        denoised, _ = self.ode.predict(x, self.sigmas[i])
+    def step(self, i, x, state):
+        s_m, to_mid, to_down, up = state.plan[i]
+        s_t = state.sigmas[i]
+        denoised, eps = yield x, s_t, True
+        x = state.ode.renoised(x, denoised, eps, s_t)
         if to_mid is None:
             x_next = denoised  # sigma_down = 0: the denoising step E27
         else:
             u = combine(to_mid[0], x, [(to_mid[1], denoised)])
-            d_mid, _ = self.ode.predict(u, s_m)
+            d_mid, _ = yield u, s_m, True
             x_next = combine(to_down[0], x, [(to_down[1], d_mid)])
         if up > 0 and self.s_noise > 0:
-            x_next = torch.add(x_next, self.noise(x), alpha=self.s_noise * up)
+            x_next = torch.add(x_next, state.noise(x), alpha=self.s_noise * up)
         return x_next, denoised

@@ -20,6 +20,7 @@ exact weights). The step into sigma = 0 is the denoising step E27 (no noise: sig
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from ._exponential import moments, poly_weights
 from .base import check_choice, check_real
@@ -34,19 +35,27 @@ class DPMSolverPP3MSDE(_MultistepSDE):
     order = 3
     calls_per_step = 1
 
-    def __init__(self, *, eta: float = 1.0, s_noise: float = 1.0, weights: str = "exact", final_step: str = "auto"):
-        super().__init__(eta=eta, final_step=final_step)
+    def __init__(
+        self,
+        *,
+        eta: float = 1.0,
+        s_noise: float = 1.0,
+        weights: str = "exact",
+        final_step: str = "auto",
+        step_orders: Sequence[int] | None = None,
+    ):
+        super().__init__(eta=eta, final_step=final_step, step_orders=step_orders)
         self.s_noise = check_real("s_noise", s_noise, low=0.0)
         self.weights = check_choice("weights", weights, WEIGHTS)
         self.stochastic = self.eta > 0 and self.s_noise > 0
         self.invertible = not self.stochastic
 
-    def _coefficients(self, i: int, p: int) -> tuple[float, list[float], float]:
+    def _coefficients(self, state, i: int, p: int) -> tuple[float, list[float], float]:
         """(a, w, noise std) of (S1) for step i with a polynomial of order p."""
-        h, H = self.h[i], (1 + self.eta) * self.h[i]
+        h, H = state.h[i], (1 + self.eta) * state.h[i]
         mom = moments(H, p, "data")
         if p == 3 and self.weights == "reference":
             mom[2] = mom[2] / 2
-        nodes = [(self.lam[i - j] - self.lam[i]) / h for j in range(p)]
-        z = self.s_noise * self.sigmas[i + 1] * math.sqrt(-math.expm1(-2 * self.eta * h))
+        nodes = [(state.lam[i - j] - state.lam[i]) / h for j in range(p)]
+        z = self.s_noise * state.sigmas[i + 1] * math.sqrt(-math.expm1(-2 * self.eta * h))
         return math.exp(-H), poly_weights(nodes, mom), z

@@ -24,6 +24,7 @@ the denoising step E27 (no noise there: sigma_s = 0).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -41,8 +42,8 @@ class _Stochastic(ExponentialSolver):
     #: (S1) is defined for every eta >= 0 (the step is stretched to H = (1 + eta) h)
     _ancestral_eta = False
 
-    def __init__(self, *, eta: float = 1.0, final_step: str = "auto"):
-        super().__init__(final_step=final_step)
+    def __init__(self, *, eta: float = 1.0, final_step: str = "auto", step_orders: Sequence[int] | None = None):
+        super().__init__(final_step=final_step, step_orders=step_orders)
         self.eta = check_eta(eta) if self._ancestral_eta else check_real("eta", eta, low=0.0)
         self.stochastic = self.eta > 0
         self.invertible = not self.stochastic
@@ -54,19 +55,22 @@ class _MultistepSDE(_Stochastic):
 
     calls_per_step = 1
 
-    def setup(self, ode, sigmas, noise):
-        super().setup(ode, sigmas, noise)
-        self.coef = [self._coefficients(i, p) if p else None for i, p in enumerate(self.orders)]
-        self.history = []
+    def init(self, ode, sigmas, noise):
+        state = super().init(ode, sigmas, noise)
+        state.coef = [self._coefficients(state, i, p) if p else None for i, p in enumerate(state.orders)]
+        state.history = []
+        return state
 
-    def step(self, i, x):
-        denoised, _ = self.ode.predict(x, self.sigmas[i])
-        if self.coef[i] is None:
+    def step(self, i, x, state):
+        s_t = state.sigmas[i]
+        denoised, eps = yield x, s_t, True
+        if state.coef[i] is None:
             return denoised, denoised  # E27: the step into sigma = 0
-        self.history = [denoised] + self.history[: self.order - 1]
-        a, w, z = self.coef[i]
-        x_next = combine(a, x, zip(w, self.history))
-        return (torch.add(x_next, self.noise(x), alpha=z) if z > 0 else x_next), denoised
+        x = state.ode.renoised(x, denoised, eps, s_t)
+        state.history = [denoised] + state.history[: self.order - 1]
+        a, w, z = state.coef[i]
+        x_next = combine(a, x, zip(w, state.history))
+        return (torch.add(x_next, state.noise(x), alpha=z) if z > 0 else x_next), denoised
 
 
 class DPMSolverPP2MSDE(_MultistepSDE):
@@ -76,18 +80,25 @@ class DPMSolverPP2MSDE(_MultistepSDE):
     order = 2
     calls_per_step = 1
 
-    def __init__(self, *, eta: float = 1.0, solver_type: str = "midpoint", final_step: str = "auto"):
-        super().__init__(eta=eta, final_step=final_step)
+    def __init__(
+        self,
+        *,
+        eta: float = 1.0,
+        solver_type: str = "midpoint",
+        final_step: str = "auto",
+        step_orders: Sequence[int] | None = None,
+    ):
+        super().__init__(eta=eta, final_step=final_step, step_orders=step_orders)
         self.solver_type = check_choice("solver_type", solver_type, SOLVER_TYPES)
 
-    def _coefficients(self, i: int, p: int) -> tuple[float, list[float], float]:
+    def _coefficients(self, state, i: int, p: int) -> tuple[float, list[float], float]:
         """(a, w, noise std) of (S1) for step i: the data-form weights of (X3) over the stretched step H."""
-        h, H = self.h[i], (1 + self.eta) * self.h[i]
+        h, H = state.h[i], (1 + self.eta) * state.h[i]
         mom = moments(H, p, "data")
         if p == 2 and self.solver_type == "midpoint":
             mom[1] = mom[0] / 2
-        w = poly_weights([0.0, (self.lam[i - 1] - self.lam[i]) / h][:p], mom)
-        return math.exp(-H), w, self.sigmas[i + 1] * math.sqrt(-math.expm1(-2 * self.eta * h))
+        w = poly_weights([0.0, (state.lam[i - 1] - state.lam[i]) / h][:p], mom)
+        return math.exp(-H), w, state.sigmas[i + 1] * math.sqrt(-math.expm1(-2 * self.eta * h))
 
 
 class DPMSolverPPSDE(_Stochastic):
@@ -99,31 +110,33 @@ class DPMSolverPPSDE(_Stochastic):
     calls_per_step = 2
     multistep = False
 
-    def setup(self, ode, sigmas, noise):
-        super().setup(ode, sigmas, noise)
-        self.plan = [self._plan(i, p) if p else None for i, p in enumerate(self.orders)]
+    def init(self, ode, sigmas, noise):
+        state = super().init(ode, sigmas, noise)
+        state.plan = [self._plan(state, i, p) if p else None for i, p in enumerate(state.orders)]
+        return state
 
-    def _plan(self, i: int, p: int) -> list[tuple[float, float, float]]:
+    def _plan(self, state, i: int, p: int) -> list[tuple[float, float, float]]:
         """(sigma, a, sigma_up) per stage: the ancestral split of E26 as a DPM-Solver++(1) step to sigma_down."""
-        s_t, s_s = self.sigmas[i], self.sigmas[i + 1]
+        s_t, s_s = state.sigmas[i], state.sigmas[i + 1]
         out = []
         for s in [s_s] if p == 1 else [math.sqrt(s_t * s_s), s_s]:
             down, up = ancestral_split(s_t, s, self.eta)
             out.append((s, down / s_t, up))
         return out
 
-    def step(self, i, x):
-        denoised, _ = self.ode.predict(x, self.sigmas[i])
-        if self.plan[i] is None:
+    def step(self, i, x, state):
+        denoised, eps = yield x, state.sigmas[i], True
+        if state.plan[i] is None:
             return denoised, denoised  # E27: the step into sigma = 0
-        s_t = s_prev = self.sigmas[i]
+        s_t = s_prev = state.sigmas[i]
+        x = state.ode.renoised(x, denoised, eps, s_t)
         d, u, path = denoised, x, None
-        for k, (s, a, up) in enumerate(self.plan[i]):
+        for k, (s, a, up) in enumerate(state.plan[i]):
             if k:  # DPM-Solver++(2S) with r = 1/2: the midpoint's denoised output replaces D
-                d, _ = self.ode.predict(u, s_prev)
+                d, _ = yield u, s_prev, True
             u = combine(a, x, [(1 - a, d)])
             if up > 0:  # path = W(s) - W(sigma_t), a Brownian motion in sigma
-                dw = self.noise(x) * math.sqrt(s_prev - s)
+                dw = state.noise(x) * math.sqrt(s_prev - s)
                 path = dw if path is None else path + dw
                 u = torch.add(u, path, alpha=up / math.sqrt(s_t - s))
             s_prev = s

@@ -63,6 +63,7 @@ class ERSDE(Solver):
     calls_per_step = 1
     stochastic = True
     invertible = False
+    renoise_ok = True
 
     def __init__(self, *, solver_order: int = 3, noise_scale: str = "er-sde-5", s_noise: float = 1.0):
         self.stages = self.order = check_int("solver_order", solver_order, (1, 2, 3))
@@ -71,43 +72,46 @@ class ERSDE(Solver):
         self.stochastic = self.noise_scale != "ode" and self.s_noise > 0
         self.invertible = False
 
-    def setup(self, ode, sigmas, noise):
-        super().setup(ode, sigmas, noise)
-        if any(b >= a for a, b in zip(self.sigmas[:-1], self.sigmas[1:])):
+    def init(self, ode, sigmas, noise):
+        state = super().init(ode, sigmas, noise)
+        if any(b >= a for a, b in zip(state.sigmas[:-1], state.sigmas[1:])):
             raise ValueError("er-sde samples on a decreasing grid only (it is an SDE solver; use ds.sample)")
         phi = NOISE_SCALES[self.noise_scale]
-        self.coef = []
-        for s_s, s_t in zip(self.sigmas[:-1], self.sigmas[1:]):
+        state.coef = []
+        for s_s, s_t in zip(state.sigmas[:-1], state.sigmas[1:]):
             if s_t == 0:
-                self.coef.append(None)
+                state.coef.append(None)
                 continue
             f_s, f_t = float(phi(np.float64(s_s))), float(phi(np.float64(s_t)))
             r, dt = f_t / f_s, s_t - s_s
             s0, s1 = _integrals(phi, s_t, s_s)
             # phi = sigma ("ode"): r sigma_s = sigma_t, no noise (not a rounding residue of it)
             z = self.s_noise * math.sqrt(max(s_t**2 - (r * s_s) ** 2, 0.0)) if self.stochastic else 0.0
-            self.coef.append((r, 1.0 - r, dt + f_t * s0, dt**2 / 2 + f_t * s1, z))
-        self.d_hist: list[torch.Tensor] = []  # D_i, D_{i-1}
-        self.d1_prev: torch.Tensor | None = None
+            state.coef.append((r, 1.0 - r, dt + f_t * s0, dt**2 / 2 + f_t * s1, z))
+        state.d_hist: list[torch.Tensor] = []  # D_i, D_{i-1}
+        state.d1_prev: torch.Tensor | None = None
+        return state
 
-    def step(self, i, x):
-        denoised, _ = self.ode.predict(x, self.sigmas[i])
-        if self.coef[i] is None:
+    def step(self, i, x, state):
+        sig = state.sigmas
+        denoised, eps = yield x, sig[i], True
+        if state.coef[i] is None:
             return denoised, denoised  # E27
-        r, c0, c1, c2, z = self.coef[i]
+        x = state.ode.renoised(x, denoised, eps, sig[i])
+        r, c0, c1, c2, z = state.coef[i]
         terms = [(c0, denoised)]
         d1 = None
-        if self.stages >= 2 and self.d_hist:
-            d1 = (denoised - self.d_hist[0]) / (self.sigmas[i] - self.sigmas[i - 1])
-            if self.stages >= 3 and self.d1_prev is not None:
-                d2 = (d1 - self.d1_prev) / ((self.sigmas[i] - self.sigmas[i - 2]) / 2)
+        if self.stages >= 2 and state.d_hist:
+            d1 = (denoised - state.d_hist[0]) / (sig[i] - sig[i - 1])
+            if self.stages >= 3 and state.d1_prev is not None:
+                d2 = (d1 - state.d1_prev) / ((sig[i] - sig[i - 2]) / 2)
                 # D' of the quadratic through the last three outputs: the backward difference plus
                 # D'' (sigma_i - sigma_{i-1}) / 2 (without it the method is second order only)
-                terms.append((c1, torch.add(d1, d2, alpha=(self.sigmas[i] - self.sigmas[i - 1]) / 2)))
+                terms.append((c1, torch.add(d1, d2, alpha=(sig[i] - sig[i - 1]) / 2)))
                 terms.append((c2, d2))
             else:
                 terms.append((c1, d1))
-        self.d_hist = [denoised]
-        self.d1_prev = d1
+        state.d_hist = [denoised]
+        state.d1_prev = d1
         x_next = combine(r, x, terms)
-        return (torch.add(x_next, self.noise(x), alpha=z) if z > 0 else x_next), denoised
+        return (torch.add(x_next, state.noise(x), alpha=z) if z > 0 else x_next), denoised

@@ -30,12 +30,13 @@ class EulerAncestral(DDIM):
     def __init__(self, *, eta: float = 1.0, s_noise: float = 1.0):
         set_noise_options(self, eta, s_noise)
 
-    def setup(self, ode, sigmas, noise):
-        Solver.setup(self, ode, sigmas, noise)
-        self.c_eps, self.c_noise = [], []
-        for s_t, s_s in zip(self.sigmas[:-1], self.sigmas[1:]):
+    def init(self, ode, sigmas, noise):
+        state = Solver.init(self, ode, sigmas, noise)
+        state.c_eps, state.c_noise = [], []
+        for s_t, s_s in zip(state.sigmas[:-1], state.sigmas[1:]):
             down, up = ancestral_split(s_t, s_s, self.eta)  # no noise on upward steps: pitfall 10
-            self.c_eps.append(down - s_t)
-            self.c_noise.append(self.s_noise * up)
+            state.c_eps.append(down - s_t)
+            state.c_noise.append(self.s_noise * up)
+        return state
 
     # step: DDIM's (x + c_eps eps + c_noise z; the denoised estimate on the step to 0)

@@ -20,7 +20,7 @@ the state x = xbar/(1 + sigma) (E17), whose velocity is dx/dt = eps - D for any 
 x along E29). For a flow-matching model that is diffusers' FlowMatchHeunDiscreteScheduler; Heun in
 sigma is a different second-order method (docs/findings.md). On a grid from sigma = inf (a flow
 config's :func:`~diffsolve.diffusers_grid`) its first step is Heun from t = 1 as well
-(:meth:`step_from_infinity`). Deterministic only (no churn). Deterministic (Algorithm 1) when s_churn = 0,
+(:meth:`step_from_infinity`); it takes no churn. In sigma, deterministic (Algorithm 1) when s_churn = 0,
 the default: order 2, two model calls per step, and the step to sigma = 0 is Euler, i.e. it
 returns the denoised estimate (E27), one call. With s_churn > 0 the solver is stochastic.
 """
@@ -42,6 +42,7 @@ class Heun(Solver):
     name = "heun"
     order = 2
     calls_per_step = 2
+    renoise_ok = True
 
     def __init__(
         self,
@@ -63,50 +64,52 @@ class Heun(Solver):
         self.stochastic = s_churn > 0
         self.invertible = not self.stochastic
 
-    def setup(self, ode, sigmas, noise):
-        super().setup(ode, sigmas, noise)
-        n = len(self.sigmas) - 1
-        self.sigma_hat, self.c_noise, self.h = [], [], []
-        for s, s_next in zip(self.sigmas[:-1], self.sigmas[1:]):
+    def init(self, ode, sigmas, noise):
+        state = super().init(ode, sigmas, noise)
+        n = len(state.sigmas) - 1
+        state.sigma_hat, state.c_noise, state.h = [], [], []
+        for s, s_next in zip(state.sigmas[:-1], state.sigmas[1:]):
             churn = self.s_churn > 0 and s_next < s and self.s_tmin <= s <= self.s_tmax
             gamma = min(self.s_churn / n, math.sqrt(2) - 1) if churn else 0.0
             s_hat = s * (1 + gamma)
-            self.sigma_hat.append(s_hat)
-            self.c_noise.append(math.sqrt(s_hat**2 - s**2) * self.s_noise)
-            self.h.append(s_next - s_hat)
+            state.sigma_hat.append(s_hat)
+            state.c_noise.append(math.sqrt(s_hat**2 - s**2) * self.s_noise)
+            state.h.append(s_next - s_hat)
+        return state
 
-    def step(self, i, x):
+    def step(self, i, x, state):
         if self.variable == "flow":
-            return self._flow_step(x, self.sigmas[i], self.sigmas[i + 1])
-        s_hat, s_next, h = self.sigma_hat[i], self.sigmas[i + 1], self.h[i]
-        if self.c_noise[i] > 0:
-            x = x + self.c_noise[i] * self.noise(x)
-        denoised, eps = self.ode.predict(x, s_hat)
+            return (yield from self._flow_step(x, state.sigmas[i], state.sigmas[i + 1], state))
+        s_hat, s_next, h = state.sigma_hat[i], state.sigmas[i + 1], state.h[i]
+        if state.c_noise[i] > 0:
+            x = x + state.c_noise[i] * state.noise(x)
+        denoised, eps = yield x, s_hat, True
         if s_next == 0:
             return denoised, denoised  # Euler on the last step: xhat - sigma_hat eps = D (E27)
-        eps_next = self.ode.eps(x + h * eps, s_next)
+        x = state.ode.renoised(x, denoised, eps, s_hat)
+        _, eps_next = yield x + h * eps, s_next, False
         return x + (0.5 * h) * eps + (0.5 * h) * eps_next, denoised
 
     # -- Heun in flow time t = sigma / (1 + sigma), state x = xbar / (1 + sigma) (E17) -------------------
-    def _flow_step(self, xbar, s, s_next):
-        denoised, eps = self.ode.predict(xbar, s)
+    def _flow_step(self, xbar, s, s_next, state):
+        denoised, eps = yield xbar, s, True
         if s_next == 0:
             return denoised, denoised  # Euler to t = 0: x - t (eps - D) = D (E27)
-        return self._flow_heun(xbar / (1 + s), s / (1 + s), s_next, eps - denoised), denoised
+        xbar = state.ode.renoised(xbar, denoised, eps, s)
+        return (yield from self._flow_heun(xbar / (1 + s), s / (1 + s), s_next, eps - denoised)), denoised
 
     def _flow_heun(self, x, t, s_next, v):
         """x at t -> xbar at s_next: Euler predictor, trapezoidal corrector on dx/dt = eps - D."""
         t_next = s_next / (1 + s_next)
         dt = t_next - t
         x_pred = torch.add(x, v, alpha=dt)
-        d_next, eps_next = self.ode.predict(x_pred * (1 + s_next), s_next)
+        d_next, eps_next = yield x_pred * (1 + s_next), s_next, True
         x_next = x + (0.5 * dt) * v + (0.5 * dt) * (eps_next - d_next)
         return x_next * (1 + s_next)
 
-    def step_from_infinity(self, ode, x, denoised, eps, sigma_next):
+    def step_from_infinity(self, x, denoised, eps, sigma_next, state):
         """The first step from sigma = inf (t = 1; ``x`` is the pure noise, ``(denoised, eps)`` the
         model there): Heun in t for ``variable="flow"``; None (the driver's DDIM limit) otherwise."""
         if self.variable != "flow" or sigma_next == 0:
             return None
-        self.ode = ode
         return self._flow_heun(x, 1.0, sigma_next, eps - denoised)

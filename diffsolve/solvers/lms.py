@@ -25,18 +25,22 @@ class LMS(Solver):
     name = "lms"
     order = 4
     calls_per_step = 1
+    renoise_ok = True
     #: weights from the actual step sizes (True) or the fixed equal-step table (iPNDM)
     variable_step = True
 
     def __init__(self, *, solver_order: int = 4):
         self.order = check_int("solver_order", solver_order, (1, 2, 3, 4))
 
-    def setup(self, ode, sigmas, noise):
-        super().setup(ode, sigmas, noise)
-        self.coefs = warmup_weights(self.sigmas, self.order, variable_step=self.variable_step)
-        self.history = History(self.order)
+    def init(self, ode, sigmas, noise):
+        state = super().init(ode, sigmas, noise)
+        state.coefs = warmup_weights(state.sigmas, self.order, variable_step=self.variable_step)
+        state.history = History(self.order)
+        return state
 
-    def step(self, i, x):
-        denoised, eps = self.ode.evaluate(x, self.sigmas[i])
-        self.history.push(eps)
-        return self.history.combine(self.coefs[i], start=x), denoised
+    def step(self, i, x, state):
+        s_t = state.sigmas[i]
+        denoised, eps = yield x, s_t, False
+        x = state.ode.renoised(x, denoised, eps, s_t)
+        state.history.push(eps)
+        return state.history.combine(state.coefs[i], start=x), denoised

@@ -40,26 +40,30 @@ class PLMSHeavyBall(Solver):
     name = "plms-hb"
     order = 1
     calls_per_step = 1
+    renoise_ok = True
 
     def __init__(self, *, solver_order: int = 4, beta: float = 0.8):
         self.beta = _check(solver_order, beta)
         self.ab_order = solver_order
         self.order = solver_order if self.beta == 1 else 1
 
-    def setup(self, ode, sigmas, noise):
-        super().setup(ode, sigmas, noise)
+    def init(self, ode, sigmas, noise):
+        state = super().init(ode, sigmas, noise)
         ab = [adams_bashforth(k) for k in range(1, self.ab_order + 1)]
-        self.weights = [ab[min(i, self.ab_order - 1)] for i in range(len(self.sigmas) - 1)]
-        self.history = History(self.ab_order)
-        self.velocity = None
+        state.weights = [ab[min(i, self.ab_order - 1)] for i in range(len(state.sigmas) - 1)]
+        state.history = History(self.ab_order)
+        state.velocity = None
+        return state
 
-    def step(self, i, x):
-        denoised, eps = self.ode.predict(x, self.sigmas[i])
-        self.history.push(eps)
-        e_hat = self.history.combine(self.weights[i])
-        v = e_hat if self.velocity is None else (1 - self.beta) * self.velocity + self.beta * e_hat
-        self.velocity = v
-        return x + (self.sigmas[i + 1] - self.sigmas[i]) * v, denoised
+    def step(self, i, x, state):
+        s_t = state.sigmas[i]
+        denoised, eps = yield x, s_t, True
+        x = state.ode.renoised(x, denoised, eps, s_t)
+        state.history.push(eps)
+        e_hat = state.history.combine(state.weights[i])
+        v = e_hat if state.velocity is None else (1 - self.beta) * state.velocity + self.beta * e_hat
+        state.velocity = v
+        return x + (state.sigmas[i + 1] - s_t) * v, denoised
 
 
 class GHVB(Solver):
@@ -68,22 +72,27 @@ class GHVB(Solver):
     name = "ghvb"
     order = 4
     calls_per_step = 1
+    renoise_ok = True
 
     def __init__(self, *, solver_order: int = 4, beta: float = 0.8):
         self.beta = _check(solver_order, beta)
         self.order = solver_order
 
-    def setup(self, ode, sigmas, noise):
-        super().setup(ode, sigmas, noise)
+    def init(self, ode, sigmas, noise):
+        state = super().init(ode, sigmas, noise)
         table = [ghvb_weights(k, self.beta) for k in range(1, self.order + 1)]
-        self.coefs = [
+        state.coefs = [
             [(s_next - s) * w for w in table[min(i, self.order - 1)]]
-            for i, (s, s_next) in enumerate(zip(self.sigmas[:-1], self.sigmas[1:]))
+            for i, (s, s_next) in enumerate(zip(state.sigmas[:-1], state.sigmas[1:]))
         ]
-        self.history = History(self.order)
+        state.history = History(self.order)
+        return state
 
-    def step(self, i, x):
-        denoised, eps = self.ode.predict(x, self.sigmas[i])
-        v = eps if not len(self.history) else (1 - self.beta) * self.history.items[0] + self.beta * eps
-        self.history.push(v)
-        return self.history.combine(self.coefs[i], start=x), denoised
+    def step(self, i, x, state):
+        s_t = state.sigmas[i]
+        denoised, eps = yield x, s_t, True
+        x = state.ode.renoised(x, denoised, eps, s_t)
+        history = state.history
+        v = eps if not len(history) else (1 - self.beta) * history.items[0] + self.beta * eps
+        history.push(v)
+        return history.combine(state.coefs[i], start=x), denoised

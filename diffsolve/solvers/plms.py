@@ -39,38 +39,41 @@ class PLMS(Solver):
     name = "plms"
     order = 4
     calls_per_step = 1
+    renoise_ok = True
 
     def __init__(self, *, midpoint: str = "time"):
         check_choice("midpoint", midpoint, MIDPOINTS)
         self.midpoint = midpoint
 
-    def setup(self, ode, sigmas, noise):
-        super().setup(ode, sigmas, noise)
-        self.sigma_mid = [self._midpoint(s, s_next) for s, s_next in zip(self.sigmas[:PRK_STEPS], self.sigmas[1:])]
+    def init(self, ode, sigmas, noise):
+        state = super().init(ode, sigmas, noise)
+        sig = state.sigmas
+        state.sigma_mid = [self._midpoint(ode.schedule, s, s_next) for s, s_next in zip(sig[:PRK_STEPS], sig[1:])]
         ab4 = adams_bashforth(4)
-        self.coefs = [[(s_next - s) * w for w in ab4] for s, s_next in zip(self.sigmas[:-1], self.sigmas[1:])]
-        self.history = History(4)
+        state.coefs = [[(s_next - s) * w for w in ab4] for s, s_next in zip(sig[:-1], sig[1:])]
+        state.history = History(4)
+        return state
 
-    def _midpoint(self, s: float, s_next: float) -> float:
+    def _midpoint(self, sched, s: float, s_next: float) -> float:
         mid = 0.5 * (s + s_next)
         if self.midpoint == "sigma" or s_next == 0 or s == 0:
             return mid
-        sched = self.ode.schedule
         t_mid = 0.5 * (float(sched.t(s)) + float(sched.t(s_next)))
         sigma_mid = float(sched.sigma(torch.tensor(t_mid, dtype=torch.float64)))
         # outside the schedule's range t(sigma) is clamped; then keep the sigma midpoint
         return sigma_mid if min(s, s_next) < sigma_mid < max(s, s_next) else mid
 
-    def step(self, i, x):
-        s, s_next = self.sigmas[i], self.sigmas[i + 1]
+    def step(self, i, x, state):
+        s, s_next = state.sigmas[i], state.sigmas[i + 1]
         h = s_next - s
-        denoised, e1 = self.ode.predict(x, s)
-        self.history.push(e1)
+        denoised, e1 = yield x, s, True
+        x = state.ode.renoised(x, denoised, e1, s)
+        state.history.push(e1)
         if i >= PRK_STEPS:
-            return self.history.combine(self.coefs[i], start=x), denoised
-        s_mid = self.sigma_mid[i]
+            return state.history.combine(state.coefs[i], start=x), denoised
+        s_mid = state.sigma_mid[i]
         h_mid = s_mid - s
-        e2 = self.ode.eps(x + h_mid * e1, s_mid)
-        e3 = self.ode.eps(x + h_mid * e2, s_mid)
-        e4 = self.ode.eps(x + h * e3, s_next)
+        _, e2 = yield x + h_mid * e1, s_mid, False
+        _, e3 = yield x + h_mid * e2, s_mid, False
+        _, e4 = yield x + h * e3, s_next, False
         return x + (h / 6) * (e1 + 2 * e2 + 2 * e3 + e4), denoised

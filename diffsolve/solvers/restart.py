@@ -39,6 +39,7 @@ class Restart(Solver):
     calls_per_step = 2
     stochastic = True
     invertible = False
+    renoise_ok = True
 
     def __init__(self, *, intervals=((0.1, 2.0),), K: int = 2, restart_steps: int = 6):
         try:
@@ -58,35 +59,39 @@ class Restart(Solver):
         self.stochastic = K > 0 and bool(pairs)
         self.invertible = not self.stochastic
 
-    def setup(self, ode, sigmas, noise):
-        super().setup(ode, sigmas, noise)
+    def init(self, ode, sigmas, noise):
+        state = super().init(ode, sigmas, noise)
+        sig = state.sigmas
         #: grid index -> [(sigma_hi, sub-grid sigma_hi .. sigma_i)], the restarts after landing there
-        self.restarts: dict[int, list] = {}
-        if not self.stochastic or not all(b < a for a, b in zip(self.sigmas[:-1], self.sigmas[1:])):
-            return
+        state.restarts: dict[int, list] = {}
+        if not self.stochastic or not all(b < a for a, b in zip(sig[:-1], sig[1:])):
+            return state
         for lo, hi in self.intervals:
-            cands = [j for j in range(1, len(self.sigmas)) if 0 < self.sigmas[j] < hi]
+            cands = [j for j in range(1, len(sig)) if 0 < sig[j] < hi]
             if not cands:
                 continue
-            j = min(cands, key=lambda k: abs(self.sigmas[k] - lo))
-            self.restarts.setdefault(j, []).append((hi, _karras(hi, self.sigmas[j], self.restart_steps)))
+            j = min(cands, key=lambda k: abs(sig[k] - lo))
+            state.restarts.setdefault(j, []).append((hi, _karras(hi, sig[j], self.restart_steps)))
+        return state
 
-    def _heun(self, x, s, s_next, eps=None):
+    def _heun(self, state, x, s, s_next, eps=None):
         if eps is None:
-            _, eps = self.ode.predict(x, s)
+            denoised, eps = yield x, s, True
+            x = state.ode.renoised(x, denoised, eps, s)
         h = s_next - s
-        eps_next = self.ode.eps(torch.add(x, eps, alpha=h), s_next)
+        _, eps_next = yield torch.add(x, eps, alpha=h), s_next, False
         return x + (0.5 * h) * eps + (0.5 * h) * eps_next
 
-    def step(self, i, x):
-        s, s_next = self.sigmas[i], self.sigmas[i + 1]
-        denoised, eps = self.ode.predict(x, s)
+    def step(self, i, x, state):
+        s, s_next = state.sigmas[i], state.sigmas[i + 1]
+        denoised, eps = yield x, s, True
         if s_next == 0:
             return denoised, denoised  # Euler into sigma = 0: E27
-        x = self._heun(x, s, s_next, eps)
-        for hi, sub in self.restarts.get(i + 1, ()):
+        x = state.ode.renoised(x, denoised, eps, s)
+        x = yield from self._heun(state, x, s, s_next, eps)
+        for hi, sub in state.restarts.get(i + 1, ()):
             for _ in range(self.K):
-                x = torch.add(x, self.noise(x), alpha=math.sqrt(hi**2 - s_next**2))
+                x = torch.add(x, state.noise(x), alpha=math.sqrt(hi**2 - s_next**2))
                 for a, b in zip(sub[:-1], sub[1:]):
-                    x = self._heun(x, a, b)
+                    x = yield from self._heun(state, x, a, b)
         return x, denoised

@@ -91,14 +91,14 @@ class SASolver(Solver):
             raise ValueError(f"tau({sigma}) = {t}: tau must be finite and >= 0")
         return t
 
-    def setup(self, ode, sigmas, noise):
-        super().setup(ode, sigmas, noise)
-        sig, n = self.sigmas, len(self.sigmas) - 1
+    def init(self, ode, sigmas, noise):
+        state = super().init(ode, sigmas, noise)
+        sig, n = state.sigmas, len(state.sigmas) - 1
         if any(b >= a for a, b in zip(sig[:-1], sig[1:])):
             raise ValueError("sa-solver samples on a decreasing grid only (it is an SDE solver; use ds.sample)")
         lam = [log_snr(s) for s in sig]
         m = max(self.p, self.c - 1)
-        self.pred, self.corr = [], []
+        state.pred, state.corr = [], []
         for k in range(n):
             done = min(k, m)  # diffusers' lower_order_nums at step k
             p = min(self.p, done + 1)
@@ -106,19 +106,20 @@ class SASolver(Solver):
             if self.lower_order_final:
                 p, c = min(p, n - k), min(c, n - k + 1)
             if sig[k + 1] == 0:
-                self.pred.append(None)
-                self.corr.append(None)
+                state.pred.append(None)
+                state.corr.append(None)
                 continue
             tau = self._tau(sig[k])
             h = lam[k + 1] - lam[k]
             H = (1 + tau**2) * h
             z = sig[k + 1] * math.sqrt(-math.expm1(-2 * tau**2 * h))
-            self.pred.append((math.exp(-H), self._weights([(lam[k - j] - lam[k]) / h for j in range(p)], H), z))
+            state.pred.append((math.exp(-H), self._weights([(lam[k - j] - lam[k]) / h for j in range(p)], H), z))
             # the corrector of the point k + 1 (applied at step k + 1, from xbar_k with the same noise)
             nodes = [1.0] + [(lam[k - j] - lam[k]) / h for j in range(c - 1)]
-            self.corr.append((math.exp(-H), self._weights(nodes, H), z))
-        self.history: list[torch.Tensor] = []  # outputs at the predicted points, newest first
-        self.last: tuple | None = None  # (xbar_k, noise, step k) of the last predictor
+            state.corr.append((math.exp(-H), self._weights(nodes, H), z))
+        state.history: list[torch.Tensor] = []  # outputs at the predicted points, newest first
+        state.last: tuple | None = None  # (xbar_k, noise, step k) of the last predictor
+        return state
 
     def _weights(self, nodes, H):
         mom = moments(H, len(nodes), "data")
@@ -126,21 +127,21 @@ class SASolver(Solver):
             mom[1] = H / 2  # diffusers' second-order variant
         return poly_weights(nodes, mom)
 
-    def step(self, i, x):
-        denoised, _ = self.ode.predict(x, self.sigmas[i])
-        if self.last is not None:  # SA-Corrector of the point i, from xbar_{i-1}
-            x_prev, z_prev, k = self.last
-            a, w, z = self.corr[k]
-            x = combine(a, x_prev, zip(w, [denoised] + self.history))
+    def step(self, i, x, state):
+        denoised, _ = yield x, state.sigmas[i], True
+        if state.last is not None:  # SA-Corrector of the point i, from xbar_{i-1}
+            x_prev, z_prev, k = state.last
+            a, w, z = state.corr[k]
+            x = combine(a, x_prev, zip(w, [denoised] + state.history))
             if z_prev is not None:
                 x = torch.add(x, z_prev, alpha=z)
-        self.history = ([denoised] + self.history)[: max(self.p, self.c - 1)]
-        if self.pred[i] is None:
+        state.history = ([denoised] + state.history)[: max(self.p, self.c - 1)]
+        if state.pred[i] is None:
             return denoised, denoised  # E27: the step into sigma = 0
-        a, w, z = self.pred[i]
-        draw = self.noise(x) if self.stochastic else None
-        x_next = combine(a, x, zip(w, self.history))
+        a, w, z = state.pred[i]
+        draw = state.noise(x) if self.stochastic else None
+        x_next = combine(a, x, zip(w, state.history))
         if draw is not None and z > 0:
             x_next = torch.add(x_next, draw, alpha=z)
-        self.last = (x, draw, i)
+        state.last = (x, draw, i)
         return x_next, denoised

@@ -86,16 +86,16 @@ class TorchdiffeqSolver(Solver):
             options["max_order"] = 5  # torchdiffeq keeps max_order - 1 values: AB4
         return options
 
-    def run(self, x, after_step):
+    def run(self, x, after_step, state):
         from torchdiffeq import odeint
 
-        sig, log = self.sigmas, self.variable == "log-sigma"
+        sig, log = state.sigmas, self.variable == "log-sigma"
         n = len(sig) - 1
         m = n - 1 if log and sig[-1] == 0 else n  # grid steps integrated by torchdiffeq
         if log and sig[0] == 0:
             raise ValueError("variable='log-sigma' cannot start at sigma = 0")
         times = [math.log(s) for s in sig[: m + 1]] if log else list(sig)
-        field = _Field(self.ode, log, times, after_step)
+        field = _Field(state.ode, log, times, after_step)
         if m > 0:
             grid = torch.tensor(times, dtype=torch.float64, device=x.device)
             x = odeint(
@@ -104,7 +104,7 @@ class TorchdiffeqSolver(Solver):
             for i in range(field.done, m):
                 after_step(i, x, field.denoised)
         if m < n:  # log-sigma: the step to sigma = 0 is the denoised estimate (E27)
-            x, _ = self.ode.predict(x, sig[-2])
+            x, _ = state.ode.predict(x, sig[-2])
             after_step(n - 1, x, x)
         return x
 

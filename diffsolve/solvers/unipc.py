@@ -23,6 +23,7 @@ denoising step E27 (its corrector would be wasted: exp(-inf) = 0, so it is skipp
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from ._exponential import ExponentialSolver, combine, moments, poly_weights
 from .base import check_choice, check_int
@@ -38,43 +39,55 @@ class UniPC(ExponentialSolver):
     calls_per_step = 1
 
     def __init__(
-        self, *, solver_order: int = 2, variant: str = "bh2", corrector: bool = True, final_step: str = "auto"
+        self,
+        *,
+        solver_order: int = 2,
+        variant: str = "bh2",
+        corrector: bool = True,
+        final_step: str = "auto",
+        step_orders: Sequence[int] | None = None,
     ):
-        super().__init__(final_step=final_step)
+        super().__init__(final_step=final_step, step_orders=step_orders)
         self.p = check_int("solver_order", solver_order, (1, 2, 3))
         self.corrector = check_choice("corrector", corrector, (True, False))
         self.variant = check_choice("variant", variant, VARIANTS)
         self.order = self.p + 1 if corrector else self.p
+        # UniC recomputes xbar_i from the previous base: a renoised state would be discarded
+        self.renoise_ok = not corrector
 
     @property
     def max_order(self) -> int:
         return self.p
 
-    def setup(self, ode, sigmas, noise):
-        super().setup(ode, sigmas, noise)
-        self.pred = [self._weights(i, p, False) if p else None for i, p in enumerate(self.orders)]
-        self.corr = [self._weights(i, p, True) if p and self.corrector else None for i, p in enumerate(self.orders)]
-        self.history, self.x_base = [], None
+    def init(self, ode, sigmas, noise):
+        state = super().init(ode, sigmas, noise)
+        orders = state.orders
+        state.pred = [self._weights(state, i, p, False) if p else None for i, p in enumerate(orders)]
+        state.corr = [self._weights(state, i, p, True) if p and self.corrector else None for i, p in enumerate(orders)]
+        state.history, state.x_base = [], None
+        return state
 
-    def _weights(self, i: int, p: int, corrector: bool) -> tuple[float, list[float]]:
+    def _weights(self, state, i: int, p: int, corrector: bool) -> tuple[float, list[float]]:
         """(a, w): w over [m_new (corrector only), m_0, m_1, ..., m_{p-1}]."""
-        h = self.h[i]
-        nodes = [0.0] + [(self.lam[i - k] - self.lam[i]) / h for k in range(1, p)] + ([1.0] if corrector else [])
+        h, lam = state.h[i], state.lam
+        nodes = [0.0] + [(lam[i - k] - lam[i]) / h for k in range(1, p)] + ([1.0] if corrector else [])
         mom = moments(h, len(nodes), "data")
         if len(nodes) == 2:  # a 1 x 1 system: a_1 = 1/2, so B(h) a_1 / c_1 weights D_1
             mom[1] = (h if self.variant == "bh1" else -math.expm1(-h)) / 2
         w = poly_weights(nodes, mom)
-        return self.sigmas[i + 1] / self.sigmas[i], (w[-1:] + w[:-1] if corrector else w)
+        return state.sigmas[i + 1] / state.sigmas[i], (w[-1:] + w[:-1] if corrector else w)
 
-    def step(self, i, x):
-        denoised, _ = self.ode.predict(x, self.sigmas[i])
-        if self.pred[i] is None:
+    def step(self, i, x, state):
+        s_t = state.sigmas[i]
+        denoised, eps = yield x, s_t, True
+        if state.pred[i] is None:
             return denoised, denoised  # E27: the step into sigma = 0 (UniC there would be void)
-        self.history.insert(0, denoised)
+        x = state.ode.renoised(x, denoised, eps, s_t)
+        state.history.insert(0, denoised)
         if self.corrector and i > 0:
-            a, w = self.corr[i - 1]  # UniC for xbar_i, from the previous base and the new output
-            x = combine(a, self.x_base, zip(w, self.history))
-        del self.history[self.p :]
-        self.x_base = x
-        a, w = self.pred[i]
-        return combine(a, x, zip(w, self.history)), denoised
+            a, w = state.corr[i - 1]  # UniC for xbar_i, from the previous base and the new output
+            x = combine(a, state.x_base, zip(w, state.history))
+        del state.history[self.p :]
+        state.x_base = x
+        a, w = state.pred[i]
+        return combine(a, x, zip(w, state.history)), denoised

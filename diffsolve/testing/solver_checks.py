@@ -15,8 +15,15 @@ A few seconds per solver on a CPU. The checks, all on small analytic problems
 (:mod:`diffsolve.analytic`) in float64 unless stated:
 
 ``contract``
-    ``name`` a non-empty string, ``order`` and ``calls_per_step`` integers >= 1, ``stochastic`` and
-    ``invertible`` booleans, a class docstring, options keyword-only; the default instance builds.
+    ``name`` a non-empty string, ``order`` and ``calls_per_step`` integers >= 1, ``stochastic``,
+    ``invertible``, ``adaptive`` and ``renoise_ok`` booleans, a class docstring, options keyword-only;
+    the default instance builds; the class implements the current protocol (``init`` + the generator
+    ``step(i, x, state)``), not the first one (``setup`` + ``step(i, x)``).
+``step protocol``
+    (fixed-step solvers) ``init`` returns a :class:`~diffsolve.solvers.base.RunState`; ``step``
+    is a generator whose requests are ``(tensor, float sigma, bool)`` and which returns ``(x_next, denoised)``; it leaves the state ``x`` and every model
+    output it receives unchanged (no in-place edits); the instance keeps nothing of a run (two runs
+    interleaved step by step on one instance give the results of two separate runs).
 ``shapes and dtypes``
     float32 and float64 states of shapes (2, 3) and (2, 1, 2, 2): the result keeps shape and dtype
     and is finite.
@@ -25,7 +32,7 @@ A few seconds per solver on a CPU. The checks, all on small analytic problems
     those with a true class attribute ``adaptive``, are exempt).
 ``seed``
     the same generator seed gives the same result; a stochastic solver draws its noise through
-    ``self.noise`` (per-sample generators: a sample does not change when the batch around it does).
+    ``state.noise`` (per-sample generators: a sample does not change when the batch around it does).
 ``one step``
     a one-step grid (sigma_max -> 0) and a batch of one.
 ``lands on the data``
@@ -121,18 +128,29 @@ def check_solver(
         raise _fail(
             "contract", name, f"the instance with options {options} cannot be made: {type(exc).__name__}: {exc}"
         ) from exc
-    for attr in ("stochastic", "invertible"):
+    for attr in ("stochastic", "invertible", "adaptive", "renoise_ok"):
         if not isinstance(getattr(instance, attr), bool):
             raise _fail("contract", name, f"{attr} must be True or False, got {getattr(instance, attr)!r}")
+    if cls.legacy:
+        raise _fail(
+            "contract",
+            name,
+            "the class uses the first Solver contract (setup(ode, sigmas, noise) + step(i, x) with the run on "
+            "self), which runs only through a deprecated adapter: port it to init(ode, sigmas, noise) -> state "
+            "and the generator step(i, x, state) (docs/plugins.md, 'Porting a solver')",
+        )
     stochastic, invertible = instance.stochastic, instance.invertible
     report.update(stochastic=stochastic, invertible=invertible, options=solver_options(cls))
 
     def fresh():
         return make_solver(cls, **options)
 
-    # -- shapes, dtypes, calls per step ----------------------------------------------------------
     means3 = torch.tensor([[1.0, -0.5, 0.0], [-0.8, 0.4, 0.3]], dtype=_F64)
     mix3 = problems.GaussianMixture(means3, [0.3, 0.5], shape=(3,))
+    if not instance.adaptive:
+        _check_step_protocol(instance, name, mix3.ode(DiscreteSchedule.linear()))
+
+    # -- shapes, dtypes, calls per step ----------------------------------------------------------
     mix4 = problems.GaussianMixture(
         torch.tensor([[1.0, -0.5, 0.0, 0.2], [-0.8, 0.4, 0.3, -0.1]], dtype=_F64), [0.3, 0.5], shape=(1, 2, 2)
     )
@@ -169,8 +187,8 @@ def check_solver(
         _, ode, _ = run(mix3, (2, 3), steps=steps)
         nfe[steps] = ode.nfe
     per_step = (nfe[40] - nfe[20]) / 20
-    report["nfe_per_step"] = None if getattr(cls, "adaptive", False) else per_step
-    if not getattr(cls, "adaptive", False) and abs(per_step - cls.calls_per_step) > 0.25 * cls.calls_per_step:
+    report["nfe_per_step"] = None if instance.adaptive else per_step
+    if not instance.adaptive and abs(per_step - cls.calls_per_step) > 0.25 * cls.calls_per_step:
         raise _fail(
             "calls per step",
             name,
@@ -192,7 +210,7 @@ def check_solver(
                 "seed",
                 name,
                 "the solver is stochastic but a different generator seed gave the same "
-                "result: draw noise with self.noise(like)",
+                "result: draw noise with state.noise(like)",
             )
         # per-sample generators: sample 1 alone equals sample 1 of the batch
         ode = mix3.ode(sched)
@@ -205,7 +223,7 @@ def check_solver(
                 "seed",
                 name,
                 "with one generator per sample, a sample changed when the batch around "
-                "it changed: draw noise with self.noise(like), not torch.randn",
+                "it changed: draw noise with state.noise(like), not torch.randn",
             )
 
     # -- one step, batch of one ------------------------------------------------------------------
@@ -238,7 +256,7 @@ def check_solver(
     report.update(measured_order=None, orders=[])
     if stochastic:
         report["order_skipped"] = "stochastic with these options"
-    elif getattr(cls, "adaptive", False):
+    elif instance.adaptive:
         report["order_skipped"] = "adaptive (chooses its own steps)"
     else:
         orders = _observed_orders(cls, options, expected, max_steps)
@@ -272,6 +290,97 @@ def check_solver(
                 "invert", name, f"encoding then decoding with 40 steps returned {err:.3g} from the start (allowed 0.1)"
             )
     return report
+
+
+def _check_step_protocol(solver, name: str, ode) -> None:
+    """The generator protocol, driven by hand on an 8-step grid: see ``step protocol`` above."""
+    import inspect
+
+    from ..grids import validate_sigmas
+    from ..sampling import make_grid
+    from ..solvers.base import RunState, Solver, answer
+
+    check = "step protocol"
+    sigmas = validate_sigmas(make_grid("trailing", ode.schedule, 8)).tolist()
+
+    def noise_for(seed):
+        g = torch.Generator().manual_seed(seed)
+        return lambda like: torch.randn(like.shape, generator=g, dtype=like.dtype)
+
+    def start(seed):
+        state = solver.init(ode, sigmas, noise_for(seed))
+        if not isinstance(state, RunState):
+            raise _fail(check, name, f"init(ode, sigmas, noise) must return a RunState, got {type(state).__name__}")
+        x = ode.to_xbar(torch.randn(2, 3, generator=torch.Generator().manual_seed(seed), dtype=_F64), sigmas[0])
+        return state, x
+
+    def one_step(i, x, state):
+        """Step i driven by hand: returns (x_next, calls); raises on a broken protocol or an in-place edit."""
+        x_before = x.clone()
+        gen = solver.step(i, x, state)
+        if not inspect.isgenerator(gen):
+            raise _fail(
+                check,
+                name,
+                f"step(i, x, state) must be a generator (yield (x, sigma, need_denoised) per model call), "
+                f"got {type(gen).__name__}",
+            )
+        calls, received = 0, []
+        try:
+            request = gen.send(None)
+            while True:
+                if not (
+                    isinstance(request, tuple)
+                    and len(request) == 3
+                    and isinstance(request[0], torch.Tensor)
+                    and isinstance(request[1], float)
+                    and isinstance(request[2], bool)
+                ):
+                    raise _fail(check, name, f"a step yielded {request!r:.80}; expected (tensor, float sigma, bool)")
+                calls += 1
+                out = answer(state.ode, *request)
+                received.append((out, tuple(t.clone() if t is not None else None for t in out)))
+                request = gen.send(out)
+        except StopIteration as stop:
+            result = stop.value
+        if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], torch.Tensor)):
+            raise _fail(check, name, f"step {i} returned {type(result).__name__}; expected (x_next, denoised)")
+        if not torch.equal(x, x_before):
+            raise _fail(
+                check,
+                name,
+                f"step {i} changed its input state x in place (by {float((x - x_before).abs().max()):.3g}): "
+                "return a new tensor (x + c * eps, torch.add(...)), never x.add_(...)",
+            )
+        for out, kept in received:
+            if any(t is not None and not torch.equal(t, k) for t, k in zip(out, kept)):
+                raise _fail(check, name, f"step {i} changed a model output it received (denoised or eps) in place")
+        return result[0], calls
+
+    if type(solver).run is not Solver.run:
+        return  # a whole-run method: checked through sample() below
+    # two runs on one instance, interleaved step by step, equal the same runs one after the other
+    (state_a, x_a), (state_b, x_b) = start(1), start(2)
+    total = 0
+    for i in range(len(sigmas) - 1):
+        x_a, calls = one_step(i, x_a, state_a)
+        x_b, _ = one_step(i, x_b, state_b)
+        total += calls
+    (state_c, x_c), (state_d, x_d) = start(1), start(2)
+    for i in range(len(sigmas) - 1):
+        x_c, _ = one_step(i, x_c, state_c)
+    for i in range(len(sigmas) - 1):
+        x_d, _ = one_step(i, x_d, state_d)
+    # (a stochastic solver's noise is checked under ``seed``: one drawing from the global RNG would fail here)
+    if not solver.stochastic and not (torch.equal(x_a, x_c) and torch.equal(x_b, x_d)):
+        raise _fail(
+            check,
+            name,
+            "two runs interleaved on one instance differ from the same runs made one after the other: "
+            "keep every run's data (coefficients, history) in the state init returns, not on self",
+        )
+    if total == 0:
+        raise _fail(check, name, "8 steps made no model request: yield (x, sigma, need_denoised) per model call")
 
 
 def _solver_class(solver) -> type:

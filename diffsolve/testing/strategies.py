@@ -220,11 +220,11 @@ def named_grids(
 ):
     """``(schedule, name, steps, sigmas)``: a registered grid at a random step count.
 
-    Grids come from the live registry (:func:`diffsolve.grids`), so plugin grids are drawn too;
+    Grids come from the live registry (:func:`diffsolve.list_grids`), so plugin grids are drawn too;
     grids defined over discrete levels are only drawn with a :class:`DiscreteSchedule`, and the
     published per-model tables (:data:`MODEL_TABLE_GRIDS`) only when named.
     """
-    from ..sampling import grid, list_grids
+    from ..sampling import list_grids, make_grid
 
     schedule = draw(schedule_strategy if schedule_strategy is not None else schedules())
     pool = list(names) if names is not None else [n for n in list_grids() if n not in MODEL_TABLE_GRIDS]
@@ -241,7 +241,7 @@ def named_grids(
     lo = max(min_steps, 2 if name == "ddim-quad" else 1)
     assume(lo <= hi)
     steps = draw(st.integers(lo, hi))
-    return schedule, name, steps, grid(name, schedule, steps)
+    return schedule, name, steps, make_grid(name, schedule, steps)
 
 
 # -- states ----------------------------------------------------------------------------------

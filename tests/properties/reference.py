@@ -12,6 +12,7 @@ import math
 import torch
 
 import diffsolve as ds
+from diffsolve.solvers.base import advance
 
 
 def abar_pair(sigma: float) -> tuple[float, float]:
@@ -142,6 +143,6 @@ def solver_step(name_or_solver, ode, sigma_t: float, sigma_s: float, xbar: torch
         noise_calls.append(1)
         return (torch.zeros_like(like) if z is None else z.expand_as(like).to(like.dtype)).clone()
 
-    solver.setup(ode, [float(sigma_t), float(sigma_s)], noise)
-    out, denoised = solver.step(0, xbar)
+    state = solver.init(ode, [float(sigma_t), float(sigma_s)], noise)
+    out, denoised = advance(solver.step(0, xbar, state), ode)
     return out, denoised, len(noise_calls)

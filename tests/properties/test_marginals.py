@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import diffsolve as ds
+from diffsolve.solvers.base import advance
 
 from . import reference as ref
 from .solver_cases import STOCHASTIC_CASES, case_id, params
@@ -47,8 +48,8 @@ def _one_step_from_the_marginal(solver, opts, c, sigma_t, sigma_s, seed):
     g = torch.Generator().manual_seed(seed)
     x_t = ref.A(sigma_t) * c + ref.B(sigma_t) * torch.randn(N, c.numel(), generator=g)
     s = ds.make_solver(solver, **opts)
-    s.setup(ode, [sigma_t, sigma_s], ds.make_noise_sampler(torch.Generator().manual_seed(seed + 1)))
-    xbar_s, _ = s.step(0, ode.to_xbar(x_t, sigma_t))
+    state = s.init(ode, [sigma_t, sigma_s], ds.make_noise_sampler(torch.Generator().manual_seed(seed + 1)))
+    xbar_s, _ = advance(s.step(0, ode.to_xbar(x_t, sigma_t), state), ode)
     return ode.from_xbar(xbar_s, sigma_s)
 
 

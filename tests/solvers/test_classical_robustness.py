@@ -242,7 +242,7 @@ def test_stochastic_flags_follow_the_options():
 
 @pytest.mark.parametrize("name, options", STOCHASTIC, ids=_ids(STOCHASTIC))
 def test_noise_comes_from_the_driver_per_sample(name, options):
-    """Noise only via ``self.noise``: a sample with its own generator does not depend on its batch."""
+    """Noise only via ``state.noise``: a sample with its own generator does not depend on its batch."""
     ode, grid = ve_mixture_ode(), karras(8)
     x = torch.randn(3, 2, generator=torch.Generator().manual_seed(1), dtype=F64) * 20
     gens = lambda: [torch.Generator().manual_seed(100 + k) for k in range(3)]

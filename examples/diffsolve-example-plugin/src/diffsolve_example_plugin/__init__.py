@@ -7,6 +7,10 @@ Midpoint (Runge's second-order method) on d xbar / d sigma = eps (docs/math.md E
 
 Order 2, two model calls per step; the step to sigma = 0 is the denoised estimate
 at the midpoint-corrected state's start (Euler, E27), as a first-order last step.
+
+The solver holds no run: ``step`` is a generator that yields ``(x, sigma, need_denoised)`` for each
+model evaluation and receives ``(denoised, eps)`` (docs/plugins.md), so one instance serves any
+number of runs, and the diffusers scheduler can feed it one pipeline model output at a time.
 """
 
 import torch
@@ -21,13 +25,16 @@ class ExampleMidpoint(Solver):
     order = 2
     calls_per_step = 2
 
-    def step(self, i, x):
-        s_t, s_s = self.sigmas[i], self.sigmas[i + 1]
-        denoised, eps = self.ode.predict(x, s_t)
+    renoise_ok = True  # it continues from state.ode.renoised(...) after its first evaluation
+
+    def step(self, i, x, state):
+        s_t, s_s = state.sigmas[i], state.sigmas[i + 1]
+        denoised, eps = yield x, s_t, True
         if s_s == 0:
             return denoised, denoised
+        x = state.ode.renoised(x, denoised, eps, s_t)
         h = s_s - s_t
-        eps_mid = self.ode.eps(x + (h / 2) * eps, s_t + h / 2)
+        _, eps_mid = yield x + (h / 2) * eps, s_t + h / 2, False
         return x + h * eps_mid, denoised
 
 
