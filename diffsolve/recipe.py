@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from .counting import count_calls, is_adaptive
 from .driver import list_solvers, make_solver, sample_core
 from .grids import validate_sigmas
 from .wrapper import DiffusionODE
@@ -61,14 +62,23 @@ class RecipeODE(DiffusionODE):
     call at that sigma is answered by eps = xbar / sqrt(1 + sigma^2), see the module docstring)
     and the optional per-evaluation compensation ratios ``compensation`` (DC-Solver, see
     :func:`tune`): evaluation k >= 1 returns D_k + c_k (D_k - D_{k-1}), eps made consistent
-    with it (E9); all c_k = 0 leaves every output untouched.
+    with it (E9); all c_k = 0 leaves every output untouched. With ``budget`` the model may be
+    called at most that many times (a recipe's ``nfe``): one more call raises :class:`RecipeError`.
 
     Made fresh for each run. Model calls are counted on this object; :func:`run_recipe` adds
     them to ``base.nfe``.
     """
 
-    def __init__(self, base: DiffusionODE, afs_sigma: float | None = None, compensation: Sequence[float] | None = None):
+    def __init__(
+        self,
+        base: DiffusionODE,
+        afs_sigma: float | None = None,
+        compensation: Sequence[float] | None = None,
+        budget: int | None = None,
+    ):
         self.__dict__.update(base.__dict__)
+        if budget is not None:
+            self.model = _CallBudget(base.model, budget)
         self._counter = _CallCounter()  # this run's calls; run_recipe adds them to base's shared count
         self._afs_sigma = None if afs_sigma is None else float(afs_sigma)
         self._comp = None if compensation is None else [float(c) for c in compensation]
@@ -115,6 +125,23 @@ class AFSODE(RecipeODE):
         super().__init__(base, afs_sigma=sigma0)
 
 
+class _CallBudget:
+    """The model, refusing to be called more than ``nfe`` times (the recipe's NFE contract)."""
+
+    def __init__(self, model, nfe: int):
+        self.model, self.nfe, self.used = model, int(nfe), 0
+
+    def __call__(self, *args, **kwargs):
+        if self.used >= self.nfe:
+            raise RecipeError(
+                f"this recipe's run asked for model call {self.used + 1}, over the recipe's nfe={self.nfe}: "
+                "the recipe was edited after it was made, or a plugin solver's call count changed; "
+                "count its calls with diffsolve.count_calls(solver, sigmas, afs=..., **options)"
+            )
+        self.used += 1
+        return self.model(*args, **kwargs)
+
+
 # -- the recipe ------------------------------------------------------------------------------------
 @dataclass
 class Recipe:
@@ -159,6 +186,21 @@ class Recipe:
         s = make_solver(self.solver, **self.options)
         if s.stochastic:
             raise RecipeError(f"recipe solver {self.solver!r} is stochastic; a recipe needs a deterministic solver")
+        self.check_nfe()
+
+    def check_nfe(self) -> None:
+        """Raise :class:`RecipeError` unless one run makes exactly ``nfe`` model calls (the NFE contract),
+        counted by a dry run (:func:`diffsolve.count_calls`)."""
+        if isinstance(self.nfe, bool) or not isinstance(self.nfe, int) or self.nfe < 0:
+            raise RecipeError(f"recipe nfe must be a non-negative integer, got {self.nfe!r}")
+        if is_adaptive(self.solver):
+            raise RecipeError(f"recipe solver {self.solver!r} is adaptive; a recipe needs a fixed-call solver")
+        calls = count_calls(self.solver, self.sigmas, afs=self.afs, **self.options)
+        if calls != self.nfe:
+            raise RecipeError(
+                f"recipe nfe={self.nfe}, but {self.solver!r} with options {self.options} makes {calls} model calls "
+                f"on its {self.steps}-step grid (afs={self.afs}): a recipe's nfe is its exact number of model calls"
+            )
 
     @property
     def steps(self) -> int:
@@ -264,16 +306,26 @@ def run_recipe(ode: DiffusionODE, x: torch.Tensor, recipe: Recipe, **kw):
     for k in ("solver", "steps", "grid", "sigmas"):
         if k in kw:
             raise ValueError(f"{k}= cannot be given with a recipe: the recipe fixes the solver and its grid")
+    recipe.check_nfe()  # before any model call; the budget below stops a run that would still exceed it
     return run_parts(
-        ode, x, recipe.solver, recipe.options, recipe.sigmas, recipe.afs, recipe.params.get("compensation"), **kw
+        ode,
+        x,
+        recipe.solver,
+        recipe.options,
+        recipe.sigmas,
+        recipe.afs,
+        recipe.params.get("compensation"),
+        budget=recipe.nfe,
+        **kw,
     )
 
 
-def run_parts(ode, x, solver, options, sigmas, afs, compensation=None, **kw):
-    """Sample with a solver, its options and a grid, with AFS and compensation ratios when asked."""
-    if not afs and not compensation:
+def run_parts(ode, x, solver, options, sigmas, afs, compensation=None, budget=None, **kw):
+    """Sample with a solver, its options and a grid, with AFS and compensation ratios when asked, and at most
+    ``budget`` model calls when given (one more raises :class:`RecipeError`)."""
+    if not afs and not compensation and budget is None:
         return sample_core(ode, x, solver, sigmas=sigmas, **options, **kw)
-    run_ode = RecipeODE(ode, sigmas[0] if afs else None, compensation)
+    run_ode = RecipeODE(ode, sigmas[0] if afs else None, compensation, budget)
     try:
         return sample_core(run_ode, x, solver, sigmas=sigmas, **options, **kw)
     finally:

@@ -172,10 +172,11 @@ def test_neutral_compensation_ratios_equal_the_base_solver(solver, afs):
     ode, x = _setup(n=16)
     sig = ds.grid("logsnr", ode.schedule, 6).tolist()
     fp = ds.tuning.schedule_fingerprint(ode.schedule, ode.prediction)
-    base = ds.Recipe(solver, {}, sig, afs, 1, fp).sample(ode, x)
-    neutral = ds.Recipe(solver, {}, sig, afs, 1, fp, params={"compensation": [0.0] * 12}).sample(ode, x)
+    nfe = ds.count_calls(solver, sig, afs=afs)
+    base = ds.Recipe(solver, {}, sig, afs, nfe, fp).sample(ode, x)
+    neutral = ds.Recipe(solver, {}, sig, afs, nfe, fp, params={"compensation": [0.0] * 12}).sample(ode, x)
     torch.testing.assert_close(neutral, base, rtol=0, atol=1e-12)
-    moved = ds.Recipe(solver, {}, sig, afs, 1, fp, params={"compensation": [0.1] * 12}).sample(ode, x)
+    moved = ds.Recipe(solver, {}, sig, afs, nfe, fp, params={"compensation": [0.1] * 12}).sample(ode, x)
     assert float((moved - base).abs().max()) > 1e-4
 
 
