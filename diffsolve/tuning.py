@@ -499,8 +499,13 @@ def _refine_grids(t: _Tuning, swept: list[_Candidate], refine: int) -> _Candidat
 
 
 def _fit_compensation(t: _Tuning, c: _Candidate) -> _Candidate:
-    """Stage 3 (opt-in): DC-Solver's per-evaluation compensation ratios on the winner (neutral at 0), then
-    its grid once more with them; kept only where they lower the fit error."""
+    """Stage 3 (opt-in): DC-Solver's per-evaluation compensation ratios (Zhao et al., ECCV 2024) on the winner,
+    then its grid once more with them; kept only where they lower the fit error.
+
+    DC-Solver replaces a model output by a Lagrange interpolation of the recent outputs evaluated at a shifted
+    time rho t_k + (1 - rho) t_{k-1}; with the two-point (linear) interpolation used here this is
+    D_k + c_k (D_k - D_{k-1}), c_k = rho_k - 1, applied to every model evaluation of every solver
+    (:class:`RecipeODE`). At c = 0 (the start) the run equals the base solver exactly (its order kept)."""
     n_c = c.calls + (1 if c.config.afs else 0) - 1
     if n_c < 1:
         return c
@@ -514,6 +519,26 @@ def _fit_compensation(t: _Tuning, c: _Candidate) -> _Candidate:
     withc = replace(c, compensation=ratios)
     withc = _refine_grid(t, withc, budget=t.max_evals or (60 + 30 * (len(c.sigmas) - 2)))
     return withc if withc.fit_mse < c.fit_mse else c
+
+
+def _held_out_check(t: _Tuning, chosen: _Candidate, swept: list[_Candidate], teacher_rmse):
+    """``(recipe candidate, fell back)``: the tuned candidate's held-out error against the best fixed candidate
+    of the sweep (any configuration on a registered grid, scored on the same held-out x_T); where the fixed one
+    is better, it is the recipe: a recipe is never worse on held-out x_T than a candidate it considered. Warns
+    where the teacher's own error is not well below the candidates' (TEACHER_SHARE)."""
+    chosen.held_mse = float(t.scorer.errors(chosen.config, chosen.sigmas, chosen.compensation)[t.held_idx].mean())
+    fixed = min(swept, key=lambda c: (c.held_mse, c.config.label(), c.grid))
+    if teacher_rmse is not None and teacher_rmse > TEACHER_SHARE * math.sqrt(min(fixed.held_mse, chosen.held_mse)):
+        warnings.warn(
+            f"tune: the teacher's own error (~{teacher_rmse:.2e} RMSE) is not well below the candidates' "
+            f"({math.sqrt(min(fixed.held_mse, chosen.held_mse)):.2e}): the ranking may be noise; pass a more "
+            "accurate teacher=",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    if fixed.held_mse < chosen.held_mse:
+        return fixed, True
+    return chosen, False
 
 
 def _teacher_error(ode, x_T, ref, own_teacher: bool) -> float | None:
@@ -606,18 +631,12 @@ def tune(
         progress: show progress (tqdm).
         refine: how many of the best configurations get their grid refined.
         max_evals: Nelder-Mead evaluations per refined configuration (default 150 + 60 per free sigma).
-        scalars: also fit the per-evaluation compensation ratios of DC-Solver (Zhao et al., ECCV 2024)
-            on the chosen solver and grid, then refine the grid once more with them (opt-in).
-            DC-Solver replaces a model output by a Lagrange interpolation of the recent outputs
-            evaluated at a shifted time rho t_k + (1 - rho) t_{k-1}; with the two-point (linear)
-            interpolation used here this is D_k + c_k (D_k - D_{k-1}), c_k = rho_k - 1, applied to
-            every model evaluation of every solver (:class:`RecipeODE`). At c = 0 the run equals
-            the base solver exactly (its order kept); a fitted c changes the O(h) term, so it is
-            kept only where it lowers the fit error. Stored as ``recipe.params["compensation"]``.
+        scalars: also fit DC-Solver's per-evaluation compensation ratios (opt-in; :func:`_fit_compensation`),
+            stored as ``recipe.params["compensation"]``.
 
-    The stages: :func:`_sweep` (every configuration on every grid), :func:`_refine_grids`, :func:`_fit_compensation`
-    (``scalars=True``), then the held-out check against the best fixed candidate of the sweep (the recipe falls
-    back to it where the tuned one is worse on the held-out part) and :func:`_report`.
+    The stages: :func:`_sweep`, :func:`_refine_grids`, :func:`_fit_compensation`, :func:`_held_out_check` (the
+    recipe falls back to the best fixed candidate of the sweep where that one is better on held-out x_T) and
+    :func:`_report`. Raises ValueError for an ODE with a ``denoised_transform`` and no ``teacher=``.
     """
     t0 = time.perf_counter()
     n_fit = _check_inputs(ode, x_T, nfe, fit_fraction)
@@ -641,19 +660,8 @@ def tune(
     chosen = _refine_grids(t, swept, refine)
     if scalars:
         chosen = _fit_compensation(t, chosen)
-    chosen.held_mse = float(t.scorer.errors(chosen.config, chosen.sigmas, chosen.compensation)[held_idx].mean())
-    fixed = min(swept, key=lambda c: (c.held_mse, c.config.label(), c.grid))
-    fallback = fixed.held_mse < chosen.held_mse  # never worse on held-out x_T than a candidate it considered
-    if fallback:
-        chosen = fixed
+    chosen, fallback = _held_out_check(t, chosen, swept, teacher_rmse)
     report = _report(t, chosen, swept, teacher_rmse, fallback)
-    if teacher_rmse is not None and teacher_rmse > TEACHER_SHARE * math.sqrt(fixed.held_mse):
-        warnings.warn(
-            f"tune: the teacher's own error (~{teacher_rmse:.2e} RMSE) is not well below the candidates' "
-            f"({math.sqrt(fixed.held_mse):.2e}): the ranking may be noise; pass a more accurate teacher=",
-            RuntimeWarning,
-            stacklevel=2,
-        )
     report.update(
         seed=int(seed),
         seconds=time.perf_counter() - t0,

@@ -211,3 +211,97 @@ def test_ds_sample_runs_a_recipe_exactly_as_recipe_sample_and_refuses_a_second_g
             ds.sample(ode, x[:5], recipe=recipe, **bad)
     with pytest.raises(TypeError, match="recipe must be a diffsolve.Recipe"):
         ds.sample(ode, x[:5], recipe=recipe.to_dict())
+
+
+# -- what a candidate may raise, the teacher, clipping (issue 23 items 5, 6, 10; issue 22 item 6) -------------
+class _BuggyEuler(ds.Solver):
+    """Euler that fails like a bug (a RuntimeError) on real data; the zero model's dry run passes."""
+
+    name = "buggy-euler"
+
+    def step(self, i, x):
+        if bool(x.abs().sum() > 0):
+            raise RuntimeError("bug: index 3 is out of bounds for dimension 0 with size 2")
+        s, s_next = self.sigmas[i], self.sigmas[i + 1]
+        denoised, eps = self.ode.predict(x, s)
+        return (denoised, denoised) if s_next == 0 else (x + (s_next - s) * eps, denoised)
+
+
+def test_a_solver_bug_in_a_candidate_propagates_instead_of_scoring_not_feasible(monkeypatch):
+    import types
+
+    from diffsolve.plugins import registry
+
+    plugin = types.SimpleNamespace(register_solvers=ds.hookimpl(lambda register: register(_BuggyEuler)))
+    ep = types.SimpleNamespace(name="buggy", dist=types.SimpleNamespace(name="dist-buggy"), load=lambda: plugin)
+    monkeypatch.setenv("DIFFSOLVE_DISABLE_PLUGINS", "")
+    monkeypatch.setattr(registry.metadata, "entry_points", lambda group: [ep])
+    monkeypatch.setattr(registry, "_default", None)
+    ode, x = _setup(n=8)
+    try:
+        with pytest.raises(RuntimeError, match="bug: index 3 is out of bounds"):
+            ds.tune(ode, x, nfe=3, solvers=["ddim", "buggy-euler"], teacher=ode.denoised(x, 0.0), progress=False)
+    finally:
+        registry.reset_registry()
+
+
+def test_tune_with_a_teacher_and_a_wrong_shape_x_T_raises_the_models_own_error():
+    ode, _ = _setup()
+    x = torch.randn(8, 3, dtype=torch.float64)  # gmm2d's model takes 2 coordinates
+    n0 = ode.nfe
+    with pytest.raises(RuntimeError) as info:
+        ds.tune(ode, x, nfe=3, solvers=["ddim"], teacher=torch.zeros(8, 3, dtype=torch.float64), progress=False)
+    assert "empty sequence" not in str(info.value) and ode.nfe - n0 <= 1  # the first real call raised
+
+
+def test_report_shows_the_teacher_error_well_below_the_candidates_error(tuned):
+    _, _, recipe = tuned
+    r = recipe.report
+    # the teacher (rtol 1e-10) against one 1000x looser: its own error is far below what the recipes are ranked by
+    assert 0 < r["teacher_rmse"] < 0.01 * r["heldout_rmse"]
+    assert r["fallback_to_fixed"] in (True, False)
+
+
+def test_a_tuned_candidate_worse_on_held_out_than_a_fixed_one_falls_back_to_it(tuned):
+    from dataclasses import replace
+
+    from diffsolve import tuning
+
+    ode, x, _ = tuned
+    idx = torch.arange(x.shape[0])
+    ref = tuning._teacher(ode, x, float(ode.schedule.sigma_max))
+    scorer = tuning._Scorer(ode, x, ref)
+    t = tuning._Tuning(ode, 4, idx[:32], idx[32:], scorer, scorer, False, None)
+    swept = tuning._sweep(t, [tuning._Config("ddim", (), False), tuning._Config("dpmpp-2m", (), False)])
+    best = min(swept, key=lambda c: c.held_mse)
+    # the same solver on a deliberately poor grid (all steps crowded at the top): worse on held-out x_T
+    bad = replace(best, sigmas=[best.sigmas[0] * 0.999**k for k in range(len(best.sigmas) - 1)] + [0.0])
+    chosen, fell_back = tuning._held_out_check(t, bad, swept, None)
+    assert fell_back and chosen is best
+    kept, fell_back = tuning._held_out_check(t, replace(best), swept, None)
+    assert not fell_back and kept.sigmas == best.sigmas
+
+
+def test_tune_refuses_a_clipped_diffusers_ode_at_once_and_tunes_the_unclipped_one():
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=(4, 8),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+    ).eval()
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    clipped = ds.from_diffusers(unet, diffusers.DDPMScheduler())  # clip_sample=True is the default
+    with pytest.raises(ValueError, match=r"follow_clipping=False.*teacher="):
+        ds.tune(clipped, x, nfe=2, progress=False)
+    assert clipped.nfe == 0  # refused before any model call
+    ode = ds.from_diffusers(unet, diffusers.DDPMScheduler(), follow_clipping=False)
+    with torch.no_grad():  # a 100-step DDIM end stands in for the (slow, float64) teacher: the check is the plumbing
+        teacher = ds.sample(ode, x, "ddim", steps=100, grid="trailing")
+    recipe = ds.tune(ode, x, nfe=2, solvers=["ddim"], teacher=teacher, refine=1, max_evals=10, progress=False)
+    assert recipe.nfe <= 2 and recipe.report["teacher_rmse"] is None  # a given teacher's error is not measured
