@@ -106,7 +106,7 @@ def count_calls(solver, sigmas: Sequence[float] | torch.Tensor, *, afs: bool = F
     and for what the run itself refuses (a grid the solver cannot take).
     """
     from .grids import validate_sigmas
-    from .recipe import run_parts
+    from .recipe_ode import run_parts
 
     if is_adaptive(solver):
         name = solver if isinstance(solver, str) else getattr(solver, "name", type(solver).__name__)

@@ -305,3 +305,14 @@ def test_tune_refuses_a_clipped_diffusers_ode_at_once_and_tunes_the_unclipped_on
         teacher = ds.sample(ode, x, "ddim", steps=100, grid="trailing")
     recipe = ds.tune(ode, x, nfe=2, solvers=["ddim"], teacher=teacher, refine=1, max_evals=10, progress=False)
     assert recipe.nfe <= 2 and recipe.report["teacher_rmse"] is None  # a given teacher's error is not measured
+
+
+def test_scipy_which_tune_needs_is_a_core_dependency():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    core = re.search(r"^dependencies = \[(.*?)^\]", text, re.S | re.M).group(
+        1
+    )  # [project] dependencies (3.10: no tomllib)
+    assert re.search(r'^\s*"scipy>=', core, re.M)  # a plain `pip install diffsolve` can run ds.tune
