@@ -7,33 +7,40 @@ few-step sample closest to the exact ODE solution (E29) from the same x_T. The r
 the analytical first step is used, the exact number of model calls, and a report of the
 held-out error beside that of the best fixed grid.
 
-What is searched
-----------------
-1. Every deterministic fixed-call solver of the registry (with the option variants of
+What is searched (the stages of :func:`tune`)
+---------------------------------------------
+1. :func:`_sweep`: every deterministic fixed-call solver of the registry (with the option variants of
    :data:`VARIANTS`: order, ``final_step`` = denoise / lower-order final, UniPC's variant,
    DEIS' variable) x every registered grid that accepts the schedule x AFS on/off. Each
-   configuration gets the largest step count whose real number of model calls fits the
-   budget (counted by a dry run with a zero model, so a 2-call solver gets half the steps).
-   This is also the baseline: the best fixed solver+grid, scored on the held-out part.
-2. Solver-aware timestep calibration: for the best configurations of step 1 (ranked on the
-   fit part only), the interior sigmas are refined by Nelder-Mead on the log of the
+   configuration gets, on each grid, the largest step count whose real number of model calls fits
+   the budget (:func:`diffsolve.steps_for_nfe`: a dry run of that solver on that grid with the
+   package's zero model, so a 2-call solver gets half the steps). This is also the baseline: the
+   best fixed solver+grid, scored on the held-out part.
+2. :func:`_refine_grids`: solver-aware timestep calibration: for the best configurations of
+   step 1 (ranked on the fit part only), the interior sigmas are refined by Nelder-Mead on the log of the
    log-sigma gaps, ``sigma_k = sigma_max exp(-(g_1 + ... + g_k))``, ``g_j = exp(z_j)``,
    scoring the *global* error of the very solver that will run (its own states,
    multistep history included) against the teacher: the mean squared difference of the
    final samples (the OSS/LD3 objective, here derivative-free; GITS' Euler local cost is
    not used because it is blind to the solver). The first sigma stays sigma_max (x_T lives
-   there) and the last is 0; the last non-zero sigma is free.
-3. The recipe with the lowest *fit* error wins; its held-out error is then measured, so
-   overfitting shows in ``recipe.report``.
-4. Opt-in (``scalars=True``): DC-Solver's per-step compensation ratios on the winner (see
-   :func:`tune`), neutral at their initial value 0, then one more grid refinement with them.
+   there) and the last is 0; the last non-zero sigma is free. The lowest *fit* error wins.
+3. :func:`_fit_compensation` (opt-in, ``scalars=True``): DC-Solver's per-step compensation ratios on
+   the winner, neutral at their initial value 0, then one more grid refinement with them.
+4. :func:`_held_out_check` and :func:`_report`: the winner's held-out error against the best fixed
+   candidate of the sweep; where that one is better on the held-out part, it is the recipe
+   (``report["fallback_to_fixed"]``). The report shows both, and the teacher's own error.
+
+A candidate whose run raises one of :data:`INFEASIBLE` is "not feasible"; any other error propagates.
 
 The teacher
 -----------
 The exact solution from each x_T: adaptive dopri5 in a float64 state
 (:func:`diffsolve.analytic.reference_solution`, rtol = atol = 1e-10 for a float64 x_T,
 1e-8 otherwise), computed once per (ODE, x_T) and cached in memory. Pass ``teacher=``
-with precomputed ends (model space, sigma = 0) to skip it.
+with precomputed ends (model space, sigma = 0) to skip it. Its own error is estimated by the same
+solve :data:`TEACHER_CHECK_FACTOR` times less strict (``report["teacher_rmse"]``). An ODE with a
+``denoised_transform`` (clipping) is refused at once without ``teacher=``: the teacher cannot
+integrate the clipped ODE.
 
 The analytical first step (AFS)
 -------------------------------
