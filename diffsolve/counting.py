@@ -165,14 +165,20 @@ def steps_for_nfe(solver, nfe: int, *, grid: str, schedule, afs: bool = False, *
             return None
         return count_calls(solver, sig, afs=afs, schedule=schedule, **options)
 
+    start = max(1, min(top, top // per_step))
     best = None
-    steps = max(1, min(top, top // per_step))
-    while steps >= 1:  # down to the first step count that fits
+    for steps in range(start, 0, -1):  # down to the first step count that fits
         c = calls(steps)
         if c is not None and c <= nfe:
             best = steps
             break
-        steps -= 1
+    if best is None:  # the grid refused every count from start down (e.g. ddim-quad needs 2 steps): look above
+        for steps in range(start + 1, top + 1):
+            c = calls(steps)
+            if c is not None:
+                if c <= nfe:
+                    best = steps
+                break
     if best is None:
         return None
     for steps in range(best + 1, top + 1):  # up while one more step still fits

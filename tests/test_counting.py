@@ -123,3 +123,13 @@ def test_shipped_recipes_load_and_reproduce_their_samples_bit_for_bit(nfe):
     finally:
         torch.set_num_threads(threads)
     assert hashlib.sha256(out.contiguous().numpy().tobytes()).hexdigest() == SHIPPED[nfe]
+
+
+def test_steps_for_nfe_looks_above_a_step_count_the_grid_refuses():
+    # ddim-quad needs 2 steps; dpm-2 (2 calls per step, 1 into sigma = 0) fits 2 steps in 3 calls. The first
+    # search (nfe // calls_per_step = 1, then down) found nothing and the pictures' scan found 2: now all agree
+    sched = ds.DiscreteSchedule.linear()
+    with pytest.raises(ValueError, match="ddim-quad needs steps >= 2"):
+        ds.grid("ddim-quad", sched, 1)
+    assert ds.steps_for_nfe("dpm-2", 3, grid="ddim-quad", schedule=sched) == 2
+    assert ds.count_calls("dpm-2", ds.grid("ddim-quad", sched, 2)) == 3

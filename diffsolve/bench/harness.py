@@ -227,6 +227,8 @@ def run_cell(cell: Cell, ctx: _Context) -> dict:
     try:
         fit = ctx.steps_for(spec, problem, cell.grid, cell.nfe)
         if fit is None:
+            # a grid that refuses the step counts that would fit says why (an error row with its message)
+            make_grid(cell.grid, problem.schedule, max(1, cell.nfe // spec.calls_per_step))
             row.update(
                 status="unreachable",
                 peer=False,
