@@ -316,3 +316,21 @@ def test_scipy_which_tune_needs_is_a_core_dependency():
         1
     )  # [project] dependencies (3.10: no tomllib)
     assert re.search(r'^\s*"scipy>=', core, re.M)  # a plain `pip install diffsolve` can run ds.tune
+
+
+def test_teacher_error_estimate_bounds_the_true_error_on_the_exact_gaussian_flow():
+    from diffsolve import tuning
+
+    problem = get_problem("gaussian")  # N(m, s^2 I): the exact flow E38 is known
+    ode = problem.ode(default_schedule())
+    smax = float(ode.schedule.sigma_max)
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    teacher = tuning._teacher(ode, x, smax)
+    # E38 down to the schedule's sigma_min, then the step to 0 with eps held there (the wrapper holds eps outside the
+    # model's range: the ODE every candidate and the teacher integrate)
+    smin = float(ode.schedule.sigma_min)
+    xbar_min = problem.exact_flow(ode.to_xbar(x, smax), smax, smin)
+    exact = xbar_min - smin * problem.eps(xbar_min, smin)  # xbar = x at sigma = 0
+    true_err = float((teacher - exact).pow(2).mean().sqrt())
+    estimate = tuning._teacher_error(ode, x, teacher, True)
+    assert true_err <= estimate < 1e-6, (true_err, estimate)  # from above, and far below any few-step error
