@@ -10,7 +10,8 @@ evaluation x_T (seed ``--eval-seed``), it prints:
   for the best fixed candidate tune reported (``report["best_fixed"]``) and for the best fixed solver+grid chosen
   on the evaluation x_T itself (``best_fixed``);
 * the spread of the per-sample error: the share of the squared error carried by the worst 1% of x_T (an RMSE
-  dominated by a few start states differs between draws of x_T even without any fitting).
+  dominated by a few start states differs between draws of x_T even without any fitting), and for the analytic
+  mixtures the number of x_T whose end lies nearest another component than the reference's ("flips").
 
     python benchmarks/tuning_diagnosis.py --problem gmm64 --nfe 15,20 --out bench-results/tuning
 
@@ -26,12 +27,21 @@ from pathlib import Path
 import torch
 
 
-def _errors(ode, x, ref, solver, options, sigmas, afs, comp=None):
+def _errors(ode, x, ref, solver, options, sigmas, afs, comp=None, means=None):
+    """Per-sample squared error, and how many samples end nearest another mixture component than the reference
+    (None without the problem's component means)."""
     from diffsolve.recipe import run_parts
 
     with torch.no_grad():
-        out = run_parts(ode, x, solver, options, sigmas, afs, comp)
-    return (out.to(torch.float64).cpu() - ref).reshape(x.shape[0], -1).pow(2).mean(1)
+        out = run_parts(ode, x, solver, options, sigmas, afs, comp).to(torch.float64).cpu()
+    e = (out - ref).reshape(x.shape[0], -1).pow(2).mean(1)
+    if means is None:
+        return e, None
+
+    def comp_of(y):
+        return torch.cdist(y.reshape(y.shape[0], -1), means).argmin(1)
+
+    return e, int((comp_of(out) != comp_of(ref)).sum())
 
 
 def _rmse(e) -> float:
@@ -71,6 +81,9 @@ def main(argv=None) -> int:
     x_eval = prob.x_T(args.eval_seed, args.eval_samples) * scale
     ref_fit, err_fit = refs.get(prob, x_fit, smax, 0.0, args.fit_seed)
     ref_eval, err_eval = refs.get(prob, x_eval, smax, 0.0, args.eval_seed)
+    from diffsolve.analytic import PROBLEMS, get_problem
+
+    means = get_problem(args.problem).means if args.problem in PROBLEMS else None
     print(f"{args.problem}: teacher error (reference cache ref_err) {err_fit:.1e} (tuning x_T), {err_eval:.1e} (eval)")
     for nfe in [int(v) for v in args.nfe.split(",")]:
         recipe = ds.Recipe.load(out / "recipes" / f"{args.problem}-nfe{nfe}.json")
@@ -97,13 +110,13 @@ def main(argv=None) -> int:
             None,
         )
         print(f"\nNFE {nfe}: {recipe!r}; fallback_to_fixed={r.get('fallback_to_fixed')}")
-        print(f"  {'':<44} {'fit':>9} {'held-out':>9} {'eval':>9}  worst 1% share (tuning / eval)")
+        print(f"  {'':<44} {'fit':>9} {'held-out':>9} {'eval':>9}  worst 1% share, flips (tuning / eval)")
         for label, (solver, options, sig, afs, c) in rows.items():
-            e_t = _errors(ode, x_fit.to(prob.dtype), ref_fit, solver, options, sig, afs, c)
-            e_v = _errors(ode, x_eval.to(prob.dtype), ref_eval, solver, options, sig, afs, c)
+            e_t, f_t = _errors(ode, x_fit.to(prob.dtype), ref_fit, solver, options, sig, afs, c, means)
+            e_v, f_v = _errors(ode, x_eval.to(prob.dtype), ref_eval, solver, options, sig, afs, c, means)
             print(
                 f"  {label:<44} {_rmse(e_t[fit_idx]):9.2e} {_rmse(e_t[held_idx]):9.2e} {_rmse(e_v):9.2e}"
-                f"  {_top_share(e_t):.2f} / {_top_share(e_v):.2f}"
+                f"  {_top_share(e_t):.2f}, {f_t} / {_top_share(e_v):.2f}, {f_v}"
             )
         if not math.isfinite(r["heldout_rmse"]):
             print("  (recipe held-out not finite)")
