@@ -6,6 +6,7 @@
 """
 
 from . import analytic
+from .counting import count_calls, steps_for_nfe
 from .grids import validate_sigmas
 from .interop.diffusers import diffusers_grid, from_diffusers
 from .interop.k_diffusion import k_sampler
@@ -72,6 +73,8 @@ __all__ = [
     "k_sampler",
     "tune",
     "Recipe",
+    "count_calls",
+    "steps_for_nfe",
 ]
 
 

@@ -142,8 +142,16 @@ def _tune(args) -> int:
     print(
         f"held-out RMSE {r['heldout_rmse']:.4e} (fit {r['fit_rmse']:.4e}); best fixed solver+grid "
         f"{fixed['solver']} on {fixed['grid']} ({fixed['nfe']} calls): {fixed['heldout_rmse']:.4e}; "
-        f"ratio {r['heldout_rmse'] / fixed['heldout_rmse']:.3f}"
+        f"ratio {r['heldout_rmse'] / fixed['heldout_rmse']:.3f} (on the held-out part of these x_T; "
+        "benchmarks/bench_tuning.py scores on another draw: docs/tuning.md)"
     )
+    teacher = "not measured" if r.get("teacher_rmse") is None else f"{r['teacher_rmse']:.1e} RMSE"
+    fell_back = (
+        "; the tuned grid lost on held-out x_T: the recipe is the best fixed candidate"
+        if r.get("fallback_to_fixed")
+        else ""
+    )
+    print(f"teacher's own error: {teacher}{fell_back}")
     print(
         f"tuning: {dt:.1f} s, {r['tuning_model_calls']} model calls ({r['teacher_model_calls']} for the teacher); "
         f"saved {args.out}"

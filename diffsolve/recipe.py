@@ -12,27 +12,23 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .driver import list_solvers, make_solver, sample_core
+from .counting import count_calls, is_adaptive
+from .driver import list_solvers, make_solver
 from .grids import validate_sigmas
+from .recipe_ode import AFSODE, RecipeError, RecipeODE, run_parts
 from .wrapper import DiffusionODE
-from .wrapper import _Counter as _CallCounter
 
-__all__ = ["Recipe", "RecipeError", "RecipeODE", "AFSODE", "run_recipe", "schedule_fingerprint"]
+__all__ = ["Recipe", "RecipeError", "RecipeODE", "AFSODE", "run_recipe", "run_parts", "schedule_fingerprint"]
 
 _F64 = torch.float64
 FORMAT = "diffsolve-recipe"
 VERSION = 1
-
-
-class RecipeError(ValueError):
-    """A recipe that cannot be used here: another schedule or prediction, or a damaged file."""
 
 
 # -- the schedule's fingerprint ------------------------------------------------------------------
@@ -53,66 +49,6 @@ def schedule_fingerprint(schedule, prediction: str) -> str:
         str(prediction),
     ]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
-
-
-# -- AFS and the per-step compensation ------------------------------------------------------------
-class RecipeODE(DiffusionODE):
-    """The ODE a recipe runs on: ``base`` with the analytical first step (``afs_sigma``: the first
-    call at that sigma is answered by eps = xbar / sqrt(1 + sigma^2), see the module docstring)
-    and the optional per-evaluation compensation ratios ``compensation`` (DC-Solver, see
-    :func:`tune`): evaluation k >= 1 returns D_k + c_k (D_k - D_{k-1}), eps made consistent
-    with it (E9); all c_k = 0 leaves every output untouched.
-
-    Made fresh for each run. Model calls are counted on this object; :func:`run_recipe` adds
-    them to ``base.nfe``.
-    """
-
-    def __init__(self, base: DiffusionODE, afs_sigma: float | None = None, compensation: Sequence[float] | None = None):
-        self.__dict__.update(base.__dict__)
-        self._counter = _CallCounter()  # this run's calls; run_recipe adds them to base's shared count
-        self._afs_sigma = None if afs_sigma is None else float(afs_sigma)
-        self._comp = None if compensation is None else [float(c) for c in compensation]
-        self._k = 0
-        self._prev_d = None
-
-    def _evaluate(self, xbar, sigma, need_denoised: bool):
-        sigma = float(sigma)
-        if self._afs_sigma is not None and sigma == self._afs_sigma:
-            self._afs_sigma = None
-            eps = xbar * (1.0 / math.sqrt(1.0 + sigma * sigma))
-            denoised = torch.add(xbar, eps, alpha=-sigma)
-            if self.denoised_transform is not None:
-                denoised = self.denoised_transform(denoised, sigma)
-                eps = (xbar - denoised) / sigma
-        elif self._comp is None and not need_denoised:
-            return None, super().eps(xbar, sigma)
-        else:
-            denoised, eps = super().predict(xbar, sigma)
-        if self._comp is None:
-            return denoised, eps
-        k, prev = self._k, self._prev_d
-        self._k, self._prev_d = k + 1, denoised
-        c = self._comp[k - 1] if 1 <= k <= len(self._comp) else 0.0
-        if c != 0.0 and prev is not None:
-            denoised = torch.add(denoised, denoised - prev, alpha=c)
-            if sigma != 0:
-                eps = (xbar - denoised) / sigma
-        return denoised, eps
-
-    def predict(self, xbar, sigma):
-        return self._evaluate(xbar, sigma, True)
-
-    def eps(self, xbar, sigma):
-        return self._evaluate(xbar, sigma, False)[1]
-
-    __call__ = eps
-
-
-class AFSODE(RecipeODE):
-    """``base`` with the analytical first step at ``sigma0`` only (see :class:`RecipeODE`)."""
-
-    def __init__(self, base: DiffusionODE, sigma0: float):
-        super().__init__(base, afs_sigma=sigma0)
 
 
 # -- the recipe ------------------------------------------------------------------------------------
@@ -159,6 +95,21 @@ class Recipe:
         s = make_solver(self.solver, **self.options)
         if s.stochastic:
             raise RecipeError(f"recipe solver {self.solver!r} is stochastic; a recipe needs a deterministic solver")
+        self.check_nfe()
+
+    def check_nfe(self) -> None:
+        """Raise :class:`RecipeError` unless one run makes exactly ``nfe`` model calls (the NFE contract),
+        counted by a dry run (:func:`diffsolve.count_calls`)."""
+        if isinstance(self.nfe, bool) or not isinstance(self.nfe, int) or self.nfe < 0:
+            raise RecipeError(f"recipe nfe must be a non-negative integer, got {self.nfe!r}")
+        if is_adaptive(self.solver):
+            raise RecipeError(f"recipe solver {self.solver!r} is adaptive; a recipe needs a fixed-call solver")
+        calls = count_calls(self.solver, self.sigmas, afs=self.afs, **self.options)
+        if calls != self.nfe:
+            raise RecipeError(
+                f"recipe nfe={self.nfe}, but {self.solver!r} with options {self.options} makes {calls} model calls "
+                f"on its {self.steps}-step grid (afs={self.afs}): a recipe's nfe is its exact number of model calls"
+            )
 
     @property
     def steps(self) -> int:
@@ -264,17 +215,15 @@ def run_recipe(ode: DiffusionODE, x: torch.Tensor, recipe: Recipe, **kw):
     for k in ("solver", "steps", "grid", "sigmas"):
         if k in kw:
             raise ValueError(f"{k}= cannot be given with a recipe: the recipe fixes the solver and its grid")
+    recipe.check_nfe()  # before any model call; the budget below stops a run that would still exceed it
     return run_parts(
-        ode, x, recipe.solver, recipe.options, recipe.sigmas, recipe.afs, recipe.params.get("compensation"), **kw
+        ode,
+        x,
+        recipe.solver,
+        recipe.options,
+        recipe.sigmas,
+        recipe.afs,
+        recipe.params.get("compensation"),
+        budget=recipe.nfe,
+        **kw,
     )
-
-
-def run_parts(ode, x, solver, options, sigmas, afs, compensation=None, **kw):
-    """Sample with a solver, its options and a grid, with AFS and compensation ratios when asked."""
-    if not afs and not compensation:
-        return sample_core(ode, x, solver, sigmas=sigmas, **options, **kw)
-    run_ode = RecipeODE(ode, sigmas[0] if afs else None, compensation)
-    try:
-        return sample_core(run_ode, x, solver, sigmas=sigmas, **options, **kw)
-    finally:
-        ode._counter.add(run_ode.nfe)

@@ -7,33 +7,40 @@ few-step sample closest to the exact ODE solution (E29) from the same x_T. The r
 the analytical first step is used, the exact number of model calls, and a report of the
 held-out error beside that of the best fixed grid.
 
-What is searched
-----------------
-1. Every deterministic fixed-call solver of the registry (with the option variants of
+What is searched (the stages of :func:`tune`)
+---------------------------------------------
+1. :func:`_sweep`: every deterministic fixed-call solver of the registry (with the option variants of
    :data:`VARIANTS`: order, ``final_step`` = denoise / lower-order final, UniPC's variant,
    DEIS' variable) x every registered grid that accepts the schedule x AFS on/off. Each
-   configuration gets the largest step count whose real number of model calls fits the
-   budget (counted by a dry run with a zero model, so a 2-call solver gets half the steps).
-   This is also the baseline: the best fixed solver+grid, scored on the held-out part.
-2. Solver-aware timestep calibration: for the best configurations of step 1 (ranked on the
-   fit part only), the interior sigmas are refined by Nelder-Mead on the log of the
+   configuration gets, on each grid, the largest step count whose real number of model calls fits
+   the budget (:func:`diffsolve.steps_for_nfe`: a dry run of that solver on that grid with the
+   package's zero model, so a 2-call solver gets half the steps). This is also the baseline: the
+   best fixed solver+grid, scored on the held-out part.
+2. :func:`_refine_grids`: solver-aware timestep calibration: for the best configurations of
+   step 1 (ranked on the fit part only), the interior sigmas are refined by Nelder-Mead on the log of the
    log-sigma gaps, ``sigma_k = sigma_max exp(-(g_1 + ... + g_k))``, ``g_j = exp(z_j)``,
    scoring the *global* error of the very solver that will run (its own states,
    multistep history included) against the teacher: the mean squared difference of the
    final samples (the OSS/LD3 objective, here derivative-free; GITS' Euler local cost is
    not used because it is blind to the solver). The first sigma stays sigma_max (x_T lives
-   there) and the last is 0; the last non-zero sigma is free.
-3. The recipe with the lowest *fit* error wins; its held-out error is then measured, so
-   overfitting shows in ``recipe.report``.
-4. Opt-in (``scalars=True``): DC-Solver's per-step compensation ratios on the winner (see
-   :func:`tune`), neutral at their initial value 0, then one more grid refinement with them.
+   there) and the last is 0; the last non-zero sigma is free. The lowest *fit* error wins.
+3. :func:`_fit_compensation` (opt-in, ``scalars=True``): DC-Solver's per-step compensation ratios on
+   the winner, neutral at their initial value 0, then one more grid refinement with them.
+4. :func:`_held_out_check` and :func:`_report`: the winner's held-out error against the best fixed
+   candidate of the sweep; where that one is better on the held-out part, it is the recipe
+   (``report["fallback_to_fixed"]``). The report shows both, and the teacher's own error.
+
+A candidate whose run raises one of :data:`INFEASIBLE` is "not feasible"; any other error propagates.
 
 The teacher
 -----------
 The exact solution from each x_T: adaptive dopri5 in a float64 state
 (:func:`diffsolve.analytic.reference_solution`, rtol = atol = 1e-10 for a float64 x_T,
 1e-8 otherwise), computed once per (ODE, x_T) and cached in memory. Pass ``teacher=``
-with precomputed ends (model space, sigma = 0) to skip it.
+with precomputed ends (model space, sigma = 0) to skip it. Its own error is estimated by the same
+solve :data:`TEACHER_CHECK_FACTOR` times less strict (``report["teacher_rmse"]``). An ODE with a
+``denoised_transform`` (clipping) is refused at once without ``teacher=``: the teacher cannot
+integrate the clipped ODE.
 
 The analytical first step (AFS)
 -------------------------------
@@ -59,20 +66,22 @@ for bit (the search is deterministic: no random restarts; ties broken by order).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import inspect
 import math
 import time
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
+from .counting import count_calls, is_adaptive, steps_for_nfe
 from .recipe import AFSODE, Recipe, RecipeError, RecipeODE, run_parts, run_recipe, schedule_fingerprint  # noqa: F401
 from .sampling import grid as make_grid
 from .sampling import list_grids, list_solvers, make_solver
-from .wrapper import DiffusionODE
+from .wrapper import DiffusionODE, NonFiniteError
 
 __all__ = [
     "tune",
@@ -84,11 +93,21 @@ __all__ = [
     "best_fixed",
     "VARIANTS",
     "RecipeError",
+    "INFEASIBLE",
 ]
 
 _F64 = torch.float64
 #: the largest NFE tune() searches (the Nelder-Mead refinement has NFE - 1 parameters)
 MAX_NFE = 100
+#: the errors a candidate run may legitimately raise, scored "not feasible" (infinite error): the arithmetic
+#: of an extreme grid (coefficients overflowing or dividing by a vanishing step) and non-finite samples.
+#: Anything else (a model that refuses x_T, a solver bug) propagates. Grids that are not strictly decreasing
+#: are screened out before a run (:func:`_grid_ok`).
+INFEASIBLE = (NonFiniteError, OverflowError, ZeroDivisionError)
+#: the looser teacher that measures the teacher's error is this many times less strict
+TEACHER_CHECK_FACTOR = 1000.0
+#: the teacher's error must stay below this share of the best candidate's error (else a warning)
+TEACHER_SHARE = 0.1
 
 #: option variants searched per solver besides its defaults (the free low-NFE rules:
 #: order, lower-order final / denoise final step, the extrapolation variable)
@@ -99,8 +118,8 @@ VARIANTS: dict[str, list[dict[str, Any]]] = {
         for v in ("t", "log-sigma")
         for f in ("denoise", "lower-order")
     ],
-    "dpmpp-2m": [{"solver_type": "heun"}],
-    "dpm-solver-2m": [{"solver_type": "heun"}],
+    "dpmpp-2m": [{"solver_type": "taylor"}],
+    "dpm-solver-2m": [{"solver_type": "taylor"}],
     "dpmpp-3m": [{"final_step": "denoise"}, {"final_step": "lower-order"}],
     "dpm-solver-3m": [{"final_step": "denoise"}, {"final_step": "lower-order"}],
     "unipc": [
@@ -114,52 +133,9 @@ VARIANTS: dict[str, list[dict[str, Any]]] = {
 }
 
 
-# -- counting calls ----------------------------------------------------------------------------------
-def _zero_model(x, t, **_):
-    return torch.zeros_like(x)
-
-
-class _Counter:
-    """Real model calls of (solver, options, afs, steps), by a dry run with a zero model."""
-
-    def __init__(self, schedule, prediction):
-        self.ode = DiffusionODE(_zero_model, schedule, prediction=prediction)
-        self.schedule = schedule
-        self._memo: dict = {}
-
-    def calls(self, solver: str, options: dict, afs: bool, steps: int) -> int:
-        key = (solver, tuple(sorted(options.items())), afs, steps)
-        if key not in self._memo:
-            hi, lo = self.schedule.sigma_max, self.schedule.sigma_min
-            sig = [hi * (lo / hi) ** (k / max(steps - 1, 1)) for k in range(steps)] + [0.0]
-            self.ode.nfe = 0
-            run_parts(self.ode, torch.zeros(1, 1, dtype=_F64), solver, options, sig, afs, check_finite=False)
-            self._memo[key] = self.ode.nfe
-        return self._memo[key]
-
-    def steps_for(self, solver: str, options: dict, afs: bool, nfe: int, calls_per_step: int):
-        """``(steps, calls)``: the most steps whose calls fit ``nfe``, or None."""
-        steps = max(1, (nfe + (1 if afs else 0)) // calls_per_step)
-        try:
-            calls = self.calls(solver, options, afs, steps)
-            while calls > nfe and steps > 1:
-                steps -= 1
-                calls = self.calls(solver, options, afs, steps)
-            if calls > nfe:
-                return None
-            for _ in range(3):  # solvers with fewer calls than steps x calls_per_step (the final step)
-                more = self.calls(solver, options, afs, steps + 1)
-                if more > nfe:
-                    break
-                steps, calls = steps + 1, more
-        except (ValueError, TypeError, RuntimeError):
-            return None
-        return steps, calls
-
-
-# -- configurations -------------------------------------------------------------------------------------
+# -- configurations and candidates ----------------------------------------------------------------------
 def _fixed_call_solvers(solvers: Sequence[str] | None) -> list[str]:
-    """Deterministic solvers with a fixed number of calls per step (adaptive ones have rtol/atol)."""
+    """Deterministic solvers with a fixed number of calls per step (not adaptive: :func:`is_adaptive`)."""
     from .plugins.registry import get_registry
 
     reg = get_registry()
@@ -167,8 +143,7 @@ def _fixed_call_solvers(solvers: Sequence[str] | None) -> list[str]:
         names = []
         for n in list_solvers():
             cls = reg.solver(n)
-            params = inspect.signature(cls.__init__).parameters
-            if cls.stochastic or "rtol" in params or getattr(cls, "calls_per_step", 1) < 1:
+            if cls.stochastic or is_adaptive(cls) or getattr(cls, "calls_per_step", 1) < 1:
                 continue
             if make_solver(n).stochastic:  # a default option that draws noise (e.g. an eta)
                 continue
@@ -186,7 +161,7 @@ def _fixed_call_solvers(solvers: Sequence[str] | None) -> list[str]:
                 f"solvers: {n!r} is stochastic; tune() needs deterministic solvers (its error is "
                 "measured against the exact ODE solution): e.g. ddim, dpmpp-2m, unipc, ipndm"
             )
-        if "rtol" in inspect.signature(cls.__init__).parameters:
+        if is_adaptive(cls):
             raise ValueError(
                 f"solvers: {n!r} is adaptive (its number of model calls is not fixed); tune() needs a fixed-call solver"
             )
@@ -206,6 +181,11 @@ class _Config:
     def opts(self) -> dict:
         return dict(self.options)
 
+    @property
+    def is_default(self) -> bool:
+        """Default options and no AFS: a plain fixed solver, the baseline."""
+        return not self.options and not self.afs
+
     def label(self) -> str:
         o = ",".join(f"{k}={v}" for k, v in self.options)
         return f"{self.solver}{'(' + o + ')' if o else ''}{'+afs' if self.afs else ''}"
@@ -214,22 +194,54 @@ class _Config:
 def _configs(names: list[str]) -> list[_Config]:
     out = []
     for n in names:
-        variants = [{}] + VARIANTS.get(n, [])
-        for v in variants:
+        for v in [{}] + VARIANTS.get(n, []):
             for afs in (False, True):
                 out.append(_Config(n, tuple(sorted(v.items())), afs))
     return out
+
+
+@dataclass
+class _Candidate:
+    """One configuration on one grid: what it costs and how far it lands from the teacher."""
+
+    config: _Config
+    grid: str  # the registered grid it is (or was refined from)
+    sigmas: list[float]
+    calls: int
+    fit_mse: float
+    held_mse: float = math.inf
+    compensation: list[float] | None = None
+
+    def key(self):
+        """Order of preference: lowest fit error, ties broken by name (deterministic)."""
+        return (self.fit_mse, self.config.label(), self.grid)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "solver": self.config.solver,
+            "options": self.config.opts,
+            "afs": self.config.afs,
+            "grid": self.grid,
+            "nfe": self.calls,
+            "steps": len(self.sigmas) - 1,
+            "fit_rmse": math.sqrt(self.fit_mse),
+            "heldout_rmse": math.sqrt(self.held_mse),
+        }
 
 
 # -- the teacher ----------------------------------------------------------------------------------------
 _TEACHERS: dict[str, torch.Tensor] = {}
 
 
-def _teacher(ode: DiffusionODE, x_T: torch.Tensor, sigma_max: float) -> torch.Tensor:
+def _teacher_tol(x_T: torch.Tensor) -> float:
+    return 1e-10 if x_T.dtype == _F64 else 1e-8
+
+
+def _teacher(ode: DiffusionODE, x_T: torch.Tensor, sigma_max: float, tol: float | None = None) -> torch.Tensor:
     from .analytic import reference_solution
 
+    tol = _teacher_tol(x_T) if tol is None else tol
     h = hashlib.sha1(x_T.detach().to("cpu", _F64).contiguous().numpy().tobytes())
-    tol = 1e-10 if x_T.dtype == _F64 else 1e-8
     key = f"{id(ode.model)}|{schedule_fingerprint(ode.schedule, ode.prediction)}|{sigma_max!r}|{tol}|{h.hexdigest()}"
     if key not in _TEACHERS:
         # the model is called in its own dtype (a run view of the ODE); the state is float64
@@ -242,37 +254,102 @@ def _teacher(ode: DiffusionODE, x_T: torch.Tensor, sigma_max: float) -> torch.Te
     return _TEACHERS[key]
 
 
+def _check_teacher(ode, x_T, teacher) -> torch.Tensor | None:
+    """The user's ``teacher=`` checked and in float64 on the CPU (None: tune solves its own). Refuses, before any
+    expensive work, an ODE whose ``denoised_transform`` (clipping) the float64 teacher cannot integrate."""
+    if teacher is None:
+        if ode.denoised_transform is not None:
+            raise ValueError(
+                "this ODE applies a denoised_transform (clipping or thresholding; from_diffusers follows a "
+                "scheduler's clip_sample=True, the DDPM/DDIM default): tune's float64 teacher cannot integrate the "
+                "clipped ODE (its right-hand side jumps where the clip engages). Tune the unclipped ODE, "
+                "ds.from_diffusers(model, scheduler, follow_clipping=False), and run the recipe on it; or pass "
+                "teacher= with precomputed end points of the clipped ODE (docs/tuning.md, 'Clipping')"
+            )
+        return None
+    ref = torch.as_tensor(teacher)
+    if ref.shape != x_T.shape:
+        raise ValueError(f"teacher must have x_T's shape {tuple(x_T.shape)}, got {tuple(ref.shape)}")
+    if not torch.isfinite(ref).all():
+        raise ValueError("teacher contains NaN or inf")
+    return ref.detach().to(_F64).cpu()
+
+
 # -- scoring ----------------------------------------------------------------------------------------------
+def _grid_ok(sigmas: list[float], sigma_min: float, sigma_max: float) -> bool:
+    """Strictly decreasing in float64, positive until the final 0 and inside the model's range (the driver's
+    tolerance, :data:`diffsolve.validation.RANGE_RTOL`): a grid a candidate can run on."""
+    from .validation import RANGE_RTOL
+
+    return (
+        all(a > b for a, b in zip(sigmas, sigmas[1:]))
+        and sigmas[-1] == 0.0
+        and sigmas[-2] >= sigma_min * (1 - RANGE_RTOL)
+        and sigmas[-2] > 0.0
+        and sigmas[0] <= sigma_max * (1 + RANGE_RTOL)
+    )
+
+
 class _Scorer:
+    """Per-sample squared errors of candidate runs against the teacher; counts the runs."""
+
     def __init__(self, ode, x, ref):
         self.ode, self.x, self.ref = ode, x, ref
         self.runs = 0
+        self.range = (float(ode.schedule.sigma_min), float(ode.schedule.sigma_max))
+
+    def grid_ok(self, sigmas: list[float]) -> bool:
+        return _grid_ok(sigmas, *self.range)
 
     def errors(self, cfg: _Config, sigmas: list[float], compensation=None) -> torch.Tensor:
-        """Per-sample mean squared error to the teacher (float64); inf where the run fails."""
+        """Per-sample mean squared error to the teacher (float64); inf for an infeasible candidate (a grid
+        :func:`_grid_ok` refuses, one of :data:`INFEASIBLE`, non-finite samples)."""
+        inf = torch.full((self.x.shape[0],), math.inf, dtype=_F64)
+        if not self.grid_ok(sigmas):
+            return inf
         self.runs += 1
         try:
             with torch.no_grad():
                 out = run_parts(
                     self.ode, self.x, cfg.solver, cfg.opts, sigmas, cfg.afs, compensation, check_finite=False
                 )
-        except (ValueError, RuntimeError, FloatingPointError, ZeroDivisionError):
-            return torch.full((self.x.shape[0],), math.inf, dtype=_F64)
+        except INFEASIBLE:
+            return inf
         e = (out.detach().to("cpu", _F64) - self.ref).reshape(self.x.shape[0], -1).pow(2).mean(1)
         return torch.where(torch.isfinite(e), e, torch.full_like(e, math.inf))
 
 
-def _grids_for(schedule, steps: int) -> dict[str, list[float]]:
-    out = {}
-    for g in list_grids():
-        try:
-            sig = make_grid(g, schedule, steps)
-        except (ValueError, TypeError):
-            continue
-        if abs(float(sig[0]) - schedule.sigma_max) > 1e-9 * schedule.sigma_max:
-            continue  # a grid that does not start where x_T lives
-        out[g] = [float(s) for s in sig.tolist()]
-    return out
+def _log_mse(e: torch.Tensor) -> float:
+    mse = float(e.mean())
+    if not math.isfinite(mse):
+        return 1e3
+    return math.log(mse) if mse > 0 else -1e3
+
+
+def _simplex(z0, step: float):
+    """Initial Nelder-Mead simplex: each coordinate moved by ``step`` (0.3 on a log-gap scales it by 1.35)."""
+    import numpy as np
+
+    z0 = np.asarray(z0, dtype=float)
+    pts = [z0]
+    for k in range(len(z0)):
+        p = z0.copy()
+        p[k] += step
+        pts.append(p)
+    return np.array(pts)
+
+
+def _nelder_mead(f, x0: list[float], step: float, maxfev: int) -> tuple[list[float], float]:
+    """Minimise ``f`` from ``x0`` (scipy's Nelder-Mead, deterministic: a fixed initial simplex of size ``step``);
+    ``(x, f(x))`` of the result, or of ``x0`` where the search found nothing lower."""
+    from scipy.optimize import minimize
+
+    f0 = f(x0)
+    options = {"maxfev": maxfev, "xatol": 1e-4, "fatol": 1e-6, "adaptive": len(x0) > 3}
+    res = minimize(f, x0, method="Nelder-Mead", options={**options, "initial_simplex": _simplex(x0, step)})
+    if res.fun <= f0:
+        return [float(v) for v in res.x], float(res.fun)
+    return list(x0), f0
 
 
 def _sigmas_from(z, sigma_max: float) -> list[float]:
@@ -319,6 +396,189 @@ def _check_inputs(ode, x_T, nfe, fit_fraction=None):
     return n_fit
 
 
+# -- the stages ---------------------------------------------------------------------------------------------
+@dataclass
+class _Tuning:
+    """What every stage reads: the problem, the split, the scorers, the budget."""
+
+    ode: DiffusionODE
+    nfe: int
+    fit_idx: torch.Tensor
+    held_idx: torch.Tensor
+    scorer: _Scorer  # every x_T
+    fit_scorer: _Scorer  # the fit part only
+    progress: bool
+    max_evals: int | None
+    grids: dict = field(default_factory=dict)
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.ode.schedule.sigma_max)
+
+    @contextlib.contextmanager
+    def bar(self, total: int, stage: str):
+        if not self.progress:
+            yield None
+            return
+        from tqdm.auto import tqdm
+
+        with tqdm(total=total, desc=f"tune NFE {self.nfe}: {stage}", unit="config") as b:
+            yield b
+
+    def grid(self, name: str, steps: int) -> list[float] | None:
+        """The registered grid ``name`` at ``steps`` steps, or None where it refuses them or does not start at
+        sigma_max (where x_T lives)."""
+        key = (name, steps)
+        if key not in self.grids:
+            try:
+                sig = [float(s) for s in make_grid(name, self.ode.schedule, steps).tolist()]
+            except (ValueError, TypeError):
+                sig = None
+            if sig is not None and abs(sig[0] - self.sigma_max) > 1e-9 * self.sigma_max:
+                sig = None
+            self.grids[key] = sig
+        return self.grids[key]
+
+
+def _usable_grids(t: _Tuning) -> list[str]:
+    """Registered grids that accept the schedule and start at sigma_max."""
+    return [g for g in list_grids() if any(t.grid(g, s) is not None for s in (2, 3, 5, 10))]
+
+
+def _sweep(t: _Tuning, configs: list[_Config]) -> list[_Candidate]:
+    """Stage 1: every configuration on every usable grid, at the most steps whose real call count fits the
+    budget (:func:`diffsolve.steps_for_nfe` on that very grid); scored on fit and held-out parts."""
+    out = []
+    grids = _usable_grids(t)
+    with t.bar(len(configs), "fixed grids") as bar:
+        for cfg in configs:
+            for g in grids:
+                steps = steps_for_nfe(cfg.solver, t.nfe, grid=g, schedule=t.ode.schedule, afs=cfg.afs, **cfg.opts)
+                sig = None if steps is None else t.grid(g, steps)
+                if sig is None:
+                    continue
+                calls = count_calls(cfg.solver, sig, afs=cfg.afs, schedule=t.ode.schedule, **cfg.opts)
+                e = t.scorer.errors(cfg, sig)
+                out.append(_Candidate(cfg, g, sig, calls, float(e[t.fit_idx].mean()), float(e[t.held_idx].mean())))
+            if bar is not None:
+                bar.update(1)
+    return out
+
+
+def _refine_grid(t: _Tuning, c: _Candidate, budget: int | None = None) -> _Candidate:
+    """Stage 2 for one candidate: its interior sigmas by Nelder-Mead on the log log-sigma gaps, scored by the
+    global fit error of the very solver (with the candidate's compensation ratios, if any). A grid whose call
+    count differs from the candidate's is not feasible (the NFE contract)."""
+    if len(c.sigmas) <= 2:
+        return c
+    cfg, comp = c.config, c.compensation
+
+    def f(z):
+        sig = _sigmas_from(z, t.sigma_max)
+        if (
+            t.fit_scorer.grid_ok(sig)
+            and count_calls(cfg.solver, sig, afs=cfg.afs, schedule=t.ode.schedule, **cfg.opts) != c.calls
+        ):
+            return 1e3
+        return _log_mse(t.fit_scorer.errors(cfg, sig, comp))
+
+    z0 = _z_from(c.sigmas)
+    z, _ = _nelder_mead(f, z0, 0.3, budget or t.max_evals or (150 + 60 * len(z0)))
+    sig = _sigmas_from(z, t.sigma_max) if z != z0 else c.sigmas
+    return replace(c, sigmas=sig, fit_mse=float(t.fit_scorer.errors(cfg, sig, comp).mean()))
+
+
+def _refine_grids(t: _Tuning, swept: list[_Candidate], refine: int) -> _Candidate:
+    """Stage 2: the ``refine`` best configurations (each on its best grid, ranked on the fit part) refined;
+    the lowest fit error wins."""
+    best: dict[_Config, _Candidate] = {}
+    for c in sorted(swept, key=_Candidate.key):
+        if math.isfinite(c.fit_mse) and c.config not in best:
+            best[c.config] = c
+    ranked = list(best.values())[: max(1, int(refine))]
+    results = []
+    with t.bar(len(ranked), "grid refinement") as bar:
+        for c in ranked:
+            results.append(_refine_grid(t, c))
+            if bar is not None:
+                bar.update(1)
+    return min(results, key=_Candidate.key)
+
+
+def _fit_compensation(t: _Tuning, c: _Candidate) -> _Candidate:
+    """Stage 3 (opt-in): DC-Solver's per-evaluation compensation ratios (Zhao et al., ECCV 2024) on the winner,
+    then its grid once more with them; kept only where they lower the fit error.
+
+    DC-Solver replaces a model output by a Lagrange interpolation of the recent outputs evaluated at a shifted
+    time rho t_k + (1 - rho) t_{k-1}; with the two-point (linear) interpolation used here this is
+    D_k + c_k (D_k - D_{k-1}), c_k = rho_k - 1, applied to every model evaluation of every solver
+    (:class:`RecipeODE`). At c = 0 (the start) the run equals the base solver exactly (its order kept)."""
+    n_c = c.calls + (1 if c.config.afs else 0) - 1
+    if n_c < 1:
+        return c
+
+    def g(ratios):
+        return _log_mse(t.fit_scorer.errors(c.config, c.sigmas, list(ratios)))
+
+    ratios, _ = _nelder_mead(g, [0.0] * n_c, 0.1, t.max_evals or (100 + 40 * n_c))
+    if not any(ratios):
+        return c
+    withc = replace(c, compensation=ratios)
+    withc = _refine_grid(t, withc, budget=t.max_evals or (60 + 30 * (len(c.sigmas) - 2)))
+    return withc if withc.fit_mse < c.fit_mse else c
+
+
+def _held_out_check(t: _Tuning, chosen: _Candidate, swept: list[_Candidate], teacher_rmse):
+    """``(recipe candidate, fell back)``: the tuned candidate's held-out error against the best fixed candidate
+    of the sweep (any configuration on a registered grid, scored on the same held-out x_T); where the fixed one
+    is better, it is the recipe: a recipe is never worse on held-out x_T than a candidate it considered. Warns
+    where the teacher's own error is not well below the candidates' (TEACHER_SHARE)."""
+    chosen.held_mse = float(t.scorer.errors(chosen.config, chosen.sigmas, chosen.compensation)[t.held_idx].mean())
+    fixed = min(swept, key=lambda c: (c.held_mse, c.config.label(), c.grid))
+    if teacher_rmse is not None and teacher_rmse > TEACHER_SHARE * math.sqrt(min(fixed.held_mse, chosen.held_mse)):
+        warnings.warn(
+            f"tune: the teacher's own error (~{teacher_rmse:.2e} RMSE) is not well below the candidates' "
+            f"({math.sqrt(min(fixed.held_mse, chosen.held_mse)):.2e}): the ranking may be noise; pass a more "
+            "accurate teacher=",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    if fixed.held_mse < chosen.held_mse:
+        return fixed, True
+    return chosen, False
+
+
+def _teacher_error(ode, x_T, ref, own_teacher: bool) -> float | None:
+    """RMSE between the teacher and one TEACHER_CHECK_FACTOR times looser: an estimate (from above, as the
+    error falls with the tolerance) of the teacher's own error. None with a user's ``teacher=``."""
+    if not own_teacher:
+        return None
+    loose = _teacher(ode, x_T, float(ode.schedule.sigma_max), _teacher_tol(x_T) * TEACHER_CHECK_FACTOR)
+    return float((loose - ref).pow(2).mean().sqrt())
+
+
+def _report(t: _Tuning, chosen: _Candidate, swept: list[_Candidate], teacher_rmse, fallback: bool) -> dict:
+    """Stage 4: the fit and held-out errors beside the best fixed candidates and the teacher's own error."""
+    plain = [c for c in swept if c.config.is_default and math.isfinite(c.held_mse)]
+    base = min(plain, key=lambda c: c.held_mse) if plain else None
+    base_fit = min(plain, key=lambda c: c.fit_mse) if plain else None
+    return {
+        "fit_rmse": math.sqrt(chosen.fit_mse),
+        "heldout_rmse": math.sqrt(chosen.held_mse),
+        "fit_samples": len(t.fit_idx),
+        "heldout_samples": len(t.held_idx),
+        "best_fixed": None if base is None else base.summary(),
+        "best_fixed_on_fit": None if base_fit is None else base_fit.summary(),
+        "teacher_rmse": teacher_rmse,
+        "fallback_to_fixed": fallback,
+        "start": {"config": chosen.config.label(), "grid": chosen.grid},
+        "sampler_runs": t.scorer.runs + t.fit_scorer.runs,
+        "schedule": repr(t.ode.schedule),
+        "prediction": t.ode.prediction,
+    }
+
+
+# -- the entry points ----------------------------------------------------------------------------------------
 def best_fixed(
     ode: DiffusionODE,
     x_T: torch.Tensor,
@@ -331,20 +591,22 @@ def best_fixed(
     ``{"solver", "grid", "steps", "nfe", "rmse"}``, searched over every deterministic fixed-call
     solver x registered grid."""
     _check_inputs(ode, x_T, nfe)
-    ref = teacher if teacher is not None else _teacher(ode, x_T, float(ode.schedule.sigma_max))
-    counter = _Counter(ode.schedule, ode.prediction)
-    scorer = _Scorer(ode, x_T, ref.detach().to("cpu", _F64))
-    best = None
-    for name in _fixed_call_solvers(solvers):
-        cfg = _Config(name, (), False)
-        fit = counter.steps_for(name, {}, False, nfe, make_solver(name).calls_per_step)
-        if fit is None:
-            continue
-        for g, sig in _grids_for(ode.schedule, fit[0]).items():
-            rmse = float(scorer.errors(cfg, sig).mean().sqrt())
-            if best is None or rmse < best["rmse"]:
-                best = {"solver": name, "grid": g, "steps": fit[0], "nfe": fit[1], "rmse": rmse}
-    return best
+    ref = _check_teacher(ode, x_T, teacher)
+    ref = _teacher(ode, x_T, float(ode.schedule.sigma_max)) if ref is None else ref
+    idx = torch.arange(x_T.shape[0])
+    scorer = _Scorer(ode, x_T, ref)
+    t = _Tuning(ode, nfe, idx, idx, scorer, scorer, False, None)
+    swept = _sweep(t, [_Config(n, (), False) for n in _fixed_call_solvers(solvers)])
+    best = min(swept, key=lambda c: (c.fit_mse, c.config.label(), c.grid), default=None)
+    if best is None:
+        return None
+    return {
+        "solver": best.config.solver,
+        "grid": best.grid,
+        "steps": len(best.sigmas) - 1,
+        "nfe": best.calls,
+        "rmse": math.sqrt(best.fit_mse),
+    }
 
 
 def tune(
@@ -364,7 +626,8 @@ def tune(
     """Tune a sampling recipe for ``ode`` at ``nfe`` model calls; see the module docstring.
 
     Args:
-        ode: the model, from :func:`diffsolve.wrap`.
+        ode: the model, from :func:`diffsolve.wrap`; without ``teacher=``, one without a ``denoised_transform``
+            (clipping is refused at once: see docs/tuning.md, "Clipping").
         x_T: start states (model space, at the schedule's sigma_max): a sample of the
             distribution the recipe will be used on; split into fit and held-out parts.
         nfe: the budget of model calls (the recipe uses at most this many; ``recipe.nfe`` is exact).
@@ -375,203 +638,51 @@ def tune(
         progress: show progress (tqdm).
         refine: how many of the best configurations get their grid refined.
         max_evals: Nelder-Mead evaluations per refined configuration (default 150 + 60 per free sigma).
-        scalars: also fit the per-evaluation compensation ratios of DC-Solver (Zhao et al., ECCV 2024)
-            on the chosen solver and grid, then refine the grid once more with them (opt-in).
-            DC-Solver replaces a model output by a Lagrange interpolation of the recent outputs
-            evaluated at a shifted time rho t_k + (1 - rho) t_{k-1}; with the two-point (linear)
-            interpolation used here this is D_k + c_k (D_k - D_{k-1}), c_k = rho_k - 1, applied to
-            every model evaluation of every solver (:class:`RecipeODE`). At c = 0 the run equals
-            the base solver exactly (its order kept); a fitted c changes the O(h) term, so it is
-            kept only where it lowers the fit error. Stored as ``recipe.params["compensation"]``.
-    """
-    from scipy.optimize import minimize
+        scalars: also fit DC-Solver's per-evaluation compensation ratios (opt-in; :func:`_fit_compensation`),
+            stored as ``recipe.params["compensation"]``.
 
+    The stages: :func:`_sweep`, :func:`_refine_grids`, :func:`_fit_compensation`, :func:`_held_out_check` (the
+    recipe falls back to the best fixed candidate of the sweep where that one is better on held-out x_T) and
+    :func:`_report`. Raises ValueError for an ODE with a ``denoised_transform`` and no ``teacher=``.
+    """
     t0 = time.perf_counter()
     n_fit = _check_inputs(ode, x_T, nfe, fit_fraction)
     names = _fixed_call_solvers(solvers)
-    sigma_max = float(ode.schedule.sigma_max)
+    ref = _check_teacher(ode, x_T, teacher)
     calls0 = ode.nfe
-    if teacher is None:
-        ref = _teacher(ode, x_T, sigma_max)
-    else:
-        ref = torch.as_tensor(teacher)
-        if ref.shape != x_T.shape:
-            raise ValueError(f"teacher must have x_T's shape {tuple(x_T.shape)}, got {tuple(ref.shape)}")
-        if not torch.isfinite(ref).all():
-            raise ValueError("teacher contains NaN or inf")
-        ref = ref.detach().to(_F64).cpu()
+    own_teacher = ref is None
+    ref = _teacher(ode, x_T, float(ode.schedule.sigma_max)) if own_teacher else ref
+    teacher_rmse = _teacher_error(ode, x_T, ref, own_teacher)
     teacher_calls = ode.nfe - calls0
     perm = torch.randperm(x_T.shape[0], generator=torch.Generator().manual_seed(int(seed)))
     fit_idx, held_idx = perm[:n_fit].sort().values, perm[n_fit:].sort().values
-    x_all = x_T.detach()
-    scorer = _Scorer(ode, x_all, ref)
-    counter = _Counter(ode.schedule, ode.prediction)
+    x = x_T.detach()
+    t = _Tuning(
+        ode, nfe, fit_idx, held_idx, _Scorer(ode, x, ref), _Scorer(ode, x[fit_idx], ref[fit_idx]), progress, max_evals
+    )
 
-    # 1. every configuration on every registered grid: the baseline and the starting points
-    configs = _configs(names)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(configs), desc=f"tune NFE {nfe}: fixed grids", unit="config")
-    rows = []  # (fit mse, held mse, cfg, grid name, sigmas, calls)
-    grid_cache: dict[int, dict[str, list[float]]] = {}
-    for cfg in configs:
-        cps = make_solver(cfg.solver).calls_per_step
-        fit = counter.steps_for(cfg.solver, cfg.opts, cfg.afs, nfe, cps)
-        if fit is not None:
-            steps, calls = fit
-            if steps not in grid_cache:
-                grid_cache[steps] = _grids_for(ode.schedule, steps)
-            for g, sig in grid_cache[steps].items():
-                e = scorer.errors(cfg, sig)
-                rows.append((float(e[fit_idx].mean()), float(e[held_idx].mean()), cfg, g, sig, calls))
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    if not rows:
-        raise ValueError(f"no solver among {names} runs with at most {nfe} model calls")
-    base_rows = [r for r in rows if not r[2].options and not r[2].afs and math.isfinite(r[1])]
-    base = min(base_rows, key=lambda r: r[1]) if base_rows else None  # best on the held-out part: the bar
-    base_fit = min(base_rows, key=lambda r: r[0]) if base_rows else None
-
-    # 2. refine the grids of the best configurations (ranked on the fit part)
-    best_per_cfg: dict[_Config, tuple] = {}
-    for r in sorted(rows, key=lambda r: (r[0], r[2].label(), r[3])):
-        if math.isfinite(r[0]) and r[2] not in best_per_cfg:
-            best_per_cfg[r[2]] = r
-    ranked = list(best_per_cfg.values())[: max(1, int(refine))]
-    x_fit, ref_fit = x_all[fit_idx], ref[fit_idx]
-    fit_scorer = _Scorer(ode, x_fit, ref_fit)
-    results = []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(ranked), desc=f"tune NFE {nfe}: grid refinement", unit="config")
-
-    def refine_sigmas(cfg, sig0, comp=None, budget=None):
-        if len(sig0) <= 2:
-            return float(fit_scorer.errors(cfg, sig0, comp).mean()), sig0
-
-        def f(z):
-            return _log_mse(fit_scorer.errors(cfg, _sigmas_from(z, sigma_max), comp))
-
-        z0 = _z_from(sig0)
-        res = minimize(
-            f,
-            z0,
-            method="Nelder-Mead",
-            options={
-                "maxfev": budget or max_evals or (150 + 60 * len(z0)),
-                "xatol": 1e-4,
-                "fatol": 1e-6,
-                "adaptive": len(z0) > 3,
-                "initial_simplex": _simplex(z0, 0.3),
-            },
-        )
-        sig = _sigmas_from(res.x, sigma_max) if res.fun <= f(z0) else sig0
-        return float(fit_scorer.errors(cfg, sig, comp).mean()), sig
-
-    for r in ranked:
-        cfg = r[2]
-        mse, sig = refine_sigmas(cfg, r[4])
-        results.append((mse, cfg, sig, r[5]))
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    fit_mse, cfg, sig, calls = min(results, key=lambda t: (t[0], t[1].label()))
-    comp = None
+    swept = _sweep(t, _configs(names))
+    if not any(math.isfinite(c.fit_mse) for c in swept):
+        raise ValueError(f"no solver among {names} runs with at most {nfe} model calls on this model")
+    chosen = _refine_grids(t, swept, refine)
     if scalars:
-        # 3. (opt-in) per-evaluation compensation ratios, then the grid again with them (one alternation)
-        n_c = calls + (1 if cfg.afs else 0) - 1
-        if n_c >= 1:
-
-            def g(c):
-                return _log_mse(fit_scorer.errors(cfg, sig, list(c)))
-
-            c0 = [0.0] * n_c
-            res = minimize(
-                g,
-                c0,
-                method="Nelder-Mead",
-                options={
-                    "maxfev": max_evals or (100 + 40 * n_c),
-                    "xatol": 1e-4,
-                    "fatol": 1e-6,
-                    "adaptive": n_c > 3,
-                    "initial_simplex": _simplex(c0, 0.1),
-                },
-            )
-            if res.fun < g(c0):
-                c = [float(v) for v in res.x]
-                mse_c, sig_c = refine_sigmas(cfg, sig, c, budget=max_evals or (60 + 30 * (len(sig) - 2)))
-                if mse_c < fit_mse:
-                    fit_mse, sig, comp = mse_c, sig_c, c
-    e_all = scorer.errors(cfg, sig, comp)
-    held_rmse = float(e_all[held_idx].mean().sqrt())
-    report = {
-        "fit_rmse": math.sqrt(fit_mse),
-        "heldout_rmse": held_rmse,
-        "fit_samples": int(n_fit),
-        "heldout_samples": int(x_T.shape[0] - n_fit),
-        "seed": int(seed),
-        "best_fixed": None
-        if base is None
-        else {
-            "solver": base[2].solver,
-            "grid": base[3],
-            "nfe": base[5],
-            "steps": len(base[4]) - 1,
-            "heldout_rmse": math.sqrt(base[1]),
-            "fit_rmse": math.sqrt(base[0]),
-        },
-        "best_fixed_on_fit": None
-        if base_fit is None
-        else {
-            "solver": base_fit[2].solver,
-            "grid": base_fit[3],
-            "fit_rmse": math.sqrt(base_fit[0]),
-            "heldout_rmse": math.sqrt(base_fit[1]),
-        },
-        "start": {"config": cfg.label(), "grid": next((r[3] for r in ranked if r[2] == cfg), None)},
-        "tuning_model_calls": int(ode.nfe - calls0),
-        "teacher_model_calls": int(teacher_calls),
-        "sampler_runs": scorer.runs + fit_scorer.runs,
-        "seconds": time.perf_counter() - t0,
-        "schedule": repr(ode.schedule),
-        "prediction": ode.prediction,
-    }
-    params = {"compensation": comp} if comp is not None else {}
+        chosen = _fit_compensation(t, chosen)
+    chosen, fallback = _held_out_check(t, chosen, swept, teacher_rmse)
+    report = _report(t, chosen, swept, teacher_rmse, fallback)
+    report.update(
+        seed=int(seed),
+        seconds=time.perf_counter() - t0,
+        teacher_model_calls=int(teacher_calls),
+        tuning_model_calls=int(ode.nfe - calls0),
+    )
+    params = {"compensation": chosen.compensation} if chosen.compensation is not None else {}
     return Recipe(
-        solver=cfg.solver,
-        options=cfg.opts,
-        sigmas=sig,
-        afs=cfg.afs,
-        nfe=int(calls),
+        solver=chosen.config.solver,
+        options=chosen.config.opts,
+        sigmas=chosen.sigmas,
+        afs=chosen.config.afs,
+        nfe=int(chosen.calls),
         fingerprint=schedule_fingerprint(ode.schedule, ode.prediction),
         params=params,
         report=report,
     )
-
-
-def _log_mse(e: torch.Tensor) -> float:
-    mse = float(e.mean())
-    if not math.isfinite(mse):
-        return 1e3
-    return math.log(mse) if mse > 0 else -1e3
-
-
-def _simplex(z0, step: float):
-    """Initial Nelder-Mead simplex: each coordinate moved by ``step`` (0.3 on a log-gap scales it by 1.35)."""
-    import numpy as np
-
-    z0 = np.asarray(z0, dtype=float)
-    pts = [z0]
-    for k in range(len(z0)):
-        p = z0.copy()
-        p[k] += step
-        pts.append(p)
-    return np.array(pts)

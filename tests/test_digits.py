@@ -101,9 +101,9 @@ def test_fdd_of_digits_grows_when_they_are_blurred(problem):
 
 def test_solver_picture_has_every_row_and_column(problem, tmp_path):
     pytest.importorskip("matplotlib")
-    from diffsolve.bench.pictures import solver_grid_png, solver_row, steps_for_nfe
+    from diffsolve.bench.pictures import solver_grid_png, solver_row
 
-    assert steps_for_nfe("heun", problem.schedule, "karras", 5, problem.shape) == 3  # 2 calls/step, last Euler
+    assert ds.steps_for_nfe("heun", 5, grid="karras", schedule=problem.schedule) == 3  # 2 calls/step, last Euler
     path = solver_grid_png(
         problem,
         tmp_path / "g.png",
@@ -170,7 +170,7 @@ def test_recipe_row_runs_the_recipe_of_each_nfe_and_leaves_the_others_empty(tmp_
     from diffsolve.recipe import schedule_fingerprint
 
     ode = get_problem("gmm2d").ode(default_schedule())
-    sig = ds.grid("logsnr", ode.schedule, 4).tolist()
+    sig = ds.grid("logsnr", ode.schedule, 5).tolist()  # 5 steps: 5 model calls
     recipe = ds.Recipe("dpmpp-2m", {}, sig, False, 5, schedule_fingerprint(ode.schedule, ode.prediction))
     recipe.save(tmp_path / "toy-nfe5.json")
     label, run = recipe_row("toy", folder=tmp_path)

@@ -3,8 +3,8 @@
 For each cell the harness
 
 1. picks the step count: ``steps = NFE // calls_per_step``, checked by counting the calls of
-   a dry run with a zero-cost model and lowered (or raised) to the largest count whose real
-   NFE fits the budget; a cell whose real NFE differs from the target is marked
+   a dry run with a zero-cost model (:func:`diffsolve.steps_for_nfe`) and lowered (or raised)
+   to the largest count whose real NFE fits the budget; a cell whose real NFE differs from the target is marked
    ``nfe_exact = False``, and one with no step count that fits is ``unreachable``;
 2. samples the problem from the seed's x_T (noise for stochastic solvers from a generator
    seeded separately), counting model calls, timing the run and recording peak memory;
@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from ..counting import count_calls, steps_for_nfe
 from ..sampling import grid as make_grid
 from ..sampling import list_grids as grid_names
 from ..sampling import list_solvers as solver_names
@@ -170,40 +171,18 @@ class _Context:
         )
 
     def steps_for(self, spec: SolverSpec, problem: BenchProblem, grid: str, nfe: int) -> tuple[int, int] | None:
-        """``(steps, real NFE)`` of the largest run that fits ``nfe`` model calls, or None."""
+        """``(steps, real NFE)`` of the largest run that fits ``nfe`` model calls, or None
+        (:func:`diffsolve.steps_for_nfe`, the package's one count)."""
         key = (spec.label, repr(problem.schedule), getattr(problem.schedule, "num_steps", 0), grid, nfe)
-        if key in self._steps:
-            return self._steps[key]
-        ode = problem.reference_ode()
-        zero = self.zero_ode(ode)
-        x = torch.zeros(1, *problem.shape, dtype=_F64)
-
-        def count(steps: int) -> int:
-            sig = make_grid(grid, problem.schedule, steps)
-            zero.nfe = 0
-            sample(zero, x, spec.instance(), sigmas=sig, generator=torch.Generator().manual_seed(0), check_finite=False)
-            return zero.nfe
-
-        steps = nfe // spec.calls_per_step
-        result = None
-        if steps >= 1:
-            try:
-                calls = count(steps)
-                while calls > nfe and steps > 1:
-                    steps -= 1
-                    calls = count(steps)
-                if calls <= nfe:
-                    result = (steps, calls)
-                    for _ in range(3):  # a solver with fewer calls than steps * calls_per_step
-                        more = count(steps + 1)
-                        if more > nfe:
-                            break
-                        steps, calls = steps + 1, more
-                        result = (steps, calls)
-            except ValueError:  # the grid refuses this step count: reported by the real run
-                result = (steps, steps * spec.calls_per_step)
-        self._steps[key] = result
-        return result
+        if key not in self._steps:
+            opts = dict(spec.options)
+            steps = steps_for_nfe(spec.solver, nfe, grid=grid, schedule=problem.schedule, **opts)
+            self._steps[key] = (
+                None
+                if steps is None
+                else (steps, count_calls(spec.solver, make_grid(grid, problem.schedule, steps), **opts))
+            )
+        return self._steps[key]
 
 
 def _base_row(cell: Cell, problem: BenchProblem, dtype, device) -> dict:
@@ -248,10 +227,12 @@ def run_cell(cell: Cell, ctx: _Context) -> dict:
     try:
         fit = ctx.steps_for(spec, problem, cell.grid, cell.nfe)
         if fit is None:
+            # a grid that refuses the step counts that would fit says why (an error row with its message)
+            make_grid(cell.grid, problem.schedule, max(1, cell.nfe // spec.calls_per_step))
             row.update(
                 status="unreachable",
                 peer=False,
-                message=f"{spec.label} needs at least {spec.calls_per_step} calls per step",
+                message=f"no step count of {spec.label} on grid {cell.grid!r} runs in {cell.nfe} model calls",
             )
             return row
         steps = fit[0]

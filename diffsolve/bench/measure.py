@@ -9,6 +9,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from ..counting import ZeroModel  # the package's one zero model, re-exported for the overhead benchmark
+
 __all__ = ["PeakMemory", "ZeroModel", "peak_memory", "sync", "timed"]
 
 
@@ -118,21 +120,3 @@ def peak_memory(fn, device="cpu") -> tuple[int | None, str]:
     with PeakMemory(device) as mem:
         fn()
     return mem.bytes, mem.source
-
-
-class ZeroModel:
-    """A model that costs nothing: it returns one preallocated zero tensor shaped like its input.
-
-    Sampling with it measures the framework's own per-step cost (driver, wrapper, solver).
-    """
-
-    def __init__(self):
-        self._out: torch.Tensor | None = None
-        self.calls = 0
-
-    def __call__(self, x, t, **_):
-        out = self._out
-        if out is None or out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
-            out = self._out = torch.zeros_like(x)
-        self.calls += 1
-        return out

@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 
 from ..analytic import reference_solution
+from ..counting import steps_for_nfe
 from ..recipe import Recipe
 from ..sampling import grid as make_grid
-from ..sampling import make_solver, sample
+from ..sampling import sample
 from ..wrapper import DiffusionODE
-from .measure import ZeroModel
 
 __all__ = [
     "solver_grid_png",
@@ -27,7 +27,6 @@ __all__ = [
     "solver_row",
     "recipe_row",
     "RECIPES",
-    "steps_for_nfe",
     "image_mosaic",
     "BEST_FIXED",
     "DEMO_NFES",
@@ -44,43 +43,12 @@ BEST_FIXED = ("deis", "trailing")
 SampleFn = Callable[[DiffusionODE, torch.Tensor, int], "torch.Tensor | None"]
 
 
-def steps_for_nfe(solver: str, schedule, grid: str, nfe: int, shape, **options) -> int | None:
-    """The most steps of ``solver`` on ``grid`` that use at most ``nfe`` model calls (None: none fits).
-
-    Counted by running the solver on a zero-cost model (as the benchmark does).
-    """
-    zero = DiffusionODE(ZeroModel(), schedule, prediction="eps", time="index")
-    x = torch.zeros(1, *shape, dtype=_F64)
-
-    def calls(steps: int) -> int:
-        zero.nfe = 0
-        sample(
-            zero,
-            x,
-            make_solver(solver, **options),
-            sigmas=make_grid(grid, schedule, steps),
-            generator=torch.Generator().manual_seed(0),
-            check_finite=False,
-        )
-        return zero.nfe
-
-    best = None
-    for steps in range(1, nfe + 1):
-        try:
-            if calls(steps) > nfe:
-                break
-        except ValueError:  # the grid or solver refuses this many steps
-            continue
-        best = steps
-    return best
-
-
 def solver_row(solver: str, grid: str | None = None, label: str | None = None, **options) -> tuple[str, SampleFn]:
     """A row that runs ``solver`` on ``grid`` (default: the schedule's) with the most steps fitting each NFE."""
 
     def run(ode: DiffusionODE, x_T: torch.Tensor, nfe: int):
         g = grid or ode.schedule.default_grid
-        steps = steps_for_nfe(solver, ode.schedule, g, nfe, tuple(x_T.shape[1:]), **options)
+        steps = steps_for_nfe(solver, nfe, grid=g, schedule=ode.schedule, **options)
         if steps is None:
             return None
         return sample(
