@@ -76,8 +76,7 @@ def _list(args) -> int:
     print("grids:")
     for name in sorted(reg.grids):
         fn, owner = reg.grids[name]
-        doc = ((fn.__doc__ or "").strip().splitlines() or [""])[0]
-        print(f"  {name:<24} [{owner}]  {doc}")
+        print(f"  {name:<24} [{owner}]  {summary(fn)}")
     for owner, why in reg.skipped:
         print(f"skipped plugin {owner}: {why}")
     for kind, name, kept, refused in reg.clashes:
@@ -86,6 +85,12 @@ def _list(args) -> int:
             f"(listed above as {kept!r}'s); set {reg._disable_hint(refused, kept)}"
         )
     return 1 if reg.clashes else 0
+
+
+def summary(obj) -> str:
+    """The first paragraph of ``obj``'s docstring on one line (what ``diffsolve list`` shows for a grid)."""
+    doc = (obj.__doc__ or "").strip().split("\n\n")[0]
+    return " ".join(doc.split())
 
 
 def _problem_setup(args):

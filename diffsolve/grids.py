@@ -169,6 +169,7 @@ def ddim_quad_indices(T: int, steps: int) -> list[int]:
 
 
 def ddim_uniform(schedule: Schedule, steps: int) -> torch.Tensor:
+    """The official DDIM 'uniform' levels (E39): every floor(T/S)-th index from 0, ceil(T/floor(T/S)) steps."""
     sched = _need_discrete(schedule, "ddim-uniform")
     return _from_indices(sched, ddim_uniform_indices(sched.num_steps, steps))
 

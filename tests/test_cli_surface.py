@@ -150,3 +150,14 @@ def test_float_flags_refuse_nan_and_inf():
     for text in ("nan", "inf", "-inf"):
         with pytest.raises(argparse.ArgumentTypeError):
             float_open(0.0, 1.0)(text)
+
+
+def test_diffsolve_list_describes_every_grid_and_solver_in_full(capsys):
+    # issue 23 item 11: ddim-uniform had an empty description and ddim-quad's stopped mid-sentence
+    code, out, _ = _run(["list"], capsys)
+    assert code == 0
+    rows = [line.split("]", 1) for line in out.splitlines() if line.startswith("  ") and "]" in line]
+    assert len(rows) >= 14
+    for head, description in rows:
+        text = description.strip()
+        assert text and text[-1] in ".)", f"{head.split()[0]}: {text!r} is empty or cut"
