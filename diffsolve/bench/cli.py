@@ -118,6 +118,19 @@ def _digits_picture(out: str) -> None:
     print(f"digits picture: {path} ({time.perf_counter() - t0:.1f} s)")
 
 
+def _say_unsupported_peer_cells(grids) -> None:
+    """Name the requested peer cells that cannot run, before the sweep (their rows say why too)."""
+    from . import peers
+    from .harness import DEFAULTS
+
+    for label in peers.available_peers():
+        skipped = [g for g in (grids or DEFAULTS["grids"]) if peers.unsupported_grid(label, g)]
+        if skipped:
+            print(
+                f"--peers: {label} cannot run grid(s) {', '.join(skipped)}: {peers.unsupported_grid(label, skipped[0])}"
+            )
+
+
 def handle(args: argparse.Namespace) -> int:
     from ..sampling import list_grids, list_solvers
     from . import peers
@@ -147,6 +160,8 @@ def handle(args: argparse.Namespace) -> int:
                     args.model, schedule=args.schedule, prediction=args.prediction, shape=shape, samples=args.samples
                 )
             )
+        if args.peers:
+            _say_unsupported_peer_cells(args.grids)
         run_bench(
             problems,
             args.solvers,
