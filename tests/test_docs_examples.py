@@ -227,3 +227,39 @@ def test_the_python_examples_of_a_page_run_in_order(page):
 
 def test_the_not_run_list_is_current():
     assert set(NOT_RUN) | SLOW <= {(p, i) for p, i, _ in BLOCKS}
+
+
+def _plain_signature(sig) -> str:
+    """``a, b=1, *, c="x", **kw`` from a signature, without annotations."""
+    parts, star = [], False
+    for p in sig.parameters.values():
+        if p.kind is p.VAR_POSITIONAL:
+            parts.append(f"*{p.name}")
+            star = True
+            continue
+        if p.kind is p.VAR_KEYWORD:
+            parts.append(f"**{p.name}")
+            continue
+        if p.kind is p.KEYWORD_ONLY and not star:
+            parts.append("*")
+            star = True
+        default = "" if p.default is p.empty else "=" + repr(p.default).replace("'", '"')
+        parts.append(p.name + default)
+    return ", ".join(parts)
+
+
+# -- docs/api.md's signatures --------------------------------------------------------------------------------
+def test_api_md_signature_column_is_the_code_signature():
+    # the "Sampling" table gives full signatures: each must list the function's parameters, in order, with
+    # their defaults (issue 23: sample's lacked recipe=)
+    import inspect
+
+    text = (ROOT / "docs" / "api.md").read_text()
+    section = text.split("## Sampling", 1)[1].split("\n## ", 1)[0]
+    checked = 0
+    for m in re.finditer(r"^\| `[^|]*\| `(\w+)\((.*?)\)`", section, re.M):
+        name, documented = m.group(1), m.group(2)
+        real = _plain_signature(inspect.signature(getattr(ds, name)))
+        assert documented.replace(" ", "") == real.replace(" ", ""), (name, documented, real)
+        checked += 1
+    assert checked >= 6
