@@ -9,7 +9,10 @@ Built-in grids (``steps`` = number of solver steps; the result has steps + 1 ent
 unless stated):
 
 ``trailing`` / ``leading`` / ``linspace``
-    diffusers' ``timestep_spacing`` over a :class:`DiscreteSchedule`'s own levels.
+    diffusers' ``timestep_spacing`` over a :class:`DiscreteSchedule`'s own levels, as DDIMScheduler
+    applies it (n levels). diffusers' DPM-Solver family (n + 1 points, the last dropped) and Euler
+    family (fractional linspace) apply the same names differently: :func:`diffsolve.diffusers_grid`
+    follows the scheduler class (:mod:`diffsolve.interop.diffusers_sigmas`).
 ``ddim-uniform`` / ``ddim-quad``
     The official DDIM code's index rules (docs/math.md E39, E40). Exactly the
     official index list: ``ddim-uniform`` has ceil(T/floor(T/S)) steps (16 for S = 15).
