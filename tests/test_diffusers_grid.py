@@ -137,3 +137,14 @@ def test_the_family_of_a_scheduler_config_is_read_from_its_keys():
     # scheduler.config carries no _class_name: the keys name the class
     for name in ("DPMSolverMultistepScheduler", "EulerDiscreteScheduler", "DDIMScheduler"):
         assert family_of_keys(getattr(diffusers, name)().config) == name
+
+
+def test_the_model_time_of_a_fractional_linspace_level_is_within_0_005_of_diffusers_timestep():
+    # docs/diffusers.md: diffusers interpolates sigma linearly in the index, the wrapper maps sigma back to an
+    # index log-linearly (DiscreteSchedule.t); on SD's schedule at 50 Euler linspace steps they differ by 0.003
+    sched = _scheduler("EulerDiscreteScheduler", "linspace", "zero")
+    sched.set_timesteps(50)
+    sig = ds.diffusers_grid(sched.config, 50)
+    t = ds.interop.diffusers.schedule_from_config(sched.config).t(sig[:-1])
+    gap = float((t - sched.timesteps.double()).abs().max())
+    assert 1e-4 < gap < 5e-3, gap
