@@ -17,6 +17,8 @@ from collections.abc import Callable
 
 import torch
 
+from .cli_args import MAX_SAMPLES, MAX_SEED, MAX_STEPS, MAX_THREADS, float_open, int_in
+
 SUBCOMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
 
@@ -74,8 +76,7 @@ def _list(args) -> int:
     print("grids:")
     for name in sorted(reg.grids):
         fn, owner = reg.grids[name]
-        doc = ((fn.__doc__ or "").strip().splitlines() or [""])[0]
-        print(f"  {name:<24} [{owner}]  {doc}")
+        print(f"  {name:<24} [{owner}]  {summary(fn)}")
     for owner, why in reg.skipped:
         print(f"skipped plugin {owner}: {why}")
     for kind, name, kept, refused in reg.clashes:
@@ -84,6 +85,12 @@ def _list(args) -> int:
             f"(listed above as {kept!r}'s); set {reg._disable_hint(refused, kept)}"
         )
     return 1 if reg.clashes else 0
+
+
+def summary(obj) -> str:
+    """The first paragraph of ``obj``'s docstring on one line (what ``diffsolve list`` shows for a grid)."""
+    doc = (obj.__doc__ or "").strip().split("\n\n")[0]
+    return " ".join(doc.split())
 
 
 def _problem_setup(args):
@@ -168,6 +175,8 @@ def _sample_recipe(args) -> int:
     try:
         recipe = Recipe.load(args.recipe)
         name = args.problem or recipe.report.get("problem") or "gmm2d"
+        if args.out and name != "digits":
+            raise ValueError(f"--out writes samples of the digits model; this run's problem is {name!r}")
         prob, ode, x_T = _bench_problem(name, args.samples, args.seed)
         t0 = time.perf_counter()
         x0 = sample(ode, x_T, recipe=recipe)
@@ -185,6 +194,13 @@ def _sample_recipe(args) -> int:
     rmse = float((x0.to(torch.float64) - ref).pow(2).mean().sqrt())
     print(f"problem={name} recipe={args.recipe}: {recipe!r} samples={args.samples} seed={args.seed}")
     print(f"NFE={ode.nfe}  RMSE vs exact ODE solution={rmse:.4e}  time={dt * 1e3:.1f} ms")
+    if args.out:
+        from pathlib import Path
+
+        from .bench.sample_cli import write_samples
+
+        title = f"{Path(args.recipe).name}: {recipe.solver}, NFE {recipe.nfe}"
+        print(write_samples(prob, x0.detach().to(torch.float32).cpu().numpy(), args.out, title, recipe=args.recipe))
     return 0
 
 
@@ -193,24 +209,38 @@ def _sample(args) -> int:
     from .analytic import reference_solution
 
     if args.recipe:
+        given = [f"--{k}" for k in ("solver", "steps", "grid", "eta", "batch") if getattr(args, k) is not None]
+        given += ["--option"] if args.option else []
+        if given:
+            raise ValueError(
+                f"--recipe fixes the solver, its options and its grid: drop {', '.join(given)}, or drop --recipe"
+            )
+        if args.out and not args.out.endswith((".png", ".npz")):
+            raise ValueError(f"--out must be FILE.png (a picture) or FILE.npz (the arrays), got {args.out!r}")
         args.samples = args.samples or 256
         return _sample_recipe(args)
-    if args.problem == "digits":  # the shipped image model: a PNG grid or an .npz (see diffsolve/bench/sample_cli.py)
-        from .bench.sample_cli import sample_digits
-
-        args.samples = args.samples or 64
-        return sample_digits(args)
-    if args.out:
-        raise ValueError("--out is for --problem digits")
-    args.problem = args.problem or "gmm2d"
-    args.grid, args.samples = args.grid or "trailing", args.samples or 256
-    problem, sched, ode, x_T = _problem_setup(args)
-    sig = make_grid(args.grid, sched, args.steps)
+    args.solver = args.solver or "ddim"
+    args.steps = 10 if args.steps is None else args.steps
     opts = dict(args.option)
     if args.eta is not None:
         if "eta" in opts:
             raise ValueError("eta given twice: as --eta and as --option eta=...; give it once")
         opts["eta"] = args.eta
+    if args.problem == "digits":  # the shipped image model: a PNG grid or an .npz (see diffsolve/bench/sample_cli.py)
+        from .bench.sample_cli import sample_digits
+
+        args.samples = args.samples or 64
+        args.batch = 500 if args.batch is None else args.batch
+        args.solver_options = opts
+        return sample_digits(args)
+    if args.out:
+        raise ValueError("--out is for --problem digits (or a recipe tuned on digits)")
+    if args.batch is not None:
+        raise ValueError("--batch is for --problem digits (the other problems run in one batch)")
+    args.problem = args.problem or "gmm2d"
+    args.grid, args.samples = args.grid or "trailing", args.samples or 256
+    problem, sched, ode, x_T = _problem_setup(args)
+    sig = make_grid(args.grid, sched, args.steps)
     gen = torch.Generator().manual_seed(args.seed + 1)
     t0 = time.perf_counter()
     x0 = sample(ode, x_T, args.solver, sigmas=sig, generator=gen, **opts)
@@ -307,8 +337,8 @@ def _steps_list(text: str) -> list[int]:
         steps = [int(x) for x in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected integers like 5,10,20, got {text!r}") from None
-    if not steps or min(steps) < 1:
-        raise argparse.ArgumentTypeError(f"steps must be integers >= 1, got {text!r}")
+    if not steps or min(steps) < 1 or max(steps) > MAX_STEPS:
+        raise argparse.ArgumentTypeError(f"steps must be integers in [1, {MAX_STEPS}], got {text!r}")
     return steps
 
 
@@ -337,13 +367,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RECIPE.json",
         help="run a recipe from `diffsolve tune` (solver, grid and options come from it; default: none)",
     )
-    s.add_argument("--solver", default="ddim", help="a registered solver (diffsolve list)")
+    s.add_argument("--solver", default=None, help="a registered solver (diffsolve list) (default: ddim)")
     s.add_argument(
         "--grid",
         default=None,
         help="a registered grid (diffsolve list); digits uses its schedule's own unless given (default: trailing)",
     )
-    s.add_argument("--steps", type=int, default=10, help="solver steps")
+    s.add_argument("--steps", type=int_in(1, MAX_STEPS), default=None, help="solver steps (default: 10)")
     s.add_argument(
         "--eta", type=float, default=None, help="noise level of an ancestral solver (default: the solver's own)"
     )
@@ -359,25 +389,35 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--samples",
         "--n",
-        type=int,
+        type=int_in(1, MAX_SAMPLES),
         default=None,
         help="number of samples, 64 for digits; under torchrun spell it --samples, since torchrun "
         "reads --n as a prefix of its own options (default: 256)",
     )
-    s.add_argument("--seed", type=int, default=0, help="seed of x_T (the solver's noise uses seed + 1)")
-    s.add_argument("--out", default=None, help="digits only: FILE.png (a grid of the samples) or FILE.npz")
-    s.add_argument("--batch", type=int, default=500, help="digits only: samples per model batch")
+    s.add_argument("--seed", type=int_in(0, MAX_SEED), default=0, help="seed of x_T (the solver's noise uses seed + 1)")
+    s.add_argument(
+        "--out",
+        default=None,
+        help="digits only (its own runs and its recipes): FILE.png (a grid of the samples) or FILE.npz",
+    )
+    s.add_argument(
+        "--batch", type=int_in(1, MAX_SAMPLES), default=None, help="digits only: samples per model batch (default: 500)"
+    )
 
     t = sub.add_parser("tune", help="tune a sampling recipe (solver, options, grid) for a problem at a given NFE")
     t.add_argument("--problem", default="gmm64", help="a benchmark problem (diffsolve bench --list), default gmm64")
-    t.add_argument("--nfe", type=int, default=5, help="model calls per sample (default 5)")
+    t.add_argument("--nfe", type=int_in(1, 100), default=5, help="model calls per sample (default 5)")
     t.add_argument("--out", default="recipe.json", help="where to write the recipe (default recipe.json)")
-    t.add_argument("--samples", type=int, default=512, help="x_T drawn (default 512: 256 fit, 256 held out)")
-    t.add_argument("--fit-fraction", type=float, default=0.5)
-    t.add_argument("--seed", type=int, default=1000, help="x_T seed (default 1000, apart from the bench's 0)")
-    t.add_argument("--split-seed", type=int, default=0, help="seed of the fit / held-out split")
+    t.add_argument(
+        "--samples", type=int_in(2, MAX_SAMPLES), default=512, help="x_T drawn (default 512: 256 fit, 256 held out)"
+    )
+    t.add_argument("--fit-fraction", type=float_open(0.0, 1.0), default=0.5, help="share of x_T fitted on")
+    t.add_argument(
+        "--seed", type=int_in(0, MAX_SEED), default=1000, help="x_T seed (default 1000, apart from the bench's 0)"
+    )
+    t.add_argument("--split-seed", type=int_in(0, MAX_SEED), default=0, help="seed of the fit / held-out split")
     t.add_argument("--solvers", default=None, help="comma list of deterministic solvers (default: all)")
-    t.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    t.add_argument("--threads", type=int_in(1, MAX_THREADS), default=1, help="torch CPU threads (default 1)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
 
     d = sub.add_parser("demo", help="DDIM error vs steps on the built-in mixture (the README's main job)")
@@ -386,11 +426,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--steps-list", type=_steps_list, default=[5, 10, 20, 40, 80, 160], help="comma-separated step counts"
     )
-    d.add_argument("--samples", type=int, default=256, help="number of samples")
-    d.add_argument("--seed", type=int, default=0, help="seed of x_T")
+    d.add_argument("--samples", type=int_in(1, MAX_SAMPLES), default=256, help="number of samples")
+    d.add_argument("--seed", type=int_in(0, MAX_SEED), default=0, help="seed of x_T")
 
     for name, (configure, _) in SUBCOMMANDS.items():
-        configure(sub.add_parser(name))
+        configure(sub.add_parser(name, help=getattr(sys.modules[configure.__module__], "HELP", None)))
     return p
 
 

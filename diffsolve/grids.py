@@ -9,7 +9,10 @@ Built-in grids (``steps`` = number of solver steps; the result has steps + 1 ent
 unless stated):
 
 ``trailing`` / ``leading`` / ``linspace``
-    diffusers' ``timestep_spacing`` over a :class:`DiscreteSchedule`'s own levels.
+    diffusers' ``timestep_spacing`` over a :class:`DiscreteSchedule`'s own levels, as DDIMScheduler
+    applies it (n levels). diffusers' DPM-Solver family (n + 1 points, the last dropped) and Euler
+    family (fractional linspace) apply the same names differently: :func:`diffsolve.diffusers_grid`
+    follows the scheduler class (:mod:`diffsolve.interop.diffusers_sigmas`).
 ``ddim-uniform`` / ``ddim-quad``
     The official DDIM code's index rules (docs/math.md E39, E40). Exactly the
     official index list: ``ddim-uniform`` has ceil(T/floor(T/S)) steps (16 for S = 15).
@@ -169,6 +172,7 @@ def ddim_quad_indices(T: int, steps: int) -> list[int]:
 
 
 def ddim_uniform(schedule: Schedule, steps: int) -> torch.Tensor:
+    """The official DDIM 'uniform' levels (E39): every floor(T/S)-th index from 0, ceil(T/floor(T/S)) steps."""
     sched = _need_discrete(schedule, "ddim-uniform")
     return _from_indices(sched, ddim_uniform_indices(sched.num_steps, steps))
 

@@ -36,10 +36,18 @@ from .wrapper import DiffusionODE
 __all__ = ["sample", "invert", "make_grid", "grid", "list_solvers", "list_grids", "make_noise_sampler", "make_solver"]
 
 
+class _DefaultSolver(str):
+    """The default ``solver="ddim"`` of :func:`sample`, as an object of its own: with ``recipe=``, a
+    solver the caller names (``"ddim"`` included) is a conflict, the untouched default is not."""
+
+
+_DEFAULT_SOLVER = _DefaultSolver("ddim")
+
+
 def sample(
     ode: DiffusionODE,
     x_T: torch.Tensor,
-    solver: str | type | Solver = "ddim",
+    solver: str | type | Solver = _DEFAULT_SOLVER,
     steps: int | None = None,
     grid: str | None = None,
     sigmas: Sequence[float] | torch.Tensor | None = None,
@@ -106,10 +114,18 @@ def sample(
         allow_out_of_range=allow_out_of_range,
     )
     if recipe is not None:
-        if solver != "ddim" or steps is not None or grid is not None or sigmas is not None or solver_options:
+        given = [
+            name
+            for name, value in (("solver", solver), ("steps", steps), ("grid", grid), ("sigmas", sigmas))
+            if value is not None and not (name == "solver" and value is _DEFAULT_SOLVER)
+        ]
+        given += [f"{k} (a solver option)" for k in solver_options]
+        if grid_options is not None:
+            given.append("grid_options")
+        if given:
             raise ValueError(
-                "a recipe fixes the solver, its options and its grid: pass recipe= alone, "
-                "without solver=, steps=, grid=, sigmas= or solver options"
+                f"a recipe fixes the solver, its options and its grid: pass recipe= alone, without "
+                f"{', '.join(given)} (recipe solver: {getattr(recipe, 'solver', '?')!r})"
             )
         if not isinstance(recipe, Recipe):
             raise TypeError(

@@ -58,3 +58,21 @@ def test_peers_in_the_sweep_table(tmp_path):
     assert "ends at sigma" in by["diffusers:deis"]["message"]
     md = (tmp_path / "results.md").read_text()
     assert "diffusers:deis" in md and "†" in md and "* (9)" in md
+
+
+def test_a_requested_peer_cell_that_cannot_run_is_a_row_that_says_why(capsys):
+    # issue 23 item 11: `diffsolve bench --peers --grids trailing,karras` dropped the diffusers karras cells in silence
+    from diffsolve.bench.cli import _say_unsupported_peer_cells
+    from diffsolve.bench.harness import _cells
+    from diffsolve.bench.spec import parse_solver
+
+    cells = _cells(["gmm2d"], [parse_solver("diffusers:ddim")], ["trailing", "karras"], [5], [0])
+    assert [c.grid for c in cells] == ["trailing", "karras"]
+    p = AnalyticProblem("gmm2d", 4)
+    with pytest.raises(ValueError, match="grid 'karras' is not run"):
+        run_peer("diffusers:ddim", p, p.x_T(0, 4).float(), "karras", 5, torch.float32)
+    _say_unsupported_peer_cells(["trailing", "karras"])  # what `diffsolve bench --peers` prints before the sweep
+    assert (
+        "--peers: diffusers:ddim cannot run grid(s) karras: diffusers:ddim runs diffusers' own"
+        in capsys.readouterr().out
+    )

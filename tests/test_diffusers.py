@@ -278,6 +278,7 @@ FULL_LOOPS = [
     (DDPMScheduler, {"variance_type": "fixed_large", "clip_sample": False}),
     (DPMSolverMultistepScheduler, {}),
     (DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
+    (DPMSolverMultistepScheduler, {"solver_order": 3}),  # DPM-Solver++(3M): the reference weights
     (DPMSolverMultistepScheduler, {"final_sigmas_type": "sigma_min", "lower_order_final": False}),
     (DPMSolverMultistepScheduler, {"euler_at_final": True, "lower_order_final": False}),
     (DPMSolverMultistepScheduler, {"use_lu_lambdas": True, "solver_type": "heun"}),

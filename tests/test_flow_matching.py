@@ -129,7 +129,7 @@ def test_dynamic_shifting_without_mu_says_to_pass_it():
         (lambda: EulerDiscreteScheduler(use_karras_sigmas=True), "use_karras_sigmas=True"),
         (lambda: EulerDiscreteScheduler(timestep_type="continuous"), "timestep_type='continuous'"),
         (lambda: DPMSolverMultistepScheduler(use_flow_sigmas=True), "use_flow_sigmas=True"),
-        (lambda: DPMSolverMultistepScheduler(final_sigmas_type="sigma_min"), "final_sigmas_type='sigma_min'"),
+        (lambda: DPMSolverMultistepScheduler(use_lu_lambdas=True), "use_lu_lambdas=True"),
         (lambda: DDIMScheduler(), None),
     ],
 )

@@ -198,3 +198,29 @@ def test_sample_keeps_no_graph_unless_grad_is_true():
     assert ds.sample(ode, x_T, "ddim", steps=5, grad=True).requires_grad
     with pytest.raises(TypeError, match="grad must be True or False"):
         ds.sample(ode, x_T, "ddim", steps=5, grad="yes")
+
+
+def _recipe_for(ode, solver="heun"):
+    from diffsolve.recipe import schedule_fingerprint
+
+    sig = ds.grid("karras", ode.schedule, 3).tolist()
+    return ds.Recipe(solver, {}, sig, False, 5, schedule_fingerprint(ode.schedule, ode.prediction))
+
+
+@pytest.mark.parametrize(
+    "given",
+    [{"solver": "ddim"}, {"solver": "heun"}, {"steps": 3}, {"grid": "karras"}, {"sigmas": [1.0, 0.0]}]
+    + [{"grid_options": {"rho": 7.0}}, {"eta": 0.0}],
+)
+def test_an_explicit_argument_with_a_recipe_is_an_error_even_when_it_equals_the_default(mixture_ode, given):
+    # issue 23 item 4: solver="ddim" (the default's value) with recipe= ran the recipe's solver in silence
+    recipe = _recipe_for(mixture_ode)
+    with pytest.raises(ValueError, match=f"a recipe fixes the solver.*without {next(iter(given))}"):
+        ds.sample(mixture_ode, torch.randn(3, 2, dtype=torch.float64), recipe=recipe, **given)
+
+
+def test_a_recipe_alone_runs_its_own_solver(mixture_ode):
+    recipe = _recipe_for(mixture_ode)
+    x = torch.randn(3, 2, dtype=torch.float64)
+    out = ds.sample(mixture_ode, x, recipe=recipe)
+    assert torch.equal(out, ds.sample(mixture_ode, x, "heun", sigmas=recipe.sigmas))

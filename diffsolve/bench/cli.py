@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..cli_args import MAX_NFE, MAX_SAMPLES, MAX_SEED, MAX_THREADS, float_open, int_in, int_list
 from .errors import BenchError
 from .harness import DEFAULTS
 
@@ -19,25 +20,8 @@ def _list(kind):
     return parse
 
 
-def _ints(kind):
-    def parse(text: str):
-        out = []
-        for part in (t.strip() for t in text.split(",") if t.strip()):
-            try:
-                if "-" in part[1:]:
-                    a, b = part.split("-", 1)
-                    out.extend(range(int(a), int(b) + 1))
-                else:
-                    out.append(int(part))
-            except ValueError:
-                raise argparse.ArgumentTypeError(
-                    f"{kind} must be integers like 5,10,20 or ranges like 0-3, got {text!r}"
-                ) from None
-        if not out:
-            raise argparse.ArgumentTypeError(f"empty {kind} list")
-        return out
-
-    return parse
+#: the one line ``diffsolve --help`` shows for ``bench``
+HELP = "NFE-vs-quality benchmark of solvers x grids x NFE (and peers) on analytic problems and models"
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -60,9 +44,15 @@ def configure(p: argparse.ArgumentParser) -> None:
         "on x_T of seed + 1000); default: the quick default set",
     )
     p.add_argument("--grids", type=_list("grid"), default=None, help=f"default {','.join(DEFAULTS['grids'])}")
-    p.add_argument("--nfe", type=_ints("NFE"), default=None, help=f"default {','.join(map(str, DEFAULTS['nfe']))}")
-    p.add_argument("--seeds", type=_ints("seeds"), default=None, help="x_T seeds, e.g. 0,1 or 0-3 (default 0)")
-    p.add_argument("--samples", type=int, default=None, help="samples per cell (default: per problem)")
+    p.add_argument(
+        "--nfe", type=int_list("NFE", 1, MAX_NFE), default=None, help=f"default {','.join(map(str, DEFAULTS['nfe']))}"
+    )
+    p.add_argument(
+        "--seeds", type=int_list("seeds", 0, MAX_SEED), default=None, help="x_T seeds, e.g. 0,1 or 0-3 (default 0)"
+    )
+    p.add_argument(
+        "--samples", type=int_in(1, MAX_SAMPLES), default=None, help="samples per cell (default: per problem)"
+    )
     p.add_argument("--out", default="bench-results", help="output folder (default ./bench-results)")
     p.add_argument(
         "--model",
@@ -82,7 +72,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["float32", "float64"], default=None, help="default: per problem")
     p.add_argument("--device", default="cpu")
     p.add_argument("--cache", default=None, help="reference cache folder (default OUT/references)")
-    p.add_argument("--ref-tol", type=float, default=1e-10)
+    p.add_argument("--ref-tol", type=float_open(0.0, 1.0), default=1e-10, help="tolerance of the reference ODE solve")
     p.add_argument(
         "--overhead",
         action="store_true",
@@ -90,7 +80,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--threads",
-        type=int,
+        type=int_in(1, MAX_THREADS),
         default=1,
         help="torch CPU threads (default 1: stable timings; small problems gain nothing from more)",
     )
@@ -128,6 +118,19 @@ def _digits_picture(out: str) -> None:
     print(f"digits picture: {path} ({time.perf_counter() - t0:.1f} s)")
 
 
+def _say_unsupported_peer_cells(grids) -> None:
+    """Name the requested peer cells that cannot run, before the sweep (their rows say why too)."""
+    from . import peers
+    from .harness import DEFAULTS
+
+    for label in peers.available_peers():
+        skipped = [g for g in (grids or DEFAULTS["grids"]) if peers.unsupported_grid(label, g)]
+        if skipped:
+            print(
+                f"--peers: {label} cannot run grid(s) {', '.join(skipped)}: {peers.unsupported_grid(label, skipped[0])}"
+            )
+
+
 def handle(args: argparse.Namespace) -> int:
     from ..sampling import list_grids, list_solvers
     from . import peers
@@ -140,9 +143,6 @@ def handle(args: argparse.Namespace) -> int:
         print("grids:   ", ", ".join(list_grids()))
         print("peers:   ", ", ".join(peers.available_peers()) or "none installed (pip install 'diffsolve[peers]')")
         return 0
-    if args.threads < 1:
-        print(f"diffsolve bench: error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
-        return 2
     import torch
 
     torch.set_num_threads(args.threads)
@@ -160,6 +160,8 @@ def handle(args: argparse.Namespace) -> int:
                     args.model, schedule=args.schedule, prediction=args.prediction, shape=shape, samples=args.samples
                 )
             )
+        if args.peers:
+            _say_unsupported_peer_cells(args.grids)
         run_bench(
             problems,
             args.solvers,

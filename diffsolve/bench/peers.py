@@ -176,8 +176,19 @@ def _load_kdiffusion() -> types.SimpleNamespace:
 
 
 def peer_grids(label: str, grids: list[str]) -> list[str]:
-    """The grids a peer runs on: diffusers' own trailing spacing, or every grid for k-diffusion."""
-    return ["trailing"] if PEERS[label].library == "diffusers" else list(grids)
+    """The grids of a peer's cells: every requested grid. A diffusers peer runs its own trailing spacing
+    only, so its cells on other grids are rows that say so (:func:`unsupported_grid`), not dropped."""
+    return list(grids)
+
+
+def unsupported_grid(label: str, grid: str) -> str | None:
+    """Why peer ``label`` cannot run on ``grid`` (None when it can)."""
+    if PEERS[label].library == "diffusers" and grid != "trailing":
+        return (
+            f"{label} runs diffusers' own timestep spacing, set to 'trailing' here; grid {grid!r} is not run "
+            "for it (diffusers' use_karras_sigmas etc. would be another scheduler configuration)"
+        )
+    return None
 
 
 def _check_problem(problem) -> tuple[DiscreteSchedule, Callable, str, torch.dtype]:
@@ -278,6 +289,9 @@ def _run_peer(label, problem, x_T, grid, nfe, dtype, model):
     sched, raw, prediction, time_dtype = _check_problem(problem)
     counter = _Counter(model if model is not None else raw, x_T.shape[0], time_dtype)
     x_T = x_T.to(dtype)
+    why = unsupported_grid(label, grid)
+    if why is not None:
+        raise ValueError(why)
     if peer.library == "diffusers":
         s = diffusers_scheduler(label, sched, prediction)
         steps = _diffusers_steps(s, nfe)

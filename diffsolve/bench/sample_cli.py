@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["sample_digits", "per_sample_seed", "digits_samples"]
+__all__ = ["sample_digits", "per_sample_seed", "digits_samples", "write_samples"]
 
 _MAX_N = 2**24
 
@@ -88,6 +88,19 @@ def _save_png(problem, x0: np.ndarray, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def write_samples(problem, x0: np.ndarray, out, title: str, **meta) -> str:
+    """Write digits samples ``x0`` (model space) as a PNG grid or an .npz (``x0``, ``images`` and ``meta``);
+    return the line that says so."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".png":
+        _save_png(problem, x0, out, title)
+    else:
+        images = problem.to_images(torch.from_numpy(x0)).numpy().astype(np.float32)
+        np.savez(out, x0=x0, images=images, **{k: np.asarray(v) for k, v in meta.items()})
+    return f"wrote {out}: {x0.shape[0]} samples"
+
+
 def sample_digits(args) -> int:
     """The ``digits`` branch of ``diffsolve sample`` (``--out`` .png: a grid; .npz: the arrays)."""
     from . import dist
@@ -108,7 +121,7 @@ def sample_digits(args) -> int:
         return 2
     torch.set_num_threads(1)
     problem = get_bench_problem("digits")
-    options = {"eta": args.eta} if args.eta is not None else {}
+    options = dict(getattr(args, "solver_options", None) or ({"eta": args.eta} if args.eta is not None else {}))
     rank, world = dist.setup("cpu")
     try:
         n_chunks = -(-args.samples // args.batch)
@@ -138,23 +151,9 @@ def sample_digits(args) -> int:
         x0 = np.concatenate([mine[c] for c in range(n_chunks)])
         grid = args.grid or problem.schedule.default_grid
         title = f"digits: {args.solver} ({grid} grid), {args.steps} steps, seed {args.seed}"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if out.suffix == ".png":
-            _save_png(problem, x0, out, title)
-        else:
-            images = problem.to_images(torch.from_numpy(x0)).numpy().astype(np.float32)
-            np.savez(
-                out,
-                x0=x0,
-                images=images,
-                seed=np.int64(args.seed),
-                steps=np.int64(args.steps),
-                solver=np.str_(args.solver),
-                grid=np.str_(grid),
-            )
+        wrote = write_samples(problem, x0, out, title, seed=args.seed, steps=args.steps, solver=args.solver, grid=grid)
         print(
-            f"wrote {out}: {x0.shape[0]} samples, {args.solver} {args.steps} steps ({grid}), "
-            f"{world} process(es), {time.perf_counter() - t0:.1f} s"
+            f"{wrote}, {args.solver} {args.steps} steps ({grid}), {world} process(es), {time.perf_counter() - t0:.1f} s"
         )
         return 0
     finally:

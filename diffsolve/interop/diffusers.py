@@ -46,10 +46,10 @@ from typing import Any
 
 import torch
 
-from ..grids import leading, linspace, trailing
 from ..schedules import DiscreteSchedule, FlowSchedule
 from ..thresholding import Clipping, DynamicThresholding
 from ..wrapper import DiffusionODE
+from .diffusers_sigmas import family_of_keys, family_sigmas
 
 __all__ = [
     "from_diffusers",
@@ -65,7 +65,6 @@ __all__ = [
 #: diffusers' prediction_type -> diffsolve's prediction
 PREDICTION_TYPES = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
-SPACINGS = {"leading": leading, "trailing": trailing, "linspace": linspace}
 
 
 def config_of(scheduler_or_config) -> Mapping[str, Any]:
@@ -138,7 +137,7 @@ FIXED_KEYS = {
     "use_lu_lambdas": ((False, None), "sample with grid='logsnr' (ds.grid) instead"),
     "use_flow_sigmas": ((False, None), "use a FlowMatchEulerDiscreteScheduler config for a flow model"),
     "flow_shift": ((1.0, None), "use a FlowMatchEulerDiscreteScheduler config with shift= for a flow model"),
-    "final_sigmas_type": (("zero", None), "the grid ends at sigma = 0; pass your own sigmas= to end elsewhere"),
+    "final_sigmas_type": (("zero", "sigma_min", None), "allowed: 'zero', 'sigma_min'"),
     "variance_type": (
         (None, "fixed_small", "fixed_large"),
         "a learned variance doubles the model's output channels; wrap the eps half with ds.wrap",
@@ -320,7 +319,11 @@ def diffusers_grid(
     config, steps: int, schedule: DiscreteSchedule | None = None, *, mu: float | None = None
 ) -> torch.Tensor:
     """The sigmas of diffusers' ``set_timesteps(steps)`` for this config (``timestep_spacing``,
-    ``steps_offset``), ending at sigma = 0 as DDIM with ``set_alpha_to_one=True`` does.
+    ``steps_offset``, ``final_sigmas_type``, ``lambda_min_clipped``), by the rule of the config's
+    scheduler class (:mod:`diffsolve.interop.diffusers_sigmas`: DDIM's n levels, the DPM-Solver
+    family's n + 1 points, k-diffusion's fractional linspace). The class is the scheduler object's,
+    the config's ``_class_name``, or the one whose keys the config has; a hand-written dict gets
+    DDIM's rule, ending at sigma = 0 as DDIM with ``set_alpha_to_one=True`` does.
 
     With ``set_alpha_to_one=False`` DDIM's last step goes to alpha_bar of index 0, i.e. to the
     schedule's smallest sigma: the grid ends there instead (and a grid that already visits index 0
@@ -342,19 +345,8 @@ def diffusers_grid(
     if mu is not None:
         raise ValueError("mu= is only for flow-matching configs with use_dynamic_shifting=True")
     schedule = schedule if schedule is not None else schedule_from_config(cfg)
-    spacing = cfg.get("timestep_spacing", "leading")
-    if spacing not in SPACINGS:
-        raise ValueError(f"timestep_spacing={spacing!r} is not supported; supported: {', '.join(SPACINGS)}")
-    if spacing == "leading":
-        sig = leading(schedule, steps, steps_offset=int(cfg.get("steps_offset", 0)))
-    else:
-        sig = SPACINGS[spacing](schedule, steps)
-    if not cfg.get("set_alpha_to_one", True):
-        last = torch.tensor([schedule.sigma_min], dtype=sig.dtype)
-        sig = sig[:-1] if float(sig[-2]) <= schedule.sigma_min else torch.cat([sig[:-1], last])
-        if len(sig) < 2:
-            raise ValueError("set_alpha_to_one=False leaves no step on this grid; use more steps")
-    return sig
+    name = _class_name(config)
+    return family_sigmas(cfg, steps, schedule, name if name is not None else family_of_keys(cfg))
 
 
 def model_callable(model) -> Callable[..., torch.Tensor]:

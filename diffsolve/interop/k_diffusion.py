@@ -24,7 +24,7 @@ from ..schedules import SigmaSchedule
 from ..validation import check_state
 from ..wrapper import DiffusionODE
 
-__all__ = ["k_sampler"]
+__all__ = ["k_sampler", "load_k_diffusion"]
 
 
 def k_sampler(name: str, **options: Any) -> Callable[..., torch.Tensor]:
@@ -88,3 +88,20 @@ def k_sampler(name: str, **options: Any) -> Callable[..., torch.Tensor]:
     sampler.__name__ = f"sample_{name.replace('-', '_')}"
     sampler.__doc__ = f"diffsolve {name!r} as a k-diffusion sampler (options {options})."
     return sampler
+
+
+def load_k_diffusion():
+    """k-diffusion's own ``sampling`` and ``external`` modules (``K.sampling.sample_dpmpp_2m``,
+    ``K.external.DiscreteEpsDDPMDenoiser``, ...), to run its samplers beside diffsolve's.
+
+    ``import k_diffusion`` runs its package ``__init__``, which imports its training stack
+    (scikit-image, torchvision, kornia, clean-fid, CLIP, ...): the install of the README leaves that
+    out, since torchvision would replace the installed torch. This loads the two modules from the
+    installed k-diffusion files, unchanged, with ``import k_diffusion`` where that works and without
+    the package ``__init__`` where it does not (``.how`` says which). ImportError if k-diffusion is
+    not installed (``pip install --no-deps k-diffusion``; its samplers need scipy and torchsde, which
+    the ``test`` / ``peers`` extras install).
+    """
+    from ..bench.peers import kdiffusion
+
+    return kdiffusion()
