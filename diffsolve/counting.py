@@ -62,7 +62,7 @@ def is_adaptive(solver) -> bool:
         cls = type(solver) if isinstance(solver, Solver) else solver
     if not (isinstance(cls, type) and issubclass(cls, Solver)):
         make_solver(solver)  # the registry's own error for a wrong argument
-    return bool(getattr(cls, "adaptive", False))
+    return cls.adaptive  # the contract attribute (Solver.adaptive)
 
 
 def _zero_ode(sigmas: list[float], schedule):
@@ -150,8 +150,7 @@ def steps_for_nfe(solver, nfe: int, *, grid: str, schedule, afs: bool = False, *
     holds for every registered solver and grid (tests/test_counting.py). A step count the grid refuses
     (ValueError, e.g. a published table of fixed length) is skipped.
     """
-    from .driver import grid as make_grid
-    from .driver import make_solver
+    from .driver import make_grid, make_solver
 
     if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
         raise ValueError(f"nfe must be a positive integer, got {nfe!r}")

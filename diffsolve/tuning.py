@@ -79,8 +79,7 @@ import torch
 
 from .counting import count_calls, is_adaptive, steps_for_nfe
 from .recipe import AFSODE, Recipe, RecipeError, RecipeODE, run_parts, run_recipe, schedule_fingerprint  # noqa: F401
-from .sampling import grid as make_grid
-from .sampling import list_grids, list_solvers, make_solver
+from .sampling import list_grids, list_solvers, make_grid, make_solver
 from .wrapper import DiffusionODE, NonFiniteError
 
 __all__ = [

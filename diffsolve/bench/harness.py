@@ -29,10 +29,9 @@ from typing import Any
 import torch
 
 from ..counting import count_calls, steps_for_nfe
-from ..sampling import grid as make_grid
 from ..sampling import list_grids as grid_names
 from ..sampling import list_solvers as solver_names
-from ..sampling import sample
+from ..sampling import make_grid, sample
 from ..wrapper import DiffusionODE
 from . import dist, peers
 from .catalog import get_bench_problem

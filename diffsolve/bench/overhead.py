@@ -27,8 +27,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..sampling import grid as make_grid
-from ..sampling import sample
+from ..sampling import make_grid, sample
 from ..schedules import DiscreteSchedule, EDMSchedule
 from ..wrapper import DiffusionODE
 from . import peers

@@ -317,7 +317,7 @@ def _run_peer(label, problem, x_T, grid, nfe, dtype, model):
     # k-diffusion: explicit sigmas from the diffsolve grid
     K = kdiffusion()
 
-    from ..sampling import grid as make_grid
+    from ..sampling import make_grid
 
     steps = nfe
     while steps >= 1 and peer.calls(steps) > nfe:

@@ -17,8 +17,7 @@ import torch
 from ..analytic import reference_solution
 from ..counting import steps_for_nfe
 from ..recipe import Recipe
-from ..sampling import grid as make_grid
-from ..sampling import sample
+from ..sampling import make_grid, sample
 from ..wrapper import DiffusionODE
 
 __all__ = [
