@@ -10,6 +10,7 @@ from .grids import validate_sigmas
 from .interop.diffusers import diffusers_grid, from_diffusers
 from .interop.k_diffusion import k_sampler
 from .interpolation import interpolate, lerp, slerp
+from .inverse import Restorer, list_restorers, restore
 from .inversion import ReversibleSample, invert_exact, reconstruction_error, sample_reversible
 from .plugins import DuplicateNameError, PluginWarning, UnknownNameError, hookimpl
 from .sampling import grid, invert, list_grids, list_solvers, make_noise_sampler, make_solver, sample
@@ -70,6 +71,9 @@ __all__ = [
     "k_sampler",
     "tune",
     "Recipe",
+    "restore",
+    "list_restorers",
+    "Restorer",
 ]
 
 

@@ -445,6 +445,7 @@ def sample_core(
     sig = _resolve_sigmas(ode, steps, grid, sigmas, grid_options, increasing=False)
     s = make_solver(solver, **solver_options)
     _check_run(ode, x_T, sig, generator, allow_out_of_range)
+    _check_renoise(ode, s)
     with torch.set_grad_enabled(_check_grad(grad)):
         return _run(ode, x_T, sig, s, generator, callback, progress, return_trajectory, check_finite)
 
@@ -471,6 +472,17 @@ def _check_run(ode, x, sig: torch.Tensor, generator, allow_out_of_range) -> None
     batch = x.shape[0]
     check_generator(generator, batch)
     check_guidance_batch(ode, batch)
+
+
+def _check_renoise(ode, solver: Solver) -> None:
+    """A renoising ODE (RENOISE_SPEC: CFG++, DDNM) needs a solver that continues from the re-noised state."""
+    if getattr(ode, "renoise", False) and not getattr(solver, "renoise_ok", False):
+        able = [n for n in list_solvers() if getattr(get_registry().solver(n), "renoise_ok", False)]
+        raise ValueError(
+            f"solver {solver.name!r} cannot run this ODE: its predictions are renoising (the solver must continue "
+            "from denoised + sigma * eps, off the state's ray), and its update cannot take such a prediction; "
+            f"solvers that can: {', '.join(able)}"
+        )
 
 
 def _check_grad(grad) -> bool:

@@ -62,6 +62,9 @@ class DiffusionODE:
         nfe: number of model calls so far (a guided call is one batched call: one NFE).
     """
 
+    #: whether :meth:`predict` returns renoising predictions (off the state's ray): see :meth:`renoised`
+    renoise = False
+
     def __init__(
         self,
         model: Callable[..., torch.Tensor],
@@ -143,6 +146,14 @@ class DiffusionODE:
         self._counter = _Counter()
         #: the run this view belongs to (see :meth:`start_run`); None on the ODE ``wrap`` returns
         self._run: Run | None = None
+
+    def renoised(self, x: torch.Tensor, denoised: torch.Tensor, eps: torch.Tensor, sigma: float) -> torch.Tensor:
+        """The state a solver continues from after ``predict(x, sigma)``: ``x`` itself, or, when this ODE's
+        predictions are renoising (``self.renoise``: CFG++, DDNM), ``denoised + sigma * eps`` (docs/math.md,
+        "Renoising predictions")."""
+        if not self.renoise or sigma == 0:
+            return x
+        return torch.add(denoised, eps, alpha=float(sigma))
 
     @property
     def nfe(self) -> int:

@@ -77,6 +77,7 @@ class Solver:
     calls_per_step: ClassVar[int] = 1
     stochastic: ClassVar[bool] = False
     invertible: ClassVar[bool] = True
+    renoise_ok: ClassVar[bool] = False
 
     ode: DiffusionODE
     sigmas: list[float]
