@@ -5,7 +5,7 @@
 (docs/math.md E29). DDIM is the Euler method on it (E30).
 """
 
-from . import analytic
+from . import analytic, inverse
 from .grids import validate_sigmas
 from .interop.diffusers import diffusers_grid, from_diffusers
 from .interop.k_diffusion import k_sampler
@@ -71,6 +71,7 @@ __all__ = [
     "k_sampler",
     "tune",
     "Recipe",
+    "inverse",
     "restore",
     "list_restorers",
     "Restorer",

@@ -80,6 +80,8 @@ class Task:
     generator: Any
     noise: Callable[[torch.Tensor], torch.Tensor]
     progress: bool = False
+    #: :func:`diffsolve.sample`, handed in by :func:`diffsolve.restore` (this module stays below the driver)
+    sampler: Callable[..., torch.Tensor] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -88,9 +90,9 @@ class Task:
 
     def sample(self, ode: DiffusionODE, x: torch.Tensor, sigmas: list[float] | None = None) -> torch.Tensor:
         """Run the chosen solver on ``ode`` from ``x`` (model space) down ``sigmas`` (default: the task's grid)."""
-        from ..sampling import sample
-
-        return sample(
+        if self.sampler is None:
+            raise RuntimeError("this Task has no sampler: make tasks through diffsolve.restore")
+        return self.sampler(
             ode,
             x,
             self.solver,

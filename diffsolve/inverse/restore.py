@@ -9,7 +9,7 @@ import torch
 
 from ..plugins.registry import get_registry
 from ..sampling import grid as make_grid
-from ..sampling import list_solvers, make_noise_sampler, make_solver
+from ..sampling import list_solvers, make_noise_sampler, make_solver, sample
 from ..validation import check_finite_number, check_flag, check_state, suggest
 from ..wrapper import DiffusionODE
 from .base import Restorer, Task
@@ -142,6 +142,7 @@ def restore(
         generator=generator,
         noise=noise_of,
         progress=progress,
+        sampler=sample,
     )
     with torch.no_grad():
         return restorer.restore(task)
