@@ -442,3 +442,39 @@ def test_a_restorer_plugin_installed_from_its_distribution_registers_and_restore
             Registry(entry_points=eps, disabled=("example-restorer",)).load().restorer("example-replace")
     finally:
         sys.modules.pop("diffsolve_example_restorer", None)
+
+
+# -- the benchmark (diffsolve/bench/inverse.py) ------------------------------------------------------------
+def test_inverse_benchmark_writes_cells_as_they_finish_and_resumes(tmp_path):
+    import argparse
+    import json
+
+    from diffsolve.bench import inverse
+
+    out = tmp_path / "inverse.jsonl"
+    args = argparse.Namespace(
+        out=str(out), n=2, tasks=["sr2"], rows=["naive", "ddnm-20"], fresh=False, quiet=True, figures=str(tmp_path)
+    )
+    done = inverse.run(args)
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["task"], r["noise"], r["row"]) for r in recs] == [
+        ("sr2", 0.05, "naive"),
+        ("sr2", 0.05, "ddnm-20"),
+        ("sr2", 0.0, "naive"),
+        ("sr2", 0.0, "ddnm-20"),
+    ]  # issue 21's Done-when cell (sr2 at sigma_y = 0.05) first
+    ddnm = next(r for r in recs if r["row"] == "ddnm-20" and r["noise"] == 0.0)
+    assert ddnm["nfe"] == 20 and ddnm["dc"] < 1e-4 and len(ddnm["psnr_each"]) == 2  # DDNM is exact without noise
+    assert len(inverse.run(args)) == 4 and len(out.read_text().splitlines()) == 4  # a rerun adds no cell
+    assert "| ddnm-20 (first 2 digits) | 20 |" in inverse.table(done)
+
+
+def test_diffsolve_bench_task_inverse_runs_the_inverse_benchmark(monkeypatch, tmp_path):
+    from diffsolve import cli
+    from diffsolve.bench import inverse
+
+    seen = {}
+    monkeypatch.setattr(inverse, "handle", lambda args: seen.setdefault("args", args) and 0)
+    assert cli.main(["bench", "--task", "inverse", "--out", str(tmp_path), "--samples", "5", "--quiet"]) == 0
+    args = seen["args"]
+    assert args.n == 5 and args.out == str(tmp_path / "inverse.jsonl") and args.figures == str(tmp_path)

@@ -1,5 +1,5 @@
 """DAPS (Zhang, Chu, Berner, Ma, Yue & Anandkumar 2024): decoupled annealing posterior sampling
-(docs/math.md I8).
+(docs/math.md section 12, I8).
 
 For each level sigma_k of the annealing grid (high to low):
 

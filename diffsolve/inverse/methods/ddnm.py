@@ -1,4 +1,4 @@
-"""DDNM (Wang, Yu & Zhang 2023): range-null-space projection of the prediction (docs/math.md I3).
+"""DDNM (Wang, Yu & Zhang 2023): range-null-space projection of the prediction (docs/math.md section 12, I3).
 
 At each model evaluation the x0-prediction is projected onto the measurement,
 

@@ -1,4 +1,4 @@
-"""DDRM (Kawar, Elad, Ermon & Song 2022): denoising diffusion restoration in A's SVD (docs/math.md I6).
+"""DDRM (Kawar, Elad, Ermon & Song 2022): denoising diffusion restoration in A's SVD (docs/math.md section 12, I6).
 
 In the spectral coordinates of A = U diag(s) V^T, with c = V^T xbar, chat = V^T D (one model call),
 ybar_i = (U^T y)_i / s_i and sigma_y the measurement noise, a step sigma -> sigma' sets each

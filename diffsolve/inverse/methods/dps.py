@@ -1,4 +1,4 @@
-"""DPS (Chung, Kim, Mccann, Klasky & Ye 2023): diffusion posterior sampling (docs/math.md I4).
+"""DPS (Chung, Kim, Mccann, Klasky & Ye 2023): diffusion posterior sampling (docs/math.md section 12, I4).
 
 Every model evaluation backpropagates the measurement residual through the model,
 

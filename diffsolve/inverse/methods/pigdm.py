@@ -1,4 +1,4 @@
-"""PiGDM (Song, Vahdat, Mardani & Kautz 2023): pseudo-inverse guided diffusion (docs/math.md I5).
+"""PiGDM (Song, Vahdat, Mardani & Kautz 2023): pseudo-inverse guided diffusion (docs/math.md section 12, I5).
 
 p(x0 | xbar) is approximated by N(D(xbar), r^2 I) with r^2 = sigma^2 / (1 + sigma^2), so that
 p(y | xbar) = N(A D, r^2 A A^T + sigma_y^2 I); the guidance is the vector-Jacobian product through

@@ -1,4 +1,4 @@
-"""RED-diff (Mardani, Song, Kautz & Vahdat 2023): variational restoration (docs/math.md I7).
+"""RED-diff (Mardani, Song, Kautz & Vahdat 2023): variational restoration (docs/math.md section 12, I7).
 
 The restored image mu is optimized with Adam. At each level sigma of the grid (high to low) one
 draws eps, forms xbar = mu + sigma eps (the sigma form of x_t = alpha (mu + sigma eps)) and
