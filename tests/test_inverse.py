@@ -478,3 +478,13 @@ def test_diffsolve_bench_task_inverse_runs_the_inverse_benchmark(monkeypatch, tm
     assert cli.main(["bench", "--task", "inverse", "--out", str(tmp_path), "--samples", "5", "--quiet"]) == 0
     args = seen["args"]
     assert args.n == 5 and args.out == str(tmp_path / "inverse.jsonl") and args.figures == str(tmp_path)
+
+
+@pytest.mark.parametrize("method", ["ddnm", "ddrm", "red-diff", "daps"])
+def test_progress_shows_a_bar_and_does_not_change_the_result(method, capsys):
+    op = mask()
+    y = op.forward(x_true())
+    plain = _restore(method, op, y, 3)
+    shown = _restore(method, op, y, 3, progress=True)
+    assert "3/3" in capsys.readouterr().err  # the bar counted the three levels
+    torch.testing.assert_close(shown, plain, rtol=0, atol=0)

@@ -88,7 +88,17 @@ class Task:
     def linear(self) -> LinearOperator:
         return self.operator  # type: ignore[return-value]
 
-    def sample(self, ode: DiffusionODE, x: torch.Tensor, sigmas: list[float] | None = None) -> torch.Tensor:
+    def levels(self, items, desc: str):
+        """``items`` with a progress bar when the user asked for one (for methods with their own loop)."""
+        if not self.progress:
+            return items
+        from tqdm.auto import tqdm
+
+        return tqdm(items, desc=desc)
+
+    def sample(
+        self, ode: DiffusionODE, x: torch.Tensor, sigmas: list[float] | None = None, progress: bool | None = None
+    ) -> torch.Tensor:
         """Run the chosen solver on ``ode`` from ``x`` (model space) down ``sigmas`` (default: the task's grid)."""
         if self.sampler is None:
             raise RuntimeError("this Task has no sampler: make tasks through diffsolve.restore")
@@ -98,7 +108,7 @@ class Task:
             self.solver,
             sigmas=self.sigmas if sigmas is None else sigmas,
             generator=self.generator,
-            progress=self.progress,
+            progress=self.progress if progress is None else progress,
             **self.solver_options,
         )
 

@@ -56,8 +56,8 @@ class DAPS(Restorer):
         sig = task.sigmas
         x = task.x_T
         x0 = x
-        for k, sigma in enumerate(sig[:-1]):
-            x0hat = task.sample(ode, x, _inner_grid(sigma, sigma_min, self.inner_steps))
+        for k, sigma in task.levels(list(enumerate(sig[:-1])), "diffsolve daps"):
+            x0hat = task.sample(ode, x, _inner_grid(sigma, sigma_min, self.inner_steps), progress=False)
             r2 = sigma * sigma
             tau = self.lr / (1.0 / r2 + 1.0 / beta2)
             x0 = x0hat

@@ -54,7 +54,7 @@ class DDRM(Restorer):
         c = torch.where(measured & (level < sig[0]), ybar + start * z, sig[0] * z)
         xbar = op.v(c, shape)
         eta, eta_b = self.eta, self.eta_b
-        for sigma, sigma_next in zip(sig[:-1], sig[1:]):
+        for sigma, sigma_next in task.levels(list(zip(sig[:-1], sig[1:])), "diffsolve ddrm"):
             denoised, _ = ode.predict(xbar, sigma)
             chat, c = op.vt(denoised), op.vt(xbar)
             z = task.noise(c)

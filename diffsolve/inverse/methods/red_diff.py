@@ -40,7 +40,7 @@ class REDDiff(Restorer):
             mu = torch.zeros_like(task.x_T)
         mu.requires_grad_(True)
         opt = torch.optim.Adam([mu], lr=self.lr)
-        for sigma in task.sigmas[:-1]:
+        for sigma in task.levels(task.sigmas[:-1], "diffsolve red-diff"):
             with torch.no_grad():
                 eps = task.noise(mu)
                 eps_hat = ode.eps(mu.detach() + sigma * eps, sigma)
