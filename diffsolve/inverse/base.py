@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -82,7 +82,6 @@ class Task:
     progress: bool = False
     #: :func:`diffsolve.sample`, handed in by :func:`diffsolve.restore` (this module stays below the driver)
     sampler: Callable[..., torch.Tensor] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def linear(self) -> LinearOperator:
