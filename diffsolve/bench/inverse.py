@@ -44,6 +44,7 @@ METHODS = {
     "pigdm-20": ("pigdm", 20, {}),
     "pigdm-50": ("pigdm", 50, {}),
     "pigdm-100": ("pigdm", 100, {}),
+    "pigdm-200": ("pigdm", 200, {}),
     "ddrm-20": ("ddrm", 20, {}),
     "ddrm-100": ("ddrm", 100, {}),
     "dps-100": ("dps", 100, {"zeta": 1.0}),
