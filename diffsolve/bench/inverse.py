@@ -189,9 +189,15 @@ def table(done: dict[str, dict], tasks=TASKS) -> str:
     return "\n".join(lines)
 
 
-def subset_table(done: dict[str, dict], n: int, cells=FIRST) -> str:
-    """Mean PSNR over the first ``n`` digits of every row that has them (per-digit PSNRs), per cell:
-    compares a row run on a subset (dps-1000) with the others on the same digits."""
+def subset_table(done: dict[str, dict], n: int) -> str:
+    """Mean PSNR over the first ``n`` digits of every row that has them (per-digit PSNRs), in the cells
+    where a row was run on just those ``n``: compares it (dps-1000) with the others on the same digits."""
+    cells = [
+        (t, s)
+        for t in TASKS
+        for s in NOISES
+        if any(r["n"] == n and (r["task"], r["noise"]) == (t, s) for r in done.values())
+    ]
     lines = [
         "| method | NFE | " + " | ".join(f"{t} σy={s:g}" for t, s in cells) + " |",
         "|---|---:|" + "---:|" * len(cells),
