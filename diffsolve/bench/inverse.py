@@ -109,7 +109,7 @@ def load(out: Path) -> dict[str, dict]:
                 if line.strip():
                     rec = json.loads(line)
                     key = cell_key(rec["task"], rec["noise"], rec["row"])
-                    if key not in done or done[key]["n"] < rec["n"]:  # the run on more digits wins
+                    if key not in done or done[key]["n"] <= rec["n"]:  # more digits win; then the later file
                         done[key] = rec
     return done
 
@@ -316,6 +316,7 @@ def configure(p: argparse.ArgumentParser, out: str = str(OUT), figures: str = st
     p.add_argument("--figures", default=figures, help="folder of the two PNG figures")
     p.add_argument("--n", type=int, default=297, help="held-out digits (default: all 297)")
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    p.add_argument("--noises", nargs="+", type=float, default=None, help="measurement noise levels (default 0 0.05)")
     p.add_argument("--rows", nargs="+", default=None, help=f"method rows to run (default: all): {', '.join(METHODS)}")
     p.add_argument("--fresh", action="store_true", help="forget earlier results")
     p.add_argument("--report", action="store_true", help="only write the table and the figures")
