@@ -5,12 +5,13 @@
 (docs/math.md E29). DDIM is the Euler method on it (E30).
 """
 
-from . import analytic
+from . import analytic, inverse
 from .counting import count_calls, steps_for_nfe
 from .grids import validate_sigmas
 from .interop.diffusers import diffusers_grid, from_diffusers
 from .interop.k_diffusion import k_sampler
 from .interpolation import interpolate, lerp, slerp
+from .inverse import Restorer, list_restorers, restore
 from .inversion import ReversibleSample, invert_exact, reconstruction_error, sample_reversible
 from .plugins import DuplicateNameError, PluginWarning, UnknownNameError, hookimpl
 from .sampling import grid, invert, list_grids, list_solvers, make_grid, make_noise_sampler, make_solver, sample
@@ -75,6 +76,10 @@ __all__ = [
     "Recipe",
     "count_calls",
     "steps_for_nfe",
+    "inverse",
+    "restore",
+    "list_restorers",
+    "Restorer",
 ]
 
 

@@ -148,6 +148,14 @@ class DiffusionODE:
         #: the run this view belongs to (see :meth:`start_run`); None on the ODE ``wrap`` returns
         self._run: Run | None = None
 
+    def renoised(self, x: torch.Tensor, denoised: torch.Tensor, eps: torch.Tensor, sigma: float) -> torch.Tensor:
+        """The state a solver continues from after ``predict(x, sigma)``: ``x`` itself, or, when this ODE's
+        predictions are renoising (``self.renoise``: CFG++, DDNM), ``denoised + sigma * eps`` (docs/math.md,
+        "Renoising predictions")."""
+        if not self.renoise or sigma == 0:
+            return x
+        return torch.add(denoised, eps, alpha=float(sigma))
+
     @property
     def nfe(self) -> int:
         """Model calls made through this ODE so far, by every run (a guided call is one NFE)."""
@@ -390,14 +398,6 @@ class DiffusionODE:
         # flow velocity u = eps - x0
         denoised = (xbar - sigma * out) / (1.0 + sigma)
         return denoised, out + denoised
-
-    def renoised(self, x: torch.Tensor, denoised: torch.Tensor, eps: torch.Tensor, sigma: float) -> torch.Tensor:
-        """The state a solver continues from after ``predict(x, sigma)``: ``x`` itself, or, when this ODE's
-        predictions are renoising (``self.renoise``: CFG++, DDNM), ``denoised + sigma * eps`` (docs/math.md,
-        "Renoising predictions")."""
-        if not self.renoise or sigma == 0:
-            return x
-        return torch.add(denoised, eps, alpha=float(sigma))
 
     def denoised(self, xbar: torch.Tensor, sigma: float) -> torch.Tensor:
         """The x0-prediction D(xbar; sigma) (one model call)."""

@@ -94,6 +94,13 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--list", action="store_true", help="list problems, solvers, grids and peers, then exit")
+    p.add_argument(
+        "--task",
+        choices=["sampling", "inverse"],
+        default="sampling",
+        help="sampling (default): the solver benchmark; inverse: restoration methods on the held-out digits "
+        "(diffsolve/bench/inverse.py; uses --out, --samples as the number of digits, --fresh, --quiet)",
+    )
 
 
 def _digits_picture(out: str) -> None:
@@ -131,7 +138,29 @@ def _say_unsupported_peer_cells(grids) -> None:
             )
 
 
+def _inverse_task(args: argparse.Namespace) -> int:
+    """``diffsolve bench --task inverse``: the restoration benchmark, results and figures in --out."""
+    from pathlib import Path
+
+    from . import inverse
+
+    out = Path(args.out)
+    run = argparse.Namespace(
+        out=str(out / "inverse.jsonl"),
+        figures=str(out),
+        n=args.samples or 297,
+        tasks=list(inverse.TASKS),
+        rows=None,
+        fresh=args.fresh,
+        report=False,
+        quiet=args.quiet,
+    )
+    return inverse.handle(run)
+
+
 def handle(args: argparse.Namespace) -> int:
+    if getattr(args, "task", "sampling") == "inverse":
+        return _inverse_task(args)
     from ..sampling import list_grids, list_solvers
     from . import peers
     from .catalog import bench_problem_names, load_model_problem

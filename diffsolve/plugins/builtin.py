@@ -42,3 +42,12 @@ def register_grids(register):
 
     for name, fn in BUILTIN_GRIDS.items():
         register(name, fn)
+
+
+# -- restorers (inverse problems) -----------------------------------------------------------------
+@hookimpl
+def register_restorers(register):
+    from ..inverse.methods import BUILTIN_RESTORERS
+
+    for cls in BUILTIN_RESTORERS:
+        register(cls)

@@ -42,3 +42,15 @@ def register_grids(register: Callable[..., None]) -> None:
         :class:`~diffsolve.plugins.registry.DuplicateNameError`.
     :returns: nothing; every plugin's implementation is called.
     """
+
+
+# -- restorers (inverse problems: diffsolve.restore) ----------------------------------------------
+@hookspec
+def register_restorers(register: Callable[[type], None]) -> None:
+    """Register inverse-problem methods (restorers) for :func:`diffsolve.restore`.
+
+    :param register: call ``register(RestorerSubclass)`` once per method; the class's ``name``
+        attribute is its registry name (:class:`diffsolve.inverse.Restorer`). Duplicate names raise
+        :class:`~diffsolve.plugins.registry.DuplicateNameError`.
+    :returns: nothing; every plugin's implementation is called.
+    """

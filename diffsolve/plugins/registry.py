@@ -91,6 +91,7 @@ class Registry:
         self._lock = threading.RLock()
         self.solvers: dict[str, tuple[type, str]] = {}
         self.grids: dict[str, tuple[Callable, str]] = {}
+        self.restorers: dict[str, tuple[type, str]] = {}  # inverse-problem methods (diffsolve.restore)
         self.skipped: list[tuple[str, str]] = []  # (plugin, reason)
         #: name clashes recorded with on_duplicate="record": (kind, name, kept owner, refused owner)
         self.clashes: list[tuple[str, str, str, str]] = []
@@ -119,6 +120,7 @@ class Registry:
                     self._loaded = True
                 except BaseException:
                     self.solvers, self.grids, self.skipped = {}, {}, []
+                    self.restorers = {}
                     raise
                 else:
                     self._loaded = True
@@ -167,12 +169,14 @@ class Registry:
         # a clash (DuplicateNameError) stops the load; load() raises it again to every later user
         self._collect(pm.hook.register_solvers, self.solvers, self._check_solver, "solver")
         self._collect(pm.hook.register_grids, self.grids, self._check_grid, "grid")
+        self._collect(pm.hook.register_restorers, self.restorers, self._check_restorer, "restorer")
         self._report_empty(loaded)
 
     def _report_empty(self, loaded: list[str]) -> None:
         """A loaded plugin whose hooks registered no solver and no grid gets a PluginWarning."""
         failed = {owner for owner, _ in self.skipped}
         owners = {owner for _, owner in self.solvers.values()} | {owner for _, owner in self.grids.values()}
+        owners |= {owner for _, owner in self.restorers.values()}
         owners |= {c[3] for c in self.clashes}
         for owner in loaded:
             if owner not in owners and owner not in failed:
@@ -259,6 +263,27 @@ class Registry:
         if not callable(fn):
             raise TypeError(f"grid {name!r}: expected a callable fn(schedule, steps, **options), got {fn!r}")
         return name, fn
+
+    @staticmethod
+    def _check_restorer(cls, *extra):
+        from ..inverse.base import Restorer
+
+        if extra:
+            raise TypeError("register(RestorerClass) takes the class only; its name is cls.name")
+        if not (isinstance(cls, type) and issubclass(cls, Restorer)):
+            raise TypeError(f"register() expects a diffsolve.inverse.Restorer subclass, got {cls!r}")
+        if not isinstance(cls.name, str) or not cls.name:
+            raise TypeError(f"restorer class {cls.__name__} has no name (set the class attribute 'name')")
+        return cls.name, cls
+
+    def restorer(self, name: str) -> type:
+        self.load()
+        if name not in self.restorers:
+            raise UnknownNameError(self._unknown("restorer", name, self.restorers))
+        return self.restorers[name][0]
+
+    def restorer_names(self) -> list[str]:
+        return sorted(self.load().restorers)
 
     # -- lookup ----------------------------------------------------------------------------
     def solver(self, name: str) -> type:
