@@ -334,3 +334,15 @@ def test_teacher_error_estimate_bounds_the_true_error_on_the_exact_gaussian_flow
     true_err = float((teacher - exact).pow(2).mean().sqrt())
     estimate = tuning._teacher_error(ode, x, teacher, True)
     assert true_err <= estimate < 1e-6, (true_err, estimate)  # from above, and far below any few-step error
+
+
+def test_cli_tune_reports_the_teacher_error_and_where_its_held_out_number_comes_from(tmp_path, capsys):
+    from diffsolve.cli import main
+
+    out = tmp_path / "r.json"
+    args = ["tune", "--problem", "gmm2d", "--nfe", "2", "--samples", "8", "--solvers", "ddim", "--quiet"]
+    assert main(args + ["--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "on the held-out part of these x_T" in text and "teacher's own error: " in text
+    recipe = ds.Recipe.load(out)
+    assert recipe.nfe <= 2 and recipe.report["teacher_rmse"] < 0.01 * recipe.report["heldout_rmse"]
