@@ -14,7 +14,7 @@ import torch
 
 from .driver import sample_core
 from .wrapper import DiffusionODE
-from .wrapper import _Counter as _CallCounter
+from .wrapper import _CallCounter
 
 __all__ = ["RecipeError", "RecipeODE", "AFSODE", "run_parts"]
 

@@ -509,7 +509,6 @@ class _CallCounter:
             self.value += n
 
 
-_Counter = _CallCounter  # its former name, still imported by recipe.py (the tune branch's file)
 
 _CPU = torch.device("cpu")
 

@@ -241,7 +241,7 @@ def _nearest_level(sched: DiscreteSchedule, sigma: float) -> float:
     return float(sched.sigmas[i])
 
 
-class _Counter:
+class _CountingModel:
     def __init__(self, model, batch, time_dtype):
         self.model, self.batch, self.time_dtype, self.calls = model, batch, time_dtype, 0
 
@@ -287,7 +287,7 @@ def run_peer(
 def _run_peer(label, problem, x_T, grid, nfe, dtype, model):
     peer = PEERS[label]
     sched, raw, prediction, time_dtype = _check_problem(problem)
-    counter = _Counter(model if model is not None else raw, x_T.shape[0], time_dtype)
+    counter = _CountingModel(model if model is not None else raw, x_T.shape[0], time_dtype)
     x_T = x_T.to(dtype)
     why = unsupported_grid(label, grid)
     if why is not None:
