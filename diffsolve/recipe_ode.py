@@ -13,8 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from .driver import sample_core
-from .wrapper import DiffusionODE
-from .wrapper import _CallCounter
+from .wrapper import DiffusionODE, _CallCounter
 
 __all__ = ["RecipeError", "RecipeODE", "AFSODE", "run_parts"]
 

@@ -509,7 +509,6 @@ class _CallCounter:
             self.value += n
 
 
-
 _CPU = torch.device("cpu")
 
 
