@@ -11,6 +11,7 @@ from .interop.diffusers import diffusers_grid, from_diffusers
 from .interop.k_diffusion import k_sampler
 from .interpolation import interpolate, lerp, slerp
 from .inversion import ReversibleSample, invert_exact, reconstruction_error, sample_reversible
+from .modifiers import ModifiedODE, modify
 from .plugins import DuplicateNameError, PluginWarning, UnknownNameError, hookimpl
 from .sampling import grid, invert, list_grids, list_solvers, make_noise_sampler, make_solver, sample
 from .schedules import (
@@ -23,6 +24,7 @@ from .schedules import (
     VPLinearSchedule,
 )
 from .solvers.base import ReversibleSolver, Solver
+from .statistics import ModelStatistics, StatisticsError, model_statistics
 from .thresholding import Clipping, DynamicThresholding
 from .tuning import Recipe, tune
 from .wrapper import DiffusionODE, NonFiniteError, wrap
@@ -70,6 +72,11 @@ __all__ = [
     "k_sampler",
     "tune",
     "Recipe",
+    "model_statistics",
+    "ModelStatistics",
+    "StatisticsError",
+    "modify",
+    "ModifiedODE",
 ]
 
 
