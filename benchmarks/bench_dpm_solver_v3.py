@@ -28,7 +28,7 @@ SOLVERS = [
     ("dpm-solver-v3", {"statistics": True}),
     ("dpm-solver-v3", {"statistics": True, "pseudo": True}),
     ("dpm-solver-v3", {"statistics": True, "corrector": False}),
-    ("dpm-solver-v3", {}),  # neutral statistics: DPM-Solver++(3M) with v3's corrector
+    ("dpm-solver-v3", {"corrector": True}),  # neutral statistics: DPM-Solver++(3M) with v3's corrector
 ]
 
 

@@ -10,11 +10,13 @@ the f_j are the current output and the previous ones (multistep, order p = min(s
 lowered at the end by ``final_step`` as in DPM-Solver++). ``pseudo=True`` estimates the derivatives of
 g by divided differences (V7, the paper's pseudo-order predictor).
 
-Corrector (V8; ``corrector="auto"``, the default, uses it on grids of fewer than 15 steps, where the
-paper's low-NFE settings use it and where it was measured to help: docs/dpm-solver-v3.md): once the model has been called at the predicted xbar_t, the step
-into it is taken again with that output as a node (c = 1) in place of the oldest one; the output kept
-in the history is the one at the predicted point (it costs no call). The step into sigma = 0 is the
-denoising step E27, with D linearised to the corrected state: D_c = (1 - l) xbar_c - f (V9).
+Corrector (V8): once the model has been called at the predicted xbar_t, the step into it is taken
+again with that output as a node (c = 1) in place of the oldest one; the output kept in the history
+is the one at the predicted point (it costs no call). ``corrector="auto"`` (the default) uses it with
+statistics on grids of fewer than 15 steps, where the paper's low-NFE settings use it and where it
+helped on digits; without statistics it made DPM-Solver++(3M) worse there, so ``"auto"`` leaves it
+off (docs/dpm-solver-v3.md). The step into sigma = 0 is the denoising step E27, with D linearised to
+the corrected state: D_c = (1 - l) xbar_c - f (V9).
 
 Neutral statistics (l = 1, s = b = 0; ``statistics=None``) make f = -D and the step DPM-Solver++'s
 (X2, X3): with ``corrector=False`` it equals dpmpp-2m (``solver_type="taylor"``) at order 2 and
@@ -69,7 +71,8 @@ class DPMSolverV3(ExponentialSolver):
         stats.check_range(self.sigmas)
         self.one_minus_l = [1.0 - stats.value("l", x) if math.isfinite(x) else None for x in self.lam]
         p, n = self.orders, len(self.orders)
-        use_corrector = self.corrector is True or (self.corrector == "auto" and n < LOWER_ORDER_BELOW)
+        auto = self.statistics is not None and n < LOWER_ORDER_BELOW
+        use_corrector = self.corrector is True or (self.corrector == "auto" and auto)
         self.pred = [self._coef(stats, i, i + 1, range(i, i - p[i], -1)) if p[i] else None for i in range(n)]
         # the corrector of step i - 1 runs at the top of step i: nodes i - 1, i, i - 2, ...
         self.corr = [
