@@ -151,3 +151,12 @@ def test_statistics_from_chunks_equal_those_from_one_batch(gaussian):
     for name in ("l", "s", "b"):
         assert torch.allclose(getattr(chunked, name), getattr(stats, name), rtol=1e-9, atol=1e-12), name
     assert chunked.info["model_calls"] == 5 * 21 * 4  # 4 chunks of at most 5
+
+
+def test_without_statistics_the_default_is_dpmpp_3m(gmm):
+    ode, x_T = gmm
+    # corrector="auto" stays off without statistics (measured to hurt there: docs/dpm-solver-v3.md)
+    want = ds.sample(ode, x_T, "dpmpp-3m", steps=8, solver_type="taylor")
+    assert float((ds.sample(ode, x_T, "dpm-solver-v3", steps=8) - want).abs().max()) <= 1e-11
+    with_corrector = ds.sample(ode, x_T, "dpm-solver-v3", steps=8, corrector=True)
+    assert float((with_corrector - want).abs().max()) > 1e-6  # the corrector does change the run
