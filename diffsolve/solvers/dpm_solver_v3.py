@@ -72,7 +72,7 @@ class DPMSolverV3(ExponentialSolver):
         self.one_minus_l = [1.0 - stats.value("l", x) if math.isfinite(x) else None for x in self.lam]
         p, n = self.orders, len(self.orders)
         auto = self.statistics is not None and n < LOWER_ORDER_BELOW
-        use_corrector = self.corrector is True or (self.corrector == "auto" and auto)
+        use_corrector = auto if self.corrector == "auto" else bool(self.corrector)
         self.pred = [self._coef(stats, i, i + 1, range(i, i - p[i], -1)) if p[i] else None for i in range(n)]
         # the corrector of step i - 1 runs at the top of step i: nodes i - 1, i, i - 2, ...
         self.corr = [
