@@ -13,6 +13,7 @@ from .interop.k_diffusion import k_sampler
 from .interpolation import interpolate, lerp, slerp
 from .inverse import Restorer, list_restorers, restore
 from .inversion import ReversibleSample, invert_exact, reconstruction_error, sample_reversible
+from .modifiers import ModifiedODE, modify
 from .plugins import DuplicateNameError, PluginWarning, UnknownNameError, hookimpl
 from .sampling import grid, invert, list_grids, list_solvers, make_grid, make_noise_sampler, make_solver, sample
 from .schedules import (
@@ -25,6 +26,7 @@ from .schedules import (
     VPLinearSchedule,
 )
 from .solvers.base import ReversibleSolver, RunState, Solver
+from .statistics import ModelStatistics, StatisticsError, model_statistics
 from .thresholding import Clipping, DynamicThresholding
 from .tuning import Recipe, tune
 from .wrapper import DiffusionODE, NonFiniteError, wrap
@@ -80,6 +82,11 @@ __all__ = [
     "restore",
     "list_restorers",
     "Restorer",
+    "model_statistics",
+    "ModelStatistics",
+    "StatisticsError",
+    "modify",
+    "ModifiedODE",
 ]
 
 
