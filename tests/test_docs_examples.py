@@ -167,6 +167,11 @@ def _reader():
         "c": torch.zeros(16, 4),
         "cond": torch.zeros(16, 4),
         "uncond": torch.zeros(16, 4),
+        # the reader's ODE and states (docs/dpm-solver-v3.md, modifiers.md, restoration.md)
+        "ode": ds.wrap(_model, ds.DiscreteSchedule.linear()),
+        "x_T": torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)),
+        "x_T_fit": torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1)),
+        "x0": torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(2)).clamp(-1, 1),
     }
 
 
@@ -182,7 +187,7 @@ NOT_RUN = {
     ("k-diffusion.md", 1): "needs the reader's denoiser and sigmas",
     ("k-diffusion.md", 3): "ComfyUI (not installed)",
     ("inversion.md", 2): "a fragment on the reader's x_T and ode",
-    ("plugins.md", 2): "needs examples/diffsolve-example-plugin installed (pip install ./examples/...)",
+    ("plugins.md", 3): "needs examples/diffsolve-example-plugin installed (pip install ./examples/...)",
     ("serving.md", 0): "method bodies of a server class (indented fragments)",
     ("serving.md", 1): "method bodies of a server class (indented fragments)",
     ("interpolation.md", 0): "a fragment on the reader's latents z0, z1",
