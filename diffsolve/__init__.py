@@ -7,6 +7,7 @@
 
 from . import analytic
 from .grids import validate_sigmas
+from .guidance import Guidance, list_guidance, make_guidance
 from .interop.diffusers import diffusers_grid, from_diffusers
 from .interop.k_diffusion import k_sampler
 from .interpolation import interpolate, lerp, slerp
@@ -70,6 +71,9 @@ __all__ = [
     "k_sampler",
     "tune",
     "Recipe",
+    "Guidance",
+    "make_guidance",
+    "list_guidance",
 ]
 
 

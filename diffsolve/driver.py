@@ -341,6 +341,7 @@ def _run(
     euler_first_step: bool = False,
 ):
     """sample / invert: the driver around one solver."""
+    check_renoise(ode, solver)
     sig_list = sig.tolist()  # Python floats (float64); tolist, not a per-element tensor loop
     d = _Driver(
         ode,
@@ -471,6 +472,18 @@ def _check_run(ode, x, sig: torch.Tensor, generator, allow_out_of_range) -> None
     batch = x.shape[0]
     check_generator(generator, batch)
     check_guidance_batch(ode, batch)
+
+
+def check_renoise(ode, solver) -> None:
+    """RENOISE_SPEC: an ODE with renoising predictions (CFG++, DDNM) runs only with a solver that
+    continues from ``ode.renoised(...)`` after each model evaluation (``renoise_ok``)."""
+    if getattr(ode, "renoise", False) and not getattr(solver, "renoise_ok", False):
+        able = sorted(n for n, (cls, _) in get_registry().solvers.items() if getattr(cls, "renoise_ok", False))
+        raise ValueError(
+            f"solver {solver.name!r} cannot run this ODE: its predictions are renoising (CFG++, DDNM: the denoised "
+            "estimate and eps are not on the state's ray), and this solver's update cannot take a prediction off "
+            f"the state's ray (it has no renoise hook). Solvers that can: {', '.join(able) or 'none'}"
+        )
 
 
 def _check_grad(grad) -> bool:

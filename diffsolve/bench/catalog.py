@@ -18,7 +18,7 @@ __all__ = ["bench_problem_names", "get_bench_problem", "load_model_problem"]
 
 # -- lookup ----------------------------------------------------------------------------------------
 def bench_problem_names() -> list[str]:
-    return sorted(analytic.PROBLEMS) + ["mlp-spiral", "digits"]
+    return sorted(analytic.PROBLEMS) + ["mlp-spiral", "digits", "digits-cond"]
 
 
 def get_bench_problem(name: str, samples: int | None = None) -> BenchProblem:
@@ -33,6 +33,10 @@ def get_bench_problem(name: str, samples: int | None = None) -> BenchProblem:
         from .digits import digits_problem
 
         return digits_problem(samples or 128)
+    if name == "digits-cond":  # class-conditional, for guided sampling (not a harness problem: see its class)
+        from .digits_cond import digits_cond_problem
+
+        return digits_cond_problem(samples or 297)
     raise BenchError(
         f"unknown problem {name!r}; known problems: {', '.join(bench_problem_names())} "
         "(or pass a model with --model pkg.module:factory)"

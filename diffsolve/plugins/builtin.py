@@ -42,3 +42,12 @@ def register_grids(register):
 
     for name, fn in BUILTIN_GRIDS.items():
         register(name, fn)
+
+
+# -- guidance methods ------------------------------------------------------------------------------
+@hookimpl
+def register_guidance(register):
+    from ..guidance import BUILTIN_GUIDANCE
+
+    for cls in BUILTIN_GUIDANCE:
+        register(cls)

@@ -77,6 +77,9 @@ class Solver:
     calls_per_step: ClassVar[int] = 1
     stochastic: ClassVar[bool] = False
     invertible: ClassVar[bool] = True
+    #: RENOISE_SPEC: True when the solver applies ``x = ode.renoised(x, denoised, eps, sigma)`` after each
+    #: model evaluation, so it can run renoising predictions (CFG++, DDNM)
+    renoise_ok: ClassVar[bool] = False
 
     ode: DiffusionODE
     sigmas: list[float]

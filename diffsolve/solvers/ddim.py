@@ -37,6 +37,7 @@ class DDIM(Solver):
     name = "ddim"
     order = 1
     calls_per_step = 1
+    renoise_ok = True
 
     def __init__(self, *, eta: float = 0.0, variance: str = "eta"):
         self.eta = eta = check_eta(eta, clamp_up=False)
@@ -61,7 +62,8 @@ class DDIM(Solver):
 
     def step(self, i, x):
         s_t, s_s = self.sigmas[i], self.sigmas[i + 1]
-        denoised, eps = self.ode.evaluate(x, s_t, need_denoised=s_s == 0)
+        denoised, eps = self.ode.evaluate(x, s_t, need_denoised=s_s == 0 or self.ode.renoise)
+        x = self.ode.renoised(x, denoised, eps, s_t)  # RENOISE_SPEC: x itself unless renoising (CFG++)
         if s_s == 0:
             return denoised, denoised  # E27: the last step is the x0-prediction
         x_next = torch.add(x, eps, alpha=self.c_eps[i])  # one fused kernel: x + c * eps
