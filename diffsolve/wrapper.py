@@ -340,7 +340,7 @@ class DiffusionODE:
         if self.denoised_transform is None:
             return denoised, eps
         denoised = self.denoised_transform(denoised, float(sigma))
-        if sigma == 0 or self.renoise:  # a renoising pair keeps its eps (docs/math.md 12.3)
+        if sigma == 0 or self.renoise:  # a renoising pair keeps its eps (docs/math.md#guidance-cfgpp)
             return denoised, eps
         return denoised, (xbar - denoised) / float(sigma)
 
@@ -389,7 +389,7 @@ class DiffusionODE:
             return x
         return torch.add(denoised, eps, alpha=float(sigma))
 
-    # -- guidance methods (docs/guidance.md, docs/math.md 12) ----------------------------------
+    # -- guidance methods (docs/guidance.md, docs/math.md#guidance) ----------------------------------
     def _predict_guided(self, xbar: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
         """``(denoised, eps)`` of a guidance method at (xbar, sigma): both predictions converted to
         (D, eps) at sigma (E9-E17, with the out-of-range rule of :meth:`_predict`), then combined by
@@ -637,7 +637,7 @@ def wrap(
     schedule: Schedule,
     prediction: str = "eps",
     time: str | Callable[[float], float] | None = None,
-    guidance: float | None = None,
+    guidance: float | Guidance | None = None,
     **options: Any,
 ) -> DiffusionODE:
     """Wrap ``model(x, t, **kwargs)`` as the sigma-form ODE.
@@ -654,7 +654,9 @@ def wrap(
             schedule's own convention.
         guidance: classifier-free guidance scale w; the output is ``u + w (c - u)`` of one
             batched call on ``cat([x, x])`` with ``cond`` and ``uncond`` kwargs concatenated
-            (one NFE per guided evaluation).
+            (one NFE per guided evaluation). Or a guidance method from
+            :func:`diffsolve.make_guidance` (``cfg``, ``cfg++``, ``apg``, ... docs/guidance.md),
+            which combines the two predictions' (D, eps) pairs (docs/math.md#guidance).
         options: ``cond=``, ``uncond=`` (dicts of model kwargs), ``model_kwargs=`` (passed
             to every call), ``time_dtype=`` (default float32), ``guidance_rescale=`` (phi of
             Lin et al. 2024, default 0), ``denoised_transform=`` (a callable (D, sigma) -> D,

@@ -1,4 +1,4 @@
-"""Guidance methods (docs/guidance.md, docs/math.md 12): each rule against an independent float64
+"""Guidance methods (docs/guidance.md, docs/math.md#guidance): each rule against an independent float64
 implementation of its paper's formula, CFG++ through the renoise hook (RENOISE_SPEC), the interval
 option, composition with thresholding, the registry and a plugin installed through an entry point.
 
@@ -134,6 +134,23 @@ def test_cfg_plus_plus_with_ddim_is_the_euler_form(eta):
     assert torch.allclose(out, x, atol=1e-10, rtol=0)
 
 
+def test_cfg_plus_plus_with_ddim_is_cfg_with_a_per_step_scale():
+    """docs/math.md#guidance-cfgpp: on a DDIM step sigma -> sigma_next, CFG++ with lambda equals CFG with
+    w = lambda / (1 - sigma_next / sigma) (w = lambda on the step into 0)."""
+    lam = 0.3
+    sig = ds.grid("trailing", SCHED, 6).tolist()
+    x = state(seed=4, sigma=sig[0])
+    ode = guided(ds.make_guidance("cfg++", scale=lam)).start_run()
+    for s, s_next in zip(sig[:-1], sig[1:]):
+        d, e = ode.predict(x, s)
+        x_pp = ode.renoised(x, d, e, s) + (s_next - s) * e if s_next > 0 else d
+        w = lam / (1 - s_next / s)
+        d_w, e_w = guided(ds.make_guidance("cfg", scale=w)).predict(x, s)
+        x_cfg = x + (s_next - s) * e_w if s_next > 0 else d_w
+        assert torch.allclose(x_pp, x_cfg, atol=1e-10, rtol=0)
+        x = x_pp
+
+
 def test_cfg_plus_plus_refused_by_a_solver_without_the_renoise_hook():
     ode = guided(ds.make_guidance("cfg++", scale=0.5))
     with pytest.raises(ValueError, match=r"solver 'heun' cannot run this ODE.*renoising.*Solvers that can: .*ddim"):
@@ -188,7 +205,7 @@ def _comfy_dpmpp_2m_cfg_pp(x, sig, lam):
 
 def test_comfyui_dpmpp_2m_cfg_pp_is_renoise_with_unconditional_history():
     """ComfyUI's dpmpp_2m_cfg_pp equals DPM-Solver++(2M) on the renoised state with D_u in the history; with the
-    renoising D_g in the history (RENOISE_SPEC, what docs/math.md 12.3 derives) the two differ from step 2 on."""
+    renoising D_g in the history (RENOISE_SPEC, what docs/math.md#guidance-history derives) the two differ from step 2 on."""
     lam = 0.5
     ode = guided(ds.make_guidance("cfg++", scale=lam)).start_run()
     sig = ds.grid("trailing", SCHED, 6).tolist()

@@ -1,4 +1,4 @@
-"""Guidance methods as plugins (docs/guidance.md, docs/math.md 12).
+"""Guidance methods as plugins (docs/guidance.md, docs/math.md#guidance).
 
     ode = ds.wrap(model, schedule, cond={"y": labels}, uncond={"y": null},
                   guidance=ds.make_guidance("apg", scale=8.0, eta=0.0, sigma_interval=(0.3, 20.0)))
@@ -14,6 +14,7 @@ import inspect
 from .apg import APG
 from .autoguidance import Autoguidance
 from .base import Guidance, Prediction, check_sigma_interval
+from .builtins import BUILTIN_GUIDANCE
 from .cfg import CFG
 from .cfg_pp import CFGPlusPlus
 from .cfg_rescale import CFGRescale
@@ -33,8 +34,6 @@ __all__ = [
     "Autoguidance",
     "BUILTIN_GUIDANCE",
 ]
-
-BUILTIN_GUIDANCE = (CFG, CFGPlusPlus, APG, CFGRescale, CFGZeroStar, Autoguidance)
 
 
 def list_guidance() -> list[str]:

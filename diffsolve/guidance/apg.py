@@ -1,4 +1,4 @@
-"""Adaptive projected guidance, APG (Sadat et al. 2024), docs/math.md 12.4, on the data estimate:
+"""Adaptive projected guidance, APG (Sadat et al. 2024), docs/math.md#guidance-apg, on the data estimate:
 
     delta  = D_c - D_u
     delta <- delta + beta * m_prev          (momentum; m = the new delta is kept for the next call)
@@ -24,7 +24,7 @@ FORMULATIONS = ("paper", "uncond")
 
 
 class APG(Guidance):
-    """APG: the guidance update split parallel / orthogonal to the conditional D (docs/math.md 12.4)."""
+    """APG: the guidance update split parallel / orthogonal to the conditional D (docs/math.md#guidance-apg)."""
 
     name = "apg"
 

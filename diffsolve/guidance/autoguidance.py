@@ -1,4 +1,4 @@
-"""Autoguidance (Karras et al. 2024), docs/math.md 12.7: guide with a weaker version of the same
+"""Autoguidance (Karras et al. 2024), docs/math.md#guidance-autoguidance: guide with a weaker version of the same
 model instead of the unconditional one, both called with the condition:
 
     D = D_weak + w (D_main - D_weak),   eps = eps_weak + w (eps_main - eps_weak)
@@ -15,7 +15,7 @@ from .cfg import lerp_pair
 
 
 class Autoguidance(Guidance):
-    """CFG's rule with a weaker model in place of the unconditional prediction (docs/math.md 12.7).
+    """CFG's rule with a weaker model in place of the unconditional prediction (docs/math.md#guidance-autoguidance).
 
     Args:
         scale: w (the paper's best values are about 1.5-3).

@@ -1,4 +1,4 @@
-"""The base class of guidance methods (docs/math.md 12).
+"""The base class of guidance methods (docs/math.md#guidance).
 
 A guidance method turns the two predictions of one guided evaluation into the ``(denoised, eps)``
 pair a solver receives. The wrapper (:class:`diffsolve.DiffusionODE`) makes the evaluation: one
@@ -57,7 +57,7 @@ class Guidance:
     Subclasses set ``name`` (the registry name), may set ``second`` (``"uncond"``: the same model
     with the ``uncond`` keyword arguments; ``"weak"``: a second, weaker model called with ``cond``),
     ``renoise`` (True when the returned pair is not on the state's ray and solvers must continue
-    from ``denoised + sigma * eps``: RENOISE, docs/math.md 12.3), ``scale_range`` (the allowed
+    from ``denoised + sigma * eps``: RENOISE, docs/math.md#guidance-cfgpp), ``scale_range`` (the allowed
     scales, closed) and implement :meth:`combine`.
 
     Args:

@@ -1,4 +1,4 @@
-"""Classifier-free guidance (Ho & Salimans 2022), docs/math.md 12.1:
+"""Classifier-free guidance (Ho & Salimans 2022), docs/math.md#guidance-cfg:
 
     D = D_u + w (D_c - D_u),   eps = eps_u + w (eps_c - eps_u)
 
@@ -19,7 +19,7 @@ def lerp_pair(other: Prediction, cond: Prediction, w: float) -> Prediction:
 
 
 class CFG(Guidance):
-    """Classifier-free guidance: ``u + w (c - u)`` (docs/math.md 12.1)."""
+    """Classifier-free guidance: ``u + w (c - u)`` (docs/math.md#guidance-cfg)."""
 
     name = "cfg"
 

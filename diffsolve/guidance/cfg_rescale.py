@@ -1,4 +1,4 @@
-"""CFG with guidance rescale (Lin et al. 2024, eqs. 15-16), docs/math.md 12.5, on eps:
+"""CFG with guidance rescale (Lin et al. 2024, eqs. 15-16), docs/math.md#guidance-rescale, on eps:
 
     eps_cfg = eps_u + w (eps_c - eps_u)
     eps     = phi * eps_cfg * std(eps_c) / std(eps_cfg) + (1 - phi) * eps_cfg   (std per sample)
@@ -18,7 +18,7 @@ from .cfg import lerp_pair
 
 
 class CFGRescale(Guidance):
-    """CFG, then eps rescaled to the conditional eps's per-sample std and blended with phi (12.5)."""
+    """CFG, then eps rescaled to the conditional eps's per-sample std and blended with phi (docs/math.md#guidance-rescale)."""
 
     name = "cfg-rescale"
 

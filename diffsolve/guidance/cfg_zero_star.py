@@ -1,4 +1,4 @@
-"""CFG-Zero* (Fan et al. 2025), docs/math.md 12.6, on eps:
+"""CFG-Zero* (Fan et al. 2025), docs/math.md#guidance-zero-star, on eps:
 
     s*  = <eps_c, eps_u> / |eps_u|^2                      (per sample)
     eps = s* eps_u + w (eps_c - s* eps_u),   D = xbar - sigma eps
@@ -21,7 +21,7 @@ from .base import Guidance, per_sample_dot
 
 
 class CFGZeroStar(Guidance):
-    """CFG with the optimized scale s* and zero-init of the first steps (docs/math.md 12.6)."""
+    """CFG with the optimized scale s* and zero-init of the first steps (docs/math.md#guidance-zero-star)."""
 
     name = "cfg-zero-star"
 

@@ -47,7 +47,7 @@ def register_grids(register):
 # -- guidance methods ------------------------------------------------------------------------------
 @hookimpl
 def register_guidance(register):
-    from ..guidance import BUILTIN_GUIDANCE
+    from ..guidance.builtins import BUILTIN_GUIDANCE
 
     for cls in BUILTIN_GUIDANCE:
         register(cls)

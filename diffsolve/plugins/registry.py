@@ -182,7 +182,7 @@ class Registry:
             if owner not in owners and owner not in failed:
                 self._report(
                     owner,
-                    "registered no solver, grid or guidance method (does it implement register_solvers / "
+                    "registered no solver and no grid (nor a guidance method: does it implement register_solvers / "
                     "register_grids / register_guidance, marked with @diffsolve.hookimpl?)",
                     skipped=False,
                 )
