@@ -413,6 +413,7 @@ class DiffusionODE:
         if run is not None:
             state = run.guidance_state
             state["step"] = run.step
+            state["scale"] = a  # scale(sigma): x = scale * xbar (E6)
         return method.combine(xbar, sigma, cond, other, state)
 
     def _pair(self, out, xbar, s, a, sigma):

@@ -301,8 +301,9 @@ def test_cfg_zero_star_is_the_optimized_scale_with_zero_init():
     ode = guided(ds.make_guidance("cfg-zero-star", scale=w, zero_init_steps=1))
     run = ode.start_run()
     xbar, sigma = state(), 3.0
-    d0, e0 = run.predict(xbar, sigma)  # step 0: zero-init
-    assert torch.equal(e0, torch.zeros_like(xbar)) and torch.equal(d0, xbar)
+    d0, e0 = run.predict(xbar, sigma)  # step 0: zero-init, x0hat = x_t (model space, E6)
+    assert torch.allclose(d0, xbar / math.sqrt(1 + sigma**2), atol=TOL, rtol=0)
+    assert torch.allclose(e0, (xbar - d0) / sigma, atol=TOL, rtol=0)
     run.run.step = 1
     d, e = run.predict(xbar, sigma)
     (_, ec), (_, eu) = pair(xbar, sigma, Y), pair(xbar, sigma, NULL)
@@ -311,12 +312,19 @@ def test_cfg_zero_star_is_the_optimized_scale_with_zero_init():
     assert torch.allclose(e, ref, atol=TOL, rtol=0) and torch.allclose(d, xbar - sigma * ref, atol=TOL, rtol=0)
     with pytest.raises(ValueError, match="zero-init.*inside a run"):
         ode.predict(xbar, sigma)
-    # inside ds.sample: the first step does not move the sigma-form state xbar
-    sig = ds.grid("trailing", SCHED, 5).tolist()
-    traj = ds.sample(ode, state(sigma=0.0), "ddim", sigmas=sig, return_trajectory=True)[1]
-    xbar0, xbar1 = ode.to_xbar(traj[0], sig[0]), ode.to_xbar(traj[1], sig[1])
-    assert torch.allclose(xbar0, xbar1, atol=TOL, rtol=0)
-    assert (ode.to_xbar(traj[2], sig[2]) - xbar1).abs().max() > 1e-3  # the second step moves
+    # a flow model: zero-init is the zero velocity, the first step leaves the model-space state where it is
+    flow = ds.wrap(
+        lambda x, t, y: model(x, t * 1000, y),
+        ds.FlowSchedule(),
+        prediction="flow",
+        cond={"y": Y},
+        uncond={"y": NULL},
+        guidance=ds.make_guidance("cfg-zero-star", scale=w, zero_init_steps=1),
+    )
+    sig = [4.0, 1.5, 0.5, 0.0]
+    traj = ds.sample(flow, state(sigma=0.0), "ddim", sigmas=sig, return_trajectory=True)[1]
+    assert torch.allclose(traj[0], traj[1], atol=TOL, rtol=0)
+    assert (traj[2] - traj[1]).abs().max() > 1e-3  # the second step moves
 
 
 def test_autoguidance_is_karras_rule_with_the_weak_model_conditional():

@@ -2,13 +2,15 @@
 
     s*  = <eps_c, eps_u> / |eps_u|^2                      (per sample)
     eps = s* eps_u + w (eps_c - s* eps_u),   D = xbar - sigma eps
-    zero-init: during the run's first ``zero_init_steps`` solver steps, eps = 0 (D = xbar)
+    zero-init: during the run's first ``zero_init_steps`` solver steps, D = x (the model-space state),
+               eps = (xbar - D) / sigma
 
 s* is the scale that best matches the unconditional to the conditional prediction (least squares).
-The paper works on a flow model's velocity; here the optimized scale acts on eps (the sigma-form
-ODE's right-hand side), and zero-init is eps = 0, the state held still, as the paper's zero
-velocity. The step count is the run's (the driver's step counter): outside a run zero-init is an
-error, not silently skipped.
+The paper works on a flow model's velocity u = eps - x0; here the optimized scale acts on eps (the
+sigma-form ODE's right-hand side). Its zero-init sets u = 0, i.e. x0hat = x_t: the denoised estimate
+is the model-space state itself, which is the rule above for every schedule (for a flow model it is
+exactly u = 0). The step count is the run's (the driver's step counter): outside a run zero-init is
+an error, not silently skipped.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ class CFGZeroStar(Guidance):
                     "ode.start_run()), or pass zero_init_steps=0"
                 )
             if state["step"] < self.zero_init_steps:
-                return xbar, torch.zeros_like(xbar)
+                denoised = xbar * state["scale"]  # x0hat = x_t: the flow model's zero velocity
+                return denoised, (xbar - denoised) / sigma
         eps_c, eps_u = cond[1], other[1]
         uu = per_sample_dot(eps_u, eps_u)
         s_star = per_sample_dot(eps_c, eps_u) / torch.where(uu > 0, uu, torch.ones_like(uu))
