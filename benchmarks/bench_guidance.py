@@ -4,6 +4,7 @@
     python benchmarks/bench_guidance.py solvers                   # CFG scales x solvers x NFE x thresholding
     python benchmarks/bench_guidance.py methods                   # each guidance method at a large scale x solvers x NFE
     python benchmarks/bench_guidance.py report                    # the markdown tables of docs/guidance.md
+    python benchmarks/bench_guidance.py picture                   # docs/images/guidance_methods.png
 
 Options: ``--scales 1,2,4,8,12 --solvers ddim,dpmpp-2m --nfe 5,10,20 --threshold both|on|off --out DIR``.
 Every cell samples the 297 labels of the held-out digits (``DigitsCondProblem.eval_labels``) from the seed
@@ -129,7 +130,7 @@ def _cells(args):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("part", choices=["reference", "solvers", "methods", "report"])
+    p.add_argument("part", choices=["reference", "solvers", "methods", "report", "picture"])
     p.add_argument("--scales", type=_floats, default=[1.0, 2.0, 4.0, 8.0, 12.0])
     p.add_argument("--solvers", type=lambda t: t.split(","), default=None)
     p.add_argument("--nfe", type=_ints, default=[5, 10, 20])
@@ -143,6 +144,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.part == "report":
         print(report(args.out))
+        return
+    if args.part == "picture":
+        print(picture(Path("docs/images/guidance_methods.png"), seed=args.seed))
         return
     from tqdm.auto import tqdm
 
@@ -177,6 +181,83 @@ def main() -> None:
         )
         row.update(key=key, label=label, method=name, scale=scale, solver=solver, nfe=nfe, threshold=threshold)
         _append(path, row)
+
+
+# -- picture -----------------------------------------------------------------------------------------
+#: rows of the picture: (label, method, scale, options, solver); one class per row
+PICTURE_ROWS = [
+    ("cfg 8", "cfg", 8.0, {}, "dpmpp-2m"),
+    ("cfg 8 + dyn. threshold", "cfg", 8.0, {"threshold": True}, "dpmpp-2m"),
+    ("cfg 8, interval (0.3, 5]", "cfg", 8.0, {"sigma_interval": (0.3, 5.0)}, "dpmpp-2m"),
+    ("apg 8", "apg", 8.0, {"eta": 0.0}, "dpmpp-2m"),
+    ("cfg-rescale 8", "cfg-rescale", 8.0, {"phi": 0.7}, "dpmpp-2m"),
+    ("cfg-zero-star 8", "cfg-zero-star", 8.0, {}, "dpmpp-2m"),
+    ("cfg++ 1.0 (ddim)", "cfg++", 1.0, {}, "ddim"),
+    ("autoguidance 2", "autoguidance", 2.0, {}, "dpmpp-2m"),
+]
+
+
+def picture(path: Path, seed: int = 0, nfes=(5, 10, 20), n: int = 9, ref_steps: int = 250) -> Path:
+    """Rows: guidance methods at a large scale (one class per row); columns: NFE 5, 10, 20 and the same
+    method with DDIM at ``ref_steps`` steps; the same x_T in every cell."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from diffsolve.bench.pictures import image_mosaic
+
+    problem = DigitsCondProblem()
+    x_T = problem.x_T(seed, n)
+    cols = 3
+    fig, axes = plt.subplots(len(PICTURE_ROWS), len(nfes) + 1, figsize=(8.2, 1.75 * len(PICTURE_ROWS) + 0.6))
+    for i, (label, method, scale, opts, solver) in enumerate(PICTURE_ROWS):
+        labels = torch.full((n,), i % 10, dtype=torch.long)
+        for j, nfe in enumerate([*nfes, None]):
+            row = run_cell_samples(
+                problem,
+                labels,
+                x_T,
+                method=method,
+                scale=scale,
+                solver=solver if nfe else "ddim",
+                nfe=nfe or ref_steps,
+                options=opts,
+                seed=seed,
+                steps=None if nfe else ref_steps,
+            )
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row is None:
+                ax.text(0.5, 0.5, "n/a", ha="center", va="center", transform=ax.transAxes)
+            else:
+                ax.imshow(image_mosaic(problem.to_images(row), cols).numpy(), cmap="gray_r", vmin=0, vmax=1)
+            if i == 0:
+                ax.set_title(f"NFE {nfe}" if nfe else f"DDIM {ref_steps}", fontsize=10)
+            if j == 0:
+                ax.set_ylabel(f"{label}\n{solver}, class {i % 10}", fontsize=8)
+    fig.suptitle("digits-cond: guidance methods at a large scale, the same 9 x_T in every cell", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def run_cell_samples(problem, labels, x_T, *, method, scale, solver, nfe, options, seed, steps=None):
+    """The samples of one cell (None when the solver cannot run it)."""
+    options = dict(options)
+    threshold = options.pop("threshold", False)
+    guidance = float(scale) if method == "cfg" and not options else problem.guidance(method, scale, **options)
+    transform = ds.DynamicThresholding(0.995) if threshold else None
+    ode = problem.ode(torch.float32, labels=labels, guidance=guidance, denoised_transform=transform)
+    steps = steps or steps_for_nfe(solver, problem.schedule, GRID, nfe, problem.shape)
+    if steps is None:
+        return None
+    return ds.sample(
+        ode, x_T, solver, sigmas=ds.grid(GRID, problem.schedule, steps), generator=torch.Generator().manual_seed(seed)
+    )
 
 
 # -- report ------------------------------------------------------------------------------------------
