@@ -153,7 +153,9 @@ class DigitsCondProblem:
 
     def labels(self, split: str = "test") -> torch.Tensor:
         """The labels (LongTensor) of the real digits of ``split``."""
-        return load_digits_split(split)[1]
+        if ("labels", split) not in self._cache:
+            self._cache[("labels", split)] = load_digits_split(split)[1]
+        return self._cache[("labels", split)].clone()
 
     def to_images(self, x: torch.Tensor) -> torch.Tensor:
         """Model-space samples (N, 1, H, W) -> images (N, H, W) in [0, 1] (clamped)."""
