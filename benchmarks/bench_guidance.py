@@ -3,7 +3,8 @@
     python benchmarks/bench_guidance.py reference                 # DDIM 250 at each scale, DDIM 50 at CFG 3, real digits
     python benchmarks/bench_guidance.py solvers                   # CFG scales x solvers x NFE x thresholding
     python benchmarks/bench_guidance.py methods                   # each guidance method at a large scale x solvers x NFE
-    python benchmarks/bench_guidance.py report                    # the markdown tables of docs/guidance.md
+    python benchmarks/bench_guidance.py report                    # every cell as a markdown table
+    python benchmarks/bench_guidance.py compact                   # the matrices of docs/guidance.md
     python benchmarks/bench_guidance.py picture                   # docs/images/guidance_methods.png
 
 Options: ``--scales 1,2,4,8,12 --solvers ddim,dpmpp-2m --nfe 5,10,20 --threshold both|on|off --out DIR``.
@@ -130,7 +131,7 @@ def _cells(args):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("part", choices=["reference", "solvers", "methods", "report", "picture"])
+    p.add_argument("part", choices=["reference", "solvers", "methods", "report", "compact", "picture"])
     p.add_argument("--scales", type=_floats, default=[1.0, 2.0, 4.0, 8.0, 12.0])
     p.add_argument("--solvers", type=lambda t: t.split(","), default=None)
     p.add_argument("--nfe", type=_ints, default=[5, 10, 20])
@@ -144,6 +145,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.part == "report":
         print(report(args.out))
+        return
+    if args.part == "compact":
+        print(compact(args.out))
         return
     if args.part == "picture":
         print(picture(Path("docs/images/guidance_methods.png"), seed=args.seed))
@@ -258,6 +262,51 @@ def run_cell_samples(problem, labels, x_T, *, method, scale, solver, nfe, option
     return ds.sample(
         ode, x_T, solver, sigmas=ds.grid(GRID, problem.schedule, steps), generator=torch.Generator().manual_seed(seed)
     )
+
+
+# -- compact tables (docs/guidance.md) ---------------------------------------------------------------
+def _cell(r, base):
+    if r is None:
+        return ""
+    if "error" in r:
+        return "refused" if "cannot run" in r["error"] else "fails"
+    ratio = f" ({r['fdd_classwise'] / base:.2f}x)" if base else ""
+    return f"{r['accuracy']:.2f} / {r['fdd_classwise']:.0f}{ratio}"
+
+
+def compact(out: Path) -> str:
+    """Matrices of 'accuracy / class-wise FDD (x the 250-step DDIM reference at CFG 8)'."""
+    ref = _done(out / "reference.jsonl")
+    base = next((r["fdd_classwise"] for k, r in ref.items() if k != "real" and r["nfe"] == 250), None)
+    lines = []
+    rows = list(_done(out / "solvers.jsonl").values())
+    for nfe in sorted({r["nfe"] for r in rows}):
+        cols = sorted({(r["scale"], r["threshold"]) for r in rows if r["nfe"] == nfe})
+        if not cols:
+            continue
+        head = [f"CFG {s:g}{' + dyn. thr.' if t else ''}" for s, t in cols]
+        lines += [f"\nNFE {nfe}: accuracy / class-wise FDD" + (" (x reference, CFG 8 columns)" if base else ""), ""]
+        lines += ["| solver | " + " | ".join(head) + " |", "|---" * (len(cols) + 1) + "|"]
+        for solver in SOLVERS:
+            cells = []
+            for s, t in cols:
+                hit = [r for r in rows if (r["nfe"], r["scale"], r["threshold"], r["solver"]) == (nfe, s, t, solver)]
+                cells.append(_cell(hit[0] if hit else None, base if s == 8.0 else None))
+            if any(cells):
+                lines.append(f"| {solver} | " + " | ".join(cells) + " |")
+    rows = list(_done(out / "methods.jsonl").values())
+    for nfe in sorted({r["nfe"] for r in rows}):
+        solvers = [v for v in METHOD_SOLVERS if any(r["solver"] == v and r["nfe"] == nfe for r in rows)]
+        lines += [f"\nNFE {nfe}: accuracy / class-wise FDD (x reference)", ""]
+        lines += ["| method (scale) | " + " | ".join(solvers) + " |", "|---" * (len(solvers) + 1) + "|"]
+        for label, _, scale, _ in METHODS:
+            cells = []
+            for v in solvers:
+                hit = [r for r in rows if (r["label"], r["nfe"], r["solver"]) == (label, nfe, v)]
+                cells.append(_cell(hit[0] if hit else None, base))
+            if any(cells):
+                lines.append(f"| {label} ({scale:g}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 # -- report ------------------------------------------------------------------------------------------
