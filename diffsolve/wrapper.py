@@ -363,6 +363,11 @@ class DiffusionODE:
                 f"sigmas start at sigma = inf, which needs a flow, v or x0 prediction; this model predicts "
                 f"{p!r}, whose x0 is undefined at the pure-noise level: start the grid at a finite sigma"
             )
+        if self.guidance_method is not None:
+            raise ValueError(
+                f"guidance method {self.guidance_method.name!r} with a grid that starts at sigma = inf is not "
+                "supported: start the grid at a finite sigma (or use a float guidance scale)"
+            )
         out = self._call(x, math.inf)
         denoised = x - out if p == "flow" else (-out if p == "v" else out)
         if self.denoised_transform is not None:
@@ -398,13 +403,13 @@ class DiffusionODE:
         s, a, a_t = self._level(sigma)
         x = xbar * a_t if a != 1.0 else xbar
         if not method.active(sigma):
-            return self._pair(self._call_method(self.model, x, s, self.cond, 1), xbar, s, a, sigma)
+            return self._pair(self._call_method(self.model, x, s, self.cond), xbar, s, a, sigma)
         if method.second == "weak":
-            out = self._call_method(method.weak_model, x, s, self.cond, 1, count=False)
-            cond = self._pair(self._call_method(self.model, x, s, self.cond, 1), xbar, s, a, sigma)
+            out = self._call_method(method.weak_model, x, s, self.cond, count=False)
+            cond = self._pair(self._call_method(self.model, x, s, self.cond), xbar, s, a, sigma)
             other = self._pair(out, xbar, s, a, sigma)
         else:
-            both = self._call_method(self.model, torch.cat([x, x]), s, self._guided_kwargs, 2)
+            both = self._call_method(self.model, torch.cat([x, x]), s, self._guided_kwargs)
             batch = x.shape[0]
             cond = self._pair(both[:batch], xbar, s, a, sigma)
             other = self._pair(both[batch:], xbar, s, a, sigma)
@@ -422,9 +427,9 @@ class DiffusionODE:
             denoised = torch.add(xbar, eps, alpha=-sigma) if sigma != 0 else xbar
         return denoised, eps
 
-    def _call_method(self, model, x, sigma: float, kwargs, copies: int, count: bool = True) -> torch.Tensor:
-        """One call of ``model`` for a guidance method: ``copies`` stacked copies of the batch (the
-        conditional and unconditional halves), output in the state's dtype. ``count``: one NFE per
+    def _call_method(self, model, x, sigma: float, kwargs, count: bool = True) -> torch.Tensor:
+        """One call of ``model`` for a guidance method on ``x`` (the batch, or the conditional and
+        unconditional halves stacked), output in the state's dtype. ``count``: one NFE per
         guided evaluation, whatever the number of calls it makes (the weak model's is not counted)."""
         state_dtype = x.dtype
         run = self._run

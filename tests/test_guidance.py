@@ -418,6 +418,19 @@ def test_bad_names_scales_and_intervals_raise_clear_errors(call, error, match):
         call()
 
 
+def test_a_method_refuses_a_grid_from_sigma_infinity():
+    flow = ds.wrap(
+        lambda x, t, y: model(x, t * 1000, y),
+        ds.FlowSchedule(),
+        prediction="flow",
+        cond={"y": Y},
+        uncond={"y": NULL},
+        guidance=ds.make_guidance("cfg", scale=3.0),
+    )
+    with pytest.raises(ValueError, match="sigma = inf is not supported"):
+        ds.sample(flow, state(sigma=0.0), "ddim", sigmas=[math.inf, 1.0, 0.0])
+
+
 def test_interval_accepts_an_open_top():
     g = ds.make_guidance("cfg", scale=2.0, sigma_interval=(0.3, math.inf))
     assert g.active(1e6) and not g.active(0.3)
