@@ -51,6 +51,14 @@ def test_metrics_of_guided_samples_and_of_the_real_digits(problem):
     )
 
 
+def test_the_bench_harness_refuses_digits_cond_with_a_pointer():
+    from diffsolve.bench.errors import BenchError
+    from diffsolve.bench.harness import _resolve_problems
+
+    with pytest.raises(BenchError, match="bench_guidance.py"):
+        _resolve_problems(["digits-cond"], None)
+
+
 def test_bad_labels_are_clear_errors(problem):
     with pytest.raises(TypeError, match="LongTensor"):
         problem.ode(torch.float32, labels=torch.tensor([1.0]))

@@ -18,11 +18,13 @@ __all__ = ["bench_problem_names", "get_bench_problem", "load_model_problem"]
 
 # -- lookup ----------------------------------------------------------------------------------------
 def bench_problem_names() -> list[str]:
-    return sorted(analytic.PROBLEMS) + ["mlp-spiral", "digits", "digits-cond"]
+    return sorted(analytic.PROBLEMS) + ["mlp-spiral", "digits"]
 
 
 def get_bench_problem(name: str, samples: int | None = None) -> BenchProblem:
-    """A built-in benchmark problem by name: the analytic mixtures, ``mlp-spiral`` and ``digits`` (shipped models)."""
+    """A built-in benchmark problem by name: the analytic mixtures, ``mlp-spiral`` and ``digits`` (shipped models);
+    also ``digits-cond``, the class-conditional model for guided sampling (its own metrics and ``ode(labels=...)``:
+    measured by benchmarks/bench_guidance.py, not by the harness)."""
     if name in analytic.PROBLEMS:
         return AnalyticProblem(name, samples)
     if name == "mlp-spiral":
