@@ -8,6 +8,7 @@
 from . import analytic, inverse
 from .counting import count_calls, steps_for_nfe
 from .grids import validate_sigmas
+from .guidance import Guidance, list_guidance, make_guidance
 from .interop.diffusers import diffusers_grid, from_diffusers
 from .interop.k_diffusion import k_sampler
 from .interpolation import interpolate, lerp, slerp
@@ -87,6 +88,9 @@ __all__ = [
     "StatisticsError",
     "modify",
     "ModifiedODE",
+    "Guidance",
+    "make_guidance",
+    "list_guidance",
 ]
 
 

@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from .guidance.base import Guidance
 from .schedules import Schedule
 from .validation import check_finite_number, suggest
 
@@ -72,7 +73,7 @@ class DiffusionODE:
         schedule: Schedule,
         prediction: str = "eps",
         time: str | Callable[[float], float] | None = None,
-        guidance: float | None = None,
+        guidance: float | Guidance | None = None,
         cond: Mapping[str, Any] | None = None,
         uncond: Mapping[str, Any] | None = None,
         model_kwargs: Mapping[str, Any] | None = None,
@@ -100,17 +101,39 @@ class DiffusionODE:
             )
         if time == "index" and not hasattr(schedule, "num_steps"):
             raise ValueError("time='index' needs a DiscreteSchedule; use time='t' or 'sigma' for continuous schedules")
+        method = guidance if isinstance(guidance, Guidance) else None
+        if method is not None:
+            guidance = None
+            if method.second == "weak":  # autoguidance: both models see the condition; uncond is not used
+                uncond = cond if uncond is None else uncond
+                if cond is None:
+                    raise ValueError(f"guidance {method.name!r} needs cond= (a dict of model keyword arguments)")
+            elif cond is None or uncond is None:
+                raise ValueError(f"guidance {method.name!r} needs both cond= and uncond= keyword dictionaries")
+            if guidance_rescale:
+                raise ValueError(
+                    "guidance_rescale= applies to a float guidance scale; with a guidance method use "
+                    "make_guidance('cfg-rescale', scale=..., phi=...)"
+                )
+        if isinstance(guidance, str):
+            raise TypeError(
+                f"guidance must be a number (the CFG scale) or a method from ds.make_guidance, got {guidance!r}: "
+                f"use guidance=ds.make_guidance({guidance!r}, scale=...)"
+            )
         if guidance is not None:
             guidance = check_finite_number(guidance, "guidance")
             if cond is None or uncond is None:
                 raise ValueError("guidance needs both cond= and uncond= keyword dictionaries")
+        if guidance is not None or method is not None:
             for label, kw in (("cond", cond), ("uncond", uncond)):
                 if not isinstance(kw, Mapping):
                     raise TypeError(f"{label} must be a dict of model keyword arguments, got {type(kw).__name__}")
             if set(cond) != set(uncond):
                 raise ValueError(f"cond and uncond must have the same keys, got {sorted(cond)} and {sorted(uncond)}")
         elif cond is not None or uncond is not None:
-            raise ValueError("cond=/uncond= are for classifier-free guidance: also pass guidance=<scale>")
+            raise ValueError(
+                "cond=/uncond= are for classifier-free guidance: also pass guidance=<scale or ds.make_guidance(...)>"
+            )
         if model_kwargs is not None and not isinstance(model_kwargs, Mapping):
             raise TypeError(f"model_kwargs must be a dict, got {type(model_kwargs).__name__}")
         if not isinstance(time_dtype, torch.dtype):
@@ -125,6 +148,10 @@ class DiffusionODE:
         self.prediction = "x0" if prediction == "sample" else prediction
         self.time = time
         self.guidance = None if guidance is None else float(guidance)
+        #: the guidance method (docs/guidance.md), or None (no guidance, or a float ``guidance``)
+        self.guidance_method: Guidance | None = method
+        if method is not None and method.renoise:
+            self.renoise = True  # RENOISE_SPEC: solvers continue from denoised + sigma * eps
         self.cond = dict(cond or {})
         self.uncond = dict(uncond or {})
         self.model_kwargs = dict(model_kwargs or {})
@@ -141,7 +168,9 @@ class DiffusionODE:
         self._time_value: dict[float, float] = schedule_memo(schedule, "t")
         self._level_cache: dict[float, tuple[float, float, torch.Tensor]] = schedule_memo(schedule, "level")
         # the guided call's kwargs (cond and uncond concatenated), built once here and never changed
-        self._guided_kwargs: dict[str, Any] | None = self._batched_guidance_kwargs() if guidance is not None else None
+        self._guided_kwargs: dict[str, Any] | None = (
+            self._batched_guidance_kwargs() if guidance is not None or method is not None else None
+        )
         # the model's sigma range, read once (a schedule's properties may index tensors)
         self._sigma_range = (float(schedule.sigma_min), float(schedule.sigma_max))
         self._counter = _CallCounter()
@@ -320,7 +349,7 @@ class DiffusionODE:
         if self.denoised_transform is None:
             return denoised, eps
         denoised = self.denoised_transform(denoised, float(sigma))
-        if sigma == 0:
+        if sigma == 0 or self.renoise:  # a renoising pair keeps its eps (docs/math.md#guidance-cfgpp)
             return denoised, eps
         return denoised, (xbar - denoised) / float(sigma)
 
@@ -343,6 +372,11 @@ class DiffusionODE:
                 f"sigmas start at sigma = inf, which needs a flow, v or x0 prediction; this model predicts "
                 f"{p!r}, whose x0 is undefined at the pure-noise level: start the grid at a finite sigma"
             )
+        if self.guidance_method is not None:
+            raise ValueError(
+                f"guidance method {self.guidance_method.name!r} with a grid that starts at sigma = inf is not "
+                "supported: start the grid at a finite sigma (or use a float guidance scale)"
+            )
         out = self._call(x, math.inf)
         denoised = x - out if p == "flow" else (-out if p == "v" else out)
         if self.denoised_transform is not None:
@@ -361,7 +395,64 @@ class DiffusionODE:
             raise ValueError("the model's time at sigma = inf is not finite: start the grid at a finite sigma")
         return t
 
+    def _predict_guided(self, xbar: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(denoised, eps)`` of a guidance method at (xbar, sigma): both predictions converted to
+        (D, eps) at sigma (E9-E17, with the out-of-range rule of :meth:`_predict`), then combined by
+        the method; outside its ``sigma_interval`` the conditional prediction alone (one call)."""
+        method = self.guidance_method
+        s, a, a_t = self._level(sigma)
+        x = xbar * a_t if a != 1.0 else xbar
+        if not method.active(sigma):
+            return self._pair(self._call_method(self.model, x, s, self.cond), xbar, s, a, sigma)
+        if method.second == "weak":
+            out = self._call_method(method.weak_model, x, s, self.cond, count=False)
+            cond = self._pair(self._call_method(self.model, x, s, self.cond), xbar, s, a, sigma)
+            other = self._pair(out, xbar, s, a, sigma)
+        else:
+            both = self._call_method(self.model, torch.cat([x, x]), s, self._guided_kwargs)
+            batch = x.shape[0]
+            cond = self._pair(both[:batch], xbar, s, a, sigma)
+            other = self._pair(both[batch:], xbar, s, a, sigma)
+        run = self._run
+        state = None
+        if run is not None:
+            state = run.guidance_state
+            state["step"] = run.step
+            state["scale"] = a  # scale(sigma): x = scale * xbar (E6)
+        return method.combine(xbar, sigma, cond, other, state)
+
+    def _pair(self, out, xbar, s, a, sigma):
+        denoised, eps = self._convert(out, xbar, s, a)
+        if s != sigma:
+            denoised = torch.add(xbar, eps, alpha=-sigma) if sigma != 0 else xbar
+        return denoised, eps
+
+    def _call_method(self, model, x, sigma: float, kwargs, count: bool = True) -> torch.Tensor:
+        """One call of ``model`` for a guidance method on ``x`` (the batch, or the conditional and
+        unconditional halves stacked), output in the state's dtype. ``count``: one NFE per
+        guided evaluation, whatever the number of calls it makes (the weak model's is not counted)."""
+        state_dtype = x.dtype
+        run = self._run
+        if run is not None and run.input_dtype is not None and state_dtype != run.input_dtype:
+            x = x.to(run.input_dtype)
+        key, t, version = self._time_tensor(sigma, x.shape[0], x.device)
+        out = model(x, t, **kwargs, **self.model_kwargs)
+        self._return_time(key, t, version)
+        _check_output(out, x.shape)
+        if out.dtype != state_dtype:
+            out = out.to(state_dtype)
+        if count:
+            self._counter.add()
+            if run is not None:
+                run.nfe += 1
+        if run is not None and run.record:
+            run.sums.append(torch.sum(out.detach() if out.requires_grad else out))
+            run.where.append((run.step, sigma))
+        return out
+
     def _predict(self, xbar: torch.Tensor, sigma: float, need_denoised: bool):
+        if self.guidance_method is not None:
+            return self._predict_guided(xbar, sigma)
         # the model is evaluated inside its own range [sigma_min, sigma_max]; outside it, eps is
         # held at its value at the nearest level and D stays on the ray D = xbar - sigma eps (E9),
         # so no conversion divides by a sigma the model was not evaluated at
@@ -477,13 +568,15 @@ class Run:
         sums, where: per model call, the output's sum in the state's dtype (on the device) and (step, sigma).
     """
 
-    __slots__ = ("input_dtype", "record", "wants_denoised", "step", "nfe", "sums", "where")
+    __slots__ = ("input_dtype", "record", "wants_denoised", "step", "nfe", "sums", "where", "guidance_state")
 
     def __init__(self, input_dtype=None, record=False, wants_denoised=True):
         self.input_dtype, self.record, self.wants_denoised = input_dtype, record, wants_denoised
         self.step, self.nfe = 0, 0
         self.sums: list[torch.Tensor] = []
         self.where: list[tuple[int, float]] = []
+        #: what a guidance method carries between evaluations of this run (APG's momentum), and the step
+        self.guidance_state: dict = {}
 
     def first_nonfinite(self) -> tuple[int, float] | None:
         """``(step, sigma)`` of the first model call whose output was not finite (one host sync)."""
@@ -550,7 +643,7 @@ def wrap(
     schedule: Schedule,
     prediction: str = "eps",
     time: str | Callable[[float], float] | None = None,
-    guidance: float | None = None,
+    guidance: float | Guidance | None = None,
     **options: Any,
 ) -> DiffusionODE:
     """Wrap ``model(x, t, **kwargs)`` as the sigma-form ODE.
@@ -567,7 +660,9 @@ def wrap(
             schedule's own convention.
         guidance: classifier-free guidance scale w; the output is ``u + w (c - u)`` of one
             batched call on ``cat([x, x])`` with ``cond`` and ``uncond`` kwargs concatenated
-            (one NFE per guided evaluation).
+            (one NFE per guided evaluation). Or a guidance method from
+            :func:`diffsolve.make_guidance` (``cfg``, ``cfg++``, ``apg``, ... docs/guidance.md),
+            which combines the two predictions' (D, eps) pairs (docs/math.md#guidance).
         options: ``cond=``, ``uncond=`` (dicts of model kwargs), ``model_kwargs=`` (passed
             to every call), ``time_dtype=`` (default float32), ``guidance_rescale=`` (phi of
             Lin et al. 2024, default 0), ``denoised_transform=`` (a callable (D, sigma) -> D,

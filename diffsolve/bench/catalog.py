@@ -22,7 +22,9 @@ def bench_problem_names() -> list[str]:
 
 
 def get_bench_problem(name: str, samples: int | None = None) -> BenchProblem:
-    """A built-in benchmark problem by name: the analytic mixtures, ``mlp-spiral`` and ``digits`` (shipped models)."""
+    """A built-in benchmark problem by name: the analytic mixtures, ``mlp-spiral`` and ``digits`` (shipped models);
+    also ``digits-cond``, the class-conditional model for guided sampling (its own metrics and ``ode(labels=...)``:
+    measured by benchmarks/bench_guidance.py, not by the harness)."""
     if name in analytic.PROBLEMS:
         return AnalyticProblem(name, samples)
     if name == "mlp-spiral":
@@ -33,6 +35,10 @@ def get_bench_problem(name: str, samples: int | None = None) -> BenchProblem:
         from .digits import digits_problem
 
         return digits_problem(samples or 128)
+    if name == "digits-cond":  # class-conditional, for guided sampling (not a harness problem: see its class)
+        from .digits_cond import digits_cond_problem
+
+        return digits_cond_problem(samples or 297)
     raise BenchError(
         f"unknown problem {name!r}; known problems: {', '.join(bench_problem_names())} "
         "(or pass a model with --model pkg.module:factory)"

@@ -33,16 +33,21 @@ from .problems import ModelProblem, sliced_wasserstein
 
 __all__ = [
     "DigitsUNet",
+    "DigitsCondUNet",
     "DigitsClassifier",
     "load_digits_split",
     "digits_split",
     "load_digits_unet",
+    "load_digits_cond_unet",
     "load_digits_classifier",
     "frechet_distance",
     "DigitsProblem",
     "digits_problem",
     "UNET_WEIGHTS",
     "CLASSIFIER_WEIGHTS",
+    "COND_UNET_WEIGHTS",
+    "WEAK_COND_UNET_WEIGHTS",
+    "NULL_LABEL",
     "SPLIT_SEED",
     "N_TRAIN",
     "N_TEST",
@@ -51,6 +56,9 @@ __all__ = [
 
 UNET_WEIGHTS = Path(__file__).with_name("digits_unet.pt")
 CLASSIFIER_WEIGHTS = Path(__file__).with_name("digits_classifier.pt")
+COND_UNET_WEIGHTS = Path(__file__).with_name("digits_cond_unet.pt")
+WEAK_COND_UNET_WEIGHTS = Path(__file__).with_name("digits_cond_unet_weak.pt")
+NULL_LABEL = 10  # the label embedding's "no label" row of the conditional UNet
 SPLIT_SEED = 0
 N_TRAIN, N_TEST = 1500, 297
 NUM_TRAIN_STEPS = 1000  # DDPM's T: the model's time input is the index 0..999
@@ -166,8 +174,13 @@ class DigitsUNet(nn.Module):
         self.conv_out = nn.Conv2d(ch, 1, 3, padding=1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self._body(x, self._time_embedding(x, t))
+
+    def _time_embedding(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         tau = (t.to(x.dtype) / NUM_TRAIN_STEPS).reshape(-1, 1) * self.freqs.to(x.dtype)
-        emb = self.time_mlp(torch.cat([torch.sin(tau), torch.cos(tau)], dim=1))
+        return self.time_mlp(torch.cat([torch.sin(tau), torch.cos(tau)], dim=1))
+
+    def _body(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h0 = self.down0(self.conv_in(x), emb)
         h1 = self.down1(self.downsample(h0), emb)
         h = h1
@@ -177,6 +190,32 @@ class DigitsUNet(nn.Module):
         h = self.upsample(F.interpolate(h, scale_factor=2.0, mode="nearest"))
         h = self.up0(torch.cat([h, h0], dim=1), emb)
         return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class DigitsCondUNet(DigitsUNet):
+    """Class-conditional eps-UNet: ``forward(x, t, labels)`` with ``labels`` (N,) in 0..10.
+
+    :class:`DigitsUNet` with a learned label embedding (``num_classes + 1`` rows; the last row,
+    :data:`NULL_LABEL`, is the "no label" input of classifier-free guidance) added to the time
+    embedding of every block. Trained with label dropout (``benchmarks/train_digits.py --cond``),
+    so one network gives both the conditional and the unconditional prediction.
+    """
+
+    def __init__(self, num_classes: int = 10, **kwargs):
+        super().__init__(**kwargs)
+        self.config["num_classes"] = num_classes
+        self.label_emb = nn.Embedding(num_classes + 1, 4 * self.config["ch"])
+
+    @property
+    def null_label(self) -> int:
+        return int(self.config["num_classes"])
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if labels is None:
+            labels = torch.full((x.shape[0],), self.null_label, dtype=torch.long, device=x.device)
+        labels = torch.as_tensor(labels, device=x.device).long().reshape(-1).expand(x.shape[0])
+        emb = self._time_embedding(x, t) + self.label_emb(labels).to(x.dtype)
+        return self._body(x, emb)
 
 
 # -- the classifier --------------------------------------------------------------------------------
@@ -224,6 +263,12 @@ def _load(cls, path: Path):
 def load_digits_unet(path: str | Path = UNET_WEIGHTS) -> DigitsUNet:
     """The shipped eps-UNet in float32, eval mode (safe load: ``weights_only=True``)."""
     return _load(DigitsUNet, path)
+
+
+def load_digits_cond_unet(path: str | Path = COND_UNET_WEIGHTS) -> DigitsCondUNet:
+    """The shipped class-conditional eps-UNet (``WEAK_COND_UNET_WEIGHTS``: its weaker sibling for
+    autoguidance) in float32, eval mode (safe load: ``weights_only=True``)."""
+    return _load(DigitsCondUNet, path)
 
 
 def load_digits_classifier(path: str | Path = CLASSIFIER_WEIGHTS) -> DigitsClassifier:

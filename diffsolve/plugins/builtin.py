@@ -51,3 +51,12 @@ def register_restorers(register):
 
     for cls in BUILTIN_RESTORERS:
         register(cls)
+
+
+# -- guidance methods ------------------------------------------------------------------------------
+@hookimpl
+def register_guidance(register):
+    from ..guidance.builtins import BUILTIN_GUIDANCE
+
+    for cls in BUILTIN_GUIDANCE:
+        register(cls)

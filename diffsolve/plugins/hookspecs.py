@@ -54,3 +54,15 @@ def register_restorers(register: Callable[[type], None]) -> None:
         :class:`~diffsolve.plugins.registry.DuplicateNameError`.
     :returns: nothing; every plugin's implementation is called.
     """
+
+
+# -- guidance methods (docs/guidance.md) ----------------------------------------------------------
+@hookspec
+def register_guidance(register: Callable[[type], None]) -> None:
+    """Register guidance methods (classes deriving from :class:`diffsolve.guidance.Guidance`).
+
+    :param register: call ``register(GuidanceSubclass)`` once per method; the class's ``name``
+        attribute is its registry name (``ds.make_guidance(name, scale=...)``). Duplicate names raise
+        :class:`~diffsolve.plugins.registry.DuplicateNameError`.
+    :returns: nothing; every plugin's implementation is called.
+    """

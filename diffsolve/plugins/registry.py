@@ -92,6 +92,7 @@ class Registry:
         self.solvers: dict[str, tuple[type, str]] = {}
         self.grids: dict[str, tuple[Callable, str]] = {}
         self.restorers: dict[str, tuple[type, str]] = {}  # inverse-problem methods (diffsolve.restore)
+        self.guidance: dict[str, tuple[type, str]] = {}  # guidance methods (docs/guidance.md)
         self.skipped: list[tuple[str, str]] = []  # (plugin, reason)
         #: name clashes recorded with on_duplicate="record": (kind, name, kept owner, refused owner)
         self.clashes: list[tuple[str, str, str, str]] = []
@@ -121,6 +122,7 @@ class Registry:
                 except BaseException:
                     self.solvers, self.grids, self.skipped = {}, {}, []
                     self.restorers = {}
+                    self.guidance = {}
                     raise
                 else:
                     self._loaded = True
@@ -170,6 +172,7 @@ class Registry:
         self._collect(pm.hook.register_solvers, self.solvers, self._check_solver, "solver")
         self._collect(pm.hook.register_grids, self.grids, self._check_grid, "grid")
         self._collect(pm.hook.register_restorers, self.restorers, self._check_restorer, "restorer")
+        self._collect(pm.hook.register_guidance, self.guidance, self._check_guidance, "guidance")
         self._report_empty(loaded)
 
     def _report_empty(self, loaded: list[str]) -> None:
@@ -177,13 +180,14 @@ class Registry:
         failed = {owner for owner, _ in self.skipped}
         owners = {owner for _, owner in self.solvers.values()} | {owner for _, owner in self.grids.values()}
         owners |= {owner for _, owner in self.restorers.values()}
+        owners |= {owner for _, owner in self.guidance.values()}
         owners |= {c[3] for c in self.clashes}
         for owner in loaded:
             if owner not in owners and owner not in failed:
                 self._report(
                     owner,
-                    "registered no solver and no grid (does it implement register_solvers / "
-                    "register_grids, marked with @diffsolve.hookimpl?)",
+                    "registered no solver and no grid (nor a guidance method: does it implement register_solvers / "
+                    "register_grids / register_guidance, marked with @diffsolve.hookimpl?)",
                     skipped=False,
                 )
 
@@ -284,6 +288,30 @@ class Registry:
 
     def restorer_names(self) -> list[str]:
         return sorted(self.load().restorers)
+
+    # -- guidance methods (docs/guidance.md) -------------------------------------------------
+    @staticmethod
+    def _check_guidance(cls, *extra):
+        from ..guidance.base import Guidance
+
+        if extra:
+            raise TypeError("register(GuidanceClass) takes the class only; its name is cls.name")
+        if not (isinstance(cls, type) and issubclass(cls, Guidance)):
+            raise TypeError(f"register() expects a diffsolve.guidance.Guidance subclass, got {cls!r}")
+        if not isinstance(cls.name, str) or not cls.name:
+            raise TypeError(f"guidance class {cls.__name__} has no name (set the class attribute 'name')")
+        if cls.second not in ("uncond", "weak"):
+            raise TypeError(f"guidance {cls.name!r}: second must be 'uncond' or 'weak', got {cls.second!r}")
+        return cls.name, cls
+
+    def guidance_method(self, name: str) -> type:
+        self.load()
+        if name not in self.guidance:
+            raise UnknownNameError(self._unknown("guidance method", name, self.guidance))
+        return self.guidance[name][0]
+
+    def guidance_names(self) -> list[str]:
+        return sorted(self.load().guidance)
 
     # -- lookup ----------------------------------------------------------------------------
     def solver(self, name: str) -> type:

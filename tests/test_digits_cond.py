@@ -1,0 +1,68 @@
+"""The digits-cond problem: the shipped class-conditional UNet, its weak sibling and the guided-sampling metrics."""
+
+import pytest
+import torch
+
+import diffsolve as ds
+from diffsolve.bench.catalog import get_bench_problem
+from diffsolve.bench.digits import COND_UNET_WEIGHTS, NULL_LABEL, WEAK_COND_UNET_WEIGHTS
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return get_bench_problem("digits-cond")
+
+
+def test_shipped_conditional_weights_load_safely_and_stay_small():
+    for path in (COND_UNET_WEIGHTS, WEAK_COND_UNET_WEIGHTS):
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        assert blob["config"]["num_classes"] == 10 and "label_dropout" in blob["meta"]
+    shipped = sum(p.stat().st_size for p in COND_UNET_WEIGHTS.parent.glob("*.pt"))
+    assert shipped <= 3 * 1024 * 1024, f"shipped weights {shipped} bytes > 3 MB"
+
+
+def test_float_guidance_is_cfg_with_the_null_label(problem):
+    labels = torch.tensor([3, 7])
+    x = problem.x_T(0, 2)
+    ode = problem.ode(torch.float32, labels=labels, guidance=2.5)
+    net = problem.unet
+    t = torch.full((2,), float(ode.model_time(5.0)))
+    xin = x / (1 + 25.0) ** 0.5 * (1 + 25.0) ** 0.5 / (1 + 25.0) ** 0.5  # model space of xbar = x at sigma 5
+    with torch.no_grad():
+        c, u = net(xin, t, labels), net(xin, t, torch.full((2,), NULL_LABEL))
+        eps = ode.eps(x, 5.0)
+    assert torch.allclose(eps, u + 2.5 * (c - u), atol=1e-5)  # float32 network, batched vs separate calls
+
+
+def test_metrics_of_guided_samples_and_of_the_real_digits(problem):
+    assert problem.eval_labels().tolist() == problem.labels("test").tolist()
+    labels = torch.arange(10).repeat(2)  # two per class: the least class-wise FDD takes
+    x = ds.sample(problem.ode(torch.float32, labels=labels, guidance=3.0), problem.x_T(0, 20), "ddim", steps=2)
+    m = problem.metrics(x, labels)
+    assert set(m) == {"accuracy", "fdd_classwise", "fdd", "saturation"}
+    assert 0 <= m["accuracy"] <= 1 and 0 <= m["saturation"] <= 1 and m["fdd_classwise"] > 0
+    real = problem.data("test")
+    assert problem.saturation(real) == 0.0 and problem.accuracy(real, problem.labels("test")) > 0.95
+    assert problem.saturation(torch.full((1, 1, 8, 8), -1.2)) == 1.0  # 0.2 past the range counts
+    auto = problem.guidance("autoguidance", 2.0)
+    assert (
+        ds.sample(problem.ode(torch.float32, labels=labels[:4], guidance=auto), problem.x_T(1, 4), steps=2).shape[0]
+        == 4
+    )
+
+
+def test_the_bench_harness_refuses_digits_cond_with_a_pointer():
+    from diffsolve.bench.errors import BenchError
+    from diffsolve.bench.harness import _resolve_problems
+
+    with pytest.raises(BenchError, match="bench_guidance.py"):
+        _resolve_problems(["digits-cond"], None)
+
+
+def test_bad_labels_are_clear_errors(problem):
+    with pytest.raises(TypeError, match="LongTensor"):
+        problem.ode(torch.float32, labels=torch.tensor([1.0]))
+    with pytest.raises(ValueError, match="classes 0..9"):
+        problem.ode(torch.float32, labels=torch.tensor([10]))
+    with pytest.raises(ValueError, match="guidance needs labels"):
+        problem.ode(torch.float32, guidance=3.0)
