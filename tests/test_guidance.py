@@ -153,8 +153,39 @@ def test_cfg_plus_plus_with_ddim_is_cfg_with_a_per_step_scale():
 
 def test_cfg_plus_plus_refused_by_a_solver_without_the_renoise_hook():
     ode = guided(ds.make_guidance("cfg++", scale=0.5))
-    with pytest.raises(ValueError, match=r"solver 'heun' cannot run this ODE.*renoising.*Solvers that can: .*ddim"):
-        ds.sample(ode, state(sigma=0.0), "heun", steps=4)
+    with pytest.raises(ValueError, match=r"solver 'bdia' cannot run this ODE.*renoising.*Solvers that can: .*ddim"):
+        ds.sample(ode, state(sigma=0.0), "bdia", steps=4)
+
+
+def _can_renoise(name):
+    return ds.make_solver(name).renoise_ok
+
+
+@pytest.mark.parametrize("name", ds.list_solvers())
+def test_cfg_plus_plus_runs_with_every_solver_that_has_the_renoise_hook_and_others_refuse(name):
+    """CFG++ over the registry: a solver with the renoise hook (docs/math.md 3.6) samples the guided ODE to a
+    finite result; one without it is refused before any model call, with the reason."""
+    ode = guided(ds.make_guidance("cfg++", scale=0.6))
+    x_T = state(seed=3, sigma=float(SCHED.sigma_max))
+    kw = {"generator": torch.Generator().manual_seed(0)} if ds.make_solver(name).stochastic else {}
+    if _can_renoise(name):
+        out = ds.sample(ode, x_T, name, steps=6, **kw)
+        assert torch.isfinite(out).all() and ode.nfe > 0
+    else:
+        with pytest.raises(ValueError, match=rf"solver '{name}' cannot run this ODE.*renoising"):
+            ds.sample(ode, x_T, name, steps=6, **kw)
+        assert ode.nfe == 0
+
+
+def test_registry_dpmpp_2m_under_cfg_plus_plus_keeps_the_renoising_denoised_in_its_history():
+    """The registry's dpmpp-2m (midpoint form, order 2 after the first step) on a CFG++ ODE equals the
+    self-contained loop with the guided D in the history (RENOISE_SPEC 3, docs/math.md#guidance-history)."""
+    ode = guided(ds.make_guidance("cfg++", scale=0.5))
+    sig = ds.grid("trailing", SCHED, 6).tolist()
+    x_T = state(seed=7, sigma=sig[0])
+    ours = ds.sample(ode, ode.from_xbar(x_T, sig[0]), "dpmpp-2m", sigmas=sig, final_step="denoise")  # model space
+    loop = _dpmpp_2m_renoise(ode.start_run(), x_T, sig, "guided")  # xbar; at sigma = 0 the two spaces agree
+    assert torch.allclose(ours, loop, atol=1e-10, rtol=0)
 
 
 def _dpmpp_2m_renoise(ode, x, sig, history):

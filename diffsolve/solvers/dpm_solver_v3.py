@@ -107,6 +107,7 @@ class DPMSolverV3(ExponentialSolver):
 
     def step(self, i, x, state):
         denoised, eps = yield x, state.sigmas[i], True
+        x = state.ode.renoised(x, denoised, eps, state.sigmas[i])  # CFG++, DDNM (docs/math.md 3.6)
         f = x * self._t(state, state.one_minus_l[i], x) - denoised  # V2
         fs = {j: fj for j, (_, fj) in state.history}
         fs[i] = f
