@@ -149,6 +149,12 @@ def test_the_parse_only_list_names_only_documented_commands():
     assert set(PARSE_ONLY) <= {c for _, c in SHELL}
 
 
+@pytest.fixture(autouse=True)
+def _scratch_cwd(tmp_path, monkeypatch):
+    """Files a documented example writes (recipe.json, statistics, pictures) land in a scratch folder."""
+    monkeypatch.chdir(tmp_path)
+
+
 # -- python examples -----------------------------------------------------------------------------------------
 def _model(x, t, **_):
     """The reader's eps model stand-in: cheap, smooth, depends on x and t."""
@@ -172,13 +178,15 @@ def _reader():
         "x_T": torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)),
         "x_T_fit": torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1)),
         "x0": torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(2)).clamp(-1, 1),
+        "labels": torch.tensor([3, 7]),  # docs/guidance.md: the reader's class labels and the null label
+        "null_labels": torch.tensor([10, 10]),
     }
 
 
 #: (page, block index) -> why the block is not run (it is compiled)
 NOT_RUN = {
     ("quickstart.md", 2): "a fragment on the reader's own unconditional model output u",
-    ("guidance.md", 0): "needs the reader's class labels",
+    ("guidance.md", 3): "needs a diffusers text-to-image pipeline (weights, a download)",
     ("tuning.md", 0): "a fragment on the reader's sample shape",
     ("diffusers.md", 0): "needs the reader's diffusers scheduler object",
     ("diffusers.md", 1): "needs a flow-matching transformer (SD3/Flux weights, a download)",
