@@ -490,3 +490,24 @@ def test_progress_shows_a_bar_and_does_not_change_the_result(method, capsys):
     shown = _restore(method, op, y, 3, progress=True)
     assert "3/3" in capsys.readouterr().err  # the bar counted the three levels
     torch.testing.assert_close(shown, plain, rtol=0, atol=0)
+
+
+def test_the_demo_restoration_picture_has_the_truth_the_measurement_and_each_method(tmp_path):
+    """`make demo`'s restoration picture: the cells it draws are the held-out digits, their naive
+    reconstruction and each method's restoration (DDNM exact on the kept pixels of the noiseless inpainting)."""
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("sklearn")
+    from diffsolve.bench import inverse as bench_inverse
+
+    cells = (("inpaint50", 0.0), ("sr2", 0.05))
+    images = bench_inverse.restoration_cells(n=2, steps=4, methods=("ddnm",), cells=cells)
+    assert set(images) == {(r, t) for r in ("truth", "measurement", "ddnm") for t, _ in cells}
+    op = bench_inverse.operator("inpaint50", 2)
+    truth = images[("truth", "inpaint50")]
+    assert (op.forward(images[("ddnm", "inpaint50")]) - op.forward(truth)).abs().max() < 1e-4
+    assert images[("measurement", "sr2")].shape == truth.shape
+    path = bench_inverse.restoration_png(tmp_path / "r.png", n=2, steps=4, methods=("ddnm",), cells=cells)
+    import matplotlib.image
+
+    img = matplotlib.image.imread(path)
+    assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100

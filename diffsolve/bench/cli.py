@@ -123,6 +123,11 @@ def _digits_picture(out: str) -> None:
     t0 = time.perf_counter()
     path = solver_grid_png(get_bench_problem("digits"), Path(out) / "digits_solvers.png")
     print(f"digits picture: {path} ({time.perf_counter() - t0:.1f} s)")
+    from .inverse import restoration_png
+
+    t0 = time.perf_counter()
+    path = restoration_png(Path(out) / "digits_restoration.png")
+    print(f"restoration picture: {path} ({time.perf_counter() - t0:.1f} s)")
 
 
 def _say_unsupported_peer_cells(grids) -> None:
