@@ -184,16 +184,8 @@ FAMILIES: dict[str, _Family] = {
 _OWN_KEYS = ("solver", "solver_options", "grid", "grid_options", "emulate")
 #: the keys that choose the integrator (honoured with the family's own solver only)
 _INTEGRATOR_KEYS = (
-    "solver_order",
-    "algorithm_type",
-    "solver_type",
-    "lower_order_final",
-    "euler_at_final",
-    "predict_x0",
-    "disable_corrector",
-    "solver_p",
-    "variance_type",
-)
+    "solver_order algorithm_type solver_type lower_order_final euler_at_final predict_x0 disable_corrector solver_p"
+).split()
 #: native mode (no ``emulate``): the keys it reads, DDIMScheduler's, with their defaults (no clipping)
 _NATIVE_DEFAULTS = dict(FAMILIES["DDIMScheduler"].defaults(), clip_sample=False)
 
@@ -327,9 +319,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         if user is not None:
             if fam is not None:
                 defaults = self.family.defaults()
-                clash = sorted(
-                    k for k in _INTEGRATOR_KEYS if k in defaults and fcfg[k] != defaults[k] and k != "variance_type"
-                )
+                clash = sorted(k for k in _INTEGRATOR_KEYS if k in defaults and fcfg[k] != defaults[k])
                 if clash:
                     raise ValueError(
                         f"solver={user!r} replaces {fam}'s own method, so its key(s) {clash} (set to "
@@ -388,7 +378,22 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         self._step_index = None
         self._run = None
         if self._ref is not None:
-            return self._set_timesteps_family(num_inference_steps, device, timesteps, sigmas, kwargs)
+            params = inspect.signature(self._ref.set_timesteps).parameters
+            args: dict[str, Any] = dict(kwargs)
+            for key, val in (("timesteps", timesteps), ("sigmas", sigmas)):
+                if val is not None:
+                    if key not in params:
+                        raise ValueError(
+                            f"{self.family.name} does not take {key}= in set_timesteps; pass num_inference_steps"
+                        )
+                    args[key] = val
+            if num_inference_steps is not None:
+                n = num_inference_steps
+                args["num_inference_steps"] = _steps(n) if timesteps is None and sigmas is None else n
+            elif not ("timesteps" in args or "sigmas" in args):
+                raise ValueError("pass num_inference_steps (or timesteps= / sigmas=)")
+            self._ref.set_timesteps(device=device, **args)
+            return self._adopt_family_schedule(device)
         if kwargs:
             raise TypeError(f"set_timesteps got unexpected argument(s) {sorted(kwargs)}")
         if timesteps is not None:
@@ -415,24 +420,6 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         integral = bool(torch.equal(t, t.round()))
         self.timesteps = (t.round().to(torch.int64) if integral else t.to(torch.float32)).to(device)
         self._ddim_rule = False
-
-    def _set_timesteps_family(self, n, device, timesteps, sigmas, kwargs):
-        ref = self._ref
-        params = inspect.signature(ref.set_timesteps).parameters
-        args: dict[str, Any] = dict(kwargs)
-        for key, val in (("timesteps", timesteps), ("sigmas", sigmas)):
-            if val is not None:
-                if key not in params:
-                    raise ValueError(
-                        f"{self.family.name} does not take {key}= in set_timesteps; pass num_inference_steps"
-                    )
-                args[key] = val
-        if n is not None:
-            args["num_inference_steps"] = _steps(n) if timesteps is None and sigmas is None else n
-        elif not ("timesteps" in args or "sigmas" in args):
-            raise ValueError("pass num_inference_steps (or timesteps= / sigmas=)")
-        ref.set_timesteps(device=device, **args)
-        self._adopt_family_schedule(device)
 
     def _adopt_family_schedule(self, device):
         ref, fam = self._ref, self.family.name
