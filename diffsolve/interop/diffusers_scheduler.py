@@ -141,38 +141,23 @@ def _deis_method(fcfg):
     return "deis", {"solver_order": int(fcfg["solver_order"]), "variable": "log-sigma"}, _dpm_orders
 
 
+#: the flow-matching sigmas some multistep families can use instead of their DDPM schedule: refused
+_NO_FLOW = {"use_flow_sigmas": _false, "use_dynamic_shifting": _false}
+_DPM_KEYS = dict(
+    algorithm_type=_is("dpmsolver++", "dpmsolver", "sde-dpmsolver++"),
+    variance_type=_is(None, "learned_range", "learned"),
+)
+_UNIPC_KEYS = dict(
+    predict_x0=_is(True), disable_corrector=_false, solver_p=_is(None), **_NO_FLOW, shift_terminal=_is(None)
+)
 FAMILIES: dict[str, _Family] = {
     f.name: f
     for f in [
         _Family("DDIMScheduler", "vp", _fixed("ddim")),
         _Family("DDPMScheduler", "vp", _fixed("ddim"), {"variance_type": _is("fixed_small", "fixed_large")}),
-        _Family(
-            "DPMSolverMultistepScheduler",
-            "vp",
-            _dpm_method,
-            {
-                "algorithm_type": _is("dpmsolver++", "dpmsolver", "sde-dpmsolver++"),
-                "variance_type": _is(None, "learned_range", "learned"),
-                "use_flow_sigmas": _false,
-                "use_dynamic_shifting": _false,
-            },
-        ),
-        _Family(
-            "UniPCMultistepScheduler",
-            "vp",
-            _unipc_method,
-            {
-                "predict_x0": _is(True),
-                "disable_corrector": _false,
-                "solver_p": _is(None),
-                "use_flow_sigmas": _false,
-                "use_dynamic_shifting": _false,
-                "shift_terminal": _is(None),
-            },
-        ),
-        _Family(
-            "DEISMultistepScheduler", "vp", _deis_method, {"use_flow_sigmas": _false, "use_dynamic_shifting": _false}
-        ),
+        _Family("DPMSolverMultistepScheduler", "vp", _dpm_method, {**_DPM_KEYS, **_NO_FLOW}),
+        _Family("UniPCMultistepScheduler", "vp", _unipc_method, _UNIPC_KEYS),
+        _Family("DEISMultistepScheduler", "vp", _deis_method, _NO_FLOW),
         _Family("EulerDiscreteScheduler", "ve", _fixed("ddim")),
         _Family("EulerAncestralDiscreteScheduler", "ve", _fixed("euler-ancestral")),
         _Family("HeunDiscreteScheduler", "ve", _fixed("heun")),
