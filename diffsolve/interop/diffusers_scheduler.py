@@ -837,9 +837,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         if not chosen and name in FAMILIES:
             cfg["emulate"] = name
             cfg.pop("_use_default_values", None)  # the source's own defaults are the values to reproduce
-            full = dict(FAMILIES[name].defaults())
-            full.update({k: v for k, v in cfg.items() if k in full})
-            cfg.update(full)
+            cfg.update({k: cfg.get(k, v) for k, v in FAMILIES[name].defaults().items()})
         elif not chosen and name is not None and not issubclass(cls, _class_named(name)):
             defaults = _init_defaults(name)
             keys = set(defaults)
