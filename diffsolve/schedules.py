@@ -175,7 +175,7 @@ class DiscreteSchedule(Schedule):
     def memo_key(self) -> tuple | None:
         """The schedule's content (its float64 levels), under which the memos of every equal
         schedule are shared (:func:`diffsolve.wrapper.schedule_memo`): a schedule made anew from the
-        same alphas_cumprod per call finds the grids and model times of the previous ones."""
+        same alphas_cumprod per call finds the model times and scales of the previous ones."""
         if type(self) is not DiscreteSchedule or self.alphas_cumprod.device.type != "cpu":
             return None  # a subclass may change the map: its memos stay its own
         return (self.alphas_cumprod.numpy().tobytes(), self.sigmas.numpy().tobytes())
