@@ -123,6 +123,11 @@ class Schedule(ABC):
             return 1.0 / (1.0 + sigma)
         raise ValueError(f"unknown space {self.space!r}; allowed: 'vp', 've', 'flow'")
 
+    def memo_key(self) -> tuple | None:
+        """A key of the schedule's content under which equal schedules share their memos (None: the
+        memos live on this object alone)."""
+        return None
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(space={self.space!r}, sigma_min={self.sigma_min:.6g}, "
@@ -148,19 +153,32 @@ class DiscreteSchedule(Schedule):
         abar = _tensor_arg("alphas_cumprod", alphas_cumprod).flatten()
         if abar.numel() < 2:
             raise ValueError(f"alphas_cumprod needs at least 2 entries, got {abar.numel()}")
-        if not torch.isfinite(abar).all() or (abar <= 0).any() or (abar > 1).any():
-            raise ValueError("alphas_cumprod must be finite and in (0, 1]")
-        if (abar[1:] >= abar[:-1]).any():
-            raise ValueError("alphas_cumprod must be strictly decreasing")
         if one_minus_alphas_cumprod is None:
             one_minus = 1.0 - abar
         else:
             one_minus = _as_f64(one_minus_alphas_cumprod).flatten()
-        self.alphas_cumprod = abar
-        self.sigmas = torch.sqrt(one_minus / abar)  # E4, increasing with the index
-        if not (self.sigmas[1:] > self.sigmas[:-1]).all() or self.sigmas[0] <= 0:
+        sigmas = torch.sqrt(one_minus / abar)  # E4, increasing with the index
+        # every check in one reduction (a comparison with NaN is False), the reason only on failure
+        ok = torch.stack(
+            [((abar > 0) & (abar <= 1)).all(), (abar[1:] < abar[:-1]).all(), (sigmas[1:] > sigmas[:-1]).all()]
+        )
+        if not (bool(ok.all()) and sigmas[0] > 0):
+            if not bool(ok[0]):
+                raise ValueError("alphas_cumprod must be finite and in (0, 1]")
+            if not bool(ok[1]):
+                raise ValueError("alphas_cumprod must be strictly decreasing")
             raise ValueError("alphas_cumprod gives sigmas that are not strictly increasing and positive")
-        self.log_sigmas = torch.log(self.sigmas)
+        self.alphas_cumprod = abar
+        self.sigmas = sigmas
+        self.log_sigmas = torch.log(sigmas)
+
+    def memo_key(self) -> tuple | None:
+        """The schedule's content (its float64 levels), under which the memos of every equal
+        schedule are shared (:func:`diffsolve.wrapper.schedule_memo`): a schedule made anew from the
+        same alphas_cumprod per call finds the model times and scales of the previous ones."""
+        if type(self) is not DiscreteSchedule or self.alphas_cumprod.device.type != "cpu":
+            return None  # a subclass may change the map: its memos stay its own
+        return (self.alphas_cumprod.numpy().tobytes(), self.sigmas.numpy().tobytes())
 
     # -- constructors -----------------------------------------------------------------
     @classmethod

@@ -546,10 +546,36 @@ class DiffusionODE:
         )
 
 
+#: memos of schedules with a content key (Schedule.memo_key), shared by equal schedules made apart
+_SHARED_MEMOS: dict[tuple, dict] = {}
+_SHARED_LIMIT = 16
+
+
+#: memos of the tensors a run is handed (batch-sized time tensors, grids): kept on the schedule object
+#: alone, so they go with it and a run on a new schedule allocates (and is measured with) its own
+_PER_OBJECT = frozenset({"time-tensors", "grids"})
+
+
 def schedule_memo(schedule: Schedule, what: str) -> dict:
     """A memo dict kept on ``schedule`` (schedules are immutable once made), shared by every ODE
-    and run on it; emptied when it passes :data:`_CACHE_LIMIT` entries."""
-    memos = schedule.__dict__.setdefault("_diffsolve_memo", {})
+    and run on it and, but for :data:`_PER_OBJECT`, by every schedule of equal content
+    (``schedule.memo_key()``): a schedule made anew per call from the same alphas_cumprod (what
+    ``from_diffusers`` does) finds the model times and scales of the previous ones. Emptied when it
+    passes :data:`_CACHE_LIMIT` entries."""
+    slot = "_diffsolve_own_memo" if what in _PER_OBJECT else "_diffsolve_memo"
+    memos = schedule.__dict__.get(slot)
+    if memos is None:
+        key = schedule.memo_key() if slot == "_diffsolve_memo" and hasattr(schedule, "memo_key") else None
+        if key is None:
+            memos = {}
+        else:
+            key = (type(schedule), *key)
+            memos = _SHARED_MEMOS.get(key)
+            if memos is None:
+                if len(_SHARED_MEMOS) >= _SHARED_LIMIT:
+                    _SHARED_MEMOS.clear()
+                memos = _SHARED_MEMOS.setdefault(key, {})
+        memos = schedule.__dict__.setdefault(slot, memos)
     memo = memos.setdefault(what, {})
     if len(memo) > _CACHE_LIMIT:
         memo.clear()

@@ -108,6 +108,9 @@ def test_flow_schedule_sigma_is_ratio_t_over_one_minus_t():
     "bad, match",
     [
         (lambda: ds.DiscreteSchedule.from_alphas_cumprod([0.9, 0.95]), "strictly decreasing"),
+        (lambda: ds.DiscreteSchedule([0.9, float("nan")]), r"finite and in \(0, 1\]"),
+        (lambda: ds.DiscreteSchedule([1.5, 0.5]), r"finite and in \(0, 1\]"),
+        (lambda: ds.DiscreteSchedule([0.9, 0.5], one_minus_alphas_cumprod=[0.6, 0.1]), "sigmas that are not strictly"),
         (lambda: ds.DiscreteSchedule.from_betas([0.1, 1.5]), r"betas must lie in \(0, 1\]"),
         (lambda: ds.DiscreteSchedule.linear(1), "num_steps"),
         (lambda: ds.SigmaSchedule(1.0, 0.5), "sigma_min < sigma_max"),
@@ -117,3 +120,39 @@ def test_flow_schedule_sigma_is_ratio_t_over_one_minus_t():
 def test_bad_schedule_arguments_are_named(bad, match):
     with pytest.raises(ValueError, match=match):
         bad()
+
+
+def test_equal_discrete_schedules_made_apart_share_their_memos_and_others_do_not():
+    """A schedule made anew per call from the same alphas_cumprod (what from_diffusers does) starts with
+    the model times and scales of the previous ones; a different schedule or a subclass keeps its own."""
+    from diffsolve.wrapper import schedule_memo
+
+    abar = ds.DiscreteSchedule.linear(1000).alphas_cumprod.to(torch.float32)
+    first = ds.DiscreteSchedule(abar)
+    ds.sample(ds.wrap(lambda x, t: torch.zeros_like(x), first, prediction="eps"), torch.ones(1, 2), "ddim", steps=5)
+    again = ds.DiscreteSchedule(abar.clone())
+    assert schedule_memo(again, "t") is schedule_memo(first, "t") and len(schedule_memo(again, "t")) >= 5
+    assert schedule_memo(again, "level") and schedule_memo(again, "level") is schedule_memo(first, "level")
+    # the tensors a run is handed stay with their schedule object (peak memory is measured per run)
+    assert schedule_memo(again, "time-tensors") is not schedule_memo(first, "time-tensors")
+    other = ds.DiscreteSchedule(abar.double() * 0.999)
+    assert schedule_memo(other, "t") is not schedule_memo(first, "t")
+
+    class Shifted(ds.DiscreteSchedule):
+        pass
+
+    assert schedule_memo(Shifted(abar), "t") is not schedule_memo(first, "t")
+
+
+def test_schedule_from_config_builds_each_training_schedule_once():
+    from diffsolve.interop.diffusers import schedule_from_config
+
+    config = {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
+    first = schedule_from_config(config)
+    assert schedule_from_config(dict(config)) is first
+    assert schedule_from_config(dict(config, beta_end=0.02)) is not first
+    trained = {"trained_betas": torch.linspace(1e-4, 0.02, 10).tolist(), "num_train_timesteps": 10}
+    assert schedule_from_config(trained) is schedule_from_config(dict(trained))
+    # diffusers holds trained_betas in float32: the schedule is built from those values
+    expected = ds.DiscreteSchedule.from_betas(torch.tensor(trained["trained_betas"], dtype=torch.float32).double())
+    assert torch.equal(schedule_from_config(trained).sigmas, expected.sigmas)

@@ -38,6 +38,9 @@ __all__ = ["measure_overhead", "overhead_markdown", "overhead_plot", "SHAPES"]
 SHAPES = [(1, 64), (256, 3, 32, 32)]
 #: the row of a fresh ``wrap`` + ``sample`` per run, defaults throughout (the targets of issue 12)
 FRESH = "diffsolve:ddim (fresh wrap + sample, defaults)"
+#: the rows of a new DiscreteSchedule per run (issue 19's cold path), compared with k-diffusion's sample_euler
+COLD = "diffsolve:ddim (new DiscreteSchedule from alphas_cumprod + wrap + sample)"
+COLD_DIFFUSERS = "diffsolve:ddim (from_diffusers + diffusers_grid + sample, per call)"
 
 
 def _interleaved_best(timers: dict[str, Callable[[], None]], repeats: int, log) -> dict[str, float]:
@@ -76,6 +79,7 @@ def measure_overhead(
     specs = [parse_solver(s) for s in (solvers if solvers is not None else solver_names())]
     sched = DiscreteSchedule.linear(1000, 1e-4, 0.02)
     edm = EDMSchedule()
+    acp = sched.alphas_cumprod.to(torch.float32)  # the training levels as a diffusers scheduler holds them
     rows = []
     for shape in shapes:
         label = "x".join(str(s) for s in shape)
@@ -128,6 +132,17 @@ def measure_overhead(
                     steps=steps,
                     grid="trailing",
                 )
+                # what a diffusers user pays per call: a new schedule from the training alphas_cumprod
+                # (as from_diffusers makes per call), wrap, grid and run; and from_diffusers itself
+                timers[COLD] = lambda: sample(
+                    DiffusionODE(ZeroModel(), DiscreteSchedule(acp), prediction="eps", time="index"),
+                    x,
+                    "ddim",
+                    steps=steps,
+                    grid="trailing",
+                )
+                if "diffusers:ddim" in peers.available_peers():
+                    timers[COLD_DIFFUSERS] = _from_diffusers_run(x, steps)
         avail = peers.available_peers()
         minus: dict[str, str] = {}
         for peer in ("diffusers:ddim", "diffusers:euler", "diffusers:dpmpp-2m", "diffusers:unipc"):
@@ -149,7 +164,25 @@ def measure_overhead(
                 continue
             t = (max(t - best[minus[who]], 0.0) if who in minus else t) / per.get(who, steps)
             rows.append({"shape": label, "who": who, "us_per_step": t * 1e6, "vs_floor": t / floor})
+        euler = best.get("k-diffusion:euler")
+        for who in (COLD, COLD_DIFFUSERS):
+            if euler is not None and who in best:
+                log(f"overhead {label}: {who} / k-diffusion:euler per step = {best[who] / euler:.2f}")
     return rows
+
+
+def _from_diffusers_run(x, steps):
+    """One sampling call as a diffusers user writes it: ``from_diffusers`` on a default DDIM config
+    (DDPM's linear betas, the table's schedule; a new ODE each call), diffusers' own timesteps, a run."""
+    import diffusers
+
+    from ..interop.diffusers import diffusers_grid, from_diffusers
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # numpy 2 notices inside diffusers
+        config = dict(diffusers.DDIMScheduler(timestep_spacing="trailing", clip_sample=False).config)
+    config = {k: v for k, v in config.items() if not k.startswith("_")}
+    return lambda: sample(from_diffusers(ZeroModel(), config), x, "ddim", sigmas=diffusers_grid(config, steps))
 
 
 def _diffusers_loop(label, sched, x, steps):

@@ -227,8 +227,28 @@ def schedule_from_config(config) -> DiscreteSchedule:
     start, end = (_config_number(cfg, "beta_start", 1e-4), _config_number(cfg, "beta_end", 0.02))
     kind = cfg.get("beta_schedule", "linear")
     zero_snr = bool(cfg.get("rescale_betas_zero_snr", False))
-    if cfg.get("trained_betas") is not None:
-        betas = torch.as_tensor(cfg["trained_betas"], dtype=torch.float32)
+    trained = cfg.get("trained_betas")
+    if trained is not None:
+        trained = torch.as_tensor(trained, dtype=torch.float32)
+    # built once per training schedule (the float64 products and checks cost more than a short run's
+    # steps): from_diffusers and diffusers_grid are called per sampling call with the same config
+    key = (T, start, end, repr(kind), zero_snr, None if trained is None else trained.cpu().numpy().tobytes())
+    hit = _SCHEDULES.get(key)
+    if hit is None:
+        hit = _build_schedule(T, start, end, kind, zero_snr, trained)
+        if len(_SCHEDULES) >= 32:
+            _SCHEDULES.clear()
+        _SCHEDULES[key] = hit
+    return hit
+
+
+#: the schedules made by schedule_from_config, by training schedule (schedules are immutable)
+_SCHEDULES: dict[tuple, DiscreteSchedule] = {}
+
+
+def _build_schedule(T: int, start: float, end: float, kind, zero_snr: bool, trained) -> DiscreteSchedule:
+    if trained is not None:
+        betas = trained
     elif kind == "linear":
         betas = torch.linspace(start, end, T, dtype=torch.float32)
     elif kind == "scaled_linear":

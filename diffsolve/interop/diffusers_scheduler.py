@@ -1,37 +1,20 @@
 """``DiffsolveScheduler``: any registered diffsolve solver as a drop-in diffusers scheduler.
 
-A diffusers pipeline owns the loop: ``set_timesteps(n)``, then for every ``t`` in
-``scheduler.timesteps`` it calls the model once and ``scheduler.step(model_output, t, sample)``.
-The scheduler answers each call with **one solver step** (docs/diffusers.md, "How it steps"):
-
-* The solver sees the model through a view of the ODE whose "model" returns the output the
-  pipeline passed to ``step``: its step ``i`` calls that model once, at the ``sample`` it was
-  given, so a solver's own history (DPM-Solver's, UniPC's, LMS's previous outputs) is kept as
-  model outputs, as diffusers' schedulers keep theirs, and a ``sample`` the pipeline edited
-  between steps (inpainting, step-end callbacks) is the one the step starts from. The loop is
-  linear in the number of steps.
-* A solver with k > 1 model calls per step (heun, the singlestep DPM-Solvers) exposes k
-  timesteps per step, in diffusers' interleaved convention (HeunDiscreteScheduler's
-  ``[t0, t1, t1, t2, t2, ...]``): the call after the first one of a step gets the point the
-  solver evaluates next as ``prev_sample``. A solver step is a generator that yields its model
-  requests (docs/plugins.md), so the scheduler keeps the step open between pipeline calls and
-  answers each request with the next model output: nothing is replayed.
-* ``emulate`` names the diffusers scheduler whose schedule is reproduced (set from the config's
-  ``_class_name`` by ``from_config``): its own ``set_timesteps`` gives the timesteps and sigmas
-  (each family's spacing rule, karras / Lu / exponential / beta sigmas, ``final_sigmas_type``,
-  custom ``timesteps=`` / ``sigmas=``), its keys select the diffsolve solver, order and
-  algorithm, and the sample lives in that family's space (VP for DDIM/DPM-Solver/UniPC/DEIS,
-  the k-diffusion space xbar for Euler/Heun/LMS: ``init_noise_sigma`` and
-  ``scale_model_input`` are the family's). Without ``emulate`` (a config without
-  ``_class_name``, or ``DiffsolveScheduler(...)``), the grid is ``grid`` or DDIM's timestep
-  rule, the state is the VP sample and ``timesteps`` has one entry per model call.
-
-The solver arithmetic is diffsolve's (docs/math.md E29-E30 and the solver files); only the
-schedule is taken from diffusers' own classes, so the two cannot disagree about timesteps.
+The pipeline owns the loop (``set_timesteps``, then model and ``step`` per timestep); each ``step``
+is one solver step whose model is the output the pipeline passed (docs/diffusers.md, "How it
+steps"). The step generator (docs/plugins.md) stays open across the k pipeline calls of a k-call
+step (diffusers' interleaved ``[t0, t1, t1, t2, ...]``): nothing is replayed, the loop is linear,
+and a sample the pipeline edited between steps is the one the next step starts from.
+``emulate`` (the config's ``_class_name`` under ``from_config``) names the diffusers scheduler whose
+own ``set_timesteps`` gives the timesteps and sigmas, whose keys choose the solver, and whose space
+the sample lives in (VP: DDIM/DPM-Solver/UniPC/DEIS; xbar: Euler/Heun/LMS). Without it, the grid is
+``grid`` or DDIM's timestep rule on the VP sample. The arithmetic is diffsolve's (docs/math.md
+E29-E30); only the schedule is taken from diffusers' own classes.
 """
 
 from __future__ import annotations
 
+import collections
 import inspect
 import itertools
 import math
@@ -48,13 +31,8 @@ from ..sampling import make_grid, make_noise_sampler, make_solver, state_dtype_f
 from ..schedules import DiscreteSchedule
 from ..solvers._exponential import combine
 from ..solvers.base import Solver, advance
-from ..thresholding import Clipping, DynamicThresholding
 from ..wrapper import DiffusionODE
-from .diffusers import (
-    PREDICTION_TYPES,
-    diffusers_grid,
-    schedule_from_config,
-)
+from .diffusers import PREDICTION_TYPES, diffusers_grid, schedule_from_config, transform_from_config
 
 __all__ = ["FAMILIES", "DataDependentCallsError", "DiffsolveScheduler"]
 
@@ -64,31 +42,13 @@ class DataDependentCallsError(ValueError):
 
 
 # -- the families ----------------------------------------------------------------------------------
-#: keys every family shares: the training schedule and the x0 correction
-_SCHEDULE_KEYS = (
-    "num_train_timesteps",
-    "beta_start",
-    "beta_end",
-    "beta_schedule",
-    "trained_betas",
-    "prediction_type",
-    "rescale_betas_zero_snr",
-    "timestep_spacing",
-    "steps_offset",
-)
-
-
 class _Family:
-    """What DiffsolveScheduler reproduces of one diffusers scheduler class."""
+    """What DiffsolveScheduler reproduces of one diffusers scheduler class: its space, its own method
+    (fcfg -> (solver, options, per-step order rule or None)) and the values of its keys it honours
+    (key -> predicate; a key not listed is honoured for every value)."""
 
-    def __init__(
-        self, name: str, space: str, method: Callable, honoured: dict[str, Callable[[Any], bool]] | None = None
-    ):
-        self.name, self.space = name, space
-        #: fcfg -> (diffsolve solver, options, per-step order rule or None): the family's own method
-        self.method = method
-        #: key -> predicate of the values honoured; a key not listed is honoured for every value
-        self.honoured = honoured or {}
+    def __init__(self, name: str, space: str, method: Callable, honoured: dict | None = None):
+        self.name, self.space, self.method, self.honoured = name, space, method, honoured or {}
 
     @property
     def cls(self):
@@ -141,16 +101,6 @@ def _unipc_orders(cfg, n: int, start: int, final_zero: bool) -> list[int]:
     return out
 
 
-def _dpmpp_3m_options() -> dict[str, Any]:
-    """THE PLUG POINT for DPM-Solver++(3M) with diffusers' reference weights.
-
-    diffusers' third-order multistep step weights the second divided difference by half of what the
-    exact weights have (docs/findings.md; diffsolve/solvers/dpm_solver_multistep.py): the reference
-    weights reproduce diffusers' numbers, so a scheduler emulating DPMSolverMultistep uses them.
-    """
-    return {"weights": "reference"}
-
-
 # -- each family's own method: (diffsolve solver, options, per-step order rule) from its keys ---------
 def _fixed(name: str, **options) -> Callable:
     return lambda fcfg: (name, dict(options), None)
@@ -170,7 +120,8 @@ def _dpm_method(fcfg):
     base = "dpmpp" if algo == "dpmsolver++" else "dpm-solver"
     options = {"solver_type": check[stype]}
     if order == 3 and base == "dpmpp":
-        options.update(_dpmpp_3m_options())
+        # diffusers' 3M halves the second divided difference's weight (docs/findings.md): its reference weights
+        options["weights"] = "reference"
     return f"{base}-{3 if order == 3 else 2}m", options, _dpm_orders
 
 
@@ -190,38 +141,23 @@ def _deis_method(fcfg):
     return "deis", {"solver_order": int(fcfg["solver_order"]), "variable": "log-sigma"}, _dpm_orders
 
 
+#: the flow-matching sigmas some multistep families can use instead of their DDPM schedule: refused
+_NO_FLOW = {"use_flow_sigmas": _false, "use_dynamic_shifting": _false}
+_DPM_KEYS = dict(
+    algorithm_type=_is("dpmsolver++", "dpmsolver", "sde-dpmsolver++"),
+    variance_type=_is(None, "learned_range", "learned"),
+)
+_UNIPC_KEYS = dict(
+    predict_x0=_is(True), disable_corrector=_false, solver_p=_is(None), **_NO_FLOW, shift_terminal=_is(None)
+)
 FAMILIES: dict[str, _Family] = {
     f.name: f
     for f in [
         _Family("DDIMScheduler", "vp", _fixed("ddim")),
         _Family("DDPMScheduler", "vp", _fixed("ddim"), {"variance_type": _is("fixed_small", "fixed_large")}),
-        _Family(
-            "DPMSolverMultistepScheduler",
-            "vp",
-            _dpm_method,
-            {
-                "algorithm_type": _is("dpmsolver++", "dpmsolver", "sde-dpmsolver++"),
-                "variance_type": _is(None, "learned_range", "learned"),
-                "use_flow_sigmas": _false,
-                "use_dynamic_shifting": _false,
-            },
-        ),
-        _Family(
-            "UniPCMultistepScheduler",
-            "vp",
-            _unipc_method,
-            {
-                "predict_x0": _is(True),
-                "disable_corrector": lambda v: not v,
-                "solver_p": _is(None),
-                "use_flow_sigmas": _false,
-                "use_dynamic_shifting": _false,
-                "shift_terminal": _is(None),
-            },
-        ),
-        _Family(
-            "DEISMultistepScheduler", "vp", _deis_method, {"use_flow_sigmas": _false, "use_dynamic_shifting": _false}
-        ),
+        _Family("DPMSolverMultistepScheduler", "vp", _dpm_method, {**_DPM_KEYS, **_NO_FLOW}),
+        _Family("UniPCMultistepScheduler", "vp", _unipc_method, _UNIPC_KEYS),
+        _Family("DEISMultistepScheduler", "vp", _deis_method, _NO_FLOW),
         _Family("EulerDiscreteScheduler", "ve", _fixed("ddim")),
         _Family("EulerAncestralDiscreteScheduler", "ve", _fixed("euler-ancestral")),
         _Family("HeunDiscreteScheduler", "ve", _fixed("heun")),
@@ -233,41 +169,16 @@ FAMILIES: dict[str, _Family] = {
 _OWN_KEYS = ("solver", "solver_options", "grid", "grid_options", "emulate")
 #: the keys that choose the integrator (honoured with the family's own solver only)
 _INTEGRATOR_KEYS = (
-    "solver_order",
-    "algorithm_type",
-    "solver_type",
-    "lower_order_final",
-    "euler_at_final",
-    "predict_x0",
-    "disable_corrector",
-    "solver_p",
-    "variance_type",
-)
-#: native mode (no ``emulate``): the keys it reads, with their defaults
-_NATIVE_DEFAULTS = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.0001,
-    "beta_end": 0.02,
-    "beta_schedule": "linear",
-    "trained_betas": None,
-    "prediction_type": "epsilon",
-    "rescale_betas_zero_snr": False,
-    "timestep_spacing": "leading",
-    "steps_offset": 0,
-    "clip_sample": False,
-    "clip_sample_range": 1.0,
-    "thresholding": False,
-    "dynamic_thresholding_ratio": 0.995,
-    "sample_max_value": 1.0,
-    "set_alpha_to_one": True,
-}
+    "solver_order algorithm_type solver_type lower_order_final euler_at_final predict_x0 disable_corrector solver_p"
+).split()
+#: native mode (no ``emulate``): the keys it reads, DDIMScheduler's, with their defaults (no clipping)
+_NATIVE_DEFAULTS = dict(FAMILIES["DDIMScheduler"].defaults(), clip_sample=False)
 
 
-def _all_family_keys() -> list[str]:
-    keys: dict[str, None] = {}
-    for fam in FAMILIES.values():
-        keys.update(dict.fromkeys(fam.defaults()))
-    return list(keys)
+def _family_keys() -> list[str]:
+    """Every key of the supported diffusers schedulers (DiffsolveScheduler's own excepted), once."""
+    keys = dict.fromkeys(k for fam in FAMILIES.values() for k in fam.defaults())
+    return [k for k in keys if k not in _OWN_KEYS]
 
 
 # -- the ODE the solver steps on ---------------------------------------------------------------------
@@ -294,22 +205,7 @@ class _StepODE(DiffusionODE):
         return xbar / math.sqrt(1.0 + float(sigma) ** 2)
 
 
-def _transform(cfg) -> Callable | None:
-    if cfg.get("thresholding"):
-        return DynamicThresholding(
-            float(cfg.get("dynamic_thresholding_ratio", 0.995)), max_value=float(cfg.get("sample_max_value", 1.0))
-        )
-    if cfg.get("clip_sample"):
-        r = float(cfg.get("clip_sample_range", 1.0))
-        return Clipping(-r, r)
-    return None
-
-
 # -- the scheduler --------------------------------------------------------------------------------------
-def _family_signature_keys() -> list[str]:
-    return [k for k in _all_family_keys() if k not in _OWN_KEYS]
-
-
 class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
     """A diffusers scheduler that runs the diffsolve solver ``solver`` (any registered name).
 
@@ -341,7 +237,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                 "(or None: diffsolve's own grid and DDIM's timestep rule)"
             )
         self.family = FAMILIES.get(emulate)
-        keys = _family_signature_keys()
+        keys = _family_keys()
         given = {k: cfg.get(k) for k in keys if cfg.get(k) is not None}
         if self.family is None:
             extra = sorted(k for k in given if k not in _NATIVE_DEFAULTS)
@@ -389,25 +285,16 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                 f"prediction_type={fcfg['prediction_type']!r} is not supported; supported: "
                 f"{', '.join(PREDICTION_TYPES)}"
             )
-        self.transform = _transform(fcfg)
+        self.transform = transform_from_config(fcfg)
         self.solver_name, self.solver_opts, self.orders_rule = self._choose_solver(cfg, fcfg)
         probe = make_solver(self.solver_name, **self.solver_opts)  # validates name and options now
         self.solver_class = type(probe)
         self.order = self.solver_class.calls_per_step
-        if self._ref is not None:
-            for attr in ("betas", "alphas", "alphas_cumprod"):
-                setattr(self, attr, getattr(self._ref, attr))
-        else:
-            sched = schedule_from_config(fcfg)
-            self.schedule = sched
-            from diffusers import DDIMScheduler
-
-            ref = DDIMScheduler.from_config({k: fcfg[k] for k in FAMILIES["DDIMScheduler"].defaults() if k in fcfg})
-            self.betas, self.alphas, self.alphas_cumprod = ref.betas, ref.alphas, ref.alphas_cumprod
-        acp = self.alphas_cumprod
-        self.final_alpha_cumprod = torch.tensor(1.0) if fcfg.get("set_alpha_to_one", True) else acp[0]
-        if self._ref is not None and hasattr(self._ref, "final_alpha_cumprod"):
-            self.final_alpha_cumprod = self._ref.final_alpha_cumprod
+        if self._ref is None:  # native mode: DDIM's keys, so DDIMScheduler's betas and final level
+            self.schedule = schedule_from_config(fcfg)
+        src = self._ref if self._ref is not None else FAMILIES["DDIMScheduler"].cls.from_config(fcfg)
+        self.betas, self.alphas, self.alphas_cumprod = src.betas, src.alphas, src.alphas_cumprod
+        self.final_alpha_cumprod = getattr(src, "final_alpha_cumprod", torch.tensor(1.0))  # 1: no set_alpha_to_one
 
     def _choose_solver(self, cfg, fcfg) -> tuple[str, dict, Callable | None]:
         """(solver name, options, step-order rule) from ``solver`` or the emulated family's keys."""
@@ -417,9 +304,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         if user is not None:
             if fam is not None:
                 defaults = self.family.defaults()
-                clash = sorted(
-                    k for k in _INTEGRATOR_KEYS if k in defaults and fcfg[k] != defaults[k] and k != "variance_type"
-                )
+                clash = sorted(k for k in _INTEGRATOR_KEYS if k in defaults and fcfg[k] != defaults[k])
                 if clash:
                     raise ValueError(
                         f"solver={user!r} replaces {fam}'s own method, so its key(s) {clash} (set to "
@@ -478,7 +363,22 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         self._step_index = None
         self._run = None
         if self._ref is not None:
-            return self._set_timesteps_family(num_inference_steps, device, timesteps, sigmas, kwargs)
+            params = inspect.signature(self._ref.set_timesteps).parameters
+            args: dict[str, Any] = dict(kwargs)
+            for key, val in (("timesteps", timesteps), ("sigmas", sigmas)):
+                if val is not None:
+                    if key not in params:
+                        raise ValueError(
+                            f"{self.family.name} does not take {key}= in set_timesteps; pass num_inference_steps"
+                        )
+                    args[key] = val
+            if num_inference_steps is not None:
+                n = num_inference_steps
+                args["num_inference_steps"] = _steps(n) if timesteps is None and sigmas is None else n
+            elif not ("timesteps" in args or "sigmas" in args):
+                raise ValueError("pass num_inference_steps (or timesteps= / sigmas=)")
+            self._ref.set_timesteps(device=device, **args)
+            return self._adopt_family_schedule(device)
         if kwargs:
             raise TypeError(f"set_timesteps got unexpected argument(s) {sorted(kwargs)}")
         if timesteps is not None:
@@ -506,59 +406,28 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         self.timesteps = (t.round().to(torch.int64) if integral else t.to(torch.float32)).to(device)
         self._ddim_rule = False
 
-    def _set_timesteps_family(self, n, device, timesteps, sigmas, kwargs):
-        ref = self._ref
-        params = inspect.signature(ref.set_timesteps).parameters
-        args: dict[str, Any] = dict(kwargs)
-        for key, val in (("timesteps", timesteps), ("sigmas", sigmas)):
-            if val is not None:
-                if key not in params:
-                    raise ValueError(
-                        f"{self.family.name} does not take {key}= in set_timesteps; pass num_inference_steps"
-                    )
-                args[key] = val
-        if n is not None:
-            args["num_inference_steps"] = _steps(n) if timesteps is None and sigmas is None else n
-        elif not ("timesteps" in args or "sigmas" in args):
-            raise ValueError("pass num_inference_steps (or timesteps= / sigmas=)")
-        ref.set_timesteps(device=device, **args)
-        self._adopt_family_schedule(device)
-
     def _adopt_family_schedule(self, device):
-        ref = self._ref
-        self.timesteps = ref.timesteps
-        self.num_inference_steps = ref.num_inference_steps
-        fam = self.family.name
+        ref, fam = self._ref, self.family.name
+        self.timesteps, self.num_inference_steps = ref.timesteps, ref.num_inference_steps
         self._ddim_rule = fam in ("DDIMScheduler", "DDPMScheduler") and self.solver_name == "ddim"
         if fam in ("DDIMScheduler", "DDPMScheduler"):
             # one step per timestep, to the family's previous timestep (or the final level)
             ts = [int(t) for t in ref.timesteps.tolist()]
-            self._grid = [self._sigma_of(t) for t in ts] + [self._sigma_prev(ts[-1])]
-            self.sigmas = torch.as_tensor(self._grid, dtype=torch.float32)
+            g = [self._sigma_of(t) for t in ts] + [self._sigma_prev(ts[-1])]
+            self.sigmas = torch.as_tensor(g, dtype=torch.float32)
         else:
-            self.sigmas = ref.sigmas
-            self._grid = ref.sigmas.to(torch.float64).tolist()
-            if fam != "HeunDiscreteScheduler":
-                # step k goes from sigmas[k] to sigmas[k + 1], as in diffusers (whose log-linear Euler
-                # schedule has one sigma more than it visits)
-                self._grid = self._grid[: len(ref.timesteps) + 1]
-        if self.solver_class.calls_per_step == 1 or self.solver_name == "heun" and fam == "HeunDiscreteScheduler":
-            if fam == "HeunDiscreteScheduler":
-                # diffusers' Heun grid: [s0, s1, s1, ..., s_{n-1}, s_{n-1}, 0] -> the solver's grid
-                g = self._grid
-                self._grid = [g[0]] + g[1:-1:2] + [g[-1]]
-            self._calls = self._call_map(self._grid)
+            self.sigmas, g = ref.sigmas, ref.sigmas.to(torch.float64).tolist()
+            # diffusers' Heun grid [s0, s1, s1, ..., s_{n-1}, s_{n-1}, 0] is the solver's [s0, s1, ..., 0]; the others
+            # step from sigmas[k] to sigmas[k + 1] (log-linear Euler's schedule has one sigma more than it visits)
+            g = [g[0]] + g[1:-1:2] + [g[-1]] if fam == "HeunDiscreteScheduler" else g[: len(ref.timesteps) + 1]
+        self._grid, self._calls = g, self._call_map(g)
+        if (self.solver_name == "heun") if fam == "HeunDiscreteScheduler" else (self.solver_class.calls_per_step == 1):
             if len(self._calls) != len(self.timesteps):
                 raise ValueError(
                     f"solver {self.solver_name!r} makes {len(self._calls)} model calls on "
                     f"{fam}'s schedule, which has {len(self.timesteps)} timesteps"
                 )
-        else:
-            # another solver on the family's grid: one timestep per call, at the family's sigma -> t
-            g = self._grid
-            if fam == "HeunDiscreteScheduler":
-                self._grid = g = [g[0]] + g[1:-1:2] + [g[-1]]
-            self._calls = self._call_map(g)
+        else:  # another solver on the family's grid: one timestep per call, at the family's sigma -> t
             self.timesteps = self._family_t([s for _, _, s in self._calls]).to(device)
 
     def _family_t(self, sig: list[float]) -> torch.Tensor:
@@ -640,24 +509,21 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         """The forward process at ``timesteps`` in the sample's space: sqrt(abar) x0 + sqrt(1 - abar)
         noise in VP space (E8), x0 + sigma noise in the k-diffusion space."""
         t = torch.as_tensor(timesteps, device="cpu").reshape(-1).to(torch.float64)
-        if self._ref is not None and self.space == "vp" and not torch.equal(t, t.round()):
-            # a multi-call solver's own timesteps on a DDIM/DDPM schedule fall between the training levels,
-            # which that scheduler's add_noise cannot index: the forward process at the call's own sigma (E8)
-            sig = torch.tensor([self._calls[self._index_for(float(v))][2] for v in t], dtype=torch.float64)
-            a = 1.0 / (1.0 + sig * sig)
-            view = (-1, *([1] * (original_samples.dim() - 1)))
-            sa = a.sqrt().to(original_samples.device, original_samples.dtype).reshape(view)
-            sb = (1 - a).sqrt().to(original_samples.device, original_samples.dtype).reshape(view)
-            return sa * original_samples + sb * noise
-        if self._ref is not None:
+        if self._ref is not None and (self.space == "ve" or torch.equal(t, t.round())):
             self._sync_ref()
             if self.family.name in ("DDIMScheduler", "DDPMScheduler") and isinstance(timesteps, torch.Tensor):
                 timesteps = timesteps.round().long()  # they index alphas_cumprod (integral here)
             return self._ref.add_noise(original_samples, noise, timesteps)
-        acp = self.alphas_cumprod.to(torch.float64)
-        lo = t.floor().long().clamp(0, len(acp) - 1)
-        hi = (lo + 1).clamp(max=len(acp) - 1)
-        a = acp[lo] + (t - lo) * (acp[hi] - acp[lo])
+        if self._ref is not None:
+            # a multi-call solver's own timesteps on a DDIM/DDPM schedule fall between the training levels,
+            # which that scheduler's add_noise cannot index: the forward process at the call's own sigma (E8)
+            sig = torch.tensor([self._calls[self._index_for(float(v))][2] for v in t], dtype=torch.float64)
+            a = 1.0 / (1.0 + sig * sig)
+        else:
+            acp = self.alphas_cumprod.to(torch.float64)
+            lo = t.floor().long().clamp(0, len(acp) - 1)
+            hi = (lo + 1).clamp(max=len(acp) - 1)
+            a = acp[lo] + (t - lo) * (acp[hi] - acp[lo])
         view = (-1, *([1] * (original_samples.dim() - 1)))
         sa = a.sqrt().to(original_samples.device, original_samples.dtype).reshape(view)
         sb = (1 - a).sqrt().to(original_samples.device, original_samples.dtype).reshape(view)
@@ -716,24 +582,19 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                 return [(i, 0, grid[i]) for i in range(n)]
             if self.family.name == "HeunDiscreteScheduler":  # two calls per step, one on the step into 0
                 return [c for i in range(n) for c in [(i, 0, grid[i])] + ([(i, 1, grid[i + 1])] if grid[i + 1] else [])]
+        name, elsewhere = repr(self.solver_name), "; use it through diffsolve.sample(diffsolve.from_diffusers(...))"
         if cls.legacy:
             raise ValueError(
-                f"solver {self.solver_name!r} uses the first Solver contract (step(i, x) calling the model "
-                "itself), which a pipeline cannot feed one model output at a time: port it to the generator "
-                "step(i, x, state) (docs/plugins.md, 'Porting a solver')"
+                f"solver {name} uses the first Solver contract (step(i, x) calls the model), which a pipeline "
+                "cannot feed: port it to the generator step(i, x, state) (docs/plugins.md, 'Porting a solver')"
             )
         if cls.adaptive:
             raise DataDependentCallsError(
-                f"solver {self.solver_name!r} chooses where to call the model from the data (adaptive step "
-                "control), but a diffusers pipeline needs its timesteps before the first call; use a fixed-step "
-                "solver in pipelines, or diffsolve.sample with diffsolve.from_diffusers"
+                f"solver {name} chooses where to call the model from the data (adaptive step control), but a "
+                f"pipeline needs its timesteps before the first call{elsewhere}"
             )
         if cls.step is Solver.step or cls.run is not Solver.run:
-            raise ValueError(
-                f"solver {self.solver_name!r} integrates the whole grid in run() and has no per-step step(), but a "
-                "diffusers pipeline hands over one model output at a time; use it through "
-                "diffsolve.sample(diffsolve.from_diffusers(model, config), ...)"
-            )
+            raise ValueError(f"solver {name} integrates the whole grid in run() and has no per-step step(){elsewhere}")
         if any(b >= a for a, b in itertools.pairwise(grid)):
             raise ValueError("the schedule's sigmas must be strictly decreasing for a multi-call solver")
         patterns = []
@@ -799,13 +660,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
 
     # -- DDIM / DDPM: memoryless steps to the family's previous timestep ------------------------------
     def _step_ddim(self, model_output, timestep, sample, eta, use_clipped, generator, variance_noise):
-        fam = self.family.name
-        t = int(timestep)
-        if (
-            self._step_index is None
-            or self._step_index >= len(self.timesteps)
-            or int(self.timesteps[self._step_index]) != t
-        ):
+        fam, t, k = self.family.name, int(timestep), self._step_index
+        if k is None or k >= len(self.timesteps) or int(self.timesteps[k]) != t:
             found = (self.timesteps == t).nonzero().flatten().tolist()
             self._step_index = found[0] if found else None
         s_t, s_s = self._sigma_of(t), self._sigma_prev(t)
@@ -815,32 +671,26 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             opts = {"eta": 1.0} if self.fcfg["variance_type"] == "fixed_small" else {"variance": "large"}
         else:
             opts = {"eta": float(eta or 0.0)}
-        clip_mixed = fam == "DDIMScheduler" and not use_clipped and self.transform is not None
-        out = self._run_memoryless(model_output, sample, s_t, s_s, opts, clip_mixed, generator, variance_noise)
-        if self._step_index is not None:
-            self._step_index += 1
-        return out
-
-    def _run_memoryless(self, model_output, sample, s_t, s_s, opts, clip_mixed, generator, variance_noise):
         in_dtype = sample.dtype
         state = state_dtype_for(in_dtype)
-        xbar = self._to_xbar(sample.to(state), s_t)
-        out = model_output.to(state)
-        if clip_mixed:
+        xbar, out = self._to_xbar(sample.to(state), s_t), model_output.to(state)
+        if fam == "DDIMScheduler" and not use_clipped and self.transform is not None:
             # diffusers' DDIM with use_clipped_model_output=False combines the clipped x0 with the raw
             # eps: that is the DDIM step (E30) from the point D_clipped + sigma eps_raw, on whose ray
             # D_clipped lies, with eps_raw as the (eps-prediction) output there
             conv = self._ode(lambda *a, **k: None, transform=None)
             d_raw, eps_raw = conv._convert(out, xbar, s_t, 1.0 / math.sqrt(1 + s_t * s_t))
-            d_c = self.transform(d_raw, s_t)
-            xbar = torch.add(d_c, eps_raw, alpha=s_t)
-            ode, out = self._ode(lambda x, t, **_: eps_raw, prediction="eps", transform=None), eps_raw
+            xbar = torch.add(self.transform(d_raw, s_t), eps_raw, alpha=s_t)
+            ode = self._ode(lambda x, t, **_: eps_raw, prediction="eps", transform=None)
         else:
             ode = self._ode(lambda x, t, **_: out)
         view = ode.start_run(input_dtype=in_dtype, wants_denoised=True)
         solver = make_solver("ddim", **opts)
-        state = solver.init(view, [s_t, s_s], self._noise_fn(generator, variance_noise))
-        x_next, denoised = advance(solver.step(0, xbar, state), view)
+        x_next, denoised = advance(
+            solver.step(0, xbar, solver.init(view, [s_t, s_s], self._noise_fn(generator, variance_noise))), view
+        )
+        if self._step_index is not None:
+            self._step_index += 1
         return self._from_xbar(x_next, s_s).to(in_dtype), denoised.to(in_dtype)
 
     # -- every other solver: one solver step per call ------------------------------------------------
@@ -906,10 +756,9 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         try:
             run["request"] = run["gen"].send(answer)
         except StopIteration as stop:
-            if j + 1 != self._calls_in_step(k):
+            if j + 1 != run["calls"][i]:
                 raise DataDependentCallsError(
-                    f"solver {self.solver_name!r} made {j + 1} model calls in step {i}, not the "
-                    f"{self._calls_in_step(k)} set_timesteps predicted"
+                    f"solver {self.solver_name!r} made {j + 1} model calls in step {i}, not {run['calls'][i]}"
                 ) from None
             x_next, denoised = stop.value
             s_next = run["state"].sigmas[i - run["start"] + 1]
@@ -918,10 +767,9 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             # (same tensor, no in-place edit since: its version counter), as diffsolve.sample would
             run["last"] = (prev, prev._version, x_next)
             return prev, (None if denoised is None else denoised.to(in_dtype))
-        if j + 1 >= self._calls_in_step(k):
+        if j + 1 >= run["calls"][i]:
             raise DataDependentCallsError(
-                f"solver {self.solver_name!r} asks for more than the {j + 1} model calls in step {i} "
-                "that set_timesteps predicted"
+                f"solver {self.solver_name!r} asks for more than {j + 1} model calls in step {i}"
             )
         # the step needs another call: the pipeline evaluates the model at the point it asks for next
         x_mid, s_mid, _ = run["request"]
@@ -941,15 +789,6 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                 x = combine(a, state.x_base, zip(w, [denoised] + state.history))
             run["corrected"] = True
         return x, denoised
-
-    def _calls_in_step(self, k: int) -> int:
-        counts = getattr(self, "_counts", None)
-        if counts is None or counts[0] is not self._calls:  # model calls per solver step, counted once
-            per: dict[int, int] = {}
-            for i, _, _ in self._calls:
-                per[i] = per.get(i, 0) + 1
-            self._counts = counts = (self._calls, per)
-        return counts[1][self._calls[k][0]]
 
     def _begin_run(self, k: int, sample, eta):
         i, j, _ = self._calls[k]
@@ -975,6 +814,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         in_dtype = sample.dtype
         state = state_dtype_for(in_dtype)
         run: dict[str, Any] = {"start": i, "dtype": state, "steps": len(grid) - 1, "bad": bad, "eta": float(eta or 0.0)}
+        run["calls"] = collections.Counter(c[0] for c in self._calls)  # model calls per solver step
         over = {"eta": float(eta)} if eta and self.solver_name == "ddim" else {}
         # the solver's model is the output of the pipeline's current call; its noise, the current call's
         view = self._ode(lambda x, t, **_: run["out"]).start_run(input_dtype=in_dtype, wants_denoised=True)
@@ -997,13 +837,12 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         if not chosen and name in FAMILIES:
             cfg["emulate"] = name
             cfg.pop("_use_default_values", None)  # the source's own defaults are the values to reproduce
-            full = dict(FAMILIES[name].defaults())
-            full.update({k: v for k, v in cfg.items() if k in full})
-            cfg.update(full)
+            cfg.update({k: cfg.get(k, v) for k, v in FAMILIES[name].defaults().items()})
         elif not chosen and name is not None and not issubclass(cls, _class_named(name)):
-            keys = _init_keys_of(name)
+            defaults = _init_defaults(name)
+            keys = set(defaults)
             beta = bool(keys & {"beta_schedule", "trained_betas"})  # a DDPM training schedule native mode reads
-            spacing = sorted(k for k in _GRID_KEYS if k in cfg and cfg[k] != _default_of(name, k))
+            spacing = sorted(k for k in _GRID_KEYS if k in cfg and cfg[k] != defaults.get(k))
             if not beta or spacing:
                 what = "its schedule is not a DDPM beta schedule" if not beta else f"its key(s) {spacing} set the grid"
                 raise ValueError(
@@ -1035,7 +874,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
 
 
 def _class_named(name: str) -> type:
-    """The diffusers scheduler class ``name`` (or ``object`` when diffusers has none: never a base)."""
+    """The diffusers scheduler class ``name`` (a class nothing derives from when diffusers has none)."""
     import diffusers
 
     found = getattr(diffusers, name, None) if name.isidentifier() else None
@@ -1053,32 +892,19 @@ _GRID_KEYS = (
 )
 
 
-def _default_of(name: str, key: str):
-    param = inspect.signature(_class_named(name).__init__).parameters.get(key)
-    return None if param is None else param.default
-
-
-def _init_keys_of(name: str) -> set[str]:
-    cls = _class_named(name)
-    init = cls.__dict__.get("__init__") if "_Unknown" != cls.__name__ else None
-    return set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"} if init is not None else set()
+def _init_defaults(name: str) -> dict:
+    """The keys of diffusers' class ``name``'s own ``__init__``, with their defaults ({}: no such class)."""
+    init = _class_named(name).__dict__.get("__init__")
+    params = inspect.signature(init).parameters.items() if init is not None else ()
+    return {k: p.default for k, p in params if k not in ("self", "kwargs")}
 
 
 def _family_of_keys(cfg) -> str | None:
     """The diffusers scheduler whose keys are exactly those of ``cfg`` (the config of a scheduler
     built in this process carries no ``_class_name``; its keys still name its class)."""
-    import diffusers
-
     keys = {k for k in cfg if not k.startswith("_")}
-    names = dict.fromkeys(list(FAMILIES) + list(diffusers.DDIMScheduler._compatibles))
-    hits = []
-    for name in names:
-        cls = getattr(diffusers, name, None)
-        if (
-            cls is not None
-            and {k for k in inspect.signature(cls.__init__).parameters if k not in ("self", "kwargs")} == keys
-        ):
-            hits.append(name)
+    names = dict.fromkeys([*FAMILIES, *FAMILIES["DDIMScheduler"].cls._compatibles])
+    hits = [name for name in names if keys and set(_init_defaults(name)) == keys]
     if len(hits) > 1:
         raise ValueError(
             f"the config's keys are those of {' and of '.join(hits)}: pass the scheduler itself "
@@ -1088,35 +914,25 @@ def _family_of_keys(cfg) -> str | None:
 
 
 def _steps(n) -> int:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        try:
-            if float(n) == int(n) and int(n) >= 1 and not isinstance(n, bool):
-                return int(n)
-        except (TypeError, ValueError):
-            pass
-        raise ValueError(f"num_inference_steps must be an integer >= 1, got {n!r}")
-    return n
+    try:
+        if not isinstance(n, bool) and float(n) == int(n) >= 1:
+            return int(n)
+    except (TypeError, ValueError):
+        pass
+    raise ValueError(f"num_inference_steps must be an integer >= 1, got {n!r}")
 
 
 def _make_init():
     """DiffsolveScheduler.__init__ with every diffusers key as an explicit keyword (default None:
     the emulated scheduler's default), so ``register_to_config`` records them all."""
-    keys = _family_signature_keys()
-    params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
-    for k in _OWN_KEYS + tuple(keys):
-        params.append(inspect.Parameter(k, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None))
-    sig = inspect.Signature(params)
+    P = inspect.Parameter
+    keys = ("self", *_OWN_KEYS, *_family_keys())
+    sig = inspect.Signature([P(k, P.POSITIONAL_OR_KEYWORD, **({} if k == "self" else {"default": None})) for k in keys])
 
     def __init__(self, *args, **kwargs):
-        bound = sig.bind(self, *args, **kwargs)
-        bound.apply_defaults()
-        self._begin_index = None
-        self._step_index = None
-        self._run = None
-        self._grid = None
-        self.num_inference_steps = None
-        self.timesteps = None
-        self.sigmas = None
+        sig.bind(self, *args, **kwargs)  # an unknown key is a TypeError, as in any __init__
+        self._begin_index = self._step_index = self._run = self._grid = None
+        self.num_inference_steps = self.timesteps = self.sigmas = None
         self._ddim_rule = False
         self._setup()
         self.timesteps = torch.arange(int(self.fcfg["num_train_timesteps"]) - 1, -1, -1, dtype=torch.int64)
