@@ -8,21 +8,16 @@ every reference below calls it once per prediction and applies the formula with 
 
 from __future__ import annotations
 
-import importlib.metadata as metadata
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from example_install import pip_install_example
 
 import diffsolve as ds
 from diffsolve.analytic import default_schedule
 from diffsolve.plugins import Registry, UnknownNameError
 
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE = ROOT / "examples" / "diffsolve-example-guidance"
 F64 = torch.float64
 # float64 rounding of O(1)..O(100) values through a handful of operations
 TOL = 1e-12
@@ -471,22 +466,8 @@ def test_interval_accepts_an_open_top():
 def installed_guidance_example(tmp_path_factory):
     """The example guidance distribution, really installed with pip from its local path (into a temp dir)."""
     target = tmp_path_factory.mktemp("site")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation"]
-        + ["--target", str(target), str(EXAMPLE)],
-        check=True,
-    )
-    sys.path.insert(0, str(target))
-    try:
-        yield [
-            ep
-            for dist in metadata.distributions(path=[str(target)])
-            for ep in dist.entry_points
-            if ep.group == "diffsolve"
-        ]
-    finally:
-        sys.path.remove(str(target))
-        sys.modules.pop("diffsolve_example_guidance", None)
+    with pip_install_example("diffsolve-example-guidance", target, "diffsolve_example_guidance") as eps:
+        yield eps
 
 
 def test_a_plugin_adds_a_guidance_method_through_an_entry_point(installed_guidance_example):
