@@ -46,6 +46,18 @@ def guided(guidance, **kw):
     return ds.wrap(model, SCHED, time="index", cond={"y": Y}, uncond={"y": NULL}, guidance=guidance, **kw)
 
 
+def guided_flow(guidance):
+    """The same labels and model read as a flow (velocity) model on ds.FlowSchedule()."""
+    return ds.wrap(
+        lambda x, t, y: model(x, t * 1000, y),
+        ds.FlowSchedule(),
+        prediction="flow",
+        cond={"y": Y},
+        uncond={"y": NULL},
+        guidance=guidance,
+    )
+
+
 def state(seed=1, sigma=3.0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(3, 1, 4, 4, generator=g, dtype=F64) * math.sqrt(1 + sigma**2)
@@ -339,14 +351,7 @@ def test_cfg_zero_star_is_the_optimized_scale_with_zero_init():
     with pytest.raises(ValueError, match="zero-init.*inside a run"):
         ode.predict(xbar, sigma)
     # a flow model: zero-init is the zero velocity, the first step leaves the model-space state where it is
-    flow = ds.wrap(
-        lambda x, t, y: model(x, t * 1000, y),
-        ds.FlowSchedule(),
-        prediction="flow",
-        cond={"y": Y},
-        uncond={"y": NULL},
-        guidance=ds.make_guidance("cfg-zero-star", scale=w, zero_init_steps=1),
-    )
+    flow = guided_flow(ds.make_guidance("cfg-zero-star", scale=w, zero_init_steps=1))
     sig = [4.0, 1.5, 0.5, 0.0]
     traj = ds.sample(flow, state(sigma=0.0), "ddim", sigmas=sig, return_trajectory=True)[1]
     assert torch.allclose(traj[0], traj[1], atol=TOL, rtol=0)
@@ -445,14 +450,7 @@ def test_bad_names_scales_and_intervals_raise_clear_errors(call, error, match):
 
 
 def test_a_method_refuses_a_grid_from_sigma_infinity():
-    flow = ds.wrap(
-        lambda x, t, y: model(x, t * 1000, y),
-        ds.FlowSchedule(),
-        prediction="flow",
-        cond={"y": Y},
-        uncond={"y": NULL},
-        guidance=ds.make_guidance("cfg", scale=3.0),
-    )
+    flow = guided_flow(ds.make_guidance("cfg", scale=3.0))
     with pytest.raises(ValueError, match="sigma = inf is not supported"):
         ds.sample(flow, state(sigma=0.0), "ddim", sigmas=[math.inf, 1.0, 0.0])
 
