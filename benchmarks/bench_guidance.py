@@ -7,7 +7,8 @@
     python benchmarks/bench_guidance.py compact                   # the matrices of docs/guidance.md
     python benchmarks/bench_guidance.py picture                   # docs/images/guidance_methods.png
 
-Options: ``--scales 1,2,4,8,12 --solvers ddim,dpmpp-2m --nfe 5,10,20 --threshold both|on|off --out DIR``.
+Options: ``--scales 1,2,4,8,12 --solvers ddim,dpmpp-2m --nfe 5,10,20 --threshold both|on|off --out DIR``,
+``--methods "cfg++,cfg++ 0.6"`` (labels of ``METHODS``, methods part only).
 Every cell samples the 297 labels of the held-out digits (``DigitsCondProblem.eval_labels``) from the seed
 ``--seed`` in float32 on the CPU with one thread, on the ``trailing`` grid with the most steps that fit the NFE,
 and appends one JSON line to ``DIR/<part>.jsonl`` as soon as it is done: a rerun skips the cells already there
@@ -90,7 +91,7 @@ def run_cell(problem, labels, x_T, *, method, scale, solver, nfe, threshold, opt
     transform = ds.DynamicThresholding(0.995) if threshold else (ds.Clipping(-1.0, 1.0) if clip else None)
     ode = problem.ode(torch.float32, labels=labels, guidance=guidance, denoised_transform=transform)
     if steps is None:
-        steps = steps_for_nfe(solver, problem.schedule, GRID, nfe, problem.shape)
+        steps = steps_for_nfe(solver, nfe, grid=GRID, schedule=problem.schedule)
     row = {"steps": steps}
     if steps is None:
         return {**row, "error": f"no step count of {solver} fits NFE {nfe}"}
@@ -123,6 +124,7 @@ def _cells(args):
         return [
             (label, (name, scale), solver, n, False, opts)
             for label, name, scale, opts in METHODS
+            if args.methods is None or label in args.methods
             for n in args.nfe
             for solver in solvers
         ]
@@ -136,6 +138,7 @@ def main() -> None:
     p.add_argument("--solvers", type=lambda t: t.split(","), default=None)
     p.add_argument("--nfe", type=_ints, default=[5, 10, 20])
     p.add_argument("--threshold", choices=["both", "on", "off"], default="both")
+    p.add_argument("--methods", type=lambda t: t.split(","), default=None, help="labels of METHODS (methods part)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("bench-results/guidance"))
     args = p.parse_args()
@@ -256,7 +259,7 @@ def run_cell_samples(problem, labels, x_T, *, method, scale, solver, nfe, option
     guidance = float(scale) if method == "cfg" and not options else problem.guidance(method, scale, **options)
     transform = ds.DynamicThresholding(0.995) if threshold else None
     ode = problem.ode(torch.float32, labels=labels, guidance=guidance, denoised_transform=transform)
-    steps = steps or steps_for_nfe(solver, problem.schedule, GRID, nfe, problem.shape)
+    steps = steps or steps_for_nfe(solver, nfe, grid=GRID, schedule=problem.schedule)
     if steps is None:
         return None
     return ds.sample(

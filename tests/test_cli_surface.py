@@ -12,6 +12,7 @@ import argparse
 import math
 
 import pytest
+from cli_run import run_cli
 
 from diffsolve import cli
 
@@ -61,15 +62,6 @@ def _cases():
                     yield name, flag, value
 
 
-def _run(argv, capsys):
-    try:
-        code = cli.main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 CASES = list(_cases())
 
 
@@ -88,7 +80,7 @@ def test_a_numeric_flag_at_zero_negative_or_huge_is_refused_in_one_line_or_accep
         assert got in (float(value), [int(value)])
         return
     out_dir = {"tune": ["--out", str(tmp_path / "r.json")], "bench": ["--out", str(tmp_path / "b")]}.get(command, [])
-    code, out, err = _run([command, flag, value, *out_dir], capsys)
+    code, out, err = run_cli([command, flag, value, *out_dir], capsys)
     lines = err.strip().splitlines()
     assert code == 2, (code, out, err)
     assert len(lines) == 1 and "error:" in lines[0] and "Traceback" not in err, err
@@ -99,21 +91,21 @@ def test_an_accepted_edge_value_runs(capsys):
     # the zero seeds are defaults that the other CLI tests run; a huge eta is not: it runs, with the solver's warning
     argv = ["sample", "--seed", "0", "--eta", "1000000000000", "--samples", "1", "--steps", "1"]
     with pytest.warns(UserWarning, match="more noise than the marginal"):
-        code, out, err = _run(argv, capsys)
+        code, out, err = run_cli(argv, capsys)
     assert code == 0 and "NFE=1" in out, err
 
 
 def test_sample_samples_zero_is_an_error_not_the_default_count(capsys):
     # issue 23 item 3: --samples 0 ran the default 256, --samples -5 was a traceback
     for value in ("0", "-5"):
-        code, _, err = _run(["sample", "--samples", value], capsys)
+        code, _, err = run_cli(["sample", "--samples", value], capsys)
         assert code == 2 and "argument --samples/--n: must be an integer in [1," in err
 
 
 @pytest.mark.parametrize("flag", [["--solver", "heun"], ["--steps", "5"], ["--grid", "karras"], ["--eta", "0.5"]])
 def test_sample_with_a_recipe_refuses_a_solver_steps_grid_or_option(flag, capsys, tmp_path):
     # issue 23 item 3: --recipe with --solver/--steps ran the recipe and ignored them
-    code, _, err = _run(["sample", "--recipe", str(tmp_path / "r.json"), *flag], capsys)
+    code, _, err = run_cli(["sample", "--recipe", str(tmp_path / "r.json"), *flag], capsys)
     assert code == 2 and f"--recipe fixes the solver, its options and its grid: drop {flag[0]}" in err
 
 
@@ -124,19 +116,19 @@ def test_sample_with_a_recipe_writes_the_picture_it_is_asked_for(capsys, tmp_pat
     shipped = sorted(p for d in recipes_dir for p in __import__("pathlib").Path(d).glob("digits*nfe3*.json"))
     assert shipped, "a shipped digits recipe"
     png = tmp_path / "x.png"
-    code, out, err = _run(["sample", "--recipe", str(shipped[0]), "--samples", "1", "--out", str(png)], capsys)
+    code, out, err = run_cli(["sample", "--recipe", str(shipped[0]), "--samples", "1", "--out", str(png)], capsys)
     assert code == 0 and png.stat().st_size > 0 and f"wrote {png}" in out, err
-    code, _, err = _run(["sample", "--recipe", str(shipped[0]), "--problem", "gmm2d", "--out", str(png)], capsys)
+    code, _, err = run_cli(["sample", "--recipe", str(shipped[0]), "--problem", "gmm2d", "--out", str(png)], capsys)
     assert code == 2 and "--out writes samples of the digits model" in err
 
 
 def test_batch_outside_digits_is_an_error_not_ignored(capsys):
-    code, _, err = _run(["sample", "--batch", "4", "--samples", "4"], capsys)
+    code, _, err = run_cli(["sample", "--batch", "4", "--samples", "4"], capsys)
     assert code == 2 and "--batch is for --problem digits" in err
 
 
 def test_the_help_describes_every_subcommand(capsys):
-    code, out, _ = _run(["--help"], capsys)
+    code, out, _ = run_cli(["--help"], capsys)
     assert code == 0
     for name in _subparsers():
         line = next(line for line in out.splitlines() if line.strip().startswith(name))
@@ -154,7 +146,7 @@ def test_float_flags_refuse_nan_and_inf():
 
 def test_diffsolve_list_describes_every_grid_and_solver_in_full(capsys):
     # issue 23 item 11: ddim-uniform had an empty description and ddim-quad's stopped mid-sentence
-    code, out, _ = _run(["list"], capsys)
+    code, out, _ = run_cli(["list"], capsys)
     assert code == 0
     rows = [line.split("]", 1) for line in out.splitlines() if line.startswith("  ") and "]" in line]
     assert len(rows) >= 14

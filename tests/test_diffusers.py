@@ -1,6 +1,6 @@
 """diffusers interop: from_diffusers and DiffsolveScheduler inside real diffusers pipelines.
 
-The UNet is a tiny randomly initialised UNet2DModel built here (no download). Pipelines return
+The UNet is a tiny randomly initialised UNet2DModel (tests/tiny_models.py, no download). Pipelines return
 images as (x/2 + 1/2).clamp(0, 1); with ``clip_sample=True`` the DDIM result is the clipped
 x0-prediction, so nothing is lost to that clamp.
 """
@@ -23,9 +23,9 @@ from diffusers import (
     KDPM2DiscreteScheduler,
     LMSDiscreteScheduler,
     PNDMScheduler,
-    UNet2DModel,
     UniPCMultistepScheduler,
 )
+from tiny_models import tiny_unet
 
 import diffsolve as ds
 from diffsolve.interop.diffusers_scheduler import (
@@ -39,21 +39,7 @@ STEPS = 5
 
 @pytest.fixture(scope="module")
 def unet():
-    torch.manual_seed(0)
-    return (
-        UNet2DModel(
-            sample_size=8,
-            in_channels=3,
-            out_channels=3,
-            layers_per_block=1,
-            block_out_channels=(4, 8),
-            down_block_types=("DownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "UpBlock2D"),
-            norm_num_groups=4,
-        )
-        .to(torch.float32)
-        .eval()
-    )
+    return tiny_unet(channels=3, dtype=torch.float32)
 
 
 def _run(pipe, seed=1, **kwargs):

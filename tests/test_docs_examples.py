@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_run import run_cli
 
 import diffsolve as ds
 from diffsolve import cli
@@ -112,15 +113,6 @@ def test_a_documented_command_parses(page, cmd, tmp_path):
         assert exc.code == 0 and "--help" in argv, f"{page}: `{cmd}` does not parse"
 
 
-def _run(argv, capsys):
-    try:
-        code = cli.main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 RUN = [
     (p, c)
     for p, c in SHELL
@@ -131,7 +123,7 @@ RUN = [
 @pytest.mark.parametrize("page, cmd", RUN, ids=[c for _, c in RUN])
 def test_a_documented_command_runs(page, cmd, tmp_path, capsys):
     argv = _substituted(cmd, _argv(cmd, tmp_path))
-    code, out, err = _run(argv, capsys)
+    code, out, err = run_cli(argv, capsys)
     assert code == 0, f"{page}: `{cmd}` (run as {argv}) failed: {err}"
 
 
@@ -142,7 +134,7 @@ def test_the_documented_tune_then_sample_recipe_runs(tmp_path, capsys):
     assert tunes and samples
     for cmd in tunes + samples:  # the recipe the tune example writes is the one the sample example reads
         argv = _substituted(cmd, _argv(cmd, tmp_path))
-        code, out, err = _run(argv, capsys)
+        code, out, err = run_cli(argv, capsys)
         assert code == 0, f"`{cmd}` (run as {argv}) failed: {err}"
 
 

@@ -8,21 +8,16 @@ every reference below calls it once per prediction and applies the formula with 
 
 from __future__ import annotations
 
-import importlib.metadata as metadata
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from example_install import pip_install_example
 
 import diffsolve as ds
 from diffsolve.analytic import default_schedule
 from diffsolve.plugins import Registry, UnknownNameError
 
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE = ROOT / "examples" / "diffsolve-example-guidance"
 F64 = torch.float64
 # float64 rounding of O(1)..O(100) values through a handful of operations
 TOL = 1e-12
@@ -49,6 +44,18 @@ NULL = torch.tensor([2, 2, 2])
 
 def guided(guidance, **kw):
     return ds.wrap(model, SCHED, time="index", cond={"y": Y}, uncond={"y": NULL}, guidance=guidance, **kw)
+
+
+def guided_flow(guidance):
+    """The same labels and model read as a flow (velocity) model on ds.FlowSchedule()."""
+    return ds.wrap(
+        lambda x, t, y: model(x, t * 1000, y),
+        ds.FlowSchedule(),
+        prediction="flow",
+        cond={"y": Y},
+        uncond={"y": NULL},
+        guidance=guidance,
+    )
 
 
 def state(seed=1, sigma=3.0):
@@ -344,14 +351,7 @@ def test_cfg_zero_star_is_the_optimized_scale_with_zero_init():
     with pytest.raises(ValueError, match="zero-init.*inside a run"):
         ode.predict(xbar, sigma)
     # a flow model: zero-init is the zero velocity, the first step leaves the model-space state where it is
-    flow = ds.wrap(
-        lambda x, t, y: model(x, t * 1000, y),
-        ds.FlowSchedule(),
-        prediction="flow",
-        cond={"y": Y},
-        uncond={"y": NULL},
-        guidance=ds.make_guidance("cfg-zero-star", scale=w, zero_init_steps=1),
-    )
+    flow = guided_flow(ds.make_guidance("cfg-zero-star", scale=w, zero_init_steps=1))
     sig = [4.0, 1.5, 0.5, 0.0]
     traj = ds.sample(flow, state(sigma=0.0), "ddim", sigmas=sig, return_trajectory=True)[1]
     assert torch.allclose(traj[0], traj[1], atol=TOL, rtol=0)
@@ -450,14 +450,7 @@ def test_bad_names_scales_and_intervals_raise_clear_errors(call, error, match):
 
 
 def test_a_method_refuses_a_grid_from_sigma_infinity():
-    flow = ds.wrap(
-        lambda x, t, y: model(x, t * 1000, y),
-        ds.FlowSchedule(),
-        prediction="flow",
-        cond={"y": Y},
-        uncond={"y": NULL},
-        guidance=ds.make_guidance("cfg", scale=3.0),
-    )
+    flow = guided_flow(ds.make_guidance("cfg", scale=3.0))
     with pytest.raises(ValueError, match="sigma = inf is not supported"):
         ds.sample(flow, state(sigma=0.0), "ddim", sigmas=[math.inf, 1.0, 0.0])
 
@@ -471,22 +464,8 @@ def test_interval_accepts_an_open_top():
 def installed_guidance_example(tmp_path_factory):
     """The example guidance distribution, really installed with pip from its local path (into a temp dir)."""
     target = tmp_path_factory.mktemp("site")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation"]
-        + ["--target", str(target), str(EXAMPLE)],
-        check=True,
-    )
-    sys.path.insert(0, str(target))
-    try:
-        yield [
-            ep
-            for dist in metadata.distributions(path=[str(target)])
-            for ep in dist.entry_points
-            if ep.group == "diffsolve"
-        ]
-    finally:
-        sys.path.remove(str(target))
-        sys.modules.pop("diffsolve_example_guidance", None)
+    with pip_install_example("diffsolve-example-guidance", target, "diffsolve_example_guidance") as eps:
+        yield eps
 
 
 def test_a_plugin_adds_a_guidance_method_through_an_entry_point(installed_guidance_example):

@@ -1,12 +1,13 @@
 """Guided sampling of a diffusers conditional UNet with any guidance method (diffsolve.interop.diffusers_guidance).
 
-The UNet is a tiny randomly initialised UNet2DConditionModel built here (no download)."""
+The UNet is a tiny randomly initialised UNet2DConditionModel (tests/tiny_models.py, no download)."""
 
 import math
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, UNet2DConditionModel
+from diffusers import DDIMScheduler
+from tiny_models import tiny_cond_unet
 
 import diffsolve as ds
 from diffsolve.interop.diffusers_guidance import guided_ode
@@ -14,23 +15,7 @@ from diffsolve.interop.diffusers_guidance import guided_ode
 
 @pytest.fixture(scope="module")
 def unet():
-    torch.manual_seed(0)
-    return (
-        UNet2DConditionModel(
-            sample_size=8,
-            in_channels=4,
-            out_channels=4,
-            layers_per_block=1,
-            block_out_channels=(8, 16),
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=8,
-            attention_head_dim=2,
-            norm_num_groups=4,
-        )
-        .to(torch.float64)
-        .eval()
-    )
+    return tiny_cond_unet(dtype=torch.float64)
 
 
 SCHED = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False)

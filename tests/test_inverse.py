@@ -376,23 +376,10 @@ def test_list_restorers_names_the_six_methods():
 
 # -- a flow-matching model from diffusers ----------------------------------------------------------------
 def test_restore_works_with_a_flow_matching_model_from_diffusers():
-    from diffusers import FlowMatchEulerDiscreteScheduler, UNet2DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from tiny_models import tiny_unet
 
-    torch.manual_seed(0)
-    unet = (
-        UNet2DModel(
-            sample_size=8,
-            in_channels=1,
-            out_channels=1,
-            layers_per_block=1,
-            block_out_channels=(4, 8),
-            down_block_types=("DownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "UpBlock2D"),
-            norm_num_groups=4,
-        )
-        .to(torch.float32)
-        .eval()
-    )
+    unet = tiny_unet(channels=1, dtype=torch.float32)
     ode = ds.from_diffusers(unet, FlowMatchEulerDiscreteScheduler(shift=1.0))
     truth = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float32) * 2 - 1
     op = Inpaint.random((1, 8, 8), 0.5, torch.Generator().manual_seed(2))
@@ -406,35 +393,14 @@ def test_restore_works_with_a_flow_matching_model_from_diffusers():
 
 # -- a restorer plugin through an installed distribution ---------------------------------------------------
 def test_a_restorer_plugin_installed_from_its_distribution_registers_and_restores(tmp_path, monkeypatch):
-    import importlib.metadata as metadata
-    import subprocess
-    import sys
-    from pathlib import Path
+    from example_install import pip_install_example
 
     from diffsolve.plugins import Registry, registry
 
-    example = Path(__file__).resolve().parents[1] / "examples" / "diffsolve-example-restorer"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--target",
-            str(tmp_path),
-            str(example),
-        ],
-        check=True,
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    eps = [ep for d in metadata.distributions(path=[str(tmp_path)]) for ep in d.entry_points if ep.group == "diffsolve"]
-    reg = Registry(entry_points=eps, disabled=()).load()
-    assert reg.restorers["example-replace"][1] == "diffsolve-example-restorer:example-restorer"
-    monkeypatch.setattr(registry, "_default", reg)
-    try:
+    with pip_install_example("diffsolve-example-restorer", tmp_path, "diffsolve_example_restorer") as eps:
+        reg = Registry(entry_points=eps, disabled=()).load()
+        assert reg.restorers["example-replace"][1] == "diffsolve-example-restorer:example-restorer"
+        monkeypatch.setattr(registry, "_default", reg)
         assert "example-replace" in ds.list_restorers()
         op = mask()
         y = op.forward(x_true())
@@ -442,8 +408,6 @@ def test_a_restorer_plugin_installed_from_its_distribution_registers_and_restore
         torch.testing.assert_close(op.forward(out), y, rtol=0, atol=1e-12)  # its rule: the measured part is y
         with pytest.raises(ValueError, match="unknown restorer 'example-replace'"):
             Registry(entry_points=eps, disabled=("example-restorer",)).load().restorer("example-replace")
-    finally:
-        sys.modules.pop("diffsolve_example_restorer", None)
 
 
 # -- the benchmark (diffsolve/bench/inverse.py) ------------------------------------------------------------

@@ -1,52 +1,21 @@
 """Plugins: solvers and grids arrive through entry points; broken plugins are reported and skipped."""
 
-import importlib.metadata as metadata
-import subprocess
-import sys
 import types
-from pathlib import Path
 
 import pytest
 import torch
+from example_install import pip_install_example
 
 import diffsolve as ds
 from diffsolve.plugins import DuplicateNameError, PluginWarning, Registry, UnknownNameError
-
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE = ROOT / "examples" / "diffsolve-example-plugin"
 
 
 @pytest.fixture(scope="module")
 def installed_example(tmp_path_factory):
     """The example plugin distribution, really installed with pip from its local path (into a temp dir)."""
     target = tmp_path_factory.mktemp("site")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--target",
-            str(target),
-            str(EXAMPLE),
-        ],
-        check=True,
-    )
-    sys.path.insert(0, str(target))
-    try:
-        eps = [
-            ep
-            for dist in metadata.distributions(path=[str(target)])
-            for ep in dist.entry_points
-            if ep.group == "diffsolve"
-        ]
+    with pip_install_example("diffsolve-example-plugin", target, "diffsolve_example_plugin") as eps:
         yield eps
-    finally:
-        sys.path.remove(str(target))
-        sys.modules.pop("diffsolve_example_plugin", None)
 
 
 def test_installed_plugin_solver_and_grid_appear_and_sample(installed_example):

@@ -284,17 +284,9 @@ def test_a_tuned_candidate_worse_on_held_out_than_a_fixed_one_falls_back_to_it(t
 
 def test_tune_refuses_a_clipped_diffusers_ode_at_once_and_tunes_the_unclipped_one():
     diffusers = pytest.importorskip("diffusers")
-    torch.manual_seed(0)
-    unet = diffusers.UNet2DModel(
-        sample_size=8,
-        in_channels=3,
-        out_channels=3,
-        layers_per_block=1,
-        block_out_channels=(4, 8),
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=4,
-    ).eval()
+    from tiny_models import tiny_unet
+
+    unet = tiny_unet(channels=3, dtype=torch.float64)  # the default dtype of the test suite (conftest.py)
     x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     clipped = ds.from_diffusers(unet, diffusers.DDPMScheduler())  # clip_sample=True is the default
     with pytest.raises(ValueError, match=r"follow_clipping=False.*teacher="):

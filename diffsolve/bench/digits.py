@@ -115,6 +115,14 @@ def to_model_space(images: torch.Tensor, size: int = 8) -> torch.Tensor:
     return x
 
 
+def _model_space_data(cache: dict, split: str, size: int) -> torch.Tensor:
+    """The real digits of ``split`` in model space (N, 1, size, size), float64, computed once per ``cache``."""
+    if ("data", split) not in cache:
+        images, _ = load_digits_split(split)
+        cache[("data", split)] = to_model_space(images, size).to(_F64)
+    return cache[("data", split)]
+
+
 def to_images(x: torch.Tensor) -> torch.Tensor:
     """(N, 1, H, W) model space -> (N, H, W) in [0, 1] (clamped)."""
     x = x.detach().to(_F64).cpu()
@@ -346,10 +354,7 @@ class DigitsProblem(ModelProblem):
     # -- data --------------------------------------------------------------------------------
     def data(self, split: str = "test") -> torch.Tensor:
         """The real digits of ``split`` ("train": 1,500, "test": 297) in the model's space, float64."""
-        if ("data", split) not in self._cache:
-            images, _ = load_digits_split(split)
-            self._cache[("data", split)] = to_model_space(images, self.size).to(_F64)
-        return self._cache[("data", split)]
+        return _model_space_data(self._cache, split, self.size)
 
     def labels(self, split: str = "test") -> torch.Tensor:
         return load_digits_split(split)[1]

@@ -35,12 +35,12 @@ from .digits import (
     COND_UNET_WEIGHTS,
     NULL_LABEL,
     WEAK_COND_UNET_WEIGHTS,
+    _model_space_data,
     frechet_distance,
     load_digits_classifier,
     load_digits_cond_unet,
     load_digits_split,
     to_images,
-    to_model_space,
 )
 
 __all__ = ["DigitsCondProblem", "digits_cond_problem"]
@@ -146,10 +146,7 @@ class DigitsCondProblem:
     # -- data ------------------------------------------------------------------------------------
     def data(self, split: str = "test") -> torch.Tensor:
         """The real digits of ``split`` ("train": 1,500, "test": 297) in model space, float64."""
-        if ("data", split) not in self._cache:
-            images, _ = load_digits_split(split)
-            self._cache[("data", split)] = to_model_space(images, self.size).to(_F64)
-        return self._cache[("data", split)]
+        return _model_space_data(self._cache, split, self.size)
 
     def labels(self, split: str = "test") -> torch.Tensor:
         """The labels (LongTensor) of the real digits of ``split``."""

@@ -121,16 +121,8 @@ def _check_shape(x_shape, dims: int, what: str) -> tuple[int, ...]:
     return x_shape
 
 
-class Identity(LinearOperator):
-    """A = I: denoising (y = x0 + noise). U = V = I, s = 1."""
-
-    name = "identity"
-
-    def output_shape(self, x_shape):
-        return tuple(int(n) for n in x_shape)
-
-    def forward(self, x):
-        return x
+class _PixelBasis(LinearOperator):
+    """An operator diagonal in the pixel basis: U = V = I, so the SVD coordinates are the flattened pixels."""
 
     def vt(self, x):
         return x.reshape(x.shape[0], -1)
@@ -144,11 +136,23 @@ class Identity(LinearOperator):
     def u(self, c, x_shape):
         return c.reshape(c.shape[0], *x_shape)
 
+
+class Identity(_PixelBasis):
+    """A = I: denoising (y = x0 + noise). U = V = I, s = 1."""
+
+    name = "identity"
+
+    def output_shape(self, x_shape):
+        return tuple(int(n) for n in x_shape)
+
+    def forward(self, x):
+        return x
+
     def singulars(self, x_shape):
         return torch.ones(1, math.prod(x_shape), dtype=_F64)
 
 
-class Inpaint(LinearOperator):
+class Inpaint(_PixelBasis):
     """Keep the pixels where ``mask`` is 1, zero the rest: y = mask * x0 (y has x0's shape).
 
     A = diag(mask): U = V = I, s = mask. ``mask`` (0/1 values) broadcasts against a batch
@@ -198,18 +202,6 @@ class Inpaint(LinearOperator):
 
     def forward(self, x):
         return x * self.mask.to(device=x.device, dtype=x.dtype)
-
-    def vt(self, x):
-        return x.reshape(x.shape[0], -1)
-
-    def v(self, c, x_shape):
-        return c.reshape(c.shape[0], *x_shape)
-
-    def ut(self, y, x_shape):
-        return y.reshape(y.shape[0], -1)
-
-    def u(self, c, x_shape):
-        return c.reshape(c.shape[0], *x_shape)
 
     def singulars(self, x_shape):
         full = self._full(x_shape)
