@@ -255,7 +255,15 @@ def _teacher(ode: DiffusionODE, x_T: torch.Tensor, sigma_max: float, tol: float 
 
 def _check_teacher(ode, x_T, teacher) -> torch.Tensor | None:
     """The user's ``teacher=`` checked and in float64 on the CPU (None: tune solves its own). Refuses, before any
-    expensive work, an ODE whose ``denoised_transform`` (clipping) the float64 teacher cannot integrate."""
+    expensive work, an ODE whose ``denoised_transform`` (clipping) the float64 teacher cannot integrate, and an
+    ODE with renoising predictions (CFG++, a restorer's hooked ODE), which has no ODE solution to tune towards."""
+    if getattr(ode, "renoise", False):
+        raise ValueError(
+            "this ODE's predictions are renoising (CFG++ or a restorer: the solver continues from denoised + sigma "
+            "* eps, off the state's ray): its result depends on the step count and has no ODE limit for tune's "
+            "teacher to integrate (docs/math.md 13.3). Tune the plain guided ODE (guidance=<float> or cfg, apg, "
+            "...) and sample CFG++ with a fixed solver and steps"
+        )
     if teacher is None:
         if ode.denoised_transform is not None:
             raise ValueError(

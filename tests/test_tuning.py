@@ -338,3 +338,22 @@ def test_cli_tune_reports_the_teacher_error_and_where_its_held_out_number_comes_
     assert "on the held-out part of these x_T" in text and "teacher's own error: " in text
     recipe = ds.Recipe.load(out)
     assert recipe.nfe <= 2 and recipe.report["teacher_rmse"] < 0.01 * recipe.report["heldout_rmse"]
+
+
+def test_tune_refuses_a_renoising_ode_before_any_model_call():
+    """CFG++ has no step-count-independent limit (docs/math.md 13.3): tuning it against an ODE teacher would be a
+    silent wrong answer, so it is refused before the first call, naming what to tune instead."""
+    calls = []
+
+    def model(x, t, y):
+        calls.append(1)
+        return 0.1 * x + 0.01 * y.to(x.dtype)[:, None]
+
+    y, null = torch.zeros(8, dtype=torch.long), torch.full((8,), 2)
+    ode = ds.wrap(
+        model, default_schedule(), cond={"y": y}, uncond={"y": null}, guidance=ds.make_guidance("cfg++", scale=0.5)
+    )
+    x_T = torch.randn(8, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 80
+    with pytest.raises(ValueError, match="renoising.*no ODE limit.*Tune the plain guided ODE"):
+        ds.tune(ode, x_T, nfe=3, progress=False)
+    assert not calls
