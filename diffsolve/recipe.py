@@ -24,7 +24,16 @@ from .grids import validate_sigmas
 from .recipe_ode import AFSODE, RecipeError, RecipeODE, run_parts
 from .wrapper import DiffusionODE
 
-__all__ = ["Recipe", "RecipeError", "RecipeODE", "AFSODE", "run_recipe", "run_parts", "schedule_fingerprint"]
+__all__ = [
+    "Recipe",
+    "RecipeError",
+    "RecipeODE",
+    "AFSODE",
+    "run_recipe",
+    "run_parts",
+    "schedule_fingerprint",
+    "guidance_fingerprint",
+]
 
 _F64 = torch.float64
 FORMAT = "diffsolve-recipe"
@@ -51,6 +60,18 @@ def schedule_fingerprint(schedule, prediction: str) -> str:
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
+def guidance_fingerprint(ode) -> str | None:
+    """The guidance an ODE samples with, as a recipe records it: None without guidance, else the method
+    with its scale and options (``make_guidance('apg', scale=8, ...)``) or the float CFG scale and rescale.
+    A recipe tuned under one guidance is refused on an ODE with another (:meth:`Recipe.check`)."""
+    method = getattr(ode, "guidance_method", None)
+    if method is not None:
+        return repr(method)
+    if getattr(ode, "guidance", None) is not None:
+        return f"cfg(scale={ode.guidance!r}, guidance_rescale={ode.guidance_rescale!r})"
+    return None
+
+
 # -- the recipe ------------------------------------------------------------------------------------
 @dataclass
 class Recipe:
@@ -65,6 +86,8 @@ class Recipe:
         params: learned per-step parameters: ``{"compensation": [c_1, ...]}`` with ``tune(scalars=True)``
             (DC-Solver's ratios, see :func:`tune`), else empty.
         report: fit and held-out RMSE, the best fixed grid's, the cost of tuning.
+        guidance: :func:`guidance_fingerprint` of the ODE it was tuned on (None: no guidance; files
+            written before this field read as None).
     """
 
     solver: str
@@ -75,8 +98,11 @@ class Recipe:
     fingerprint: str
     params: dict[str, Any] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
+    guidance: str | None = None
 
     def __post_init__(self):
+        if self.guidance is not None and not isinstance(self.guidance, str):
+            raise RecipeError(f"recipe guidance must be a string or None, got {self.guidance!r:.80}")
         self.sigmas = [float(s) for s in validate_sigmas(self.sigmas, name="recipe sigmas").tolist()]
         if self.sigmas[-1] != 0.0:
             raise RecipeError(f"recipe sigmas must end at 0, end at {self.sigmas[-1]}")
@@ -130,6 +156,13 @@ class Recipe:
                 f"this ODE has {ode.schedule!r}, prediction {ode.prediction!r} (fingerprint {fp}): "
                 "tune a recipe for it with diffsolve.tune(ode, x_T, nfe=...)"
             )
+        g = guidance_fingerprint(ode)
+        if g != self.guidance:
+            raise RecipeError(
+                f"this recipe was tuned on an ODE with guidance {self.guidance or 'none'}; this ODE has guidance "
+                f"{g or 'none'}: the best grid depends on the guided field, so tune a recipe for this ODE with "
+                "diffsolve.tune(ode, x_T, nfe=...)"
+            )
 
     def sample(self, ode: DiffusionODE, x_T: torch.Tensor, **kw):
         """Run the recipe: :func:`run_recipe`."""
@@ -148,6 +181,7 @@ class Recipe:
             "fingerprint": self.fingerprint,
             "params": dict(self.params),
             "report": dict(self.report),
+            "guidance": self.guidance,
         }
 
     def save(self, path: str | Path) -> Path:
@@ -180,6 +214,7 @@ class Recipe:
                 fingerprint=d["fingerprint"],
                 params=dict(d.get("params") or {}),
                 report=dict(d.get("report") or {}),
+                guidance=d.get("guidance"),
             )
         except RecipeError:
             raise

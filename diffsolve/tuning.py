@@ -78,7 +78,16 @@ from typing import Any
 import torch
 
 from .counting import count_calls, is_adaptive, steps_for_nfe
-from .recipe import AFSODE, Recipe, RecipeError, RecipeODE, run_parts, run_recipe, schedule_fingerprint  # noqa: F401
+from .recipe import (  # noqa: F401
+    AFSODE,
+    Recipe,
+    RecipeError,
+    RecipeODE,
+    guidance_fingerprint,
+    run_parts,
+    run_recipe,
+    schedule_fingerprint,
+)
 from .sampling import list_grids, list_solvers, make_grid, make_solver
 from .wrapper import DiffusionODE, NonFiniteError
 
@@ -692,4 +701,5 @@ def tune(
         fingerprint=schedule_fingerprint(ode.schedule, ode.prediction),
         params=params,
         report=report,
+        guidance=guidance_fingerprint(ode),
     )

@@ -357,3 +357,38 @@ def test_tune_refuses_a_renoising_ode_before_any_model_call():
     with pytest.raises(ValueError, match="renoising.*no ODE limit.*Tune the plain guided ODE"):
         ds.tune(ode, x_T, nfe=3, progress=False)
     assert not calls
+
+
+def test_a_recipe_records_its_guidance_and_refuses_an_ode_with_another():
+    """Issue 20: the guidance (method, scale, options; or the float CFG scale) is part of what a recipe was tuned
+    for: it is saved and loaded, and running the recipe on an ODE with other guidance (or none) is an error."""
+    import dataclasses
+
+    from diffsolve.recipe import guidance_fingerprint
+
+    base = get_problem("gmm2d").ode(default_schedule())
+    x_T = torch.randn(16, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 80
+
+    def cond_model(x, t, y):
+        return base.model(x, t) + 0.01 * y.to(x.dtype)[:, None]
+
+    y, null = torch.zeros(16, dtype=torch.long), torch.ones(16, dtype=torch.long)
+
+    def wrap(g):
+        kw = dict(cond={"y": y}, uncond={"y": null}, guidance=g)
+        return ds.wrap(cond_model, base.schedule, prediction=base.prediction, time=base.time, **kw)
+
+    plain = ds.tune(base, x_T, nfe=3, progress=False)
+    assert plain.guidance is None  # tune records the ODE's guidance: none here
+    guided = wrap(3.0)
+    r = dataclasses.replace(plain, guidance=guidance_fingerprint(guided))
+    assert r.guidance == "cfg(scale=3.0, guidance_rescale=0.0)"
+    assert ds.Recipe.from_dict(r.to_dict()).guidance == r.guidance
+    ds.sample(guided, x_T, recipe=r)  # the same guidance: runs
+    for other in (wrap(5.0), wrap(ds.make_guidance("apg", scale=3.0)), base):
+        with pytest.raises(RecipeError, match="tuned on an ODE with guidance cfg\\(scale=3.0"):
+            ds.sample(other, x_T, recipe=r)
+    with pytest.raises(RecipeError, match="tuned on an ODE with guidance none"):
+        ds.sample(guided, x_T, recipe=plain)
+    old = {k: v for k, v in plain.to_dict().items() if k != "guidance"}  # a file written before the field
+    assert ds.Recipe.from_dict(old).guidance is None
