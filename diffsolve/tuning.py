@@ -270,7 +270,7 @@ def _check_teacher(ode, x_T, teacher) -> torch.Tensor | None:
         raise ValueError(
             "this ODE's predictions are renoising (CFG++ or a restorer: the solver continues from denoised + sigma "
             "* eps, off the state's ray): its result depends on the step count and has no ODE limit for tune's "
-            "teacher to integrate (docs/math.md 13.3). Tune the plain guided ODE (guidance=<float> or cfg, apg, "
+            "teacher to integrate (docs/math.md#guidance-cfgpp). Tune the plain guided ODE (guidance=<float> or cfg, apg, "
             "...) and sample CFG++ with a fixed solver and steps"
         )
     if teacher is None:

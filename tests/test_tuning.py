@@ -341,7 +341,7 @@ def test_cli_tune_reports_the_teacher_error_and_where_its_held_out_number_comes_
 
 
 def test_tune_refuses_a_renoising_ode_before_any_model_call():
-    """CFG++ has no step-count-independent limit (docs/math.md 13.3): tuning it against an ODE teacher would be a
+    """CFG++ has no step-count-independent limit (docs/math.md#guidance-cfgpp): tuning it against an ODE teacher would be a
     silent wrong answer, so it is refused before the first call, naming what to tune instead."""
     calls = []
 
