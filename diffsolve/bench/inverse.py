@@ -368,7 +368,7 @@ def restoration_png(path, n: int = 9, steps: int = 50, methods=PICTURE_METHODS, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .pictures import image_mosaic
+    from .pictures import image_mosaic, save_figure
 
     images = restoration_cells(n, steps, methods, cells)
     rows = ["truth", "measurement", *methods]
@@ -387,9 +387,4 @@ def restoration_png(path, n: int = 9, steps: int = 50, methods=PICTURE_METHODS, 
                 label = {"truth": "truth", "measurement": "naive (A^+ y)"}.get(row, f"{row} ({steps} NFE)")
                 ax.set_ylabel(label, fontsize=9)
     fig.suptitle(f"restoring {n} held-out digits (ds.restore, DDIM steps)", fontsize=11)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -90,6 +90,18 @@ def default_rows() -> list[tuple[str, SampleFn]]:
     ]
 
 
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` (PNG, 110 dpi; folders made) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def image_mosaic(images: torch.Tensor, cols: int) -> torch.Tensor:
     """(N, H, W) -> one (rows*(H+1)-1, cols*(W+1)-1) image with 1-pixel gaps (value 0.5, grey)."""
     n, h, w = images.shape
@@ -162,9 +174,4 @@ def solver_grid_png(
         or f"{problem.name}: the same {n} x_T in every cell (rows without a grid: {problem.schedule.default_grid})",
         fontsize=11,
     )
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
