@@ -377,8 +377,12 @@ def _run(
 def check_renoise(ode: DiffusionODE, solver) -> None:
     """Refuse a run whose predictions are renoising (``ode.renoise``: CFG++, DDNM) with a solver that
     does not continue from the renoised state (``renoise_ok`` False)."""
-    if not ode.renoise or getattr(solver, "renoise_ok", False):
-        return
+    if ode.renoise and not getattr(solver, "renoise_ok", False):
+        raise ValueError(renoise_refusal(solver))
+
+
+def renoise_refusal(solver) -> str:
+    """Why ``solver`` (``renoise_ok`` False) cannot run renoising predictions, and the solvers that can."""
     able = []
     for name in list_solvers():
         try:
@@ -386,7 +390,7 @@ def check_renoise(ode: DiffusionODE, solver) -> None:
                 able.append(name)
         except Exception:  # noqa: BLE001 - a plugin that cannot build with defaults is left out of the hint
             continue
-    raise ValueError(
+    return (
         f"solver {solver.name!r} cannot run this ODE: its predictions are renoising (CFG++, DDNM: the "
         "(denoised, eps) pair is off the state's ray, x != denoised + sigma * eps), and this solver's update "
         "cannot take a prediction off the state's ray (it does not continue from ode.renoised(...); "

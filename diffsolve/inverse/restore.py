@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
+from ..driver import renoise_refusal
 from ..plugins.registry import get_registry
-from ..sampling import grid as make_grid
-from ..sampling import list_solvers, make_noise_sampler, make_solver, sample
+from ..sampling import make_grid, make_noise_sampler, make_solver, sample
 from ..validation import check_finite_number, check_flag, check_state, suggest
 from ..wrapper import DiffusionODE
 from .base import Restorer, Task
@@ -109,11 +109,7 @@ def restore(
             solver_options = {}
         probe = make_solver(solver, **solver_options) if not isinstance(solver, type) else solver
         if restorer.renoising and not getattr(probe, "renoise_ok", False):
-            able = [n for n in list_solvers() if getattr(get_registry().solver(n), "renoise_ok", False)]
-            raise ValueError(
-                f"method {name!r} makes renoising predictions (the solver continues from denoised + sigma * eps); "
-                f"solver {getattr(probe, 'name', probe)!r} cannot take them. Solvers that can: {', '.join(able)}"
-            )
+            raise ValueError(f"method {name!r} makes renoising predictions: " + renoise_refusal(probe))
     elif solver is not None:
         raise ValueError(
             f"method {name!r} is its own sampler: it takes no solver= (its steps are its rule); "
