@@ -14,7 +14,7 @@ from .interop.k_diffusion import k_sampler
 from .interpolation import interpolate, lerp, slerp
 from .inverse import Restorer, list_restorers, restore
 from .inversion import ReversibleSample, invert_exact, reconstruction_error, sample_reversible
-from .modifiers import ModifiedODE, modify
+from .modifiers import ModifiedODE, TimeShift, modify
 from .plugins import DuplicateNameError, PluginWarning, UnknownNameError, hookimpl
 from .sampling import grid, invert, list_grids, list_solvers, make_grid, make_noise_sampler, make_solver, sample
 from .schedules import (
@@ -88,6 +88,7 @@ __all__ = [
     "StatisticsError",
     "modify",
     "ModifiedODE",
+    "TimeShift",
     "Guidance",
     "make_guidance",
     "list_guidance",

@@ -267,6 +267,21 @@ class DiffusionODE:
             return math.log(s) / 4
         return math.log(s)  # "log-sigma"
 
+    def model_times(self, sigmas: torch.Tensor) -> torch.Tensor:
+        """The model's times at a tensor of finite sigmas (one per sample, say), float64: the
+        per-element :meth:`model_time`, vectorized for the schedule's own time (``index``, ``t``)
+        and the closed forms; a user's time callable is called once per distinct sigma."""
+        s = sigmas.to(torch.float64).clamp(*self._sigma_range)
+        if callable(self.time):
+            return torch.tensor([float(self.time(float(v))) for v in s.tolist()], dtype=torch.float64)
+        if self.time in ("index", "t"):
+            return self.schedule.t(s).to(torch.float64)
+        if self.time == "sigma":
+            return s
+        if self.time == "edm":  # EDM's c_noise = ln(sigma) / 4
+            return torch.log(s) / 4
+        return torch.log(s)  # "log-sigma"
+
     def _time_tensor(self, sigma: float, batch: int, device) -> tuple[tuple, torch.Tensor, int]:
         """The model's time tensor at ``sigma``, taken out of the shared cache (or new), with its
         cache key and version: :meth:`_return_time` puts it back after the model call unless the
@@ -288,20 +303,34 @@ class DiffusionODE:
         self._t_cache[key] = t
 
     # -- model call --------------------------------------------------------------------
-    def _call(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+    def _call(self, x: torch.Tensor, sigma: float, times: torch.Tensor | None = None) -> torch.Tensor:
+        """One model call on the model-space ``x`` at level ``sigma``; ``times``: the model's time per
+        sample instead (a ``(batch,)`` tensor, :meth:`model_times`), for per-sample levels (time shift,
+        docs/math.md 3.8); ``sigma`` then only labels the call in the run's record."""
         state_dtype = x.dtype
         run = self._run
         if run is not None and run.input_dtype is not None and state_dtype != run.input_dtype:
             x = x.to(run.input_dtype)
         batch = x.shape[0] if x.dim() > 0 else 1
+        if times is not None:
+            if times.shape != (batch,):
+                raise ValueError(f"times must have one entry per sample, shape ({batch},); got {tuple(times.shape)}")
+            t = times.to(dtype=self.time_dtype, device=x.device)
+            key = None
         if self.guidance is None:
-            key, t, version = self._time_tensor(sigma, batch, x.device)
+            if times is None:
+                key, t, version = self._time_tensor(sigma, batch, x.device)
             out = self.model(x, t, **self.model_kwargs)
-            self._return_time(key, t, version)
+            if key is not None:
+                self._return_time(key, t, version)
         else:
-            key, t, version = self._time_tensor(sigma, 2 * batch, x.device)
+            if times is None:
+                key, t, version = self._time_tensor(sigma, 2 * batch, x.device)
+            else:
+                t = torch.cat([t, t])
             both = self.model(torch.cat([x, x]), t, **self._guided_kwargs, **self.model_kwargs)
-            self._return_time(key, t, version)
+            if key is not None:
+                self._return_time(key, t, version)
             _check_output(both, (2 * batch, *x.shape[1:]))
             out_c, out_u = both[:batch], both[batch:]
             out = out_u + self.guidance * (out_c - out_u)
