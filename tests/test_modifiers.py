@@ -221,3 +221,22 @@ def test_model_times_are_model_time_per_sample():
         want = [ode.model_time(float(s)) for s in sigmas]
         # float64 closed forms and the schedule's vectorized map: equal to rounding
         assert np.allclose(ode.model_times(sigmas).numpy(), want, rtol=1e-12, atol=0)
+
+
+def test_time_shift_with_a_float_cfg_scale_shifts_both_halves_alike(ts_setup):
+    prob, sched, x_T = ts_setup
+    raw = prob.model(sched)
+
+    def model(x, t, c):  # a conditional stand-in: the exact eps plus a term in the condition
+        return raw(x, t) + 0.05 * c
+
+    def ref_model(x, t, c):
+        return _time_shift_reference(raw, 200, 100, 0.0)(x, t) + 0.05 * c
+
+    kw = dict(guidance=3.0, cond={"c": torch.ones(6, 64)}, uncond={"c": torch.zeros(6, 64)}, time_dtype=torch.float64)
+    shift = ds.TimeShift(window=200, cutoff=100)
+    got = ds.sample(ds.modify(ds.wrap(model, sched, **kw), time_shift=shift), x_T, "dpmpp-2m", steps=6)
+    want = ds.sample(ds.wrap(ref_model, sched, **kw), x_T, "dpmpp-2m", steps=6)
+    # one batched call of 2 x 6 rows per evaluation, the same tau for a row's two halves: 1e-10 (float64)
+    assert float((got - want).abs().max()) <= 1e-10
+    assert float((got - ds.sample(ds.wrap(model, sched, **kw), x_T, "dpmpp-2m", steps=6)).abs().max()) > 1e-3
