@@ -85,6 +85,10 @@ def shifted_indices(x: torch.Tensor, t: float, schedule: DiscreteSchedule, shift
     half = shift.window // 2
     if half == 0 or not t > shift.cutoff:
         return None
+    if x[0].numel() < 2:
+        raise ValueError(
+            f"time_shift needs samples of at least 2 entries (their variance, S1); got shape {tuple(x.shape)}"
+        )
     last = schedule.num_steps - 1
     k = torch.arange(-half, half + 1, dtype=torch.float64)
     cand = t + k

@@ -207,6 +207,13 @@ def test_time_shift_refuses_what_cannot_take_per_sample_times(ts_setup):
             ds.modify(ode, time_shift=bad)
     with pytest.raises(ValueError, match="window, cutoff"):
         ds.modify(ode, time_shift={"window": 4, "cutof": 0})
+    with pytest.raises(ValueError, match="at least 2 entries"):
+        ds.sample(
+            ds.modify(ode, time_shift={"window": 40, "cutoff": 0}),
+            torch.zeros(3, 1, dtype=torch.float64),
+            "ddim",
+            steps=3,
+        )
     with pytest.raises(ValueError, match="do not nest"):
         ds.modify(ds.modify(ode, lml=1.0), time_shift=ds.TimeShift(window=4, cutoff=0))
 
