@@ -26,6 +26,7 @@ import torch
 FIELDS = ["problem", "solver", "grid", "nfe", "lml", "rmse", "rmse_plain", "moved"]
 TS_FIELDS = [
     "problem",
+    "seed",
     "solver",
     "grid",
     "nfe",
@@ -120,6 +121,7 @@ def run_time_shift(args, prob, ode, x_run, ref, out) -> int:
             done = {
                 (r["solver"], int(r["nfe"]), int(r["window"]), float(r["cutoff"]), float(r["data_var"]))
                 for r in csv.DictReader(f)
+                if int(r["seed"]) == args.seed
             }
     fdd_ref = prob.fdd(ref)
     new = not path.exists()
@@ -142,6 +144,7 @@ def run_time_shift(args, prob, ode, x_run, ref, out) -> int:
                     y = y.to(torch.float64)
                     row = dict(
                         problem=args.problem,
+                        seed=args.seed,
                         solver=solver,
                         grid=args.grid,
                         nfe=nfe,
