@@ -247,3 +247,16 @@ def test_time_shift_with_a_float_cfg_scale_shifts_both_halves_alike(ts_setup):
     # one batched call of 2 x 6 rows per evaluation, the same tau for a row's two halves: 1e-10 (float64)
     assert float((got - want).abs().max()) <= 1e-10
     assert float((got - ds.sample(ds.wrap(model, sched, **kw), x_T, "dpmpp-2m", steps=6)).abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize("solver", ["ddim", "dpmpp-2m", "heun"])
+def test_time_shift_costs_no_model_call(ts_setup, solver):
+    prob, sched, x_T = ts_setup
+    ode = prob.ode(sched)
+    calls = []
+    modified = ds.modify(ode, time_shift=ds.TimeShift(window=200, cutoff=100))
+    for o in (ode, modified):
+        before = o.nfe
+        ds.sample(o, x_T, solver, steps=6)
+        calls.append(o.nfe - before)
+    assert calls[0] == calls[1] > 0
