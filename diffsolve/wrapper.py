@@ -273,7 +273,9 @@ class DiffusionODE:
         and the closed forms; a user's time callable is called once per distinct sigma."""
         s = sigmas.to(torch.float64).clamp(*self._sigma_range)
         if callable(self.time):
-            return torch.tensor([float(self.time(float(v))) for v in s.tolist()], dtype=torch.float64)
+            values = s.tolist()
+            once = {v: float(self.time(v)) for v in dict.fromkeys(values)}
+            return torch.tensor([once[v] for v in values], dtype=torch.float64)
         if self.time in ("index", "t"):
             return self.schedule.t(s).to(torch.float64)
         if self.time == "sigma":
