@@ -11,7 +11,10 @@ With ``--time-shift W:C[:V],...`` it runs the time-shift modifier instead (windo
 docs/math.md 3.8) and writes OUT/time_shift.csv, with the FDD of the samples (to the 297 held-out digits)
 beside the RMSE, for the plain run and for the reference itself:
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_modifiers.py --nfe 5,10,20 --time-shift 10:300,30:300,80:300
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_modifiers.py --nfe 5,10,20 \
+        --time-shift 10:300,30:300,80:300,30:300:0.57 --seed 0 --out bench-results/ts
+
+(docs/modifiers.md has the table of seeds 0 and 1; rows carry their seed, a rerun skips the done ones).
 """
 
 from __future__ import annotations
