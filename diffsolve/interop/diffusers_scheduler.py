@@ -15,6 +15,7 @@ E29-E30); only the schedule is taken from diffusers' own classes.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import inspect
 import itertools
 import math
@@ -41,27 +42,39 @@ class DataDependentCallsError(ValueError):
     """The solver decides where to call the model from the data: no fixed timestep list exists."""
 
 
+def _class_named(name: str) -> type:
+    """The diffusers scheduler class ``name`` (a class nothing derives from when diffusers has none)."""
+    import diffusers
+
+    found = getattr(diffusers, name, None) if name.isidentifier() else None
+    return found if isinstance(found, type) else type("_Unknown", (), {})
+
+
+def _init_defaults(name: str) -> dict:
+    """The keys of diffusers' class ``name``'s own ``__init__``, with their defaults ({}: no such class)."""
+    init = _class_named(name).__dict__.get("__init__")
+    params = inspect.signature(init).parameters.items() if init is not None else ()
+    return {k: p.default for k, p in params if k not in ("self", "kwargs")}
+
+
 # -- the families ----------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
 class _Family:
     """What DiffsolveScheduler reproduces of one diffusers scheduler class: its space, its own method
     (fcfg -> (solver, options, per-step order rule or None)) and the values of its keys it honours
     (key -> predicate; a key not listed is honoured for every value)."""
 
-    def __init__(self, name: str, space: str, method: Callable, honoured: dict | None = None):
-        self.name, self.space, self.method, self.honoured = name, space, method, honoured or {}
+    name: str
+    space: str
+    method: Callable
+    honoured: dict = dataclasses.field(default_factory=dict)
 
     @property
-    def cls(self):
-        import diffusers
-
-        return getattr(diffusers, self.name)
+    def cls(self) -> type:
+        return _class_named(self.name)
 
     def defaults(self) -> dict[str, Any]:
-        return {
-            k: p.default
-            for k, p in inspect.signature(self.cls.__init__).parameters.items()
-            if k not in ("self", "kwargs")
-        }
+        return _init_defaults(self.name)
 
 
 def _is(*values):
@@ -182,27 +195,19 @@ def _family_keys() -> list[str]:
 
 
 # -- the ODE the solver steps on ---------------------------------------------------------------------
-#: a fixed VP schedule for the step ODE's type check: the step ODE never reads it (it converts with
-#: the grid's sigma itself, VP scale 1/sqrt(1 + sigma^2), E6)
+#: a fixed VP schedule for the step ODE's type check and model time (the step ODE's own _level converts
+#: with the grid's sigma itself)
 _PLACEHOLDER_SCHEDULE = DiscreteSchedule.from_betas(torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64))
 
 
 class _StepODE(DiffusionODE):
-    """The sigma-form ODE (E29) whose model is the output the pipeline handed to ``step``.
-
-    The grid's sigma is used as it is (no clamping to a training range: the sigmas come from the
-    emulated scheduler), with the VP scale a(sigma) = 1/sqrt(1 + sigma^2) (E6).
-    """
+    """The sigma-form ODE (E29) whose model is the output the pipeline handed to ``step``: the grid's sigma
+    as it is (no clamping to a training range: the sigmas come from the emulated scheduler), with the VP
+    scale a(sigma) = 1/sqrt(1 + sigma^2) (E6)."""
 
     def _level(self, sigma: float) -> tuple[float, float, torch.Tensor]:
         a = 1.0 / math.sqrt(1.0 + sigma * sigma)
         return sigma, a, torch.tensor(a, dtype=torch.float64)
-
-    def to_xbar(self, x, sigma):
-        return x * math.sqrt(1.0 + float(sigma) ** 2)
-
-    def from_xbar(self, xbar, sigma):
-        return xbar / math.sqrt(1.0 + float(sigma) ** 2)
 
 
 # -- the scheduler --------------------------------------------------------------------------------------
@@ -433,15 +438,10 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
     def _family_t(self, sig: list[float]) -> torch.Tensor:
         """diffusers' sigma -> timestep rule: linear interpolation of log sigma between levels."""
         log_sigmas = torch.log(((1 - self.alphas_cumprod) / self.alphas_cumprod).double().sqrt())
-        out = []
-        for s in sig:
-            ls = math.log(max(s, 1e-30))
-            idx = int(
-                torch.searchsorted(log_sigmas, torch.tensor(ls, dtype=torch.float64)).clamp(1, len(log_sigmas) - 1)
-            )
-            lo, hi = float(log_sigmas[idx - 1]), float(log_sigmas[idx])
-            out.append(idx - 1 + min(max((ls - lo) / (hi - lo), 0.0), 1.0))
-        return torch.as_tensor(out, dtype=torch.float32)
+        ls = torch.tensor(sig, dtype=torch.float64).clamp(min=1e-30).log()
+        idx = torch.searchsorted(log_sigmas, ls).clamp(1, len(log_sigmas) - 1)
+        lo, hi = log_sigmas[idx - 1], log_sigmas[idx]
+        return (idx - 1 + ((ls - lo) / (hi - lo)).clamp(0.0, 1.0)).to(torch.float32)
 
     def _sigma_of(self, t: int) -> float:
         a = float(self.alphas_cumprod[t])
@@ -873,14 +873,6 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         return super().from_config(cfg, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
 
-def _class_named(name: str) -> type:
-    """The diffusers scheduler class ``name`` (a class nothing derives from when diffusers has none)."""
-    import diffusers
-
-    found = getattr(diffusers, name, None) if name.isidentifier() else None
-    return found if isinstance(found, type) else type("_Unknown", (), {})
-
-
 #: keys of a diffusers scheduler that shape its sigma grid (a method replaced by solver= cannot drop them)
 _GRID_KEYS = (
     "use_karras_sigmas",
@@ -890,13 +882,6 @@ _GRID_KEYS = (
     "shift",
     "use_flow_sigmas",
 )
-
-
-def _init_defaults(name: str) -> dict:
-    """The keys of diffusers' class ``name``'s own ``__init__``, with their defaults ({}: no such class)."""
-    init = _class_named(name).__dict__.get("__init__")
-    params = inspect.signature(init).parameters.items() if init is not None else ()
-    return {k: p.default for k, p in params if k not in ("self", "kwargs")}
 
 
 def _family_of_keys(cfg) -> str | None:
