@@ -19,6 +19,7 @@ import dataclasses
 import inspect
 import itertools
 import math
+import types
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -119,6 +120,11 @@ def _fixed(name: str, **options) -> Callable:
     return lambda fcfg: (name, dict(options), None)
 
 
+def _ddpm_method(fcfg):
+    # DDPM's posterior variance (E24) is DDIM at eta = 1; fixed_large is its beta_t variance
+    return "ddim", {"eta": 1.0} if fcfg["variance_type"] == "fixed_small" else {"variance": "large"}, None
+
+
 def _dpm_method(fcfg):
     order, algo, stype = int(fcfg["solver_order"]), fcfg["algorithm_type"], fcfg["solver_type"]
     check = {"midpoint": "midpoint", "heun": "taylor"}
@@ -167,7 +173,7 @@ FAMILIES: dict[str, _Family] = {
     f.name: f
     for f in [
         _Family("DDIMScheduler", "vp", _fixed("ddim")),
-        _Family("DDPMScheduler", "vp", _fixed("ddim"), {"variance_type": _is("fixed_small", "fixed_large")}),
+        _Family("DDPMScheduler", "vp", _ddpm_method, {"variance_type": _is("fixed_small", "fixed_large")}),
         _Family("DPMSolverMultistepScheduler", "vp", _dpm_method, {**_DPM_KEYS, **_NO_FLOW}),
         _Family("UniPCMultistepScheduler", "vp", _unipc_method, _UNIPC_KEYS),
         _Family("DEISMultistepScheduler", "vp", _deis_method, _NO_FLOW),
@@ -409,12 +415,12 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         t = torch.as_tensor([float(self.schedule.t(s)) for _, _, s in self._calls], dtype=torch.float64)
         integral = bool(torch.equal(t, t.round()))
         self.timesteps = (t.round().to(torch.int64) if integral else t.to(torch.float32)).to(device)
-        self._ddim_rule = False
+        self._memoryless = False
 
     def _adopt_family_schedule(self, device):
         ref, fam = self._ref, self.family.name
         self.timesteps, self.num_inference_steps = ref.timesteps, ref.num_inference_steps
-        self._ddim_rule = fam in ("DDIMScheduler", "DDPMScheduler") and self.solver_name == "ddim"
+        self._memoryless = fam in ("DDIMScheduler", "DDPMScheduler") and self.solver_name == "ddim"
         if fam in ("DDIMScheduler", "DDPMScheduler"):
             # one step per timestep, to the family's previous timestep (or the final level)
             ts = [int(t) for t in ref.timesteps.tolist()]
@@ -493,14 +499,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             )
         if order is not None and self.solver_name == "lms" and order != self.solver_opts.get("solver_order", 4):
             raise ValueError(f"order={order} given to step(); set it as solver_options={{'solver_order': {order}}}")
-        if self._ddim_rule:
-            prev, denoised = self._step_ddim(
-                model_output, timestep, sample, eta, use_clipped_model_output, generator, variance_noise
-            )
-        else:
-            prev, denoised = self._step_solver(
-                model_output, timestep, sample, eta, use_clipped_model_output, generator, variance_noise
-            )
+        self._draw = self._noise_fn(generator, variance_noise)  # the noise of this call's step
+        prev, denoised = self._step(model_output, timestep, sample, float(eta or 0.0), use_clipped_model_output)
         if not return_dict:
             return prev, denoised
         return DDIMSchedulerOutput(prev_sample=prev, pred_original_sample=denoised)
@@ -658,146 +658,131 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             return lambda like: variance_noise.to(like.device, like.dtype)
         return make_noise_sampler(generator)
 
-    # -- DDIM / DDPM: memoryless steps to the family's previous timestep ------------------------------
-    def _step_ddim(self, model_output, timestep, sample, eta, use_clipped, generator, variance_noise):
-        fam, t, k = self.family.name, int(timestep), self._step_index
-        if k is None or k >= len(self.timesteps) or int(self.timesteps[k]) != t:
-            found = (self.timesteps == t).nonzero().flatten().tolist()
-            self._step_index = found[0] if found else None
-        s_t, s_s = self._sigma_of(t), self._sigma_prev(t)
-        if fam == "DDPMScheduler":
-            if eta:
-                raise ValueError("eta is DDIMScheduler's; DDPMScheduler's variance is variance_type")
-            opts = {"eta": 1.0} if self.fcfg["variance_type"] == "fixed_small" else {"variance": "large"}
-        else:
-            opts = {"eta": float(eta or 0.0)}
-        in_dtype = sample.dtype
-        state = state_dtype_for(in_dtype)
-        xbar, out = self._to_xbar(sample.to(state), s_t), model_output.to(state)
-        if fam == "DDIMScheduler" and not use_clipped and self.transform is not None:
-            # diffusers' DDIM with use_clipped_model_output=False combines the clipped x0 with the raw
-            # eps: that is the DDIM step (E30) from the point D_clipped + sigma eps_raw, on whose ray
-            # D_clipped lies, with eps_raw as the (eps-prediction) output there
-            conv = self._ode(lambda *a, **k: None, transform=None)
-            d_raw, eps_raw = conv._convert(out, xbar, s_t, 1.0 / math.sqrt(1 + s_t * s_t))
-            xbar = torch.add(self.transform(d_raw, s_t), eps_raw, alpha=s_t)
-            ode = self._ode(lambda x, t, **_: eps_raw, prediction="eps", transform=None)
-        else:
-            ode = self._ode(lambda x, t, **_: out)
-        view = ode.start_run(input_dtype=in_dtype, wants_denoised=True)
-        solver = make_solver("ddim", **opts)
-        x_next, denoised = advance(
-            solver.step(0, xbar, solver.init(view, [s_t, s_s], self._noise_fn(generator, variance_noise))), view
-        )
-        if self._step_index is not None:
-            self._step_index += 1
-        return self._from_xbar(x_next, s_s).to(in_dtype), denoised.to(in_dtype)
-
-    # -- every other solver: one solver step per call ------------------------------------------------
-    def _step_solver(self, model_output, timestep, sample, eta, use_clipped, generator, variance_noise):
+    # -- the step: one model output fed to the open solver step --------------------------------------
+    def _step(self, model_output, timestep, sample, eta: float, use_clipped):
         if eta and self.solver_name != "ddim":
             raise ValueError(
-                f"eta={eta} given to step(): eta is DDIM's; solver {self.solver_name!r} takes "
-                "its options as solver_options"
+                f"eta={eta} given to step(): eta is DDIM's; solver {self.solver_name!r} takes its options as solver_options"
             )
-        if use_clipped is False and self.transform is not None:
+        ddim = self._memoryless and self.family.name == "DDIMScheduler"
+        if eta and self._memoryless and not ddim:
+            raise ValueError("eta is DDIMScheduler's; DDPMScheduler's variance is variance_type")
+        # DDIMScheduler's default (None) is use_clipped_model_output=False; elsewhere an explicit False only
+        unclipped = self.transform is not None and (not use_clipped if ddim else use_clipped is False)
+        if unclipped and not ddim:
             raise ValueError(
                 "use_clipped_model_output=False with clip_sample/thresholding: diffsolve keeps the "
                 "clipped x0 and its eps consistent; pass True (or leave it unset)"
             )
-        if self._step_index is None or self._run is None:
-            k = self._start(timestep) if self._step_index is None else self._step_index
-            self._begin_run(k, sample, eta)
+        if self._memoryless:  # DDIM/DDPM: a run of one step from t to the family's previous timestep, any t
+            t = int(timestep)
+            hits = (self.timesteps == t).nonzero().flatten().tolist()
+            k = hits[0] if hits else None
+            run = self._begin_run(0, [self._sigma_of(t), self._sigma_prev(t)], sample, eta, unclipped)
+            i, j, sigma = 0, 0, run.grid[0]
         else:
-            k = self._step_index
-            if k >= len(self._calls):
+            k = self._next_call(timestep, sample, eta)
+            run, (i, j, sigma) = self._run, self._calls[k]
+        in_dtype, step = sample.dtype, i - run.start
+        run.out = model_output.to(run.dtype)
+        self._step_index = None if k is None else k + 1
+        if step >= run.steps:
+            if run.bad is not None:
                 raise ValueError(
-                    f"step() called after the last of the {len(self._calls)} timesteps; call "
-                    "set_timesteps() to start a new run"
+                    f"the schedule's sigmas repeat or increase ({run.bad[0]} then {run.bad[1]}): with this many "
+                    f"steps some visit a level twice; use fewer than {len(self._grid) - 1} steps"
                 )
-            tv = float(timestep)
-            if abs(float(self.timesteps[k]) - tv) > 1e-4 * max(1.0, abs(tv)):
-                raise ValueError(
-                    f"step() got timestep {tv} but the next call is at timesteps[{k}] = "
-                    f"{float(self.timesteps[k])}: step through scheduler.timesteps in order, or call "
-                    "set_timesteps() / set_begin_index() to start a new run"
-                )
-        i, j, sigma = self._calls[k]
-        run = self._run
-        if float(eta or 0.0) != run["eta"]:
-            raise ValueError(
-                f"eta={eta} given to step() after a run started with eta={run['eta']}: one eta per run "
-                "(it sets the solver's coefficients for the whole grid)"
-            )
-        run["draw"] = self._noise_fn(generator, variance_noise)  # the noise of this call's step
-        in_dtype = sample.dtype
-        run["out"] = model_output.to(run["dtype"])
-        if i - run["start"] >= run["steps"]:
-            if run["bad"] is not None:
-                a, b = run["bad"]
-                raise ValueError(
-                    f"the schedule's sigmas repeat or increase ({a} then {b}): with this many steps "
-                    f"some visit a level twice; use fewer than {len(self._grid) - 1} steps"
-                )
-            x_next, denoised = self._zero_length_step(run, self._to_xbar(sample.to(run["dtype"]), sigma), sigma)
-            self._step_index = k + 1
+            x_next, denoised = self._zero_length_step(run, self._to_xbar(sample.to(run.dtype), sigma), sigma)
             return self._from_xbar(x_next, sigma).to(in_dtype), denoised.to(in_dtype)
         if j == 0:  # a new solver step, from the sample the pipeline holds (it may have edited it)
-            last = run.get("last")
-            if last is not None and sample is last[0] and sample._version == last[1]:
-                x = last[2]  # our own prev_sample, unchanged: continue from the solver's state, no round trip
+            if run.last is not None and sample is run.last[0] and sample._version == run.last[1]:
+                x = run.last[2]  # our own prev_sample, unchanged: continue from the solver's state, no round trip
             else:
-                x = self._to_xbar(sample.to(run["dtype"]), sigma)
-            run["gen"] = run["solver"].step(i - run["start"], x, run["state"])
-            run["request"] = run["gen"].send(None)
-        x_req, s_req, _ = run["request"]
-        answer = run["view"].predict(x_req, s_req)  # this call's output, at the point the solver asked for
-        self._step_index = k + 1
+                x = self._to_xbar(sample.to(run.dtype), sigma)
+            if unclipped:
+                x, run.out = self._unclipped(x, run.out, sigma)
+            run.gen = run.solver.step(step, x, run.state)
+            run.request = run.gen.send(None)
+        x_req, s_req, _ = run.request
+        answer = run.view.predict(x_req, s_req)  # this call's output, at the point the solver asked for
         try:
-            run["request"] = run["gen"].send(answer)
+            run.request = run.gen.send(answer)
         except StopIteration as stop:
-            if j + 1 != run["calls"][i]:
+            if j + 1 != run.calls[step]:
                 raise DataDependentCallsError(
-                    f"solver {self.solver_name!r} made {j + 1} model calls in step {i}, not {run['calls'][i]}"
+                    f"solver {self.solver_name!r} made {j + 1} model calls in step {i}, not {run.calls[step]}"
                 ) from None
             x_next, denoised = stop.value
-            s_next = run["state"].sigmas[i - run["start"] + 1]
-            prev = self._from_xbar(x_next, s_next).to(in_dtype)
+            prev = self._from_xbar(x_next, run.state.sigmas[step + 1]).to(in_dtype)
             # the next step continues from x_next itself when the pipeline hands prev back untouched
             # (same tensor, no in-place edit since: its version counter), as diffsolve.sample would
-            run["last"] = (prev, prev._version, x_next)
+            run.last = (prev, prev._version, x_next)
             return prev, (None if denoised is None else denoised.to(in_dtype))
-        if j + 1 >= run["calls"][i]:
+        if j + 1 >= run.calls[step]:
             raise DataDependentCallsError(
                 f"solver {self.solver_name!r} asks for more than {j + 1} model calls in step {i}"
             )
         # the step needs another call: the pipeline evaluates the model at the point it asks for next
-        x_mid, s_mid, _ = run["request"]
+        x_mid, s_mid, _ = run.request
         return self._from_xbar(x_mid, s_mid).to(in_dtype), answer[0].to(in_dtype)
+
+    def _next_call(self, timestep, sample, eta: float) -> int:
+        """The index in ``timesteps`` of this call: the run's next one, or the first of a new run."""
+        if self._step_index is None or self._run is None:
+            k = self._start(timestep) if self._step_index is None else self._step_index
+            i, j, _ = self._calls[k]
+            if j != 0:
+                raise ValueError(
+                    f"timesteps[{k}] is the call {j + 1} of a solver step, not the start of one: start "
+                    "runs at a step's first call (set_begin_index(t_start * scheduler.order))"
+                )
+            self._begin_run(i, self._grid[i:], sample, eta)
+            return k
+        k, tv = self._step_index, float(timestep)
+        if k >= len(self._calls):
+            raise ValueError(
+                f"step() called after the last of the {len(self._calls)} timesteps; call "
+                "set_timesteps() to start a new run"
+            )
+        if abs(float(self.timesteps[k]) - tv) > 1e-4 * max(1.0, abs(tv)):
+            raise ValueError(
+                f"step() got timestep {tv} but the next call is at timesteps[{k}] = "
+                f"{float(self.timesteps[k])}: step through scheduler.timesteps in order, or call "
+                "set_timesteps() / set_begin_index() to start a new run"
+            )
+        if eta != self._run.eta:
+            raise ValueError(
+                f"eta={eta} given to step() after a run started with eta={self._run.eta}: one eta per run "
+                "(it sets the solver's coefficients for the whole grid)"
+            )
+        return k
+
+    def _unclipped(self, x, out, sigma: float):
+        """diffusers' DDIM with use_clipped_model_output=False combines the clipped x0 with the raw eps:
+        that is the DDIM step (E30) from the point D_clipped + sigma eps_raw, on whose ray D_clipped lies,
+        with eps_raw as the (eps-prediction) output there. Returns that point and eps_raw."""
+        conv = self._ode(lambda *a, **k: None, transform=None)
+        d_raw, eps_raw = conv._convert(out, x, sigma, 1.0 / math.sqrt(1 + sigma * sigma))
+        return torch.add(self.transform(d_raw, sigma), eps_raw, alpha=sigma), eps_raw
 
     def _zero_length_step(self, run, x, sigma):
         """A step from sigma to sigma at the end of the schedule leaves the sample where it is, except
         that UniPC's corrector (UniC, Zhao et al. 2023) still corrects the last step with the new
         output, as diffusers' UniPCMultistepScheduler does on that step."""
-        solver, state = run["solver"], run["state"]
-        denoised, _ = run["view"].predict(x, sigma)
+        solver, state = run.solver, run.state
+        denoised, _ = run.view.predict(x, sigma)
         corr = getattr(state, "corr", None)
-        if getattr(solver, "corrector", False) and corr and run["steps"] > 0 and not run.get("corrected"):
-            a_w = corr[run["steps"] - 1]
+        if getattr(solver, "corrector", False) and corr and run.steps > 0 and not run.corrected:
+            a_w = corr[run.steps - 1]
             if a_w is not None:
                 a, w = a_w
                 x = combine(a, state.x_base, zip(w, [denoised] + state.history))
-            run["corrected"] = True
+            run.corrected = True
         return x, denoised
 
-    def _begin_run(self, k: int, sample, eta):
-        i, j, _ = self._calls[k]
-        if j != 0:
-            raise ValueError(
-                f"timesteps[{k}] is the call {j + 1} of a solver step, not the start of one: start "
-                "runs at a step's first call (set_begin_index(t_start * scheduler.order))"
-            )
-        grid = self._grid[i:]
+    def _begin_run(self, i: int, grid: list[float], sample, eta: float, unclipped: bool = False):
+        """A run of the solver from step ``i`` over ``grid``; its model is the output of the pipeline's
+        current call and its noise the current call's."""
         # the solver runs up to the first level that does not decrease. A schedule may end with
         # zero-length steps (karras sigmas with final_sigmas_type="sigma_min" repeat the last sigma):
         # those are taken as diffusers takes a step of length h = 0. A level repeated earlier (more
@@ -806,21 +791,20 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         bad = None
         if cut is not None:
             if any(g != grid[cut] for g in grid[cut:]):
-                bad = (
-                    grid[cut],
-                    next(g for g in grid[cut:] if g != grid[cut]) if grid[cut + 1] == grid[cut] else grid[cut + 1],
-                )
+                later = next(g for g in grid[cut:] if g != grid[cut]) if grid[cut + 1] == grid[cut] else grid[cut + 1]
+                bad = (grid[cut], later)
             grid = grid[: cut + 1]
-        in_dtype = sample.dtype
-        state = state_dtype_for(in_dtype)
-        run: dict[str, Any] = {"start": i, "dtype": state, "steps": len(grid) - 1, "bad": bad, "eta": float(eta or 0.0)}
-        run["calls"] = collections.Counter(c[0] for c in self._calls)  # model calls per solver step
-        over = {"eta": float(eta)} if eta and self.solver_name == "ddim" else {}
-        # the solver's model is the output of the pipeline's current call; its noise, the current call's
-        view = self._ode(lambda x, t, **_: run["out"]).start_run(input_dtype=in_dtype, wants_denoised=True)
-        solver = self._new_solver(i, len(grid) - 1, **over)
-        run.update(solver=solver, view=view, state=solver.init(view, grid, lambda like: run["draw"](like)))
+        calls = collections.Counter(c[0] - i for c in self._calls)  # model calls per solver step of the run
+        run = types.SimpleNamespace(
+            start=i, grid=grid, dtype=state_dtype_for(sample.dtype), steps=len(grid) - 1, bad=bad, eta=eta, calls=calls
+        )
+        run.last, run.corrected, run.out = None, False, None
+        ode = self._ode(lambda x, t, **_: run.out, *(("eps", None) if unclipped else ()))
+        run.view = ode.start_run(input_dtype=sample.dtype, wants_denoised=True)
+        run.solver = self._new_solver(i, run.steps, **({"eta": eta} if eta else {}))
+        run.state = run.solver.init(run.view, grid, lambda like: self._draw(like))
         self._run = run
+        return run
 
     # -- construction ----------------------------------------------------------------------------------
     @classmethod
@@ -918,7 +902,7 @@ def _make_init():
         sig.bind(self, *args, **kwargs)  # an unknown key is a TypeError, as in any __init__
         self._begin_index = self._step_index = self._run = self._grid = None
         self.num_inference_steps = self.timesteps = self.sigmas = None
-        self._ddim_rule = False
+        self._memoryless = False
         self._setup()
         self.timesteps = torch.arange(int(self.fcfg["num_train_timesteps"]) - 1, -1, -1, dtype=torch.int64)
         ref = self._ref
