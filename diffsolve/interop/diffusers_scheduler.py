@@ -34,7 +34,7 @@ from ..schedules import DiscreteSchedule
 from ..solvers._exponential import combine
 from ..solvers.base import Solver, advance
 from ..wrapper import DiffusionODE
-from .diffusers import PREDICTION_TYPES, diffusers_grid, schedule_from_config, transform_from_config
+from .diffusers import diffusers_grid, prediction_from_config, schedule_from_config, transform_from_config
 
 __all__ = ["FAMILIES", "DataDependentCallsError", "DiffsolveScheduler"]
 
@@ -90,29 +90,16 @@ def _false(v):
 def _dpm_orders(cfg, n: int, start: int, final_zero: bool) -> list[int]:
     """DPMSolverMultistep / DEIS: warm-up from the first step taken, ``lower_order_final`` on
     schedules of fewer than 15 steps, ``euler_at_final``, a first-order step into sigma = 0."""
-    order, lof = int(cfg["solver_order"]), bool(cfg.get("lower_order_final", True))
-    out = []
-    for k in range(start, n):
-        warm = k - start
-        final = k == n - 1 and (bool(cfg.get("euler_at_final", False)) or (lof and n < 15) or final_zero)
-        second = k == n - 2 and lof and n < 15
-        if order == 1 or warm < 1 or final:
-            out.append(1)
-        elif order == 2 or warm < 2 or second:
-            out.append(2)
-        else:
-            out.append(3)
-    return out
+    order, lof = int(cfg["solver_order"]), bool(cfg.get("lower_order_final", True)) and n < 15
+    first_at_end = bool(cfg.get("euler_at_final", False)) or lof or final_zero
+    caps = [1 if k == n - 1 and first_at_end else 2 if k == n - 2 and lof else order for k in range(start, n)]
+    return [min(order, cap, warm + 1) for warm, cap in enumerate(caps)]
 
 
 def _unipc_orders(cfg, n: int, start: int, final_zero: bool) -> list[int]:
     """UniPC: ``lower_order_final`` caps the order at the steps left (no 15-step condition)."""
-    order = int(cfg["solver_order"])
-    out = []
-    for k in range(start, n):
-        p = min(order, n - k) if cfg.get("lower_order_final", True) else order
-        out.append(min(p, k - start + 1))
-    return out
+    order, lof = int(cfg["solver_order"]), cfg.get("lower_order_final", True)
+    return [min(min(order, n - k) if lof else order, k - start + 1) for k in range(start, n)]
 
 
 # -- each family's own method: (diffsolve solver, options, per-step order rule) from its keys ---------
@@ -242,91 +229,70 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
     def _setup(self):
         cfg = dict(self.config)
         emulate = cfg.get("emulate")
-        if emulate is not None and emulate not in FAMILIES:
+        fam = self.family = FAMILIES.get(emulate)
+        if emulate is not None and fam is None:
             raise ValueError(
                 f"emulate={emulate!r} is not supported; supported: {', '.join(FAMILIES)} "
                 "(or None: diffsolve's own grid and DDIM's timestep rule)"
             )
-        self.family = FAMILIES.get(emulate)
-        keys = _family_keys()
-        given = {k: cfg.get(k) for k in keys if cfg.get(k) is not None}
-        if self.family is None:
-            extra = sorted(k for k in given if k not in _NATIVE_DEFAULTS)
-            if extra:
-                raise ValueError(
-                    f"key(s) {extra} need emulate=<a diffusers scheduler class> (they belong to one; "
-                    f"supported: {', '.join(FAMILIES)}); without it the grid is grid=/grid_options="
-                )
-            fcfg = dict(_NATIVE_DEFAULTS, **given)
-            self.space = "vp"
-            self._ref = None
-        else:
-            defaults = self.family.defaults()
-            foreign = sorted(k for k in given if k not in defaults)
-            if foreign:
-                raise ValueError(f"key(s) {foreign} are not keys of {emulate}; that scheduler cannot honour them")
-            fcfg = dict(defaults, **given)
-            if cfg.get("grid") is not None:
-                raise ValueError(
-                    f"grid={cfg['grid']!r} with emulate={emulate!r}: the emulated scheduler sets the "
-                    "grid; use emulate=None for a diffsolve grid"
-                )
-            self.space = self.family.space
-            self._ref = self.family.cls.from_config({k: v for k, v in fcfg.items()})
+        defaults = _NATIVE_DEFAULTS if fam is None else fam.defaults()
+        given = {k: cfg[k] for k in _family_keys() if cfg.get(k) is not None}
+        foreign = sorted(k for k in given if k not in defaults)
+        if foreign and fam is None:
+            raise ValueError(
+                f"key(s) {foreign} need emulate=<a diffusers scheduler class> (they belong to one; "
+                f"supported: {', '.join(FAMILIES)}); without it the grid is grid=/grid_options="
+            )
+        if foreign:
+            raise ValueError(f"key(s) {foreign} are not keys of {emulate}; that scheduler cannot honour them")
+        if fam is not None and cfg.get("grid") is not None:
+            raise ValueError(
+                f"grid={cfg['grid']!r} with emulate={emulate!r}: the emulated scheduler sets the "
+                "grid; use emulate=None for a diffsolve grid"
+            )
+        self.fcfg = fcfg = dict(defaults, **given)
+        self.space, self._ref = ("vp", None) if fam is None else (fam.space, fam.cls.from_config(fcfg))
+        if fam is not None:
             # the family's own normalisations (DPMSolverMultistep reads solver_type "bh2" as "midpoint",
             # UniPC reads "midpoint" as "bh2"): recorded as that scheduler records them
             changed = {
-                k: self._ref.config[k]
-                for k in defaults
-                if k in self._ref.config
-                and k in self.config
-                and isinstance(fcfg[k], (str, int, float, bool))
-                and self._ref.config[k] != fcfg[k]
+                k: v
+                for k, v in self._ref.config.items()
+                if k in defaults and isinstance(fcfg[k], (str, int, float, bool)) and v != fcfg[k]
             }
-            if changed:
-                fcfg.update(changed)
-                self.register_to_config(**{k: v for k, v in changed.items() if self.config[k] is not None})
-            for k, ok in self.family.honoured.items():
+            fcfg.update(changed)
+            self.register_to_config(**{k: v for k, v in changed.items() if self.config[k] is not None})
+            for k, ok in fam.honoured.items():
                 if k in fcfg and not ok(fcfg[k]):
                     raise ValueError(f"{emulate}: {k}={fcfg[k]!r} is not supported by DiffsolveScheduler")
-        self.fcfg = fcfg
-        self.prediction = PREDICTION_TYPES.get(fcfg["prediction_type"])
-        if self.prediction is None:
-            raise ValueError(
-                f"prediction_type={fcfg['prediction_type']!r} is not supported; supported: "
-                f"{', '.join(PREDICTION_TYPES)}"
-            )
-        self.transform = transform_from_config(fcfg)
+        self.prediction, self.transform = prediction_from_config(fcfg), transform_from_config(fcfg)
         self.solver_name, self.solver_opts, self.orders_rule = self._choose_solver(cfg, fcfg)
-        probe = make_solver(self.solver_name, **self.solver_opts)  # validates name and options now
-        self.solver_class = type(probe)
+        self.solver_class = type(make_solver(self.solver_name, **self.solver_opts))  # validates name and options
         self.order = self.solver_class.calls_per_step
-        if self._ref is None:  # native mode: DDIM's keys, so DDIMScheduler's betas and final level
-            self.schedule = schedule_from_config(fcfg)
-        src = self._ref if self._ref is not None else FAMILIES["DDIMScheduler"].cls.from_config(fcfg)
+        # native mode reads DDIM's keys: DDIMScheduler's betas and final level
+        src = self._ref if fam is not None else FAMILIES["DDIMScheduler"].cls.from_config(fcfg)
         self.betas, self.alphas, self.alphas_cumprod = src.betas, src.alphas, src.alphas_cumprod
         self.final_alpha_cumprod = getattr(src, "final_alpha_cumprod", torch.tensor(1.0))  # 1: no set_alpha_to_one
+        if fam is None:
+            self.schedule = schedule_from_config(fcfg)
 
     def _choose_solver(self, cfg, fcfg) -> tuple[str, dict, Callable | None]:
         """(solver name, options, step-order rule) from ``solver`` or the emulated family's keys."""
-        user = cfg.get("solver")
-        opts = dict(cfg.get("solver_options") or {})
-        fam = self.family.name if self.family is not None else None
-        if user is not None:
-            if fam is not None:
-                defaults = self.family.defaults()
-                clash = sorted(k for k in _INTEGRATOR_KEYS if k in defaults and fcfg[k] != defaults[k])
-                if clash:
-                    raise ValueError(
-                        f"solver={user!r} replaces {fam}'s own method, so its key(s) {clash} (set to "
-                        "non-default values) cannot be honoured; drop them or drop solver="
-                    )
-            return user, opts, None
-        if fam is None:
+        user, opts, fam = cfg.get("solver"), dict(cfg.get("solver_options") or {}), self.family
+        if user is None and fam is None:
             return "ddim", opts, None
-        if opts:
-            raise ValueError(f"solver_options={opts} without solver=: name the solver they are for")
-        return self.family.method(fcfg)
+        if user is None:
+            if opts:
+                raise ValueError(f"solver_options={opts} without solver=: name the solver they are for")
+            return fam.method(fcfg)
+        defaults = fam.defaults() if fam is not None else {}
+        clash = sorted(k for k in _INTEGRATOR_KEYS if k in defaults and fcfg[k] != defaults[k])
+        if clash:
+            raise ValueError(
+                f"solver={user!r} replaces {fam.name}'s own method, so its key(s) {clash} (set to "
+                "non-default values) cannot be honoured; drop them or drop solver="
+            )
+        return user, opts, None
 
     # -- diffusers API ---------------------------------------------------------------------------
     @property
@@ -371,50 +337,41 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
     ):
         """The timesteps of a run of ``num_inference_steps`` steps (or the given ``timesteps`` /
         ``sigmas``, where the emulated scheduler accepts them)."""
-        self._step_index = None
-        self._run = None
+        self._step_index = self._run = None
+        given = {k: v for k, v in (("timesteps", timesteps), ("sigmas", sigmas)) if v is not None}
+        if num_inference_steps is None and not given:
+            raise ValueError("pass num_inference_steps (or timesteps= / sigmas=)")
         if self._ref is not None:
-            params = inspect.signature(self._ref.set_timesteps).parameters
-            args: dict[str, Any] = dict(kwargs)
-            for key, val in (("timesteps", timesteps), ("sigmas", sigmas)):
-                if val is not None:
-                    if key not in params:
-                        raise ValueError(
-                            f"{self.family.name} does not take {key}= in set_timesteps; pass num_inference_steps"
-                        )
-                    args[key] = val
+            takes = inspect.signature(self._ref.set_timesteps).parameters
+            for key in given:
+                if key not in takes:
+                    raise ValueError(
+                        f"{self.family.name} does not take {key}= in set_timesteps; pass num_inference_steps"
+                    )
             if num_inference_steps is not None:
-                n = num_inference_steps
-                args["num_inference_steps"] = _steps(n) if timesteps is None and sigmas is None else n
-            elif not ("timesteps" in args or "sigmas" in args):
-                raise ValueError("pass num_inference_steps (or timesteps= / sigmas=)")
-            self._ref.set_timesteps(device=device, **args)
+                given["num_inference_steps"] = num_inference_steps if given else _steps(num_inference_steps)
+            self._ref.set_timesteps(device=device, **given, **kwargs)
             return self._adopt_family_schedule(device)
         if kwargs:
             raise TypeError(f"set_timesteps got unexpected argument(s) {sorted(kwargs)}")
+        if len(given) == 2:
+            raise ValueError("pass timesteps= or sigmas=, not both")
         if timesteps is not None:
-            if sigmas is not None:
-                raise ValueError("pass timesteps= or sigmas=, not both")
             t = torch.as_tensor(timesteps, dtype=torch.float64).reshape(-1)
             sig = torch.cat([self.schedule.sigma(t), torch.zeros(1, dtype=torch.float64)])
             sig = validate_sigmas(sig, name="the sigmas of timesteps")
         elif sigmas is not None:
             sig = validate_sigmas(sigmas)
-        elif num_inference_steps is None:
-            raise ValueError("pass num_inference_steps (or timesteps= / sigmas=)")
         elif self.config.grid is not None:
-            sig = make_grid(
-                self.config.grid, self.schedule, _steps(num_inference_steps), **(self.config.grid_options or {})
-            )
+            steps, options = _steps(num_inference_steps), self.config.grid_options or {}
+            sig = make_grid(self.config.grid, self.schedule, steps, **options)
         else:
             sig = diffusers_grid(self.fcfg, _steps(num_inference_steps), self.schedule)
         self._grid = sig.tolist()
         self.sigmas = torch.as_tensor(self._grid, dtype=torch.float32)
-        self.num_inference_steps = len(self._grid) - 1
-        self._calls = self._call_map(self._grid)
-        t = torch.as_tensor([float(self.schedule.t(s)) for _, _, s in self._calls], dtype=torch.float64)
-        integral = bool(torch.equal(t, t.round()))
-        self.timesteps = (t.round().to(torch.int64) if integral else t.to(torch.float32)).to(device)
+        self.num_inference_steps, self._calls = len(self._grid) - 1, self._call_map(self._grid)
+        t = self.schedule.t(torch.tensor([s for _, _, s in self._calls], dtype=torch.float64))
+        self.timesteps = (t.round().to(torch.int64) if torch.equal(t, t.round()) else t.to(torch.float32)).to(device)
         self._memoryless = False
 
     def _adopt_family_schedule(self, device):
@@ -514,19 +471,13 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             if self.family.name in ("DDIMScheduler", "DDPMScheduler") and isinstance(timesteps, torch.Tensor):
                 timesteps = timesteps.round().long()  # they index alphas_cumprod (integral here)
             return self._ref.add_noise(original_samples, noise, timesteps)
-        if self._ref is not None:
-            # a multi-call solver's own timesteps on a DDIM/DDPM schedule fall between the training levels,
-            # which that scheduler's add_noise cannot index: the forward process at the call's own sigma (E8)
-            sig = torch.tensor([self._calls[self._index_for(float(v))][2] for v in t], dtype=torch.float64)
-            a = 1.0 / (1.0 + sig * sig)
-        else:
-            acp = self.alphas_cumprod.to(torch.float64)
-            lo = t.floor().long().clamp(0, len(acp) - 1)
-            hi = (lo + 1).clamp(max=len(acp) - 1)
-            a = acp[lo] + (t - lo) * (acp[hi] - acp[lo])
+        # native mode, or a multi-call solver's timesteps between a DDIM/DDPM schedule's training levels (which
+        # that scheduler's add_noise cannot index): alpha_bar at the sigma of t, log-linear between levels (E8)
+        a = schedule_from_config(self.fcfg).alpha_bar(t)
         view = (-1, *([1] * (original_samples.dim() - 1)))
-        sa = a.sqrt().to(original_samples.device, original_samples.dtype).reshape(view)
-        sb = (1 - a).sqrt().to(original_samples.device, original_samples.dtype).reshape(view)
+        sa, sb = (
+            v.to(original_samples.device, original_samples.dtype).reshape(view) for v in (a.sqrt(), (1 - a).sqrt())
+        )
         return sa * original_samples + sb * noise
 
     def _get_variance(self, timestep: int, prev_timestep: int) -> torch.Tensor:
@@ -622,33 +573,24 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             )
         return patterns[0]
 
-    def _index_for(self, timestep) -> int:
-        """The call index of ``timestep`` in the schedule, looked up by value (diffusers' rule: the
-        second match if it occurs twice, so a run starting mid-schedule skips no sigma)."""
-        ts = self.timesteps
-        tv = timestep.to(ts.device) if isinstance(timestep, torch.Tensor) else torch.tensor(timestep, device=ts.device)
-        hits = (ts == tv.to(ts.dtype)).nonzero().flatten().tolist() if ts.numel() else []
-        if not hits:
-            hits = (torch.isclose(ts.double(), tv.double(), rtol=1e-6, atol=1e-6)).nonzero().flatten().tolist()
-        if not hits:
-            raise ValueError(
-                f"timestep {float(tv)} is not in this schedule's timesteps "
-                f"({ts.tolist()[:4]}...); step through scheduler.timesteps"
-            )
-        return hits[1] if len(hits) > 1 else hits[0]
-
     def _start(self, timestep) -> int:
+        """The index in ``timesteps`` where a run starts: ``begin_index``, else that of ``timestep`` by value
+        (diffusers' rule: the second match if it occurs twice, so a run starting mid-schedule skips no sigma;
+        DPM-Solver/UniPC/DEIS take the last index when the timestep is not in their schedule)."""
+        ts, ref = self.timesteps, self._ref
         if self._begin_index is not None:
             k = self._begin_index
-        elif (
-            self._ref is not None and self.timesteps is self._ref.timesteps and hasattr(self._ref, "index_for_timestep")
-        ):
-            # the emulated scheduler's own lookup rule (DPM-Solver/UniPC/DEIS take the last index when
-            # the timestep is not in the schedule)
-            tv = timestep.to(self.timesteps.device) if isinstance(timestep, torch.Tensor) else timestep
-            k = int(self._ref.index_for_timestep(tv))
+        elif ref is not None and ts is ref.timesteps and hasattr(ref, "index_for_timestep"):
+            k = int(ref.index_for_timestep(timestep.to(ts.device) if isinstance(timestep, torch.Tensor) else timestep))
         else:
-            k = self._index_for(timestep)
+            tv = torch.as_tensor(timestep, dtype=torch.float64).cpu()
+            hits = torch.isclose(ts.double().cpu(), tv, rtol=1e-6, atol=1e-6).nonzero().flatten().tolist()
+            if not hits:
+                raise ValueError(
+                    f"timestep {float(tv)} is not in this schedule's timesteps ({ts.tolist()[:4]}...); "
+                    "step through scheduler.timesteps"
+                )
+            k = hits[1] if len(hits) > 1 else hits[0]
         if not 0 <= k < len(self._calls):
             raise ValueError(f"begin_index={k} is outside the {len(self._calls)} timesteps of this schedule")
         return k
