@@ -443,7 +443,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         (DDIM's; others refuse eta > 0), ``use_clipped_model_output``, ``generator`` (the noise of
         stochastic solvers), ``variance_noise`` (that noise given), ``return_dict``;
         EulerDiscrete's ``s_churn``... (churn is refused) and LMS's ``order``."""
-        if self.timesteps is None or getattr(self, "_grid", None) is None:
+        if self.timesteps is None or self._grid is None:
             raise ValueError("call set_timesteps(num_inference_steps) before step()")
         if not isinstance(model_output, torch.Tensor) or not isinstance(sample, torch.Tensor):
             raise TypeError("model_output and sample must be torch tensors")
@@ -456,11 +456,35 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             )
         if order is not None and self.solver_name == "lms" and order != self.solver_opts.get("solver_order", 4):
             raise ValueError(f"order={order} given to step(); set it as solver_options={{'solver_order': {order}}}")
-        self._draw = self._noise_fn(generator, variance_noise)  # the noise of this call's step
-        prev, denoised = self._step(model_output, timestep, sample, float(eta or 0.0), use_clipped_model_output)
-        if not return_dict:
-            return prev, denoised
-        return DDIMSchedulerOutput(prev_sample=prev, pred_original_sample=denoised)
+        eta, ddim = float(eta or 0.0), self._memoryless and self.family.name == "DDIMScheduler"
+        if eta and (self.solver_name != "ddim" or self._memoryless and not ddim):
+            raise ValueError(
+                f"eta={eta} given to step(): eta is DDIM's (DDIMScheduler, solver='ddim'); solver "
+                f"{self.solver_name!r} takes its options as solver_options, DDPMScheduler its variance_type"
+            )
+        # DDIMScheduler's default (None) is use_clipped_model_output=False; elsewhere an explicit False only
+        unclipped = self.transform is not None and (
+            not use_clipped_model_output if ddim else use_clipped_model_output is False
+        )
+        if unclipped and not ddim:
+            raise ValueError(
+                "use_clipped_model_output=False with clip_sample/thresholding: diffsolve keeps the "
+                "clipped x0 and its eps consistent; pass True (or leave it unset)"
+            )
+        # the noise of this call's step
+        self._draw = make_noise_sampler(generator) if variance_noise is None else lambda like: variance_noise.to(like)
+        if self._memoryless:  # DDIM/DDPM: a run of one step from t to the family's previous timestep, any t
+            t = int(timestep)
+            hits = (self.timesteps == t).nonzero().flatten().tolist()
+            k = hits[0] if hits else None
+            run = self._begin_run(0, [self._sigma_of(t), self._sigma_prev(t)], sample, eta, unclipped)
+            i, j, sigma = 0, 0, run.grid[0]
+        else:
+            k = self._next_call(timestep, sample, eta)
+            run, (i, j, sigma) = self._run, self._calls[k]
+        prev, denoised = self._feed(run, i, j, sigma, model_output, sample, unclipped)
+        self._step_index = None if k is None else k + 1
+        return DDIMSchedulerOutput(prev_sample=prev, pred_original_sample=denoised) if return_dict else (prev, denoised)
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
         """The forward process at ``timesteps`` in the sample's space: sqrt(abar) x0 + sqrt(1 - abar)
@@ -595,39 +619,11 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"begin_index={k} is outside the {len(self._calls)} timesteps of this schedule")
         return k
 
-    def _noise_fn(self, generator, variance_noise):
-        if variance_noise is not None:
-            return lambda like: variance_noise.to(like.device, like.dtype)
-        return make_noise_sampler(generator)
-
-    # -- the step: one model output fed to the open solver step --------------------------------------
-    def _step(self, model_output, timestep, sample, eta: float, use_clipped):
-        if eta and self.solver_name != "ddim":
-            raise ValueError(
-                f"eta={eta} given to step(): eta is DDIM's; solver {self.solver_name!r} takes its options as solver_options"
-            )
-        ddim = self._memoryless and self.family.name == "DDIMScheduler"
-        if eta and self._memoryless and not ddim:
-            raise ValueError("eta is DDIMScheduler's; DDPMScheduler's variance is variance_type")
-        # DDIMScheduler's default (None) is use_clipped_model_output=False; elsewhere an explicit False only
-        unclipped = self.transform is not None and (not use_clipped if ddim else use_clipped is False)
-        if unclipped and not ddim:
-            raise ValueError(
-                "use_clipped_model_output=False with clip_sample/thresholding: diffsolve keeps the "
-                "clipped x0 and its eps consistent; pass True (or leave it unset)"
-            )
-        if self._memoryless:  # DDIM/DDPM: a run of one step from t to the family's previous timestep, any t
-            t = int(timestep)
-            hits = (self.timesteps == t).nonzero().flatten().tolist()
-            k = hits[0] if hits else None
-            run = self._begin_run(0, [self._sigma_of(t), self._sigma_prev(t)], sample, eta, unclipped)
-            i, j, sigma = 0, 0, run.grid[0]
-        else:
-            k = self._next_call(timestep, sample, eta)
-            run, (i, j, sigma) = self._run, self._calls[k]
+    def _feed(self, run, i: int, j: int, sigma: float, model_output, sample, unclipped: bool):
+        """The model output of call ``j`` of step ``i`` (at ``sigma``) fed to the run's open solver step:
+        ``(prev_sample, pred_original_sample)``."""
         in_dtype, step = sample.dtype, i - run.start
         run.out = model_output.to(run.dtype)
-        self._step_index = None if k is None else k + 1
         if step >= run.steps:
             if run.bad is not None:
                 raise ValueError(
