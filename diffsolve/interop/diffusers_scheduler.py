@@ -63,12 +63,16 @@ def _init_defaults(name: str) -> dict:
 class _Family:
     """What DiffsolveScheduler reproduces of one diffusers scheduler class: its space, its own method
     (fcfg -> (solver, options, per-step order rule or None)) and the values of its keys it honours
-    (key -> predicate; a key not listed is honoured for every value)."""
+    (key -> predicate; a key not listed is honoured for every value), and how its schedule makes the
+    solver's grid: "sigmas" (a step from sigmas[k] to sigmas[k + 1]), "previous" (DDIM/DDPM: from each
+    timestep to the family's previous one, memoryless) or "paired" (Heun: each inner sigma listed twice,
+    two calls per step)."""
 
     name: str
     space: str
     method: Callable
     honoured: dict = dataclasses.field(default_factory=dict)
+    grid: str = "sigmas"
 
     @property
     def cls(self) -> type:
@@ -159,14 +163,14 @@ _UNIPC_KEYS = dict(
 FAMILIES: dict[str, _Family] = {
     f.name: f
     for f in [
-        _Family("DDIMScheduler", "vp", _fixed("ddim")),
-        _Family("DDPMScheduler", "vp", _ddpm_method, {"variance_type": _is("fixed_small", "fixed_large")}),
+        _Family("DDIMScheduler", "vp", _fixed("ddim"), grid="previous"),
+        _Family("DDPMScheduler", "vp", _ddpm_method, {"variance_type": _is("fixed_small", "fixed_large")}, "previous"),
         _Family("DPMSolverMultistepScheduler", "vp", _dpm_method, {**_DPM_KEYS, **_NO_FLOW}),
         _Family("UniPCMultistepScheduler", "vp", _unipc_method, _UNIPC_KEYS),
         _Family("DEISMultistepScheduler", "vp", _deis_method, _NO_FLOW),
         _Family("EulerDiscreteScheduler", "ve", _fixed("ddim")),
         _Family("EulerAncestralDiscreteScheduler", "ve", _fixed("euler-ancestral")),
-        _Family("HeunDiscreteScheduler", "ve", _fixed("heun")),
+        _Family("HeunDiscreteScheduler", "ve", _fixed("heun"), grid="paired"),
         _Family("LMSDiscreteScheduler", "ve", _fixed("lms", solver_order=4)),
     ]
 }
@@ -375,10 +379,10 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         self._memoryless = False
 
     def _adopt_family_schedule(self, device):
-        ref, fam = self._ref, self.family.name
+        ref, fam, kind = self._ref, self.family.name, self.family.grid
         self.timesteps, self.num_inference_steps = ref.timesteps, ref.num_inference_steps
-        self._memoryless = fam in ("DDIMScheduler", "DDPMScheduler") and self.solver_name == "ddim"
-        if fam in ("DDIMScheduler", "DDPMScheduler"):
+        self._memoryless = kind == "previous" and self.solver_name == "ddim"
+        if kind == "previous":
             # one step per timestep, to the family's previous timestep (or the final level)
             ts = [int(t) for t in ref.timesteps.tolist()]
             g = [self._sigma_of(t) for t in ts] + [self._sigma_prev(ts[-1])]
@@ -387,9 +391,9 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             self.sigmas, g = ref.sigmas, ref.sigmas.to(torch.float64).tolist()
             # diffusers' Heun grid [s0, s1, s1, ..., s_{n-1}, s_{n-1}, 0] is the solver's [s0, s1, ..., 0]; the others
             # step from sigmas[k] to sigmas[k + 1] (log-linear Euler's schedule has one sigma more than it visits)
-            g = [g[0]] + g[1:-1:2] + [g[-1]] if fam == "HeunDiscreteScheduler" else g[: len(ref.timesteps) + 1]
+            g = [g[0]] + g[1:-1:2] + [g[-1]] if kind == "paired" else g[: len(ref.timesteps) + 1]
         self._grid, self._calls = g, self._call_map(g)
-        if (self.solver_name == "heun") if fam == "HeunDiscreteScheduler" else (self.solver_class.calls_per_step == 1):
+        if (self.solver_name == "heun") if kind == "paired" else (self.solver_class.calls_per_step == 1):
             if len(self._calls) != len(self.timesteps):
                 raise ValueError(
                     f"solver {self.solver_name!r} makes {len(self._calls)} model calls on "
@@ -492,7 +496,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         t = torch.as_tensor(timesteps, device="cpu").reshape(-1).to(torch.float64)
         if self._ref is not None and (self.space == "ve" or torch.equal(t, t.round())):
             self._sync_ref()
-            if self.family.name in ("DDIMScheduler", "DDPMScheduler") and isinstance(timesteps, torch.Tensor):
+            if self.family.grid == "previous" and isinstance(timesteps, torch.Tensor):
                 timesteps = timesteps.round().long()  # they index alphas_cumprod (integral here)
             return self._ref.add_noise(original_samples, noise, timesteps)
         # native mode, or a multi-call solver's timesteps between a DDIM/DDPM schedule's training levels (which
@@ -555,7 +559,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         if self.family is not None and self.config.solver is None:  # the family's own method
             if cls.calls_per_step == 1:
                 return [(i, 0, grid[i]) for i in range(n)]
-            if self.family.name == "HeunDiscreteScheduler":  # two calls per step, one on the step into 0
+            if self.family.grid == "paired":  # two calls per step, one on the step into 0
                 return [c for i in range(n) for c in [(i, 0, grid[i])] + ([(i, 1, grid[i + 1])] if grid[i + 1] else [])]
         name, elsewhere = repr(self.solver_name), "; use it through diffsolve.sample(diffsolve.from_diffusers(...))"
         if cls.legacy:
@@ -750,11 +754,10 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         """From any scheduler's config: the config's ``_class_name`` (a supported diffusers scheduler)
         becomes ``emulate``, and every key of that scheduler is read, its defaults included (so the
         scheduler the config came from is reproduced). Keyword arguments override config keys."""
-        source = None
-        if hasattr(config, "config") and not isinstance(config, dict):  # a scheduler object
-            source, config = type(config).__name__, config.config
+        if hasattr(config, "config") and not isinstance(config, dict):  # a scheduler object: its class
+            config = dict(config.config, _class_name=type(config).__name__)
         cfg = dict(config or {})
-        name = cfg.get("_class_name") or source or _family_of_keys(cfg)
+        name = cfg.get("_class_name") or _family_of_keys(cfg)
         chosen = "emulate" in cfg or "emulate" in kwargs
         if not chosen and name in FAMILIES:
             cfg["emulate"] = name
