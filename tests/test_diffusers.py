@@ -618,3 +618,13 @@ def test_use_clipped_model_output_false_is_refused_where_it_has_no_meaning():
     with pytest.raises(ValueError, match="use_clipped_model_output=False"):
         sched.step(x, sched.timesteps[0], x, use_clipped_model_output=False)
     assert torch.isfinite(sched.step(x, sched.timesteps[0], x).prev_sample).all()
+
+
+@pytest.mark.parametrize("solver", ["ddim", "dpmpp-2m"])
+def test_native_timesteps_on_ddims_rule_are_ddims_own_integers(solver):
+    # the call map records the sigma each model request is made at; it used to record the model time of a
+    # placeholder schedule, clamped to that schedule's range, so the last timestep came out as 3.2e-08 (float)
+    ours, ref = DiffsolveScheduler(solver=solver), DDIMScheduler()
+    ours.set_timesteps(10)
+    ref.set_timesteps(10)
+    assert ours.timesteps.dtype == torch.int64 and torch.equal(ours.timesteps, ref.timesteps)

@@ -32,7 +32,7 @@ from ..grids import validate_sigmas
 from ..sampling import make_grid, make_noise_sampler, make_solver, state_dtype_for
 from ..schedules import DiscreteSchedule
 from ..solvers._exponential import combine
-from ..solvers.base import Solver, advance
+from ..solvers.base import Solver, answer
 from ..wrapper import DiffusionODE
 from .diffusers import diffusers_grid, prediction_from_config, schedule_from_config, transform_from_config
 
@@ -578,21 +578,21 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError("the schedule's sigmas must be strictly decreasing for a multi-call solver")
         patterns = []
         for fn in (torch.zeros_like, lambda x: 0.5 * torch.tanh(3 * x) + 0.1):
-            seen: list[tuple[int, int, float]] = []
-            cur = [0, 0]  # step, calls made in it so far
-
-            def model(x, t, fn=fn, seen=seen, cur=cur, **_):
-                seen.append((cur[0], cur[1], float(t[0])))
-                cur[1] += 1
-                return fn(x)
-
-            ode = self._ode(model, prediction="eps", transform=None).start_run(wants_denoised=False)
-            solver = self._new_solver()
-            state = solver.init(ode, grid, lambda like: torch.zeros_like(like))
-            x = torch.linspace(-1.5, 1.5, 4, dtype=torch.float64).reshape(1, 4)
-            for i in range(n):
-                cur[0], cur[1] = i, 0
-                x, _ = advance(solver.step(i, x, state), ode)
+            view = self._ode(lambda x, t, fn=fn, **_: fn(x), "eps", None).start_run(wants_denoised=False)
+            solver, seen = self._new_solver(), []
+            state, x = (
+                solver.init(view, grid, torch.zeros_like),
+                torch.linspace(-1.5, 1.5, 4, dtype=torch.float64)[None],
+            )
+            for i in range(n):  # each step's model requests, at the sigmas the solver asks for
+                gen, j = solver.step(i, x, state), 0
+                try:
+                    request = gen.send(None)
+                    while True:
+                        seen.append((i, j, request[1]))
+                        request, j = gen.send(answer(view, *request)), j + 1
+                except StopIteration as stop:
+                    x = stop.value[0]
             patterns.append(seen)
         if patterns[0] != patterns[1]:
             raise DataDependentCallsError(
@@ -681,16 +681,11 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             self._begin_run(i, self._grid[i:], sample, eta)
             return k
         k, tv = self._step_index, float(timestep)
-        if k >= len(self._calls):
+        if k >= len(self._calls) or abs(float(self.timesteps[k]) - tv) > 1e-4 * max(1.0, abs(tv)):
+            expected = f"at timesteps[{k}] = {float(self.timesteps[k])}" if k < len(self._calls) else "none (run over)"
             raise ValueError(
-                f"step() called after the last of the {len(self._calls)} timesteps; call "
-                "set_timesteps() to start a new run"
-            )
-        if abs(float(self.timesteps[k]) - tv) > 1e-4 * max(1.0, abs(tv)):
-            raise ValueError(
-                f"step() got timestep {tv} but the next call is at timesteps[{k}] = "
-                f"{float(self.timesteps[k])}: step through scheduler.timesteps in order, or call "
-                "set_timesteps() / set_begin_index() to start a new run"
+                f"step() got timestep {tv} but the next call is {expected}: step through scheduler.timesteps "
+                "in order, or call set_timesteps() / set_begin_index() to start a new run"
             )
         if eta != self._run.eta:
             raise ValueError(
