@@ -192,11 +192,6 @@ def _family_keys() -> list[str]:
 
 
 # -- the ODE the solver steps on ---------------------------------------------------------------------
-#: a fixed VP schedule for the step ODE's type check and model time (the step ODE's own _level converts
-#: with the grid's sigma itself)
-_PLACEHOLDER_SCHEDULE = DiscreteSchedule.from_betas(torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64))
-
-
 class _StepODE(DiffusionODE):
     """The sigma-form ODE (E29) whose model is the output the pipeline handed to ``step``: the grid's sigma
     as it is (no clamping to a training range: the sigmas come from the emulated scheduler), with the VP
@@ -205,6 +200,10 @@ class _StepODE(DiffusionODE):
     def _level(self, sigma: float) -> tuple[float, float, torch.Tensor]:
         a = 1.0 / math.sqrt(1.0 + sigma * sigma)
         return sigma, a, torch.tensor(a, dtype=torch.float64)
+
+
+#: the step ODE's schedule where none is read (a family's own method): the ODE's type check only
+_PLACEHOLDER_SCHEDULE = DiscreteSchedule.from_betas(torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64))
 
 
 # -- the scheduler --------------------------------------------------------------------------------------
@@ -273,12 +272,13 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         self.solver_name, self.solver_opts, self.orders_rule = self._choose_solver(cfg, fcfg)
         self.solver_class = type(make_solver(self.solver_name, **self.solver_opts))  # validates name and options
         self.order = self.solver_class.calls_per_step
+        # the training schedule as from_diffusers reads it, for native mode and for a solver that replaces the
+        # family's method (the step ODE's: deis's time and plms's midpoints read it); a family's method reads none
+        self.schedule = schedule_from_config(fcfg) if fam is None or cfg.get("solver") is not None else None
         # native mode reads DDIM's keys: DDIMScheduler's betas and final level
         src = self._ref if fam is not None else FAMILIES["DDIMScheduler"].cls.from_config(fcfg)
         self.betas, self.alphas, self.alphas_cumprod = src.betas, src.alphas, src.alphas_cumprod
         self.final_alpha_cumprod = getattr(src, "final_alpha_cumprod", torch.tensor(1.0))  # 1: no set_alpha_to_one
-        if fam is None:
-            self.schedule = schedule_from_config(fcfg)
 
     def _choose_solver(self, cfg, fcfg) -> tuple[str, dict, Callable | None]:
         """(solver name, options, step-order rule) from ``solver`` or the emulated family's keys."""
@@ -501,7 +501,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             return self._ref.add_noise(original_samples, noise, timesteps)
         # native mode, or a multi-call solver's timesteps between a DDIM/DDPM schedule's training levels (which
         # that scheduler's add_noise cannot index): alpha_bar at the sigma of t, log-linear between levels (E8)
-        a = schedule_from_config(self.fcfg).alpha_bar(t)
+        a = (self.schedule if self.schedule is not None else schedule_from_config(self.fcfg)).alpha_bar(t)
         view = (-1, *([1] * (original_samples.dim() - 1)))
         sa, sb = (
             v.to(original_samples.device, original_samples.dtype).reshape(view) for v in (a.sqrt(), (1 - a).sqrt())
@@ -535,7 +535,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
     def _ode(self, model, prediction: str | None = None, transform="config") -> _StepODE:
         return _StepODE(
             model,
-            _PLACEHOLDER_SCHEDULE,
+            self.schedule if self.schedule is not None else _PLACEHOLDER_SCHEDULE,
             prediction=prediction or self.prediction,
             time=lambda s: s,
             time_dtype=torch.float64,
