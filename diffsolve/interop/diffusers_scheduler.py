@@ -374,6 +374,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         self._grid = sig.tolist()
         self.sigmas = torch.as_tensor(self._grid, dtype=torch.float32)
         self.num_inference_steps, self._calls = len(self._grid) - 1, self._call_map(self._grid)
+        self._per_step = collections.Counter(i for i, _, _ in self._calls)  # model calls per solver step
         t = self.schedule.t(torch.tensor([s for _, _, s in self._calls], dtype=torch.float64))
         self.timesteps = (t.round().to(torch.int64) if torch.equal(t, t.round()) else t.to(torch.float32)).to(device)
         self._memoryless = False
@@ -393,6 +394,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             # step from sigmas[k] to sigmas[k + 1] (log-linear Euler's schedule has one sigma more than it visits)
             g = [g[0]] + g[1:-1:2] + [g[-1]] if kind == "paired" else g[: len(ref.timesteps) + 1]
         self._grid, self._calls = g, self._call_map(g)
+        self._per_step = collections.Counter(i for i, _, _ in self._calls)  # model calls per solver step
         if (self.solver_name == "heun") if kind == "paired" else (self.solver_class.calls_per_step == 1):
             if len(self._calls) != len(self.timesteps):
                 raise ValueError(
@@ -650,9 +652,9 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         try:
             run.request = run.gen.send(answer)
         except StopIteration as stop:
-            if j + 1 != run.calls[step]:
+            if j + 1 != self._per_step[i]:
                 raise DataDependentCallsError(
-                    f"solver {self.solver_name!r} made {j + 1} model calls in step {i}, not {run.calls[step]}"
+                    f"solver {self.solver_name!r} made {j + 1} model calls in step {i}, not {self._per_step[i]}"
                 ) from None
             x_next, denoised = stop.value
             prev = self._from_xbar(x_next, run.state.sigmas[step + 1]).to(in_dtype)
@@ -660,7 +662,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             # (same tensor, no in-place edit since: its version counter), as diffsolve.sample would
             run.last = (prev, prev._version, x_next)
             return prev, (None if denoised is None else denoised.to(in_dtype))
-        if j + 1 >= run.calls[step]:
+        if j + 1 >= self._per_step[i]:
             raise DataDependentCallsError(
                 f"solver {self.solver_name!r} asks for more than {j + 1} model calls in step {i}"
             )
@@ -731,9 +733,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                 later = next(g for g in grid[cut:] if g != grid[cut]) if grid[cut + 1] == grid[cut] else grid[cut + 1]
                 bad = (grid[cut], later)
             grid = grid[: cut + 1]
-        calls = collections.Counter(c[0] - i for c in self._calls)  # model calls per solver step of the run
         run = types.SimpleNamespace(
-            start=i, grid=grid, dtype=state_dtype_for(sample.dtype), steps=len(grid) - 1, bad=bad, eta=eta, calls=calls
+            start=i, grid=grid, dtype=state_dtype_for(sample.dtype), steps=len(grid) - 1, bad=bad, eta=eta
         )
         run.last, run.corrected, run.out = None, False, None
         ode = self._ode(lambda x, t, **_: run.out, *(("eps", None) if unclipped else ()))
