@@ -387,6 +387,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             # one step per timestep, to the family's previous timestep (or the final level)
             ts = [int(t) for t in ref.timesteps.tolist()]
             g = [self._sigma_of(t) for t in ts] + [self._sigma_prev(ts[-1])]
+            self._first_index = {t: k for k, t in reversed(list(enumerate(ts)))}
             self.sigmas = torch.as_tensor(g, dtype=torch.float32)
         else:
             self.sigmas, g = ref.sigmas, ref.sigmas.to(torch.float64).tolist()
@@ -481,8 +482,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         self._draw = make_noise_sampler(generator) if variance_noise is None else lambda like: variance_noise.to(like)
         if self._memoryless:  # DDIM/DDPM: a run of one step from t to the family's previous timestep, any t
             t = int(timestep)
-            hits = (self.timesteps == t).nonzero().flatten().tolist()
-            k = hits[0] if hits else None
+            k = self._first_index.get(t)
             run = self._begin_run(0, [self._sigma_of(t), self._sigma_prev(t)], sample, eta, unclipped)
             i, j, sigma = 0, 0, run.grid[0]
         else:
