@@ -35,6 +35,7 @@ from ..solvers._exponential import combine
 from ..solvers.base import Solver, answer
 from ..wrapper import DiffusionODE
 from .diffusers import diffusers_grid, prediction_from_config, schedule_from_config, transform_from_config
+from .diffusers_sigmas import classes_with_keys
 
 __all__ = ["FAMILIES", "DataDependentCallsError", "DiffsolveScheduler"]
 
@@ -808,9 +809,7 @@ _GRID_KEYS = (
 def _family_of_keys(cfg) -> str | None:
     """The diffusers scheduler whose keys are exactly those of ``cfg`` (the config of a scheduler
     built in this process carries no ``_class_name``; its keys still name its class)."""
-    keys = {k for k in cfg if not k.startswith("_")}
-    names = dict.fromkeys([*FAMILIES, *FAMILIES["DDIMScheduler"].cls._compatibles])
-    hits = [name for name in names if keys and set(_init_defaults(name)) == keys]
+    hits = classes_with_keys(cfg, list(dict.fromkeys([*FAMILIES, *FAMILIES["DDIMScheduler"].cls._compatibles])))
     if len(hits) > 1:
         raise ValueError(
             f"the config's keys are those of {' and of '.join(hits)}: pass the scheduler itself "
