@@ -796,14 +796,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
 
 
 #: keys of a diffusers scheduler that shape its sigma grid (a method replaced by solver= cannot drop them)
-_GRID_KEYS = (
-    "use_karras_sigmas",
-    "use_exponential_sigmas",
-    "use_beta_sigmas",
-    "use_lu_lambdas",
-    "shift",
-    "use_flow_sigmas",
-)
+_GRID_KEYS = "use_karras_sigmas use_exponential_sigmas use_beta_sigmas use_lu_lambdas shift use_flow_sigmas".split()
 
 
 def _family_of_keys(cfg) -> str | None:
