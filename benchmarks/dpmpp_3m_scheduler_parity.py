@@ -1,7 +1,7 @@
 """DiffsolveScheduler emulating DPMSolverMultistepScheduler(solver_order=3) against diffusers' own loop.
 
 The loop of tests/test_diffusers.py (a smooth nonlinear toy model, 2x3x4x4 latents, float32); the
-emulation passes dpmpp-3m the reference weights (``_dpmpp_3m_options``), so the two loops agree to
+emulation passes dpmpp-3m the reference weights (``_dpm_method``), so the two loops agree to
 float32 rounding. Prints the relative difference of the final latents at 10 and 25 steps.
 
 Run: python benchmarks/dpmpp_3m_scheduler_parity.py      (a second on a CPU)

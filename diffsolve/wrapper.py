@@ -305,21 +305,35 @@ class DiffusionODE:
         self._t_cache[key] = t
 
     # -- model call --------------------------------------------------------------------
-    def _call(self, x: torch.Tensor, sigma: float, times: torch.Tensor | None = None) -> torch.Tensor:
-        """One model call on the model-space ``x`` at level ``sigma``; ``times``: the model's time per
-        sample instead (a ``(batch,)`` tensor, :meth:`model_times`), for per-sample levels (time shift,
-        docs/math.md 3.8); ``sigma`` then only labels the call in the run's record."""
+    def _call(
+        self, x: torch.Tensor, sigma: float, model=None, kwargs=None, count: bool = True, times=None
+    ) -> torch.Tensor:
+        """One model evaluation at (x, sigma), output in the state's dtype, counted and recorded for the run.
+
+        Without ``model``: ``self.model``, with the float CFG combine (both halves in one batched call, combined
+        in the model's dtype before the cast). With ``model`` and ``kwargs``: one call of a guidance method
+        (:meth:`_predict_guided`) on ``x`` (the batch, or the conditional and unconditional halves stacked);
+        ``count``: one NFE per guided evaluation, whatever the number of calls it makes (the weak model's is
+        not counted). ``times``: the model's time per sample instead of sigma's (a ``(batch,)`` tensor,
+        :meth:`model_times`), for per-sample levels (time shift, docs/math.md 3.8); ``sigma`` then only labels
+        the call in the run's record."""
         state_dtype = x.dtype
         run = self._run
         if run is not None and run.input_dtype is not None and state_dtype != run.input_dtype:
             x = x.to(run.input_dtype)
         batch = x.shape[0] if x.dim() > 0 else 1
+        key = None
         if times is not None:
             if times.shape != (batch,):
                 raise ValueError(f"times must have one entry per sample, shape ({batch},); got {tuple(times.shape)}")
             t = times.to(dtype=self.time_dtype, device=x.device)
-            key = None
-        if self.guidance is None:
+        if model is not None:
+            if times is None:
+                key, t, version = self._time_tensor(sigma, batch, x.device)
+            out = model(x, t, **kwargs, **self.model_kwargs)
+            if key is not None:
+                self._return_time(key, t, version)
+        elif self.guidance is None:
             if times is None:
                 key, t, version = self._time_tensor(sigma, batch, x.device)
             out = self.model(x, t, **self.model_kwargs)
@@ -338,12 +352,13 @@ class DiffusionODE:
             out = out_u + self.guidance * (out_c - out_u)
             if self.guidance_rescale > 0:
                 out = _rescale_guidance(out, out_c, self.guidance_rescale)
-        self._counter.add()
+        if count:
+            self._counter.add()
         _check_output(out, x.shape)
         if out.dtype != state_dtype:
             out = out.to(state_dtype)
         if run is not None:
-            run.nfe += 1
+            run.nfe += count
             if run.record:
                 # out is in the state's dtype (float32 or float64): its own sum is enough to see NaN/inf
                 run.sums.append(torch.sum(out.detach() if out.requires_grad else out))
@@ -434,13 +449,13 @@ class DiffusionODE:
         s, a, a_t = self._level(sigma)
         x = xbar * a_t if a != 1.0 else xbar
         if not method.active(sigma):
-            return self._pair(self._call_method(self.model, x, s, self.cond), xbar, s, a, sigma)
+            return self._pair(self._call(x, s, self.model, self.cond), xbar, s, a, sigma)
         if method.second == "weak":
-            out = self._call_method(method.weak_model, x, s, self.cond, count=False)
-            cond = self._pair(self._call_method(self.model, x, s, self.cond), xbar, s, a, sigma)
+            out = self._call(x, s, method.weak_model, self.cond, count=False)
+            cond = self._pair(self._call(x, s, self.model, self.cond), xbar, s, a, sigma)
             other = self._pair(out, xbar, s, a, sigma)
         else:
-            both = self._call_method(self.model, torch.cat([x, x]), s, self._guided_kwargs)
+            both = self._call(torch.cat([x, x]), s, self.model, self._guided_kwargs)
             batch = x.shape[0]
             cond = self._pair(both[:batch], xbar, s, a, sigma)
             other = self._pair(both[batch:], xbar, s, a, sigma)
@@ -457,29 +472,6 @@ class DiffusionODE:
         if s != sigma:
             denoised = torch.add(xbar, eps, alpha=-sigma) if sigma != 0 else xbar
         return denoised, eps
-
-    def _call_method(self, model, x, sigma: float, kwargs, count: bool = True) -> torch.Tensor:
-        """One call of ``model`` for a guidance method on ``x`` (the batch, or the conditional and
-        unconditional halves stacked), output in the state's dtype. ``count``: one NFE per
-        guided evaluation, whatever the number of calls it makes (the weak model's is not counted)."""
-        state_dtype = x.dtype
-        run = self._run
-        if run is not None and run.input_dtype is not None and state_dtype != run.input_dtype:
-            x = x.to(run.input_dtype)
-        key, t, version = self._time_tensor(sigma, x.shape[0], x.device)
-        out = model(x, t, **kwargs, **self.model_kwargs)
-        self._return_time(key, t, version)
-        _check_output(out, x.shape)
-        if out.dtype != state_dtype:
-            out = out.to(state_dtype)
-        if count:
-            self._counter.add()
-            if run is not None:
-                run.nfe += 1
-        if run is not None and run.record:
-            run.sums.append(torch.sum(out.detach() if out.requires_grad else out))
-            run.where.append((run.step, sigma))
-        return out
 
     def _predict(self, xbar: torch.Tensor, sigma: float, need_denoised: bool):
         if self.guidance_method is not None:

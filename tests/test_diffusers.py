@@ -596,3 +596,50 @@ def test_a_one_call_solver_on_heuns_schedule_gets_one_timestep_per_step(solver):
     # float32 levels, diffusers' in float32 (measured 4e-6 relative), hence 1e-5
     torch.testing.assert_close(ours.timesteps, ref.timesteps[::2].to(torch.float32), rtol=1e-5, atol=0)
     assert torch.isfinite(_loop(ours, 8)).all()
+
+
+def test_native_add_noise_at_a_fractional_timestep_is_the_forward_process_at_that_calls_sigma():
+    # on a named grid native timesteps fall between training levels (t = schedule.t(sigma)): add_noise there
+    # reads alpha_bar at that sigma, 1 / (1 + sigma^2) (E5, E8), not a linear blend of the two levels' alpha_bar
+    sched = DiffsolveScheduler(grid="karras")
+    sched.set_timesteps(6)
+    assert sched.timesteps.is_floating_point()
+    noise = torch.ones(len(sched._calls), 1)
+    std = sched.add_noise(torch.zeros_like(noise), noise, sched.timesteps).flatten().double()
+    sigma = torch.tensor([s for _, _, s in sched._calls], dtype=torch.float64)
+    torch.testing.assert_close(std, (sigma**2 / (1 + sigma**2)).sqrt(), rtol=1e-6, atol=0)  # float32 output
+
+
+def test_use_clipped_model_output_false_is_refused_where_it_has_no_meaning():
+    # DDPMScheduler's step has no such argument; with clipping on, dropping it silently would be a wrong answer
+    sched = DiffsolveScheduler.from_config(DDPMScheduler(clip_sample=True))
+    sched.set_timesteps(4)
+    x = torch.zeros(1, 3, 2, 2)
+    with pytest.raises(ValueError, match="use_clipped_model_output=False"):
+        sched.step(x, sched.timesteps[0], x, use_clipped_model_output=False)
+    assert torch.isfinite(sched.step(x, sched.timesteps[0], x).prev_sample).all()
+
+
+@pytest.mark.parametrize("solver", ["ddim", "dpmpp-2m"])
+def test_native_timesteps_on_ddims_rule_are_ddims_own_integers(solver):
+    # the call map records the sigma each model request is made at; it used to record the model time of a
+    # placeholder schedule, clamped to that schedule's range, so the last timestep came out as 3.2e-08 (float)
+    ours, ref = DiffsolveScheduler(solver=solver), DDIMScheduler()
+    ours.set_timesteps(10)
+    ref.set_timesteps(10)
+    assert ours.timesteps.dtype == torch.int64 and torch.equal(ours.timesteps, ref.timesteps)
+
+
+@pytest.mark.parametrize("solver", ["deis", "plms"])
+def test_a_solver_that_reads_the_schedule_reads_the_training_one(solver):
+    # deis integrates in the schedule's own time, plms takes midpoints in it: the step ODE used to carry a fixed
+    # linear placeholder schedule, so on Stable Diffusion's scaled_linear one this loop differed from ds.sample
+    # by 1.8e-4 (deis) and 3.5e-4 (plms) relative; float32 rounding is about 1e-7
+    config = _explicit(
+        DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False).config
+    )
+    sched = _native(config, solver=solver)
+    x_T = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    out = _loop(sched, steps=8, x=x_T.clone())
+    ref = ds.sample(ds.from_diffusers(_toy_model, config), x_T, solver, sigmas=ds.diffusers_grid(config, 8))
+    assert _rel(out, ref) < 1e-5

@@ -15,9 +15,11 @@ E29-E30); only the schedule is taken from diffusers' own classes.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import inspect
 import itertools
 import math
+import types
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -30,9 +32,10 @@ from ..grids import validate_sigmas
 from ..sampling import make_grid, make_noise_sampler, make_solver, state_dtype_for
 from ..schedules import DiscreteSchedule
 from ..solvers._exponential import combine
-from ..solvers.base import Solver, advance
+from ..solvers.base import Solver, answer
 from ..wrapper import DiffusionODE
-from .diffusers import PREDICTION_TYPES, diffusers_grid, schedule_from_config, transform_from_config
+from .diffusers import diffusers_grid, prediction_from_config, schedule_from_config, transform_from_config
+from .diffusers_sigmas import classes_with_keys
 
 __all__ = ["FAMILIES", "DataDependentCallsError", "DiffsolveScheduler"]
 
@@ -41,27 +44,43 @@ class DataDependentCallsError(ValueError):
     """The solver decides where to call the model from the data: no fixed timestep list exists."""
 
 
+def _class_named(name: str) -> type:
+    """The diffusers scheduler class ``name`` (a class nothing derives from when diffusers has none)."""
+    import diffusers
+
+    found = getattr(diffusers, name, None) if name.isidentifier() else None
+    return found if isinstance(found, type) else type("_Unknown", (), {})
+
+
+def _init_defaults(name: str) -> dict:
+    """The keys of diffusers' class ``name``'s own ``__init__``, with their defaults ({}: no such class)."""
+    init = _class_named(name).__dict__.get("__init__")
+    params = inspect.signature(init).parameters.items() if init is not None else ()
+    return {k: p.default for k, p in params if k not in ("self", "kwargs")}
+
+
 # -- the families ----------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
 class _Family:
     """What DiffsolveScheduler reproduces of one diffusers scheduler class: its space, its own method
     (fcfg -> (solver, options, per-step order rule or None)) and the values of its keys it honours
-    (key -> predicate; a key not listed is honoured for every value)."""
+    (key -> predicate; a key not listed is honoured for every value), and how its schedule makes the
+    solver's grid: "sigmas" (a step from sigmas[k] to sigmas[k + 1]), "previous" (DDIM/DDPM: from each
+    timestep to the family's previous one, memoryless) or "paired" (Heun: each inner sigma listed twice,
+    two calls per step)."""
 
-    def __init__(self, name: str, space: str, method: Callable, honoured: dict | None = None):
-        self.name, self.space, self.method, self.honoured = name, space, method, honoured or {}
+    name: str
+    space: str
+    method: Callable
+    honoured: dict = dataclasses.field(default_factory=dict)
+    grid: str = "sigmas"
 
     @property
-    def cls(self):
-        import diffusers
-
-        return getattr(diffusers, self.name)
+    def cls(self) -> type:
+        return _class_named(self.name)
 
     def defaults(self) -> dict[str, Any]:
-        return {
-            k: p.default
-            for k, p in inspect.signature(self.cls.__init__).parameters.items()
-            if k not in ("self", "kwargs")
-        }
+        return _init_defaults(self.name)
 
 
 def _is(*values):
@@ -76,34 +95,26 @@ def _false(v):
 def _dpm_orders(cfg, n: int, start: int, final_zero: bool) -> list[int]:
     """DPMSolverMultistep / DEIS: warm-up from the first step taken, ``lower_order_final`` on
     schedules of fewer than 15 steps, ``euler_at_final``, a first-order step into sigma = 0."""
-    order, lof = int(cfg["solver_order"]), bool(cfg.get("lower_order_final", True))
-    out = []
-    for k in range(start, n):
-        warm = k - start
-        final = k == n - 1 and (bool(cfg.get("euler_at_final", False)) or (lof and n < 15) or final_zero)
-        second = k == n - 2 and lof and n < 15
-        if order == 1 or warm < 1 or final:
-            out.append(1)
-        elif order == 2 or warm < 2 or second:
-            out.append(2)
-        else:
-            out.append(3)
-    return out
+    order, lof = int(cfg["solver_order"]), bool(cfg.get("lower_order_final", True)) and n < 15
+    first_at_end = bool(cfg.get("euler_at_final", False)) or lof or final_zero
+    caps = [1 if k == n - 1 and first_at_end else 2 if k == n - 2 and lof else order for k in range(start, n)]
+    return [min(order, cap, warm + 1) for warm, cap in enumerate(caps)]
 
 
 def _unipc_orders(cfg, n: int, start: int, final_zero: bool) -> list[int]:
     """UniPC: ``lower_order_final`` caps the order at the steps left (no 15-step condition)."""
-    order = int(cfg["solver_order"])
-    out = []
-    for k in range(start, n):
-        p = min(order, n - k) if cfg.get("lower_order_final", True) else order
-        out.append(min(p, k - start + 1))
-    return out
+    order, lof = int(cfg["solver_order"]), cfg.get("lower_order_final", True)
+    return [min(min(order, n - k) if lof else order, k - start + 1) for k in range(start, n)]
 
 
 # -- each family's own method: (diffsolve solver, options, per-step order rule) from its keys ---------
 def _fixed(name: str, **options) -> Callable:
     return lambda fcfg: (name, dict(options), None)
+
+
+def _ddpm_method(fcfg):
+    # DDPM's posterior variance (E24) is DDIM at eta = 1; fixed_large is its beta_t variance
+    return "ddim", {"eta": 1.0} if fcfg["variance_type"] == "fixed_small" else {"variance": "large"}, None
 
 
 def _dpm_method(fcfg):
@@ -153,14 +164,14 @@ _UNIPC_KEYS = dict(
 FAMILIES: dict[str, _Family] = {
     f.name: f
     for f in [
-        _Family("DDIMScheduler", "vp", _fixed("ddim")),
-        _Family("DDPMScheduler", "vp", _fixed("ddim"), {"variance_type": _is("fixed_small", "fixed_large")}),
+        _Family("DDIMScheduler", "vp", _fixed("ddim"), grid="previous"),
+        _Family("DDPMScheduler", "vp", _ddpm_method, {"variance_type": _is("fixed_small", "fixed_large")}, "previous"),
         _Family("DPMSolverMultistepScheduler", "vp", _dpm_method, {**_DPM_KEYS, **_NO_FLOW}),
         _Family("UniPCMultistepScheduler", "vp", _unipc_method, _UNIPC_KEYS),
         _Family("DEISMultistepScheduler", "vp", _deis_method, _NO_FLOW),
         _Family("EulerDiscreteScheduler", "ve", _fixed("ddim")),
         _Family("EulerAncestralDiscreteScheduler", "ve", _fixed("euler-ancestral")),
-        _Family("HeunDiscreteScheduler", "ve", _fixed("heun")),
+        _Family("HeunDiscreteScheduler", "ve", _fixed("heun"), grid="paired"),
         _Family("LMSDiscreteScheduler", "ve", _fixed("lms", solver_order=4)),
     ]
 }
@@ -182,27 +193,18 @@ def _family_keys() -> list[str]:
 
 
 # -- the ODE the solver steps on ---------------------------------------------------------------------
-#: a fixed VP schedule for the step ODE's type check: the step ODE never reads it (it converts with
-#: the grid's sigma itself, VP scale 1/sqrt(1 + sigma^2), E6)
-_PLACEHOLDER_SCHEDULE = DiscreteSchedule.from_betas(torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64))
-
-
 class _StepODE(DiffusionODE):
-    """The sigma-form ODE (E29) whose model is the output the pipeline handed to ``step``.
-
-    The grid's sigma is used as it is (no clamping to a training range: the sigmas come from the
-    emulated scheduler), with the VP scale a(sigma) = 1/sqrt(1 + sigma^2) (E6).
-    """
+    """The sigma-form ODE (E29) whose model is the output the pipeline handed to ``step``: the grid's sigma
+    as it is (no clamping to a training range: the sigmas come from the emulated scheduler), with the VP
+    scale a(sigma) = 1/sqrt(1 + sigma^2) (E6)."""
 
     def _level(self, sigma: float) -> tuple[float, float, torch.Tensor]:
         a = 1.0 / math.sqrt(1.0 + sigma * sigma)
         return sigma, a, torch.tensor(a, dtype=torch.float64)
 
-    def to_xbar(self, x, sigma):
-        return x * math.sqrt(1.0 + float(sigma) ** 2)
 
-    def from_xbar(self, xbar, sigma):
-        return xbar / math.sqrt(1.0 + float(sigma) ** 2)
+#: the step ODE's schedule where none is read (a family's own method): the ODE's type check only
+_PLACEHOLDER_SCHEDULE = DiscreteSchedule.from_betas(torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64))
 
 
 # -- the scheduler --------------------------------------------------------------------------------------
@@ -231,91 +233,71 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
     def _setup(self):
         cfg = dict(self.config)
         emulate = cfg.get("emulate")
-        if emulate is not None and emulate not in FAMILIES:
+        fam = self.family = FAMILIES.get(emulate)
+        if emulate is not None and fam is None:
             raise ValueError(
                 f"emulate={emulate!r} is not supported; supported: {', '.join(FAMILIES)} "
                 "(or None: diffsolve's own grid and DDIM's timestep rule)"
             )
-        self.family = FAMILIES.get(emulate)
-        keys = _family_keys()
-        given = {k: cfg.get(k) for k in keys if cfg.get(k) is not None}
-        if self.family is None:
-            extra = sorted(k for k in given if k not in _NATIVE_DEFAULTS)
-            if extra:
-                raise ValueError(
-                    f"key(s) {extra} need emulate=<a diffusers scheduler class> (they belong to one; "
-                    f"supported: {', '.join(FAMILIES)}); without it the grid is grid=/grid_options="
-                )
-            fcfg = dict(_NATIVE_DEFAULTS, **given)
-            self.space = "vp"
-            self._ref = None
-        else:
-            defaults = self.family.defaults()
-            foreign = sorted(k for k in given if k not in defaults)
-            if foreign:
-                raise ValueError(f"key(s) {foreign} are not keys of {emulate}; that scheduler cannot honour them")
-            fcfg = dict(defaults, **given)
-            if cfg.get("grid") is not None:
-                raise ValueError(
-                    f"grid={cfg['grid']!r} with emulate={emulate!r}: the emulated scheduler sets the "
-                    "grid; use emulate=None for a diffsolve grid"
-                )
-            self.space = self.family.space
-            self._ref = self.family.cls.from_config({k: v for k, v in fcfg.items()})
+        defaults = _NATIVE_DEFAULTS if fam is None else fam.defaults()
+        given = {k: cfg[k] for k in _family_keys() if cfg.get(k) is not None}
+        foreign = sorted(k for k in given if k not in defaults)
+        if foreign and fam is None:
+            raise ValueError(
+                f"key(s) {foreign} need emulate=<a diffusers scheduler class> (they belong to one; "
+                f"supported: {', '.join(FAMILIES)}); without it the grid is grid=/grid_options="
+            )
+        if foreign:
+            raise ValueError(f"key(s) {foreign} are not keys of {emulate}; that scheduler cannot honour them")
+        if fam is not None and cfg.get("grid") is not None:
+            raise ValueError(
+                f"grid={cfg['grid']!r} with emulate={emulate!r}: the emulated scheduler sets the "
+                "grid; use emulate=None for a diffsolve grid"
+            )
+        self.fcfg = fcfg = dict(defaults, **given)
+        self.space, self._ref = ("vp", None) if fam is None else (fam.space, fam.cls.from_config(fcfg))
+        if fam is not None:
             # the family's own normalisations (DPMSolverMultistep reads solver_type "bh2" as "midpoint",
             # UniPC reads "midpoint" as "bh2"): recorded as that scheduler records them
             changed = {
-                k: self._ref.config[k]
-                for k in defaults
-                if k in self._ref.config
-                and k in self.config
-                and isinstance(fcfg[k], (str, int, float, bool))
-                and self._ref.config[k] != fcfg[k]
+                k: v
+                for k, v in self._ref.config.items()
+                if k in defaults and isinstance(fcfg[k], (str, int, float, bool)) and v != fcfg[k]
             }
-            if changed:
-                fcfg.update(changed)
-                self.register_to_config(**{k: v for k, v in changed.items() if self.config[k] is not None})
-            for k, ok in self.family.honoured.items():
+            fcfg.update(changed)
+            self.register_to_config(**{k: v for k, v in changed.items() if self.config[k] is not None})
+            for k, ok in fam.honoured.items():
                 if k in fcfg and not ok(fcfg[k]):
                     raise ValueError(f"{emulate}: {k}={fcfg[k]!r} is not supported by DiffsolveScheduler")
-        self.fcfg = fcfg
-        self.prediction = PREDICTION_TYPES.get(fcfg["prediction_type"])
-        if self.prediction is None:
-            raise ValueError(
-                f"prediction_type={fcfg['prediction_type']!r} is not supported; supported: "
-                f"{', '.join(PREDICTION_TYPES)}"
-            )
-        self.transform = transform_from_config(fcfg)
+        self.prediction, self.transform = prediction_from_config(fcfg), transform_from_config(fcfg)
         self.solver_name, self.solver_opts, self.orders_rule = self._choose_solver(cfg, fcfg)
-        probe = make_solver(self.solver_name, **self.solver_opts)  # validates name and options now
-        self.solver_class = type(probe)
+        self.solver_class = type(make_solver(self.solver_name, **self.solver_opts))  # validates name and options
         self.order = self.solver_class.calls_per_step
-        if self._ref is None:  # native mode: DDIM's keys, so DDIMScheduler's betas and final level
-            self.schedule = schedule_from_config(fcfg)
-        src = self._ref if self._ref is not None else FAMILIES["DDIMScheduler"].cls.from_config(fcfg)
+        # the training schedule as from_diffusers reads it, for native mode and for a solver that replaces the
+        # family's method (the step ODE's: deis's time and plms's midpoints read it); a family's method reads none
+        self.schedule = schedule_from_config(fcfg) if fam is None or cfg.get("solver") is not None else None
+        # native mode reads DDIM's keys: DDIMScheduler's betas and final level
+        src = self._ref if fam is not None else FAMILIES["DDIMScheduler"].cls.from_config(fcfg)
         self.betas, self.alphas, self.alphas_cumprod = src.betas, src.alphas, src.alphas_cumprod
         self.final_alpha_cumprod = getattr(src, "final_alpha_cumprod", torch.tensor(1.0))  # 1: no set_alpha_to_one
 
     def _choose_solver(self, cfg, fcfg) -> tuple[str, dict, Callable | None]:
         """(solver name, options, step-order rule) from ``solver`` or the emulated family's keys."""
-        user = cfg.get("solver")
-        opts = dict(cfg.get("solver_options") or {})
-        fam = self.family.name if self.family is not None else None
-        if user is not None:
-            if fam is not None:
-                defaults = self.family.defaults()
-                clash = sorted(k for k in _INTEGRATOR_KEYS if k in defaults and fcfg[k] != defaults[k])
-                if clash:
-                    raise ValueError(
-                        f"solver={user!r} replaces {fam}'s own method, so its key(s) {clash} (set to "
-                        "non-default values) cannot be honoured; drop them or drop solver="
-                    )
-            return user, opts, None
-        if fam is None:
+        user, opts, fam = cfg.get("solver"), dict(cfg.get("solver_options") or {}), self.family
+        if user is None and fam is None:
             return "ddim", opts, None
-        if opts:
-            raise ValueError(f"solver_options={opts} without solver=: name the solver they are for")
-        return self.family.method(fcfg)
+        if user is None:
+            if opts:
+                raise ValueError(f"solver_options={opts} without solver=: name the solver they are for")
+            return fam.method(fcfg)
+        defaults = fam.defaults() if fam is not None else {}
+        clash = sorted(k for k in _INTEGRATOR_KEYS if k in defaults and fcfg[k] != defaults[k])
+        if clash:
+            raise ValueError(
+                f"solver={user!r} replaces {fam.name}'s own method, so its key(s) {clash} (set to "
+                "non-default values) cannot be honoured; drop them or drop solver="
+            )
+        return user, opts, None
 
     # -- diffusers API ---------------------------------------------------------------------------
     @property
@@ -360,68 +342,62 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
     ):
         """The timesteps of a run of ``num_inference_steps`` steps (or the given ``timesteps`` /
         ``sigmas``, where the emulated scheduler accepts them)."""
-        self._step_index = None
-        self._run = None
+        self._step_index = self._run = None
+        given = {k: v for k, v in (("timesteps", timesteps), ("sigmas", sigmas)) if v is not None}
+        if num_inference_steps is None and not given:
+            raise ValueError("pass num_inference_steps (or timesteps= / sigmas=)")
         if self._ref is not None:
-            params = inspect.signature(self._ref.set_timesteps).parameters
-            args: dict[str, Any] = dict(kwargs)
-            for key, val in (("timesteps", timesteps), ("sigmas", sigmas)):
-                if val is not None:
-                    if key not in params:
-                        raise ValueError(
-                            f"{self.family.name} does not take {key}= in set_timesteps; pass num_inference_steps"
-                        )
-                    args[key] = val
+            takes = inspect.signature(self._ref.set_timesteps).parameters
+            for key in given:
+                if key not in takes:
+                    raise ValueError(
+                        f"{self.family.name} does not take {key}= in set_timesteps; pass num_inference_steps"
+                    )
             if num_inference_steps is not None:
-                n = num_inference_steps
-                args["num_inference_steps"] = _steps(n) if timesteps is None and sigmas is None else n
-            elif not ("timesteps" in args or "sigmas" in args):
-                raise ValueError("pass num_inference_steps (or timesteps= / sigmas=)")
-            self._ref.set_timesteps(device=device, **args)
+                given["num_inference_steps"] = num_inference_steps if given else _steps(num_inference_steps)
+            self._ref.set_timesteps(device=device, **given, **kwargs)
             return self._adopt_family_schedule(device)
         if kwargs:
             raise TypeError(f"set_timesteps got unexpected argument(s) {sorted(kwargs)}")
+        if len(given) == 2:
+            raise ValueError("pass timesteps= or sigmas=, not both")
         if timesteps is not None:
-            if sigmas is not None:
-                raise ValueError("pass timesteps= or sigmas=, not both")
             t = torch.as_tensor(timesteps, dtype=torch.float64).reshape(-1)
             sig = torch.cat([self.schedule.sigma(t), torch.zeros(1, dtype=torch.float64)])
             sig = validate_sigmas(sig, name="the sigmas of timesteps")
         elif sigmas is not None:
             sig = validate_sigmas(sigmas)
-        elif num_inference_steps is None:
-            raise ValueError("pass num_inference_steps (or timesteps= / sigmas=)")
         elif self.config.grid is not None:
-            sig = make_grid(
-                self.config.grid, self.schedule, _steps(num_inference_steps), **(self.config.grid_options or {})
-            )
+            steps, options = _steps(num_inference_steps), self.config.grid_options or {}
+            sig = make_grid(self.config.grid, self.schedule, steps, **options)
         else:
             sig = diffusers_grid(self.fcfg, _steps(num_inference_steps), self.schedule)
         self._grid = sig.tolist()
         self.sigmas = torch.as_tensor(self._grid, dtype=torch.float32)
-        self.num_inference_steps = len(self._grid) - 1
-        self._calls = self._call_map(self._grid)
-        t = torch.as_tensor([float(self.schedule.t(s)) for _, _, s in self._calls], dtype=torch.float64)
-        integral = bool(torch.equal(t, t.round()))
-        self.timesteps = (t.round().to(torch.int64) if integral else t.to(torch.float32)).to(device)
-        self._ddim_rule = False
+        self.num_inference_steps, self._calls = len(self._grid) - 1, self._call_map(self._grid)
+        self._per_step = collections.Counter(i for i, _, _ in self._calls)  # model calls per solver step
+        t = self.schedule.t(torch.tensor([s for _, _, s in self._calls], dtype=torch.float64))
+        self.timesteps = (t.round().to(torch.int64) if torch.equal(t, t.round()) else t.to(torch.float32)).to(device)
+        self._memoryless = False
 
     def _adopt_family_schedule(self, device):
-        ref, fam = self._ref, self.family.name
+        ref, fam, kind = self._ref, self.family.name, self.family.grid
         self.timesteps, self.num_inference_steps = ref.timesteps, ref.num_inference_steps
-        self._ddim_rule = fam in ("DDIMScheduler", "DDPMScheduler") and self.solver_name == "ddim"
-        if fam in ("DDIMScheduler", "DDPMScheduler"):
+        self._memoryless = kind == "previous" and self.solver_name == "ddim"
+        if kind == "previous":
             # one step per timestep, to the family's previous timestep (or the final level)
             ts = [int(t) for t in ref.timesteps.tolist()]
             g = [self._sigma_of(t) for t in ts] + [self._sigma_prev(ts[-1])]
+            self._first_index = {t: k for k, t in reversed(list(enumerate(ts)))}
             self.sigmas = torch.as_tensor(g, dtype=torch.float32)
         else:
             self.sigmas, g = ref.sigmas, ref.sigmas.to(torch.float64).tolist()
             # diffusers' Heun grid [s0, s1, s1, ..., s_{n-1}, s_{n-1}, 0] is the solver's [s0, s1, ..., 0]; the others
             # step from sigmas[k] to sigmas[k + 1] (log-linear Euler's schedule has one sigma more than it visits)
-            g = [g[0]] + g[1:-1:2] + [g[-1]] if fam == "HeunDiscreteScheduler" else g[: len(ref.timesteps) + 1]
+            g = [g[0]] + g[1:-1:2] + [g[-1]] if kind == "paired" else g[: len(ref.timesteps) + 1]
         self._grid, self._calls = g, self._call_map(g)
-        if (self.solver_name == "heun") if fam == "HeunDiscreteScheduler" else (self.solver_class.calls_per_step == 1):
+        self._per_step = collections.Counter(i for i, _, _ in self._calls)  # model calls per solver step
+        if (self.solver_name == "heun") if kind == "paired" else (self.solver_class.calls_per_step == 1):
             if len(self._calls) != len(self.timesteps):
                 raise ValueError(
                     f"solver {self.solver_name!r} makes {len(self._calls)} model calls on "
@@ -433,15 +409,10 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
     def _family_t(self, sig: list[float]) -> torch.Tensor:
         """diffusers' sigma -> timestep rule: linear interpolation of log sigma between levels."""
         log_sigmas = torch.log(((1 - self.alphas_cumprod) / self.alphas_cumprod).double().sqrt())
-        out = []
-        for s in sig:
-            ls = math.log(max(s, 1e-30))
-            idx = int(
-                torch.searchsorted(log_sigmas, torch.tensor(ls, dtype=torch.float64)).clamp(1, len(log_sigmas) - 1)
-            )
-            lo, hi = float(log_sigmas[idx - 1]), float(log_sigmas[idx])
-            out.append(idx - 1 + min(max((ls - lo) / (hi - lo), 0.0), 1.0))
-        return torch.as_tensor(out, dtype=torch.float32)
+        ls = torch.tensor(sig, dtype=torch.float64).clamp(min=1e-30).log()
+        idx = torch.searchsorted(log_sigmas, ls).clamp(1, len(log_sigmas) - 1)
+        lo, hi = log_sigmas[idx - 1], log_sigmas[idx]
+        return (idx - 1 + ((ls - lo) / (hi - lo)).clamp(0.0, 1.0)).to(torch.float32)
 
     def _sigma_of(self, t: int) -> float:
         a = float(self.alphas_cumprod[t])
@@ -480,7 +451,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         (DDIM's; others refuse eta > 0), ``use_clipped_model_output``, ``generator`` (the noise of
         stochastic solvers), ``variance_noise`` (that noise given), ``return_dict``;
         EulerDiscrete's ``s_churn``... (churn is refused) and LMS's ``order``."""
-        if self.timesteps is None or getattr(self, "_grid", None) is None:
+        if self.timesteps is None or self._grid is None:
             raise ValueError("call set_timesteps(num_inference_steps) before step()")
         if not isinstance(model_output, torch.Tensor) or not isinstance(sample, torch.Tensor):
             raise TypeError("model_output and sample must be torch tensors")
@@ -493,17 +464,34 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             )
         if order is not None and self.solver_name == "lms" and order != self.solver_opts.get("solver_order", 4):
             raise ValueError(f"order={order} given to step(); set it as solver_options={{'solver_order': {order}}}")
-        if self._ddim_rule:
-            prev, denoised = self._step_ddim(
-                model_output, timestep, sample, eta, use_clipped_model_output, generator, variance_noise
+        eta, ddim = float(eta or 0.0), self._memoryless and self.family.name == "DDIMScheduler"
+        if eta and (self.solver_name != "ddim" or self._memoryless and not ddim):
+            raise ValueError(
+                f"eta={eta} given to step(): eta is DDIM's (DDIMScheduler, solver='ddim'); solver "
+                f"{self.solver_name!r} takes its options as solver_options, DDPMScheduler its variance_type"
             )
+        # DDIMScheduler's default (None) is use_clipped_model_output=False; elsewhere an explicit False only
+        unclipped = self.transform is not None and (
+            not use_clipped_model_output if ddim else use_clipped_model_output is False
+        )
+        if unclipped and not ddim:
+            raise ValueError(
+                "use_clipped_model_output=False with clip_sample/thresholding: diffsolve keeps the "
+                "clipped x0 and its eps consistent; pass True (or leave it unset)"
+            )
+        # the noise of this call's step
+        self._draw = make_noise_sampler(generator) if variance_noise is None else lambda like: variance_noise.to(like)
+        if self._memoryless:  # DDIM/DDPM: a run of one step from t to the family's previous timestep, any t
+            t = int(timestep)
+            k = self._first_index.get(t)
+            run = self._begin_run(0, [self._sigma_of(t), self._sigma_prev(t)], sample, eta, unclipped)
+            i, j, sigma = 0, 0, run.grid[0]
         else:
-            prev, denoised = self._step_solver(
-                model_output, timestep, sample, eta, use_clipped_model_output, generator, variance_noise
-            )
-        if not return_dict:
-            return prev, denoised
-        return DDIMSchedulerOutput(prev_sample=prev, pred_original_sample=denoised)
+            k = self._next_call(timestep, sample, eta)
+            run, (i, j, sigma) = self._run, self._calls[k]
+        prev, denoised = self._feed(run, i, j, sigma, model_output, sample, unclipped)
+        self._step_index = None if k is None else k + 1
+        return DDIMSchedulerOutput(prev_sample=prev, pred_original_sample=denoised) if return_dict else (prev, denoised)
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
         """The forward process at ``timesteps`` in the sample's space: sqrt(abar) x0 + sqrt(1 - abar)
@@ -511,22 +499,16 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         t = torch.as_tensor(timesteps, device="cpu").reshape(-1).to(torch.float64)
         if self._ref is not None and (self.space == "ve" or torch.equal(t, t.round())):
             self._sync_ref()
-            if self.family.name in ("DDIMScheduler", "DDPMScheduler") and isinstance(timesteps, torch.Tensor):
+            if self.family.grid == "previous" and isinstance(timesteps, torch.Tensor):
                 timesteps = timesteps.round().long()  # they index alphas_cumprod (integral here)
             return self._ref.add_noise(original_samples, noise, timesteps)
-        if self._ref is not None:
-            # a multi-call solver's own timesteps on a DDIM/DDPM schedule fall between the training levels,
-            # which that scheduler's add_noise cannot index: the forward process at the call's own sigma (E8)
-            sig = torch.tensor([self._calls[self._index_for(float(v))][2] for v in t], dtype=torch.float64)
-            a = 1.0 / (1.0 + sig * sig)
-        else:
-            acp = self.alphas_cumprod.to(torch.float64)
-            lo = t.floor().long().clamp(0, len(acp) - 1)
-            hi = (lo + 1).clamp(max=len(acp) - 1)
-            a = acp[lo] + (t - lo) * (acp[hi] - acp[lo])
+        # native mode, or a multi-call solver's timesteps between a DDIM/DDPM schedule's training levels (which
+        # that scheduler's add_noise cannot index): alpha_bar at the sigma of t, log-linear between levels (E8)
+        a = (self.schedule if self.schedule is not None else schedule_from_config(self.fcfg)).alpha_bar(t)
         view = (-1, *([1] * (original_samples.dim() - 1)))
-        sa = a.sqrt().to(original_samples.device, original_samples.dtype).reshape(view)
-        sb = (1 - a).sqrt().to(original_samples.device, original_samples.dtype).reshape(view)
+        sa, sb = (
+            v.to(original_samples.device, original_samples.dtype).reshape(view) for v in (a.sqrt(), (1 - a).sqrt())
+        )
         return sa * original_samples + sb * noise
 
     def _get_variance(self, timestep: int, prev_timestep: int) -> torch.Tensor:
@@ -556,7 +538,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
     def _ode(self, model, prediction: str | None = None, transform="config") -> _StepODE:
         return _StepODE(
             model,
-            _PLACEHOLDER_SCHEDULE,
+            self.schedule if self.schedule is not None else _PLACEHOLDER_SCHEDULE,
             prediction=prediction or self.prediction,
             time=lambda s: s,
             time_dtype=torch.float64,
@@ -580,7 +562,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         if self.family is not None and self.config.solver is None:  # the family's own method
             if cls.calls_per_step == 1:
                 return [(i, 0, grid[i]) for i in range(n)]
-            if self.family.name == "HeunDiscreteScheduler":  # two calls per step, one on the step into 0
+            if self.family.grid == "paired":  # two calls per step, one on the step into 0
                 return [c for i in range(n) for c in [(i, 0, grid[i])] + ([(i, 1, grid[i + 1])] if grid[i + 1] else [])]
         name, elsewhere = repr(self.solver_name), "; use it through diffsolve.sample(diffsolve.from_diffusers(...))"
         if cls.legacy:
@@ -599,21 +581,21 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError("the schedule's sigmas must be strictly decreasing for a multi-call solver")
         patterns = []
         for fn in (torch.zeros_like, lambda x: 0.5 * torch.tanh(3 * x) + 0.1):
-            seen: list[tuple[int, int, float]] = []
-            cur = [0, 0]  # step, calls made in it so far
-
-            def model(x, t, fn=fn, seen=seen, cur=cur, **_):
-                seen.append((cur[0], cur[1], float(t[0])))
-                cur[1] += 1
-                return fn(x)
-
-            ode = self._ode(model, prediction="eps", transform=None).start_run(wants_denoised=False)
-            solver = self._new_solver()
-            state = solver.init(ode, grid, lambda like: torch.zeros_like(like))
-            x = torch.linspace(-1.5, 1.5, 4, dtype=torch.float64).reshape(1, 4)
-            for i in range(n):
-                cur[0], cur[1] = i, 0
-                x, _ = advance(solver.step(i, x, state), ode)
+            view = self._ode(lambda x, t, fn=fn, **_: fn(x), "eps", None).start_run(wants_denoised=False)
+            solver, seen = self._new_solver(), []
+            state, x = (
+                solver.init(view, grid, torch.zeros_like),
+                torch.linspace(-1.5, 1.5, 4, dtype=torch.float64)[None],
+            )
+            for i in range(n):  # each step's model requests, at the sigmas the solver asks for
+                gen, j = solver.step(i, x, state), 0
+                try:
+                    request = gen.send(None)
+                    while True:
+                        seen.append((i, j, request[1]))
+                        request, j = gen.send(answer(view, *request)), j + 1
+                except StopIteration as stop:
+                    x = stop.value[0]
             patterns.append(seen)
         if patterns[0] != patterns[1]:
             raise DataDependentCallsError(
@@ -622,182 +604,125 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             )
         return patterns[0]
 
-    def _index_for(self, timestep) -> int:
-        """The call index of ``timestep`` in the schedule, looked up by value (diffusers' rule: the
-        second match if it occurs twice, so a run starting mid-schedule skips no sigma)."""
-        ts = self.timesteps
-        tv = timestep.to(ts.device) if isinstance(timestep, torch.Tensor) else torch.tensor(timestep, device=ts.device)
-        hits = (ts == tv.to(ts.dtype)).nonzero().flatten().tolist() if ts.numel() else []
-        if not hits:
-            hits = (torch.isclose(ts.double(), tv.double(), rtol=1e-6, atol=1e-6)).nonzero().flatten().tolist()
-        if not hits:
-            raise ValueError(
-                f"timestep {float(tv)} is not in this schedule's timesteps "
-                f"({ts.tolist()[:4]}...); step through scheduler.timesteps"
-            )
-        return hits[1] if len(hits) > 1 else hits[0]
-
     def _start(self, timestep) -> int:
+        """The index in ``timesteps`` where a run starts: ``begin_index``, else that of ``timestep`` by value
+        (diffusers' rule: the second match if it occurs twice, so a run starting mid-schedule skips no sigma;
+        DPM-Solver/UniPC/DEIS take the last index when the timestep is not in their schedule)."""
+        ts, ref = self.timesteps, self._ref
         if self._begin_index is not None:
             k = self._begin_index
-        elif (
-            self._ref is not None and self.timesteps is self._ref.timesteps and hasattr(self._ref, "index_for_timestep")
-        ):
-            # the emulated scheduler's own lookup rule (DPM-Solver/UniPC/DEIS take the last index when
-            # the timestep is not in the schedule)
-            tv = timestep.to(self.timesteps.device) if isinstance(timestep, torch.Tensor) else timestep
-            k = int(self._ref.index_for_timestep(tv))
+        elif ref is not None and ts is ref.timesteps and hasattr(ref, "index_for_timestep"):
+            k = int(ref.index_for_timestep(timestep.to(ts.device) if isinstance(timestep, torch.Tensor) else timestep))
         else:
-            k = self._index_for(timestep)
+            tv = torch.as_tensor(timestep, dtype=torch.float64).cpu()
+            hits = torch.isclose(ts.double().cpu(), tv, rtol=1e-6, atol=1e-6).nonzero().flatten().tolist()
+            if not hits:
+                raise ValueError(
+                    f"timestep {float(tv)} is not in this schedule's timesteps ({ts.tolist()[:4]}...); "
+                    "step through scheduler.timesteps"
+                )
+            k = hits[1] if len(hits) > 1 else hits[0]
         if not 0 <= k < len(self._calls):
             raise ValueError(f"begin_index={k} is outside the {len(self._calls)} timesteps of this schedule")
         return k
 
-    def _noise_fn(self, generator, variance_noise):
-        if variance_noise is not None:
-            return lambda like: variance_noise.to(like.device, like.dtype)
-        return make_noise_sampler(generator)
-
-    # -- DDIM / DDPM: memoryless steps to the family's previous timestep ------------------------------
-    def _step_ddim(self, model_output, timestep, sample, eta, use_clipped, generator, variance_noise):
-        fam, t, k = self.family.name, int(timestep), self._step_index
-        if k is None or k >= len(self.timesteps) or int(self.timesteps[k]) != t:
-            found = (self.timesteps == t).nonzero().flatten().tolist()
-            self._step_index = found[0] if found else None
-        s_t, s_s = self._sigma_of(t), self._sigma_prev(t)
-        if fam == "DDPMScheduler":
-            if eta:
-                raise ValueError("eta is DDIMScheduler's; DDPMScheduler's variance is variance_type")
-            opts = {"eta": 1.0} if self.fcfg["variance_type"] == "fixed_small" else {"variance": "large"}
-        else:
-            opts = {"eta": float(eta or 0.0)}
-        in_dtype = sample.dtype
-        state = state_dtype_for(in_dtype)
-        xbar, out = self._to_xbar(sample.to(state), s_t), model_output.to(state)
-        if fam == "DDIMScheduler" and not use_clipped and self.transform is not None:
-            # diffusers' DDIM with use_clipped_model_output=False combines the clipped x0 with the raw
-            # eps: that is the DDIM step (E30) from the point D_clipped + sigma eps_raw, on whose ray
-            # D_clipped lies, with eps_raw as the (eps-prediction) output there
-            conv = self._ode(lambda *a, **k: None, transform=None)
-            d_raw, eps_raw = conv._convert(out, xbar, s_t, 1.0 / math.sqrt(1 + s_t * s_t))
-            xbar = torch.add(self.transform(d_raw, s_t), eps_raw, alpha=s_t)
-            ode = self._ode(lambda x, t, **_: eps_raw, prediction="eps", transform=None)
-        else:
-            ode = self._ode(lambda x, t, **_: out)
-        view = ode.start_run(input_dtype=in_dtype, wants_denoised=True)
-        solver = make_solver("ddim", **opts)
-        x_next, denoised = advance(
-            solver.step(0, xbar, solver.init(view, [s_t, s_s], self._noise_fn(generator, variance_noise))), view
-        )
-        if self._step_index is not None:
-            self._step_index += 1
-        return self._from_xbar(x_next, s_s).to(in_dtype), denoised.to(in_dtype)
-
-    # -- every other solver: one solver step per call ------------------------------------------------
-    def _step_solver(self, model_output, timestep, sample, eta, use_clipped, generator, variance_noise):
-        if eta and self.solver_name != "ddim":
-            raise ValueError(
-                f"eta={eta} given to step(): eta is DDIM's; solver {self.solver_name!r} takes "
-                "its options as solver_options"
-            )
-        if use_clipped is False and self.transform is not None:
-            raise ValueError(
-                "use_clipped_model_output=False with clip_sample/thresholding: diffsolve keeps the "
-                "clipped x0 and its eps consistent; pass True (or leave it unset)"
-            )
-        if self._step_index is None or self._run is None:
-            k = self._start(timestep) if self._step_index is None else self._step_index
-            self._begin_run(k, sample, eta)
-        else:
-            k = self._step_index
-            if k >= len(self._calls):
+    def _feed(self, run, i: int, j: int, sigma: float, model_output, sample, unclipped: bool):
+        """The model output of call ``j`` of step ``i`` (at ``sigma``) fed to the run's open solver step:
+        ``(prev_sample, pred_original_sample)``."""
+        in_dtype, step = sample.dtype, i - run.start
+        run.out = model_output.to(run.dtype)
+        if step >= run.steps:
+            if run.bad is not None:
                 raise ValueError(
-                    f"step() called after the last of the {len(self._calls)} timesteps; call "
-                    "set_timesteps() to start a new run"
+                    f"the schedule's sigmas repeat or increase ({run.bad[0]} then {run.bad[1]}): with this many "
+                    f"steps some visit a level twice; use fewer than {len(self._grid) - 1} steps"
                 )
-            tv = float(timestep)
-            if abs(float(self.timesteps[k]) - tv) > 1e-4 * max(1.0, abs(tv)):
-                raise ValueError(
-                    f"step() got timestep {tv} but the next call is at timesteps[{k}] = "
-                    f"{float(self.timesteps[k])}: step through scheduler.timesteps in order, or call "
-                    "set_timesteps() / set_begin_index() to start a new run"
-                )
-        i, j, sigma = self._calls[k]
-        run = self._run
-        if float(eta or 0.0) != run["eta"]:
-            raise ValueError(
-                f"eta={eta} given to step() after a run started with eta={run['eta']}: one eta per run "
-                "(it sets the solver's coefficients for the whole grid)"
-            )
-        run["draw"] = self._noise_fn(generator, variance_noise)  # the noise of this call's step
-        in_dtype = sample.dtype
-        run["out"] = model_output.to(run["dtype"])
-        if i - run["start"] >= run["steps"]:
-            if run["bad"] is not None:
-                a, b = run["bad"]
-                raise ValueError(
-                    f"the schedule's sigmas repeat or increase ({a} then {b}): with this many steps "
-                    f"some visit a level twice; use fewer than {len(self._grid) - 1} steps"
-                )
-            x_next, denoised = self._zero_length_step(run, self._to_xbar(sample.to(run["dtype"]), sigma), sigma)
-            self._step_index = k + 1
+            x_next, denoised = self._zero_length_step(run, self._to_xbar(sample.to(run.dtype), sigma), sigma)
             return self._from_xbar(x_next, sigma).to(in_dtype), denoised.to(in_dtype)
         if j == 0:  # a new solver step, from the sample the pipeline holds (it may have edited it)
-            last = run.get("last")
-            if last is not None and sample is last[0] and sample._version == last[1]:
-                x = last[2]  # our own prev_sample, unchanged: continue from the solver's state, no round trip
+            if run.last is not None and sample is run.last[0] and sample._version == run.last[1]:
+                x = run.last[2]  # our own prev_sample, unchanged: continue from the solver's state, no round trip
             else:
-                x = self._to_xbar(sample.to(run["dtype"]), sigma)
-            run["gen"] = run["solver"].step(i - run["start"], x, run["state"])
-            run["request"] = run["gen"].send(None)
-        x_req, s_req, _ = run["request"]
-        answer = run["view"].predict(x_req, s_req)  # this call's output, at the point the solver asked for
-        self._step_index = k + 1
+                x = self._to_xbar(sample.to(run.dtype), sigma)
+            if unclipped:
+                x, run.out = self._unclipped(x, run.out, sigma)
+            run.gen = run.solver.step(step, x, run.state)
+            run.request = run.gen.send(None)
+        x_req, s_req, _ = run.request
+        answer = run.view.predict(x_req, s_req)  # this call's output, at the point the solver asked for
         try:
-            run["request"] = run["gen"].send(answer)
+            run.request = run.gen.send(answer)
         except StopIteration as stop:
-            if j + 1 != run["calls"][i]:
+            if j + 1 != self._per_step[i]:
                 raise DataDependentCallsError(
-                    f"solver {self.solver_name!r} made {j + 1} model calls in step {i}, not {run['calls'][i]}"
+                    f"solver {self.solver_name!r} made {j + 1} model calls in step {i}, not {self._per_step[i]}"
                 ) from None
             x_next, denoised = stop.value
-            s_next = run["state"].sigmas[i - run["start"] + 1]
-            prev = self._from_xbar(x_next, s_next).to(in_dtype)
+            prev = self._from_xbar(x_next, run.state.sigmas[step + 1]).to(in_dtype)
             # the next step continues from x_next itself when the pipeline hands prev back untouched
             # (same tensor, no in-place edit since: its version counter), as diffsolve.sample would
-            run["last"] = (prev, prev._version, x_next)
+            run.last = (prev, prev._version, x_next)
             return prev, (None if denoised is None else denoised.to(in_dtype))
-        if j + 1 >= run["calls"][i]:
+        if j + 1 >= self._per_step[i]:
             raise DataDependentCallsError(
                 f"solver {self.solver_name!r} asks for more than {j + 1} model calls in step {i}"
             )
         # the step needs another call: the pipeline evaluates the model at the point it asks for next
-        x_mid, s_mid, _ = run["request"]
+        x_mid, s_mid, _ = run.request
         return self._from_xbar(x_mid, s_mid).to(in_dtype), answer[0].to(in_dtype)
+
+    def _next_call(self, timestep, sample, eta: float) -> int:
+        """The index in ``timesteps`` of this call: the run's next one, or the first of a new run."""
+        if self._step_index is None or self._run is None:
+            k = self._start(timestep) if self._step_index is None else self._step_index
+            i, j, _ = self._calls[k]
+            if j != 0:
+                raise ValueError(
+                    f"timesteps[{k}] is the call {j + 1} of a solver step, not the start of one: start "
+                    "runs at a step's first call (set_begin_index(t_start * scheduler.order))"
+                )
+            self._begin_run(i, self._grid[i:], sample, eta)
+            return k
+        k, tv = self._step_index, float(timestep)
+        if k >= len(self._calls) or abs(float(self.timesteps[k]) - tv) > 1e-4 * max(1.0, abs(tv)):
+            expected = f"at timesteps[{k}] = {float(self.timesteps[k])}" if k < len(self._calls) else "none (run over)"
+            raise ValueError(
+                f"step() got timestep {tv} but the next call is {expected}: step through scheduler.timesteps "
+                "in order, or call set_timesteps() / set_begin_index() to start a new run"
+            )
+        if eta != self._run.eta:
+            raise ValueError(
+                f"eta={eta} given to step() after a run started with eta={self._run.eta}: one eta per run "
+                "(it sets the solver's coefficients for the whole grid)"
+            )
+        return k
+
+    def _unclipped(self, x, out, sigma: float):
+        """diffusers' DDIM with use_clipped_model_output=False combines the clipped x0 with the raw eps:
+        that is the DDIM step (E30) from the point D_clipped + sigma eps_raw, on whose ray D_clipped lies,
+        with eps_raw as the (eps-prediction) output there. Returns that point and eps_raw."""
+        conv = self._ode(lambda *a, **k: None, transform=None)
+        d_raw, eps_raw = conv._convert(out, x, sigma, 1.0 / math.sqrt(1 + sigma * sigma))
+        return torch.add(self.transform(d_raw, sigma), eps_raw, alpha=sigma), eps_raw
 
     def _zero_length_step(self, run, x, sigma):
         """A step from sigma to sigma at the end of the schedule leaves the sample where it is, except
         that UniPC's corrector (UniC, Zhao et al. 2023) still corrects the last step with the new
         output, as diffusers' UniPCMultistepScheduler does on that step."""
-        solver, state = run["solver"], run["state"]
-        denoised, _ = run["view"].predict(x, sigma)
+        solver, state = run.solver, run.state
+        denoised, _ = run.view.predict(x, sigma)
         corr = getattr(state, "corr", None)
-        if getattr(solver, "corrector", False) and corr and run["steps"] > 0 and not run.get("corrected"):
-            a_w = corr[run["steps"] - 1]
+        if getattr(solver, "corrector", False) and corr and run.steps > 0 and not run.corrected:
+            a_w = corr[run.steps - 1]
             if a_w is not None:
                 a, w = a_w
                 x = combine(a, state.x_base, zip(w, [denoised] + state.history))
-            run["corrected"] = True
+            run.corrected = True
         return x, denoised
 
-    def _begin_run(self, k: int, sample, eta):
-        i, j, _ = self._calls[k]
-        if j != 0:
-            raise ValueError(
-                f"timesteps[{k}] is the call {j + 1} of a solver step, not the start of one: start "
-                "runs at a step's first call (set_begin_index(t_start * scheduler.order))"
-            )
-        grid = self._grid[i:]
+    def _begin_run(self, i: int, grid: list[float], sample, eta: float, unclipped: bool = False):
+        """A run of the solver from step ``i`` over ``grid``; its model is the output of the pipeline's
+        current call and its noise the current call's."""
         # the solver runs up to the first level that does not decrease. A schedule may end with
         # zero-length steps (karras sigmas with final_sigmas_type="sigma_min" repeat the last sigma):
         # those are taken as diffusers takes a step of length h = 0. A level repeated earlier (more
@@ -806,21 +731,19 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         bad = None
         if cut is not None:
             if any(g != grid[cut] for g in grid[cut:]):
-                bad = (
-                    grid[cut],
-                    next(g for g in grid[cut:] if g != grid[cut]) if grid[cut + 1] == grid[cut] else grid[cut + 1],
-                )
+                later = next(g for g in grid[cut:] if g != grid[cut]) if grid[cut + 1] == grid[cut] else grid[cut + 1]
+                bad = (grid[cut], later)
             grid = grid[: cut + 1]
-        in_dtype = sample.dtype
-        state = state_dtype_for(in_dtype)
-        run: dict[str, Any] = {"start": i, "dtype": state, "steps": len(grid) - 1, "bad": bad, "eta": float(eta or 0.0)}
-        run["calls"] = collections.Counter(c[0] for c in self._calls)  # model calls per solver step
-        over = {"eta": float(eta)} if eta and self.solver_name == "ddim" else {}
-        # the solver's model is the output of the pipeline's current call; its noise, the current call's
-        view = self._ode(lambda x, t, **_: run["out"]).start_run(input_dtype=in_dtype, wants_denoised=True)
-        solver = self._new_solver(i, len(grid) - 1, **over)
-        run.update(solver=solver, view=view, state=solver.init(view, grid, lambda like: run["draw"](like)))
+        run = types.SimpleNamespace(
+            start=i, grid=grid, dtype=state_dtype_for(sample.dtype), steps=len(grid) - 1, bad=bad, eta=eta
+        )
+        run.last, run.corrected, run.out = None, False, None
+        ode = self._ode(lambda x, t, **_: run.out, *(("eps", None) if unclipped else ()))
+        run.view = ode.start_run(input_dtype=sample.dtype, wants_denoised=True)
+        run.solver = self._new_solver(i, run.steps, **({"eta": eta} if eta else {}))
+        run.state = run.solver.init(run.view, grid, lambda like: self._draw(like))
         self._run = run
+        return run
 
     # -- construction ----------------------------------------------------------------------------------
     @classmethod
@@ -828,11 +751,10 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         """From any scheduler's config: the config's ``_class_name`` (a supported diffusers scheduler)
         becomes ``emulate``, and every key of that scheduler is read, its defaults included (so the
         scheduler the config came from is reproduced). Keyword arguments override config keys."""
-        source = None
-        if hasattr(config, "config") and not isinstance(config, dict):  # a scheduler object
-            source, config = type(config).__name__, config.config
+        if hasattr(config, "config") and not isinstance(config, dict):  # a scheduler object: its class
+            config = dict(config.config, _class_name=type(config).__name__)
         cfg = dict(config or {})
-        name = cfg.get("_class_name") or source or _family_of_keys(cfg)
+        name = cfg.get("_class_name") or _family_of_keys(cfg)
         chosen = "emulate" in cfg or "emulate" in kwargs
         if not chosen and name in FAMILIES:
             cfg["emulate"] = name
@@ -873,38 +795,14 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         return super().from_config(cfg, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
 
-def _class_named(name: str) -> type:
-    """The diffusers scheduler class ``name`` (a class nothing derives from when diffusers has none)."""
-    import diffusers
-
-    found = getattr(diffusers, name, None) if name.isidentifier() else None
-    return found if isinstance(found, type) else type("_Unknown", (), {})
-
-
 #: keys of a diffusers scheduler that shape its sigma grid (a method replaced by solver= cannot drop them)
-_GRID_KEYS = (
-    "use_karras_sigmas",
-    "use_exponential_sigmas",
-    "use_beta_sigmas",
-    "use_lu_lambdas",
-    "shift",
-    "use_flow_sigmas",
-)
-
-
-def _init_defaults(name: str) -> dict:
-    """The keys of diffusers' class ``name``'s own ``__init__``, with their defaults ({}: no such class)."""
-    init = _class_named(name).__dict__.get("__init__")
-    params = inspect.signature(init).parameters.items() if init is not None else ()
-    return {k: p.default for k, p in params if k not in ("self", "kwargs")}
+_GRID_KEYS = "use_karras_sigmas use_exponential_sigmas use_beta_sigmas use_lu_lambdas shift use_flow_sigmas".split()
 
 
 def _family_of_keys(cfg) -> str | None:
     """The diffusers scheduler whose keys are exactly those of ``cfg`` (the config of a scheduler
     built in this process carries no ``_class_name``; its keys still name its class)."""
-    keys = {k for k in cfg if not k.startswith("_")}
-    names = dict.fromkeys([*FAMILIES, *FAMILIES["DDIMScheduler"].cls._compatibles])
-    hits = [name for name in names if keys and set(_init_defaults(name)) == keys]
+    hits = classes_with_keys(cfg, list(dict.fromkeys([*FAMILIES, *FAMILIES["DDIMScheduler"].cls._compatibles])))
     if len(hits) > 1:
         raise ValueError(
             f"the config's keys are those of {' and of '.join(hits)}: pass the scheduler itself "
@@ -933,7 +831,7 @@ def _make_init():
         sig.bind(self, *args, **kwargs)  # an unknown key is a TypeError, as in any __init__
         self._begin_index = self._step_index = self._run = self._grid = None
         self.num_inference_steps = self.timesteps = self.sigmas = None
-        self._ddim_rule = False
+        self._memoryless = False
         self._setup()
         self.timesteps = torch.arange(int(self.fcfg["num_train_timesteps"]) - 1, -1, -1, dtype=torch.int64)
         ref = self._ref

@@ -36,7 +36,7 @@ import torch
 from ..grids import leading, linspace, trailing, validate_sigmas
 from ..schedules import DiscreteSchedule
 
-__all__ = ["FAMILY_RULES", "family_rule", "family_sigmas", "family_of_keys"]
+__all__ = ["FAMILY_RULES", "classes_with_keys", "family_rule", "family_sigmas", "family_of_keys"]
 
 #: scheduler class name -> its timestep rule (see the module docstring)
 FAMILY_RULES = {
@@ -67,23 +67,31 @@ SPACINGS = ("leading", "trailing", "linspace")
 _NOT_DDIM_KEYS = ("final_sigmas_type", "lambda_min_clipped", "solver_order", "algorithm_type", "interpolation_type")
 
 
+def classes_with_keys(cfg, names) -> list[str]:
+    """Those of the diffusers scheduler classes ``names`` whose ``__init__`` keys are exactly the config's
+    (its keys not starting with "_"); none when diffusers is not installed."""
+    keys = {k for k in cfg if not k.startswith("_")}
+    try:
+        import diffusers
+    except ImportError:  # a plain dict without diffusers: no class to match
+        return []
+    found = [getattr(diffusers, name, None) for name in names]
+    return [
+        name
+        for name, cls in zip(names, found, strict=True)
+        if keys
+        and isinstance(cls, type)
+        and keys == set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
+    ]
+
+
 def family_of_keys(cfg) -> str | None:
     """The scheduler class of a config without ``_class_name`` (``scheduler.config`` has none): the
     class in :data:`FAMILY_RULES` whose ``__init__`` keys are exactly the config's. None when no class
     matches (a hand-written dict) or diffusers is not installed; an error when the matching classes
     have different rules."""
     keys = {k for k in cfg if not k.startswith("_")}
-    try:
-        import diffusers
-    except ImportError:  # a plain dict without diffusers: DDIM's rule unless the keys say otherwise
-        hits = []
-    else:
-        hits = [
-            name
-            for name in FAMILY_RULES
-            if hasattr(diffusers, name)
-            and keys == set(inspect.signature(getattr(diffusers, name).__init__).parameters) - {"self", "kwargs"}
-        ]
+    hits = classes_with_keys(cfg, FAMILY_RULES)
     rules = {FAMILY_RULES[h] for h in hits}
     if len(rules) > 1:
         raise ValueError(

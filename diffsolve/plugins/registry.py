@@ -245,15 +245,20 @@ class Registry:
             table.update(staged)
 
     @staticmethod
+    def _check_named_class(cls, extra: tuple, base: type, kind: str, what: str) -> None:
+        """What every class-valued kind requires: the class alone, a subclass of ``base``, a non-empty ``name``."""
+        if extra:
+            raise TypeError(f"register({kind.capitalize()}Class) takes the class only; its name is cls.name")
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            raise TypeError(f"register() expects a {what} subclass, got {cls!r}")
+        if not isinstance(cls.name, str) or not cls.name:
+            raise TypeError(f"{kind} class {cls.__name__} has no name (set the class attribute 'name')")
+
+    @staticmethod
     def _check_solver(cls, *extra):
         from ..solvers.base import Solver
 
-        if extra:
-            raise TypeError("register(SolverClass) takes the class only; its name is cls.name")
-        if not (isinstance(cls, type) and issubclass(cls, Solver)):
-            raise TypeError(f"register() expects a diffsolve Solver subclass, got {cls!r}")
-        if not isinstance(cls.name, str) or not cls.name:
-            raise TypeError(f"solver class {cls.__name__} has no name (set the class attribute 'name')")
+        Registry._check_named_class(cls, extra, Solver, "solver", "diffsolve Solver")
         for attr in ("order", "calls_per_step"):
             value = getattr(cls, attr)
             if not isinstance(value, int) or value < 1:
@@ -272,19 +277,11 @@ class Registry:
     def _check_restorer(cls, *extra):
         from ..inverse.base import Restorer
 
-        if extra:
-            raise TypeError("register(RestorerClass) takes the class only; its name is cls.name")
-        if not (isinstance(cls, type) and issubclass(cls, Restorer)):
-            raise TypeError(f"register() expects a diffsolve.inverse.Restorer subclass, got {cls!r}")
-        if not isinstance(cls.name, str) or not cls.name:
-            raise TypeError(f"restorer class {cls.__name__} has no name (set the class attribute 'name')")
+        Registry._check_named_class(cls, extra, Restorer, "restorer", "diffsolve.inverse.Restorer")
         return cls.name, cls
 
     def restorer(self, name: str) -> type:
-        self.load()
-        if name not in self.restorers:
-            raise UnknownNameError(self._unknown("restorer", name, self.restorers))
-        return self.restorers[name][0]
+        return self._lookup("restorer", self.load().restorers, name)
 
     def restorer_names(self) -> list[str]:
         return sorted(self.load().restorers)
@@ -294,37 +291,29 @@ class Registry:
     def _check_guidance(cls, *extra):
         from ..guidance.base import Guidance
 
-        if extra:
-            raise TypeError("register(GuidanceClass) takes the class only; its name is cls.name")
-        if not (isinstance(cls, type) and issubclass(cls, Guidance)):
-            raise TypeError(f"register() expects a diffsolve.guidance.Guidance subclass, got {cls!r}")
-        if not isinstance(cls.name, str) or not cls.name:
-            raise TypeError(f"guidance class {cls.__name__} has no name (set the class attribute 'name')")
+        Registry._check_named_class(cls, extra, Guidance, "guidance", "diffsolve.guidance.Guidance")
         if cls.second not in ("uncond", "weak"):
             raise TypeError(f"guidance {cls.name!r}: second must be 'uncond' or 'weak', got {cls.second!r}")
         return cls.name, cls
 
     def guidance_method(self, name: str) -> type:
-        self.load()
-        if name not in self.guidance:
-            raise UnknownNameError(self._unknown("guidance method", name, self.guidance))
-        return self.guidance[name][0]
+        return self._lookup("guidance method", self.load().guidance, name)
 
     def guidance_names(self) -> list[str]:
         return sorted(self.load().guidance)
 
     # -- lookup ----------------------------------------------------------------------------
     def solver(self, name: str) -> type:
-        self.load()
-        if name not in self.solvers:
-            raise UnknownNameError(self._unknown("solver", name, self.solvers))
-        return self.solvers[name][0]
+        return self._lookup("solver", self.load().solvers, name)
 
     def grid(self, name: str) -> Callable:
-        self.load()
-        if name not in self.grids:
-            raise UnknownNameError(self._unknown("grid", name, self.grids))
-        return self.grids[name][0]
+        return self._lookup("grid", self.load().grids, name)
+
+    def _lookup(self, kind: str, table: dict, name):
+        """The registered class (or grid function) ``name`` of one kind; UnknownNameError names the known ones."""
+        if name not in table:
+            raise UnknownNameError(self._unknown(kind, name, table))
+        return table[name][0]
 
     def _unknown(self, kind: str, name, table) -> str:
         from ..validation import suggest
