@@ -21,19 +21,16 @@ has static clipping of x0hat to [-1, 1] (``cfg+clip``).
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import time
 from pathlib import Path
 
 import torch
 
-import diffsolve as ds
 from diffsolve.bench.digits_cond import DigitsCondProblem
-from diffsolve.bench.pictures import steps_for_nfe
+from diffsolve.bench.guided import append_row as _append
+from diffsolve.bench.guided import done_rows as _done
+from diffsolve.bench.guided import picture, run_cell
 
-GRID = "trailing"
 SOLVERS = ["ddim", "dpm-solver-2s", "dpm-solver-3s", "dpmpp-2s", "dpmpp-3s", "dpmpp-2m", "unipc", "heun"]
 SOLVERS += ["euler-ancestral"]
 #: the methods part: (label, method name, scale, options); "cfg" with a float is ds.wrap(guidance=w)
@@ -59,54 +56,6 @@ def _floats(text):
 
 def _ints(text):
     return [int(v) for v in text.split(",") if v]
-
-
-def _done(path: Path) -> dict:
-    if not path.exists():
-        return {}
-    out = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            out[row["key"]] = row
-    return out
-
-
-def _append(path: Path, row: dict) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def run_cell(problem, labels, x_T, *, method, scale, solver, nfe, threshold, options, seed, steps=None):
-    """One cell: sample ``labels`` from ``x_T`` and return the metrics (or the reason it could not run)."""
-    options = dict(options)
-    threshold = threshold or options.pop("threshold", False)
-    clip = options.pop("clip", False)
-    if method == "cfg" and not options:
-        guidance = float(scale)  # exactly ds.wrap(guidance=w)
-    else:
-        guidance = problem.guidance(method, scale, **options)
-    transform = ds.DynamicThresholding(0.995) if threshold else (ds.Clipping(-1.0, 1.0) if clip else None)
-    ode = problem.ode(torch.float32, labels=labels, guidance=guidance, denoised_transform=transform)
-    if steps is None:
-        steps = steps_for_nfe(solver, nfe, grid=GRID, schedule=problem.schedule)
-    row = {"steps": steps}
-    if steps is None:
-        return {**row, "error": f"no step count of {solver} fits NFE {nfe}"}
-    sigmas = ds.grid(GRID, problem.schedule, steps)
-    t0 = time.perf_counter()
-    try:
-        x = ds.sample(ode, x_T, solver, sigmas=sigmas, generator=torch.Generator().manual_seed(seed))
-    except ValueError as exc:  # a solver without the renoise hook refuses CFG++
-        return {**row, "error": str(exc).split(":")[0]}
-    except ds.NonFiniteError as exc:
-        return {**row, "error": f"non-finite: {exc}"}
-    row["seconds"] = time.perf_counter() - t0
-    row["nfe_used"] = ode.nfe
-    row.update(problem.metrics(x, labels))
-    return row
 
 
 def _cells(args):
@@ -188,83 +137,6 @@ def main() -> None:
         )
         row.update(key=key, label=label, method=name, scale=scale, solver=solver, nfe=nfe, threshold=threshold)
         _append(path, row)
-
-
-# -- picture -----------------------------------------------------------------------------------------
-#: rows of the picture: (label, method, scale, options, solver); one class per row
-PICTURE_ROWS = [
-    ("cfg 8", "cfg", 8.0, {}, "dpmpp-2m"),
-    ("cfg 8 + dyn. threshold", "cfg", 8.0, {"threshold": True}, "dpmpp-2m"),
-    ("cfg 8, interval (0.3, 5]", "cfg", 8.0, {"sigma_interval": (0.3, 5.0)}, "dpmpp-2m"),
-    ("apg 8", "apg", 8.0, {"eta": 0.0}, "dpmpp-2m"),
-    ("cfg-rescale 8", "cfg-rescale", 8.0, {"phi": 0.7}, "dpmpp-2m"),
-    ("cfg-zero-star 8", "cfg-zero-star", 8.0, {}, "dpmpp-2m"),
-    ("cfg++ 1.0 (ddim)", "cfg++", 1.0, {}, "ddim"),
-    ("autoguidance 2", "autoguidance", 2.0, {}, "dpmpp-2m"),
-]
-
-
-def picture(path: Path, seed: int = 0, nfes=(5, 10, 20), n: int = 9, ref_steps: int = 250) -> Path:
-    """Rows: guidance methods at a large scale (one class per row); columns: NFE 5, 10, 20 and the same
-    method with DDIM at ``ref_steps`` steps; the same x_T in every cell."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from diffsolve.bench.pictures import image_mosaic
-
-    problem = DigitsCondProblem()
-    x_T = problem.x_T(seed, n)
-    cols = 3
-    fig, axes = plt.subplots(len(PICTURE_ROWS), len(nfes) + 1, figsize=(8.2, 1.75 * len(PICTURE_ROWS) + 0.6))
-    for i, (label, method, scale, opts, solver) in enumerate(PICTURE_ROWS):
-        labels = torch.full((n,), i % 10, dtype=torch.long)
-        for j, nfe in enumerate([*nfes, None]):
-            row = run_cell_samples(
-                problem,
-                labels,
-                x_T,
-                method=method,
-                scale=scale,
-                solver=solver if nfe else "ddim",
-                nfe=nfe or ref_steps,
-                options=opts,
-                seed=seed,
-                steps=None if nfe else ref_steps,
-            )
-            ax = axes[i][j]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row is None:
-                ax.text(0.5, 0.5, "n/a", ha="center", va="center", transform=ax.transAxes)
-            else:
-                ax.imshow(image_mosaic(problem.to_images(row), cols).numpy(), cmap="gray_r", vmin=0, vmax=1)
-            if i == 0:
-                ax.set_title(f"NFE {nfe}" if nfe else f"DDIM {ref_steps}", fontsize=10)
-            if j == 0:
-                ax.set_ylabel(f"{label}\n{solver}, class {i % 10}", fontsize=8)
-    fig.suptitle("digits-cond: guidance methods at a large scale, the same 9 x_T in every cell", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def run_cell_samples(problem, labels, x_T, *, method, scale, solver, nfe, options, seed, steps=None):
-    """The samples of one cell (None when the solver cannot run it)."""
-    options = dict(options)
-    threshold = options.pop("threshold", False)
-    guidance = float(scale) if method == "cfg" and not options else problem.guidance(method, scale, **options)
-    transform = ds.DynamicThresholding(0.995) if threshold else None
-    ode = problem.ode(torch.float32, labels=labels, guidance=guidance, denoised_transform=transform)
-    steps = steps or steps_for_nfe(solver, nfe, grid=GRID, schedule=problem.schedule)
-    if steps is None:
-        return None
-    return ds.sample(
-        ode, x_T, solver, sigmas=ds.grid(GRID, problem.schedule, steps), generator=torch.Generator().manual_seed(seed)
-    )
 
 
 # -- compact tables (docs/guidance.md) ---------------------------------------------------------------
