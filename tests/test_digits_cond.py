@@ -130,3 +130,15 @@ def test_parse_guidance_reads_method_scale_and_options():
     assert parse_guidance("apg:6:eta=0.5") == ("apg", 6.0, {"eta": 0.5})
     assert parse_guidance("cfg:8:clip=True") == ("cfg", 8.0, {"clip": True})
     assert parse_guidance("autoguidance") == ("autoguidance", 2.0, {})
+
+
+def test_the_guidance_picture_draws_one_row_per_method_and_a_reference_column(problem, tmp_path):
+    """make demo's guided picture (diffsolve/bench/guided.py picture, small): a PNG whose rows are the methods and
+    whose columns are the NFE plus the DDIM reference; drawn here at a toy size (1 x_T, NFE 2, DDIM 3 steps)."""
+    import matplotlib.image
+
+    from diffsolve.bench.guided import PICTURE_ROWS, picture
+
+    path = picture(tmp_path / "g.png", n=1, cols=1, nfes=(2,), ref_steps=3, rows=PICTURE_ROWS[:2], problem=problem)
+    image = matplotlib.image.imread(path)
+    assert image.shape[0] > 100 and image.shape[1] > 400 and image.std() > 0.05  # drawn, not blank
