@@ -88,9 +88,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-picture",
         action="store_true",
-        help="skip the digits picture written to OUT/digits_solvers.png by the default sweep and "
-        "by sweeps with --problem digits (rows ddim, dpmpp-2m, unipc, best fixed solver+grid; "
-        "columns NFE 3, 5, 10, 20 and the reference)",
+        help="skip the digits pictures written by the default sweep and by sweeps with --problem digits: "
+        "OUT/digits_solvers.png (rows ddim, dpmpp-2m, unipc, best fixed solver+grid; columns NFE 3, 5, 10, 20 "
+        "and the reference), OUT/digits_restoration.png and OUT/digits_guidance.png (guidance methods x NFE)",
     )
     p.add_argument(
         "--guidance",
