@@ -33,6 +33,10 @@ class Clipping:
     def __call__(self, denoised: torch.Tensor, sigma: float) -> torch.Tensor:
         return denoised.clamp(self.lo, self.hi)
 
+    def rows(self, idx, n: int) -> Clipping:
+        """Itself: the clamp acts on each sample alone (:meth:`diffsolve.DiffusionODE.rows`)."""
+        return self
+
     def __repr__(self) -> str:
         return f"Clipping({self.lo}, {self.hi})"
 
@@ -61,6 +65,10 @@ class DynamicThresholding:
         s = torch.quantile(work.abs(), self.p, dim=1).clamp(min=1.0, max=self.max_value)[:, None]
         out = torch.maximum(torch.minimum(work, s), -s) / s
         return out.to(denoised.dtype).reshape(denoised.shape)
+
+    def rows(self, idx, n: int) -> DynamicThresholding:
+        """Itself: the threshold s is each sample's own (:meth:`diffsolve.DiffusionODE.rows`)."""
+        return self
 
     def __repr__(self) -> str:
         return f"DynamicThresholding(p={self.p}, max_value={self.max_value})"

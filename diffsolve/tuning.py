@@ -250,7 +250,10 @@ def _teacher(ode: DiffusionODE, x_T: torch.Tensor, sigma_max: float, tol: float 
 
     tol = _teacher_tol(x_T) if tol is None else tol
     h = hashlib.sha1(x_T.detach().to("cpu", _F64).contiguous().numpy().tobytes())
-    key = f"{id(ode.model)}|{schedule_fingerprint(ode.schedule, ode.prediction)}|{sigma_max!r}|{tol}|{h.hexdigest()}"
+    key = (
+        f"{id(ode.model)}|{schedule_fingerprint(ode.schedule, ode.prediction)}|{sigma_max!r}|{tol}|{h.hexdigest()}"
+        f"|{_conditioning_digest(ode)}"
+    )
     if key not in _TEACHERS:
         # the model is called in its own dtype (a run view of the ODE); the state is float64
         view = ode.start_run(input_dtype=x_T.dtype)
@@ -260,6 +263,32 @@ def _teacher(ode: DiffusionODE, x_T: torch.Tensor, sigma_max: float, tol: float 
             _TEACHERS.pop(next(iter(_TEACHERS)))
         _TEACHERS[key] = ref.detach().to("cpu", _F64)
     return _TEACHERS[key]
+
+
+def _conditioning_digest(ode: DiffusionODE) -> str:
+    """A digest of what besides the model and x_T decides the teacher's solution: the guidance (method, scale,
+    options, the guiding model's identity) and the model's keyword arguments (cond, uncond, model_kwargs: the
+    contents of their tensors). Two ODEs on one model with other labels get other teachers."""
+    h = hashlib.sha1(repr(guidance_fingerprint(ode)).encode())
+    h.update(repr(id(getattr(ode.guidance_method, "weak_model", None))).encode())
+
+    def feed(kwargs, where):
+        for key in sorted(kwargs, key=str):
+            value = kwargs[key]
+            h.update(f"{where}[{key!r}]".encode())
+            if isinstance(value, dict):
+                feed(value, f"{where}[{key!r}]")
+            elif isinstance(value, torch.Tensor):
+                v = value.detach().to("cpu").contiguous()
+                h.update(f"{v.dtype}{tuple(v.shape)}".encode())
+                h.update((v.to(_F64) if v.is_floating_point() else v.to(torch.int64)).numpy().tobytes())
+            else:
+                h.update(repr(value).encode())
+
+    feed(ode.cond, "cond")
+    feed(ode.uncond, "uncond")
+    feed(ode.model_kwargs, "model_kwargs")
+    return h.hexdigest()
 
 
 def _check_teacher(ode, x_T, teacher) -> torch.Tensor | None:
@@ -673,8 +702,17 @@ def tune(
     perm = torch.randperm(x_T.shape[0], generator=torch.Generator().manual_seed(int(seed)))
     fit_idx, held_idx = perm[:n_fit].sort().values, perm[n_fit:].sort().values
     x = x_T.detach()
+    # the fit part's ODE: per-sample conditioning (labels, embeddings) restricted to the same rows as x_T
+    fit_ode = ode.rows(fit_idx, x_T.shape[0])
     t = _Tuning(
-        ode, nfe, fit_idx, held_idx, _Scorer(ode, x, ref), _Scorer(ode, x[fit_idx], ref[fit_idx]), progress, max_evals
+        ode,
+        nfe,
+        fit_idx,
+        held_idx,
+        _Scorer(ode, x, ref),
+        _Scorer(fit_ode, x[fit_idx], ref[fit_idx]),
+        progress,
+        max_evals,
     )
 
     swept = _sweep(t, _configs(names))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -135,8 +136,16 @@ def check_guidance_batch(ode, batch: int) -> None:
                 )
 
 
+def _spelling(name: str) -> str:
+    """``name`` with case and punctuation normalised: lower case, ``+`` read as ``p`` (the field spells
+    DPM-Solver++ "dpmpp" and CFG++ "cfgpp"), every other character but letters and digits dropped."""
+    return re.sub(r"[^a-z0-9]", "", name.strip().lower().replace("+", "p"))
+
+
 def closest(name, choices: Iterable[str]) -> str | None:
-    """The choice closest to ``name`` (case, ``_`` versus ``-``, then difflib), or None."""
+    """The choice closest to ``name``, or None: first one equal up to case and ``_`` versus ``-``, then one
+    equal up to case and punctuation (:func:`_spelling`: "cfgpp" is "cfg++", "dpmpp2m" is "dpmpp-2m"),
+    then difflib's closest on those normalised spellings, then on the names as given."""
     choices = list(choices)
     if not isinstance(name, str):
         return None
@@ -144,15 +153,17 @@ def closest(name, choices: Iterable[str]) -> str | None:
     for c in choices:
         if c.lower().replace("_", "-") == canon:
             return c
-    hits = difflib.get_close_matches(name, choices, n=1, cutoff=0.6) or difflib.get_close_matches(
-        canon, [c.lower().replace("_", "-") for c in choices], n=1, cutoff=0.6
-    )
-    if not hits:
-        return None
-    for c in choices:  # map a canonical hit back to its spelling
-        if c == hits[0] or c.lower().replace("_", "-") == hits[0]:
-            return c
-    return None
+    spelled = {}
+    for c in choices:
+        spelled.setdefault(_spelling(c), c)
+    key = _spelling(name)
+    if key in spelled:
+        return spelled[key]
+    hits = difflib.get_close_matches(key, list(spelled), n=1, cutoff=0.6) if key else []
+    if hits:
+        return spelled[hits[0]]
+    hits = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    return hits[0] if hits else None
 
 
 def suggest(name, choices: Iterable[str]) -> str:

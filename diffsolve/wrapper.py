@@ -177,6 +177,49 @@ class DiffusionODE:
         #: the run this view belongs to (see :meth:`start_run`); None on the ODE ``wrap`` returns
         self._run: Run | None = None
 
+    def rows(self, idx: torch.Tensor | Sequence[int], n: int) -> DiffusionODE:
+        """This ODE restricted to the samples ``idx`` of a batch of ``n``: what sampling ``x_T[idx]`` needs when
+        the model's keyword arguments hold per-sample conditioning (``cond``, ``uncond``, ``model_kwargs``:
+        class labels, text embeddings), e.g. ``ds.tune``'s fit part of x_T.
+
+        Every keyword value is sliced by one rule (nested dicts, such as diffusers' ``added_cond_kwargs``,
+        alike): a tensor whose leading dimension is ``n`` is per-sample and becomes ``value[idx]``; a
+        0-dimensional tensor, a tensor with leading dimension 1 (broadcast over the batch) and a non-tensor
+        value are shared and kept. Anything else is refused with a ``ValueError`` naming the keyword: a tensor
+        with another leading dimension, a list or tuple of ``n`` items (per-sample or not: the rule cannot
+        tell). The guidance method and the ``denoised_transform`` are restricted through their own
+        ``rows(idx, n)`` (built-in ones hold no per-sample state and return themselves); one without it is
+        refused, as is a subclass of DiffusionODE that does not define its own ``rows`` and a run's view.
+        Model calls through the result count on this ODE's ``nfe``; the model itself is shared.
+
+        Args:
+            idx: indices into the batch of ``n`` (a LongTensor or a sequence of ints in ``[0, n)``).
+            n: the number of samples the per-sample conditioning was made for (``x_T.shape[0]``).
+        """
+        if type(self).rows is DiffusionODE.rows and type(self) is not DiffusionODE:
+            raise TypeError(
+                f"{type(self).__name__} does not define rows(idx, n): it may hold per-sample state the base rule "
+                "cannot see; restrict the plain ODE it was made from instead"
+            )
+        if self._run is not None:
+            raise ValueError("rows() of a run's view: restrict the ODE itself (ode.rows), not a view inside a run")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be the batch size, a positive int, got {n!r}")
+        idx = torch.as_tensor(idx, dtype=torch.long).reshape(-1)
+        if idx.numel() == 0 or int(idx.min()) < 0 or int(idx.max()) >= n:
+            raise ValueError(f"idx must be a non-empty set of indices in [0, {n}), got {idx.tolist()!r}")
+        view = copy.copy(self)
+        view.cond = _rows_of(self.cond, idx, n, "cond")
+        view.uncond = _rows_of(self.uncond, idx, n, "uncond")
+        view.model_kwargs = _rows_of(self.model_kwargs, idx, n, "model_kwargs")
+        if self.guidance_method is not None:
+            view.guidance_method = _rows_by_protocol(self.guidance_method, idx, n, "guidance")
+        if self.denoised_transform is not None:
+            view.denoised_transform = _rows_by_protocol(self.denoised_transform, idx, n, "denoised_transform")
+        if self._guided_kwargs is not None:
+            view._guided_kwargs = view._batched_guidance_kwargs()
+        return view
+
     def renoised(self, x: torch.Tensor, denoised: torch.Tensor, eps: torch.Tensor, sigma: float) -> torch.Tensor:
         """The state a solver continues from after ``predict(x, sigma)``: ``x`` itself, or, when this ODE's
         predictions are renoising (``self.renoise``: CFG++, DDNM), ``denoised + sigma * eps`` (docs/math.md,
@@ -567,6 +610,47 @@ class DiffusionODE:
             f"DiffusionODE(prediction={self.prediction!r}, time={self.time!r}, schedule={self.schedule!r}, "
             f"nfe={self.nfe}{run})"
         )
+
+
+def _rows_of(kwargs: Mapping[str, Any], idx: torch.Tensor, n: int, where: str) -> dict[str, Any]:
+    """The keyword arguments ``kwargs`` for the rows ``idx`` of a batch of ``n`` (the rule of
+    :meth:`DiffusionODE.rows`)."""
+    out = {}
+    for key, value in kwargs.items():
+        name = f"{where}[{key!r}]"
+        if isinstance(value, Mapping):
+            out[key] = _rows_of(value, idx, n, name)
+        elif isinstance(value, torch.Tensor):
+            if value.dim() >= 1 and value.shape[0] == n:
+                out[key] = value[idx.to(value.device)]
+            elif value.dim() == 0 or value.shape[0] == 1:
+                out[key] = value
+            else:
+                raise ValueError(
+                    f"{name} has leading dimension {value.shape[0]} for a batch of {n} samples: cannot tell which "
+                    f"of its rows belong to which sample (per-sample tensors have leading dimension {n}; shared "
+                    "ones 1 or none)"
+                )
+        elif isinstance(value, (list, tuple)) and len(value) == n and n > 1:
+            raise ValueError(
+                f"{name} is a {type(value).__name__} of {n} items, as many as the samples: cannot tell whether it "
+                "is per-sample; pass per-sample conditioning as a tensor with leading dimension n"
+            )
+        else:
+            out[key] = value
+    return out
+
+
+def _rows_by_protocol(obj: Any, idx: torch.Tensor, n: int, name: str) -> Any:
+    """``obj.rows(idx, n)`` (a guidance method or denoised_transform restricted to rows), or an error naming
+    ``name`` where ``obj`` does not say how."""
+    rows = getattr(obj, "rows", None)
+    if not callable(rows):
+        raise TypeError(
+            f"{name} {obj!r} has no rows(idx, n) method: cannot tell whether it holds per-sample state; give it "
+            "one (returning itself when it acts on each sample alone, as Clipping and DynamicThresholding do)"
+        )
+    return rows(idx, n)
 
 
 #: memos of schedules with a content key (Schedule.memo_key), shared by equal schedules made apart

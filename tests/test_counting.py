@@ -125,6 +125,39 @@ def test_shipped_recipes_load_and_reproduce_their_samples_bit_for_bit(nfe):
     assert hashlib.sha256(out.contiguous().numpy().tobytes()).hexdigest() == SHIPPED[nfe]
 
 
+#: sha256 of the shipped guided recipes' samples (digits-cond, CFG 8, labels 0, 3, 7, 9, x_T of seed 0, one thread)
+SHIPPED_GUIDED = {
+    5: "f1cfa3cfab6e3f0e6198ece929e7a7658242bd3433d404f63a5cc7f6053a42de",
+    10: "2d01aa64de1e5af433b8a68e5c03586541174628dae24c2ebc00a2ecde917573",
+}
+
+
+@pytest.mark.parametrize("nfe", sorted(SHIPPED_GUIDED))
+def test_shipped_guided_recipes_record_cfg_8_make_their_calls_and_reproduce_their_samples_bit_for_bit(nfe):
+    """The guided digits recipes (issue 20, item 5; benchmarks/tune_digits.py --problem digits-cond): tuned under
+    CFG 8, which their fingerprint records; on the guided ODE with any per-sample labels they make exactly their
+    model calls and give the same samples bit for bit; under another scale they are refused."""
+    from diffsolve.bench.catalog import get_bench_problem
+    from diffsolve.bench.pictures import RECIPES
+    from diffsolve.recipe import RecipeError
+
+    problem = get_bench_problem("digits-cond")
+    recipe = ds.Recipe.load(RECIPES / f"digits-cond-cfg8-nfe{nfe}.json")
+    assert recipe.guidance == "cfg(scale=8.0, guidance_rescale=0.0)" and recipe.nfe == nfe
+    labels = torch.tensor([0, 3, 7, 9])
+    ode = problem.ode(torch.float32, labels=labels, guidance=8.0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the convolutions' summation order depends on the thread count
+    try:
+        out = ds.sample(ode, problem.x_T(0, 4), recipe=recipe)
+    finally:
+        torch.set_num_threads(threads)
+    assert ode.nfe == nfe
+    assert hashlib.sha256(out.contiguous().numpy().tobytes()).hexdigest() == SHIPPED_GUIDED[nfe]
+    with pytest.raises(RecipeError, match="guidance"):
+        ds.sample(problem.ode(torch.float32, labels=labels, guidance=4.0), problem.x_T(0, 4), recipe=recipe)
+
+
 def test_steps_for_nfe_looks_above_a_step_count_the_grid_refuses():
     # ddim-quad needs 2 steps; dpm-2 (2 calls per step, 1 into sigma = 0) fits 2 steps in 3 calls. The first
     # search (nfe // calls_per_step = 1, then down) found nothing and the pictures' scan found 2: now all agree

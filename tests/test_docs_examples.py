@@ -63,6 +63,7 @@ SUBSTITUTIONS = [
     ("diffsolve sample", ["--samples", "8"]),
     ("diffsolve tune", ["--samples", "16", "--solvers", "ddim,dpmpp-2m"]),
     ("diffsolve demo", ["--samples", "4", "--steps-list", "5"]),
+    ("diffsolve bench --problem digits-cond", ["--samples", "20"]),
 ]
 SHELL = _shell_examples()
 
@@ -181,6 +182,10 @@ NOT_RUN = {
     ("quickstart.md", 2): "a fragment on the reader's own unconditional model output u",
     ("guidance.md", 3): "needs a diffusers text-to-image pipeline (weights, a download)",
     ("tuning.md", 0): "a fragment on the reader's sample shape",
+    (
+        "tuning.md",
+        1,
+    ): "tunes a guided recipe on the digits model (minutes; the shipped ones are replayed in test_counting)",
     ("diffusers.md", 0): "needs the reader's diffusers scheduler object",
     ("diffusers.md", 1): "needs a flow-matching transformer (SD3/Flux weights, a download)",
     ("diffusers.md", 2): "needs a diffusers pipeline (weights, a download)",

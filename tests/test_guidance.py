@@ -480,3 +480,32 @@ def test_a_plugin_adds_a_guidance_method_through_an_entry_point(installed_guidan
     assert torch.allclose(d, du + w * (dc - du), atol=TOL, rtol=0)
     out = ds.sample(guided(method), state(sigma=0.0), "dpmpp-2m", steps=5)
     assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("ratio", [1.5, 6.2])
+def test_heun_step_is_the_ddim_step_plus_an_extrapolation_of_D_by_half_the_step_ratio_minus_one(ratio):
+    """docs/math.md#guidance-heun: under CFG, Heun's step from sigma_0 to sigma_1 equals the DDIM step plus
+    (sigma_0 / sigma_1 - 1) / 2 (D' - D_0), D' the data prediction at the DDIM predictor; a weight above 1 (ratio
+    > 3, every step of a 5-step grid) extrapolates the change of D, which is why heun fails at NFE 10 under CFG."""
+    from diffsolve.analytic import default_schedule, get_problem
+
+    base = get_problem("gmm2d").ode(default_schedule())
+
+    def cond_model(x, t, y):
+        return base.model(x, t) + 0.3 * y.to(x.dtype)[:, None]
+
+    y = torch.tensor([1, 2, 3])
+    ode = ds.wrap(
+        cond_model, base.schedule, prediction=base.prediction, time=base.time, guidance=8.0,
+        cond={"y": y}, uncond={"y": torch.zeros(3, dtype=torch.long)},
+    )  # fmt: skip
+    s0 = 6.0
+    s1 = s0 / ratio
+    x = torch.randn(3, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 6
+    xbar0 = ode.to_xbar(x, s0)
+    d0, _ = ode.predict(xbar0, s0)
+    ddim = d0 + (s1 / s0) * (xbar0 - d0)
+    d1, _ = ode.predict(ddim, s1)
+    want = ode.from_xbar(ddim + (s0 / s1 - 1) / 2 * (d1 - d0), s1)
+    got = ds.sample(ode, x, "heun", sigmas=[s0, s1])
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)  # the same float64 arithmetic, reordered

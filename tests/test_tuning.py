@@ -392,3 +392,126 @@ def test_a_recipe_records_its_guidance_and_refuses_an_ode_with_another():
         ds.sample(guided, x_T, recipe=plain)
     old = {k: v for k, v in plain.to_dict().items() if k != "guidance"}  # a file written before the field
     assert ds.Recipe.from_dict(old).guidance is None
+
+
+# -- per-sample conditioning: DiffusionODE.rows and tune on a guided ODE (issue 20, item 5) ---------------------
+def _labelled(n=12, guidance=3.0, bias=None, **extra):
+    """The gmm2d toy made class-conditional: each sample's label y shifts its eps (0.05 per class; the null label
+    is 0; labels 0..3 so a mis-sliced label changes the result); ``bias`` (per sample) and ``scale`` (a nested
+    dict holding a shared tensor) shift it further. ``guidance=None``: the labels as plain model_kwargs."""
+    base = get_problem("gmm2d").ode(default_schedule())
+
+    def cond_model(x, t, y, bias=None, extra=None):
+        out = base.model(x, t) + 0.05 * y.to(x.dtype)[:, None]
+        if bias is not None:
+            out = out + bias.to(x.dtype).reshape(-1, 1) * (extra["w"] if extra is not None else 1.0)
+        return out
+
+    y = torch.arange(n) % 4
+    c, u = {"y": y}, {"y": torch.zeros(n, dtype=torch.long)}
+    if bias is not None:
+        c["bias"] = u["bias"] = bias
+    if guidance is None:
+        kw = dict(model_kwargs={**c, **extra.pop("model_kwargs", {})}, **extra)
+    else:
+        kw = dict(cond=c, uncond=u, guidance=guidance, **extra)
+    return ds.wrap(cond_model, base.schedule, prediction=base.prediction, time=base.time, **kw)
+
+
+@pytest.mark.parametrize("guidance", [None, 3.0, ds.make_guidance("apg", scale=4.0, eta=0.5)])
+def test_rows_of_a_conditioned_ode_samples_those_rows_as_the_full_batch_does(guidance):
+    """ode.rows(idx, n) slices per-sample keyword tensors (cond, uncond, model_kwargs, nested dicts) and keeps the
+    shared ones (0-d, leading dimension 1, non-tensors): sampling x_T[idx] with it gives the full run's rows idx,
+    and its model calls count on the ODE it came from."""
+    n = 12
+    bias = torch.linspace(-1, 1, n, dtype=torch.float64)
+    shared = {"extra": {"w": torch.tensor([0.5], dtype=torch.float64)}}
+    ode = _labelled(n, guidance, bias=bias, model_kwargs=shared)
+    x_T = torch.randn(n, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 80
+    full = ds.sample(ode, x_T, "dpmpp-2m", steps=6)
+    idx = torch.tensor([7, 0, 3, 11])
+    sub = ode.rows(idx, n)
+    labels = (sub.cond if guidance is not None else sub.model_kwargs)["y"]
+    assert torch.equal(labels, torch.arange(n)[idx] % 4) and sub.model_kwargs["extra"]["w"] is shared["extra"]["w"]
+    calls = ode.nfe
+    part = ds.sample(sub, x_T[idx], "dpmpp-2m", steps=6)
+    assert ode.nfe - calls == 6  # the view's calls are the ODE's
+    # the same per-row arithmetic in another batch size: the float64 sums may be ordered otherwise (1e-12)
+    torch.testing.assert_close(part, full[idx], rtol=1e-12, atol=1e-12)
+    other = ds.sample(ode.rows([1, 2], n), x_T[idx[:2]], "dpmpp-2m", steps=6)
+    assert not torch.allclose(other, full[idx[:2]])  # other rows' labels land elsewhere: the test can fail
+
+
+def test_rows_refuses_what_it_cannot_slice_naming_it():
+    """Never a silent mis-slice: a tensor with another leading dimension, a list with one item per sample, a
+    denoised_transform or guidance method without rows(), a subclass that does not define rows, a run's view
+    and indices out of range are errors naming the culprit."""
+    n = 6
+    with pytest.raises(ValueError, match=r"model_kwargs\['bias'\] has leading dimension 3 for a batch of 6"):
+        _labelled(n, None, model_kwargs={"bias": torch.zeros(3)}).rows([0], n)
+    with pytest.raises(ValueError, match=r"model_kwargs\['names'\] is a list of 6 items"):
+        _labelled(n, None, model_kwargs={"names": ["a"] * 6}).rows([0], n)
+    with pytest.raises(TypeError, match="denoised_transform .* has no rows"):
+        _labelled(n, denoised_transform=lambda d, s: d.clamp(-1, 1)).rows([0], n)
+    assert _labelled(n, denoised_transform=ds.Clipping()).rows([0], n).denoised_transform is not None
+
+    class PerSample(ds.Guidance):
+        name = "per-sample-test"
+
+        def __init__(self, w):
+            super().__init__(1.0)
+            self.w = w
+
+        def options(self):
+            return {"w": self.w}
+
+    with pytest.raises(TypeError, match="option 'w' is a tensor of leading dimension 6"):
+        _labelled(n, PerSample(torch.ones(n))).rows([0], n)
+    ode = _labelled(n)
+    with pytest.raises(TypeError, match="AFSODE does not define rows"):
+        AFSODE(ode, 80.0).rows([0], n)
+    with pytest.raises(ValueError, match="run's view"):
+        ode.start_run().rows([0], n)
+    with pytest.raises(ValueError, match=r"idx must be a non-empty set of indices in \[0, 6\)"):
+        ode.rows([6], n)
+
+
+def test_tune_on_a_guided_ode_with_per_sample_labels_scores_each_part_with_its_own_labels():
+    """ds.tune on a CFG ODE whose labels are per-sample: the fit part runs with the fit rows' labels (ode.rows),
+    so the report's fit and held-out errors equal the recipe run on the full batch against the teacher of the
+    same guided ODE, on those rows; the recipe records the guidance. Before rows(), the fit part was an error."""
+    from diffsolve.tuning import _teacher
+
+    n = 16
+    ode = _labelled(n, 4.0)
+    x_T = torch.randn(n, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 80
+    r = ds.tune(ode, x_T, nfe=4, solvers=["ddim", "dpmpp-2m"], progress=False, refine=1, max_evals=20)
+    assert r.guidance == "cfg(scale=4.0, guidance_rescale=0.0)"
+    ref = _teacher(ode, x_T, float(ode.schedule.sigma_max))
+    err = (ds.sample(ode, x_T, recipe=r) - ref).pow(2).mean(1)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    fit, held = perm[: n // 2].sort().values, perm[n // 2 :].sort().values
+    # the same runs in other batch sizes (float64 summation order): 1e-9 relative
+    assert math.isclose(r.report["fit_rmse"], float(err[fit].mean().sqrt()), rel_tol=1e-9)
+    assert math.isclose(r.report["heldout_rmse"], float(err[held].mean().sqrt()), rel_tol=1e-9)
+
+
+def test_the_teacher_of_one_model_and_x_T_depends_on_the_labels_and_the_guidance():
+    """The teacher cache keys on the conditioning too: the same model and x_T with other labels or another scale
+    is another ODE, with its own exact solution (before, the first one's was served from the cache)."""
+    from diffsolve.analytic import reference_solution
+    from diffsolve.tuning import _teacher
+
+    n = 4
+    x_T = torch.randn(n, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 80
+    a, b = _labelled(n, 3.0), _labelled(n, 5.0)
+    relabelled = ds.wrap(
+        a.model, a.schedule, prediction=a.prediction, time=a.time, guidance=3.0,
+        cond={"y": torch.full((n,), 3)}, uncond={"y": torch.zeros(n, dtype=torch.long)},
+    )  # fmt: skip
+    s_max, tol = float(a.schedule.sigma_max), 1e-5  # loose: the claim is which ODE is solved, not how well
+    first = _teacher(a, x_T, s_max, tol)
+    for other in (b, relabelled):
+        own = reference_solution(other.start_run(), x_T, s_max, 0.0, rtol=tol, atol=tol)
+        torch.testing.assert_close(_teacher(other, x_T, s_max, tol), own, rtol=0, atol=0)
+        assert not torch.allclose(own, first)

@@ -1,6 +1,7 @@
 """Issue 13: every run's arguments are checked before the first model call, and bad names get a
 "did you mean". A wrong argument is a ValueError or TypeError naming it; the model is never called."""
 
+import re
 import warnings
 
 import pytest
@@ -241,6 +242,21 @@ def test_a_setup_override_without_super_still_works():
 def test_unknown_names_suggest_the_closest_known_one(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize(
+    "typed, meant",
+    [("cfgpp", "cfg++"), ("CFG_PP", "cfg++"), ("cfg+", "cfg++"), ("dpmpp2m", "dpmpp-2m"), ("dpm++_2m", "dpmpp-2m")],
+)
+def test_did_you_mean_compares_names_with_punctuation_normalised(typed, meant):
+    """ "cfgpp" once proposed "cfg" (difflib on the raw spellings prefers the shorter name); with case and
+    punctuation normalised ("+" read as "p", as the field writes dpmpp for DPM-Solver++) it proposes "cfg++"."""
+    from diffsolve.validation import closest
+
+    names = ["cfg", "cfg++", "cfg-rescale", "apg", "ddim", "dpmpp-2m", "dpmpp-2s", "dpm-2", "dpm-solver-2m"]
+    assert closest(typed, names) == meant
+    with pytest.raises(ValueError, match=re.escape(f"did you mean {meant!r}")):
+        ds.make_guidance(typed, scale=1.0) if meant.startswith("cfg") else ds.make_solver(typed)
 
 
 def test_diffusers_prediction_spellings_are_aliases():

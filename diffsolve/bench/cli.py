@@ -88,9 +88,19 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-picture",
         action="store_true",
-        help="skip the digits picture written to OUT/digits_solvers.png by the default sweep and "
-        "by sweeps with --problem digits (rows ddim, dpmpp-2m, unipc, best fixed solver+grid; "
-        "columns NFE 3, 5, 10, 20 and the reference)",
+        help="skip the digits pictures written by the default sweep and by sweeps with --problem digits: "
+        "OUT/digits_solvers.png (rows ddim, dpmpp-2m, unipc, best fixed solver+grid; columns NFE 3, 5, 10, 20 "
+        "and the reference), OUT/digits_restoration.png and OUT/digits_guidance.png (guidance methods x NFE)",
+    )
+    p.add_argument(
+        "--guidance",
+        type=_list("guidance"),
+        default=None,
+        metavar="METHOD[:SCALE],...",
+        help="guided sampling on --problem digits-cond: comma list of guidance methods with their scale "
+        "(cfg:8, cfg++:0.6, apg:8:eta=0.5, autoguidance:2; cfg:8:clip=True clips x0); prints accuracy to the "
+        "requested labels, class-wise FDD and saturation per method x solver x NFE (default solvers ddim,dpmpp-2m; "
+        "NFE 5,10,20; grid trailing); results in OUT/guidance.jsonl (docs/guidance.md)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--list", action="store_true", help="list problems, solvers, grids and peers, then exit")
@@ -128,6 +138,11 @@ def _digits_picture(out: str) -> None:
     t0 = time.perf_counter()
     path = restoration_png(Path(out) / "digits_restoration.png")
     print(f"restoration picture: {path} ({time.perf_counter() - t0:.1f} s)")
+    from .guided import picture
+
+    t0 = time.perf_counter()
+    path = picture(Path(out) / "digits_guidance.png", n=3, cols=3, ref_steps=100)
+    print(f"guidance picture: {path} ({time.perf_counter() - t0:.1f} s)")
 
 
 def _say_unsupported_peer_cells(grids) -> None:
@@ -163,6 +178,37 @@ def _inverse_task(args: argparse.Namespace) -> int:
     return inverse.handle(run)
 
 
+def _guided_task(args: argparse.Namespace) -> int:
+    """``diffsolve bench --problem digits-cond --guidance ...``: guided sampling (diffsolve/bench/guided.py)."""
+    from . import guided
+
+    try:
+        if list(args.problem or []) != ["digits-cond"]:
+            raise BenchError(
+                "--guidance runs on the class-conditional model alone: pass --problem digits-cond (and no other "
+                f"problem; got {','.join(args.problem or []) or 'none'})"
+            )
+        if args.model or args.peers or args.dtype == "float64":
+            raise BenchError("--problem digits-cond takes no --model, --peers or --dtype float64 (it samples float32)")
+        guided.bench(
+            args.guidance or ["cfg:8"],
+            solvers=args.solvers,
+            nfes=args.nfe,
+            grids=args.grids,
+            seeds=args.seeds,
+            samples=args.samples,
+            out=args.out,
+            resume=not args.fresh,
+            progress=not args.quiet,
+        )
+    except BenchError as exc:
+        print(f"diffsolve bench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
 def handle(args: argparse.Namespace) -> int:
     if getattr(args, "task", "sampling") == "inverse":
         return _inverse_task(args)
@@ -180,6 +226,8 @@ def handle(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.guidance is not None or "digits-cond" in (args.problem or []):
+        return _guided_task(args)
     try:
         problems = list(args.problem) if args.problem else ([] if args.model else None)
         if args.model:

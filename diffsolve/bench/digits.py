@@ -166,9 +166,10 @@ class DigitsUNet(nn.Module):
         temb = 4 * ch
         # angular frequencies 1..max_frequency on t / T: the fastest wave spans 2 pi T / 200 ~ 31 levels,
         # so eps is smooth in t between the schedule's levels (a period of ~6 levels made the ODE stiff)
-        self.register_buffer(
-            "freqs", torch.exp(torch.linspace(0.0, math.log(max_frequency), frequencies)), persistent=False
-        )
+        # computed in float64 whatever the default dtype (then cast with the module), so a session with the float32
+        # default and one with float64 (the tests') get the same frequencies and the same samples bit for bit
+        freqs = torch.exp(torch.linspace(0.0, math.log(max_frequency), frequencies, dtype=torch.float64))
+        self.register_buffer("freqs", freqs, persistent=False)
         self.time_mlp = nn.Sequential(nn.Linear(2 * frequencies, temb), nn.SiLU(), nn.Linear(temb, temb))
         self.conv_in = nn.Conv2d(1, ch, 3, padding=1)
         self.down0 = _ResBlock(ch, ch, temb)

@@ -108,7 +108,10 @@ def _resolve_problems(problems, samples) -> dict[str, BenchProblem]:
     for p in _as_list(problems):
         prob = p if isinstance(p, BenchProblem) else get_bench_problem(str(p), samples)
         if not isinstance(prob, BenchProblem):  # digits-cond: guided sampling has its own benchmark
-            raise BenchError(f"problem {p!r} is not a harness problem: run benchmarks/bench_guidance.py for it")
+            raise BenchError(
+                f"problem {p!r} is not a harness problem: run `diffsolve bench --problem digits-cond --guidance "
+                "cfg:8` or benchmarks/bench_guidance.py for it"
+            )
         if samples and isinstance(p, BenchProblem):
             prob.samples = samples
         out[prob.name] = prob

@@ -95,6 +95,18 @@ class Guidance:
         """
         raise NotImplementedError(f"guidance {type(self).__name__} does not implement combine()")
 
+    def rows(self, idx: torch.Tensor, n: int) -> Guidance:
+        """The method for the samples ``idx`` of a batch of ``n`` (:meth:`diffsolve.DiffusionODE.rows`): itself,
+        as methods hold options only; refused where an option is a tensor with a batch dimension (a method
+        with per-sample options overrides this and slices them)."""
+        for key, value in self.options().items():
+            if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] != 1:
+                raise TypeError(
+                    f"guidance {self.name!r}: option {key!r} is a tensor of leading dimension {value.shape[0]}; "
+                    f"{type(self).__name__} does not say how to restrict it to a subset of samples (override rows)"
+                )
+        return self
+
     def options(self) -> dict[str, Any]:
         """The method's options besides scale and sigma_interval (for repr and fingerprints)."""
         return {}
