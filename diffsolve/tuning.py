@@ -538,17 +538,38 @@ def _refine_grids(t: _Tuning, swept: list[_Candidate], refine: int) -> _Candidat
     return min(results, key=_Candidate.key)
 
 
-def _usf_start(c: _Candidate) -> _Candidate | None:
-    """``c`` as a point of the ``usf`` family (docs/math.md X7; same grid, AFS and calls), or None."""
+def _usf_config(cfg: _Config, sigmas: list[float], afs: bool) -> _Config | None:
+    """``cfg`` on the grid ``sigmas`` as a point of the ``usf`` family (docs/math.md X7), or None."""
     from .solvers.usf import usf_options
 
-    if c.compensation is not None:
-        return None
-    opts = usf_options(c.config.solver, c.config.opts, c.sigmas)
+    opts = usf_options(cfg.solver, cfg.opts, sigmas)
     if opts is None:
         return None
-    cfg = _Config("usf", tuple(sorted((k, tuple(v)) for k, v in opts.items())), c.config.afs)
-    return replace(c, config=cfg)
+    return _Config("usf", tuple(sorted((k, tuple(v)) for k, v in opts.items())), afs)
+
+
+def _usf_starts(t: _Tuning, chosen: _Candidate, swept: list[_Candidate]) -> list[_Candidate]:
+    """The per-step search's starting points: on the winner's (refined) grid with its AFS, every configuration of
+    the sweep that is a point of the family, the lowest fit error kept (where usf's call count there is the
+    winner's); and, with the other AFS setting, the lowest-fit member of the family in the sweep, on its grid."""
+    out = []
+    if chosen.compensation is None:
+        cands = []
+        for cfg in dict.fromkeys(c.config for c in sorted(swept, key=_Candidate.key)):
+            u = _usf_config(cfg, chosen.sigmas, chosen.config.afs)
+            if u is not None and u not in (c.config for c in cands):
+                if count_calls("usf", chosen.sigmas, afs=u.afs, schedule=t.ode.schedule, **u.opts) == chosen.calls:
+                    e = float(t.fit_scorer.errors(u, chosen.sigmas).mean())
+                    cands.append(replace(chosen, config=u, fit_mse=e))
+        if cands:
+            out.append(min(cands, key=_Candidate.key))
+    for c in sorted(swept, key=_Candidate.key):
+        if c.config.afs != chosen.config.afs and math.isfinite(c.fit_mse):
+            u = _usf_config(c.config, c.sigmas, c.config.afs)
+            if u is not None:
+                out.append(replace(c, config=u))
+                break
+    return out
 
 
 def _step_choices(i: int, n: int) -> list[tuple]:
@@ -576,20 +597,17 @@ def _search_per_step(t: _Tuning, chosen: _Candidate, swept: list[_Candidate]) ->
     """Stage 2b (opt-in, ``per_step=True``): USF's per-step search (Liu et al., "A unified sampling framework for
     solver searching"; the space is solver ``usf``, docs/math.md X5-X7).
 
-    Starts: for AFS off and on, the lowest-fit candidate (the refined winner and the sweep) that is a point of
-    the family (:func:`diffsolve.solvers.usf.usf_options`), on its grid. Coordinate descent: step by step, every
+    Starts (:func:`_usf_starts`): the winner's refined grid and AFS with the best member of the family
+    (:func:`diffsolve.solvers.usf.usf_options`) there, and the best member of the family with the other AFS
+    setting on its swept grid. Coordinate descent: step by step, every
     choice of :func:`_step_choices` is scored by the global fit error of the run and the lowest kept where it is
     strictly lower (ties keep the current choice: deterministic); at most :data:`PER_STEP_PASSES` passes, fewer
     when a pass changes nothing. The better of the two is its grid refined once more (:func:`_refine_grid`).
     It replaces ``chosen`` where it lowers the fit error and is not worse on the held-out part. Cost: at most
-    2 x PER_STEP_PASSES x (steps - 1) x 21 sampler runs plus one grid refinement."""
-    pool = sorted([chosen] + swept, key=_Candidate.key)
-    starts = []
-    for afs in (False, True):
-        c = next((s for c in pool if c.config.afs == afs and (s := _usf_start(c)) is not None), None)
-        if c is not None:
-            starts.append(c)
-    info: dict[str, Any] = {"starts": [s.config.label() for s in starts], "kept": False}
+    2 x PER_STEP_PASSES x (steps - 1) x 21 sampler runs, one per family configuration of the sweep (the
+    starts) and one grid refinement."""
+    starts = _usf_starts(t, chosen, swept)
+    info: dict[str, Any] = {"starts": [f"{s.grid}, afs={s.config.afs}" for s in starts], "kept": False}
     if not starts:
         return chosen, info
 
