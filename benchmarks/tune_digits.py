@@ -5,6 +5,8 @@ benchmark's and the pictures' x_T (seed 0) are never seen by it. ``make demo``'s
 in its "tuned recipe" row. Seeded and deterministic: the same inputs give the same recipe, bit for bit.
 
     python benchmarks/tune_digits.py --nfe 3,5,10 --scalars   # 3-5 minutes per NFE on one core
+
+``--per-step`` adds USF's per-step search (docs/tuning.md); give ``--out`` elsewhere to keep the shipped files.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--scalars", action="store_true", help="also fit DC-Solver's compensation ratios (tune(scalars=True))"
     )
+    ap.add_argument(
+        "--per-step", action="store_true", help="also search USF's per-step choices (tune(per_step=True), solver usf)"
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     problem = get_bench_problem("digits")
@@ -38,7 +43,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for nfe in [int(n) for n in args.nfe.split(",")]:
         t0 = time.process_time()
-        recipe = ds.tune(ode, x_T, nfe=nfe, scalars=args.scalars, progress=True)
+        recipe = ds.tune(ode, x_T, nfe=nfe, scalars=args.scalars, per_step=args.per_step, progress=True)
         recipe.report["problem"] = "digits"
         path = recipe.save(out / f"digits-nfe{nfe}.json")
         r = recipe.report

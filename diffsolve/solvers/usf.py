@@ -53,8 +53,9 @@ def _per_step(option: str, value, allowed: Sequence) -> tuple | None:
 
 
 class USF(ExponentialSolver):
-    """Multistep exponential integrator with per-step order, prediction, derivative estimate and corrector
-    (USF's space, docs/math.md X5-X7); one model call per step."""
+    """USF's space: a multistep exponential integrator with per-step order, prediction and corrector (X5-X7).
+
+    One model call per step; the derivative estimate of two-point steps is chosen per step too."""
 
     name = "usf"
     order = 3
