@@ -593,6 +593,44 @@ def _effective(opts: dict, i: int) -> tuple:
     return p, pred, corr, opts["derivative"][i] if p == 2 or (p == 1 and corr) else None
 
 
+def _usf(opts: dict, afs: bool) -> _Config:
+    return _Config("usf", tuple(sorted((k, tuple(v)) for k, v in opts.items())), afs)
+
+
+def _descend(t: _Tuning, start: _Candidate) -> tuple[_Candidate, int]:
+    """Coordinate descent over the steps of a ``usf`` candidate on its grid: ``(result, passes)``. Each step's
+    choices (:func:`_step_choices`) are scored by the global fit error; the lowest is kept where strictly lower
+    than the current one (ties keep it); at most :data:`PER_STEP_PASSES` passes, fewer when one changes nothing."""
+    opts = {k: list(v) for k, v in start.config.options}
+    afs, sig, n = start.config.afs, start.sigmas, len(start.sigmas) - 1
+    cur = float(t.fit_scorer.errors(start.config, sig).mean())
+    passes = 0
+    with t.bar(PER_STEP_PASSES * max(n - 1, 1), f"per-step search (afs={afs})") as bar:
+        for _ in range(PER_STEP_PASSES):
+            passes += 1
+            changed = False
+            for i in range(n - 1):
+                best = None
+                for choice in _step_choices(i, n):
+                    if choice == _effective(opts, i):
+                        continue
+                    trial = {k: list(v) for k, v in opts.items()}
+                    p, pred, corr, d = choice
+                    keep = trial["derivative"][i]
+                    trial["step_orders"][i], trial["prediction"][i], trial["corrector"][i] = p, pred, corr
+                    trial["derivative"][i] = d or ("midpoint" if keep == "bh1" and pred == "noise" else keep)
+                    e = float(t.fit_scorer.errors(_usf(trial, afs), sig).mean())
+                    if e < cur and (best is None or e < best[0]):
+                        best = (e, trial)
+                if best is not None:
+                    cur, opts, changed = best[0], best[1], True
+                if bar is not None:
+                    bar.update(1)
+            if not changed:
+                break
+    return replace(start, config=_usf(opts, afs), fit_mse=cur, compensation=None), passes
+
+
 def _search_per_step(t: _Tuning, chosen: _Candidate, swept: list[_Candidate]) -> tuple[_Candidate, dict]:
     """Stage 2b (opt-in, ``per_step=True``): USF's per-step search (Liu et al., "A unified sampling framework for
     solver searching"; the space is solver ``usf``, docs/math.md X5-X7).
@@ -611,44 +649,9 @@ def _search_per_step(t: _Tuning, chosen: _Candidate, swept: list[_Candidate]) ->
     if not starts:
         return chosen, info
 
-    def fit(cfg: _Config, sig) -> float:
-        return float(t.fit_scorer.errors(cfg, sig).mean())
-
-    results = []
-    for start in starts:
-        opts = {k: list(v) for k, v in start.config.options}
-        n = len(start.sigmas) - 1
-        cur = fit(start.config, start.sigmas)
-
-        passes = 0
-        with t.bar(PER_STEP_PASSES * max(n - 1, 1), f"per-step search (afs={start.config.afs})") as bar:
-            for _ in range(PER_STEP_PASSES):
-                passes += 1
-                changed = False
-                for i in range(n - 1):
-                    best = None
-                    for choice in _step_choices(i, n):
-                        if choice == _effective(opts, i):
-                            continue
-                        trial = {k: list(v) for k, v in opts.items()}
-                        p, pred, corr, d = choice
-                        keep = trial["derivative"][i]
-                        trial["step_orders"][i], trial["prediction"][i], trial["corrector"][i] = p, pred, corr
-                        trial["derivative"][i] = d or ("midpoint" if keep == "bh1" and pred == "noise" else keep)
-                        cfg = _Config("usf", tuple(sorted((k, tuple(v)) for k, v in trial.items())), start.config.afs)
-                        e = fit(cfg, start.sigmas)
-                        if e < cur and (best is None or e < best[0]):
-                            best = (e, trial)
-                    if best is not None:
-                        cur, opts, changed = best[0], best[1], True
-                    if bar is not None:
-                        bar.update(1)
-                if not changed:
-                    break
-        cfg = _Config("usf", tuple(sorted((k, tuple(v)) for k, v in opts.items())), start.config.afs)
-        results.append((replace(start, config=cfg, fit_mse=cur, compensation=None), passes))
+    results = [_descend(t, start) for start in starts]
     best, passes = min(results, key=lambda r: r[0].key())
-    searched = _refine_grid(t, best)
+    searched = _refine_grid(t, best)  # the timesteps once more, for the searched choices
     info.update(
         passes=passes,
         fit_rmse_before=math.sqrt(chosen.fit_mse),
