@@ -128,3 +128,29 @@ def test_a_corrector_refuses_renoising_predictions_and_the_plain_steps_accept_th
     assert not ds.make_solver("usf", corrector=True).renoise_ok
     assert not ds.make_solver("usf", corrector=[False, True, False]).renoise_ok
     assert ds.make_solver("usf", corrector=[False, False]).renoise_ok
+
+
+def test_every_per_step_choice_makes_one_model_call_per_step_as_counted(gmm):
+    # the NFE contract for recipes the per-step search writes: count_calls' dry run equals the real run, and both
+    # are one call per step (one fewer with AFS), whatever the choices
+    import random
+
+    from diffsolve.tuning import _step_choices
+
+    ode, x_T = gmm
+    sig = [float(s) for s in ds.grid("logsnr", ode.schedule, 6).tolist()]
+    n, rng = len(sig) - 1, random.Random(0)
+    for _ in range(12):
+        steps = [rng.choice(_step_choices(i, n)) for i in range(n - 1)] + [(1, "data", False, None)]
+        opts = {
+            "step_orders": [c[0] for c in steps],
+            "prediction": [c[1] for c in steps],
+            "corrector": [c[2] for c in steps],
+            "derivative": [c[3] or "taylor" for c in steps],
+        }
+        for afs in (False, True):
+            calls = ds.count_calls("usf", sig, afs=afs, schedule=ode.schedule, **opts)
+            r = ds.Recipe("usf", opts, sig, afs, calls, ds.tuning.schedule_fingerprint(ode.schedule, ode.prediction))
+            n0 = ode.nfe
+            r.sample(ode, x_T[:2])
+            assert ode.nfe - n0 == calls == n - afs
