@@ -8,6 +8,9 @@ solver+grid is chosen on the evaluation x_T itself (an optimistic baseline).
 
     python benchmarks/bench_tuning.py --problem gmm64,mlp-spiral --nfe 3,4,5,6,8,10,20 --out bench-results/tuning
 
+``--per-step`` tunes with USF's per-step search (``tune(per_step=True)``); run it into another ``--out`` and
+compare the two ``tuning.csv`` (docs/tuning.md, "Per-step search").
+
 Any bench problem name works (``diffsolve bench --list``), e.g. ``--problem digits`` once registered.
 Rows are appended to OUT/tuning.csv as they finish (a rerun skips the rows already there); the recipes
 are saved as OUT/recipes/<problem>-nfe<N>.json.
@@ -40,6 +43,8 @@ FIELDS = [
     "tune_model_calls",
     "fit_samples",
     "eval_samples",
+    "tune_cpu_seconds",
+    "per_step_kept",
 ]
 
 
@@ -61,6 +66,11 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--plot", default=None, help="write the error-vs-NFE figure here (PNG)")
     ap.add_argument("--scalars", action="store_true", help="tune with the per-step compensation ratios")
+    ap.add_argument(
+        "--per-step",
+        action="store_true",
+        help="tune with the per-step search (order, prediction, derivative estimate, corrector; solver usf)",
+    )
     ap.add_argument(
         "--with-scalars-csv", default=None, help="tuning.csv of a --scalars run, drawn as a second tuned line in --plot"
     )
@@ -100,9 +110,18 @@ def main(argv=None) -> int:
                     print(f"{name} NFE {nfe}: already in {path}")
                     continue
                 n0 = ode.nfe
-                t0 = time.perf_counter()
-                recipe = tune(ode, x_fit_run, nfe, teacher=ref_fit, seed=0, progress=False, scalars=args.scalars)
-                secs = time.perf_counter() - t0
+                t0, c0 = time.perf_counter(), time.process_time()
+                recipe = tune(
+                    ode,
+                    x_fit_run,
+                    nfe,
+                    teacher=ref_fit,
+                    seed=0,
+                    progress=False,
+                    scalars=args.scalars,
+                    per_step=args.per_step,
+                )
+                secs, cpu = time.perf_counter() - t0, time.process_time() - c0
                 calls = ode.nfe - n0
                 recipe.save(out / "recipes" / f"{name}-nfe{nfe}.json")
                 with torch.no_grad():
@@ -126,6 +145,8 @@ def main(argv=None) -> int:
                     "tune_model_calls": calls,
                     "fit_samples": recipe.report["fit_samples"],
                     "eval_samples": args.eval_samples,
+                    "tune_cpu_seconds": cpu,
+                    "per_step_kept": recipe.report.get("per_step", {}).get("kept", ""),
                 }
                 w.writerow(row)
                 f.flush()

@@ -16,6 +16,8 @@ the same guided ODE. A recipe already in ``--out`` is kept (rerun with ``--force
 
 (the shipped ones: NFE 5 and NFE 10, each in its own process; a reduced search for the shared CPU: six solvers,
 two refined, 120 Nelder-Mead evaluations each; about half an hour per NFE there).
+
+``--per-step`` adds USF's per-step search (docs/tuning.md); give ``--out`` elsewhere to keep the shipped files.
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ def main(argv=None) -> int:
         help="digits-cond: instead of tuning, score the recipes of --out for --nfe against the best fixed solver+grid "
         "on the benchmark's x_T and labels (see compare()), rows appended to RESULTS.jsonl",
     )
+    ap.add_argument(
+        "--per-step", action="store_true", help="also search USF's per-step choices (tune(per_step=True), solver usf)"
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -85,6 +90,7 @@ def main(argv=None) -> int:
             nfe=nfe,
             solvers=solvers,
             scalars=args.scalars,
+            per_step=args.per_step,
             progress=True,
             refine=args.refine,
             max_evals=args.max_evals,

@@ -132,6 +132,7 @@ def _tune(args) -> int:
             fit_fraction=args.fit_fraction,
             seed=args.split_seed,
             progress=not args.quiet,
+            per_step=args.per_step,
         )
     except (BenchError, ValueError) as exc:
         print(f"diffsolve tune: error: {exc}", file=sys.stderr)
@@ -419,6 +420,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--solvers", default=None, help="comma list of deterministic solvers (default: all)")
     t.add_argument("--threads", type=int_in(1, MAX_THREADS), default=1, help="torch CPU threads (default 1)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.add_argument(
+        "--per-step",
+        action="store_true",
+        help="also search per step the order, data/noise prediction, derivative estimate and corrector (solver usf)",
+    )
 
     d = sub.add_parser("demo", help="DDIM error vs steps on the built-in mixture (the README's main job)")
     d.add_argument("--problem", default="gmm2d", choices=sorted(PROBLEMS), help="the analytic problem")

@@ -24,6 +24,10 @@ What is searched (the stages of :func:`tune`)
    final samples (the OSS/LD3 objective, here derivative-free; GITS' Euler local cost is
    not used because it is blind to the solver). The first sigma stays sigma_max (x_T lives
    there) and the last is 0; the last non-zero sigma is free. The lowest *fit* error wins.
+2b. :func:`_search_per_step` (opt-in, ``per_step=True``): USF's per-step search (Liu et al., "A unified
+   sampling framework for solver searching") on solver ``usf`` (docs/math.md X5-X7): per step the order,
+   data or noise prediction, derivative estimate and corrector, by coordinate descent on the global fit
+   error from the best grid (AFS off and on), then the grid refined once more.
 3. :func:`_fit_compensation` (opt-in, ``scalars=True``): DC-Solver's per-step compensation ratios on
    the winner, neutral at their initial value 0, then one more grid refinement with them.
 4. :func:`_held_out_check` and :func:`_report`: the winner's held-out error against the best fixed
@@ -117,6 +121,12 @@ TEACHER_CHECK_FACTOR = 1000.0
 #: the teacher's error must stay below this share of the best candidate's error (else a warning)
 TEACHER_SHARE = 0.1
 
+#: solvers the default sweep leaves out: ``usf`` at its defaults is dpmpp-3m (docs/math.md X7); it is the space
+#: of the per-step search (:func:`_search_per_step`, ``per_step=True``)
+SEARCH_ONLY = ("usf",)
+#: coordinate-descent passes over the steps of the per-step search (each pass tries every step's choices)
+PER_STEP_PASSES = 2
+
 #: option variants searched per solver besides its defaults (the free low-NFE rules:
 #: order, lower-order final / denoise final step, the extrapolation variable)
 VARIANTS: dict[str, list[dict[str, Any]]] = {
@@ -151,6 +161,8 @@ def _fixed_call_solvers(solvers: Sequence[str] | None) -> list[str]:
         names = []
         for n in list_solvers():
             cls = reg.solver(n)
+            if n in SEARCH_ONLY:
+                continue
             if cls.stochastic or is_adaptive(cls) or getattr(cls, "calls_per_step", 1) < 1:
                 continue
             if make_solver(n).stochastic:  # a default option that draws noise (e.g. an eta)
@@ -193,6 +205,11 @@ class _Config:
     def is_default(self) -> bool:
         """Default options and no AFS: a plain fixed solver, the baseline."""
         return not self.options and not self.afs
+
+    @property
+    def recipe_options(self) -> dict:
+        """The options as a recipe stores them: per-step tuples as lists (JSON)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.options}
 
     def label(self) -> str:
         o = ",".join(f"{k}={v}" for k, v in self.options)
@@ -550,6 +567,136 @@ def _refine_grids(t: _Tuning, swept: list[_Candidate], refine: int) -> _Candidat
     return min(results, key=_Candidate.key)
 
 
+def _usf_config(cfg: _Config, sigmas: list[float], afs: bool) -> _Config | None:
+    """``cfg`` on the grid ``sigmas`` as a point of the ``usf`` family (docs/math.md X7), or None."""
+    from .solvers.usf import usf_options
+
+    opts = usf_options(cfg.solver, cfg.opts, sigmas)
+    if opts is None:
+        return None
+    return _Config("usf", tuple(sorted((k, tuple(v)) for k, v in opts.items())), afs)
+
+
+def _usf_starts(t: _Tuning, chosen: _Candidate, swept: list[_Candidate]) -> list[_Candidate]:
+    """The per-step search's starting points: on the winner's (refined) grid with its AFS, every configuration of
+    the sweep that is a point of the family, the lowest fit error kept (where usf's call count there is the
+    winner's); and, with the other AFS setting, the lowest-fit member of the family in the sweep, on its grid."""
+    out = []
+    if chosen.compensation is None:
+        cands = []
+        for cfg in dict.fromkeys(c.config for c in sorted(swept, key=_Candidate.key)):
+            u = _usf_config(cfg, chosen.sigmas, chosen.config.afs)
+            if u is not None and u not in (c.config for c in cands):
+                if count_calls("usf", chosen.sigmas, afs=u.afs, schedule=t.ode.schedule, **u.opts) == chosen.calls:
+                    e = float(t.fit_scorer.errors(u, chosen.sigmas).mean())
+                    cands.append(replace(chosen, config=u, fit_mse=e))
+        if cands:
+            out.append(min(cands, key=_Candidate.key))
+    for c in sorted(swept, key=_Candidate.key):
+        if c.config.afs != chosen.config.afs and math.isfinite(c.fit_mse):
+            u = _usf_config(c.config, c.sigmas, c.config.afs)
+            if u is not None:
+                out.append(replace(c, config=u))
+                break
+    return out
+
+
+def _step_choices(i: int, n: int) -> list[tuple]:
+    """Every ``(order, prediction, corrector, derivative)`` of step ``i`` of ``n`` (the last, into sigma = 0, is
+    E27 and not searched), in a fixed order; the derivative estimate only where the step has a two-node system
+    (X5), else None."""
+    out = []
+    for p in range(1, min(3, i + 1) + 1):
+        for pred in ("data", "noise"):
+            for corr in (False, True) if i + 2 < n else (False,):
+                two_nodes = p == 2 or (p == 1 and corr)
+                derivs = ("taylor", "midpoint", "bh1") if pred == "data" else ("taylor", "midpoint")
+                for d in derivs if two_nodes else (None,):
+                    out.append((p, pred, corr, d))
+    return out
+
+
+def _effective(opts: dict, i: int) -> tuple:
+    """Step ``i``'s choice as :func:`_step_choices` writes it (the derivative estimate only where it is read)."""
+    p, pred, corr = opts["step_orders"][i], opts["prediction"][i], opts["corrector"][i]
+    return p, pred, corr, opts["derivative"][i] if p == 2 or (p == 1 and corr) else None
+
+
+def _usf(opts: dict, afs: bool) -> _Config:
+    return _Config("usf", tuple(sorted((k, tuple(v)) for k, v in opts.items())), afs)
+
+
+def _descend(t: _Tuning, start: _Candidate) -> tuple[_Candidate, int]:
+    """Coordinate descent over the steps of a ``usf`` candidate on its grid: ``(result, passes)``. Each step's
+    choices (:func:`_step_choices`) are scored by the global fit error; the lowest is kept where strictly lower
+    than the current one (ties keep it); at most :data:`PER_STEP_PASSES` passes, fewer when one changes nothing."""
+    opts = {k: list(v) for k, v in start.config.options}
+    afs, sig, n = start.config.afs, start.sigmas, len(start.sigmas) - 1
+    cur = float(t.fit_scorer.errors(start.config, sig).mean())
+    passes = 0
+    with t.bar(PER_STEP_PASSES * max(n - 1, 1), f"per-step search (afs={afs})") as bar:
+        for _ in range(PER_STEP_PASSES):
+            passes += 1
+            changed = False
+            for i in range(n - 1):
+                best = None
+                for choice in _step_choices(i, n):
+                    if choice == _effective(opts, i):
+                        continue
+                    trial = {k: list(v) for k, v in opts.items()}
+                    p, pred, corr, d = choice
+                    keep = trial["derivative"][i]
+                    trial["step_orders"][i], trial["prediction"][i], trial["corrector"][i] = p, pred, corr
+                    trial["derivative"][i] = d or ("midpoint" if keep == "bh1" and pred == "noise" else keep)
+                    e = float(t.fit_scorer.errors(_usf(trial, afs), sig).mean())
+                    if e < cur and (best is None or e < best[0]):
+                        best = (e, trial)
+                if best is not None:
+                    cur, opts, changed = best[0], best[1], True
+                if bar is not None:
+                    bar.update(1)
+            if not changed:
+                break
+    return replace(start, config=_usf(opts, afs), fit_mse=cur, compensation=None), passes
+
+
+def _search_per_step(t: _Tuning, chosen: _Candidate, swept: list[_Candidate]) -> tuple[_Candidate, dict]:
+    """Stage 2b (opt-in, ``per_step=True``): USF's per-step search (Liu et al., "A unified sampling framework for
+    solver searching"; the space is solver ``usf``, docs/math.md X5-X7).
+
+    Starts (:func:`_usf_starts`): the winner's refined grid and AFS with the best member of the family
+    (:func:`diffsolve.solvers.usf.usf_options`) there, and the best member of the family with the other AFS
+    setting on its swept grid. Coordinate descent: step by step, every
+    choice of :func:`_step_choices` is scored by the global fit error of the run and the lowest kept where it is
+    strictly lower (ties keep the current choice: deterministic); at most :data:`PER_STEP_PASSES` passes, fewer
+    when a pass changes nothing. The better of the two is its grid refined once more (:func:`_refine_grid`).
+    It replaces ``chosen`` where it lowers the fit error and is not worse on the held-out part. Cost: at most
+    2 x PER_STEP_PASSES x (steps - 1) x 21 sampler runs, one per family configuration of the sweep (the
+    starts) and one grid refinement."""
+    starts = _usf_starts(t, chosen, swept)
+    info: dict[str, Any] = {"starts": [f"{s.grid}, afs={s.config.afs}" for s in starts], "kept": False}
+    if not starts:
+        return chosen, info
+
+    results = [_descend(t, start) for start in starts]
+    best, passes = min(results, key=lambda r: r[0].key())
+    searched = _refine_grid(t, best)  # the timesteps once more, for the searched choices
+    info.update(
+        passes=passes,
+        fit_rmse_before=math.sqrt(chosen.fit_mse),
+        fit_rmse_after=math.sqrt(searched.fit_mse),
+    )
+    if searched.fit_mse >= chosen.fit_mse:
+        return chosen, info
+    held = t.scorer.errors(searched.config, searched.sigmas)[t.held_idx].mean()
+    held_before = t.scorer.errors(chosen.config, chosen.sigmas, chosen.compensation)[t.held_idx].mean()
+    info.update(heldout_rmse_before=math.sqrt(float(held_before)), heldout_rmse_after=math.sqrt(float(held)))
+    if held > held_before:
+        return chosen, info
+    info["kept"] = True
+    return searched, info
+
+
 def _fit_compensation(t: _Tuning, c: _Candidate) -> _Candidate:
     """Stage 3 (opt-in): DC-Solver's per-evaluation compensation ratios (Zhao et al., ECCV 2024) on the winner,
     then its grid once more with them; kept only where they lower the fit error.
@@ -667,6 +814,7 @@ def tune(
     refine: int = 3,
     max_evals: int | None = None,
     scalars: bool = False,
+    per_step: bool = False,
 ) -> Recipe:
     """Tune a sampling recipe for ``ode`` at ``nfe`` model calls; see the module docstring.
 
@@ -685,6 +833,9 @@ def tune(
         max_evals: Nelder-Mead evaluations per refined configuration (default 150 + 60 per free sigma).
         scalars: also fit DC-Solver's per-evaluation compensation ratios (opt-in; :func:`_fit_compensation`),
             stored as ``recipe.params["compensation"]``.
+        per_step: also search USF's per-step choices (order, data/noise prediction, derivative estimate,
+            corrector; solver ``usf``) from the best grid, then refine the grid once more (opt-in;
+            :func:`_search_per_step`); the choices are stored as the recipe's solver options.
 
     The stages: :func:`_sweep`, :func:`_refine_grids`, :func:`_fit_compensation`, :func:`_held_out_check` (the
     recipe falls back to the best fixed candidate of the sweep where that one is better on held-out x_T) and
@@ -719,6 +870,9 @@ def tune(
     if not any(math.isfinite(c.fit_mse) for c in swept):
         raise ValueError(f"no solver among {names} runs with at most {nfe} model calls on this model")
     chosen = _refine_grids(t, swept, refine)
+    per_step_info = None
+    if per_step:
+        chosen, per_step_info = _search_per_step(t, chosen, swept)
     if scalars:
         chosen = _fit_compensation(t, chosen)
     chosen, fallback = _held_out_check(t, chosen, swept, teacher_rmse)
@@ -729,10 +883,12 @@ def tune(
         teacher_model_calls=int(teacher_calls),
         tuning_model_calls=int(ode.nfe - calls0),
     )
+    if per_step_info is not None:
+        report["per_step"] = per_step_info
     params = {"compensation": chosen.compensation} if chosen.compensation is not None else {}
     return Recipe(
         solver=chosen.config.solver,
-        options=chosen.config.opts,
+        options=chosen.config.recipe_options,
         sigmas=chosen.sigmas,
         afs=chosen.config.afs,
         nfe=int(chosen.calls),

@@ -216,6 +216,7 @@ SHARED_INSTANCES = [
     ("dpmpp-3m", {}),
     ("restart", {}),
     ("sa-solver", {"tau": 0.0}),
+    ("usf", {"corrector": True, "prediction": "noise", "derivative": "taylor"}),
 ]
 
 
