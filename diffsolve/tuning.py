@@ -22,7 +22,8 @@ What is searched (the stages of :func:`tune`)
    scoring the *global* error of the very solver that will run (its own states,
    multistep history included) against the teacher: the mean squared difference of the
    final samples (the OSS/LD3 objective, here derivative-free; GITS' Euler local cost is
-   not used because it is blind to the solver). The first sigma stays sigma_max (x_T lives
+   not used because it is blind to the solver); with ``tail_weight`` > 0 the worst x_T weigh in
+   as well (:func:`_objective`). The first sigma stays sigma_max (x_T lives
    there) and the last is 0; the last non-zero sigma is free. The lowest *fit* error wins.
 3. :func:`_fit_compensation` (opt-in, ``scalars=True``): DC-Solver's per-step compensation ratios on
    the winner, neutral at their initial value 0, then one more grid refinement with them.
