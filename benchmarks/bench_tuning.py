@@ -102,6 +102,7 @@ def main(argv=None) -> int:
         w = csv.DictWriter(f, fieldnames=FIELDS)
         if new:
             w.writeheader()
+            f.flush()  # before a second run on the same OUT can see the file and skip its header
         for name in args.problem.split(","):
             prob = get_bench_problem(name, args.eval_samples)
             ode = prob.ode(prob.dtype, args.device)
