@@ -3,8 +3,11 @@
 For each problem and NFE: ``diffsolve.tune`` is fitted on x_T of seed ``--fit-seed`` (``--fit-samples``
 start states, split fit / held-out inside tune), then the recipe and every deterministic fixed-call
 solver x registered grid (default options) run on the benchmark's x_T (seed ``--eval-seed``, a different
-draw); RMSE to the float64 dopri5 reference of each x_T (the bench's reference cache). The best fixed
-solver+grid is chosen on the evaluation x_T itself (an optimistic baseline).
+draw, ``--eval-samples`` of them); RMSE to the float64 dopri5 reference of each x_T (the bench's reference
+cache). The best fixed solver+grid is chosen on the evaluation x_T itself (an optimistic baseline). The same
+numbers on the first ``--eval-head`` evaluation x_T (the same start states as a run with ``--eval-samples`` of that
+size: the draw is a prefix) are reported beside them (``*_head`` columns, peers in ``peers-best-head.csv``): the
+per-sample error is heavy-tailed, and one x_T of 512 can carry most of an RMSE (docs/tuning.md).
 
     python benchmarks/bench_tuning.py --problem gmm64,mlp-spiral --nfe 3,4,5,6,8,10,20 --out bench-results/tuning
 
@@ -40,11 +43,19 @@ FIELDS = [
     "tune_heldout_rmse",
     "tune_fixed_heldout_rmse",
     "tune_seconds",
+    "tune_cpu_seconds",
     "tune_model_calls",
     "fit_samples",
     "eval_samples",
-    "tune_cpu_seconds",
     "per_step_kept",
+    "teacher_err_fit",
+    "teacher_err_eval",
+    "tuned_worst_share",
+    "tuned_rmse_head",
+    "fixed_rmse_head",
+    "fixed_solver_head",
+    "fixed_grid_head",
+    "eval_head",
 ]
 
 
@@ -55,7 +66,13 @@ def main(argv=None) -> int:
     ap.add_argument("--fit-seed", type=int, default=1000)
     ap.add_argument("--eval-seed", type=int, default=0)
     ap.add_argument("--fit-samples", type=int, default=512, help="x_T drawn for tune (half fit, half held out)")
-    ap.add_argument("--eval-samples", type=int, default=512)
+    ap.add_argument("--eval-samples", type=int, default=4096)
+    ap.add_argument(
+        "--eval-head",
+        type=int,
+        default=512,
+        help="also score the first N evaluation x_T (0: off; the earlier protocol)",
+    )
     ap.add_argument("--out", default="bench-results/tuning")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
@@ -94,6 +111,7 @@ def main(argv=None) -> int:
         w = csv.DictWriter(f, fieldnames=FIELDS)
         if new:
             w.writeheader()
+            f.flush()  # before a second run on the same OUT can see the file and skip its header
         for name in args.problem.split(","):
             prob = get_bench_problem(name, args.eval_samples)
             ode = prob.ode(prob.dtype, args.device)
@@ -101,8 +119,9 @@ def main(argv=None) -> int:
             scale = prob.x_T_scale(smax)
             x_fit = prob.x_T(args.fit_seed, args.fit_samples) * scale
             x_eval = prob.x_T(args.eval_seed, args.eval_samples) * scale
-            ref_fit = refs.get(prob, x_fit, smax, 0.0, args.fit_seed)[0]
-            ref_eval = refs.get(prob, x_eval, smax, 0.0, args.eval_seed)[0]
+            # the teacher's own error (the cache's convergence estimate) is kept beside the candidates' (issue 22 item 6)
+            ref_fit, err_fit = refs.get(prob, x_fit, smax, 0.0, args.fit_seed)
+            ref_eval, err_eval = refs.get(prob, x_eval, smax, 0.0, args.eval_seed)
             x_fit_run = x_fit.to(device=args.device, dtype=prob.dtype)
             x_eval_run = x_eval.to(device=args.device, dtype=prob.dtype)
             for nfe in [int(v) for v in args.nfe.split(",")]:
@@ -126,8 +145,11 @@ def main(argv=None) -> int:
                 recipe.save(out / "recipes" / f"{name}-nfe{nfe}.json")
                 with torch.no_grad():
                     y = recipe.sample(ode, x_eval_run)
-                tuned = float((y.to(torch.float64).cpu() - ref_eval).pow(2).mean().sqrt())
+                e = (y.to(torch.float64).cpu() - ref_eval).reshape(y.shape[0], -1).pow(2).mean(1)
+                tuned = float(e.mean().sqrt())
                 fixed = best_fixed(ode, x_eval_run, nfe, teacher=ref_eval)
+                head = min(args.eval_head, args.eval_samples)
+                fixed_head = best_fixed(ode, x_eval_run[:head], nfe, teacher=ref_eval[:head]) if head else None
                 row = {
                     "problem": name,
                     "nfe": nfe,
@@ -142,11 +164,20 @@ def main(argv=None) -> int:
                     "tune_heldout_rmse": recipe.report["heldout_rmse"],
                     "tune_fixed_heldout_rmse": recipe.report["best_fixed"]["heldout_rmse"],
                     "tune_seconds": secs,
+                    "tune_cpu_seconds": cpu,
                     "tune_model_calls": calls,
                     "fit_samples": recipe.report["fit_samples"],
                     "eval_samples": args.eval_samples,
-                    "tune_cpu_seconds": cpu,
                     "per_step_kept": recipe.report.get("per_step", {}).get("kept", ""),
+                    "teacher_err_fit": err_fit,
+                    "teacher_err_eval": err_eval,
+                    # the share of the squared error carried by the single worst evaluation x_T
+                    "tuned_worst_share": float(e.max() / e.sum()),
+                    "tuned_rmse_head": float(e[:head].mean().sqrt()) if head else "",
+                    "fixed_rmse_head": fixed_head["rmse"] if head else "",
+                    "fixed_solver_head": fixed_head["solver"] if head else "",
+                    "fixed_grid_head": fixed_head["grid"] if head else "",
+                    "eval_head": head,
                 }
                 w.writerow(row)
                 f.flush()
@@ -156,14 +187,17 @@ def main(argv=None) -> int:
                     f"tune {secs:.1f} s, {calls} model calls",
                     flush=True,
                 )
-    peer_best = run_peers(args, out) if args.peers else {}
+    peer_best = run_peers(args, out, args.eval_samples, "") if args.peers else {}
+    if args.peers and args.eval_head and args.eval_head < args.eval_samples:
+        run_peers(args, out, args.eval_head, "-head")
     if args.plot:
         plot(path, peer_best, args.plot, args.with_scalars_csv)
     return 0
 
 
-def run_peers(args, out: Path) -> dict:
-    """``{(problem, nfe): (rmse, label)}``: the best installed peer on the evaluation x_T."""
+def run_peers(args, out: Path, samples: int, suffix: str) -> dict:
+    """``{(problem, nfe): (rmse, label)}``: the best installed peer on the first ``samples`` evaluation x_T, written
+    to OUT/peers-best<suffix>.csv."""
     from diffsolve.bench import peers
     from diffsolve.bench.harness import run_bench
 
@@ -178,8 +212,8 @@ def run_peers(args, out: Path) -> dict:
         ["trailing", "karras", "logsnr"],
         nfes,
         [args.eval_seed],
-        out=out / "peers",
-        samples=args.eval_samples,
+        out=out / f"peers{suffix}",
+        samples=samples,
         cache=out / "references",
         progress=True,
         reports=False,
@@ -191,7 +225,7 @@ def run_peers(args, out: Path) -> dict:
         k = (r["problem"], r["nfe_target"])
         if k not in best or r["rmse"] < best[k][0]:
             best[k] = (r["rmse"], f"{r['solver']} ({r['grid']})")
-    with (out / "peers-best.csv").open("w", newline="") as f:
+    with (out / f"peers-best{suffix}.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["problem", "nfe", "peer_rmse", "peer"])
         for (p, n), (e, lab) in sorted(best.items()):
@@ -220,6 +254,18 @@ def plot(path: Path, peer_best: dict, png: str, scalars_csv: str | None = None) 
         rs = sorted((r for r in rows if r["problem"] == p), key=lambda r: int(r["nfe"]))
         n = [int(r["nfe"]) for r in rs]
         ax.plot(n, [float(r["tuned_rmse"]) for r in rs], "o-", color="C3", lw=2, label="diffsolve tuned recipe")
+        hd = [r for r in rs if r.get("tuned_rmse_head")]
+        if hd:
+            ax.plot(
+                [int(r["nfe"]) for r in hd],
+                [float(r["tuned_rmse_head"]) for r in hd],
+                "o:",
+                color="C3",
+                lw=1,
+                ms=3,
+                alpha=0.6,
+                label=f"tuned, first {hd[0]['eval_head']} x_T only",
+            )
         sc = sorted((r for r in sc_rows if r["problem"] == p), key=lambda r: int(r["nfe"]))
         if sc:
             ax.plot(

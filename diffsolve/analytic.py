@@ -134,7 +134,10 @@ class GaussianMixture:
             sigma = sigma_of(t).to(x.device)  # (N,)
             view = (-1, *([1] * (x.dim() - 1)))
             s = sigma.reshape(view)
-            a = torch.tensor([schedule.scale(float(v)) for v in sigma], dtype=_F64, device=x.device).reshape(view)
+            # the scale of each distinct sigma once (a batch usually shares one level): the same floats as per sample
+            levels, which = torch.unique(sigma.detach().to("cpu", _F64), return_inverse=True)
+            scales = torch.tensor([schedule.scale(v) for v in levels.tolist()], dtype=_F64)
+            a = scales[which].to(x.device).reshape(view)
             xbar = x.to(_F64) / a
             eps = self.eps(xbar, sigma)
             if prediction == "eps":

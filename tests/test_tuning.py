@@ -515,3 +515,49 @@ def test_the_teacher_of_one_model_and_x_T_depends_on_the_labels_and_the_guidance
         own = reference_solution(other.start_run(), x_T, s_max, 0.0, rtol=tol, atol=tol)
         torch.testing.assert_close(_teacher(other, x_T, s_max, tol), own, rtol=0, atol=0)
         assert not torch.allclose(own, first)
+
+
+def test_objective_at_zero_tail_weight_is_the_log_mean_squared_error():
+    from diffsolve.tuning import _objective
+
+    e = torch.tensor([1e-4, 4e-4, 9e-2], dtype=torch.float64)
+    assert _objective(e) == math.log(float(e.mean()))
+    assert _objective(torch.tensor([1.0, math.inf], dtype=torch.float64)) == 1e3  # infeasible
+
+
+def test_objective_with_a_tail_weight_prefers_the_lighter_tail_at_the_same_mean():
+    from diffsolve.tuning import TAIL_SHARE, _objective, _tail_mse
+
+    even = torch.full((100,), 1.0, dtype=torch.float64)
+    heavy = torch.full((100,), 0.5, dtype=torch.float64)
+    heavy[0] = 50.5  # the same mean, 1.0, carried by one x_T
+    assert float(even.mean()) == pytest.approx(float(heavy.mean()), rel=1e-15)
+    assert _objective(heavy) == pytest.approx(_objective(even), abs=1e-15)  # the plain mean cannot tell them apart
+    assert _objective(heavy, 0.5) > _objective(even, 0.5)
+    # the tail is the mean of the worst TAIL_SHARE (2 of 100 here): (50.5 + 0.5) / 2
+    assert math.ceil(TAIL_SHARE * 100) == 2
+    assert float(_tail_mse(heavy)) == pytest.approx(25.5, rel=1e-15)
+
+
+@pytest.mark.parametrize("w", [-0.1, 1.0, "0.5", True])
+def test_tail_weight_outside_zero_one_is_refused(w):
+    ode, x = _setup(16)
+    with pytest.raises(ValueError, match="tail_weight"):
+        ds.tune(ode, x, nfe=3, solvers=["ddim"], progress=False, tail_weight=w)
+
+
+def test_report_shows_the_worst_held_out_x_T_error_of_the_recipe_and_of_the_best_fixed_grid(tuned):
+    _, _, recipe = tuned
+    tail = recipe.report["heldout_tail_rmse"]
+    # the mean of the worst share of per-sample errors is at least their mean over every held-out x_T
+    assert tail["recipe"] >= recipe.report["heldout_rmse"] * (1 - 1e-12)
+    assert tail["best_fixed"] >= recipe.report["best_fixed"]["heldout_rmse"] * (1 - 1e-12)
+    assert recipe.report["tail_weight"] == 0.0
+
+
+def test_tune_with_a_tail_weight_is_reproducible_and_records_it():
+    ode, x = _setup(32)
+    kw = dict(nfe=3, solvers=["ddim", "ipndm"], progress=False, refine=1, max_evals=40, tail_weight=0.5)
+    a, b = ds.tune(ode, x, **kw), ds.tune(ode, x, **kw)
+    assert a.sigmas == b.sigmas and a.solver == b.solver and a.afs == b.afs
+    assert a.report["tail_weight"] == 0.5
