@@ -2,6 +2,8 @@
 (docs/math.md X5-X7). The searched recipe replays bit for bit (after a JSON round trip too), uses exactly its
 nfe model calls, is reproducible, and never has a higher fit error than the candidate it started from."""
 
+import math
+
 import pytest
 import torch
 
@@ -72,3 +74,23 @@ def test_the_default_sweep_leaves_usf_out_and_the_search_is_bounded():
     assert max(counts) == 21 and counts[0] < counts[2]
     assert all(len(set(_step_choices(i, n))) == len(_step_choices(i, n)) for i in range(n - 1))
     assert PER_STEP_PASSES == 2
+
+
+def test_the_per_step_search_ranks_its_starts_and_results_by_the_tunings_own_objective():
+    # with tail_weight > 0 the objective is not the mean: every candidate the search makes must carry the
+    # objective of its own fit errors (fit_score), or the ranking (_Candidate.key) compares stale values
+    from diffsolve.tuning import _configs, _descend, _refine_grids, _split, _sweep, _teacher, _usf_starts
+
+    ode, x = _setup(n=24)
+    ref = _teacher(ode, x, float(ode.schedule.sigma_max))
+    t = _split(ode, x, ref, 4, 12, 0, False, 20, 0.3)
+    swept = _sweep(t, _configs(SOLVERS))
+    chosen = _refine_grids(t, swept, 1)
+    starts = _usf_starts(t, chosen, swept)
+    assert starts
+    for c in [*starts, *(_descend(t, s)[0] for s in starts)]:
+        e = t.fit_scorer.errors(c.config, c.sigmas)
+        # equal up to usf's own rounding against the solver it stands for (<= 4e-14 relative, docs/tuning.md)
+        assert math.isclose(c.fit_score, t.score(e), rel_tol=1e-9) and math.isclose(
+            c.fit_mse, float(e.mean()), rel_tol=1e-9
+        )
