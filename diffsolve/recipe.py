@@ -9,7 +9,6 @@ compensation ratios are DC-Solver's (Zhao et al. ECCV 2024) in two-point form.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ import torch
 from .counting import count_calls, is_adaptive
 from .driver import list_solvers, make_solver
 from .grids import validate_sigmas
-from .recipe_ode import AFSODE, RecipeError, RecipeODE, run_parts
+from .recipe_ode import AFSODE, RecipeError, RecipeODE, run_parts, schedule_fingerprint
 from .wrapper import DiffusionODE
 
 __all__ = [
@@ -35,29 +34,8 @@ __all__ = [
     "guidance_fingerprint",
 ]
 
-_F64 = torch.float64
 FORMAT = "diffsolve-recipe"
 VERSION = 1
-
-
-# -- the schedule's fingerprint ------------------------------------------------------------------
-def schedule_fingerprint(schedule, prediction: str) -> str:
-    """A short hash of what a recipe depends on: the schedule's sigma <-> t map, its space and
-    range, and the model's prediction type. Equal schedules built the same way hash equal."""
-    lo, hi = float(schedule.sigma_min), float(schedule.sigma_max)
-    probes = [math.exp(math.log(lo) + k / 15 * (math.log(hi) - math.log(lo))) for k in range(16)]
-    t = schedule.t(torch.tensor(probes, dtype=_F64)).tolist()
-    parts = [
-        type(schedule).__name__,
-        str(schedule.space),
-        f"{lo:.12g}",
-        f"{hi:.12g}",
-        [f"{v:.12g}" for v in t],
-        [f"{schedule.scale(p):.12g}" for p in probes],
-        str(getattr(schedule, "num_steps", "")),
-        str(prediction),
-    ]
-    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
 def guidance_fingerprint(ode) -> str | None:
@@ -108,9 +86,11 @@ class Recipe:
             raise RecipeError(f"recipe sigmas must end at 0, end at {self.sigmas[-1]}")
         if self.solver not in list_solvers():
             raise RecipeError(f"recipe solver {self.solver!r} is not registered; known: {', '.join(list_solvers())}")
-        unknown = sorted(set(self.params) - {"compensation"})
+        self.params = dict(self.params)
+        unknown = sorted(set(self.params) - {"compensation", "statistics"})
         if unknown:
-            raise RecipeError(f"recipe params {unknown} are not known; known: 'compensation'")
+            raise RecipeError(f"recipe params {unknown} are not known; known: 'compensation', 'statistics'")
+        self._statistics = self._read_statistics()
         comp = self.params.get("compensation")
         if comp is not None:
             if not isinstance(comp, list) or not all(
@@ -118,10 +98,41 @@ class Recipe:
             ):
                 raise RecipeError("recipe params 'compensation' must be a list of finite numbers")
             self.params["compensation"] = [float(c) for c in comp]
-        s = make_solver(self.solver, **self.options)
+        s = make_solver(self.solver, **self.solver_options)
         if s.stochastic:
             raise RecipeError(f"recipe solver {self.solver!r} is stochastic; a recipe needs a deterministic solver")
         self.check_nfe()
+
+    def _read_statistics(self):
+        """``params["statistics"]``: DPM-Solver-v3's model statistics (a :class:`~diffsolve.ModelStatistics` or its
+        ``to_dict()``), stored in the file as that dict and handed to the solver as ``statistics=``."""
+        from .statistics import ModelStatistics, StatisticsError
+
+        if "statistics" in self.options:
+            raise RecipeError(
+                "recipe options cannot hold 'statistics' (not JSON): pass them as params={'statistics': stats}"
+            )
+        stats = self.params.get("statistics")
+        if stats is None:
+            return None
+        if self.solver != "dpm-solver-v3":
+            raise RecipeError(
+                f"recipe params 'statistics' are DPM-Solver-v3's; this recipe's solver is {self.solver!r}"
+            )
+        if not isinstance(stats, ModelStatistics):
+            try:
+                stats = ModelStatistics.from_dict(stats, source="recipe params 'statistics'")
+            except StatisticsError as exc:
+                raise RecipeError(str(exc)) from None
+        self.params["statistics"] = stats.to_dict()
+        return stats
+
+    @property
+    def solver_options(self) -> dict[str, Any]:
+        """The solver's keyword options as a run gets them: ``options`` plus the statistics, if any."""
+        if self._statistics is None:
+            return dict(self.options)
+        return {**self.options, "statistics": self._statistics}
 
     def check_nfe(self) -> None:
         """Raise :class:`RecipeError` unless one run makes exactly ``nfe`` model calls (the NFE contract),
@@ -130,7 +141,11 @@ class Recipe:
             raise RecipeError(f"recipe nfe must be a non-negative integer, got {self.nfe!r}")
         if is_adaptive(self.solver):
             raise RecipeError(f"recipe solver {self.solver!r} is adaptive; a recipe needs a fixed-call solver")
-        calls = count_calls(self.solver, self.sigmas, afs=self.afs, **self.options)
+        opts = self.solver_options
+        if self._statistics is not None:  # the dry run's stand-in model has another schedule: the same numbers,
+            st = self._statistics  # without the fingerprint that would refuse it
+            opts["statistics"] = type(st)(st.lambdas, st.l, st.s, st.b, None, st.info)
+        calls = count_calls(self.solver, self.sigmas, afs=self.afs, **opts)
         if calls != self.nfe:
             raise RecipeError(
                 f"recipe nfe={self.nfe}, but {self.solver!r} with options {self.options} makes {calls} model calls "
@@ -163,6 +178,8 @@ class Recipe:
                 f"{g or 'none'}: the best grid depends on the guided field, so tune a recipe for this ODE with "
                 "diffsolve.tune(ode, x_T, nfe=...)"
             )
+        if self._statistics is not None:
+            self._statistics.check(ode)
 
     def sample(self, ode: DiffusionODE, x_T: torch.Tensor, **kw):
         """Run the recipe: :func:`run_recipe`."""
@@ -255,7 +272,7 @@ def run_recipe(ode: DiffusionODE, x: torch.Tensor, recipe: Recipe, **kw):
         ode,
         x,
         recipe.solver,
-        recipe.options,
+        recipe.solver_options,
         recipe.sigmas,
         recipe.afs,
         recipe.params.get("compensation"),

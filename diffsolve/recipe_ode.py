@@ -7,6 +7,8 @@ through it, :mod:`diffsolve.recipe` and :mod:`diffsolve.tuning` run through it. 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Sequence
 
@@ -118,3 +120,23 @@ def run_parts(ode, x, solver, options, sigmas, afs, compensation=None, budget=No
         return sample_core(run_ode, x, solver, sigmas=sigmas, **options, **kw)
     finally:
         ode._counter.add(run_ode.nfe)
+
+
+# -- the schedule's fingerprint ------------------------------------------------------------------
+def schedule_fingerprint(schedule, prediction: str) -> str:
+    """A short hash of what a recipe depends on: the schedule's sigma <-> t map, its space and
+    range, and the model's prediction type. Equal schedules built the same way hash equal."""
+    lo, hi = float(schedule.sigma_min), float(schedule.sigma_max)
+    probes = [math.exp(math.log(lo) + k / 15 * (math.log(hi) - math.log(lo))) for k in range(16)]
+    t = schedule.t(torch.tensor(probes, dtype=torch.float64)).tolist()
+    parts = [
+        type(schedule).__name__,
+        str(schedule.space),
+        f"{lo:.12g}",
+        f"{hi:.12g}",
+        [f"{v:.12g}" for v in t],
+        [f"{schedule.scale(p):.12g}" for p in probes],
+        str(getattr(schedule, "num_steps", "")),
+        str(prediction),
+    ]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .recipe import schedule_fingerprint
+from .recipe_ode import schedule_fingerprint
 from .solvers._exponential import moments, poly_weights
 from .wrapper import DiffusionODE
 

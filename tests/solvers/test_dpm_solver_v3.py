@@ -15,6 +15,7 @@ import torch
 
 import diffsolve as ds
 from diffsolve.analytic import Gaussian, get_problem
+from diffsolve.recipe import RecipeError
 from diffsolve.statistics import ModelStatistics, StatisticsError
 
 SCHEDULE = ds.DiscreteSchedule.linear()
@@ -160,3 +161,35 @@ def test_without_statistics_the_default_is_dpmpp_3m(gmm):
     assert float((ds.sample(ode, x_T, "dpm-solver-v3", steps=8) - want).abs().max()) <= 1e-11
     with_corrector = ds.sample(ode, x_T, "dpm-solver-v3", steps=8, corrector=True)
     assert float((with_corrector - want).abs().max()) > 1e-6  # the corrector does change the run
+
+
+def test_a_recipe_carries_its_statistics_through_a_file_and_replays_bit_for_bit(gaussian, tmp_path):
+    _, ode, stats = gaussian
+    x_T = torch.randn(3, 4, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    sigmas = ds.make_grid("logsnr", SCHEDULE, 5).tolist()
+    fp = ds.recipe.schedule_fingerprint(ode.schedule, ode.prediction)
+    recipe = ds.Recipe("dpm-solver-v3", {}, sigmas, False, 5, fp, params={"statistics": stats})
+    direct = ds.sample(ode, x_T, "dpm-solver-v3", sigmas=sigmas, statistics=stats)
+    back = ds.Recipe.load(recipe.save(tmp_path / "r.json"))
+    assert torch.equal(recipe.sample(ode, x_T), direct)
+    assert torch.equal(ds.sample(ode, x_T, recipe=back), direct)
+    # without them the same solver and grid is another run (neutral statistics: DPM-Solver++)
+    plain = ds.Recipe("dpm-solver-v3", {}, sigmas, False, 5, fp)
+    assert not torch.equal(plain.sample(ode, x_T), direct)
+
+
+def test_recipe_statistics_are_refused_where_they_cannot_be_used_or_checked(gaussian):
+    problem, ode, stats = gaussian
+    sigmas = ds.make_grid("logsnr", SCHEDULE, 5).tolist()
+    fp = ds.recipe.schedule_fingerprint(ode.schedule, ode.prediction)
+    with pytest.raises(RecipeError, match="DPM-Solver-v3's"):
+        ds.Recipe("dpmpp-2m", {}, sigmas, False, 5, fp, params={"statistics": stats})
+    with pytest.raises(RecipeError, match="not JSON"):
+        ds.Recipe("dpm-solver-v3", {"statistics": stats}, sigmas, False, 5, fp)
+    with pytest.raises(RecipeError, match="not diffsolve model statistics"):
+        ds.Recipe("dpm-solver-v3", {}, sigmas, False, 5, fp, params={"statistics": {"l": [1.0]}})
+    # statistics of the same schedule but another prediction type: the recipe's own check passes, theirs does not
+    recipe = ds.Recipe("dpm-solver-v3", {}, sigmas, False, 5, fp, params={"statistics": stats})
+    other = ds.Recipe.from_dict({**recipe.to_dict(), "fingerprint": ds.recipe.schedule_fingerprint(SCHEDULE, "v")})
+    with pytest.raises(StatisticsError, match="another schedule or prediction"):
+        other.sample(problem.ode(SCHEDULE, prediction="v"), torch.randn(2, 4, dtype=torch.float64))
