@@ -91,6 +91,10 @@ class Recipe:
         if unknown:
             raise RecipeError(f"recipe params {unknown} are not known; known: 'compensation', 'statistics'")
         self._statistics = self._read_statistics()
+        # what the NFE dry run hands the solver: the same numbers without the fingerprint (its stand-in model has
+        # another schedule, which the fingerprint would refuse); made once, not per run
+        st = self._statistics
+        self._dry_run_statistics = None if st is None else type(st)(st.lambdas, st.l, st.s, st.b, None, st.info)
         comp = self.params.get("compensation")
         if comp is not None:
             if not isinstance(comp, list) or not all(
@@ -141,10 +145,11 @@ class Recipe:
             raise RecipeError(f"recipe nfe must be a non-negative integer, got {self.nfe!r}")
         if is_adaptive(self.solver):
             raise RecipeError(f"recipe solver {self.solver!r} is adaptive; a recipe needs a fixed-call solver")
-        opts = self.solver_options
-        if self._statistics is not None:  # the dry run's stand-in model has another schedule: the same numbers,
-            st = self._statistics  # without the fingerprint that would refuse it
-            opts["statistics"] = type(st)(st.lambdas, st.l, st.s, st.b, None, st.info)
+        opts = (
+            self.options
+            if self._dry_run_statistics is None
+            else {**self.options, "statistics": self._dry_run_statistics}
+        )
         calls = count_calls(self.solver, self.sigmas, afs=self.afs, **opts)
         if calls != self.nfe:
             raise RecipeError(
