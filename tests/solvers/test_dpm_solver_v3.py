@@ -249,3 +249,13 @@ def test_tune_statistics_are_refused_where_they_cannot_be_used(gaussian):
     )
     with pytest.raises(StatisticsError, match="outside the statistics' range"):
         ds.tune(ode, x_T, 4, solvers=["dpm-solver-v3"], statistics=narrow, progress=False)
+
+
+def test_statistics_over_the_schedule_range_serve_every_grid_the_schedule_accepts(gaussian):
+    # a grid may end a rounding below sigma_min (diffsolve.validation.RANGE_RTOL, the schedule's own tolerance);
+    # statistics computed over the schedule's range must take it, and refuse a real excursion
+    _, ode, stats = gaussian
+    lo, hi = float(SCHEDULE.sigma_min), float(SCHEDULE.sigma_max)
+    stats.check_range([hi * (1 + 5e-6), 1.0, lo * (1 - 5e-6), 0.0])
+    with pytest.raises(StatisticsError, match="outside the statistics' range"):
+        stats.check_range([hi, 1.0, lo * (1 - 1e-4), 0.0])
