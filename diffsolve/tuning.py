@@ -608,12 +608,14 @@ def _refine_grid(t: _Tuning, c: _Candidate, budget: int | None = None) -> _Candi
 
 def _refine_grids(t: _Tuning, swept: list[_Candidate], refine: int) -> _Candidate:
     """Stage 2: the ``refine`` best configurations (each on its best grid, ranked on the fit part) refined;
-    the lowest fit error wins."""
+    the lowest fit error wins. With ``tune(statistics=...)`` the best dpm-solver-v3 configuration on them is
+    refined in addition, never instead of one of those: the statistics can only add a candidate."""
     best: dict[_Config, _Candidate] = {}
     for c in sorted(swept, key=_Candidate.key):
         if math.isfinite(c.fit_mse) and c.config not in best:
             best[c.config] = c
-    ranked = list(best.values())[: max(1, int(refine))]
+    plain = [c for c in best.values() if c.config.statistics is None][: max(1, int(refine))]
+    ranked = plain + [c for c in best.values() if c.config.statistics is not None][:1]
     results = []
     with t.bar(len(ranked), "grid refinement") as bar:
         for c in ranked:

@@ -259,3 +259,23 @@ def test_statistics_over_the_schedule_range_serve_every_grid_the_schedule_accept
     stats.check_range([hi * (1 + 5e-6), 1.0, lo * (1 - 5e-6), 0.0])
     with pytest.raises(StatisticsError, match="outside the statistics' range"):
         stats.check_range([hi, 1.0, lo * (1 - 1e-4), 0.0])
+
+
+def test_statistics_add_a_refined_candidate_and_never_displace_one(gaussian, monkeypatch):
+    # gmm64 NFE 3 lost 1.19x when v3's four configurations on the statistics took places among the refined ones
+    _, ode, stats = gaussian
+    x_T = torch.randn(16, 4, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * SCHEDULE.sigma_max
+    refined = []
+    real = ds.tuning._refine_grid
+
+    def spy(t, c, budget=None):
+        refined.append(c.config.label())
+        return real(t, c, budget)
+
+    monkeypatch.setattr(ds.tuning, "_refine_grid", spy)
+    kw = dict(solvers=["dpmpp-2m", "ipndm", "dpm-solver-v3"], progress=False, refine=2, max_evals=4)
+    ds.tune(ode, x_T, 4, **kw)
+    plain, refined[:] = list(refined), []
+    ds.tune(ode, x_T, 4, statistics=stats, **kw)
+    assert refined[: len(plain)] == plain and len(refined) == len(plain) + 1
+    assert "[statistics]" in refined[-1]
