@@ -1,15 +1,11 @@
-"""``DiffsolveScheduler``: any registered diffsolve solver as a drop-in diffusers scheduler.
+"""``DiffsolveScheduler``: any registered diffsolve solver as a drop-in diffusers scheduler (docs/diffusers.md).
 
-The pipeline owns the loop (``set_timesteps``, then model and ``step`` per timestep); each ``step``
-is one solver step whose model is the output the pipeline passed (docs/diffusers.md, "How it
-steps"). The step generator (docs/plugins.md) stays open across the k pipeline calls of a k-call
-step (diffusers' interleaved ``[t0, t1, t1, t2, ...]``): nothing is replayed, the loop is linear,
-and a sample the pipeline edited between steps is the one the next step starts from.
-``emulate`` (the config's ``_class_name`` under ``from_config``) names the diffusers scheduler whose
-own ``set_timesteps`` gives the timesteps and sigmas, whose keys choose the solver, and whose space
-the sample lives in (VP: DDIM/DPM-Solver/UniPC/DEIS; xbar: Euler/Heun/LMS). Without it, the grid is
-``grid`` or DDIM's timestep rule on the VP sample. The arithmetic is diffsolve's (docs/math.md
-E29-E30); only the schedule is taken from diffusers' own classes.
+Each pipeline ``step`` feeds one model output to the open solver step, a generator (docs/plugins.md): a k-call
+step stays open across its k timesteps, nothing is replayed, and a sample the pipeline edited between steps is
+the next step's start. ``emulate`` (``from_config``: the config's ``_class_name``) names the diffusers scheduler
+whose own ``set_timesteps`` gives the sigmas, whose keys choose the solver and whose space holds the sample
+(VP: DDIM/DDPM/DPM-Solver/UniPC/DEIS; xbar: Euler/Heun/LMS); without it the grid is ``grid`` or DDIM's
+timestep rule. The arithmetic is diffsolve's (docs/math.md E29-E30).
 """
 
 from __future__ import annotations
@@ -21,9 +17,10 @@ import itertools
 import math
 import types
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
+from diffusers import DDIMScheduler
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
@@ -45,7 +42,7 @@ class DataDependentCallsError(ValueError):
 
 
 def _class_named(name: str) -> type:
-    """The diffusers scheduler class ``name`` (a class nothing derives from when diffusers has none)."""
+    """diffusers' scheduler class ``name`` (a class nothing derives from when diffusers has none)."""
     import diffusers
 
     found = getattr(diffusers, name, None) if name.isidentifier() else None
@@ -53,8 +50,8 @@ def _class_named(name: str) -> type:
 
 
 def _init_defaults(name: str) -> dict:
-    """The keys of diffusers' class ``name``'s own ``__init__``, with their defaults ({}: no such class)."""
-    init = _class_named(name).__dict__.get("__init__")
+    """The ``__init__`` keys of diffusers' class ``name``, with their defaults ({}: no such class)."""
+    init = vars(_class_named(name)).get("__init__")
     params = inspect.signature(init).parameters.items() if init is not None else ()
     return {k: p.default for k, p in params if k not in ("self", "kwargs")}
 
@@ -62,12 +59,11 @@ def _init_defaults(name: str) -> dict:
 # -- the families ----------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class _Family:
-    """What DiffsolveScheduler reproduces of one diffusers scheduler class: its space, its own method
-    (fcfg -> (solver, options, per-step order rule or None)) and the values of its keys it honours
-    (key -> predicate; a key not listed is honoured for every value), and how its schedule makes the
-    solver's grid: "sigmas" (a step from sigmas[k] to sigmas[k + 1]), "previous" (DDIM/DDPM: from each
-    timestep to the family's previous one, memoryless) or "paired" (Heun: each inner sigma listed twice,
-    two calls per step)."""
+    """One diffusers scheduler class reproduced: the sample's space, its own method (config -> (solver,
+    options, per-step order rule or None)), the values it honours of some keys (key -> allowed values; other
+    keys: any value), and how its schedule makes the solver's grid: "sigmas" (steps sigmas[k] -> sigmas[k + 1]),
+    "previous" (DDIM/DDPM: each timestep to the family's previous one, memoryless) or "paired" (Heun: inner
+    sigmas listed twice, two calls per step)."""
 
     name: str
     space: str
@@ -79,16 +75,8 @@ class _Family:
     def cls(self) -> type:
         return _class_named(self.name)
 
-    def defaults(self) -> dict[str, Any]:
+    def defaults(self) -> dict:
         return _init_defaults(self.name)
-
-
-def _is(*values):
-    return lambda v: v in values
-
-
-def _false(v):
-    return not v
 
 
 # -- step orders: diffusers' rules -------------------------------------------------------------------
@@ -112,63 +100,49 @@ def _fixed(name: str, **options) -> Callable:
     return lambda fcfg: (name, dict(options), None)
 
 
-def _ddpm_method(fcfg):
-    # DDPM's posterior variance (E24) is DDIM at eta = 1; fixed_large is its beta_t variance
+def _ddpm_method(fcfg):  # DDPM's posterior variance (E24) is DDIM at eta = 1; fixed_large is its beta_t variance
     return "ddim", {"eta": 1.0} if fcfg["variance_type"] == "fixed_small" else {"variance": "large"}, None
 
 
 def _dpm_method(fcfg):
-    order, algo, stype = int(fcfg["solver_order"]), fcfg["algorithm_type"], fcfg["solver_type"]
-    check = {"midpoint": "midpoint", "heun": "taylor"}
-    if stype not in check:
-        raise ValueError(f"solver_type={stype!r} is not supported; supported: midpoint, heun")
-    if order not in (1, 2, 3):
-        raise ValueError(f"solver_order={order} is not supported; supported: 1, 2, 3")
+    order, algo, kind = int(fcfg["solver_order"]), fcfg["algorithm_type"], fcfg["solver_type"]
+    kind = "taylor" if kind == "heun" else kind
     if algo == "sde-dpmsolver++":
         if order == 3:
             raise ValueError("algorithm_type='sde-dpmsolver++' has orders 1 and 2 (as in diffusers)")
-        return "dpmpp-2m-sde", {"eta": 1.0, "solver_type": check[stype]}, _dpm_orders
+        return "dpmpp-2m-sde", {"eta": 1.0, "solver_type": kind}, _dpm_orders
     base = "dpmpp" if algo == "dpmsolver++" else "dpm-solver"
-    options = {"solver_type": check[stype]}
-    if order == 3 and base == "dpmpp":
-        # diffusers' 3M halves the second divided difference's weight (docs/findings.md): its reference weights
-        options["weights"] = "reference"
-    return f"{base}-{3 if order == 3 else 2}m", options, _dpm_orders
+    # diffusers' 3M halves the second divided difference's weight (docs/findings.md): its reference weights
+    weights = {"weights": "reference"} if order == 3 and base == "dpmpp" else {}
+    return f"{base}-{3 if order == 3 else 2}m", {"solver_type": kind, **weights}, _dpm_orders
 
 
 def _unipc_method(fcfg):
-    if fcfg["solver_type"] not in ("bh1", "bh2"):
-        raise ValueError(f"solver_type={fcfg['solver_type']!r} is not supported; supported: bh1, bh2")
     return "unipc", {"solver_order": min(int(fcfg["solver_order"]), 3), "variant": fcfg["solver_type"]}, _unipc_orders
 
 
-def _deis_method(fcfg):
-    if fcfg["solver_type"] != "logrho" or fcfg["algorithm_type"] != "deis":
-        raise ValueError(
-            f"DEISMultistepScheduler: algorithm_type={fcfg['algorithm_type']!r}, solver_type="
-            f"{fcfg['solver_type']!r}; supported: 'deis' with 'logrho'"
-        )
-    # diffusers' "logrho" DEIS is log-rho AB-DEIS: diffsolve's deis with variable="log-sigma"
+def _deis_method(fcfg):  # diffusers' "logrho" DEIS is log-rho AB-DEIS: diffsolve's deis with variable="log-sigma"
     return "deis", {"solver_order": int(fcfg["solver_order"]), "variable": "log-sigma"}, _dpm_orders
 
 
-#: the flow-matching sigmas some multistep families can use instead of their DDPM schedule: refused
-_NO_FLOW = {"use_flow_sigmas": _false, "use_dynamic_shifting": _false}
+_OFF = (False, None, [])  # a switch left off
+_NO_FLOW = {"use_flow_sigmas": _OFF, "use_dynamic_shifting": _OFF}  # the flow-matching sigmas: refused
 _DPM_KEYS = dict(
-    algorithm_type=_is("dpmsolver++", "dpmsolver", "sde-dpmsolver++"),
-    variance_type=_is(None, "learned_range", "learned"),
+    algorithm_type=("dpmsolver++", "dpmsolver", "sde-dpmsolver++"),
+    solver_type=("midpoint", "heun"),
+    solver_order=(1, 2, 3),
+    variance_type=(None, "learned_range", "learned"),
 )
-_UNIPC_KEYS = dict(
-    predict_x0=_is(True), disable_corrector=_false, solver_p=_is(None), **_NO_FLOW, shift_terminal=_is(None)
-)
+_UNIPC_KEYS = dict(solver_type=("bh1", "bh2"), predict_x0=(True,), disable_corrector=_OFF, solver_p=(None,))
+_DEIS_KEYS = {"solver_type": ("logrho",), "algorithm_type": ("deis",)}
 FAMILIES: dict[str, _Family] = {
     f.name: f
     for f in [
         _Family("DDIMScheduler", "vp", _fixed("ddim"), grid="previous"),
-        _Family("DDPMScheduler", "vp", _ddpm_method, {"variance_type": _is("fixed_small", "fixed_large")}, "previous"),
+        _Family("DDPMScheduler", "vp", _ddpm_method, {"variance_type": ("fixed_small", "fixed_large")}, "previous"),
         _Family("DPMSolverMultistepScheduler", "vp", _dpm_method, {**_DPM_KEYS, **_NO_FLOW}),
-        _Family("UniPCMultistepScheduler", "vp", _unipc_method, _UNIPC_KEYS),
-        _Family("DEISMultistepScheduler", "vp", _deis_method, _NO_FLOW),
+        _Family("UniPCMultistepScheduler", "vp", _unipc_method, {**_UNIPC_KEYS, **_NO_FLOW, "shift_terminal": (None,)}),
+        _Family("DEISMultistepScheduler", "vp", _deis_method, {**_DEIS_KEYS, **_NO_FLOW}),
         _Family("EulerDiscreteScheduler", "ve", _fixed("ddim")),
         _Family("EulerAncestralDiscreteScheduler", "ve", _fixed("euler-ancestral")),
         _Family("HeunDiscreteScheduler", "ve", _fixed("heun"), grid="paired"),
@@ -178,21 +152,18 @@ FAMILIES: dict[str, _Family] = {
 
 #: keys of DiffsolveScheduler's own (not a diffusers scheduler's)
 _OWN_KEYS = ("solver", "solver_options", "grid", "grid_options", "emulate")
+#: every key of the supported diffusers schedulers (DiffsolveScheduler's own excepted), once
+_FAMILY_KEYS = [k for k in dict.fromkeys(k for f in FAMILIES.values() for k in f.defaults()) if k not in _OWN_KEYS]
 #: the keys that choose the integrator (honoured with the family's own solver only)
 _INTEGRATOR_KEYS = (
     "solver_order algorithm_type solver_type lower_order_final euler_at_final predict_x0 disable_corrector solver_p"
 ).split()
 #: native mode (no ``emulate``): the keys it reads, DDIMScheduler's, with their defaults (no clipping)
 _NATIVE_DEFAULTS = dict(FAMILIES["DDIMScheduler"].defaults(), clip_sample=False)
+#: keys of a diffusers scheduler that shape its sigma grid (a method replaced by solver= cannot drop them)
+_GRID_KEYS = "use_karras_sigmas use_exponential_sigmas use_beta_sigmas use_lu_lambdas shift use_flow_sigmas".split()
 
 
-def _family_keys() -> list[str]:
-    """Every key of the supported diffusers schedulers (DiffsolveScheduler's own excepted), once."""
-    keys = dict.fromkeys(k for fam in FAMILIES.values() for k in fam.defaults())
-    return [k for k in keys if k not in _OWN_KEYS]
-
-
-# -- the ODE the solver steps on ---------------------------------------------------------------------
 class _StepODE(DiffusionODE):
     """The sigma-form ODE (E29) whose model is the output the pipeline handed to ``step``: the grid's sigma
     as it is (no clamping to a training range: the sigmas come from the emulated scheduler), with the VP
@@ -207,32 +178,25 @@ class _StepODE(DiffusionODE):
 _PLACEHOLDER_SCHEDULE = DiscreteSchedule.from_betas(torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64))
 
 
-# -- the scheduler --------------------------------------------------------------------------------------
 class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
-    """A diffusers scheduler that runs the diffsolve solver ``solver`` (any registered name).
+    """A diffusers scheduler that runs the diffsolve solver ``solver`` (any registered name)::
 
-    Swap it into a pipeline the usual way::
+        pipe.scheduler = DiffsolveScheduler.from_config(pipe.scheduler)                  # same method
+        pipe.scheduler = DiffsolveScheduler.from_config(pipe.scheduler, solver="unipc")  # another one
 
-        pipe.scheduler = DiffsolveScheduler.from_config(pipe.scheduler.config)                  # same method
-        pipe.scheduler = DiffsolveScheduler.from_config(pipe.scheduler.config, solver="unipc")  # another one
-
-    Config: ``solver``, ``solver_options`` (dict), ``emulate`` (the diffusers scheduler class name
-    whose schedule and conventions are reproduced; ``from_config`` takes it from the config's
-    ``_class_name``), ``grid`` / ``grid_options`` (a registered diffsolve grid, native mode only),
-    and every key of the emulated diffusers scheduler (None: that scheduler's default). A key
-    whose value cannot be honoured is an error, never dropped.
+    Config: ``solver``, ``solver_options``, ``emulate`` (the diffusers scheduler whose schedule and conventions
+    are reproduced; ``from_config`` takes the config's ``_class_name``), ``grid`` / ``grid_options`` (native
+    mode only) and every key of the emulated scheduler (None: its default), all keywords of the generated
+    ``__init__`` (``_make_init``). A key whose value cannot be honoured is an error, never dropped.
     """
 
     _compatibles: ClassVar[list[str]] = list(FAMILIES)
     order = 1
-    # __init__(solver=None, solver_options=None, grid=None, grid_options=None, emulate=None, <every key of
-    # the supported diffusers schedulers>=None) is generated below (_make_init), so that
-    # register_to_config records every key by name
+    _get_variance = DDIMScheduler._get_variance  # DDPM's posterior variance (E24), as DDIMScheduler exposes it
 
-    # ------------------------------------------------------------------------------------------------
     def _setup(self):
         cfg = dict(self.config)
-        emulate = cfg.get("emulate")
+        emulate, user = cfg.get("emulate"), cfg.get("solver")
         fam = self.family = FAMILIES.get(emulate)
         if emulate is not None and fam is None:
             raise ValueError(
@@ -240,22 +204,23 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                 "(or None: diffsolve's own grid and DDIM's timestep rule)"
             )
         defaults = _NATIVE_DEFAULTS if fam is None else fam.defaults()
-        given = {k: cfg[k] for k in _family_keys() if cfg.get(k) is not None}
-        foreign = sorted(k for k in given if k not in defaults)
-        if foreign and fam is None:
-            raise ValueError(
-                f"key(s) {foreign} need emulate=<a diffusers scheduler class> (they belong to one; "
-                f"supported: {', '.join(FAMILIES)}); without it the grid is grid=/grid_options="
-            )
+        given = {k: cfg[k] for k in _FAMILY_KEYS if cfg.get(k) is not None}
+        foreign = sorted(set(given) - set(defaults))
         if foreign:
-            raise ValueError(f"key(s) {foreign} are not keys of {emulate}; that scheduler cannot honour them")
+            raise ValueError(
+                f"key(s) {foreign} are not keys of {emulate}; that scheduler cannot honour them"
+                if fam
+                else f"key(s) {foreign} need emulate=<a diffusers scheduler class> (they belong to one; supported: "
+                f"{', '.join(FAMILIES)}); without it the grid is grid=/grid_options="
+            )
         if fam is not None and cfg.get("grid") is not None:
             raise ValueError(
-                f"grid={cfg['grid']!r} with emulate={emulate!r}: the emulated scheduler sets the "
-                "grid; use emulate=None for a diffsolve grid"
+                f"grid={cfg['grid']!r} with emulate={emulate!r}: the emulated scheduler sets the grid; use "
+                "emulate=None for a diffsolve grid"
             )
         self.fcfg = fcfg = dict(defaults, **given)
         self.space, self._ref = ("vp", None) if fam is None else (fam.space, fam.cls.from_config(fcfg))
+        opts = dict(cfg.get("solver_options") or {})
         if fam is not None:
             # the family's own normalisations (DPMSolverMultistep reads solver_type "bh2" as "midpoint",
             # UniPC reads "midpoint" as "bh2"): recorded as that scheduler records them
@@ -266,38 +231,32 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             }
             fcfg.update(changed)
             self.register_to_config(**{k: v for k, v in changed.items() if self.config[k] is not None})
-            for k, ok in fam.honoured.items():
-                if k in fcfg and not ok(fcfg[k]):
-                    raise ValueError(f"{emulate}: {k}={fcfg[k]!r} is not supported by DiffsolveScheduler")
+            for k, allowed in fam.honoured.items():
+                if k in fcfg and fcfg[k] not in allowed:
+                    raise ValueError(
+                        f"{emulate}: {k}={fcfg[k]!r} is not supported by DiffsolveScheduler; supported: "
+                        f"{', '.join(map(repr, allowed))}"
+                    )
+            clash = sorted(k for k in _INTEGRATOR_KEYS if k in defaults and fcfg[k] != defaults[k])
+            if user is not None and clash:
+                raise ValueError(
+                    f"solver={user!r} replaces {emulate}'s own method, so its key(s) {clash} (set to non-default "
+                    "values) cannot be honoured; drop them or drop solver="
+                )
+            if user is None and opts:
+                raise ValueError(f"solver_options={opts} without solver=: name the solver they are for")
         self.prediction, self.transform = prediction_from_config(fcfg), transform_from_config(fcfg)
-        self.solver_name, self.solver_opts, self.orders_rule = self._choose_solver(cfg, fcfg)
+        method = (user or "ddim", opts, None) if user is not None or fam is None else fam.method(fcfg)
+        self.solver_name, self.solver_opts, self.orders_rule = method
         self.solver_class = type(make_solver(self.solver_name, **self.solver_opts))  # validates name and options
         self.order = self.solver_class.calls_per_step
         # the training schedule as from_diffusers reads it, for native mode and for a solver that replaces the
         # family's method (the step ODE's: deis's time and plms's midpoints read it); a family's method reads none
-        self.schedule = schedule_from_config(fcfg) if fam is None or cfg.get("solver") is not None else None
+        self.schedule = schedule_from_config(fcfg) if fam is None or user is not None else None
         # native mode reads DDIM's keys: DDIMScheduler's betas and final level
-        src = self._ref if fam is not None else FAMILIES["DDIMScheduler"].cls.from_config(fcfg)
+        src = self._ref if fam is not None else DDIMScheduler.from_config(fcfg)
         self.betas, self.alphas, self.alphas_cumprod = src.betas, src.alphas, src.alphas_cumprod
         self.final_alpha_cumprod = getattr(src, "final_alpha_cumprod", torch.tensor(1.0))  # 1: no set_alpha_to_one
-
-    def _choose_solver(self, cfg, fcfg) -> tuple[str, dict, Callable | None]:
-        """(solver name, options, step-order rule) from ``solver`` or the emulated family's keys."""
-        user, opts, fam = cfg.get("solver"), dict(cfg.get("solver_options") or {}), self.family
-        if user is None and fam is None:
-            return "ddim", opts, None
-        if user is None:
-            if opts:
-                raise ValueError(f"solver_options={opts} without solver=: name the solver they are for")
-            return fam.method(fcfg)
-        defaults = fam.defaults() if fam is not None else {}
-        clash = sorted(k for k in _INTEGRATOR_KEYS if k in defaults and fcfg[k] != defaults[k])
-        if clash:
-            raise ValueError(
-                f"solver={user!r} replaces {fam.name}'s own method, so its key(s) {clash} (set to "
-                "non-default values) cannot be honoured; drop them or drop solver="
-            )
-        return user, opts, None
 
     # -- diffusers API ---------------------------------------------------------------------------
     @property
@@ -317,29 +276,19 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
     @property
     def init_noise_sigma(self) -> torch.Tensor:
         """Standard deviation of the start noise in the sample's space (1 in VP space)."""
-        if self._ref is not None and self.space == "ve":
-            return torch.as_tensor(float(self._ref.init_noise_sigma))
-        return torch.tensor(1.0)
+        return torch.as_tensor(float(self._ref.init_noise_sigma) if self.space == "ve" else 1.0)
 
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
-        """The model's input: the sample itself in VP space; sample / sqrt(sigma^2 + 1) in the
-        k-diffusion space of Euler/Heun/LMS (E6)."""
-        if self.space == "vp" or self._ref is None:
+        """The model's input: the sample itself in VP space; the emulated family's sample / sqrt(sigma^2 + 1)
+        in the k-diffusion space of Euler/Heun/LMS (E6)."""
+        if self.space == "vp":
             return sample
         self._sync_ref()
         out = self._ref.scale_model_input(sample, timestep)
-        if self._step_index is None:
-            self._step_index = self._ref.step_index
+        self._step_index = self._ref.step_index if self._step_index is None else self._step_index
         return out
 
-    def set_timesteps(
-        self,
-        num_inference_steps: int | None = None,
-        device: str | torch.device | None = None,
-        timesteps=None,
-        sigmas=None,
-        **kwargs,
-    ):
+    def set_timesteps(self, num_inference_steps=None, device=None, timesteps=None, sigmas=None, **kwargs):
         """The timesteps of a run of ``num_inference_steps`` steps (or the given ``timesteps`` /
         ``sigmas``, where the emulated scheduler accepts them)."""
         self._step_index = self._run = None
@@ -348,11 +297,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError("pass num_inference_steps (or timesteps= / sigmas=)")
         if self._ref is not None:
             takes = inspect.signature(self._ref.set_timesteps).parameters
-            for key in given:
-                if key not in takes:
-                    raise ValueError(
-                        f"{self.family.name} does not take {key}= in set_timesteps; pass num_inference_steps"
-                    )
+            for key in given.keys() - takes.keys():
+                raise ValueError(f"{self.family.name} does not take {key}= in set_timesteps; pass num_inference_steps")
             if num_inference_steps is not None:
                 given["num_inference_steps"] = num_inference_steps if given else _steps(num_inference_steps)
             self._ref.set_timesteps(device=device, **given, **kwargs)
@@ -372,20 +318,21 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             sig = make_grid(self.config.grid, self.schedule, steps, **options)
         else:
             sig = diffusers_grid(self.fcfg, _steps(num_inference_steps), self.schedule)
-        self._grid = sig.tolist()
-        self.sigmas = torch.as_tensor(self._grid, dtype=torch.float32)
-        self.num_inference_steps, self._calls = len(self._grid) - 1, self._call_map(self._grid)
-        self._per_step = collections.Counter(i for i, _, _ in self._calls)  # model calls per solver step
+        self._set_grid(sig.tolist())
+        self.sigmas, self.num_inference_steps = torch.as_tensor(self._grid, dtype=torch.float32), len(self._grid) - 1
         t = self.schedule.t(torch.tensor([s for _, _, s in self._calls], dtype=torch.float64))
         self.timesteps = (t.round().to(torch.int64) if torch.equal(t, t.round()) else t.to(torch.float32)).to(device)
+
+    def _set_grid(self, grid: list[float]):
+        """The solver's grid, its model calls (step, call within the step, sigma) and the calls per step."""
+        self._grid, self._calls = grid, self._call_map(grid)
+        self._per_step = collections.Counter(i for i, _, _ in self._calls)
         self._memoryless = False
 
     def _adopt_family_schedule(self, device):
         ref, fam, kind = self._ref, self.family.name, self.family.grid
         self.timesteps, self.num_inference_steps = ref.timesteps, ref.num_inference_steps
-        self._memoryless = kind == "previous" and self.solver_name == "ddim"
-        if kind == "previous":
-            # one step per timestep, to the family's previous timestep (or the final level)
+        if kind == "previous":  # one step per timestep, to the family's previous timestep (or the final level)
             ts = [int(t) for t in ref.timesteps.tolist()]
             g = [self._sigma_of(t) for t in ts] + [self._sigma_prev(ts[-1])]
             self._first_index = {t: k for k, t in reversed(list(enumerate(ts)))}
@@ -395,24 +342,20 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             # diffusers' Heun grid [s0, s1, s1, ..., s_{n-1}, s_{n-1}, 0] is the solver's [s0, s1, ..., 0]; the others
             # step from sigmas[k] to sigmas[k + 1] (log-linear Euler's schedule has one sigma more than it visits)
             g = [g[0]] + g[1:-1:2] + [g[-1]] if kind == "paired" else g[: len(ref.timesteps) + 1]
-        self._grid, self._calls = g, self._call_map(g)
-        self._per_step = collections.Counter(i for i, _, _ in self._calls)  # model calls per solver step
+        self._set_grid(g)
+        self._memoryless = kind == "previous" and self.solver_name == "ddim"
         if (self.solver_name == "heun") if kind == "paired" else (self.solver_class.calls_per_step == 1):
             if len(self._calls) != len(self.timesteps):
                 raise ValueError(
                     f"solver {self.solver_name!r} makes {len(self._calls)} model calls on "
                     f"{fam}'s schedule, which has {len(self.timesteps)} timesteps"
                 )
-        else:  # another solver on the family's grid: one timestep per call, at the family's sigma -> t
-            self.timesteps = self._family_t([s for _, _, s in self._calls]).to(device)
-
-    def _family_t(self, sig: list[float]) -> torch.Tensor:
-        """diffusers' sigma -> timestep rule: linear interpolation of log sigma between levels."""
-        log_sigmas = torch.log(((1 - self.alphas_cumprod) / self.alphas_cumprod).double().sqrt())
-        ls = torch.tensor(sig, dtype=torch.float64).clamp(min=1e-30).log()
-        idx = torch.searchsorted(log_sigmas, ls).clamp(1, len(log_sigmas) - 1)
-        lo, hi = log_sigmas[idx - 1], log_sigmas[idx]
-        return (idx - 1 + ((ls - lo) / (hi - lo)).clamp(0.0, 1.0)).to(torch.float32)
+        else:  # another solver on the family's grid: one timestep per call, at diffusers' sigma -> t (log-linear)
+            log_sigmas = torch.log(((1 - self.alphas_cumprod) / self.alphas_cumprod).double().sqrt())
+            ls = torch.tensor([s for _, _, s in self._calls], dtype=torch.float64).clamp(min=1e-30).log()
+            idx = torch.searchsorted(log_sigmas, ls).clamp(1, len(log_sigmas) - 1)
+            lo, hi = log_sigmas[idx - 1], log_sigmas[idx]
+            self.timesteps = (idx - 1 + ((ls - lo) / (hi - lo)).clamp(0.0, 1.0)).to(torch.float32).to(device)
 
     def _sigma_of(self, t: int) -> float:
         a = float(self.alphas_cumprod[t])
@@ -420,13 +363,13 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         return math.sqrt((1.0 - a) / a)
 
     def _sigma_prev(self, t: int) -> float:
-        ref = self._ref
+        ref, acp = self._ref, self._ref.alphas_cumprod
         if self.family.name == "DDPMScheduler":
             prev = int(ref.previous_timestep(t))
-            a = float(ref.alphas_cumprod[prev]) if prev >= 0 else 1.0
+            a = float(acp[prev]) if prev >= 0 else 1.0
         else:
             prev = t - ref.config.num_train_timesteps // ref.num_inference_steps
-            a = float(ref.alphas_cumprod[prev]) if prev >= 0 else float(ref.final_alpha_cumprod)
+            a = float(acp[prev]) if prev >= 0 else float(ref.final_alpha_cumprod)
         return math.sqrt(max(1.0 - a, 0.0) / a)
 
     def step(
@@ -479,13 +422,11 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                 "use_clipped_model_output=False with clip_sample/thresholding: diffsolve keeps the "
                 "clipped x0 and its eps consistent; pass True (or leave it unset)"
             )
-        # the noise of this call's step
         self._draw = make_noise_sampler(generator) if variance_noise is None else lambda like: variance_noise.to(like)
         if self._memoryless:  # DDIM/DDPM: a run of one step from t to the family's previous timestep, any t
             t = int(timestep)
-            k = self._first_index.get(t)
             run = self._begin_run(0, [self._sigma_of(t), self._sigma_prev(t)], sample, eta, unclipped)
-            i, j, sigma = 0, 0, run.grid[0]
+            k, i, j, sigma = self._first_index.get(t), 0, 0, run.grid[0]
         else:
             k = self._next_call(timestep, sample, eta)
             run, (i, j, sigma) = self._run, self._calls[k]
@@ -511,23 +452,14 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         )
         return sa * original_samples + sb * noise
 
-    def _get_variance(self, timestep: int, prev_timestep: int) -> torch.Tensor:
-        """DDPM's posterior variance between two training timesteps, VP space (docs/math.md E24):
-        (1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev), as DDIMScheduler exposes it."""
-        a_t = self.alphas_cumprod[timestep]
-        a_prev = self.alphas_cumprod[prev_timestep] if prev_timestep >= 0 else self.final_alpha_cumprod
-        return (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
-
     def __len__(self) -> int:
         return int(self.fcfg["num_train_timesteps"])
 
     # -- internals -----------------------------------------------------------------------------------
     def _sync_ref(self):
-        ref = self._ref
-        if hasattr(ref, "_begin_index"):
-            ref._begin_index = self._begin_index
-        if hasattr(ref, "_step_index"):
-            ref._step_index = self._step_index
+        for name in ("_begin_index", "_step_index"):
+            if hasattr(self._ref, name):
+                setattr(self._ref, name, getattr(self, name))
 
     def _to_xbar(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         return x * math.sqrt(1.0 + sigma * sigma) if self.space == "vp" else x
@@ -555,16 +487,15 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         return self.solver_class(**opts)
 
     def _call_map(self, grid: list[float]) -> list[tuple[int, int, float]]:
-        """(step, call within the step, sigma) of every model call of the solver on ``grid``,
-        from two probe runs (they must agree: a fixed-step solver's calls do not depend on data)."""
-        n = len(grid) - 1
-        cls = self.solver_class
+        """(step, call within the step, sigma) of every model call of the solver on ``grid``; for another
+        solver than the family's own, from two probe runs that must agree (fixed-step calls ignore the data)."""
+        n, cls, name = len(grid) - 1, self.solver_class, repr(self.solver_name)
         if self.family is not None and self.config.solver is None:  # the family's own method
             if cls.calls_per_step == 1:
                 return [(i, 0, grid[i]) for i in range(n)]
             if self.family.grid == "paired":  # two calls per step, one on the step into 0
                 return [c for i in range(n) for c in [(i, 0, grid[i])] + ([(i, 1, grid[i + 1])] if grid[i + 1] else [])]
-        name, elsewhere = repr(self.solver_name), "; use it through diffsolve.sample(diffsolve.from_diffusers(...))"
+        elsewhere = "; use it through diffsolve.sample(diffsolve.from_diffusers(...))"
         if cls.legacy:
             raise ValueError(
                 f"solver {name} uses the first Solver contract (step(i, x) calls the model), which a pipeline "
@@ -582,38 +513,49 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         patterns = []
         for fn in (torch.zeros_like, lambda x: 0.5 * torch.tanh(3 * x) + 0.1):
             view = self._ode(lambda x, t, fn=fn, **_: fn(x), "eps", None).start_run(wants_denoised=False)
-            solver, seen = self._new_solver(), []
-            state, x = (
-                solver.init(view, grid, torch.zeros_like),
-                torch.linspace(-1.5, 1.5, 4, dtype=torch.float64)[None],
-            )
+            solver, x, seen = self._new_solver(), torch.linspace(-1.5, 1.5, 4, dtype=torch.float64)[None], []
+            state = solver.init(view, grid, torch.zeros_like)
             for i in range(n):  # each step's model requests, at the sigmas the solver asks for
-                gen, j = solver.step(i, x, state), 0
+                gen, reply = solver.step(i, x, state), None
                 try:
-                    request = gen.send(None)
-                    while True:
+                    for j in itertools.count():
+                        request = gen.send(reply)
                         seen.append((i, j, request[1]))
-                        request, j = gen.send(answer(view, *request)), j + 1
+                        reply = answer(view, *request)
                 except StopIteration as stop:
                     x = stop.value[0]
             patterns.append(seen)
         if patterns[0] != patterns[1]:
             raise DataDependentCallsError(
-                f"solver {self.solver_name!r} chooses where to call the model from the data (an iterated "
-                "corrector), but a diffusers pipeline needs its timesteps before the first call"
+                f"solver {name} chooses where to call the model from the data (an iterated corrector), but a "
+                "diffusers pipeline needs its timesteps before the first call"
             )
         return patterns[0]
 
-    def _start(self, timestep) -> int:
-        """The index in ``timesteps`` where a run starts: ``begin_index``, else that of ``timestep`` by value
-        (diffusers' rule: the second match if it occurs twice, so a run starting mid-schedule skips no sigma;
-        DPM-Solver/UniPC/DEIS take the last index when the timestep is not in their schedule)."""
-        ts, ref = self.timesteps, self._ref
-        if self._begin_index is not None:
-            k = self._begin_index
-        elif ref is not None and ts is ref.timesteps and hasattr(ref, "index_for_timestep"):
+    def _next_call(self, timestep, sample, eta: float) -> int:
+        """The index in ``timesteps`` of this call: the run's next one, or the first of a new run at
+        ``begin_index``, else at ``timestep`` found by value (diffusers' rule: the second match if it occurs
+        twice, so a run starting mid-schedule skips no sigma; DPM-Solver/UniPC/DEIS take the last index when
+        the timestep is not in their schedule)."""
+        ts, ref, k = self.timesteps, self._ref, self._step_index
+        if k is not None and self._run is not None:
+            tv = float(timestep)
+            if k >= len(self._calls) or abs(float(ts[k]) - tv) > 1e-4 * max(1.0, abs(tv)):
+                expected = f"at timesteps[{k}] = {float(ts[k])}" if k < len(self._calls) else "none (run over)"
+                raise ValueError(
+                    f"step() got timestep {tv} but the next call is {expected}: step through scheduler.timesteps "
+                    "in order, or call set_timesteps() / set_begin_index() to start a new run"
+                )
+            if eta != self._run.eta:
+                raise ValueError(
+                    f"eta={eta} given to step() after a run started with eta={self._run.eta}: one eta per run "
+                    "(it sets the solver's coefficients for the whole grid)"
+                )
+            return k
+        k = self._begin_index if k is None else k
+        if k is None and ref is not None and ts is ref.timesteps and hasattr(ref, "index_for_timestep"):
             k = int(ref.index_for_timestep(timestep.to(ts.device) if isinstance(timestep, torch.Tensor) else timestep))
-        else:
+        elif k is None:
             tv = torch.as_tensor(timestep, dtype=torch.float64).cpu()
             hits = torch.isclose(ts.double().cpu(), tv, rtol=1e-6, atol=1e-6).nonzero().flatten().tolist()
             if not hits:
@@ -621,10 +563,33 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                     f"timestep {float(tv)} is not in this schedule's timesteps ({ts.tolist()[:4]}...); "
                     "step through scheduler.timesteps"
                 )
-            k = hits[1] if len(hits) > 1 else hits[0]
+            k = hits[min(1, len(hits) - 1)]
         if not 0 <= k < len(self._calls):
             raise ValueError(f"begin_index={k} is outside the {len(self._calls)} timesteps of this schedule")
+        i, j, _ = self._calls[k]
+        if j != 0:
+            raise ValueError(
+                f"timesteps[{k}] is the call {j + 1} of a solver step, not the start of one: start "
+                "runs at a step's first call (set_begin_index(t_start * scheduler.order))"
+            )
+        self._begin_run(i, self._grid[i:], sample, eta)
         return k
+
+    def _begin_run(self, i: int, grid: list[float], sample, eta: float, unclipped: bool = False):
+        """A run of the solver from step ``i`` over ``grid``, fed the outputs of the pipeline's calls and
+        the noise of the current call. The run ends at the first level that does not decrease: zero-length
+        steps at the end (karras sigmas with final_sigmas_type="sigma_min" repeat the last sigma) are taken
+        as diffusers takes a step of length h = 0; a level repeated earlier is an error when reached."""
+        cut = next((m for m in range(len(grid) - 1) if not grid[m + 1] < grid[m]), len(grid) - 1)
+        later = next((g for g in grid[cut + 1 :] if g != grid[cut]), None)
+        run = types.SimpleNamespace(start=i, grid=grid[: cut + 1], dtype=state_dtype_for(sample.dtype), steps=cut)
+        run.bad, run.eta, run.last, run.corrected = None if later is None else (grid[cut], later), eta, None, False
+        ode = self._ode(lambda x, t, **_: run.out, *(("eps", None) if unclipped else ()))
+        run.view = ode.start_run(input_dtype=sample.dtype, wants_denoised=True)
+        run.solver = self._new_solver(i, run.steps, **({"eta": eta} if eta else {}))
+        run.state = run.solver.init(run.view, run.grid, lambda like: self._draw(like))
+        self._run = run
+        return run
 
     def _feed(self, run, i: int, j: int, sigma: float, model_output, sample, unclipped: bool):
         """The model output of call ``j`` of step ``i`` (at ``sigma``) fed to the run's open solver step:
@@ -649,9 +614,9 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             run.gen = run.solver.step(step, x, run.state)
             run.request = run.gen.send(None)
         x_req, s_req, _ = run.request
-        answer = run.view.predict(x_req, s_req)  # this call's output, at the point the solver asked for
+        reply = run.view.predict(x_req, s_req)  # this call's output, at the point the solver asked for
         try:
-            run.request = run.gen.send(answer)
+            run.request = run.gen.send(reply)
         except StopIteration as stop:
             if j + 1 != self._per_step[i]:
                 raise DataDependentCallsError(
@@ -669,33 +634,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             )
         # the step needs another call: the pipeline evaluates the model at the point it asks for next
         x_mid, s_mid, _ = run.request
-        return self._from_xbar(x_mid, s_mid).to(in_dtype), answer[0].to(in_dtype)
-
-    def _next_call(self, timestep, sample, eta: float) -> int:
-        """The index in ``timesteps`` of this call: the run's next one, or the first of a new run."""
-        if self._step_index is None or self._run is None:
-            k = self._start(timestep) if self._step_index is None else self._step_index
-            i, j, _ = self._calls[k]
-            if j != 0:
-                raise ValueError(
-                    f"timesteps[{k}] is the call {j + 1} of a solver step, not the start of one: start "
-                    "runs at a step's first call (set_begin_index(t_start * scheduler.order))"
-                )
-            self._begin_run(i, self._grid[i:], sample, eta)
-            return k
-        k, tv = self._step_index, float(timestep)
-        if k >= len(self._calls) or abs(float(self.timesteps[k]) - tv) > 1e-4 * max(1.0, abs(tv)):
-            expected = f"at timesteps[{k}] = {float(self.timesteps[k])}" if k < len(self._calls) else "none (run over)"
-            raise ValueError(
-                f"step() got timestep {tv} but the next call is {expected}: step through scheduler.timesteps "
-                "in order, or call set_timesteps() / set_begin_index() to start a new run"
-            )
-        if eta != self._run.eta:
-            raise ValueError(
-                f"eta={eta} given to step() after a run started with eta={self._run.eta}: one eta per run "
-                "(it sets the solver's coefficients for the whole grid)"
-            )
-        return k
+        return self._from_xbar(x_mid, s_mid).to(in_dtype), reply[0].to(in_dtype)
 
     def _unclipped(self, x, out, sigma: float):
         """diffusers' DDIM with use_clipped_model_output=False combines the clipped x0 with the raw eps:
@@ -720,37 +659,11 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             run.corrected = True
         return x, denoised
 
-    def _begin_run(self, i: int, grid: list[float], sample, eta: float, unclipped: bool = False):
-        """A run of the solver from step ``i`` over ``grid``; its model is the output of the pipeline's
-        current call and its noise the current call's."""
-        # the solver runs up to the first level that does not decrease. A schedule may end with
-        # zero-length steps (karras sigmas with final_sigmas_type="sigma_min" repeat the last sigma):
-        # those are taken as diffusers takes a step of length h = 0. A level repeated earlier (more
-        # steps than distinct levels) is an error when the run reaches it, not before.
-        cut = next((m for m in range(len(grid) - 1) if not grid[m + 1] < grid[m]), None)
-        bad = None
-        if cut is not None:
-            if any(g != grid[cut] for g in grid[cut:]):
-                later = next(g for g in grid[cut:] if g != grid[cut]) if grid[cut + 1] == grid[cut] else grid[cut + 1]
-                bad = (grid[cut], later)
-            grid = grid[: cut + 1]
-        run = types.SimpleNamespace(
-            start=i, grid=grid, dtype=state_dtype_for(sample.dtype), steps=len(grid) - 1, bad=bad, eta=eta
-        )
-        run.last, run.corrected, run.out = None, False, None
-        ode = self._ode(lambda x, t, **_: run.out, *(("eps", None) if unclipped else ()))
-        run.view = ode.start_run(input_dtype=sample.dtype, wants_denoised=True)
-        run.solver = self._new_solver(i, run.steps, **({"eta": eta} if eta else {}))
-        run.state = run.solver.init(run.view, grid, lambda like: self._draw(like))
-        self._run = run
-        return run
-
-    # -- construction ----------------------------------------------------------------------------------
     @classmethod
     def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
-        """From any scheduler's config: the config's ``_class_name`` (a supported diffusers scheduler)
-        becomes ``emulate``, and every key of that scheduler is read, its defaults included (so the
-        scheduler the config came from is reproduced). Keyword arguments override config keys."""
+        """From any scheduler's config (or the scheduler): its ``_class_name`` (a supported diffusers scheduler)
+        becomes ``emulate``, and every key of that scheduler is read, its defaults included (so the scheduler
+        the config came from is reproduced). Keyword arguments override config keys."""
         if hasattr(config, "config") and not isinstance(config, dict):  # a scheduler object: its class
             config = dict(config.config, _class_name=type(config).__name__)
         cfg = dict(config or {})
@@ -762,8 +675,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             cfg.update({k: cfg.get(k, v) for k, v in FAMILIES[name].defaults().items()})
         elif not chosen and name is not None and not issubclass(cls, _class_named(name)):
             defaults = _init_defaults(name)
-            keys = set(defaults)
-            beta = bool(keys & {"beta_schedule", "trained_betas"})  # a DDPM training schedule native mode reads
+            beta = bool(defaults.keys() & {"beta_schedule", "trained_betas"})  # a DDPM training schedule
             spacing = sorted(k for k in _GRID_KEYS if k in cfg and cfg[k] != defaults.get(k))
             if not beta or spacing:
                 what = "its schedule is not a DDPM beta schedule" if not beta else f"its key(s) {spacing} set the grid"
@@ -775,14 +687,13 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                 )
             if kwargs.get("solver", cfg.get("solver")) is None:
                 raise ValueError(
-                    f"DiffsolveScheduler cannot reproduce {name}; supported: {', '.join(FAMILIES)}. "
-                    "Name a diffsolve solver (solver=...) to run it on this config's training "
-                    "schedule, or pass emulate="
+                    f"DiffsolveScheduler cannot reproduce {name}; supported: {', '.join(FAMILIES)}. Name a diffsolve "
+                    "solver (solver=...) to run it on this config's training schedule, or pass emulate="
                 )
             # solver= replaces the source's method: its training schedule is read (native mode) and its
             # method's own keys (e.g. PNDM's skip_prk_steps) have nothing left to act on
+            cfg = {k: v for k, v in cfg.items() if k in _NATIVE_DEFAULTS or k not in defaults}
             cfg["emulate"] = None
-            cfg = {k: v for k, v in cfg.items() if k not in keys - set(_NATIVE_DEFAULTS)}
         own = set(inspect.signature(cls.__init__).parameters) - {"self"}
         # keyword overrides too, unless the caller collects the unused ones (from_pretrained's path)
         candidates = list(cfg) + ([] if return_unused_kwargs else list(kwargs))
@@ -795,14 +706,10 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         return super().from_config(cfg, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
 
-#: keys of a diffusers scheduler that shape its sigma grid (a method replaced by solver= cannot drop them)
-_GRID_KEYS = "use_karras_sigmas use_exponential_sigmas use_beta_sigmas use_lu_lambdas shift use_flow_sigmas".split()
-
-
 def _family_of_keys(cfg) -> str | None:
     """The diffusers scheduler whose keys are exactly those of ``cfg`` (the config of a scheduler
     built in this process carries no ``_class_name``; its keys still name its class)."""
-    hits = classes_with_keys(cfg, list(dict.fromkeys([*FAMILIES, *FAMILIES["DDIMScheduler"].cls._compatibles])))
+    hits = classes_with_keys(cfg, list(dict.fromkeys([*FAMILIES, *DDIMScheduler._compatibles])))
     if len(hits) > 1:
         raise ValueError(
             f"the config's keys are those of {' and of '.join(hits)}: pass the scheduler itself "
@@ -821,10 +728,10 @@ def _steps(n) -> int:
 
 
 def _make_init():
-    """DiffsolveScheduler.__init__ with every diffusers key as an explicit keyword (default None:
-    the emulated scheduler's default), so ``register_to_config`` records them all."""
+    """DiffsolveScheduler.__init__ with every key as an explicit keyword (default None: the emulated
+    scheduler's default), so that ``register_to_config`` records them all."""
     P = inspect.Parameter
-    keys = ("self", *_OWN_KEYS, *_family_keys())
+    keys = ("self", *_OWN_KEYS, *_FAMILY_KEYS)
     sig = inspect.Signature([P(k, P.POSITIONAL_OR_KEYWORD, **({} if k == "self" else {"default": None})) for k in keys])
 
     def __init__(self, *args, **kwargs):
