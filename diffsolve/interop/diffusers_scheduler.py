@@ -19,6 +19,7 @@ import types
 from collections.abc import Callable
 from typing import ClassVar
 
+import diffusers
 import torch
 from diffusers import DDIMScheduler
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -41,29 +42,21 @@ class DataDependentCallsError(ValueError):
     """The solver decides where to call the model from the data: no fixed timestep list exists."""
 
 
-def _class_named(name: str) -> type:
-    """diffusers' scheduler class ``name`` (a class nothing derives from when diffusers has none)."""
-    import diffusers
-
-    found = getattr(diffusers, name, None) if name.isidentifier() else None
-    return found if isinstance(found, type) else type("_Unknown", (), {})
-
-
 def _init_defaults(name: str) -> dict:
-    """The ``__init__`` keys of diffusers' class ``name``, with their defaults ({}: no such class)."""
-    init = vars(_class_named(name)).get("__init__")
+    """The ``__init__`` keys of diffusers' scheduler class ``name``, with their defaults ({}: no such class)."""
+    cls = getattr(diffusers, name, None) if name.isidentifier() else None
+    init = vars(cls).get("__init__") if isinstance(cls, type) else None
     params = inspect.signature(init).parameters.items() if init is not None else ()
     return {k: p.default for k, p in params if k not in ("self", "kwargs")}
 
 
-# -- the families ----------------------------------------------------------------------------------
+# -- the families: what DiffsolveScheduler reproduces of each diffusers scheduler class -------------------
 @dataclasses.dataclass(frozen=True)
 class _Family:
-    """One diffusers scheduler class reproduced: the sample's space, its own method (config -> (solver,
-    options, per-step order rule or None)), the values it honours of some keys (key -> allowed values; other
-    keys: any value), and how its schedule makes the solver's grid: "sigmas" (steps sigmas[k] -> sigmas[k + 1]),
-    "previous" (DDIM/DDPM: each timestep to the family's previous one, memoryless) or "paired" (Heun: inner
-    sigmas listed twice, two calls per step)."""
+    """The sample's space, the family's own method (config -> (solver, options, per-step order rule or None)),
+    the values it honours of some keys (key -> allowed values; other keys: any value), and how its schedule is
+    the solver's grid: "sigmas" (steps sigmas[k] -> sigmas[k + 1]), "previous" (DDIM/DDPM: each timestep to the
+    family's previous one, memoryless) or "paired" (Heun: inner sigmas listed twice, two calls per step)."""
 
     name: str
     space: str
@@ -71,17 +64,12 @@ class _Family:
     honoured: dict = dataclasses.field(default_factory=dict)
     grid: str = "sigmas"
 
-    @property
-    def cls(self) -> type:
-        return _class_named(self.name)
-
     def defaults(self) -> dict:
         return _init_defaults(self.name)
 
 
-# -- step orders: diffusers' rules -------------------------------------------------------------------
 def _dpm_orders(cfg, n: int, start: int, final_zero: bool) -> list[int]:
-    """DPMSolverMultistep / DEIS: warm-up from the first step taken, ``lower_order_final`` on
+    """DPMSolverMultistep / DEIS step orders: warm-up from the first step taken, ``lower_order_final`` on
     schedules of fewer than 15 steps, ``euler_at_final``, a first-order step into sigma = 0."""
     order, lof = int(cfg["solver_order"]), bool(cfg.get("lower_order_final", True)) and n < 15
     first_at_end = bool(cfg.get("euler_at_final", False)) or lof or final_zero
@@ -90,12 +78,11 @@ def _dpm_orders(cfg, n: int, start: int, final_zero: bool) -> list[int]:
 
 
 def _unipc_orders(cfg, n: int, start: int, final_zero: bool) -> list[int]:
-    """UniPC: ``lower_order_final`` caps the order at the steps left (no 15-step condition)."""
+    """UniPC step orders: ``lower_order_final`` caps the order at the steps left (no 15-step condition)."""
     order, lof = int(cfg["solver_order"]), cfg.get("lower_order_final", True)
     return [min(min(order, n - k) if lof else order, k - start + 1) for k in range(start, n)]
 
 
-# -- each family's own method: (diffsolve solver, options, per-step order rule) from its keys ---------
 def _fixed(name: str, **options) -> Callable:
     return lambda fcfg: (name, dict(options), None)
 
@@ -165,9 +152,8 @@ _GRID_KEYS = "use_karras_sigmas use_exponential_sigmas use_beta_sigmas use_lu_la
 
 
 class _StepODE(DiffusionODE):
-    """The sigma-form ODE (E29) whose model is the output the pipeline handed to ``step``: the grid's sigma
-    as it is (no clamping to a training range: the sigmas come from the emulated scheduler), with the VP
-    scale a(sigma) = 1/sqrt(1 + sigma^2) (E6)."""
+    """The sigma-form ODE (E29) whose model is the output the pipeline handed to ``step``: the grid's sigma as
+    it is (not clamped to a training range), with the VP scale a(sigma) = 1/sqrt(1 + sigma^2) (E6)."""
 
     def _level(self, sigma: float) -> tuple[float, float, torch.Tensor]:
         a = 1.0 / math.sqrt(1.0 + sigma * sigma)
@@ -187,7 +173,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
     Config: ``solver``, ``solver_options``, ``emulate`` (the diffusers scheduler whose schedule and conventions
     are reproduced; ``from_config`` takes the config's ``_class_name``), ``grid`` / ``grid_options`` (native
     mode only) and every key of the emulated scheduler (None: its default), all keywords of the generated
-    ``__init__`` (``_make_init``). A key whose value cannot be honoured is an error, never dropped.
+    ``__init__`` (``_make_init``). A key whose value cannot be honoured is an error, never dropped. Pipelines
+    read ``step_index`` (the index in ``timesteps`` of the next call) and ``begin_index`` as attributes.
     """
 
     _compatibles: ClassVar[list[str]] = list(FAMILIES)
@@ -196,12 +183,12 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
 
     def _setup(self):
         cfg = dict(self.config)
-        emulate, user = cfg.get("emulate"), cfg.get("solver")
+        emulate, user, opts = cfg.get("emulate"), cfg.get("solver"), dict(cfg.get("solver_options") or {})
         fam = self.family = FAMILIES.get(emulate)
         if emulate is not None and fam is None:
             raise ValueError(
-                f"emulate={emulate!r} is not supported; supported: {', '.join(FAMILIES)} "
-                "(or None: diffsolve's own grid and DDIM's timestep rule)"
+                f"emulate={emulate!r} is not supported; supported: {', '.join(FAMILIES)} (or None: diffsolve's "
+                "own grid and DDIM's timestep rule)"
             )
         defaults = _NATIVE_DEFAULTS if fam is None else fam.defaults()
         given = {k: cfg[k] for k in _FAMILY_KEYS if cfg.get(k) is not None}
@@ -219,8 +206,9 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                 "emulate=None for a diffsolve grid"
             )
         self.fcfg = fcfg = dict(defaults, **given)
-        self.space, self._ref = ("vp", None) if fam is None else (fam.space, fam.cls.from_config(fcfg))
-        opts = dict(cfg.get("solver_options") or {})
+        self.space, self._ref = (
+            ("vp", None) if fam is None else (fam.space, getattr(diffusers, emulate).from_config(fcfg))
+        )
         if fam is not None:
             # the family's own normalisations (DPMSolverMultistep reads solver_type "bh2" as "midpoint",
             # UniPC reads "midpoint" as "bh2"): recorded as that scheduler records them
@@ -253,25 +241,16 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         # the training schedule as from_diffusers reads it, for native mode and for a solver that replaces the
         # family's method (the step ODE's: deis's time and plms's midpoints read it); a family's method reads none
         self.schedule = schedule_from_config(fcfg) if fam is None or user is not None else None
-        # native mode reads DDIM's keys: DDIMScheduler's betas and final level
-        src = self._ref if fam is not None else DDIMScheduler.from_config(fcfg)
+        src = (
+            self._ref if fam is not None else DDIMScheduler.from_config(fcfg)
+        )  # native mode: DDIM's betas and final level
         self.betas, self.alphas, self.alphas_cumprod = src.betas, src.alphas, src.alphas_cumprod
         self.final_alpha_cumprod = getattr(src, "final_alpha_cumprod", torch.tensor(1.0))  # 1: no set_alpha_to_one
 
     # -- diffusers API ---------------------------------------------------------------------------
-    @property
-    def step_index(self) -> int | None:
-        """Index in ``timesteps`` of the next call (None before the first ``step``)."""
-        return self._step_index
-
-    @property
-    def begin_index(self) -> int | None:
-        """Index of the first timestep, set by ``set_begin_index`` (img2img)."""
-        return self._begin_index
-
     def set_begin_index(self, begin_index: int = 0) -> None:
         """Start the next run at ``timesteps[begin_index]`` (pipelines call it before img2img)."""
-        self._begin_index = int(begin_index)
+        self.begin_index = int(begin_index)
 
     @property
     def init_noise_sigma(self) -> torch.Tensor:
@@ -279,25 +258,24 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         return torch.as_tensor(float(self._ref.init_noise_sigma) if self.space == "ve" else 1.0)
 
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
-        """The model's input: the sample itself in VP space; the emulated family's sample / sqrt(sigma^2 + 1)
-        in the k-diffusion space of Euler/Heun/LMS (E6)."""
+        """The model's input: the sample in VP space; in the k-diffusion space of Euler/Heun/LMS the family's
+        sample / sqrt(sigma^2 + 1) (E6)."""
         if self.space == "vp":
             return sample
         self._sync_ref()
         out = self._ref.scale_model_input(sample, timestep)
-        self._step_index = self._ref.step_index if self._step_index is None else self._step_index
+        self.step_index = self._ref.step_index if self.step_index is None else self.step_index
         return out
 
     def set_timesteps(self, num_inference_steps=None, device=None, timesteps=None, sigmas=None, **kwargs):
-        """The timesteps of a run of ``num_inference_steps`` steps (or the given ``timesteps`` /
-        ``sigmas``, where the emulated scheduler accepts them)."""
-        self._step_index = self._run = None
+        """The timesteps of a run of ``num_inference_steps`` steps (or the given ``timesteps`` / ``sigmas``,
+        where the emulated scheduler accepts them)."""
+        self.step_index = self._run = None
         given = {k: v for k, v in (("timesteps", timesteps), ("sigmas", sigmas)) if v is not None}
         if num_inference_steps is None and not given:
             raise ValueError("pass num_inference_steps (or timesteps= / sigmas=)")
         if self._ref is not None:
-            takes = inspect.signature(self._ref.set_timesteps).parameters
-            for key in given.keys() - takes.keys():
+            for key in given.keys() - inspect.signature(self._ref.set_timesteps).parameters.keys():
                 raise ValueError(f"{self.family.name} does not take {key}= in set_timesteps; pass num_inference_steps")
             if num_inference_steps is not None:
                 given["num_inference_steps"] = num_inference_steps if given else _steps(num_inference_steps)
@@ -314,8 +292,9 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         elif sigmas is not None:
             sig = validate_sigmas(sigmas)
         elif self.config.grid is not None:
-            steps, options = _steps(num_inference_steps), self.config.grid_options or {}
-            sig = make_grid(self.config.grid, self.schedule, steps, **options)
+            sig = make_grid(
+                self.config.grid, self.schedule, _steps(num_inference_steps), **(self.config.grid_options or {})
+            )
         else:
             sig = diffusers_grid(self.fcfg, _steps(num_inference_steps), self.schedule)
         self._set_grid(sig.tolist())
@@ -323,18 +302,17 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         t = self.schedule.t(torch.tensor([s for _, _, s in self._calls], dtype=torch.float64))
         self.timesteps = (t.round().to(torch.int64) if torch.equal(t, t.round()) else t.to(torch.float32)).to(device)
 
-    def _set_grid(self, grid: list[float]):
+    def _set_grid(self, grid: list[float], memoryless: bool = False):
         """The solver's grid, its model calls (step, call within the step, sigma) and the calls per step."""
-        self._grid, self._calls = grid, self._call_map(grid)
+        self._grid, self._calls, self._memoryless = grid, self._call_map(grid), memoryless
         self._per_step = collections.Counter(i for i, _, _ in self._calls)
-        self._memoryless = False
 
     def _adopt_family_schedule(self, device):
-        ref, fam, kind = self._ref, self.family.name, self.family.grid
+        ref, kind, name = self._ref, self.family.grid, self.solver_name
         self.timesteps, self.num_inference_steps = ref.timesteps, ref.num_inference_steps
         if kind == "previous":  # one step per timestep, to the family's previous timestep (or the final level)
             ts = [int(t) for t in ref.timesteps.tolist()]
-            g = [self._sigma_of(t) for t in ts] + [self._sigma_prev(ts[-1])]
+            g = [self._sigma_of(t) for t in ts] + [self._sigma_of(ts[-1], previous=True)]
             self._first_index = {t: k for k, t in reversed(list(enumerate(ts)))}
             self.sigmas = torch.as_tensor(g, dtype=torch.float32)
         else:
@@ -342,13 +320,12 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             # diffusers' Heun grid [s0, s1, s1, ..., s_{n-1}, s_{n-1}, 0] is the solver's [s0, s1, ..., 0]; the others
             # step from sigmas[k] to sigmas[k + 1] (log-linear Euler's schedule has one sigma more than it visits)
             g = [g[0]] + g[1:-1:2] + [g[-1]] if kind == "paired" else g[: len(ref.timesteps) + 1]
-        self._set_grid(g)
-        self._memoryless = kind == "previous" and self.solver_name == "ddim"
-        if (self.solver_name == "heun") if kind == "paired" else (self.solver_class.calls_per_step == 1):
+        self._set_grid(g, memoryless=kind == "previous" and name == "ddim")
+        if (name == "heun") if kind == "paired" else (self.solver_class.calls_per_step == 1):
             if len(self._calls) != len(self.timesteps):
                 raise ValueError(
-                    f"solver {self.solver_name!r} makes {len(self._calls)} model calls on "
-                    f"{fam}'s schedule, which has {len(self.timesteps)} timesteps"
+                    f"solver {name!r} makes {len(self._calls)} model calls on {self.family.name}'s schedule, which "
+                    f"has {len(self.timesteps)} timesteps"
                 )
         else:  # another solver on the family's grid: one timestep per call, at diffusers' sigma -> t (log-linear)
             log_sigmas = torch.log(((1 - self.alphas_cumprod) / self.alphas_cumprod).double().sqrt())
@@ -357,20 +334,20 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             lo, hi = log_sigmas[idx - 1], log_sigmas[idx]
             self.timesteps = (idx - 1 + ((ls - lo) / (hi - lo)).clamp(0.0, 1.0)).to(torch.float32).to(device)
 
-    def _sigma_of(self, t: int) -> float:
+    def _sigma_of(self, t: int, previous: bool = False) -> float:
+        """sigma at training timestep ``t``, or at the family's previous timestep (DDPM's previous_timestep,
+        DDIM's t - T // N; the final level below 0)."""
+        if previous:
+            ref = self._ref
+            if hasattr(ref, "previous_timestep"):
+                t = int(ref.previous_timestep(t))
+            else:
+                t -= ref.config.num_train_timesteps // ref.num_inference_steps
+            a = float(self.alphas_cumprod[t]) if t >= 0 else float(self.final_alpha_cumprod)
+            return math.sqrt(max(1.0 - a, 0.0) / a)
         a = float(self.alphas_cumprod[t])
         a = a if a > 0 else 2.0**-24  # zero terminal SNR: the ODE cannot start at sigma = inf (docs/diffusers.md)
         return math.sqrt((1.0 - a) / a)
-
-    def _sigma_prev(self, t: int) -> float:
-        ref, acp = self._ref, self._ref.alphas_cumprod
-        if self.family.name == "DDPMScheduler":
-            prev = int(ref.previous_timestep(t))
-            a = float(acp[prev]) if prev >= 0 else 1.0
-        else:
-            prev = t - ref.config.num_train_timesteps // ref.num_inference_steps
-            a = float(acp[prev]) if prev >= 0 else float(ref.final_alpha_cumprod)
-        return math.sqrt(max(1.0 - a, 0.0) / a)
 
     def step(
         self,
@@ -425,13 +402,13 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         self._draw = make_noise_sampler(generator) if variance_noise is None else lambda like: variance_noise.to(like)
         if self._memoryless:  # DDIM/DDPM: a run of one step from t to the family's previous timestep, any t
             t = int(timestep)
-            run = self._begin_run(0, [self._sigma_of(t), self._sigma_prev(t)], sample, eta, unclipped)
+            run = self._begin_run(0, [self._sigma_of(t), self._sigma_of(t, previous=True)], sample, eta, unclipped)
             k, i, j, sigma = self._first_index.get(t), 0, 0, run.grid[0]
         else:
             k = self._next_call(timestep, sample, eta)
             run, (i, j, sigma) = self._run, self._calls[k]
         prev, denoised = self._feed(run, i, j, sigma, model_output, sample, unclipped)
-        self._step_index = None if k is None else k + 1
+        self.step_index = None if k is None else k + 1
         return DDIMSchedulerOutput(prev_sample=prev, pred_original_sample=denoised) if return_dict else (prev, denoised)
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
@@ -457,15 +434,15 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
 
     # -- internals -----------------------------------------------------------------------------------
     def _sync_ref(self):
-        for name in ("_begin_index", "_step_index"):
-            if hasattr(self._ref, name):
-                setattr(self._ref, name, getattr(self, name))
+        for name in ("begin_index", "step_index"):
+            if hasattr(self._ref, "_" + name):
+                setattr(self._ref, "_" + name, getattr(self, name))
 
-    def _to_xbar(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
-        return x * math.sqrt(1.0 + sigma * sigma) if self.space == "vp" else x
-
-    def _from_xbar(self, xbar: torch.Tensor, sigma: float) -> torch.Tensor:
-        return xbar / math.sqrt(1.0 + sigma * sigma) if self.space == "vp" else xbar
+    def _xbar(self, x: torch.Tensor, sigma: float, back: bool = False) -> torch.Tensor:
+        """The state xbar = x sqrt(1 + sigma^2) of the VP sample x (E6), or back; in the k-diffusion space, x."""
+        if self.space != "vp":
+            return x
+        return x / math.sqrt(1.0 + sigma * sigma) if back else x * math.sqrt(1.0 + sigma * sigma)
 
     def _ode(self, model, prediction: str | None = None, transform="config") -> _StepODE:
         return _StepODE(
@@ -537,7 +514,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         ``begin_index``, else at ``timestep`` found by value (diffusers' rule: the second match if it occurs
         twice, so a run starting mid-schedule skips no sigma; DPM-Solver/UniPC/DEIS take the last index when
         the timestep is not in their schedule)."""
-        ts, ref, k = self.timesteps, self._ref, self._step_index
+        ts, ref, k = self.timesteps, self._ref, self.step_index
         if k is not None and self._run is not None:
             tv = float(timestep)
             if k >= len(self._calls) or abs(float(ts[k]) - tv) > 1e-4 * max(1.0, abs(tv)):
@@ -552,7 +529,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                     "(it sets the solver's coefficients for the whole grid)"
                 )
             return k
-        k = self._begin_index if k is None else k
+        k = self.begin_index if k is None else k
         if k is None and ref is not None and ts is ref.timesteps and hasattr(ref, "index_for_timestep"):
             k = int(ref.index_for_timestep(timestep.to(ts.device) if isinstance(timestep, torch.Tensor) else timestep))
         elif k is None:
@@ -602,13 +579,13 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                     f"the schedule's sigmas repeat or increase ({run.bad[0]} then {run.bad[1]}): with this many "
                     f"steps some visit a level twice; use fewer than {len(self._grid) - 1} steps"
                 )
-            x_next, denoised = self._zero_length_step(run, self._to_xbar(sample.to(run.dtype), sigma), sigma)
-            return self._from_xbar(x_next, sigma).to(in_dtype), denoised.to(in_dtype)
+            x_next, denoised = self._zero_length_step(run, self._xbar(sample.to(run.dtype), sigma), sigma)
+            return self._xbar(x_next, sigma, back=True).to(in_dtype), denoised.to(in_dtype)
         if j == 0:  # a new solver step, from the sample the pipeline holds (it may have edited it)
             if run.last is not None and sample is run.last[0] and sample._version == run.last[1]:
                 x = run.last[2]  # our own prev_sample, unchanged: continue from the solver's state, no round trip
             else:
-                x = self._to_xbar(sample.to(run.dtype), sigma)
+                x = self._xbar(sample.to(run.dtype), sigma)
             if unclipped:
                 x, run.out = self._unclipped(x, run.out, sigma)
             run.gen = run.solver.step(step, x, run.state)
@@ -623,7 +600,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                     f"solver {self.solver_name!r} made {j + 1} model calls in step {i}, not {self._per_step[i]}"
                 ) from None
             x_next, denoised = stop.value
-            prev = self._from_xbar(x_next, run.state.sigmas[step + 1]).to(in_dtype)
+            prev = self._xbar(x_next, run.state.sigmas[step + 1], back=True).to(in_dtype)
             # the next step continues from x_next itself when the pipeline hands prev back untouched
             # (same tensor, no in-place edit since: its version counter), as diffsolve.sample would
             run.last = (prev, prev._version, x_next)
@@ -634,7 +611,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             )
         # the step needs another call: the pipeline evaluates the model at the point it asks for next
         x_mid, s_mid, _ = run.request
-        return self._from_xbar(x_mid, s_mid).to(in_dtype), reply[0].to(in_dtype)
+        return self._xbar(x_mid, s_mid, back=True).to(in_dtype), reply[0].to(in_dtype)
 
     def _unclipped(self, x, out, sigma: float):
         """diffusers' DDIM with use_clipped_model_output=False combines the clipped x0 with the raw eps:
@@ -673,7 +650,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             cfg["emulate"] = name
             cfg.pop("_use_default_values", None)  # the source's own defaults are the values to reproduce
             cfg.update({k: cfg.get(k, v) for k, v in FAMILIES[name].defaults().items()})
-        elif not chosen and name is not None and not issubclass(cls, _class_named(name)):
+        elif not chosen and name not in (None, cls.__name__):
             defaults = _init_defaults(name)
             beta = bool(defaults.keys() & {"beta_schedule", "trained_betas"})  # a DDPM training schedule
             spacing = sorted(k for k in _GRID_KEYS if k in cfg and cfg[k] != defaults.get(k))
@@ -719,12 +696,9 @@ def _family_of_keys(cfg) -> str | None:
 
 
 def _steps(n) -> int:
-    try:
-        if not isinstance(n, bool) and float(n) == int(n) >= 1:
-            return int(n)
-    except (TypeError, ValueError):
-        pass
-    raise ValueError(f"num_inference_steps must be an integer >= 1, got {n!r}")
+    if isinstance(n, bool) or not isinstance(n, (int, float)) or not float(n) == int(n) >= 1:
+        raise ValueError(f"num_inference_steps must be an integer >= 1, got {n!r}")
+    return int(n)
 
 
 def _make_init():
@@ -736,7 +710,7 @@ def _make_init():
 
     def __init__(self, *args, **kwargs):
         sig.bind(self, *args, **kwargs)  # an unknown key is a TypeError, as in any __init__
-        self._begin_index = self._step_index = self._run = self._grid = None
+        self.begin_index = self.step_index = self._run = self._grid = None
         self.num_inference_steps = self.timesteps = self.sigmas = None
         self._memoryless = False
         self._setup()
