@@ -141,6 +141,12 @@ FAMILIES: dict[str, _Family] = {
 _OWN_KEYS = ("solver", "solver_options", "grid", "grid_options", "emulate")
 #: every key of the supported diffusers schedulers (DiffsolveScheduler's own excepted), once
 _FAMILY_KEYS = [k for k in dict.fromkeys(k for f in FAMILIES.values() for k in f.defaults()) if k not in _OWN_KEYS]
+#: __init__'s keywords: the own keys and every family key (None: the emulated scheduler's default), explicit so that
+#: register_to_config records them all
+_SIGNATURE = inspect.Signature(
+    [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    + [inspect.Parameter(k, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None) for k in (*_OWN_KEYS, *_FAMILY_KEYS)]
+)
 #: the keys that choose the integrator (honoured with the family's own solver only)
 _INTEGRATOR_KEYS = (
     "solver_order algorithm_type solver_type lower_order_final euler_at_final predict_x0 disable_corrector solver_p"
@@ -172,14 +178,27 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
 
     Config: ``solver``, ``solver_options``, ``emulate`` (the diffusers scheduler whose schedule and conventions
     are reproduced; ``from_config`` takes the config's ``_class_name``), ``grid`` / ``grid_options`` (native
-    mode only) and every key of the emulated scheduler (None: its default), all keywords of the generated
-    ``__init__`` (``_make_init``). A key whose value cannot be honoured is an error, never dropped. Pipelines
+    mode only) and every key of the emulated scheduler (None: its default), all keywords of ``__init__``
+    (``_SIGNATURE``). A key whose value cannot be honoured is an error, never dropped. Pipelines
     read ``step_index`` (the index in ``timesteps`` of the next call) and ``begin_index`` as attributes.
     """
 
     _compatibles: ClassVar[list[str]] = list(FAMILIES)
     order = 1
     _get_variance = DDIMScheduler._get_variance  # DDPM's posterior variance (E24), as DDIMScheduler exposes it
+
+    def __init__(self, *args, **kwargs):
+        _SIGNATURE.bind(self, *args, **kwargs)  # an unknown key is a TypeError, as in any __init__
+        self.begin_index = self.step_index = self._run = self._grid = self.num_inference_steps = self.sigmas = None
+        self._memoryless = False
+        self._setup()
+        self.timesteps = torch.arange(int(self.fcfg["num_train_timesteps"]) - 1, -1, -1, dtype=torch.int64)
+        ref = self._ref
+        if ref is not None and getattr(ref, "sigmas", None) is not None and len(ref.sigmas) == len(ref.timesteps) + 1:
+            self._adopt_family_schedule(None)  # like the emulated scheduler, usable before set_timesteps
+
+    __init__.__signature__ = _SIGNATURE
+    __init__ = register_to_config(__init__)
 
     def _setup(self):
         cfg = dict(self.config)
@@ -366,11 +385,9 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         s_noise: float = 1.0,
         order: int | None = None,
     ):
-        """One model output in, the next sample out (``prev_sample``), with the solver's denoised
-        estimate (``pred_original_sample``). DDIMScheduler's arguments and positions: ``eta``
-        (DDIM's; others refuse eta > 0), ``use_clipped_model_output``, ``generator`` (the noise of
-        stochastic solvers), ``variance_noise`` (that noise given), ``return_dict``;
-        EulerDiscrete's ``s_churn``... (churn is refused) and LMS's ``order``."""
+        """One model output in; the next sample (``prev_sample``) and the solver's denoised estimate out.
+        DDIMScheduler's arguments in its positions (``eta`` is DDIM's; ``generator`` / ``variance_noise`` feed
+        stochastic solvers), EulerDiscrete's ``s_churn``... (churn is refused) and LMS's ``order``."""
         if self.timesteps is None or self._grid is None:
             raise ValueError("call set_timesteps(num_inference_steps) before step()")
         if not isinstance(model_output, torch.Tensor) or not isinstance(sample, torch.Tensor):
@@ -379,8 +396,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             model_output = model_output[:, : sample.shape[1]]  # the variance channels are not used
         if s_churn > 0 and any(s_tmin <= s <= s_tmax for s in self._grid[:-1]):
             raise ValueError(
-                "s_churn > 0 (EulerDiscreteScheduler's churn) is not supported; use "
-                "solver='heun' with solver_options={'s_churn': ...} or a stochastic solver"
+                "s_churn > 0 (EulerDiscreteScheduler's churn) is not supported; use solver='heun' with "
+                "solver_options={'s_churn': ...} or a stochastic solver"
             )
         if order is not None and self.solver_name == "lms" and order != self.solver_opts.get("solver_order", 4):
             raise ValueError(f"order={order} given to step(); set it as solver_options={{'solver_order': {order}}}")
@@ -396,8 +413,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         )
         if unclipped and not ddim:
             raise ValueError(
-                "use_clipped_model_output=False with clip_sample/thresholding: diffsolve keeps the "
-                "clipped x0 and its eps consistent; pass True (or leave it unset)"
+                "use_clipped_model_output=False with clip_sample/thresholding: diffsolve keeps the clipped x0 and "
+                "its eps consistent; pass True (or leave it unset)"
             )
         self._draw = make_noise_sampler(generator) if variance_noise is None else lambda like: variance_noise.to(like)
         if self._memoryless:  # DDIM/DDPM: a run of one step from t to the family's previous timestep, any t
@@ -412,8 +429,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         return DDIMSchedulerOutput(prev_sample=prev, pred_original_sample=denoised) if return_dict else (prev, denoised)
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
-        """The forward process at ``timesteps`` in the sample's space: sqrt(abar) x0 + sqrt(1 - abar)
-        noise in VP space (E8), x0 + sigma noise in the k-diffusion space."""
+        """The forward process at ``timesteps`` in the sample's space (E8; x0 + sigma noise for Euler/Heun/LMS)."""
         t = torch.as_tensor(timesteps, device="cpu").reshape(-1).to(torch.float64)
         if self._ref is not None and (self.space == "ve" or torch.equal(t, t.round())):
             self._sync_ref()
@@ -421,11 +437,11 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                 timesteps = timesteps.round().long()  # they index alphas_cumprod (integral here)
             return self._ref.add_noise(original_samples, noise, timesteps)
         # native mode, or a multi-call solver's timesteps between a DDIM/DDPM schedule's training levels (which
-        # that scheduler's add_noise cannot index): alpha_bar at the sigma of t, log-linear between levels (E8)
+        # that scheduler's add_noise cannot index): alpha_bar at the sigma of t, log-linear between levels
         a = (self.schedule if self.schedule is not None else schedule_from_config(self.fcfg)).alpha_bar(t)
-        view = (-1, *([1] * (original_samples.dim() - 1)))
+        shape = (-1, *([1] * (original_samples.dim() - 1)))
         sa, sb = (
-            v.to(original_samples.device, original_samples.dtype).reshape(view) for v in (a.sqrt(), (1 - a).sqrt())
+            v.to(original_samples.device, original_samples.dtype).reshape(shape) for v in (a.sqrt(), (1 - a).sqrt())
         )
         return sa * original_samples + sb * noise
 
@@ -444,19 +460,19 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             return x
         return x / math.sqrt(1.0 + sigma * sigma) if back else x * math.sqrt(1.0 + sigma * sigma)
 
-    def _ode(self, model, prediction: str | None = None, transform="config") -> _StepODE:
+    def _ode(self, model, raw: bool = False) -> _StepODE:
+        """The step ODE on ``model``; ``raw``: its output read as eps, without the config's clipping."""
         return _StepODE(
             model,
             self.schedule if self.schedule is not None else _PLACEHOLDER_SCHEDULE,
-            prediction=prediction or self.prediction,
+            prediction="eps" if raw else self.prediction,
             time=lambda s: s,
             time_dtype=torch.float64,
-            denoised_transform=self.transform if transform == "config" else transform,
+            denoised_transform=None if raw else self.transform,
         )
 
     def _new_solver(self, start: int = 0, steps: int | None = None, **override) -> Solver:
-        """The run's solver; with the emulated family's per-step orders (its ``lower_order_final`` /
-        ``euler_at_final`` rule over the whole schedule) as the solver's ``step_orders`` option."""
+        """The run's solver, with the emulated family's order rule over the whole schedule as ``step_orders``."""
         opts = dict(self.solver_opts, **override)
         if self.orders_rule is not None:
             rule = self.orders_rule(self.fcfg, len(self._grid) - 1, start, self._grid[-1] == 0.0)
@@ -464,8 +480,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         return self.solver_class(**opts)
 
     def _call_map(self, grid: list[float]) -> list[tuple[int, int, float]]:
-        """(step, call within the step, sigma) of every model call of the solver on ``grid``; for another
-        solver than the family's own, from two probe runs that must agree (fixed-step calls ignore the data)."""
+        """(step, call within the step, sigma) of every model call on ``grid``: for a solver other than the
+        family's own, from two probe runs that must agree (a fixed-step solver's calls ignore the data)."""
         n, cls, name = len(grid) - 1, self.solver_class, repr(self.solver_name)
         if self.family is not None and self.config.solver is None:  # the family's own method
             if cls.calls_per_step == 1:
@@ -489,7 +505,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError("the schedule's sigmas must be strictly decreasing for a multi-call solver")
         patterns = []
         for fn in (torch.zeros_like, lambda x: 0.5 * torch.tanh(3 * x) + 0.1):
-            view = self._ode(lambda x, t, fn=fn, **_: fn(x), "eps", None).start_run(wants_denoised=False)
+            view = self._ode(lambda x, t, fn=fn, **_: fn(x), raw=True).start_run(wants_denoised=False)
             solver, x, seen = self._new_solver(), torch.linspace(-1.5, 1.5, 4, dtype=torch.float64)[None], []
             state = solver.init(view, grid, torch.zeros_like)
             for i in range(n):  # each step's model requests, at the sigmas the solver asks for
@@ -511,9 +527,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
 
     def _next_call(self, timestep, sample, eta: float) -> int:
         """The index in ``timesteps`` of this call: the run's next one, or the first of a new run at
-        ``begin_index``, else at ``timestep`` found by value (diffusers' rule: the second match if it occurs
-        twice, so a run starting mid-schedule skips no sigma; DPM-Solver/UniPC/DEIS take the last index when
-        the timestep is not in their schedule)."""
+        ``begin_index``, else at ``timestep`` by value (diffusers' rule: its second match, so a run starting
+        mid-schedule skips no sigma; DPM-Solver/UniPC/DEIS: the last index for a timestep not in the schedule)."""
         ts, ref, k = self.timesteps, self._ref, self.step_index
         if k is not None and self._run is not None:
             tv = float(timestep)
@@ -537,8 +552,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             hits = torch.isclose(ts.double().cpu(), tv, rtol=1e-6, atol=1e-6).nonzero().flatten().tolist()
             if not hits:
                 raise ValueError(
-                    f"timestep {float(tv)} is not in this schedule's timesteps ({ts.tolist()[:4]}...); "
-                    "step through scheduler.timesteps"
+                    f"timestep {float(tv)} is not in this schedule's timesteps ({ts.tolist()[:4]}...); step "
+                    "through scheduler.timesteps"
                 )
             k = hits[min(1, len(hits) - 1)]
         if not 0 <= k < len(self._calls):
@@ -546,32 +561,32 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         i, j, _ = self._calls[k]
         if j != 0:
             raise ValueError(
-                f"timesteps[{k}] is the call {j + 1} of a solver step, not the start of one: start "
-                "runs at a step's first call (set_begin_index(t_start * scheduler.order))"
+                f"timesteps[{k}] is the call {j + 1} of a solver step, not the start of one: start runs at a "
+                "step's first call (set_begin_index(t_start * scheduler.order))"
             )
         self._begin_run(i, self._grid[i:], sample, eta)
         return k
 
     def _begin_run(self, i: int, grid: list[float], sample, eta: float, unclipped: bool = False):
-        """A run of the solver from step ``i`` over ``grid``, fed the outputs of the pipeline's calls and
-        the noise of the current call. The run ends at the first level that does not decrease: zero-length
-        steps at the end (karras sigmas with final_sigmas_type="sigma_min" repeat the last sigma) are taken
-        as diffusers takes a step of length h = 0; a level repeated earlier is an error when reached."""
+        """A run of the solver from step ``i`` over ``grid``, up to the first level that does not decrease:
+        zero-length steps at the end (karras sigmas with final_sigmas_type="sigma_min" repeat the last sigma)
+        are taken as diffusers takes h = 0; a level repeated earlier is an error when the run reaches it."""
         cut = next((m for m in range(len(grid) - 1) if not grid[m + 1] < grid[m]), len(grid) - 1)
         later = next((g for g in grid[cut + 1 :] if g != grid[cut]), None)
         run = types.SimpleNamespace(start=i, grid=grid[: cut + 1], dtype=state_dtype_for(sample.dtype), steps=cut)
         run.bad, run.eta, run.last, run.corrected = None if later is None else (grid[cut], later), eta, None, False
-        ode = self._ode(lambda x, t, **_: run.out, *(("eps", None) if unclipped else ()))
-        run.view = ode.start_run(input_dtype=sample.dtype, wants_denoised=True)
+        run.view = self._ode(lambda x, t, **_: run.out, unclipped).start_run(
+            input_dtype=sample.dtype, wants_denoised=True
+        )
         run.solver = self._new_solver(i, run.steps, **({"eta": eta} if eta else {}))
         run.state = run.solver.init(run.view, run.grid, lambda like: self._draw(like))
         self._run = run
         return run
 
     def _feed(self, run, i: int, j: int, sigma: float, model_output, sample, unclipped: bool):
-        """The model output of call ``j`` of step ``i`` (at ``sigma``) fed to the run's open solver step:
+        """The output of call ``j`` of step ``i`` (at ``sigma``) fed to the run's open solver step:
         ``(prev_sample, pred_original_sample)``."""
-        in_dtype, step = sample.dtype, i - run.start
+        in_dtype, step, calls = sample.dtype, i - run.start, self._per_step[i]
         run.out = model_output.to(run.dtype)
         if step >= run.steps:
             if run.bad is not None:
@@ -590,57 +605,48 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                 x, run.out = self._unclipped(x, run.out, sigma)
             run.gen = run.solver.step(step, x, run.state)
             run.request = run.gen.send(None)
-        x_req, s_req, _ = run.request
-        reply = run.view.predict(x_req, s_req)  # this call's output, at the point the solver asked for
+        reply = run.view.predict(*run.request[:2])  # this call's output, at the point the solver asked for
         try:
-            run.request = run.gen.send(reply)
+            run.request, done = run.gen.send(reply), None
         except StopIteration as stop:
-            if j + 1 != self._per_step[i]:
-                raise DataDependentCallsError(
-                    f"solver {self.solver_name!r} made {j + 1} model calls in step {i}, not {self._per_step[i]}"
-                ) from None
-            x_next, denoised = stop.value
-            prev = self._xbar(x_next, run.state.sigmas[step + 1], back=True).to(in_dtype)
-            # the next step continues from x_next itself when the pipeline hands prev back untouched
-            # (same tensor, no in-place edit since: its version counter), as diffsolve.sample would
-            run.last = (prev, prev._version, x_next)
-            return prev, (None if denoised is None else denoised.to(in_dtype))
-        if j + 1 >= self._per_step[i]:
+            done = stop.value
+        if (done is not None) != (j + 1 == calls):
             raise DataDependentCallsError(
-                f"solver {self.solver_name!r} asks for more than {j + 1} model calls in step {i}"
+                f"solver {self.solver_name!r} made {'more than ' if done is None else ''}{j + 1} model calls in "
+                f"step {i}, not {calls}: its calls depend on the data"
             )
-        # the step needs another call: the pipeline evaluates the model at the point it asks for next
-        x_mid, s_mid, _ = run.request
-        return self._xbar(x_mid, s_mid, back=True).to(in_dtype), reply[0].to(in_dtype)
+        if done is None:  # the step needs another call: the pipeline evaluates the model where it asks next
+            x_mid, s_mid, _ = run.request
+            return self._xbar(x_mid, s_mid, back=True).to(in_dtype), reply[0].to(in_dtype)
+        x_next, denoised = done
+        prev = self._xbar(x_next, run.state.sigmas[step + 1], back=True).to(in_dtype)
+        # the next step continues from x_next itself when the pipeline hands prev back untouched
+        # (same tensor, no in-place edit since: its version counter), as diffsolve.sample would
+        run.last = (prev, prev._version, x_next)
+        return prev, (None if denoised is None else denoised.to(in_dtype))
 
     def _unclipped(self, x, out, sigma: float):
-        """diffusers' DDIM with use_clipped_model_output=False combines the clipped x0 with the raw eps:
-        that is the DDIM step (E30) from the point D_clipped + sigma eps_raw, on whose ray D_clipped lies,
-        with eps_raw as the (eps-prediction) output there. Returns that point and eps_raw."""
-        conv = self._ode(lambda *a, **k: None, transform=None)
-        d_raw, eps_raw = conv._convert(out, x, sigma, 1.0 / math.sqrt(1 + sigma * sigma))
+        """diffusers' DDIM with use_clipped_model_output=False combines the clipped x0 with the raw eps: the
+        DDIM step (E30) from D_clipped + sigma eps_raw, on whose ray D_clipped lies; returns that point, eps_raw."""
+        d_raw, eps_raw = self._ode(lambda *a, **k: None)._convert(out, x, sigma, 1.0 / math.sqrt(1 + sigma * sigma))
         return torch.add(self.transform(d_raw, sigma), eps_raw, alpha=sigma), eps_raw
 
     def _zero_length_step(self, run, x, sigma):
-        """A step from sigma to sigma at the end of the schedule leaves the sample where it is, except
-        that UniPC's corrector (UniC, Zhao et al. 2023) still corrects the last step with the new
-        output, as diffusers' UniPCMultistepScheduler does on that step."""
-        solver, state = run.solver, run.state
+        """A step from sigma to sigma at the end leaves the sample, except that UniPC's corrector (UniC, Zhao
+        et al. 2023) still corrects the last step with the new output, as diffusers' UniPC does there."""
+        state, corr = run.state, getattr(run.state, "corr", None)
         denoised, _ = run.view.predict(x, sigma)
-        corr = getattr(state, "corr", None)
-        if getattr(solver, "corrector", False) and corr and run.steps > 0 and not run.corrected:
-            a_w = corr[run.steps - 1]
-            if a_w is not None:
-                a, w = a_w
+        if getattr(run.solver, "corrector", False) and corr and run.steps > 0 and not run.corrected:
+            if corr[run.steps - 1] is not None:
+                a, w = corr[run.steps - 1]
                 x = combine(a, state.x_base, zip(w, [denoised] + state.history))
             run.corrected = True
         return x, denoised
 
     @classmethod
     def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
-        """From any scheduler's config (or the scheduler): its ``_class_name`` (a supported diffusers scheduler)
-        becomes ``emulate``, and every key of that scheduler is read, its defaults included (so the scheduler
-        the config came from is reproduced). Keyword arguments override config keys."""
+        """From any scheduler or its config: its ``_class_name`` (a supported diffusers scheduler) becomes
+        ``emulate``, with every key of that class, defaults included. Keyword arguments override config keys."""
         if hasattr(config, "config") and not isinstance(config, dict):  # a scheduler object: its class
             config = dict(config.config, _class_name=type(config).__name__)
         cfg = dict(config or {})
@@ -654,13 +660,12 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             defaults = _init_defaults(name)
             beta = bool(defaults.keys() & {"beta_schedule", "trained_betas"})  # a DDPM training schedule
             spacing = sorted(k for k in _GRID_KEYS if k in cfg and cfg[k] != defaults.get(k))
+            why = "its schedule is not a DDPM beta schedule" if not beta else f"its key(s) {spacing} set the grid"
             if not beta or spacing:
-                what = "its schedule is not a DDPM beta schedule" if not beta else f"its key(s) {spacing} set the grid"
                 raise ValueError(
-                    f"DiffsolveScheduler cannot reproduce {name} ({what}); supported: {', '.join(FAMILIES)}. "
-                    "Sample that model with diffsolve itself, which reads the whole config: "
-                    "ds.sample(ds.from_diffusers(model, scheduler.config), x_T, solver, "
-                    "sigmas=ds.diffusers_grid(scheduler.config, steps))"
+                    f"DiffsolveScheduler cannot reproduce {name} ({why}); supported: {', '.join(FAMILIES)}. Sample "
+                    "that model with diffsolve itself, which reads the whole config: ds.sample(ds.from_diffusers("
+                    "model, scheduler.config), x_T, solver, sigmas=ds.diffusers_grid(scheduler.config, steps))"
                 )
             if kwargs.get("solver", cfg.get("solver")) is None:
                 raise ValueError(
@@ -669,23 +674,21 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                 )
             # solver= replaces the source's method: its training schedule is read (native mode) and its
             # method's own keys (e.g. PNDM's skip_prk_steps) have nothing left to act on
-            cfg = {k: v for k, v in cfg.items() if k in _NATIVE_DEFAULTS or k not in defaults}
-            cfg["emulate"] = None
-        own = set(inspect.signature(cls.__init__).parameters) - {"self"}
+            cfg = dict({k: v for k, v in cfg.items() if k in _NATIVE_DEFAULTS or k not in defaults}, emulate=None)
         # keyword overrides too, unless the caller collects the unused ones (from_pretrained's path)
-        candidates = list(cfg) + ([] if return_unused_kwargs else list(kwargs))
-        unknown = sorted(k for k in candidates if not k.startswith("_") and k not in own)
+        keys = list(cfg) + ([] if return_unused_kwargs else list(kwargs))
+        unknown = sorted(k for k in keys if not k.startswith("_") and k not in _SIGNATURE.parameters)
         if unknown:
             raise ValueError(
-                f"DiffsolveScheduler cannot honour the key(s) {unknown}; it reads the keys of "
-                f"{', '.join(FAMILIES)} and its own ({', '.join(_OWN_KEYS)})"
+                f"DiffsolveScheduler cannot honour the key(s) {unknown}; it reads the keys of {', '.join(FAMILIES)} "
+                f"and its own ({', '.join(_OWN_KEYS)})"
             )
         return super().from_config(cfg, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
 
 def _family_of_keys(cfg) -> str | None:
-    """The diffusers scheduler whose keys are exactly those of ``cfg`` (the config of a scheduler
-    built in this process carries no ``_class_name``; its keys still name its class)."""
+    """The diffusers scheduler whose keys are exactly those of ``cfg`` (a scheduler built in this process has
+    no ``_class_name`` in its config; its keys name its class)."""
     hits = classes_with_keys(cfg, list(dict.fromkeys([*FAMILIES, *DDIMScheduler._compatibles])))
     if len(hits) > 1:
         raise ValueError(
@@ -696,32 +699,9 @@ def _family_of_keys(cfg) -> str | None:
 
 
 def _steps(n) -> int:
-    if isinstance(n, bool) or not isinstance(n, (int, float)) or not float(n) == int(n) >= 1:
-        raise ValueError(f"num_inference_steps must be an integer >= 1, got {n!r}")
-    return int(n)
-
-
-def _make_init():
-    """DiffsolveScheduler.__init__ with every key as an explicit keyword (default None: the emulated
-    scheduler's default), so that ``register_to_config`` records them all."""
-    P = inspect.Parameter
-    keys = ("self", *_OWN_KEYS, *_FAMILY_KEYS)
-    sig = inspect.Signature([P(k, P.POSITIONAL_OR_KEYWORD, **({} if k == "self" else {"default": None})) for k in keys])
-
-    def __init__(self, *args, **kwargs):
-        sig.bind(self, *args, **kwargs)  # an unknown key is a TypeError, as in any __init__
-        self.begin_index = self.step_index = self._run = self._grid = None
-        self.num_inference_steps = self.timesteps = self.sigmas = None
-        self._memoryless = False
-        self._setup()
-        self.timesteps = torch.arange(int(self.fcfg["num_train_timesteps"]) - 1, -1, -1, dtype=torch.int64)
-        ref = self._ref
-        if ref is not None and getattr(ref, "sigmas", None) is not None and len(ref.sigmas) == len(ref.timesteps) + 1:
-            # like the emulated scheduler, usable before set_timesteps (on its full training schedule)
-            self._adopt_family_schedule(None)
-
-    __init__.__signature__ = sig
-    return __init__
-
-
-DiffsolveScheduler.__init__ = register_to_config(_make_init())
+    try:
+        if not isinstance(n, bool) and float(n) == int(n) >= 1:
+            return int(n)
+    except (TypeError, ValueError):
+        pass
+    raise ValueError(f"num_inference_steps must be an integer >= 1, got {n!r}")
