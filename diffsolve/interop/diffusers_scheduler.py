@@ -11,13 +11,12 @@ timestep rule. The arithmetic is diffsolve's (docs/math.md E29-E30).
 from __future__ import annotations
 
 import collections
-import dataclasses
 import inspect
 import itertools
 import math
 import types
 from collections.abc import Callable
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import diffusers
 import torch
@@ -51,8 +50,7 @@ def _init_defaults(name: str) -> dict:
 
 
 # -- the families: what DiffsolveScheduler reproduces of each diffusers scheduler class -------------------
-@dataclasses.dataclass(frozen=True)
-class _Family:
+class _Family(NamedTuple):
     """The sample's space, the family's own method (config -> (solver, options, per-step order rule or None)),
     the values it honours of some keys (key -> allowed values; other keys: any value), and how its schedule is
     the solver's grid: "sigmas" (steps sigmas[k] -> sigmas[k + 1]), "previous" (DDIM/DDPM: each timestep to the
@@ -61,11 +59,8 @@ class _Family:
     name: str
     space: str
     method: Callable
-    honoured: dict = dataclasses.field(default_factory=dict)
+    honoured: dict = {}  # a table, never mutated
     grid: str = "sigmas"
-
-    def defaults(self) -> dict:
-        return _init_defaults(self.name)
 
 
 def _dpm_orders(cfg, n: int, start: int, final_zero: bool) -> list[int]:
@@ -140,7 +135,9 @@ FAMILIES: dict[str, _Family] = {
 #: keys of DiffsolveScheduler's own (not a diffusers scheduler's)
 _OWN_KEYS = ("solver", "solver_options", "grid", "grid_options", "emulate")
 #: every key of the supported diffusers schedulers (DiffsolveScheduler's own excepted), once
-_FAMILY_KEYS = [k for k in dict.fromkeys(k for f in FAMILIES.values() for k in f.defaults()) if k not in _OWN_KEYS]
+_FAMILY_KEYS = [
+    k for k in dict.fromkeys(k for f in FAMILIES.values() for k in _init_defaults(f.name)) if k not in _OWN_KEYS
+]
 #: __init__'s keywords: the own keys and every family key (None: the emulated scheduler's default), explicit so that
 #: register_to_config records them all
 _SIGNATURE = inspect.Signature(
@@ -152,7 +149,7 @@ _INTEGRATOR_KEYS = (
     "solver_order algorithm_type solver_type lower_order_final euler_at_final predict_x0 disable_corrector solver_p"
 ).split()
 #: native mode (no ``emulate``): the keys it reads, DDIMScheduler's, with their defaults (no clipping)
-_NATIVE_DEFAULTS = dict(FAMILIES["DDIMScheduler"].defaults(), clip_sample=False)
+_NATIVE_DEFAULTS = dict(_init_defaults("DDIMScheduler"), clip_sample=False)
 #: keys of a diffusers scheduler that shape its sigma grid (a method replaced by solver= cannot drop them)
 _GRID_KEYS = "use_karras_sigmas use_exponential_sigmas use_beta_sigmas use_lu_lambdas shift use_flow_sigmas".split()
 
@@ -209,7 +206,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                 f"emulate={emulate!r} is not supported; supported: {', '.join(FAMILIES)} (or None: diffsolve's "
                 "own grid and DDIM's timestep rule)"
             )
-        defaults = _NATIVE_DEFAULTS if fam is None else fam.defaults()
+        defaults = _NATIVE_DEFAULTS if fam is None else _init_defaults(emulate)
         given = {k: cfg[k] for k in _FAMILY_KEYS if cfg.get(k) is not None}
         foreign = sorted(set(given) - set(defaults))
         if foreign:
@@ -305,9 +302,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         if len(given) == 2:
             raise ValueError("pass timesteps= or sigmas=, not both")
         if timesteps is not None:
-            t = torch.as_tensor(timesteps, dtype=torch.float64).reshape(-1)
-            sig = torch.cat([self.schedule.sigma(t), torch.zeros(1, dtype=torch.float64)])
-            sig = validate_sigmas(sig, name="the sigmas of timesteps")
+            sig = self.schedule.sigma(torch.as_tensor(timesteps, dtype=torch.float64).reshape(-1))
+            sig = validate_sigmas(torch.cat([sig, sig.new_zeros(1)]), name="the sigmas of timesteps")
         elif sigmas is not None:
             sig = validate_sigmas(sigmas)
         elif self.config.grid is not None:
@@ -650,12 +646,19 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         if hasattr(config, "config") and not isinstance(config, dict):  # a scheduler object: its class
             config = dict(config.config, _class_name=type(config).__name__)
         cfg = dict(config or {})
-        name = cfg.get("_class_name") or _family_of_keys(cfg)
+        # a scheduler built in this process has no _class_name in its config: its keys name its class
+        hits = [] if "_class_name" in cfg else classes_with_keys(cfg, [*FAMILIES, *DDIMScheduler._compatibles])
+        if len(set(hits)) > 1:
+            raise ValueError(
+                f"the config's keys are those of {' and of '.join(dict.fromkeys(hits))}: pass the scheduler itself "
+                "(DiffsolveScheduler.from_config(scheduler)) or emulate=<its class name>"
+            )
+        name = cfg.get("_class_name") or (hits[0] if hits else None)
         chosen = "emulate" in cfg or "emulate" in kwargs
         if not chosen and name in FAMILIES:
             cfg["emulate"] = name
             cfg.pop("_use_default_values", None)  # the source's own defaults are the values to reproduce
-            cfg.update({k: cfg.get(k, v) for k, v in FAMILIES[name].defaults().items()})
+            cfg.update({k: cfg.get(k, v) for k, v in _init_defaults(name).items()})
         elif not chosen and name not in (None, cls.__name__):
             defaults = _init_defaults(name)
             beta = bool(defaults.keys() & {"beta_schedule", "trained_betas"})  # a DDPM training schedule
@@ -684,18 +687,6 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                 f"and its own ({', '.join(_OWN_KEYS)})"
             )
         return super().from_config(cfg, return_unused_kwargs=return_unused_kwargs, **kwargs)
-
-
-def _family_of_keys(cfg) -> str | None:
-    """The diffusers scheduler whose keys are exactly those of ``cfg`` (a scheduler built in this process has
-    no ``_class_name`` in its config; its keys name its class)."""
-    hits = classes_with_keys(cfg, list(dict.fromkeys([*FAMILIES, *DDIMScheduler._compatibles])))
-    if len(hits) > 1:
-        raise ValueError(
-            f"the config's keys are those of {' and of '.join(hits)}: pass the scheduler itself "
-            "(DiffsolveScheduler.from_config(scheduler)) or emulate=<its class name>"
-        )
-    return hits[0] if hits else None
 
 
 def _steps(n) -> int:
