@@ -1,11 +1,9 @@
 """``DiffsolveScheduler``: any registered diffsolve solver as a drop-in diffusers scheduler (docs/diffusers.md).
 
-Each pipeline ``step`` feeds one model output to the open solver step, a generator (docs/plugins.md): a k-call
-step stays open across its k timesteps, nothing is replayed, and a sample the pipeline edited between steps is
-the next step's start. ``emulate`` (``from_config``: the config's ``_class_name``) names the diffusers scheduler
-whose own ``set_timesteps`` gives the sigmas, whose keys choose the solver and whose space holds the sample
-(VP: DDIM/DDPM/DPM-Solver/UniPC/DEIS; xbar: Euler/Heun/LMS); without it the grid is ``grid`` or DDIM's
-timestep rule. The arithmetic is diffsolve's (docs/math.md E29-E30).
+Each pipeline ``step`` feeds one model output to the open solver step, a generator (docs/plugins.md), so a k-call
+step stays open across its k timesteps and nothing is replayed. ``emulate`` names the diffusers scheduler whose own
+``set_timesteps`` gives the sigmas, whose keys choose the solver and whose space holds the sample; without it the
+grid is ``grid`` or DDIM's timestep rule. The arithmetic is diffsolve's (docs/math.md E29-E30).
 """
 
 from __future__ import annotations
@@ -168,16 +166,12 @@ _PLACEHOLDER_SCHEDULE = DiscreteSchedule.from_betas(torch.linspace(1e-4, 0.02, 1
 
 
 class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
-    """A diffusers scheduler that runs the diffsolve solver ``solver`` (any registered name)::
+    """A diffusers scheduler that runs the registered diffsolve solver ``solver``:
+    ``pipe.scheduler = DiffsolveScheduler.from_config(pipe.scheduler[, solver="unipc"])``.
 
-        pipe.scheduler = DiffsolveScheduler.from_config(pipe.scheduler)                  # same method
-        pipe.scheduler = DiffsolveScheduler.from_config(pipe.scheduler, solver="unipc")  # another one
-
-    Config: ``solver``, ``solver_options``, ``emulate`` (the diffusers scheduler whose schedule and conventions
-    are reproduced; ``from_config`` takes the config's ``_class_name``), ``grid`` / ``grid_options`` (native
-    mode only) and every key of the emulated scheduler (None: its default), all keywords of ``__init__``
-    (``_SIGNATURE``). A key whose value cannot be honoured is an error, never dropped. Pipelines
-    read ``step_index`` (the index in ``timesteps`` of the next call) and ``begin_index`` as attributes.
+    Config (``_SIGNATURE``): ``solver``, ``solver_options``, ``emulate`` (the diffusers scheduler reproduced;
+    ``from_config`` takes the config's ``_class_name``), ``grid`` / ``grid_options`` (native mode only) and every
+    key of the emulated scheduler (None: its default). A key that cannot be honoured is an error, never dropped.
     """
 
     _compatibles: ClassVar[list[str]] = list(FAMILIES)
@@ -187,18 +181,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
     def __init__(self, *args, **kwargs):
         _SIGNATURE.bind(self, *args, **kwargs)  # an unknown key is a TypeError, as in any __init__
         self.begin_index = self.step_index = self._run = self._grid = self.num_inference_steps = self.sigmas = None
-        self._memoryless = False
-        self._setup()
-        self.timesteps = torch.arange(int(self.fcfg["num_train_timesteps"]) - 1, -1, -1, dtype=torch.int64)
-        ref = self._ref
-        if ref is not None and getattr(ref, "sigmas", None) is not None and len(ref.sigmas) == len(ref.timesteps) + 1:
-            self._adopt_family_schedule(None)  # like the emulated scheduler, usable before set_timesteps
-
-    __init__.__signature__ = _SIGNATURE
-    __init__ = register_to_config(__init__)
-
-    def _setup(self):
-        cfg = dict(self.config)
+        self._memoryless, self.init_noise_sigma, cfg = False, torch.tensor(1.0), dict(self.config)
         emulate, user, opts = cfg.get("emulate"), cfg.get("solver"), dict(cfg.get("solver_options") or {})
         fam = self.family = FAMILIES.get(emulate)
         if emulate is not None and fam is None:
@@ -222,9 +205,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                 "emulate=None for a diffsolve grid"
             )
         self.fcfg = fcfg = dict(defaults, **given)
-        self.space, self._ref = (
-            ("vp", None) if fam is None else (fam.space, getattr(diffusers, emulate).from_config(fcfg))
-        )
+        self._ref = None if fam is None else getattr(diffusers, emulate).from_config(fcfg)
+        self.space = "vp" if fam is None else fam.space
         if fam is not None:
             # the family's own normalisations (DPMSolverMultistep reads solver_type "bh2" as "midpoint",
             # UniPC reads "midpoint" as "bh2"): recorded as that scheduler records them
@@ -257,21 +239,20 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         # the training schedule as from_diffusers reads it, for native mode and for a solver that replaces the
         # family's method (the step ODE's: deis's time and plms's midpoints read it); a family's method reads none
         self.schedule = schedule_from_config(fcfg) if fam is None or user is not None else None
-        src = (
-            self._ref if fam is not None else DDIMScheduler.from_config(fcfg)
-        )  # native mode: DDIM's betas and final level
+        src = self._ref if fam is not None else DDIMScheduler.from_config(fcfg)  # native: DDIM's betas, final level
         self.betas, self.alphas, self.alphas_cumprod = src.betas, src.alphas, src.alphas_cumprod
         self.final_alpha_cumprod = getattr(src, "final_alpha_cumprod", torch.tensor(1.0))  # 1: no set_alpha_to_one
+        self.timesteps = torch.arange(int(fcfg["num_train_timesteps"]) - 1, -1, -1, dtype=torch.int64)
+        ref = self._ref
+        if ref is not None and getattr(ref, "sigmas", None) is not None and len(ref.sigmas) == len(ref.timesteps) + 1:
+            self._adopt_family_schedule(None)  # like the emulated scheduler, usable before set_timesteps
 
-    # -- diffusers API ---------------------------------------------------------------------------
+    __init__.__signature__ = _SIGNATURE
+    __init__ = register_to_config(__init__)
+
     def set_begin_index(self, begin_index: int = 0) -> None:
         """Start the next run at ``timesteps[begin_index]`` (pipelines call it before img2img)."""
         self.begin_index = int(begin_index)
-
-    @property
-    def init_noise_sigma(self) -> torch.Tensor:
-        """Standard deviation of the start noise in the sample's space (1 in VP space)."""
-        return torch.as_tensor(float(self._ref.init_noise_sigma) if self.space == "ve" else 1.0)
 
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
         """The model's input: the sample in VP space; in the k-diffusion space of Euler/Heun/LMS the family's
@@ -325,6 +306,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
     def _adopt_family_schedule(self, device):
         ref, kind, name = self._ref, self.family.grid, self.solver_name
         self.timesteps, self.num_inference_steps = ref.timesteps, ref.num_inference_steps
+        if self.space == "ve":  # the start noise's standard deviation in the sample's space (1 in VP space)
+            self.init_noise_sigma = torch.as_tensor(float(ref.init_noise_sigma))
         if kind == "previous":  # one step per timestep, to the family's previous timestep (or the final level)
             ts = [int(t) for t in ref.timesteps.tolist()]
             g = [self._sigma_of(t) for t in ts] + [self._sigma_of(ts[-1], previous=True)]
@@ -444,7 +427,6 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
     def __len__(self) -> int:
         return int(self.fcfg["num_train_timesteps"])
 
-    # -- internals -----------------------------------------------------------------------------------
     def _sync_ref(self):
         for name in ("begin_index", "step_index"):
             if hasattr(self._ref, "_" + name):
