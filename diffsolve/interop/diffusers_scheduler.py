@@ -333,19 +333,18 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             self.timesteps = (idx - 1 + ((ls - lo) / (hi - lo)).clamp(0.0, 1.0)).to(torch.float32).to(device)
 
     def _sigma_of(self, t: int, previous: bool = False) -> float:
-        """sigma at training timestep ``t``, or at the family's previous timestep (DDPM's previous_timestep,
-        DDIM's t - T // N; the final level below 0)."""
+        """sigma at training timestep ``t``, or at the family's previous one (DDPM's previous_timestep, DDIM's
+        t - T // N; below 0 the final level). Zero terminal SNR: 2^-24, as the ODE cannot start at sigma = inf."""
+        ref = self._ref
         if previous:
-            ref = self._ref
-            if hasattr(ref, "previous_timestep"):
-                t = int(ref.previous_timestep(t))
-            else:
-                t -= ref.config.num_train_timesteps // ref.num_inference_steps
-            a = float(self.alphas_cumprod[t]) if t >= 0 else float(self.final_alpha_cumprod)
-            return math.sqrt(max(1.0 - a, 0.0) / a)
-        a = float(self.alphas_cumprod[t])
-        a = a if a > 0 else 2.0**-24  # zero terminal SNR: the ODE cannot start at sigma = inf (docs/diffusers.md)
-        return math.sqrt((1.0 - a) / a)
+            t = (
+                int(ref.previous_timestep(t))
+                if hasattr(ref, "previous_timestep")
+                else t - len(self) // ref.num_inference_steps
+            )
+        a = float(self.alphas_cumprod[t]) if t >= 0 else float(self.final_alpha_cumprod)
+        a = a if a > 0 else 2.0**-24
+        return math.sqrt(max(1.0 - a, 0.0) / a)
 
     def step(
         self,
@@ -566,21 +565,30 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         ``(prev_sample, pred_original_sample)``."""
         in_dtype, step, calls = sample.dtype, i - run.start, self._per_step[i]
         run.out = model_output.to(run.dtype)
-        if step >= run.steps:
+        if step >= run.steps:  # from sigma to sigma at the end: the sample stays, except that UniPC's corrector
+            # (UniC, Zhao et al. 2023) still corrects the last step with the new output, as diffusers' UniPC does
             if run.bad is not None:
                 raise ValueError(
                     f"the schedule's sigmas repeat or increase ({run.bad[0]} then {run.bad[1]}): with this many "
                     f"steps some visit a level twice; use fewer than {len(self._grid) - 1} steps"
                 )
-            x_next, denoised = self._zero_length_step(run, self._xbar(sample.to(run.dtype), sigma), sigma)
-            return self._xbar(x_next, sigma, back=True).to(in_dtype), denoised.to(in_dtype)
+            x, state = self._xbar(sample.to(run.dtype), sigma), run.state
+            denoised, _ = run.view.predict(x, sigma)
+            corr = getattr(state, "corr", None)
+            if getattr(run.solver, "corrector", False) and corr and corr[run.steps - 1] and not run.corrected:
+                a, w = corr[run.steps - 1]
+                x, run.corrected = combine(a, state.x_base, zip(w, [denoised] + state.history)), True
+            return self._xbar(x, sigma, back=True).to(in_dtype), denoised.to(in_dtype)
         if j == 0:  # a new solver step, from the sample the pipeline holds (it may have edited it)
             if run.last is not None and sample is run.last[0] and sample._version == run.last[1]:
                 x = run.last[2]  # our own prev_sample, unchanged: continue from the solver's state, no round trip
             else:
                 x = self._xbar(sample.to(run.dtype), sigma)
-            if unclipped:
-                x, run.out = self._unclipped(x, run.out, sigma)
+            if unclipped:  # DDIM's use_clipped_model_output=False: the DDIM step (E30) from D_clipped + sigma eps_raw
+                # (on whose ray D_clipped lies) with eps_raw as the output there, as diffusers combines the two
+                conv = self._ode(lambda *a, **k: None)
+                d_raw, run.out = conv._convert(run.out, x, sigma, 1.0 / math.sqrt(1 + sigma * sigma))
+                x = torch.add(self.transform(d_raw, sigma), run.out, alpha=sigma)
             run.gen = run.solver.step(step, x, run.state)
             run.request = run.gen.send(None)
         reply = run.view.predict(*run.request[:2])  # this call's output, at the point the solver asked for
@@ -602,24 +610,6 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         # (same tensor, no in-place edit since: its version counter), as diffsolve.sample would
         run.last = (prev, prev._version, x_next)
         return prev, (None if denoised is None else denoised.to(in_dtype))
-
-    def _unclipped(self, x, out, sigma: float):
-        """diffusers' DDIM with use_clipped_model_output=False combines the clipped x0 with the raw eps: the
-        DDIM step (E30) from D_clipped + sigma eps_raw, on whose ray D_clipped lies; returns that point, eps_raw."""
-        d_raw, eps_raw = self._ode(lambda *a, **k: None)._convert(out, x, sigma, 1.0 / math.sqrt(1 + sigma * sigma))
-        return torch.add(self.transform(d_raw, sigma), eps_raw, alpha=sigma), eps_raw
-
-    def _zero_length_step(self, run, x, sigma):
-        """A step from sigma to sigma at the end leaves the sample, except that UniPC's corrector (UniC, Zhao
-        et al. 2023) still corrects the last step with the new output, as diffusers' UniPC does there."""
-        state, corr = run.state, getattr(run.state, "corr", None)
-        denoised, _ = run.view.predict(x, sigma)
-        if getattr(run.solver, "corrector", False) and corr and run.steps > 0 and not run.corrected:
-            if corr[run.steps - 1] is not None:
-                a, w = corr[run.steps - 1]
-                x = combine(a, state.x_base, zip(w, [denoised] + state.history))
-            run.corrected = True
-        return x, denoised
 
     @classmethod
     def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
