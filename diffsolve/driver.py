@@ -27,6 +27,7 @@ from .plugins.registry import get_registry
 from .schedules import Schedule
 from .solvers.base import RunState, Solver, advance, as_protocol
 from .validation import (
+    check_count,
     check_flag,
     check_generator,
     check_guidance_batch,
@@ -70,7 +71,7 @@ def make_grid(name: str, schedule, steps: int, **options) -> torch.Tensor:
         raise TypeError(
             f"schedule must be a diffsolve Schedule (e.g. ds.DiscreteSchedule.linear()), got {type(schedule).__name__}"
         )
-    _check_steps(steps)
+    check_count(steps, "steps")
     fn = get_registry().grid(name)
     # a grid depends only on (function, schedule, steps, options): computed once per schedule
     try:
@@ -431,11 +432,6 @@ def _raise_if_nonfinite(run: Run, sums, sig_list, per_step: bool) -> None:
             "overflowed (try a wider dtype); rerun with check_finite='step' to name the step"
         )
     raise NonFiniteError(msg)
-
-
-def _check_steps(steps) -> None:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
 
 
 def sample_core(

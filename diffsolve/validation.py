@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import numbers
 import re
 from collections.abc import Iterable, Sequence
 
@@ -170,6 +171,13 @@ def suggest(name, choices: Iterable[str]) -> str:
     """``" (did you mean 'x'?)"`` for the closest choice, or ``""``."""
     hit = closest(name, choices)
     return f" (did you mean {hit!r}?)" if hit is not None and hit != name else ""
+
+
+def check_count(value, name: str, low: int = 1) -> int:
+    """``int(value)`` for an integer (not a bool) >= ``low``, else a ValueError naming ``name`` (step counts)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
 
 
 def check_finite_number(value, name: str) -> float:

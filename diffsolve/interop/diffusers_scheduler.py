@@ -28,6 +28,7 @@ from ..sampling import make_grid, make_noise_sampler, make_solver, state_dtype_f
 from ..schedules import DiscreteSchedule
 from ..solvers._exponential import combine
 from ..solvers.base import Solver, answer
+from ..validation import check_count
 from ..wrapper import DiffusionODE
 from .diffusers import diffusers_grid, prediction_from_config, schedule_from_config, transform_from_config
 from .diffusers_sigmas import classes_with_keys
@@ -271,11 +272,12 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         given = {k: v for k, v in (("timesteps", timesteps), ("sigmas", sigmas)) if v is not None}
         if num_inference_steps is None and not given:
             raise ValueError("pass num_inference_steps (or timesteps= / sigmas=)")
+        n = num_inference_steps if given else check_count(num_inference_steps, "num_inference_steps")
         if self._ref is not None:
             for key in given.keys() - inspect.signature(self._ref.set_timesteps).parameters.keys():
                 raise ValueError(f"{self.family.name} does not take {key}= in set_timesteps; pass num_inference_steps")
-            if num_inference_steps is not None:
-                given["num_inference_steps"] = num_inference_steps if given else _steps(num_inference_steps)
+            if n is not None:
+                given["num_inference_steps"] = n
             self._ref.set_timesteps(device=device, **given, **kwargs)
             return self._adopt_family_schedule(device)
         if kwargs:
@@ -288,11 +290,9 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         elif sigmas is not None:
             sig = validate_sigmas(sigmas)
         elif self.config.grid is not None:
-            sig = make_grid(
-                self.config.grid, self.schedule, _steps(num_inference_steps), **(self.config.grid_options or {})
-            )
+            sig = make_grid(self.config.grid, self.schedule, n, **(self.config.grid_options or {}))
         else:
-            sig = diffusers_grid(self.fcfg, _steps(num_inference_steps), self.schedule)
+            sig = diffusers_grid(self.fcfg, n, self.schedule)
         self._set_grid(sig.tolist())
         self.sigmas, self.num_inference_steps = torch.as_tensor(self._grid, dtype=torch.float32), len(self._grid) - 1
         t = self.schedule.t(torch.tensor([s for _, _, s in self._calls], dtype=torch.float64))
@@ -659,12 +659,3 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                 f"and its own ({', '.join(_OWN_KEYS)})"
             )
         return super().from_config(cfg, return_unused_kwargs=return_unused_kwargs, **kwargs)
-
-
-def _steps(n) -> int:
-    try:
-        if not isinstance(n, bool) and float(n) == int(n) >= 1:
-            return int(n)
-    except (TypeError, ValueError):
-        pass
-    raise ValueError(f"num_inference_steps must be an integer >= 1, got {n!r}")
