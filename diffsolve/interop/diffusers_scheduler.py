@@ -137,8 +137,7 @@ _OWN_KEYS = ("solver", "solver_options", "grid", "grid_options", "emulate")
 _FAMILY_KEYS = [
     k for k in dict.fromkeys(k for f in FAMILIES.values() for k in _init_defaults(f.name)) if k not in _OWN_KEYS
 ]
-#: __init__'s keywords: the own keys and every family key (None: the emulated scheduler's default), explicit so that
-#: register_to_config records them all
+#: __init__'s keywords (every family key: None is the emulated scheduler's default), for register_to_config
 _SIGNATURE = inspect.Signature(
     [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
     + [inspect.Parameter(k, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None) for k in (*_OWN_KEYS, *_FAMILY_KEYS)]
@@ -209,13 +208,10 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         self._ref = None if fam is None else getattr(diffusers, emulate).from_config(fcfg)
         self.space = "vp" if fam is None else fam.space
         if fam is not None:
-            # the family's own normalisations (DPMSolverMultistep reads solver_type "bh2" as "midpoint",
-            # UniPC reads "midpoint" as "bh2"): recorded as that scheduler records them
-            changed = {
-                k: v
-                for k, v in self._ref.config.items()
-                if k in defaults and isinstance(fcfg[k], (str, int, float, bool)) and v != fcfg[k]
-            }
+            # the family's own normalisations (DPMSolverMultistep reads solver_type "bh2" as "midpoint", UniPC
+            # reads "midpoint" as "bh2"), recorded as that scheduler records them
+            plain = {k for k in defaults if isinstance(fcfg[k], (str, int, float, bool))}
+            changed = {k: v for k, v in self._ref.config.items() if k in plain and v != fcfg[k]}
             fcfg.update(changed)
             self.register_to_config(**{k: v for k, v in changed.items() if self.config[k] is not None})
             for k, allowed in fam.honoured.items():
@@ -465,12 +461,12 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                 return [(i, 0, grid[i]) for i in range(n)]
             if self.family.grid == "paired":  # two calls per step, one on the step into 0
                 return [c for i in range(n) for c in [(i, 0, grid[i])] + ([(i, 1, grid[i + 1])] if grid[i + 1] else [])]
-        elsewhere = "; use it through diffsolve.sample(diffsolve.from_diffusers(...))"
         if cls.legacy:
             raise ValueError(
                 f"solver {name} uses the first Solver contract (step(i, x) calls the model), which a pipeline "
                 "cannot feed: port it to the generator step(i, x, state) (docs/plugins.md, 'Porting a solver')"
             )
+        elsewhere = "; use it through diffsolve.sample(diffsolve.from_diffusers(...))"
         if cls.adaptive:
             raise DataDependentCallsError(
                 f"solver {name} chooses where to call the model from the data (adaptive step control), but a "
