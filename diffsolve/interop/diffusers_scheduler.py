@@ -331,13 +331,10 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
     def _sigma_of(self, t: int, previous: bool = False) -> float:
         """sigma at training timestep ``t``, or at the family's previous one (DDPM's previous_timestep, DDIM's
         t - T // N; below 0 the final level). Zero terminal SNR: 2^-24, as the ODE cannot start at sigma = inf."""
-        ref = self._ref
-        if previous:
-            t = (
-                int(ref.previous_timestep(t))
-                if hasattr(ref, "previous_timestep")
-                else t - len(self) // ref.num_inference_steps
-            )
+        if previous and hasattr(self._ref, "previous_timestep"):  # DDPM
+            t = int(self._ref.previous_timestep(t))
+        elif previous:  # DDIM
+            t -= len(self) // self._ref.num_inference_steps
         a = float(self.alphas_cumprod[t]) if t >= 0 else float(self.final_alpha_cumprod)
         a = a if a > 0 else 2.0**-24
         return math.sqrt(max(1.0 - a, 0.0) / a)
