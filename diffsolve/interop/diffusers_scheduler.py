@@ -50,14 +50,14 @@ def _init_defaults(name: str) -> dict:
 
 # -- the families: what DiffsolveScheduler reproduces of each diffusers scheduler class -------------------
 class _Family(NamedTuple):
-    """The sample's space, the family's own method (config -> (solver, options, per-step order rule or None)),
-    the values it honours of some keys (key -> allowed values; other keys: any value), and how its schedule is
-    the solver's grid: "sigmas" (steps sigmas[k] -> sigmas[k + 1]), "previous" (DDIM/DDPM: each timestep to the
-    family's previous one, memoryless) or "paired" (Heun: inner sigmas listed twice, two calls per step)."""
+    """The sample's space; the family's own method, (solver, options, per-step order rule or None) or a function
+    of the config giving them; the values it honours of some keys (key -> allowed values; other keys: any value);
+    how its schedule is the solver's grid: "sigmas" (steps sigmas[k] -> sigmas[k + 1]), "previous" (DDIM/DDPM:
+    each timestep to the family's previous one, memoryless) or "paired" (Heun: inner sigmas listed twice)."""
 
     name: str
     space: str
-    method: Callable
+    method: Callable | tuple
     honoured: dict = {}  # a table, never mutated
     grid: str = "sigmas"
 
@@ -75,10 +75,6 @@ def _unipc_orders(cfg, n: int, start: int, final_zero: bool) -> list[int]:
     """UniPC step orders: ``lower_order_final`` caps the order at the steps left (no 15-step condition)."""
     order, lof = int(cfg["solver_order"]), cfg.get("lower_order_final", True)
     return [min(min(order, n - k) if lof else order, k - start + 1) for k in range(start, n)]
-
-
-def _fixed(name: str, **options) -> Callable:
-    return lambda fcfg: (name, dict(options), None)
 
 
 def _ddpm_method(fcfg):  # DDPM's posterior variance (E24) is DDIM at eta = 1; fixed_large is its beta_t variance
@@ -119,15 +115,15 @@ _DEIS_KEYS = {"solver_type": ("logrho",), "algorithm_type": ("deis",)}
 FAMILIES: dict[str, _Family] = {
     f.name: f
     for f in [
-        _Family("DDIMScheduler", "vp", _fixed("ddim"), grid="previous"),
+        _Family("DDIMScheduler", "vp", ("ddim", {}, None), grid="previous"),
         _Family("DDPMScheduler", "vp", _ddpm_method, {"variance_type": ("fixed_small", "fixed_large")}, "previous"),
         _Family("DPMSolverMultistepScheduler", "vp", _dpm_method, {**_DPM_KEYS, **_NO_FLOW}),
         _Family("UniPCMultistepScheduler", "vp", _unipc_method, {**_UNIPC_KEYS, **_NO_FLOW, "shift_terminal": (None,)}),
         _Family("DEISMultistepScheduler", "vp", _deis_method, {**_DEIS_KEYS, **_NO_FLOW}),
-        _Family("EulerDiscreteScheduler", "ve", _fixed("ddim")),
-        _Family("EulerAncestralDiscreteScheduler", "ve", _fixed("euler-ancestral")),
-        _Family("HeunDiscreteScheduler", "ve", _fixed("heun"), grid="paired"),
-        _Family("LMSDiscreteScheduler", "ve", _fixed("lms", solver_order=4)),
+        _Family("EulerDiscreteScheduler", "ve", ("ddim", {}, None)),
+        _Family("EulerAncestralDiscreteScheduler", "ve", ("euler-ancestral", {}, None)),
+        _Family("HeunDiscreteScheduler", "ve", ("heun", {}, None), grid="paired"),
+        _Family("LMSDiscreteScheduler", "ve", ("lms", {"solver_order": 4}, None)),
     ]
 }
 
@@ -229,8 +225,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             if user is None and opts:
                 raise ValueError(f"solver_options={opts} without solver=: name the solver they are for")
         self.prediction, self.transform = prediction_from_config(fcfg), transform_from_config(fcfg)
-        method = (user or "ddim", opts, None) if user is not None or fam is None else fam.method(fcfg)
-        self.solver_name, self.solver_opts, self.orders_rule = method
+        method = (user or "ddim", opts, None) if user is not None or fam is None else fam.method
+        self.solver_name, self.solver_opts, self.orders_rule = method(fcfg) if callable(method) else method
         self.solver_class = type(make_solver(self.solver_name, **self.solver_opts))  # validates name and options
         self.order = self.solver_class.calls_per_step
         # the training schedule as from_diffusers reads it, for native mode and for a solver that replaces the
