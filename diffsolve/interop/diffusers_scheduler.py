@@ -285,15 +285,12 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             sig = make_grid(self.config.grid, self.schedule, n, **(self.config.grid_options or {}))
         else:
             sig = diffusers_grid(self.fcfg, n, self.schedule)
-        self._set_grid(sig.tolist())
+        self._grid, self._memoryless = sig.tolist(), False
+        self._calls = self._call_map(self._grid)  # (step, call within the step, sigma) of every model call
+        self._per_step = collections.Counter(i for i, _, _ in self._calls)
         self.sigmas, self.num_inference_steps = torch.as_tensor(self._grid, dtype=torch.float32), len(self._grid) - 1
         t = self.schedule.t(torch.tensor([s for _, _, s in self._calls], dtype=torch.float64))
         self.timesteps = (t.round().to(torch.int64) if torch.equal(t, t.round()) else t.to(torch.float32)).to(device)
-
-    def _set_grid(self, grid: list[float], memoryless: bool = False):
-        """The solver's grid, its model calls (step, call within the step, sigma) and the calls per step."""
-        self._grid, self._calls, self._memoryless = grid, self._call_map(grid), memoryless
-        self._per_step = collections.Counter(i for i, _, _ in self._calls)
 
     def _adopt_family_schedule(self, device):
         ref, kind, name = self._ref, self.family.grid, self.solver_name
@@ -310,7 +307,9 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             # diffusers' Heun grid [s0, s1, s1, ..., s_{n-1}, s_{n-1}, 0] is the solver's [s0, s1, ..., 0]; the others
             # step from sigmas[k] to sigmas[k + 1] (log-linear Euler's schedule has one sigma more than it visits)
             g = [g[0]] + g[1:-1:2] + [g[-1]] if kind == "paired" else g[: len(ref.timesteps) + 1]
-        self._set_grid(g, memoryless=kind == "previous" and name == "ddim")
+        self._grid, self._memoryless = g, kind == "previous" and name == "ddim"
+        self._calls = self._call_map(g)
+        self._per_step = collections.Counter(i for i, _, _ in self._calls)
         if (name == "heun") if kind == "paired" else (self.solver_class.calls_per_step == 1):
             if len(self._calls) != len(self.timesteps):
                 raise ValueError(
