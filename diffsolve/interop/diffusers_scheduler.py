@@ -31,21 +31,13 @@ from ..solvers.base import Solver, answer
 from ..validation import check_count
 from ..wrapper import DiffusionODE
 from .diffusers import diffusers_grid, prediction_from_config, schedule_from_config, transform_from_config
-from .diffusers_sigmas import classes_with_keys
+from .diffusers_sigmas import classes_with_keys, scheduler_defaults
 
 __all__ = ["FAMILIES", "DataDependentCallsError", "DiffsolveScheduler"]
 
 
 class DataDependentCallsError(ValueError):
     """The solver decides where to call the model from the data: no fixed timestep list exists."""
-
-
-def _init_defaults(name: str) -> dict:
-    """The ``__init__`` keys of diffusers' scheduler class ``name``, with their defaults ({}: no such class)."""
-    cls = getattr(diffusers, name, None) if name.isidentifier() else None
-    init = vars(cls).get("__init__") if isinstance(cls, type) else None
-    params = inspect.signature(init).parameters.items() if init is not None else ()
-    return {k: p.default for k, p in params if k not in ("self", "kwargs")}
 
 
 # -- the families: what DiffsolveScheduler reproduces of each diffusers scheduler class -------------------
@@ -131,7 +123,7 @@ FAMILIES: dict[str, _Family] = {
 _OWN_KEYS = ("solver", "solver_options", "grid", "grid_options", "emulate")
 #: every key of the supported diffusers schedulers (DiffsolveScheduler's own excepted), once
 _FAMILY_KEYS = [
-    k for k in dict.fromkeys(k for f in FAMILIES.values() for k in _init_defaults(f.name)) if k not in _OWN_KEYS
+    k for k in dict.fromkeys(k for f in FAMILIES.values() for k in scheduler_defaults(f.name)) if k not in _OWN_KEYS
 ]
 #: __init__'s keywords (every family key: None is the emulated scheduler's default), for register_to_config
 _SIGNATURE = inspect.Signature(
@@ -143,7 +135,7 @@ _INTEGRATOR_KEYS = (
     "solver_order algorithm_type solver_type lower_order_final euler_at_final predict_x0 disable_corrector solver_p"
 ).split()
 #: native mode (no ``emulate``): the keys it reads, DDIMScheduler's, with their defaults (no clipping)
-_NATIVE_DEFAULTS = dict(_init_defaults("DDIMScheduler"), clip_sample=False)
+_NATIVE_DEFAULTS = dict(scheduler_defaults("DDIMScheduler"), clip_sample=False)
 #: keys of a diffusers scheduler that shape its sigma grid (a method replaced by solver= cannot drop them)
 _GRID_KEYS = "use_karras_sigmas use_exponential_sigmas use_beta_sigmas use_lu_lambdas shift use_flow_sigmas".split()
 
@@ -185,7 +177,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                 f"emulate={emulate!r} is not supported; supported: {', '.join(FAMILIES)} (or None: diffsolve's "
                 "own grid and DDIM's timestep rule)"
             )
-        defaults = _NATIVE_DEFAULTS if fam is None else _init_defaults(emulate)
+        defaults = _NATIVE_DEFAULTS if fam is None else scheduler_defaults(emulate)
         given = {k: cfg[k] for k in _FAMILY_KEYS if cfg.get(k) is not None}
         foreign = sorted(set(given) - set(defaults))
         if foreign:
@@ -618,9 +610,9 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         if not chosen and name in FAMILIES:
             cfg["emulate"] = name
             cfg.pop("_use_default_values", None)  # the source's own defaults are the values to reproduce
-            cfg.update({k: cfg.get(k, v) for k, v in _init_defaults(name).items()})
+            cfg.update({k: cfg.get(k, v) for k, v in scheduler_defaults(name).items()})
         elif not chosen and name not in (None, cls.__name__):
-            defaults = _init_defaults(name)
+            defaults = scheduler_defaults(name)
             beta = bool(defaults.keys() & {"beta_schedule", "trained_betas"})  # a DDPM training schedule
             spacing = sorted(k for k in _GRID_KEYS if k in cfg and cfg[k] != defaults.get(k))
             why = "its schedule is not a DDPM beta schedule" if not beta else f"its key(s) {spacing} set the grid"
