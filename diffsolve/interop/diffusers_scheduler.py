@@ -122,9 +122,7 @@ FAMILIES: dict[str, _Family] = {
 #: keys of DiffsolveScheduler's own (not a diffusers scheduler's)
 _OWN_KEYS = ("solver", "solver_options", "grid", "grid_options", "emulate")
 #: every key of the supported diffusers schedulers (DiffsolveScheduler's own excepted), once
-_FAMILY_KEYS = [
-    k for k in dict.fromkeys(k for f in FAMILIES.values() for k in scheduler_defaults(f.name)) if k not in _OWN_KEYS
-]
+_FAMILY_KEYS = [k for k in dict.fromkeys(k for f in FAMILIES for k in scheduler_defaults(f)) if k not in _OWN_KEYS]
 #: __init__'s keywords (every family key: None is the emulated scheduler's default), for register_to_config
 _SIGNATURE = inspect.Signature(
     [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
