@@ -12,7 +12,6 @@ import collections
 import inspect
 import itertools
 import math
-import types
 from collections.abc import Callable
 from typing import ClassVar, NamedTuple
 
@@ -375,12 +374,15 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         self._draw = make_noise_sampler(generator) if variance_noise is None else lambda like: variance_noise.to(like)
         if self._memoryless:  # DDIM/DDPM: a run of one step from t to the family's previous timestep, any t
             t = int(timestep)
-            run = self._begin_run(0, [self._sigma_of(t), self._sigma_of(t, previous=True)], sample, eta, unclipped)
-            k, i, j, sigma = self._first_index.get(t), 0, 0, run.grid[0]
+            k, i, j, sigma = self._first_index.get(t), 0, 0, self._sigma_of(t)
+            grid = [sigma, self._sigma_of(t, previous=True)]
         else:
-            k = self._next_call(timestep, sample, eta)
-            run, (i, j, sigma) = self._run, self._calls[k]
-        prev, denoised = self._feed(run, i, j, sigma, model_output, sample, unclipped)
+            k, grid = self._next_call(timestep, eta)
+            i, j, sigma = self._calls[k]
+        if grid is not None:  # a new run, fed this call's output first
+            self._run, self._run_eta = self._begin_run(i, grid, sample, eta, unclipped), eta
+            next(self._run)
+        prev, denoised = self._run.send((model_output, sample, sigma, i, j))
         self.step_index = None if k is None else k + 1
         return DDIMSchedulerOutput(prev_sample=prev, pred_original_sample=denoised) if return_dict else (prev, denoised)
 
@@ -480,10 +482,10 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             )
         return patterns[0]
 
-    def _next_call(self, timestep, sample, eta: float) -> int:
-        """The index in ``timesteps`` of this call: the run's next one, or the first of a new run at
-        ``begin_index``, else at ``timestep`` by value (diffusers' rule: its second match, so a run starting
-        mid-schedule skips no sigma; DPM-Solver/UniPC/DEIS: the last index for a timestep not in the schedule)."""
+    def _next_call(self, timestep, eta: float) -> tuple[int, list[float] | None]:
+        """The index in ``timesteps`` of this call and, for the first of a new run, the run's grid: at ``begin_index``,
+        else at ``timestep`` by value (diffusers' rule: its second match, so a run starting mid-schedule skips no
+        sigma; DPM-Solver/UniPC/DEIS: the last index for a timestep not in the schedule)."""
         ts, ref, k = self.timesteps, self._ref, self.step_index
         if k is not None and self._run is not None:
             tv = float(timestep)
@@ -493,12 +495,12 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                     f"step() got timestep {tv} but the next call is {expected}: step through scheduler.timesteps "
                     "in order, or call set_timesteps() / set_begin_index() to start a new run"
                 )
-            if eta != self._run.eta:
+            if eta != self._run_eta:
                 raise ValueError(
-                    f"eta={eta} given to step() after a run started with eta={self._run.eta}: one eta per run "
+                    f"eta={eta} given to step() after a run started with eta={self._run_eta}: one eta per run "
                     "(it sets the solver's coefficients for the whole grid)"
                 )
-            return k
+            return k, None
         k = self.begin_index if k is None else k
         if k is None and ref is not None and ts is ref.timesteps and hasattr(ref, "index_for_timestep"):
             k = int(ref.index_for_timestep(timestep.to(ts.device) if isinstance(timestep, torch.Tensor) else timestep))
@@ -519,75 +521,70 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                 f"timesteps[{k}] is the call {j + 1} of a solver step, not the start of one: start runs at a "
                 "step's first call (set_begin_index(t_start * scheduler.order))"
             )
-        self._begin_run(i, self._grid[i:], sample, eta)
-        return k
+        return k, self._grid[i:]
 
-    def _begin_run(self, i: int, grid: list[float], sample, eta: float, unclipped: bool = False):
-        """A run of the solver from step ``i`` over ``grid``, up to the first level that does not decrease:
-        zero-length steps at the end (karras sigmas with final_sigmas_type="sigma_min" repeat the last sigma)
-        are taken as diffusers takes h = 0; a level repeated earlier is an error when the run reaches it."""
+    def _begin_run(self, i0: int, grid: list[float], sample, eta: float, unclipped: bool = False):
+        """A run of the solver from step ``i0`` over ``grid``, as a generator: each pipeline call sends ``(model
+        output, sample, sigma, i, j)`` (call ``j`` of step ``i``, at ``sigma``) and gets ``(prev_sample,
+        pred_original_sample)``. The run ends at the first level that does not decrease: zero-length steps at the
+        end (karras sigmas with final_sigmas_type="sigma_min" repeat the last sigma) are taken as diffusers takes
+        h = 0; a level repeated earlier is an error when the run reaches it."""
         cut = next((m for m in range(len(grid) - 1) if not grid[m + 1] < grid[m]), len(grid) - 1)
         later = next((g for g in grid[cut + 1 :] if g != grid[cut]), None)
-        run = types.SimpleNamespace(start=i, grid=grid[: cut + 1], dtype=state_dtype_for(sample.dtype), steps=cut)
-        run.bad, run.eta, run.last, run.corrected = None if later is None else (grid[cut], later), eta, None, False
-        run.view = self._ode(lambda x, t, **_: run.out, unclipped).start_run(
-            input_dtype=sample.dtype, wants_denoised=True
-        )
-        run.solver = self._new_solver(i, run.steps, **({"eta": eta} if eta else {}))
-        run.state = run.solver.init(run.view, run.grid, lambda like: self._draw(like))
-        self._run = run
-        return run
-
-    def _feed(self, run, i: int, j: int, sigma: float, model_output, sample, unclipped: bool):
-        """The output of call ``j`` of step ``i`` (at ``sigma``) fed to the run's open solver step:
-        ``(prev_sample, pred_original_sample)``."""
-        in_dtype, step, calls = sample.dtype, i - run.start, self._per_step[i]
-        run.out = model_output.to(run.dtype)
-        if step >= run.steps:  # from sigma to sigma at the end: the sample stays, except that UniPC's corrector
-            # (UniC, Zhao et al. 2023) still corrects the last step with the new output, as diffusers' UniPC does
-            if run.bad is not None:
-                raise ValueError(
-                    f"the schedule's sigmas repeat or increase ({run.bad[0]} then {run.bad[1]}): with this many "
-                    f"steps some visit a level twice; use fewer than {len(self._grid) - 1} steps"
-                )
-            x, state = self._xbar(sample.to(run.dtype), sigma), run.state
-            denoised, _ = run.view.predict(x, sigma)
-            corr = getattr(state, "corr", None)
-            if getattr(run.solver, "corrector", False) and corr and corr[run.steps - 1] and not run.corrected:
-                a, w = corr[run.steps - 1]
-                x, run.corrected = combine(a, state.x_base, zip(w, [denoised] + state.history)), True
-            return self._xbar(x, sigma, back=True).to(in_dtype), denoised.to(in_dtype)
-        if j == 0:  # a new solver step, from the sample the pipeline holds (it may have edited it)
-            if run.last is not None and sample is run.last[0] and sample._version == run.last[1]:
-                x = run.last[2]  # our own prev_sample, unchanged: continue from the solver's state, no round trip
-            else:
-                x = self._xbar(sample.to(run.dtype), sigma)
+        dtype, out, last = state_dtype_for(sample.dtype), None, None
+        view = self._ode(lambda x, t, **_: out, unclipped).start_run(input_dtype=sample.dtype, wants_denoised=True)
+        solver = self._new_solver(i0, cut, **({"eta": eta} if eta else {}))
+        state = solver.init(view, grid[: cut + 1], lambda like: self._draw(like))
+        output, x_in, sigma, i, j = yield
+        for step in range(cut):
+            in_dtype, out = x_in.dtype, output.to(dtype)
+            # a new solver step from the sample the pipeline holds (it may have edited it); our own prev_sample,
+            # untouched (same tensor, same version counter), continues from the solver's state: no round trip
+            x = last[2] if last and x_in is last[0] and x_in._version == last[1] else self._xbar(x_in.to(dtype), sigma)
             if unclipped:  # DDIM's use_clipped_model_output=False: the DDIM step (E30) from D_clipped + sigma eps_raw
                 # (on whose ray D_clipped lies) with eps_raw as the output there, as diffusers combines the two
                 conv = self._ode(lambda *a, **k: None)
-                d_raw, run.out = conv._convert(run.out, x, sigma, 1.0 / math.sqrt(1 + sigma * sigma))
-                x = torch.add(self.transform(d_raw, sigma), run.out, alpha=sigma)
-            run.gen = run.solver.step(step, x, run.state)
-            run.request = run.gen.send(None)
-        reply = run.view.predict(*run.request[:2])  # this call's output, at the point the solver asked for
-        try:
-            run.request, done = run.gen.send(reply), None
-        except StopIteration as stop:
-            done = stop.value
-        if (done is not None) != (j + 1 == calls):
-            raise DataDependentCallsError(
-                f"solver {self.solver_name!r} made {'more than ' if done is None else ''}{j + 1} model calls in "
-                f"step {i}, not {calls}: its calls depend on the data"
+                d_raw, out = conv._convert(out, x, sigma, 1.0 / math.sqrt(1 + sigma * sigma))
+                x = torch.add(self.transform(d_raw, sigma), out, alpha=sigma)
+            gen = solver.step(step, x, state)
+            request = gen.send(None)
+            while True:
+                reply = view.predict(*request[:2])  # this call's output, at the point the solver asked for
+                try:
+                    request, done = gen.send(reply), None
+                except StopIteration as stop:
+                    done = stop.value
+                if (done is not None) != (j + 1 == self._per_step[i]):
+                    raise DataDependentCallsError(
+                        f"solver {self.solver_name!r} made {'more than ' if done is None else ''}{j + 1} model calls "
+                        f"in step {i}, not {self._per_step[i]}: its calls depend on the data"
+                    )
+                if done is not None:
+                    break
+                # the step needs another call: the pipeline evaluates the model at the point it asks for next
+                x_mid = self._xbar(request[0], request[1], back=True).to(in_dtype)
+                output, x_in, sigma, i, j = yield x_mid, reply[0].to(in_dtype)
+                in_dtype, out = x_in.dtype, output.to(dtype)
+            x_next, denoised = done
+            prev = self._xbar(x_next, state.sigmas[step + 1], back=True).to(in_dtype)
+            last = (prev, prev._version, x_next)
+            output, x_in, sigma, i, j = yield prev, (None if denoised is None else denoised.to(in_dtype))
+        if later is not None:
+            raise ValueError(
+                f"the schedule's sigmas repeat or increase ({grid[cut]} then {later}): with this many steps some "
+                f"visit a level twice; use fewer than {len(self._grid) - 1} steps"
             )
-        if done is None:  # the step needs another call: the pipeline evaluates the model where it asks next
-            x_mid, s_mid, _ = run.request
-            return self._xbar(x_mid, s_mid, back=True).to(in_dtype), reply[0].to(in_dtype)
-        x_next, denoised = done
-        prev = self._xbar(x_next, run.state.sigmas[step + 1], back=True).to(in_dtype)
-        # the next step continues from x_next itself when the pipeline hands prev back untouched
-        # (same tensor, no in-place edit since: its version counter), as diffsolve.sample would
-        run.last = (prev, prev._version, x_next)
-        return prev, (None if denoised is None else denoised.to(in_dtype))
+        # from sigma to sigma at the end the sample stays, except that UniPC's corrector (UniC, Zhao et al. 2023)
+        # corrects the last step once more with the new output, as diffusers' UniPC does there
+        corr = getattr(state, "corr", None) if getattr(solver, "corrector", False) else None
+        corr = corr[cut - 1] if corr else None
+        while True:
+            x, out = self._xbar(x_in.to(dtype), sigma), output.to(dtype)
+            denoised, _ = view.predict(x, sigma)
+            if corr is not None:
+                x, corr = combine(corr[0], state.x_base, zip(corr[1], [denoised] + state.history)), None
+            x = self._xbar(x, sigma, back=True).to(x_in.dtype)
+            output, x_in, sigma, i, j = yield x, denoised.to(x_in.dtype)
 
     @classmethod
     def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
