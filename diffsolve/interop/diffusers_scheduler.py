@@ -39,7 +39,6 @@ class DataDependentCallsError(ValueError):
     """The solver decides where to call the model from the data: no fixed timestep list exists."""
 
 
-# -- the families: what DiffsolveScheduler reproduces of each diffusers scheduler class -------------------
 class _Family(NamedTuple):
     """The sample's space; the family's own method, (solver, options, per-step order rule or None) or a function
     of the config giving them; the values it honours of some keys (key -> allowed values; other keys: any value);
@@ -218,8 +217,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         self.solver_name, self.solver_opts, self.orders_rule = method(fcfg) if callable(method) else method
         self.solver_class = type(make_solver(self.solver_name, **self.solver_opts))  # validates name and options
         self.order = self.solver_class.calls_per_step
-        # the training schedule as from_diffusers reads it, for native mode and for a solver that replaces the
-        # family's method (the step ODE's: deis's time and plms's midpoints read it); a family's method reads none
+        # the training schedule, for native mode and a solver replacing the family's method (deis and plms read it)
         self.schedule = schedule_from_config(fcfg) if fam is None or user is not None else None
         src = self._ref if fam is not None else DDIMScheduler.from_config(fcfg)  # native: DDIM's betas, final level
         self.betas, self.alphas, self.alphas_cumprod = src.betas, src.alphas, src.alphas_cumprod
@@ -293,8 +291,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             self.sigmas = torch.as_tensor(g, dtype=torch.float32)
         else:
             self.sigmas, g = ref.sigmas, ref.sigmas.to(torch.float64).tolist()
-            # diffusers' Heun grid [s0, s1, s1, ..., s_{n-1}, s_{n-1}, 0] is the solver's [s0, s1, ..., 0]; the others
-            # step from sigmas[k] to sigmas[k + 1] (log-linear Euler's schedule has one sigma more than it visits)
+            # Heun's [s0, s1, s1, ..., 0] is the solver's [s0, s1, ..., 0]; log-linear Euler's has a sigma too many
             g = [g[0]] + g[1:-1:2] + [g[-1]] if kind == "paired" else g[: len(ref.timesteps) + 1]
         self._grid, self._memoryless = g, kind == "previous" and name == "ddim"
         self._calls = self._call_map(g)
@@ -538,8 +535,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         output, x_in, sigma, i, j = yield
         for step in range(cut):
             in_dtype, out = x_in.dtype, output.to(dtype)
-            # a new solver step from the sample the pipeline holds (it may have edited it); our own prev_sample,
-            # untouched (same tensor, same version counter), continues from the solver's state: no round trip
+            # from the sample the pipeline holds (maybe edited); our own prev_sample, untouched, with no round trip
             x = last[2] if last and x_in is last[0] and x_in._version == last[1] else self._xbar(x_in.to(dtype), sigma)
             if unclipped:  # DDIM's use_clipped_model_output=False: the DDIM step (E30) from D_clipped + sigma eps_raw
                 # (on whose ray D_clipped lies) with eps_raw as the output there, as diffusers combines the two
@@ -561,7 +557,6 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                     )
                 if done is not None:
                     break
-                # the step needs another call: the pipeline evaluates the model at the point it asks for next
                 x_mid = self._xbar(request[0], request[1], back=True).to(in_dtype)
                 output, x_in, sigma, i, j = yield x_mid, reply[0].to(in_dtype)
                 in_dtype, out = x_in.dtype, output.to(dtype)
@@ -622,8 +617,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                     f"DiffsolveScheduler cannot reproduce {name}; supported: {', '.join(FAMILIES)}. Name a diffsolve "
                     "solver (solver=...) to run it on this config's training schedule, or pass emulate="
                 )
-            # solver= replaces the source's method: its training schedule is read (native mode) and its
-            # method's own keys (e.g. PNDM's skip_prk_steps) have nothing left to act on
+            # solver= replaces the source's method: native mode on its training schedule, its method keys dropped
             cfg = dict({k: v for k, v in cfg.items() if k in _NATIVE_DEFAULTS or k not in defaults}, emulate=None)
         # keyword overrides too, unless the caller collects the unused ones (from_pretrained's path)
         keys = list(cfg) + ([] if return_unused_kwargs else list(kwargs))
