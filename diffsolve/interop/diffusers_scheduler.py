@@ -223,8 +223,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         self.betas, self.alphas, self.alphas_cumprod = src.betas, src.alphas, src.alphas_cumprod
         self.final_alpha_cumprod = getattr(src, "final_alpha_cumprod", torch.tensor(1.0))  # 1: no set_alpha_to_one
         self.timesteps = torch.arange(int(fcfg["num_train_timesteps"]) - 1, -1, -1, dtype=torch.int64)
-        ref = self._ref
-        if ref is not None and getattr(ref, "sigmas", None) is not None and len(ref.sigmas) == len(ref.timesteps) + 1:
+        if fam is not None and len(getattr(self._ref, "sigmas", ())) == len(self._ref.timesteps) + 1:
             self._adopt_family_schedule(None)  # like the emulated scheduler, usable before set_timesteps
 
     __init__.__signature__ = _SIGNATURE
@@ -239,7 +238,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         sample / sqrt(sigma^2 + 1) (E6)."""
         if self.space == "vp":
             return sample
-        self._sync_ref()
+        self._ref._begin_index, self._ref._step_index = self.begin_index, self.step_index  # its position
         out = self._ref.scale_model_input(sample, timestep)
         self.step_index = self._ref.step_index if self.step_index is None else self.step_index
         return out
@@ -387,26 +386,19 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         """The forward process at ``timesteps`` in the sample's space (E8; x0 + sigma noise for Euler/Heun/LMS)."""
         t = torch.as_tensor(timesteps, device="cpu").reshape(-1).to(torch.float64)
         if self._ref is not None and (self.space == "ve" or torch.equal(t, t.round())):
-            self._sync_ref()
+            self._ref._begin_index, self._ref._step_index = self.begin_index, self.step_index  # its position
             if self.family.grid == "previous" and isinstance(timesteps, torch.Tensor):
                 timesteps = timesteps.round().long()  # they index alphas_cumprod (integral here)
             return self._ref.add_noise(original_samples, noise, timesteps)
         # native mode, or a multi-call solver's timesteps between a DDIM/DDPM schedule's training levels (which
         # that scheduler's add_noise cannot index): alpha_bar at the sigma of t, log-linear between levels
         a = (self.schedule if self.schedule is not None else schedule_from_config(self.fcfg)).alpha_bar(t)
-        shape = (-1, *([1] * (original_samples.dim() - 1)))
-        sa, sb = (
-            v.to(original_samples.device, original_samples.dtype).reshape(shape) for v in (a.sqrt(), (1 - a).sqrt())
-        )
-        return sa * original_samples + sb * noise
+        x0, shape = original_samples, (-1, *([1] * (original_samples.dim() - 1)))
+        sa, sb = (v.to(x0.device, x0.dtype).reshape(shape) for v in (a.sqrt(), (1 - a).sqrt()))
+        return sa * x0 + sb * noise
 
     def __len__(self) -> int:
         return int(self.fcfg["num_train_timesteps"])
-
-    def _sync_ref(self):
-        for name in ("begin_index", "step_index"):
-            if hasattr(self._ref, "_" + name):
-                setattr(self._ref, "_" + name, getattr(self, name))
 
     def _xbar(self, x: torch.Tensor, sigma: float, back: bool = False) -> torch.Tensor:
         """The state xbar = x sqrt(1 + sigma^2) of the VP sample x (E6), or back; in the k-diffusion space, x."""
@@ -521,11 +513,10 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         return k, self._grid[i:]
 
     def _begin_run(self, i0: int, grid: list[float], sample, eta: float, unclipped: bool = False):
-        """A run of the solver from step ``i0`` over ``grid``, as a generator: each pipeline call sends ``(model
-        output, sample, sigma, i, j)`` (call ``j`` of step ``i``, at ``sigma``) and gets ``(prev_sample,
-        pred_original_sample)``. The run ends at the first level that does not decrease: zero-length steps at the
-        end (karras sigmas with final_sigmas_type="sigma_min" repeat the last sigma) are taken as diffusers takes
-        h = 0; a level repeated earlier is an error when the run reaches it."""
+        """A run of the solver from step ``i0`` over ``grid``: a generator sent ``(model output, sample, sigma, i, j)``
+        per pipeline call (call ``j`` of step ``i``) that answers ``(prev_sample, pred_original_sample)``. It ends at
+        the first level that does not decrease: zero-length steps at the end (karras sigmas with final_sigmas_type=
+        "sigma_min") are taken as diffusers takes h = 0; a level repeated earlier is an error when reached."""
         cut = next((m for m in range(len(grid) - 1) if not grid[m + 1] < grid[m]), len(grid) - 1)
         later = next((g for g in grid[cut + 1 :] if g != grid[cut]), None)
         dtype, out, last = state_dtype_for(sample.dtype), None, None
