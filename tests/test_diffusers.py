@@ -475,6 +475,10 @@ def test_a_key_that_cannot_be_honoured_is_an_error(source, match):
 
 
 def test_keys_that_conflict_are_errors_not_warnings():
+    with pytest.raises(
+        ValueError, match=r"key\(s\) \['grid'\] are not keys of DDIMScheduler.*emulate=None runs on grid="
+    ):
+        DiffsolveScheduler.from_config(DDIMScheduler(), grid="karras")  # the emulated scheduler sets the grid
     with pytest.raises(ValueError, match="need emulate="):
         DiffsolveScheduler(use_karras_sigmas=True)
     with pytest.raises(ValueError, match=r"cannot be honoured"):

@@ -151,12 +151,10 @@ _PLACEHOLDER_SCHEDULE = DiscreteSchedule.from_betas(torch.linspace(1e-4, 0.02, 1
 
 class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
     """A diffusers scheduler that runs the registered diffsolve solver ``solver``:
-    ``pipe.scheduler = DiffsolveScheduler.from_config(pipe.scheduler[, solver="unipc"])``.
-
-    Config (``_SIGNATURE``): ``solver``, ``solver_options``, ``emulate`` (the diffusers scheduler reproduced;
-    ``from_config`` takes the config's ``_class_name``), ``grid`` / ``grid_options`` (native mode only) and every
-    key of the emulated scheduler (None: its default). A key that cannot be honoured is an error, never dropped.
-    """
+    ``pipe.scheduler = DiffsolveScheduler.from_config(pipe.scheduler[, solver="unipc"])``. Config (``_SIGNATURE``):
+    ``solver``, ``solver_options``, ``emulate`` (the diffusers scheduler reproduced; ``from_config`` takes the
+    config's ``_class_name``), ``grid`` / ``grid_options`` (native mode only) and every key of the emulated
+    scheduler (None: its default). A key that cannot be honoured is an error, never dropped."""
 
     _compatibles: ClassVar[list[str]] = list(FAMILIES)
     order = 1
@@ -175,18 +173,14 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             )
         defaults = _NATIVE_DEFAULTS if fam is None else scheduler_defaults(emulate)
         given = {k: cfg[k] for k in _FAMILY_KEYS if cfg.get(k) is not None}
-        foreign = sorted(set(given) - set(defaults))
+        foreign = sorted(set(given) - set(defaults)) + (["grid"] if fam and cfg.get("grid") is not None else [])
         if foreign:
             raise ValueError(
-                f"key(s) {foreign} are not keys of {emulate}; that scheduler cannot honour them"
+                f"key(s) {foreign} are not keys of {emulate}, which cannot honour them (it sets the grid itself; "
+                "emulate=None runs on grid=/grid_options=)"
                 if fam
                 else f"key(s) {foreign} need emulate=<a diffusers scheduler class> (they belong to one; supported: "
                 f"{', '.join(FAMILIES)}); without it the grid is grid=/grid_options="
-            )
-        if fam is not None and cfg.get("grid") is not None:
-            raise ValueError(
-                f"grid={cfg['grid']!r} with emulate={emulate!r}: the emulated scheduler sets the grid; use "
-                "emulate=None for a diffsolve grid"
             )
         self.fcfg = fcfg = dict(defaults, **given)
         self._ref = None if fam is None else getattr(diffusers, emulate).from_config(fcfg)
@@ -336,9 +330,9 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         s_noise: float = 1.0,
         order: int | None = None,
     ):
-        """One model output in; the next sample (``prev_sample``) and the solver's denoised estimate out.
-        DDIMScheduler's arguments in its positions (``eta`` is DDIM's; ``generator`` / ``variance_noise`` feed
-        stochastic solvers), EulerDiscrete's ``s_churn``... (churn is refused) and LMS's ``order``."""
+        """One model output in; the next sample and the solver's denoised estimate out. DDIMScheduler's arguments in
+        its positions (``eta``: DDIM's; ``generator`` / ``variance_noise``: the noise), EulerDiscrete's ``s_churn``...
+        (churn > 0 is refused) and LMS's ``order``."""
         if self.timesteps is None or self._grid is None:
             raise ValueError("call set_timesteps(num_inference_steps) before step()")
         if not isinstance(model_output, torch.Tensor) or not isinstance(sample, torch.Tensor):
@@ -472,9 +466,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         return patterns[0]
 
     def _next_call(self, timestep, eta: float) -> tuple[int, list[float] | None]:
-        """The index in ``timesteps`` of this call and, for the first of a new run, the run's grid: at ``begin_index``,
-        else at ``timestep`` by value (diffusers' rule: its second match, so a run starting mid-schedule skips no
-        sigma; DPM-Solver/UniPC/DEIS: the last index for a timestep not in the schedule)."""
+        """The index in ``timesteps`` of this call and, for a new run's first call, its grid: ``begin_index``, else the
+        index of ``timestep`` (diffusers' rule: the second match; DPM-Solver/UniPC/DEIS: the last when none)."""
         ts, ref, k = self.timesteps, self._ref, self.step_index
         if k is not None and self._run is not None:
             tv = float(timestep)
@@ -513,10 +506,9 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         return k, self._grid[i:]
 
     def _begin_run(self, i0: int, grid: list[float], sample, eta: float, unclipped: bool = False):
-        """A run of the solver from step ``i0`` over ``grid``: a generator sent ``(model output, sample, sigma, i, j)``
-        per pipeline call (call ``j`` of step ``i``) that answers ``(prev_sample, pred_original_sample)``. It ends at
-        the first level that does not decrease: zero-length steps at the end (karras sigmas with final_sigmas_type=
-        "sigma_min") are taken as diffusers takes h = 0; a level repeated earlier is an error when reached."""
+        """A run from step ``i0`` over ``grid``: a generator sent ``(model output, sample, sigma, i, j)`` per pipeline
+        call (call ``j`` of step ``i``), answering ``(prev_sample, pred_original_sample)``. Zero-length steps at the end
+        (karras sigmas, final_sigmas_type="sigma_min") are diffusers' h = 0; a level repeated earlier is an error."""
         cut = next((m for m in range(len(grid) - 1) if not grid[m + 1] < grid[m]), len(grid) - 1)
         later = next((g for g in grid[cut + 1 :] if g != grid[cut]), None)
         dtype, out, last = state_dtype_for(sample.dtype), None, None
