@@ -528,6 +528,8 @@ def test_misuse_of_step_is_a_clear_error():
         sched.step(x, sched.timesteps[0], x)
     with pytest.raises(ValueError, match="eta is DDIM's"):
         sched.step(x, sched.timesteps[1], x, eta=0.5)
+    with pytest.raises(TypeError, match=r"step\(\) got \['order'\]: .*solver_options=\{'solver_order': n\}"):
+        sched.step(x, sched.timesteps[1], x, order=3)  # LMS's keyword: a solver option here
     heun = DiffsolveScheduler.from_config(HeunDiscreteScheduler())
     heun.set_timesteps(4)
     heun.set_begin_index(1)  # the second call of step 0

@@ -323,29 +323,21 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         generator=None,
         variance_noise: torch.Tensor | None = None,
         return_dict: bool = True,
-        *,
-        s_churn: float = 0.0,
-        s_tmin: float = 0.0,
-        s_tmax: float = math.inf,
-        s_noise: float = 1.0,
-        order: int | None = None,
+        **kwargs,
     ):
         """One model output in; the next sample and the solver's denoised estimate out. DDIMScheduler's arguments in
-        its positions (``eta``: DDIM's; ``generator`` / ``variance_noise``: the noise), EulerDiscrete's ``s_churn``...
-        (churn > 0 is refused) and LMS's ``order``."""
+        its positions (``eta``: DDIM's; ``generator`` / ``variance_noise``: the noise); other keywords are refused."""
         if self.timesteps is None or self._grid is None:
             raise ValueError("call set_timesteps(num_inference_steps) before step()")
         if not isinstance(model_output, torch.Tensor) or not isinstance(sample, torch.Tensor):
             raise TypeError("model_output and sample must be torch tensors")
         if self.fcfg.get("variance_type") in ("learned", "learned_range") and model_output.shape[1] > sample.shape[1]:
             model_output = model_output[:, : sample.shape[1]]  # the variance channels are not used
-        if s_churn > 0 and any(s_tmin <= s <= s_tmax for s in self._grid[:-1]):
-            raise ValueError(
-                "s_churn > 0 (EulerDiscreteScheduler's churn) is not supported; use solver='heun' with "
-                "solver_options={'s_churn': ...} or a stochastic solver"
+        if kwargs:  # EulerDiscrete's s_churn / s_tmin / s_tmax / s_noise, LMS's order: solver options here
+            raise TypeError(
+                f"step() got {sorted(kwargs)}: set a solver's options once, as solver_options (LMS's order: "
+                "solver_options={'solver_order': n}; churn: solver='heun' with solver_options={'s_churn': ...})"
             )
-        if order is not None and self.solver_name == "lms" and order != self.solver_opts.get("solver_order", 4):
-            raise ValueError(f"order={order} given to step(); set it as solver_options={{'solver_order': {order}}}")
         eta, ddim = float(eta or 0.0), self._memoryless and self.family.name == "DDIMScheduler"
         if eta and (self.solver_name != "ddim" or self._memoryless and not ddim):
             raise ValueError(
