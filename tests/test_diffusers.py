@@ -530,6 +530,10 @@ def test_misuse_of_step_is_a_clear_error():
         sched.step(x, sched.timesteps[1], x, eta=0.5)
     with pytest.raises(TypeError, match=r"step\(\) got \['order'\]: .*solver_options=\{'solver_order': n\}"):
         sched.step(x, sched.timesteps[1], x, order=3)  # LMS's keyword: a solver option here
+    native = DiffsolveScheduler(solver="ddim")
+    native.set_timesteps(3)
+    with pytest.raises(ValueError, match=r"solver_options=\{'eta': 0.5\}"):  # one eta per run: an option
+        native.step(x, native.timesteps[0], x, eta=0.5)
     heun = DiffsolveScheduler.from_config(HeunDiscreteScheduler())
     heun.set_timesteps(4)
     heun.set_begin_index(1)  # the second call of step 0

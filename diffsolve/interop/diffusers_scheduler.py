@@ -339,10 +339,10 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                 "solver_options={'solver_order': n}; churn: solver='heun' with solver_options={'s_churn': ...})"
             )
         eta, ddim = float(eta or 0.0), self._memoryless and self.family.name == "DDIMScheduler"
-        if eta and (self.solver_name != "ddim" or self._memoryless and not ddim):
+        if eta and not ddim:
             raise ValueError(
-                f"eta={eta} given to step(): eta is DDIM's (DDIMScheduler, solver='ddim'); solver "
-                f"{self.solver_name!r} takes its options as solver_options, DDPMScheduler its variance_type"
+                f"eta={eta} given to step(): eta is DDIM's (emulate='DDIMScheduler'); set a solver's eta once, as "
+                f"solver_options={{'eta': {eta}}} (solver='ddim'); DDPMScheduler's variance is its variance_type"
             )
         # DDIMScheduler's default (None) is use_clipped_model_output=False; elsewhere an explicit False only
         unclipped = self.transform is not None and (
@@ -359,10 +359,10 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             k, i, j, sigma = self._first_index.get(t), 0, 0, self._sigma_of(t)
             grid = [sigma, self._sigma_of(t, previous=True)]
         else:
-            k, grid = self._next_call(timestep, eta)
+            k, grid = self._next_call(timestep)
             i, j, sigma = self._calls[k]
         if grid is not None:  # a new run, fed this call's output first
-            self._run, self._run_eta = self._begin_run(i, grid, sample, eta, unclipped), eta
+            self._run = self._begin_run(i, grid, sample, eta, unclipped)
             next(self._run)
         prev, denoised = self._run.send((model_output, sample, sigma, i, j))
         self.step_index = None if k is None else k + 1
@@ -457,7 +457,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             )
         return patterns[0]
 
-    def _next_call(self, timestep, eta: float) -> tuple[int, list[float] | None]:
+    def _next_call(self, timestep) -> tuple[int, list[float] | None]:
         """The index in ``timesteps`` of this call and, for a new run's first call, its grid: ``begin_index``, else the
         index of ``timestep`` (diffusers' rule: the second match; DPM-Solver/UniPC/DEIS: the last when none)."""
         ts, ref, k = self.timesteps, self._ref, self.step_index
@@ -468,11 +468,6 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                 raise ValueError(
                     f"step() got timestep {tv} but the next call is {expected}: step through scheduler.timesteps "
                     "in order, or call set_timesteps() / set_begin_index() to start a new run"
-                )
-            if eta != self._run_eta:
-                raise ValueError(
-                    f"eta={eta} given to step() after a run started with eta={self._run_eta}: one eta per run "
-                    "(it sets the solver's coefficients for the whole grid)"
                 )
             return k, None
         k = self.begin_index if k is None else k
