@@ -522,6 +522,8 @@ def test_misuse_of_step_is_a_clear_error():
     x = torch.zeros(1, 3, 2, 2)
     with pytest.raises(ValueError, match="call set_timesteps"):
         sched.step(x, 999, x)
+    with pytest.raises(ValueError, match="num_inference_steps must be an integer >= 1, got 2.5"):
+        sched.set_timesteps(2.5)
     sched.set_timesteps(3)
     sched.step(x, sched.timesteps[0], x)
     with pytest.raises(ValueError, match="step through scheduler.timesteps in order"):
