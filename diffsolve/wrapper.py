@@ -141,6 +141,11 @@ class DiffusionODE:
         guidance_rescale = check_finite_number(guidance_rescale, "guidance_rescale")
         if not 0.0 <= guidance_rescale <= 1.0:
             raise ValueError(f"guidance_rescale must be in [0, 1], got {guidance_rescale}")
+        if guidance_rescale and guidance is None and method is None:
+            raise ValueError(
+                f"guidance_rescale={guidance_rescale} rescales classifier-free guidance, but no guidance= was given, "
+                "so it would be ignored: also pass guidance=<scale> with cond= and uncond=, or drop guidance_rescale"
+            )
         if denoised_transform is not None and not callable(denoised_transform):
             raise TypeError("denoised_transform must be a callable (denoised, sigma) -> denoised")
         self.model = model

@@ -153,3 +153,10 @@ def test_model_returning_wrong_shape_is_reported():
     ode = ds.wrap(lambda x, t: x[:, :1], ds.EDMSchedule())
     with pytest.raises(ValueError, match=r"model returned shape \(2, 1\); expected the input's shape \(2, 3\)"):
         ode.eps(torch.zeros(2, 3), 1.0)
+
+
+def test_guidance_rescale_without_guidance_is_refused_not_ignored():
+    # guidance_rescale acts on the CFG combination; without guidance= there is none, and the value
+    # used to be accepted and dropped
+    with pytest.raises(ValueError, match=r"guidance_rescale=0.7 rescales classifier-free guidance.*would be ignored"):
+        ds.wrap(lambda x, t: x, ds.DiscreteSchedule.linear(), guidance_rescale=0.7)
