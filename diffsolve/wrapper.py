@@ -772,6 +772,8 @@ def _rescale_guidance(guided: torch.Tensor, cond_out: torch.Tensor, phi: float) 
 def _check_output(out, shape) -> None:
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"the model must return a torch.Tensor, got {type(out).__name__}")
+    if not out.is_floating_point():
+        raise TypeError(f"the model must return a floating-point tensor, got {out.dtype}")
     if out.shape != shape:
         raise ValueError(f"the model returned shape {tuple(out.shape)}; expected the input's shape {tuple(shape)}")
 

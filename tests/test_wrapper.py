@@ -160,3 +160,10 @@ def test_guidance_rescale_without_guidance_is_refused_not_ignored():
     # used to be accepted and dropped
     with pytest.raises(ValueError, match=r"guidance_rescale=0.7 rescales classifier-free guidance.*would be ignored"):
         ds.wrap(lambda x, t: x, ds.DiscreteSchedule.linear(), guidance_rescale=0.7)
+
+
+def test_model_returning_an_integer_tensor_is_refused_not_cast():
+    # an integer output (a truncated prediction) used to be cast to the state's dtype and used
+    ode = ds.wrap(lambda x, t: (0.5 * x).long(), ds.EDMSchedule())
+    with pytest.raises(TypeError, match="must return a floating-point tensor, got torch.int64"):
+        ode.eps(torch.ones(2, 3), 1.0)
