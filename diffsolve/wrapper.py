@@ -771,7 +771,13 @@ def _rescale_guidance(guided: torch.Tensor, cond_out: torch.Tensor, phi: float) 
 
 def _check_output(out, shape) -> None:
     if not isinstance(out, torch.Tensor):
-        raise TypeError(f"the model must return a torch.Tensor, got {type(out).__name__}")
+        hint = ""
+        if isinstance(getattr(out, "sample", None), torch.Tensor):  # a diffusers model's output object
+            hint = (
+                " with a .sample tensor (a diffusers model): use ds.from_diffusers(model, scheduler), or wrap "
+                "lambda x, t, **kw: model(x, t, **kw).sample"
+            )
+        raise TypeError(f"the model must return a torch.Tensor, got {type(out).__name__}{hint}")
     if not out.is_floating_point():
         raise TypeError(f"the model must return a floating-point tensor, got {out.dtype}")
     if out.shape != shape:

@@ -167,3 +167,13 @@ def test_model_returning_an_integer_tensor_is_refused_not_cast():
     ode = ds.wrap(lambda x, t: (0.5 * x).long(), ds.EDMSchedule())
     with pytest.raises(TypeError, match="must return a floating-point tensor, got torch.int64"):
         ode.eps(torch.ones(2, 3), 1.0)
+
+
+def test_model_returning_a_diffusers_output_object_names_from_diffusers():
+    class UNetOutput:  # what a diffusers model returns: the prediction is its .sample
+        def __init__(self, sample):
+            self.sample = sample
+
+    ode = ds.wrap(lambda x, t: UNetOutput(x), ds.EDMSchedule())
+    with pytest.raises(TypeError, match=r"got UNetOutput with a \.sample tensor.*ds\.from_diffusers"):
+        ode.eps(torch.ones(2, 3), 1.0)
