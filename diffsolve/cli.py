@@ -178,6 +178,13 @@ def _sample_recipe(args) -> int:
         name = args.problem or recipe.report.get("problem") or "gmm2d"
         if args.out and name != "digits":
             raise ValueError(f"--out writes samples of the digits model; this run's problem is {name!r}")
+        tuned_on = recipe.report.get("problem")
+        if args.problem and tuned_on and args.problem != tuned_on:
+            raise ValueError(
+                f"--problem {args.problem}: this recipe was tuned on {tuned_on!r}, and a recipe's solver and grid are "
+                f"tuned to one model; drop --problem (it defaults to the recipe's), or tune one for {args.problem} "
+                f"(diffsolve tune --problem {args.problem} --nfe {recipe.nfe})"
+            )
         prob, ode, x_T = _bench_problem(name, args.samples, args.seed)
         t0 = time.perf_counter()
         x0 = sample(ode, x_T, recipe=recipe)
