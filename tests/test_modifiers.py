@@ -260,3 +260,17 @@ def test_time_shift_costs_no_model_call(ts_setup, solver):
         ds.sample(o, x_T, solver, steps=6)
         calls.append(o.nfe - before)
     assert calls[0] == calls[1] > 0
+
+
+@pytest.mark.parametrize("modifier", [{"lml": 0.5}, {"time_shift": ds.TimeShift(window=20, cutoff=0)}])
+def test_a_recipe_refuses_a_modified_ode_rather_than_dropping_the_modifier(setup, modifier):
+    # the recipe's run copied the ODE's fields into a plain-ODE wrapper and ran without lml / time_shift,
+    # bit for bit the unmodified result
+    from diffsolve.recipe_ode import RecipeError, schedule_fingerprint
+
+    ode, x_T = setup
+    sig = ds.grid("logsnr", ode.schedule, 4).tolist()
+    recipe = ds.Recipe("ddim", {}, sig, False, 4, schedule_fingerprint(ode.schedule, ode.prediction))
+    assert torch.equal(ds.sample(ode, x_T, recipe=recipe), ds.sample(ode, x_T, "ddim", sigmas=sig))
+    with pytest.raises(RecipeError, match="this one is a ModifiedODE.*would silently drop"):
+        ds.sample(ds.modify(ode, **modifier), x_T, recipe=recipe)
