@@ -358,6 +358,16 @@ def test_cfg_zero_star_is_the_optimized_scale_with_zero_init():
     assert (traj[2] - traj[1]).abs().max() > 1e-3  # the second step moves
 
 
+def test_cfg_zero_star_zero_init_refuses_an_inversion_from_sigma_zero():
+    # invert's first step is at sigma = 0, where zero-init's eps = (xbar - D) / sigma was 0/0: the run
+    # ended in a NonFiniteError blaming the model
+    ode = guided(ds.make_guidance("cfg-zero-star", scale=4.0, zero_init_steps=1))
+    with pytest.raises(ValueError, match="starts at sigma = 0.*zero_init_steps=0"):
+        ds.invert(ode, state(sigma=0.0), steps=3)
+    x_T = ds.invert(guided(ds.make_guidance("cfg-zero-star", scale=4.0, zero_init_steps=0)), state(sigma=0.0), steps=3)
+    assert bool(torch.isfinite(x_T).all())
+
+
 def test_autoguidance_is_karras_rule_with_the_weak_model_conditional():
     w = 2.5
     ode = ds.wrap(
