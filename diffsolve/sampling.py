@@ -180,6 +180,7 @@ def invert(
             return_trajectory=return_trajectory,
             check_finite=check_finite,
             grid_options=grid_options,
+            allow_out_of_range=allow_out_of_range,
         )
     _check_call(ode, x0, "x0", callback, progress, return_trajectory, grid_options, grad)
     sig = _resolve_sigmas(ode, steps, grid, sigmas, grid_options, increasing=True)

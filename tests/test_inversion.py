@@ -118,6 +118,20 @@ def test_a_reversible_sample_must_be_inverted_on_its_own_grid_and_solver(mixture
         ds.invert_exact(ode, state.x)
 
 
+def test_exact_inversion_checks_the_runs_grid_against_the_models_sigma_range(mixture):
+    # a ReversibleSample inverted with the ODE of another schedule (sigma_max 14.6 < the run's 157.4)
+    # ran with the model clamped at its sigma_max, silently; invert(..., allow_out_of_range=) was dropped
+    prob, ode = mixture
+    state = ds.sample_reversible(ode, _x_T(prob), "bdia", steps=5)
+    other = prob.ode(ds.DiscreteSchedule.scaled_linear())
+    for undo in (ds.invert_exact, ds.invert):
+        with pytest.raises(
+            ValueError, match=r"ReversibleSample's sigmas reach sigma = 157\.407, above the model's range"
+        ):
+            undo(other, state)
+    assert torch.isfinite(ds.invert(other, state, allow_out_of_range=True)).all()
+
+
 # -- approximate inversion and the round trip ------------------------------------------------------
 def test_reconstruction_error_reproduces_the_ddim_round_trip_of_claim_12():
     g = Gaussian(torch.full((4,), 0.3), 0.5)
