@@ -55,7 +55,7 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, alpha, *, batched: bool = False) -
     theta = torch.arccos(cos)
     sin = torch.sin(theta)
     a = a.to(work)
-    parallel = sin.abs() < PARALLEL_SIN
+    parallel = (sin.abs() < PARALLEL_SIN) | (norms == 0)  # a zero z has no angle (0/0): the line, as parallel
     safe_sin = torch.where(parallel, torch.ones_like(sin), sin)
     w0 = torch.where(parallel, 1 - a, torch.sin((1 - a) * theta) / safe_sin)
     w1 = torch.where(parallel, a, torch.sin(a * theta) / safe_sin)

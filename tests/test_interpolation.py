@@ -46,6 +46,19 @@ def test_parallel_and_antiparallel_vectors_fall_back_to_lerp(factor):
     torch.testing.assert_close(out, ds.lerp(z0, z1, 0.25), rtol=1e-12, atol=1e-12)
 
 
+def test_a_zero_endpoint_has_no_angle_and_falls_back_to_lerp_not_nan():
+    # |z0| = 0 made cos = 0/0 and the whole path NaN; batched, one zero pair spoiled only its own rows
+    _, z1 = _pair()
+    zero = torch.zeros_like(z1)
+    torch.testing.assert_close(ds.slerp(zero, z1, [0.0, 0.3, 1.0]), ds.lerp(zero, z1, [0.0, 0.3, 1.0]), rtol=0, atol=0)
+    z0, z1 = _pair(shape=(3, 6))
+    z0[1] = 0.0
+    out = ds.slerp(z0, z1, 0.3, batched=True)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[1], ds.lerp(z0[1], z1[1], 0.3), rtol=0, atol=0)
+    torch.testing.assert_close(out[0], ds.slerp(z0[0], z1[0], 0.3))
+
+
 def test_batched_slerp_gives_each_pair_its_own_angle():
     z0, z1 = _pair(shape=(4, 6))
     out = ds.slerp(z0, z1, [0.2, 0.7], batched=True)
