@@ -75,6 +75,16 @@ def test_slerp_checks_its_input():
         ds.slerp(z0, z1, float("nan"))
 
 
+@pytest.mark.parametrize("path", [ds.slerp, ds.lerp])
+def test_integer_endpoints_are_refused_not_truncated(path):
+    # the path is returned in z0's dtype: integer endpoints gave a path rounded to integers
+    z0, z1 = _pair()
+    with pytest.raises(TypeError, match="z0 must be a floating-point tensor, got torch.int64"):
+        path(z0.long(), z1, 0.5)
+    with pytest.raises(TypeError, match="z1 must be a floating-point tensor"):
+        path(z0, z1.long(), 0.5)
+
+
 def test_interpolate_decodes_the_path_in_one_batched_run():
     prob = get_problem("gmm64")
     ode = prob.ode()
