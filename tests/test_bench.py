@@ -129,6 +129,18 @@ def test_cli_bad_input_exits_2_with_the_message(tmp_path, capsys):
     assert "cannot import module 'x_y_z'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "flags", [["--shape", "3"], ["--prediction", "v"], ["--schedule", "scaled_linear", "--shape", "3"]]
+)
+def test_cli_model_flags_without_a_model_are_an_error_not_ignored(tmp_path, capsys, flags):
+    # --problem gmm2d --prediction v ran gmm2d as it is and printed the same table
+    argv = ["bench", "--problem", "gmm2d", *flags, "--out", str(tmp_path), "--quiet"]
+    assert main(argv) == 2
+    given = ", ".join(f for f in flags if f.startswith("--"))
+    assert f"{given} describe a --model callable" in capsys.readouterr().err
+    assert not (tmp_path / "results.csv").exists()
+
+
 # -- resume and reports ----------------------------------------------------------------------------------
 def test_rerun_with_same_arguments_skips_finished_cells(tmp_path, ref_cache):
     first = quick(tmp_path, ref_cache, solvers=["ddim", "ddim:eta=1"])
