@@ -250,8 +250,8 @@ def handle(args: argparse.Namespace) -> int:
             problems.append(
                 load_model_problem(
                     args.model,
-                    schedule=args.schedule or "linear",
-                    prediction=args.prediction or "eps",
+                    schedule=args.schedule,
+                    prediction=args.prediction,
                     shape=shape,
                     samples=args.samples,
                 )
