@@ -134,6 +134,13 @@ def test_a_grid_outside_the_statistics_range_is_refused(gaussian):
         ds.sample(ode, torch.randn(2, 4, dtype=torch.float64), "dpm-solver-v3", steps=5, statistics=narrow)
 
 
+def test_statistics_of_another_sample_shape_are_refused_naming_both_shapes(gaussian):
+    # statistics of 4-coordinate samples on samples of 3 failed deep inside with a broadcasting RuntimeError
+    _, ode, stats = gaussian
+    with pytest.raises(StatisticsError, match=r"samples of shape \(4,\); this run's samples have shape \(3,\)"):
+        ds.sample(ode, torch.randn(2, 3, dtype=torch.float64), "dpm-solver-v3", steps=5, statistics=stats)
+
+
 def test_bad_statistics_and_options_name_the_argument():
     with pytest.raises(ValueError, match="statistics must be a diffsolve.ModelStatistics"):
         ds.make_solver("dpm-solver-v3", statistics={"l": 1})
