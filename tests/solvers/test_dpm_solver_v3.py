@@ -141,6 +141,16 @@ def test_statistics_of_another_sample_shape_are_refused_naming_both_shapes(gauss
         ds.sample(ode, torch.randn(2, 3, dtype=torch.float64), "dpm-solver-v3", steps=5, statistics=stats)
 
 
+def test_model_statistics_refuse_levels_outside_the_models_sigma_range(gaussian):
+    # sigma_max=1000 on a schedule that ends at 157.4 computed statistics of the model clamped at its range
+    _, ode, _ = gaussian
+    x_T = torch.randn(4, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"sigma_max / sigma_min reach sigma = 1000, above the model's range"):
+        ds.model_statistics(ode, x_T, points=2, sigma_max=1000.0, progress=False)
+    with pytest.raises(ValueError, match=r"sigma_max / sigma_min reach sigma = 0.001, below the model's range"):
+        ds.model_statistics(ode, x_T, points=2, sigma_min=1e-3, progress=False)
+
+
 def test_bad_statistics_and_options_name_the_argument():
     with pytest.raises(ValueError, match="statistics must be a diffsolve.ModelStatistics"):
         ds.make_solver("dpm-solver-v3", statistics={"l": 1})
