@@ -124,6 +124,14 @@ def test_nonlinear_operator_vjp_is_its_jacobian_transpose():
     assert not op.linear
 
 
+@pytest.mark.parametrize("box", [(-1, 0, 3, 3), (10, 10, 2, 2), (6, 6, 4, 4), (0, 0, 0, 3)])
+def test_an_inpainting_box_outside_the_image_or_empty_is_refused(box):
+    # these made masks with no (or fewer) missing pixels: negative indices wrapped, slices past the edge were cut
+    with pytest.raises(ValueError, match=r"must lie inside the 8x8 image"):
+        Inpaint.box((1, 8, 8), *box)
+    assert int((Inpaint.box((1, 8, 8), 6, 6, 2, 2).mask == 0).sum()) == 4  # the corner box itself is fine
+
+
 # -- each method against its rule ----------------------------------------------------------------------
 def _restore(method, op, y, steps, noise_std=0.0, seed=7, **kw):
     return ds.restore(
