@@ -132,6 +132,13 @@ def test_an_inpainting_box_outside_the_image_or_empty_is_refused(box):
     assert int((Inpaint.box((1, 8, 8), 6, 6, 2, 2).mask == 0).sum()) == 4  # the corner box itself is fine
 
 
+def test_downsampling_an_image_whose_size_is_not_a_multiple_of_the_factor_is_refused():
+    # Downsample(3) of an 8x8 image averaged the top-left 6x6 and dropped the rest: restore then returned 6x6
+    with pytest.raises(ValueError, match=r"Downsample\(3\) needs H and W divisible by 3; got 8x8"):
+        Downsample(3)(torch.zeros(2, 1, 8, 8))
+    assert Downsample(2)(torch.zeros(2, 1, 8, 8)).shape == (2, 1, 4, 4)
+
+
 # -- each method against its rule ----------------------------------------------------------------------
 def _restore(method, op, y, steps, noise_std=0.0, seed=7, **kw):
     return ds.restore(

@@ -251,6 +251,7 @@ class Downsample(LinearOperator):
         return (c, h // self.factor, w // self.factor)
 
     def forward(self, x):
+        self.output_shape(x.shape[1:])  # avg_pool2d would drop the rows and columns past a multiple of f
         return torch.nn.functional.avg_pool2d(x, self.factor)
 
     def _blocks(self, x):  # (B, C, H, W) -> (B, C, H/f, W/f, f*f)
