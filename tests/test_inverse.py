@@ -139,6 +139,14 @@ def test_downsampling_an_image_whose_size_is_not_a_multiple_of_the_factor_is_ref
     assert Downsample(2)(torch.zeros(2, 1, 8, 8)).shape == (2, 1, 4, 4)
 
 
+def test_applying_an_inpainting_mask_that_does_not_fit_names_both_shapes():
+    # op(x0) with a 4x4 mask on 8x8 images was torch's "size of tensor a (8) must match ..."
+    with pytest.raises(ValueError, match=r"mask of shape \(1, 4, 4\) does not fit samples of shape \(1, 8, 8\)"):
+        Inpaint.random((1, 4, 4), keep=0.5)(torch.zeros(2, 1, 8, 8))
+    with pytest.raises(ValueError, match="one mask per sample for 3 samples; x has 2"):
+        Inpaint(torch.ones(3, 1, 8, 8))(torch.zeros(2, 1, 8, 8))
+
+
 # -- each method against its rule ----------------------------------------------------------------------
 def _restore(method, op, y, steps, noise_std=0.0, seed=7, **kw):
     return ds.restore(

@@ -214,6 +214,9 @@ class Inpaint(_PixelBasis):
         return tuple(int(n) for n in x_shape)
 
     def forward(self, x):
+        full = self._full(x.shape[1:])  # a mask that does not fit: named, not torch's broadcasting error
+        if full.shape[0] not in (1, x.shape[0]):
+            raise ValueError(f"the operator has one mask per sample for {full.shape[0]} samples; x has {x.shape[0]}")
         return x * self.mask.to(device=x.device, dtype=x.dtype)
 
     def singulars(self, x_shape):
