@@ -110,6 +110,13 @@ class DiffusionODE:
                     raise ValueError(f"guidance {method.name!r} needs cond= (a dict of model keyword arguments)")
             elif cond is None or uncond is None:
                 raise ValueError(f"guidance {method.name!r} needs both cond= and uncond= keyword dictionaries")
+            interval = getattr(method, "sigma_interval", None)
+            lo_s, hi_s = float(schedule.sigma_min), float(schedule.sigma_max)
+            if interval is not None and (interval[0] >= hi_s or interval[1] < lo_s):
+                raise ValueError(
+                    f"guidance {method.name!r}: sigma_interval={interval} does not meet the model's sigma range "
+                    f"[{lo_s:.6g}, {hi_s:.6g}], so the guidance would never apply: pick (lo, hi] inside that range"
+                )
             if guidance_rescale:
                 raise ValueError(
                     "guidance_rescale= applies to a float guidance scale; with a guidance method use "

@@ -368,6 +368,14 @@ def test_cfg_zero_star_zero_init_refuses_an_inversion_from_sigma_zero():
     assert bool(torch.isfinite(x_T).all())
 
 
+@pytest.mark.parametrize("interval", [(200.0, math.inf), (0.0, 1e-3)])
+def test_a_sigma_interval_outside_the_models_range_is_refused_not_a_silent_no_op(interval):
+    # (200, inf] on a schedule whose sigmas end at 157.4 never guided: the run was plain conditional sampling
+    with pytest.raises(ValueError, match=r"does not meet the model's sigma range .*would never apply"):
+        guided(ds.make_guidance("cfg", scale=4.0, sigma_interval=interval))
+    guided(ds.make_guidance("cfg", scale=4.0, sigma_interval=(100.0, math.inf)))  # overlaps: accepted
+
+
 def test_autoguidance_is_karras_rule_with_the_weak_model_conditional():
     w = 2.5
     ode = ds.wrap(
