@@ -349,8 +349,23 @@ class DiffusionODE:
             key += (torch.cuda.current_stream(device).cuda_stream,)
         t = self._t_cache.pop(key, None)
         if t is None:
-            t = _cacheable(torch.full, (batch,), self.model_time(sigma), dtype=self.time_dtype, device=device)
+            value = self.model_time(sigma)
+            if not self.time_dtype.is_floating_point:
+                value = self._integer_time(value, sigma)
+            t = _cacheable(torch.full, (batch,), value, dtype=self.time_dtype, device=device)
         return key, t, t._version
+
+    def _integer_time(self, value: float, sigma: float) -> int:
+        """The model time for an integer ``time_dtype``: the nearest integer when ``value`` is one up to
+        rounding (the schedule's own levels), else an error (a cast would truncate, e.g. 998.9999 -> 998)."""
+        n = round(value)
+        if abs(value - n) > 1e-6 * max(1.0, abs(value)):
+            raise ValueError(
+                f"the model's time at sigma = {sigma:.6g} is {value:.6g}, not an integer, and time_dtype={self.time_dtype} "
+                "would truncate it: use a grid on the schedule's own levels (trailing, leading, linspace, ...) or a "
+                "floating-point time_dtype"
+            )
+        return n
 
     def _return_time(self, key: tuple, t: torch.Tensor, version: int) -> None:
         if t._version != version:
@@ -381,6 +396,8 @@ class DiffusionODE:
         if times is not None:
             if times.shape != (batch,):
                 raise ValueError(f"times must have one entry per sample, shape ({batch},); got {tuple(times.shape)}")
+            if not self.time_dtype.is_floating_point:
+                times = torch.tensor([self._integer_time(v, sigma) for v in times.tolist()], dtype=torch.float64)
             t = times.to(dtype=self.time_dtype, device=x.device)
         if model is not None:
             if times is None:

@@ -177,3 +177,14 @@ def test_model_returning_a_diffusers_output_object_names_from_diffusers():
     ode = ds.wrap(lambda x, t: UNetOutput(x), ds.EDMSchedule())
     with pytest.raises(TypeError, match=r"got UNetOutput with a \.sample tensor.*ds\.from_diffusers"):
         ode.eps(torch.ones(2, 3), 1.0)
+
+
+def test_an_integer_time_dtype_refuses_a_fractional_model_time_rather_than_truncating_it():
+    # time_dtype=torch.long fed 998 at sigma_max on a karras grid (998.9999 truncated) and 775 for 775.13
+    seen = []
+    sched = ds.DiscreteSchedule.linear()
+    ode = ds.wrap(lambda x, t: seen.append(t.clone()) or 0.5 * x, sched, time_dtype=torch.long)
+    ds.sample(ode, torch.ones(2, 3), "ddim", steps=4, grid="trailing")  # the schedule's own levels: integers
+    assert [int(t[0]) for t in seen] == [999, 749, 499, 249] and seen[0].dtype == torch.long
+    with pytest.raises(ValueError, match=r"time at sigma = .* is 775\.13.*not an integer.*would truncate"):
+        ds.sample(ode, torch.ones(2, 3), "ddim", steps=4, grid="karras")
