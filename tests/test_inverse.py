@@ -385,6 +385,18 @@ def test_bad_arguments_are_refused_before_the_first_model_call(change, error, ma
         ds.restore(ode, args.pop("y"), args.pop("operator"), args.pop("method"), **{"steps": 3, **args})
 
 
+@pytest.mark.parametrize("method", ["ddrm", "red-diff", "ddnm"])
+def test_a_guided_odes_condition_batch_is_checked_against_y_before_the_first_model_call(method):
+    # ddrm and red-diff call the model outside ds.sample: a cond of another batch reached the model
+    # (torch's "size of tensor a (4) must match ..."), not the wrapper's message
+    labels = torch.arange(4.0)
+    ode = ds.wrap(
+        lambda x, t, y: _never_called(x, t), SCHEDULE, guidance=3.0, cond={"y": labels}, uncond={"y": 0 * labels}
+    )
+    with pytest.raises(ValueError, match=r"cond\['y'\] has batch 4, but x has batch 2"):
+        ds.restore(ode, torch.zeros(2, 1, 4, 4), Identity(), method, steps=3)
+
+
 def test_the_driver_refuses_a_renoising_ode_with_a_solver_that_cannot_continue_from_it():
     from diffsolve.inverse import hooked
 
