@@ -31,6 +31,7 @@ from .driver import (  # noqa: F401 - re-exported: the registry's front door liv
 from .exact import ReversibleSample, _invert_state
 from .recipe import Recipe
 from .solvers.base import Solver
+from .validation import refuse_generator
 from .wrapper import DiffusionODE
 
 __all__ = ["sample", "invert", "make_grid", "grid", "list_solvers", "list_grids", "make_noise_sampler", "make_solver"]
@@ -166,6 +167,7 @@ def invert(
     exactly (:func:`diffsolve.invert_exact`); ``solver``, when given, must name the solver that
     made it.
     """
+    refuse_generator(solver_options, "invert")
     if isinstance(x0, ReversibleSample):
         return _invert_state(
             ode,

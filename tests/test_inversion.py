@@ -200,3 +200,11 @@ def test_a_decreasing_grid_given_to_invert_is_refused(mixture):
     prob, ode = mixture
     with pytest.raises(ValueError, match="strictly increasing for invert"):
         ds.invert(ode, prob.sample(2), "ddim", sigmas=[10.0, 1.0, 0.0])
+
+
+@pytest.mark.parametrize("run", [ds.invert, ds.sample_reversible])
+def test_a_generator_given_to_a_deterministic_run_is_named_not_blamed_on_the_solver(mixture, run):
+    # it reached the solver's options: "solver 'ddim': unknown option(s) ['generator']"
+    prob, ode = mixture
+    with pytest.raises(TypeError, match=f"{run.__name__} takes no generator=: it runs a deterministic solver"):
+        run(ode, _x_T(prob), steps=3, generator=torch.Generator().manual_seed(0))
