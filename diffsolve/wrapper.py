@@ -105,7 +105,12 @@ class DiffusionODE:
         if method is not None:
             guidance = None
             if method.second == "weak":  # autoguidance: both models see the condition; uncond is not used
-                uncond = cond if uncond is None else uncond
+                if uncond is not None:
+                    raise ValueError(
+                        f"guidance {method.name!r} calls the model and its weak_model both with cond=; uncond= "
+                        "would be ignored: drop it"
+                    )
+                uncond = cond
                 if cond is None:
                     raise ValueError(f"guidance {method.name!r} needs cond= (a dict of model keyword arguments)")
             elif cond is None or uncond is None:

@@ -376,6 +376,12 @@ def test_a_sigma_interval_outside_the_models_range_is_refused_not_a_silent_no_op
     guided(ds.make_guidance("cfg", scale=4.0, sigma_interval=(100.0, math.inf)))  # overlaps: accepted
 
 
+def test_autoguidance_refuses_an_uncond_it_would_ignore():
+    # both models are called with cond=; an uncond= (e.g. null labels meant for the weak model) was dropped
+    with pytest.raises(ValueError, match="'autoguidance' calls the model and its weak_model both with cond=; uncond="):
+        guided(ds.make_guidance("autoguidance", scale=2.0, weak_model=weak))
+
+
 def test_autoguidance_is_karras_rule_with_the_weak_model_conditional():
     w = 2.5
     ode = ds.wrap(
