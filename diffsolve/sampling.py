@@ -168,6 +168,11 @@ def invert(
     made it.
     """
     refuse_generator(solver_options, "invert")
+    if "recipe" in solver_options:  # it would be read as a solver option, or steps= asked for
+        raise TypeError(
+            "invert takes no recipe=: a recipe is tuned for sampling down its grid; invert with solver= and "
+            "steps= / sigmas= (e.g. the recipe's sigmas reversed)"
+        )
     if isinstance(x0, ReversibleSample):
         return _invert_state(
             ode,

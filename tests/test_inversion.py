@@ -208,3 +208,15 @@ def test_a_generator_given_to_a_deterministic_run_is_named_not_blamed_on_the_sol
     prob, ode = mixture
     with pytest.raises(TypeError, match=f"{run.__name__} takes no generator=: it runs a deterministic solver"):
         run(ode, _x_T(prob), steps=3, generator=torch.Generator().manual_seed(0))
+
+
+def test_a_recipe_given_to_invert_is_refused_by_name(mixture):
+    # it was read as a solver option: "pass steps= ..." or "solver 'ddim': unknown option(s) ['recipe']"
+    from diffsolve.recipe_ode import schedule_fingerprint
+
+    prob, ode = mixture
+    sig = ds.grid("logsnr", ode.schedule, 3).tolist()
+    recipe = ds.Recipe("ddim", {}, sig, False, 3, schedule_fingerprint(ode.schedule, ode.prediction))
+    for extra in ({}, {"steps": 3}):
+        with pytest.raises(TypeError, match="invert takes no recipe="):
+            ds.invert(ode, _x_T(prob), recipe=recipe, **extra)
