@@ -132,6 +132,17 @@ def test_sample_with_a_recipe_refuses_a_problem_it_was_not_tuned_on(capsys):
     assert code == 2 and "--problem gmm2d: this recipe was tuned on 'digits'" in err, (out, err)
 
 
+def test_sample_passes_grid_options_that_the_ddim_quad_error_asks_for(capsys):
+    # the ddim-quad error tells the user to pass grid_options={'duplicates': 'drop'}; the CLI had no way to
+    code, _, err = run_cli(["sample", "--grid", "ddim-quad", "--steps", "50", "--samples", "2"], capsys)
+    assert code == 2 and "duplicates" in err
+    code, out, err = run_cli(["sample", "--grid", "ddim-quad", "--grid-option", "duplicates=drop", "--steps", "50",
+                              "--samples", "2"], capsys)  # fmt: skip
+    assert code == 0 and "NFE=49" in out, err
+    code, _, err = run_cli(["sample", "--grid", "karras", "--grid-option", "rh=3", "--samples", "2"], capsys)
+    assert code == 2 and "grid 'karras': bad option in ['rh']" in err
+
+
 def test_batch_outside_digits_is_an_error_not_ignored(capsys):
     code, _, err = run_cli(["sample", "--batch", "4", "--samples", "4"], capsys)
     assert code == 2 and "--batch is for --problem digits" in err
