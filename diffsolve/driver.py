@@ -403,6 +403,8 @@ def _raise_if_nonfinite(run: Run, sums, sig_list, per_step: bool) -> None:
     if where is None and not bool(bad.any()):
         return
     n = len(sig_list) - 1
+    if where is not None and per_step and bool(bad.any()) and int(bad.nonzero()[0, 0]) < where[0]:
+        where = None  # the state was non-finite before the model returned NaN/inf (on that state)
     if where is not None:
         step, sigma = where
         i = step if step >= 0 else 0
@@ -411,12 +413,18 @@ def _raise_if_nonfinite(run: Run, sums, sig_list, per_step: bool) -> None:
             f"(sigma {sig_list[i]:.6g} -> {sig_list[i + 1]:.6g}); "
             f"the model returned non-finite values at step {step} (sigma={sigma:.6g})"
         )
+        if not per_step and step > 0:
+            msg += (
+                "; if the model was handed a non-finite state there, an earlier step made it: "
+                "check_finite='step' names the first step whose state is not finite"
+            )
     elif per_step:
         i = int(bad.nonzero()[0, 0])
         msg = (
             f"non-finite values (NaN or inf) first appeared at step {i} of {n} "
-            f"(sigma {sig_list[i]:.6g} -> {sig_list[i + 1]:.6g}); the model's outputs were finite, "
-            "so the solver's arithmetic overflowed (try a wider dtype)"
+            f"(sigma {sig_list[i]:.6g} -> {sig_list[i + 1]:.6g}); the model's outputs up to there were finite, "
+            "so the step's own arithmetic made them (the solver, a guidance rule or a denoised_transform; "
+            "an overflow: try a wider dtype)"
         )
     else:
         msg = (

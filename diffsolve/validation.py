@@ -36,6 +36,7 @@ __all__ = [
     "check_generator",
     "check_guidance_batch",
     "check_flag",
+    "refuse_generator",
     "suggest",
     "closest",
 ]
@@ -217,3 +218,12 @@ def check_finite_number(value, name: str) -> float:
     if not math.isfinite(v):
         raise ValueError(f"{name} must be finite, got {value!r}")
     return v
+
+
+def refuse_generator(options, what: str) -> None:
+    """``generator=`` given to a deterministic run (``invert``, ``sample_reversible``) would reach the solver's
+    options and be reported as an unknown solver option: say what is wrong instead."""
+    if "generator" in options:
+        raise TypeError(
+            f"{what} takes no generator=: it runs a deterministic solver (no noise is drawn); drop generator="
+        )

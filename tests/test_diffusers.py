@@ -109,6 +109,13 @@ def test_an_unsupported_prediction_type_is_a_clear_error(unet, bad):
         DiffsolveScheduler.from_config(cfg)
 
 
+@pytest.mark.parametrize("given", [{"prediction": "v"}, {"time": "sigma"}, {"prediction": "x0", "time": "t"}])
+def test_from_diffusers_refuses_prediction_and_time_that_the_config_fixes(unet, given):
+    # they used to reach DiffusionODE twice: "got multiple values for keyword argument 'prediction'"
+    with pytest.raises(ValueError, match=r"from_diffusers takes .* from the scheduler config.*prediction_type"):
+        ds.from_diffusers(unet, DDPMScheduler(), **given)
+
+
 def test_an_unsupported_beta_schedule_is_a_clear_error(unet):
     with pytest.raises(ValueError, match="beta_schedule='sigmoid' is not supported"):
         ds.from_diffusers(unet, {"beta_schedule": "sigmoid"})

@@ -403,6 +403,14 @@ def from_diffusers(model, scheduler_or_config, *, follow_clipping: bool = True, 
     Sample on diffusers' own timesteps with ``sigmas=diffusers_grid(config, steps)``.
     """
     cfg = check_config(scheduler_or_config)
+    fixed = ["prediction"] + ([] if is_flow_config(scheduler_or_config) else ["time"])
+    given = [k for k in fixed if k in wrap_options]
+    if given:
+        raise ValueError(
+            f"from_diffusers takes {' and '.join(given)} from the scheduler config (prediction from its "
+            f"prediction_type, the model fed diffusers' timestep): drop {', '.join(k + '=' for k in given)}, set "
+            "the config's prediction_type, or use ds.wrap(model, schedule, prediction=..., time=...)"
+        )
     if is_flow_config(scheduler_or_config):
         T = int(cfg.get("num_train_timesteps", 1000))
         wrap_options.setdefault("time", lambda sigma: T * (1.0 if math.isinf(sigma) else sigma / (1.0 + sigma)))

@@ -10,7 +10,14 @@ import torch
 from ..driver import renoise_refusal
 from ..plugins.registry import get_registry
 from ..sampling import make_grid, make_noise_sampler, make_solver, sample
-from ..validation import check_finite_number, check_flag, check_options, check_state, resolve_plugin
+from ..validation import (
+    check_finite_number,
+    check_flag,
+    check_guidance_batch,
+    check_options,
+    check_state,
+    resolve_plugin,
+)
 from ..wrapper import DiffusionODE
 from .base import Restorer, Task
 from .operators import Operator
@@ -92,6 +99,7 @@ def restore(
     mask = getattr(operator, "mask", None)
     if mask is not None and mask.dim() == 4 and mask.shape[0] not in (1, y.shape[0]):
         raise ValueError(f"the operator has one mask per sample for {mask.shape[0]} samples; y has {y.shape[0]}")
+    check_guidance_batch(ode, y.shape[0])  # also for methods that call the model outside ds.sample (ddrm, red-diff)
     if restorer.uses_solver:
         if solver is None:
             solver, solver_options = restorer.default_solver[0], dict(restorer.default_solver[1])
