@@ -34,6 +34,9 @@ FIELDS = [
     "refine_starts_screen_ranks",
     "heldout_best_screen_rank",
     "plain_heldout_best_screen_rank",
+    "plain_heldout_best_plain_rank",
+    "plain_heldout_rmse_exhaustive",
+    "plain_heldout_rmse_screened",
     "all_picks_survive",
     "worst_pick_rank",
     "recipe_same_as_file",
@@ -124,12 +127,21 @@ def check(ds, tuning, ode, x, ref, nfe, n_fit, names, args) -> dict:
     plain = [i for i in range(len(full)) if full[i].config.is_default and math.isfinite(full[i].held_mse)]
     plain_held = min(plain, key=lambda i: full[i].held_mse)
     picks = starts + [held, plain_held]
+    plain_order = [i for i in sorted(range(len(plan)), key=scores.__getitem__) if full[i].config.is_default]
+    plain_kept = [i for i in plain if i in keep]
+    plain_screened = min(plain_kept, key=lambda i: full[i].held_mse) if plain_kept else None
     return {
         "candidates": len(plan),
         "survivors": len(keep),
         "refine_starts_screen_ranks": " ".join(str(rank[i]) for i in starts),
         "heldout_best_screen_rank": rank[held],
         "plain_heldout_best_screen_rank": rank[plain_held],
+        "plain_heldout_best_plain_rank": plain_order.index(plain_held),
+        # the report's best_fixed: the exhaustive sweep's against the best plain candidate scored in full
+        "plain_heldout_rmse_exhaustive": f"{math.sqrt(full[plain_held].held_mse):.4e}",
+        "plain_heldout_rmse_screened": ""
+        if plain_screened is None
+        else f"{math.sqrt(full[plain_screened].held_mse):.4e}",
         "all_picks_survive": all(i in keep for i in picks),
         "worst_pick_rank": max(rank[i] for i in picks[:-1]),
         "exhaustive_sweep_cpu_s": round(cpu_full, 1),

@@ -137,7 +137,7 @@ SCREEN_SAMPLES = 32
 SCREEN_KEEP = 48
 #: the best default-option, no-AFS candidates of the screening round scored in full as well (the report's
 #: ``best_fixed`` baseline is the best of the plain candidates scored in full)
-SCREEN_KEEP_DEFAULT = 8
+SCREEN_KEEP_DEFAULT = 16
 
 #: option variants searched per solver besides its defaults (the free low-NFE rules:
 #: order, lower-order final / denoise final step, the extrapolation variable)
