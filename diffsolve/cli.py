@@ -190,6 +190,13 @@ def _sample_recipe(args) -> int:
         name = args.problem or recipe.report.get("problem") or "gmm2d"
         if args.out and name != "digits":
             raise ValueError(f"--out writes samples of the digits model; this run's problem is {name!r}")
+        tuned_on = recipe.report.get("problem")
+        if args.problem and tuned_on and args.problem != tuned_on:
+            raise ValueError(
+                f"--problem {args.problem}: this recipe was tuned on {tuned_on!r}, and a recipe's solver and grid are "
+                f"tuned to one model; drop --problem (it defaults to the recipe's), or tune one for {args.problem} "
+                f"(diffsolve tune --problem {args.problem} --nfe {recipe.nfe})"
+            )
         prob, ode, x_T = _bench_problem(name, args.samples, args.seed)
         t0 = time.perf_counter()
         x0 = sample(ode, x_T, recipe=recipe)
@@ -224,6 +231,7 @@ def _sample(args) -> int:
     if args.recipe:
         given = [f"--{k}" for k in ("solver", "steps", "grid", "eta", "batch") if getattr(args, k) is not None]
         given += ["--option"] if args.option else []
+        given += ["--grid-option"] if args.grid_option else []
         if given:
             raise ValueError(
                 f"--recipe fixes the solver, its options and its grid: drop {', '.join(given)}, or drop --recipe"
@@ -244,7 +252,7 @@ def _sample(args) -> int:
 
         args.samples = args.samples or 64
         args.batch = 500 if args.batch is None else args.batch
-        args.solver_options = opts
+        args.solver_options = {**opts, "grid_options": dict(args.grid_option)} if args.grid_option else opts
         return sample_digits(args)
     if args.out:
         raise ValueError("--out is for --problem digits (or a recipe tuned on digits)")
@@ -253,7 +261,7 @@ def _sample(args) -> int:
     args.problem = args.problem or "gmm2d"
     args.grid, args.samples = args.grid or "trailing", args.samples or 256
     problem, sched, ode, x_T = _problem_setup(args)
-    sig = make_grid(args.grid, sched, args.steps)
+    sig = make_grid(args.grid, sched, args.steps, **dict(args.grid_option))
     gen = torch.Generator().manual_seed(args.seed + 1)
     t0 = time.perf_counter()
     x0 = sample(ode, x_T, args.solver, sigmas=sig, generator=gen, **opts)
@@ -398,6 +406,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="a solver option, repeatable, e.g. --option solver_order=2 --option variance=large; "
         "values are read as Python literals where possible (default: none)",
+    )
+    s.add_argument(
+        "--grid-option",
+        type=parse_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a grid option, repeatable, e.g. --grid karras --grid-option rho=3 or --grid ddim-quad "
+        "--grid-option duplicates=drop (default: none)",
     )
     s.add_argument(
         "--samples",

@@ -27,12 +27,14 @@ from .plugins.registry import get_registry
 from .schedules import Schedule
 from .solvers.base import RunState, Solver, advance, as_protocol
 from .validation import (
+    check_count,
     check_flag,
     check_generator,
     check_guidance_batch,
+    check_options,
     check_sigma_range,
     check_state,
-    suggest,
+    resolve_plugin,
 )
 from .wrapper import DiffusionODE, NonFiniteError, Run, schedule_memo
 
@@ -70,7 +72,7 @@ def make_grid(name: str, schedule, steps: int, **options) -> torch.Tensor:
         raise TypeError(
             f"schedule must be a diffsolve Schedule (e.g. ds.DiscreteSchedule.linear()), got {type(schedule).__name__}"
         )
-    _check_steps(steps)
+    check_count(steps, "steps")
     fn = get_registry().grid(name)
     # a grid depends only on (function, schedule, steps, options): computed once per schedule
     try:
@@ -103,26 +105,17 @@ grid = make_grid
 
 def make_solver(solver: str | type | Solver, **options) -> Solver:
     """A fresh solver instance from a registry name, a Solver class or an instance."""
-    if isinstance(solver, Solver):
-        if options:
-            raise ValueError(f"options {sorted(options)} given with a solver instance; set them on the instance")
-        return solver
-    cls = get_registry().solver(solver) if isinstance(solver, str) else solver
-    if not (isinstance(cls, type) and issubclass(cls, Solver)):
-        raise TypeError(f"solver must be a registered name, a Solver subclass or instance, got {solver!r}")
+    instance, cls = resolve_plugin(solver, Solver, get_registry().solver, "solver", options)
+    if instance is not None:
+        return instance
     if cls.step is Solver.step and cls.run is Solver.run:
         raise TypeError(
             f"solver class {cls.__qualname__} implements neither step() nor run(): "
             "subclass diffsolve.Solver and implement step(i, x)"
         )
     params = solver_options(cls)
-    unknown = [k for k in options if k not in params]
-    if unknown and not _takes_any_option(cls):
-        hints = "".join(suggest(k, params) for k in unknown[:1])
-        raise ValueError(
-            f"solver {cls.name!r}: unknown option(s) {sorted(unknown)}{hints}; "
-            + (f"its options are: {', '.join(params)}" if params else "it takes no options")
-        )
+    if not _takes_any_option(cls):
+        check_options("solver", cls.name, options, params)
     try:
         return cls(**options)
     except TypeError as exc:
@@ -410,6 +403,8 @@ def _raise_if_nonfinite(run: Run, sums, sig_list, per_step: bool) -> None:
     if where is None and not bool(bad.any()):
         return
     n = len(sig_list) - 1
+    if where is not None and per_step and bool(bad.any()) and int(bad.nonzero()[0, 0]) < where[0]:
+        where = None  # the state was non-finite before the model returned NaN/inf (on that state)
     if where is not None:
         step, sigma = where
         i = step if step >= 0 else 0
@@ -418,12 +413,18 @@ def _raise_if_nonfinite(run: Run, sums, sig_list, per_step: bool) -> None:
             f"(sigma {sig_list[i]:.6g} -> {sig_list[i + 1]:.6g}); "
             f"the model returned non-finite values at step {step} (sigma={sigma:.6g})"
         )
+        if not per_step and step > 0:
+            msg += (
+                "; if the model was handed a non-finite state there, an earlier step made it: "
+                "check_finite='step' names the first step whose state is not finite"
+            )
     elif per_step:
         i = int(bad.nonzero()[0, 0])
         msg = (
             f"non-finite values (NaN or inf) first appeared at step {i} of {n} "
-            f"(sigma {sig_list[i]:.6g} -> {sig_list[i + 1]:.6g}); the model's outputs were finite, "
-            "so the solver's arithmetic overflowed (try a wider dtype)"
+            f"(sigma {sig_list[i]:.6g} -> {sig_list[i + 1]:.6g}); the model's outputs up to there were finite, "
+            "so the step's own arithmetic made them (the solver, a guidance rule or a denoised_transform; "
+            "an overflow: try a wider dtype)"
         )
     else:
         msg = (
@@ -431,11 +432,6 @@ def _raise_if_nonfinite(run: Run, sums, sig_list, per_step: bool) -> None:
             "overflowed (try a wider dtype); rerun with check_finite='step' to name the step"
         )
     raise NonFiniteError(msg)
-
-
-def _check_steps(steps) -> None:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
 
 
 def sample_core(

@@ -19,6 +19,7 @@ import torch
 
 from .driver import Driver, _resolve_sigmas
 from .solvers.base import ReversibleSolver, Solver, advance, as_protocol
+from .validation import check_sigma_range
 from .wrapper import DiffusionODE
 
 __all__ = ["ReversibleSample", "invert_exact"]
@@ -62,13 +63,15 @@ def invert_exact(
     progress: bool = False,
     return_trajectory: bool = False,
     check_finite: bool | Literal["step"] = True,
+    allow_out_of_range: bool = False,
 ):
     """Undo the run that made ``state`` (from :func:`sample_reversible`): returns its x_T.
 
     Walks the solver's exact inverse (``unstep``) from the last two states back up the same
     grid: len(sigmas) - 2 model calls. The result equals the original x_T up to rounding
     amplified by the method (BDIA: 1/g per step; see :mod:`diffsolve.solvers.bdia`), provided
-    ``ode`` is the model the sample was made with.
+    ``ode`` is the model the sample was made with. The run's grid must lie in ``ode``'s sigma range, as for
+    :func:`diffsolve.sample` (``allow_out_of_range`` is its).
     """
     if not isinstance(state, ReversibleSample):
         raise TypeError(f"invert_exact needs the ReversibleSample from sample_reversible, got {type(state).__name__}")
@@ -77,6 +80,7 @@ def invert_exact(
     _check_reversible(state.solver)
     solver = state.solver
     sig = state.sigmas.tolist()
+    check_sigma_range(ode, sig, allow_out_of_range=allow_out_of_range, name="the ReversibleSample's sigmas")
     n = len(sig) - 1
     # the driver's steps run upward: its step k undoes the solver's step n - 1 - k
     up = sig[::-1]

@@ -28,9 +28,17 @@ PARALLEL_SIN = 1e-6
 
 def lerp(z0: torch.Tensor, z1: torch.Tensor, alpha) -> torch.Tensor:
     """The straight line (1 - a) z0 + a z1 (``alpha`` a number, or 1-D: one result per value, stacked)."""
+    _check_floating(z0, z1)
     a = _alphas(alpha, z0).to(z0.dtype)
     out = (1 - a) * z0 + a * z1
     return out[0] if _is_scalar(alpha) else out
+
+
+def _check_floating(z0, z1) -> None:
+    """The path is returned in z0's dtype: an integer one would truncate it."""
+    for name, z in (("z0", z0), ("z1", z1)):
+        if not isinstance(z, torch.Tensor) or not z.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {getattr(z, 'dtype', type(z).__name__)}")
 
 
 def slerp(z0: torch.Tensor, z1: torch.Tensor, alpha, *, batched: bool = False) -> torch.Tensor:
@@ -45,6 +53,7 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, alpha, *, batched: bool = False) -
     """
     if z0.shape != z1.shape:
         raise ValueError(f"z0 and z1 must have the same shape, got {tuple(z0.shape)} and {tuple(z1.shape)}")
+    _check_floating(z0, z1)
     a = _alphas(alpha, z0)  # (K, 1, ...)
     dims = tuple(range(1, z0.dim())) if batched else tuple(range(z0.dim()))
     work = torch.float64 if z0.dtype == torch.float64 else torch.float32
@@ -55,7 +64,7 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, alpha, *, batched: bool = False) -
     theta = torch.arccos(cos)
     sin = torch.sin(theta)
     a = a.to(work)
-    parallel = sin.abs() < PARALLEL_SIN
+    parallel = (sin.abs() < PARALLEL_SIN) | (norms == 0)  # a zero z has no angle (0/0): the line, as parallel
     safe_sin = torch.where(parallel, torch.ones_like(sin), sin)
     w0 = torch.where(parallel, 1 - a, torch.sin((1 - a) * theta) / safe_sin)
     w1 = torch.where(parallel, a, torch.sin(a * theta) / safe_sin)

@@ -24,6 +24,7 @@ from .driver import _resolve_sigmas, state_dtype_for
 from .exact import ReversibleSample, _check_reversible, invert_exact
 from .sampling import invert, make_solver, sample
 from .solvers.base import Solver
+from .validation import refuse_generator
 from .wrapper import DiffusionODE
 
 __all__ = ["ReversibleSample", "sample_reversible", "invert_exact", "reconstruction_error"]
@@ -48,6 +49,7 @@ def sample_reversible(
     ``result.x`` is the same tensor ``sample`` returns; pass the whole result to
     :func:`invert_exact` (or :func:`diffsolve.invert`) to get x_T back.
     """
+    refuse_generator(solver_options, "sample_reversible")
     s = make_solver(solver, **solver_options)
     _check_reversible(s)
     sig = _resolve_sigmas(ode, steps, grid, sigmas, grid_options, increasing=False)

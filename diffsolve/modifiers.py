@@ -92,8 +92,14 @@ class ModifiedODE(DiffusionODE):
 
     def predict(self, xbar: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
         denoised, eps = super().predict(xbar, sigma)
-        if self.lml is None or self._ebar is None or sigma == 0:
+        if self.lml is None or self.lml == math.inf or sigma == 0:
             return denoised, eps
+        if self._ebar is None:  # outside a run there is no running mean: raise, as guidance methods do
+            raise ValueError(
+                "lml corrects eps against the run's running mean of eps: call it inside a run (ds.sample, "
+                "ds.invert, a restorer that steps with a solver, or ode.start_run()); this caller evaluates the "
+                "model outside one (e.g. the ddrm and red-diff restorers), where the correction would be skipped"
+            )
         state = self._ebar
         raw = eps
         if state["count"] > 0 and self.lml != math.inf:

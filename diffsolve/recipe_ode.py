@@ -44,6 +44,13 @@ class RecipeODE(DiffusionODE):
         compensation: Sequence[float] | None = None,
         budget: int | None = None,
     ):
+        if type(base) is not DiffusionODE:  # its class's overrides would be bypassed: only its __dict__ is copied
+            raise RecipeError(
+                f"a recipe's run (analytical first step, compensation, call budget) needs the plain ODE of ds.wrap / "
+                f"ds.from_diffusers; this one is a {type(base).__name__}, whose changes to the model's outputs "
+                "(ds.modify's lml / time_shift, a subclass's overrides) the run would silently drop. Sample it "
+                "without the recipe: ds.sample(ode, x_T, recipe.solver, sigmas=recipe.sigmas, **recipe.solver_options)"
+            )
         self.__dict__.update(base.__dict__)
         if budget is not None:
             self.model = _CallBudget(base.model, budget)

@@ -31,6 +31,7 @@ from .driver import (  # noqa: F401 - re-exported: the registry's front door liv
 from .exact import ReversibleSample, _invert_state
 from .recipe import Recipe
 from .solvers.base import Solver
+from .validation import refuse_generator
 from .wrapper import DiffusionODE
 
 __all__ = ["sample", "invert", "make_grid", "grid", "list_solvers", "list_grids", "make_noise_sampler", "make_solver"]
@@ -166,6 +167,12 @@ def invert(
     exactly (:func:`diffsolve.invert_exact`); ``solver``, when given, must name the solver that
     made it.
     """
+    refuse_generator(solver_options, "invert")
+    if "recipe" in solver_options:  # it would be read as a solver option, or steps= asked for
+        raise TypeError(
+            "invert takes no recipe=: a recipe is tuned for sampling down its grid; invert with solver= and "
+            "steps= / sigmas= (e.g. the recipe's sigmas reversed)"
+        )
     if isinstance(x0, ReversibleSample):
         return _invert_state(
             ode,
@@ -180,6 +187,7 @@ def invert(
             return_trajectory=return_trajectory,
             check_finite=check_finite,
             grid_options=grid_options,
+            allow_out_of_range=allow_out_of_range,
         )
     _check_call(ode, x0, "x0", callback, progress, return_trajectory, grid_options, grad)
     sig = _resolve_sigmas(ode, steps, grid, sigmas, grid_options, increasing=True)

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 
 import torch
 
+from .validation import check_count
+
 __all__ = [
     "Schedule",
     "DiscreteSchedule",
@@ -203,14 +205,14 @@ class DiscreteSchedule(Schedule):
     @classmethod
     def linear(cls, num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, **kw):
         """DDPM's linear betas (E1): ``beta_t = beta_start + (beta_end - beta_start)(t-1)/(T-1)``."""
-        _check_steps(num_steps)
+        check_count(num_steps, "num_steps", 2)
         beta_start, beta_end = _check_betas(beta_start, beta_end)
         return cls.from_betas(torch.linspace(beta_start, beta_end, num_steps, dtype=_F64), **kw)
 
     @classmethod
     def scaled_linear(cls, num_steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012, **kw):
         """Latent Diffusion's schedule: linear in sqrt(beta)."""
-        _check_steps(num_steps)
+        check_count(num_steps, "num_steps", 2)
         beta_start, beta_end = _check_betas(beta_start, beta_end)
         betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_steps, dtype=_F64) ** 2
         return cls.from_betas(betas, **kw)
@@ -218,7 +220,7 @@ class DiscreteSchedule(Schedule):
     @classmethod
     def squaredcos_cap_v2(cls, num_steps: int = 1000, max_beta: float = 0.999, s: float = 0.008, **kw):
         """Nichol & Dhariwal (2021) cosine schedule, betas capped at ``max_beta``."""
-        _check_steps(num_steps)
+        check_count(num_steps, "num_steps", 2)
         i = torch.arange(num_steps + 1, dtype=_F64) / num_steps
         f = torch.cos((i + s) / (1 + s) * math.pi / 2) ** 2
         betas = torch.clamp(1 - f[1:] / f[:-1], max=max_beta)
@@ -430,8 +432,3 @@ def _check_betas(beta_start, beta_end) -> tuple[float, float]:
             f"beta_start and beta_end must lie in (0, 1], got beta_start={beta_start}, beta_end={beta_end}"
         )
     return beta_start, beta_end
-
-
-def _check_steps(n) -> None:
-    if not isinstance(n, int) or n < 2:
-        raise ValueError(f"num_steps must be an integer >= 2, got {n!r}")

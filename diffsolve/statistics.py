@@ -336,7 +336,7 @@ def model_statistics(
     """
     import time
 
-    from .validation import check_state
+    from .validation import check_sigma_range, check_state
 
     if not isinstance(ode, DiffusionODE):
         raise TypeError(f"ode must be the DiffusionODE from diffsolve.wrap(...), got {type(ode).__name__}")
@@ -351,6 +351,7 @@ def model_statistics(
     s_min = float(ode.schedule.sigma_min if sigma_min is None else sigma_min)
     if not 0 < s_min < s_max < math.inf:
         raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got sigma_min={s_min}, sigma_max={s_max}")
+    check_sigma_range(ode, [s_max, s_min], allow_out_of_range=False, name="sigma_max / sigma_min")
     lambdas = torch.linspace(-math.log(s_max), -math.log(s_min), points + 1, dtype=_F64)
     lam = lambdas.tolist()
     shape = tuple(x_T.shape[1:])

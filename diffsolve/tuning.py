@@ -14,8 +14,10 @@ What is searched (the stages of :func:`tune`)
    DEIS' variable) x every registered grid that accepts the schedule x AFS on/off. Each
    configuration gets, on each grid, the largest step count whose real number of model calls fits
    the budget (:func:`diffsolve.steps_for_nfe`: a dry run of that solver on that grid with the
-   package's zero model, so a 2-call solver gets half the steps). This is also the baseline: the
-   best fixed solver+grid, scored on the held-out part.
+   package's zero model, so a 2-call solver gets half the steps). A screening round (:func:`_screen`)
+   runs every candidate on :data:`SCREEN_SAMPLES` fit x_T first; the :data:`SCREEN_KEEP` best and the
+   :data:`SCREEN_KEEP_DEFAULT` best plain ones are scored on every x_T (fit and held out). This is also the
+   baseline: the best fixed solver+grid among them, scored on the held-out part.
 2. :func:`_refine_grids`: solver-aware timestep calibration: for the best configurations of
    step 1 (ranked on the fit part only), the interior sigmas are refined by Nelder-Mead on the log of the
    log-sigma gaps, ``sigma_k = sigma_max exp(-(g_1 + ... + g_k))``, ``g_j = exp(z_j)``,
@@ -32,7 +34,7 @@ What is searched (the stages of :func:`tune`)
 3. :func:`_fit_compensation` (opt-in, ``scalars=True``): DC-Solver's per-step compensation ratios on
    the winner, neutral at their initial value 0, then one more grid refinement with them.
 4. :func:`_held_out_check` and :func:`_report`: the winner's held-out error against the best fixed
-   candidate of the sweep; where that one is better on the held-out part, it is the recipe
+   candidate the sweep scored in full; where that one is better on the held-out part, it is the recipe
    (``report["fallback_to_fixed"]``). The report shows both, and the teacher's own error.
 
 A candidate whose run raises one of :data:`INFEASIBLE` is "not feasible"; any other error propagates.
@@ -129,6 +131,13 @@ TAIL_SHARE = 0.02
 SEARCH_ONLY = ("usf",)
 #: coordinate-descent passes over the steps of the per-step search (each pass tries every step's choices)
 PER_STEP_PASSES = 2
+#: the sweep's screening round (:func:`_screen`): every candidate runs on this many x_T of the fit part first ...
+SCREEN_SAMPLES = 32
+#: ... and only the best this many by that score (plus :data:`SCREEN_KEEP_DEFAULT` plain ones) on every x_T
+SCREEN_KEEP = 48
+#: the best default-option, no-AFS candidates of the screening round scored in full as well (the report's
+#: ``best_fixed`` baseline is the best of the plain candidates scored in full)
+SCREEN_KEEP_DEFAULT = 16
 
 #: option variants searched per solver besides its defaults (the free low-NFE rules:
 #: order, lower-order final / denoise final step, the extrapolation variable)
@@ -518,6 +527,8 @@ class _Tuning:
     max_evals: int | None
     grids: dict = field(default_factory=dict)
     tail_weight: float = 0.0  # of :func:`_objective`
+    screen_scorer: _Scorer | None = None  # the sweep's screening round (None: every candidate on every x_T)
+    sweep_info: dict = field(default_factory=dict)  # what the sweep ran, for the report
 
     def score(self, e: torch.Tensor) -> float:
         """:func:`_objective` of per-sample fit errors, with this tuning's ``tail_weight``."""
@@ -559,27 +570,60 @@ def _usable_grids(t: _Tuning) -> list[str]:
 
 def _sweep(t: _Tuning, configs: list[_Config]) -> list[_Candidate]:
     """Stage 1: every configuration on every usable grid, at the most steps whose real call count fits the
-    budget (:func:`diffsolve.steps_for_nfe` on that very grid); scored on fit and held-out parts."""
+    budget (:func:`diffsolve.steps_for_nfe` on that very grid). With a screening scorer (``tune``'s default) the
+    candidates first run on a few fit x_T (:func:`_screen`) and only the survivors are scored on the fit and
+    held-out parts; without one (:func:`best_fixed`) every candidate is. Returns the candidates scored in full."""
+    plan, grids = [], _usable_grids(t)
+    for cfg in configs:
+        for g in grids:
+            steps = steps_for_nfe(cfg.solver, t.nfe, grid=g, schedule=t.ode.schedule, afs=cfg.afs, **cfg.opts)
+            sig = None if steps is None else t.grid(g, steps)
+            if sig is not None:
+                plan.append((cfg, g, sig))
+    if t.screen_scorer is not None and len(plan) > SCREEN_KEEP + SCREEN_KEEP_DEFAULT:
+        plan = _screen(t, plan)
+    t.sweep_info["scored_in_full"] = len(plan)
     out = []
-    grids = _usable_grids(t)
-    with t.bar(len(configs), "fixed grids") as bar:
-        for cfg in configs:
-            for g in grids:
-                steps = steps_for_nfe(cfg.solver, t.nfe, grid=g, schedule=t.ode.schedule, afs=cfg.afs, **cfg.opts)
-                sig = None if steps is None else t.grid(g, steps)
-                if sig is None:
-                    continue
-                calls = count_calls(cfg.solver, sig, afs=cfg.afs, schedule=t.ode.schedule, **cfg.opts)
-                e = t.scorer.errors(cfg, sig)
-                fit = e[t.fit_idx]
-                out.append(
-                    _Candidate(
-                        cfg, g, sig, calls, float(fit.mean()), float(e[t.held_idx].mean()), fit_score=t.score(fit)
-                    )
-                )
+    with t.bar(len(plan), "fixed grids" if t.screen_scorer is None else "fixed grids, screened") as bar:
+        for cfg, g, sig in plan:
+            calls = count_calls(cfg.solver, sig, afs=cfg.afs, schedule=t.ode.schedule, **cfg.opts)
+            e = t.scorer.errors(cfg, sig)
+            fit = e[t.fit_idx]
+            out.append(
+                _Candidate(cfg, g, sig, calls, float(fit.mean()), float(e[t.held_idx].mean()), fit_score=t.score(fit))
+            )
             if bar is not None:
                 bar.update(1)
     return out
+
+
+def _screen(t: _Tuning, plan: list[tuple]) -> list[tuple]:
+    """The sweep's screening round: every candidate of ``plan`` (``(config, grid, sigmas)``) scored by the
+    tuning's objective on the screening x_T (the first :data:`SCREEN_SAMPLES` of the fit part, a random subset);
+    the survivors (:func:`_survivors`) in ``plan``'s order."""
+    keep = _survivors(plan, _screen_scores(t, plan))
+    t.sweep_info.update(candidates=len(plan), screen_samples=int(t.screen_scorer.x.shape[0]))
+    return [p for i, p in enumerate(plan) if i in keep]
+
+
+def _screen_scores(t: _Tuning, plan: list[tuple]) -> list[tuple]:
+    """``(objective on the screening x_T, label, grid)`` of every candidate of ``plan``: the screening order."""
+    scores = []
+    with t.bar(len(plan), "screening") as bar:
+        for cfg, g, sig in plan:
+            scores.append((t.score(t.screen_scorer.errors(cfg, sig)), cfg.label(), g))
+            if bar is not None:
+                bar.update(1)
+    return scores
+
+
+def _survivors(plan: list[tuple], scores: list[tuple]) -> set[int]:
+    """The indices of ``plan`` that the screening round keeps: the :data:`SCREEN_KEEP` best by ``scores`` and the
+    :data:`SCREEN_KEEP_DEFAULT` best plain ones (default options, no AFS: the report's baseline); ties are broken
+    by name (the scores carry label and grid), so the choice is deterministic."""
+    order = sorted(range(len(plan)), key=scores.__getitem__)
+    plain = [i for i in order if plan[i][0].is_default]
+    return set(order[:SCREEN_KEEP]) | set(plain[:SCREEN_KEEP_DEFAULT])
 
 
 def _refine_grid(t: _Tuning, c: _Candidate, budget: int | None = None) -> _Candidate:
@@ -783,9 +827,11 @@ def _fit_compensation(t: _Tuning, c: _Candidate) -> _Candidate:
 
 def _held_out_check(t: _Tuning, chosen: _Candidate, swept: list[_Candidate], teacher_rmse):
     """``(recipe candidate, fell back)``: the tuned candidate's held-out error against the best fixed candidate
-    of the sweep (any configuration on a registered grid, scored on the same held-out x_T); where the fixed one
-    is better, it is the recipe: a recipe is never worse on held-out x_T than a candidate it considered. Warns
-    where the teacher's own error is not well below the candidates' (TEACHER_SHARE)."""
+    of the sweep (any configuration on a registered grid that the sweep scored in full, i.e. survived its
+    screening round, :func:`_screen`; scored on the same held-out x_T); where the fixed one is better, it is the
+    recipe: a recipe is never worse on held-out x_T than a candidate scored in full. A candidate the screening
+    round dropped was only scored on the screening x_T, never on the held-out part. Warns where the teacher's own
+    error is not well below the candidates' (TEACHER_SHARE)."""
     chosen.held_mse = float(t.scorer.errors(chosen.config, chosen.sigmas, chosen.compensation)[t.held_idx].mean())
     fixed = min(swept, key=lambda c: (c.held_mse, c.config.label(), c.grid))
     if teacher_rmse is not None and teacher_rmse > TEACHER_SHARE * math.sqrt(min(fixed.held_mse, chosen.held_mse)):
@@ -833,7 +879,10 @@ def _report(t: _Tuning, chosen: _Candidate, swept: list[_Candidate], teacher_rms
         "tail_weight": t.tail_weight,
         "fallback_to_fixed": fallback,
         "start": {"config": chosen.config.label(), "grid": chosen.grid},
-        "sampler_runs": t.scorer.runs + t.fit_scorer.runs,
+        "sampler_runs": t.scorer.runs + t.fit_scorer.runs + (t.screen_scorer.runs if t.screen_scorer else 0),
+        # the sweep's candidates, how many x_T the screening round ran them on, and how many it scored in full (the
+        # candidates the held-out check and best_fixed consider)
+        "sweep": dict(t.sweep_info),
         "schedule": repr(t.ode.schedule),
         "prediction": t.ode.prediction,
     }
@@ -921,13 +970,17 @@ def _recipe(ode, chosen: _Candidate, report: dict) -> Recipe:
 
 def _split(ode, x, ref, nfe, n_fit, seed, progress, max_evals, tail_weight) -> _Tuning:
     """The tuning's state: ``x`` split at random (``seed``) into ``n_fit`` fit and the rest held out, a scorer over
-    every x_T and one over the fit part, whose ODE is ``ode.rows(fit)`` (per-sample conditioning, e.g. labels,
-    restricted to the same rows as x_T)."""
+    every x_T, one over the fit part, whose ODE is ``ode.rows(fit)`` (per-sample conditioning, e.g. labels,
+    restricted to the same rows as x_T), and the sweep's screening scorer over the first :data:`SCREEN_SAMPLES`
+    fit x_T (a random subset: the split is)."""
     perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(int(seed)))
     fit_idx, held_idx = perm[:n_fit].sort().values, perm[n_fit:].sort().values
     fit_scorer = _Scorer(ode.rows(fit_idx, x.shape[0]), x[fit_idx], ref[fit_idx])
+    screen_idx = fit_idx[:SCREEN_SAMPLES]
+    screen_scorer = _Scorer(ode.rows(screen_idx, x.shape[0]), x[screen_idx], ref[screen_idx])
+    scorers = (_Scorer(ode, x, ref), fit_scorer)
     return _Tuning(
-        ode, nfe, fit_idx, held_idx, _Scorer(ode, x, ref), fit_scorer, progress, max_evals, tail_weight=tail_weight
+        ode, nfe, fit_idx, held_idx, *scorers, progress, max_evals, tail_weight=tail_weight, screen_scorer=screen_scorer
     )
 
 

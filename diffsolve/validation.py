@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import numbers
 import re
 from collections.abc import Iterable, Sequence
 
@@ -35,6 +36,7 @@ __all__ = [
     "check_generator",
     "check_guidance_batch",
     "check_flag",
+    "refuse_generator",
     "suggest",
     "closest",
 ]
@@ -172,6 +174,38 @@ def suggest(name, choices: Iterable[str]) -> str:
     return f" (did you mean {hit!r}?)" if hit is not None and hit != name else ""
 
 
+def resolve_plugin(value, base: type, lookup, kind: str, options) -> tuple[object | None, type | None]:
+    """How a solver, guidance method or restorer is given: an instance of ``base`` (returned as ``(value,
+    None)``; ``options`` are refused, they belong on the instance), or a registry name (``lookup(name)``) or a
+    subclass (``(None, cls)``); anything else is a TypeError naming what ``kind`` may be."""
+    if isinstance(value, base):
+        if options:
+            raise ValueError(f"options {sorted(options)} given with a {kind} instance; set them on the instance")
+        return value, None
+    cls = lookup(value) if isinstance(value, str) else value
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise TypeError(f"{kind} must be a registered name, a {base.__name__} subclass or an instance, got {value!r}")
+    return None, cls
+
+
+def check_options(kind: str, name: str, options, known: Sequence[str]) -> None:
+    """A ValueError for the ``options`` of ``kind`` ``name`` not in ``known``: the unknown ones, a did-you-mean and
+    the known ones (the one wording of solvers, guidance methods and restorers)."""
+    unknown = sorted(k for k in options if k not in known)
+    if unknown:
+        raise ValueError(
+            f"{kind} {name!r}: unknown option(s) {unknown}{suggest(unknown[0], known)}; "
+            + (f"its options are: {', '.join(known)}" if known else "it takes no options")
+        )
+
+
+def check_count(value, name: str, low: int = 1) -> int:
+    """``int(value)`` for an integer (not a bool) >= ``low``, else a ValueError naming ``name`` (step counts)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
 def check_finite_number(value, name: str) -> float:
     """``float(value)`` for a real, finite number (not a bool), else a ValueError naming ``name``."""
     if (
@@ -184,3 +218,12 @@ def check_finite_number(value, name: str) -> float:
     if not math.isfinite(v):
         raise ValueError(f"{name} must be finite, got {value!r}")
     return v
+
+
+def refuse_generator(options, what: str) -> None:
+    """``generator=`` given to a deterministic run (``invert``, ``sample_reversible``) would reach the solver's
+    options and be reported as an unknown solver option: say what is wrong instead."""
+    if "generator" in options:
+        raise TypeError(
+            f"{what} takes no generator=: it runs a deterministic solver (no noise is drawn); drop generator="
+        )

@@ -105,11 +105,23 @@ class DiffusionODE:
         if method is not None:
             guidance = None
             if method.second == "weak":  # autoguidance: both models see the condition; uncond is not used
-                uncond = cond if uncond is None else uncond
+                if uncond is not None:
+                    raise ValueError(
+                        f"guidance {method.name!r} calls the model and its weak_model both with cond=; uncond= "
+                        "would be ignored: drop it"
+                    )
+                uncond = cond
                 if cond is None:
                     raise ValueError(f"guidance {method.name!r} needs cond= (a dict of model keyword arguments)")
             elif cond is None or uncond is None:
                 raise ValueError(f"guidance {method.name!r} needs both cond= and uncond= keyword dictionaries")
+            interval = getattr(method, "sigma_interval", None)
+            lo_s, hi_s = float(schedule.sigma_min), float(schedule.sigma_max)
+            if interval is not None and (interval[0] >= hi_s or interval[1] < lo_s):
+                raise ValueError(
+                    f"guidance {method.name!r}: sigma_interval={interval} does not meet the model's sigma range "
+                    f"[{lo_s:.6g}, {hi_s:.6g}], so the guidance would never apply: pick (lo, hi] inside that range"
+                )
             if guidance_rescale:
                 raise ValueError(
                     "guidance_rescale= applies to a float guidance scale; with a guidance method use "
@@ -141,6 +153,11 @@ class DiffusionODE:
         guidance_rescale = check_finite_number(guidance_rescale, "guidance_rescale")
         if not 0.0 <= guidance_rescale <= 1.0:
             raise ValueError(f"guidance_rescale must be in [0, 1], got {guidance_rescale}")
+        if guidance_rescale and guidance is None and method is None:
+            raise ValueError(
+                f"guidance_rescale={guidance_rescale} rescales classifier-free guidance, but no guidance= was given, "
+                "so it would be ignored: also pass guidance=<scale> with cond= and uncond=, or drop guidance_rescale"
+            )
         if denoised_transform is not None and not callable(denoised_transform):
             raise TypeError("denoised_transform must be a callable (denoised, sigma) -> denoised")
         self.model = model
@@ -337,8 +354,23 @@ class DiffusionODE:
             key += (torch.cuda.current_stream(device).cuda_stream,)
         t = self._t_cache.pop(key, None)
         if t is None:
-            t = _cacheable(torch.full, (batch,), self.model_time(sigma), dtype=self.time_dtype, device=device)
+            value = self.model_time(sigma)
+            if not self.time_dtype.is_floating_point:
+                value = self._integer_time(value, sigma)
+            t = _cacheable(torch.full, (batch,), value, dtype=self.time_dtype, device=device)
         return key, t, t._version
+
+    def _integer_time(self, value: float, sigma: float) -> int:
+        """The model time for an integer ``time_dtype``: the nearest integer when ``value`` is one up to
+        rounding (the schedule's own levels), else an error (a cast would truncate, e.g. 998.9999 -> 998)."""
+        n = round(value)
+        if abs(value - n) > 1e-6 * max(1.0, abs(value)):
+            raise ValueError(
+                f"the model's time at sigma = {sigma:.6g} is {value:.6g}, not an integer, and time_dtype={self.time_dtype} "
+                "would truncate it: use a grid on the schedule's own levels (trailing, leading, linspace, ...) or a "
+                "floating-point time_dtype"
+            )
+        return n
 
     def _return_time(self, key: tuple, t: torch.Tensor, version: int) -> None:
         if t._version != version:
@@ -369,6 +401,8 @@ class DiffusionODE:
         if times is not None:
             if times.shape != (batch,):
                 raise ValueError(f"times must have one entry per sample, shape ({batch},); got {tuple(times.shape)}")
+            if not self.time_dtype.is_floating_point:
+                times = torch.tensor([self._integer_time(v, sigma) for v in times.tolist()], dtype=torch.float64)
             t = times.to(dtype=self.time_dtype, device=x.device)
         if model is not None:
             if times is None:
@@ -766,7 +800,15 @@ def _rescale_guidance(guided: torch.Tensor, cond_out: torch.Tensor, phi: float) 
 
 def _check_output(out, shape) -> None:
     if not isinstance(out, torch.Tensor):
-        raise TypeError(f"the model must return a torch.Tensor, got {type(out).__name__}")
+        hint = ""
+        if isinstance(getattr(out, "sample", None), torch.Tensor):  # a diffusers model's output object
+            hint = (
+                " with a .sample tensor (a diffusers model): use ds.from_diffusers(model, scheduler), or wrap "
+                "lambda x, t, **kw: model(x, t, **kw).sample"
+            )
+        raise TypeError(f"the model must return a torch.Tensor, got {type(out).__name__}{hint}")
+    if not out.is_floating_point():
+        raise TypeError(f"the model must return a floating-point tensor, got {out.dtype}")
     if out.shape != shape:
         raise ValueError(f"the model returned shape {tuple(out.shape)}; expected the input's shape {tuple(shape)}")
 

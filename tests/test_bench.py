@@ -129,6 +129,18 @@ def test_cli_bad_input_exits_2_with_the_message(tmp_path, capsys):
     assert "cannot import module 'x_y_z'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "flags", [["--shape", "3"], ["--prediction", "v"], ["--schedule", "scaled_linear", "--shape", "3"]]
+)
+def test_cli_model_flags_without_a_model_are_an_error_not_ignored(tmp_path, capsys, flags):
+    # --problem gmm2d --prediction v ran gmm2d as it is and printed the same table
+    argv = ["bench", "--problem", "gmm2d", *flags, "--out", str(tmp_path), "--quiet"]
+    assert main(argv) == 2
+    given = ", ".join(f for f in flags if f.startswith("--"))
+    assert f"{given} describe a --model callable" in capsys.readouterr().err
+    assert not (tmp_path / "results.csv").exists()
+
+
 # -- resume and reports ----------------------------------------------------------------------------------
 def test_rerun_with_same_arguments_skips_finished_cells(tmp_path, ref_cache):
     first = quick(tmp_path, ref_cache, solvers=["ddim", "ddim:eta=1"])
@@ -206,6 +218,37 @@ def test_user_model_from_an_import_path(tmp_path, monkeypatch, ref_cache):
     res = quick(tmp_path, ref_cache, problems=[p], nfe=[10])
     assert res.rows[0]["status"] == "ok" and res.rows[0]["problem"] == "my_models_for_bench:plain"
     assert res.rows[0]["sw"] is None  # no held-out data given: not defined
+
+
+def test_a_user_ode_whose_guidance_or_kwargs_the_bench_would_drop_is_refused(tmp_path, monkeypatch):
+    # the bench rebuilt the ODE from (model, schedule, prediction, time): a guided ODE ran unguided
+    (tmp_path / "my_odes_for_bench.py").write_text(
+        textwrap.dedent("""
+        import torch
+        import diffsolve as ds
+
+        def model(x, t, y=None):
+            return 0.5 * x if y is None else 0.5 * x + 0.1 * y.reshape(-1, 1)
+
+        def guided():
+            y = torch.ones(4)
+            return ds.wrap(model, ds.DiscreteSchedule.linear(), guidance=3.0, cond={"y": y}, uncond={"y": 0 * y})
+
+        def clipped():
+            return ds.wrap(model, ds.DiscreteSchedule.linear(), denoised_transform=ds.Clipping())
+
+        def plain():
+            return ds.wrap(model, ds.DiscreteSchedule.linear())
+    """)
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(BenchError, match="so guidance would be ignored"):
+        load_model_problem("my_odes_for_bench:guided", shape=(1,))
+    with pytest.raises(BenchError, match="so a denoised_transform would be ignored"):
+        load_model_problem("my_odes_for_bench:clipped", shape=(1,))
+    with pytest.raises(BenchError, match="so --prediction would be ignored"):
+        load_model_problem("my_odes_for_bench:plain", shape=(1,), prediction="v")
+    assert load_model_problem("my_odes_for_bench:plain", shape=(1,)).prediction == "eps"
 
 
 def test_cli_bench_with_the_shipped_model_path(tmp_path, capsys):

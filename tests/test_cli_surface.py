@@ -122,6 +122,27 @@ def test_sample_with_a_recipe_writes_the_picture_it_is_asked_for(capsys, tmp_pat
     assert code == 2 and "--out writes samples of the digits model" in err
 
 
+def test_sample_with_a_recipe_refuses_a_problem_it_was_not_tuned_on(capsys):
+    # a digits recipe with --problem gmm2d ran on gmm2d and printed an error as if the recipe fitted it
+    from diffsolve.bench.recipes import __path__ as recipes_dir  # the shipped recipes
+
+    shipped = sorted(p for d in recipes_dir for p in __import__("pathlib").Path(d).glob("digits-nfe3.json"))
+    assert shipped, "the shipped digits NFE 3 recipe"
+    code, out, err = run_cli(["sample", "--recipe", str(shipped[0]), "--problem", "gmm2d"], capsys)
+    assert code == 2 and "--problem gmm2d: this recipe was tuned on 'digits'" in err, (out, err)
+
+
+def test_sample_passes_grid_options_that_the_ddim_quad_error_asks_for(capsys):
+    # the ddim-quad error tells the user to pass grid_options={'duplicates': 'drop'}; the CLI had no way to
+    code, _, err = run_cli(["sample", "--grid", "ddim-quad", "--steps", "50", "--samples", "2"], capsys)
+    assert code == 2 and "duplicates" in err
+    code, out, err = run_cli(["sample", "--grid", "ddim-quad", "--grid-option", "duplicates=drop", "--steps", "50",
+                              "--samples", "2"], capsys)  # fmt: skip
+    assert code == 0 and "NFE=49" in out, err
+    code, _, err = run_cli(["sample", "--grid", "karras", "--grid-option", "rh=3", "--samples", "2"], capsys)
+    assert code == 2 and "grid 'karras': bad option in ['rh']" in err
+
+
 def test_batch_outside_digits_is_an_error_not_ignored(capsys):
     code, _, err = run_cli(["sample", "--batch", "4", "--samples", "4"], capsys)
     assert code == 2 and "--batch is for --problem digits" in err

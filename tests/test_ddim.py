@@ -103,6 +103,14 @@ def test_large_variance_ddpm_uses_sigma_hat_and_masks_the_last_step():
     torch.testing.assert_close(last, (x - math.sqrt(1 - at) * eps) / math.sqrt(at), rtol=1e-13, atol=0)
 
 
+@pytest.mark.parametrize("eta", [0.5, 0.25])
+def test_large_variance_refuses_an_eta_it_would_ignore(eta):
+    # sigma-hat DDPM always takes eta = 1's mean: variance="large" with eta=0.5 ran exactly as without it
+    with pytest.raises(ValueError, match=rf"variance='large' .* takes no eta, so eta={eta} would be ignored"):
+        ds.make_solver("ddim", variance="large", eta=eta)
+    assert ds.make_solver("ddim", variance="large", eta=1.0).stochastic  # eta = 1 is its own mean: accepted
+
+
 def test_deterministic_ddim_ignores_the_rng():
     # claim 17
     ode = Gaussian([0.1, 0.2], 0.7).ode()

@@ -109,6 +109,13 @@ def test_an_unsupported_prediction_type_is_a_clear_error(unet, bad):
         DiffsolveScheduler.from_config(cfg)
 
 
+@pytest.mark.parametrize("given", [{"prediction": "v"}, {"time": "sigma"}, {"prediction": "x0", "time": "t"}])
+def test_from_diffusers_refuses_prediction_and_time_that_the_config_fixes(unet, given):
+    # they used to reach DiffusionODE twice: "got multiple values for keyword argument 'prediction'"
+    with pytest.raises(ValueError, match=r"from_diffusers takes .* from the scheduler config.*prediction_type"):
+        ds.from_diffusers(unet, DDPMScheduler(), **given)
+
+
 def test_an_unsupported_beta_schedule_is_a_clear_error(unet):
     with pytest.raises(ValueError, match="beta_schedule='sigmoid' is not supported"):
         ds.from_diffusers(unet, {"beta_schedule": "sigmoid"})
@@ -475,6 +482,10 @@ def test_a_key_that_cannot_be_honoured_is_an_error(source, match):
 
 
 def test_keys_that_conflict_are_errors_not_warnings():
+    with pytest.raises(
+        ValueError, match=r"key\(s\) \['grid'\] are not keys of DDIMScheduler.*emulate=None runs on grid="
+    ):
+        DiffsolveScheduler.from_config(DDIMScheduler(), grid="karras")  # the emulated scheduler sets the grid
     with pytest.raises(ValueError, match="need emulate="):
         DiffsolveScheduler(use_karras_sigmas=True)
     with pytest.raises(ValueError, match=r"cannot be honoured"):
@@ -518,12 +529,20 @@ def test_misuse_of_step_is_a_clear_error():
     x = torch.zeros(1, 3, 2, 2)
     with pytest.raises(ValueError, match="call set_timesteps"):
         sched.step(x, 999, x)
+    with pytest.raises(ValueError, match="num_inference_steps must be an integer >= 1, got 2.5"):
+        sched.set_timesteps(2.5)
     sched.set_timesteps(3)
     sched.step(x, sched.timesteps[0], x)
     with pytest.raises(ValueError, match="step through scheduler.timesteps in order"):
         sched.step(x, sched.timesteps[0], x)
     with pytest.raises(ValueError, match="eta is DDIM's"):
         sched.step(x, sched.timesteps[1], x, eta=0.5)
+    with pytest.raises(TypeError, match=r"step\(\) got \['order'\]: .*solver_options=\{'solver_order': n\}"):
+        sched.step(x, sched.timesteps[1], x, order=3)  # LMS's keyword: a solver option here
+    native = DiffsolveScheduler(solver="ddim")
+    native.set_timesteps(3)
+    with pytest.raises(ValueError, match=r"solver_options=\{'eta': 0.5\}"):  # one eta per run: an option
+        native.step(x, native.timesteps[0], x, eta=0.5)
     heun = DiffsolveScheduler.from_config(HeunDiscreteScheduler())
     heun.set_timesteps(4)
     heun.set_begin_index(1)  # the second call of step 0

@@ -358,6 +358,30 @@ def test_cfg_zero_star_is_the_optimized_scale_with_zero_init():
     assert (traj[2] - traj[1]).abs().max() > 1e-3  # the second step moves
 
 
+def test_cfg_zero_star_zero_init_refuses_an_inversion_from_sigma_zero():
+    # invert's first step is at sigma = 0, where zero-init's eps = (xbar - D) / sigma was 0/0: the run
+    # ended in a NonFiniteError blaming the model
+    ode = guided(ds.make_guidance("cfg-zero-star", scale=4.0, zero_init_steps=1))
+    with pytest.raises(ValueError, match="starts at sigma = 0.*zero_init_steps=0"):
+        ds.invert(ode, state(sigma=0.0), steps=3)
+    x_T = ds.invert(guided(ds.make_guidance("cfg-zero-star", scale=4.0, zero_init_steps=0)), state(sigma=0.0), steps=3)
+    assert bool(torch.isfinite(x_T).all())
+
+
+@pytest.mark.parametrize("interval", [(200.0, math.inf), (0.0, 1e-3)])
+def test_a_sigma_interval_outside_the_models_range_is_refused_not_a_silent_no_op(interval):
+    # (200, inf] on a schedule whose sigmas end at 157.4 never guided: the run was plain conditional sampling
+    with pytest.raises(ValueError, match=r"does not meet the model's sigma range .*would never apply"):
+        guided(ds.make_guidance("cfg", scale=4.0, sigma_interval=interval))
+    guided(ds.make_guidance("cfg", scale=4.0, sigma_interval=(100.0, math.inf)))  # overlaps: accepted
+
+
+def test_autoguidance_refuses_an_uncond_it_would_ignore():
+    # both models are called with cond=; an uncond= (e.g. null labels meant for the weak model) was dropped
+    with pytest.raises(ValueError, match="'autoguidance' calls the model and its weak_model both with cond=; uncond="):
+        guided(ds.make_guidance("autoguidance", scale=2.0, weak_model=weak))
+
+
 def test_autoguidance_is_karras_rule_with_the_weak_model_conditional():
     w = 2.5
     ode = ds.wrap(

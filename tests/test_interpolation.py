@@ -46,6 +46,19 @@ def test_parallel_and_antiparallel_vectors_fall_back_to_lerp(factor):
     torch.testing.assert_close(out, ds.lerp(z0, z1, 0.25), rtol=1e-12, atol=1e-12)
 
 
+def test_a_zero_endpoint_has_no_angle_and_falls_back_to_lerp_not_nan():
+    # |z0| = 0 made cos = 0/0 and the whole path NaN; batched, one zero pair spoiled only its own rows
+    _, z1 = _pair()
+    zero = torch.zeros_like(z1)
+    torch.testing.assert_close(ds.slerp(zero, z1, [0.0, 0.3, 1.0]), ds.lerp(zero, z1, [0.0, 0.3, 1.0]), rtol=0, atol=0)
+    z0, z1 = _pair(shape=(3, 6))
+    z0[1] = 0.0
+    out = ds.slerp(z0, z1, 0.3, batched=True)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[1], ds.lerp(z0[1], z1[1], 0.3), rtol=0, atol=0)
+    torch.testing.assert_close(out[0], ds.slerp(z0[0], z1[0], 0.3))
+
+
 def test_batched_slerp_gives_each_pair_its_own_angle():
     z0, z1 = _pair(shape=(4, 6))
     out = ds.slerp(z0, z1, [0.2, 0.7], batched=True)
@@ -60,6 +73,16 @@ def test_slerp_checks_its_input():
         ds.slerp(z0, z1[:2], 0.5)
     with pytest.raises(ValueError, match="finite"):
         ds.slerp(z0, z1, float("nan"))
+
+
+@pytest.mark.parametrize("path", [ds.slerp, ds.lerp])
+def test_integer_endpoints_are_refused_not_truncated(path):
+    # the path is returned in z0's dtype: integer endpoints gave a path rounded to integers
+    z0, z1 = _pair()
+    with pytest.raises(TypeError, match="z0 must be a floating-point tensor, got torch.int64"):
+        path(z0.long(), z1, 0.5)
+    with pytest.raises(TypeError, match="z1 must be a floating-point tensor"):
+        path(z0, z1.long(), 0.5)
 
 
 def test_interpolate_decodes_the_path_in_one_batched_run():

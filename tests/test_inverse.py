@@ -124,6 +124,29 @@ def test_nonlinear_operator_vjp_is_its_jacobian_transpose():
     assert not op.linear
 
 
+@pytest.mark.parametrize("box", [(-1, 0, 3, 3), (10, 10, 2, 2), (6, 6, 4, 4), (0, 0, 0, 3)])
+def test_an_inpainting_box_outside_the_image_or_empty_is_refused(box):
+    # these made masks with no (or fewer) missing pixels: negative indices wrapped, slices past the edge were cut
+    with pytest.raises(ValueError, match=r"must lie inside the 8x8 image"):
+        Inpaint.box((1, 8, 8), *box)
+    assert int((Inpaint.box((1, 8, 8), 6, 6, 2, 2).mask == 0).sum()) == 4  # the corner box itself is fine
+
+
+def test_downsampling_an_image_whose_size_is_not_a_multiple_of_the_factor_is_refused():
+    # Downsample(3) of an 8x8 image averaged the top-left 6x6 and dropped the rest: restore then returned 6x6
+    with pytest.raises(ValueError, match=r"Downsample\(3\) needs H and W divisible by 3; got 8x8"):
+        Downsample(3)(torch.zeros(2, 1, 8, 8))
+    assert Downsample(2)(torch.zeros(2, 1, 8, 8)).shape == (2, 1, 4, 4)
+
+
+def test_applying_an_inpainting_mask_that_does_not_fit_names_both_shapes():
+    # op(x0) with a 4x4 mask on 8x8 images was torch's "size of tensor a (8) must match ..."
+    with pytest.raises(ValueError, match=r"mask of shape \(1, 4, 4\) does not fit samples of shape \(1, 8, 8\)"):
+        Inpaint.random((1, 4, 4), keep=0.5)(torch.zeros(2, 1, 8, 8))
+    with pytest.raises(ValueError, match="one mask per sample for 3 samples; x has 2"):
+        Inpaint(torch.ones(3, 1, 8, 8))(torch.zeros(2, 1, 8, 8))
+
+
 # -- each method against its rule ----------------------------------------------------------------------
 def _restore(method, op, y, steps, noise_std=0.0, seed=7, **kw):
     return ds.restore(
@@ -360,6 +383,18 @@ def test_bad_arguments_are_refused_before_the_first_model_call(change, error, ma
     ode = ds.wrap(_never_called, SCHEDULE, time=lambda s: s)
     with pytest.raises(error, match=match):
         ds.restore(ode, args.pop("y"), args.pop("operator"), args.pop("method"), **{"steps": 3, **args})
+
+
+@pytest.mark.parametrize("method", ["ddrm", "red-diff", "ddnm"])
+def test_a_guided_odes_condition_batch_is_checked_against_y_before_the_first_model_call(method):
+    # ddrm and red-diff call the model outside ds.sample: a cond of another batch reached the model
+    # (torch's "size of tensor a (4) must match ..."), not the wrapper's message
+    labels = torch.arange(4.0)
+    ode = ds.wrap(
+        lambda x, t, y: _never_called(x, t), SCHEDULE, guidance=3.0, cond={"y": labels}, uncond={"y": 0 * labels}
+    )
+    with pytest.raises(ValueError, match=r"cond\['y'\] has batch 4, but x has batch 2"):
+        ds.restore(ode, torch.zeros(2, 1, 4, 4), Identity(), method, steps=3)
 
 
 def test_the_driver_refuses_a_renoising_ode_with_a_solver_that_cannot_continue_from_it():

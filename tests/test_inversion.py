@@ -118,6 +118,20 @@ def test_a_reversible_sample_must_be_inverted_on_its_own_grid_and_solver(mixture
         ds.invert_exact(ode, state.x)
 
 
+def test_exact_inversion_checks_the_runs_grid_against_the_models_sigma_range(mixture):
+    # a ReversibleSample inverted with the ODE of another schedule (sigma_max 14.6 < the run's 157.4)
+    # ran with the model clamped at its sigma_max, silently; invert(..., allow_out_of_range=) was dropped
+    prob, ode = mixture
+    state = ds.sample_reversible(ode, _x_T(prob), "bdia", steps=5)
+    other = prob.ode(ds.DiscreteSchedule.scaled_linear())
+    for undo in (ds.invert_exact, ds.invert):
+        with pytest.raises(
+            ValueError, match=r"ReversibleSample's sigmas reach sigma = 157\.407, above the model's range"
+        ):
+            undo(other, state)
+    assert torch.isfinite(ds.invert(other, state, allow_out_of_range=True)).all()
+
+
 # -- approximate inversion and the round trip ------------------------------------------------------
 def test_reconstruction_error_reproduces_the_ddim_round_trip_of_claim_12():
     g = Gaussian(torch.full((4,), 0.3), 0.5)
@@ -186,3 +200,23 @@ def test_a_decreasing_grid_given_to_invert_is_refused(mixture):
     prob, ode = mixture
     with pytest.raises(ValueError, match="strictly increasing for invert"):
         ds.invert(ode, prob.sample(2), "ddim", sigmas=[10.0, 1.0, 0.0])
+
+
+@pytest.mark.parametrize("run", [ds.invert, ds.sample_reversible])
+def test_a_generator_given_to_a_deterministic_run_is_named_not_blamed_on_the_solver(mixture, run):
+    # it reached the solver's options: "solver 'ddim': unknown option(s) ['generator']"
+    prob, ode = mixture
+    with pytest.raises(TypeError, match=f"{run.__name__} takes no generator=: it runs a deterministic solver"):
+        run(ode, _x_T(prob), steps=3, generator=torch.Generator().manual_seed(0))
+
+
+def test_a_recipe_given_to_invert_is_refused_by_name(mixture):
+    # it was read as a solver option: "pass steps= ..." or "solver 'ddim': unknown option(s) ['recipe']"
+    from diffsolve.recipe_ode import schedule_fingerprint
+
+    prob, ode = mixture
+    sig = ds.grid("logsnr", ode.schedule, 3).tolist()
+    recipe = ds.Recipe("ddim", {}, sig, False, 3, schedule_fingerprint(ode.schedule, ode.prediction))
+    for extra in ({}, {"steps": 3}):
+        with pytest.raises(TypeError, match="invert takes no recipe="):
+            ds.invert(ode, _x_T(prob), recipe=recipe, **extra)

@@ -260,3 +260,34 @@ def test_time_shift_costs_no_model_call(ts_setup, solver):
         ds.sample(o, x_T, solver, steps=6)
         calls.append(o.nfe - before)
     assert calls[0] == calls[1] > 0
+
+
+@pytest.mark.parametrize("modifier", [{"lml": 0.5}, {"time_shift": ds.TimeShift(window=20, cutoff=0)}])
+def test_a_recipe_refuses_a_modified_ode_rather_than_dropping_the_modifier(setup, modifier):
+    # the recipe's run copied the ODE's fields into a plain-ODE wrapper and ran without lml / time_shift,
+    # bit for bit the unmodified result
+    from diffsolve.recipe_ode import RecipeError, schedule_fingerprint
+
+    ode, x_T = setup
+    sig = ds.grid("logsnr", ode.schedule, 4).tolist()
+    recipe = ds.Recipe("ddim", {}, sig, False, 4, schedule_fingerprint(ode.schedule, ode.prediction))
+    assert torch.equal(ds.sample(ode, x_T, recipe=recipe), ds.sample(ode, x_T, "ddim", sigmas=sig))
+    with pytest.raises(RecipeError, match="this one is a ModifiedODE.*would silently drop"):
+        ds.sample(ds.modify(ode, **modifier), x_T, recipe=recipe)
+
+
+def test_lml_outside_a_run_is_refused_not_skipped(setup):
+    # ddrm and red-diff evaluate the model outside a run, where lml had no running mean and silently did nothing
+    from diffsolve.inverse import Inpaint
+
+    ode, x_T = setup
+    modified = ds.modify(ode, lml=0.5)
+    with pytest.raises(ValueError, match="lml corrects eps against the run's running mean"):
+        modified.predict(x_T, 3.0)
+    torch.testing.assert_close(ds.modify(ode, lml=math.inf).predict(x_T, 3.0)[1], ode.predict(x_T, 3.0)[1])
+    image_ode = ds.wrap(lambda x, t: 0.5 * x, ds.DiscreteSchedule.linear())
+    op = Inpaint.box((1, 4, 4), 1, 1, 2, 2)
+    y = op(torch.ones(2, 1, 4, 4))
+    for method in ("ddrm", "red-diff"):
+        with pytest.raises(ValueError, match="call it inside a run"):
+            ds.restore(ds.modify(image_ode, lml=0.5), y, op, method, steps=2)

@@ -1,5 +1,7 @@
 """The driver loop: grids, noise, callbacks, trajectories, dtypes and errors, for any solver."""
 
+import math
+
 import pytest
 import torch
 
@@ -76,6 +78,17 @@ def test_nan_from_the_model_names_the_step_and_sigma():
         r"the model returned non-finite values at step 2 \(sigma=4\)",
     ):
         ds.sample(ode, torch.zeros(2, 3), "ddim", sigmas=sig)
+
+
+def test_a_state_made_non_finite_before_the_model_is_reported_at_its_own_step():
+    # step 0's denoised_transform makes the state inf; the model then returns inf on it at step 1. The
+    # report named step 1 and blamed the model, even with check_finite="step" (which knows step 0)
+    ode = ds.wrap(lambda x, t: 0.5 * x, ds.EDMSchedule(), denoised_transform=lambda d, s: d * math.inf if s > 20 else d)
+    sig = [40.0, 10.0, 4.0, 1.0, 0.0]
+    with pytest.raises(ds.NonFiniteError, match=r"at step 0 of 4 \(sigma 40 -> 10\); the model's outputs up to there"):
+        ds.sample(ode, torch.ones(2, 3), "ddim", sigmas=sig, check_finite="step")
+    with pytest.raises(ds.NonFiniteError, match=r"at step 1 .*if the model was handed a non-finite state.*'step'"):
+        ds.sample(ode, torch.ones(2, 3), "ddim", sigmas=sig)
 
 
 @pytest.mark.parametrize(

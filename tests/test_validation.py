@@ -290,3 +290,25 @@ def test_ddim_quad_returns_exactly_steps_or_raises_naming_the_limit():
     # the documented opt-in: the distinct official levels (49 for 50, 688 for 1000)
     assert len(ds.grid("ddim-quad", sched, 50, duplicates="drop")) == 49 + 1
     assert len(ds.grid("ddim-quad", sched, 1000, duplicates="drop")) == 688 + 1
+
+
+def test_solvers_guidance_methods_and_restorers_are_resolved_with_one_wording():
+    # make_solver, make_guidance and make_restorer share validation.resolve_plugin / check_options (issue 19)
+    from diffsolve.guidance import make_guidance
+    from diffsolve.inverse.restore import make_restorer
+
+    for make, args, kind, base in (
+        (ds.make_solver, ("ddim",), "solver", "Solver"),
+        (make_guidance, ("cfg", 2.0), "guidance", "Guidance"),
+        (make_restorer, ("dps",), "restorer", "Restorer"),
+    ):
+        with pytest.raises(
+            ValueError, match=rf"^{kind} '{args[0]}': unknown option\(s\) \['etaa'\].*; its options are: "
+        ):
+            make(*args, etaa=1)
+        with pytest.raises(
+            ValueError, match=rf"^options \['etaa'\] given with a {kind} instance; set them on the instance"
+        ):
+            make(make(*args), etaa=1)
+        with pytest.raises(TypeError, match=rf"^{kind} must be a registered name, a {base} subclass or an instance"):
+            make(3)

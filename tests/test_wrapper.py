@@ -153,3 +153,38 @@ def test_model_returning_wrong_shape_is_reported():
     ode = ds.wrap(lambda x, t: x[:, :1], ds.EDMSchedule())
     with pytest.raises(ValueError, match=r"model returned shape \(2, 1\); expected the input's shape \(2, 3\)"):
         ode.eps(torch.zeros(2, 3), 1.0)
+
+
+def test_guidance_rescale_without_guidance_is_refused_not_ignored():
+    # guidance_rescale acts on the CFG combination; without guidance= there is none, and the value
+    # used to be accepted and dropped
+    with pytest.raises(ValueError, match=r"guidance_rescale=0.7 rescales classifier-free guidance.*would be ignored"):
+        ds.wrap(lambda x, t: x, ds.DiscreteSchedule.linear(), guidance_rescale=0.7)
+
+
+def test_model_returning_an_integer_tensor_is_refused_not_cast():
+    # an integer output (a truncated prediction) used to be cast to the state's dtype and used
+    ode = ds.wrap(lambda x, t: (0.5 * x).long(), ds.EDMSchedule())
+    with pytest.raises(TypeError, match="must return a floating-point tensor, got torch.int64"):
+        ode.eps(torch.ones(2, 3), 1.0)
+
+
+def test_model_returning_a_diffusers_output_object_names_from_diffusers():
+    class UNetOutput:  # what a diffusers model returns: the prediction is its .sample
+        def __init__(self, sample):
+            self.sample = sample
+
+    ode = ds.wrap(lambda x, t: UNetOutput(x), ds.EDMSchedule())
+    with pytest.raises(TypeError, match=r"got UNetOutput with a \.sample tensor.*ds\.from_diffusers"):
+        ode.eps(torch.ones(2, 3), 1.0)
+
+
+def test_an_integer_time_dtype_refuses_a_fractional_model_time_rather_than_truncating_it():
+    # time_dtype=torch.long fed 998 at sigma_max on a karras grid (998.9999 truncated) and 775 for 775.13
+    seen = []
+    sched = ds.DiscreteSchedule.linear()
+    ode = ds.wrap(lambda x, t: seen.append(t.clone()) or 0.5 * x, sched, time_dtype=torch.long)
+    ds.sample(ode, torch.ones(2, 3), "ddim", steps=4, grid="trailing")  # the schedule's own levels: integers
+    assert [int(t[0]) for t in seen] == [999, 749, 499, 249] and seen[0].dtype == torch.long
+    with pytest.raises(ValueError, match=r"time at sigma = .* is 775\.13.*not an integer.*would truncate"):
+        ds.sample(ode, torch.ones(2, 3), "ddim", steps=4, grid="karras")

@@ -46,13 +46,21 @@ def get_bench_problem(name: str, samples: int | None = None) -> BenchProblem:
 
 
 def load_model_problem(
-    path: str, *, schedule: str = "linear", prediction: str = "eps", time=None, shape=None, samples: int | None = None
+    path: str,
+    *,
+    schedule: str | None = None,
+    prediction: str | None = None,
+    time=None,
+    shape=None,
+    samples: int | None = None,
 ) -> BenchProblem:
     """A user model from an import path ``pkg.module:factory``.
 
     ``factory()`` may return a :class:`BenchProblem` (used as is), a
-    :class:`~diffsolve.DiffusionODE` (``shape`` required) or a plain ``model(x, t)``
-    callable (wrapped with ``schedule``/``prediction``/``time``; ``shape`` required).
+    :class:`~diffsolve.DiffusionODE` (``shape`` required; its model, schedule, prediction and time are
+    used, so guidance, ``model_kwargs``, a ``denoised_transform`` or modifiers on it are refused) or a plain
+    ``model(x, t)`` callable (wrapped with ``schedule`` (default linear) / ``prediction`` (default eps) /
+    ``time``; ``shape`` required).
     """
     if not isinstance(path, str) or path.count(":") != 1 or not all(path.split(":")):
         raise BenchError(f"--model {path!r}: expected an import path 'package.module:factory'")
@@ -80,6 +88,24 @@ def load_model_problem(
         )
     name = path
     if isinstance(obj, DiffusionODE):
+        dropped = [
+            what
+            for what, present in (
+                ("--schedule", schedule is not None),
+                ("--prediction", prediction is not None),
+                ("guidance", obj.guidance is not None or obj.guidance_method is not None),
+                ("model_kwargs", bool(obj.model_kwargs)),
+                ("a denoised_transform", obj.denoised_transform is not None),
+                (f"its {type(obj).__name__} changes (ds.modify)", type(obj) is not DiffusionODE),
+            )
+            if present
+        ]
+        if dropped:  # the problem rebuilds the ODE from (model, schedule, prediction, time) in each dtype
+            raise BenchError(
+                f"--model {path!r} returned a DiffusionODE: the benchmark runs its model, schedule, prediction and "
+                f"time only, so {', '.join(dropped)} would be ignored; return the plain ODE of ds.wrap(model, "
+                "schedule, prediction=..., time=...) (or a diffsolve.bench.ModelProblem)"
+            )
         p = ModelProblem(
             name, obj.model, obj.schedule, shape, prediction=obj.prediction, time=obj.time, samples=samples or 64
         )
@@ -89,8 +115,9 @@ def load_model_problem(
             f"--model {path!r}: factory returned {type(obj).__name__}, expected a model, "
             "a DiffusionODE or a ModelProblem"
         )
+    schedule = "linear" if schedule is None else schedule
     if schedule not in SCHEDULES:
         raise BenchError(f"unknown schedule {schedule!r}; known schedules: {', '.join(SCHEDULES)}")
     return ModelProblem(
-        name, obj, SCHEDULES[schedule](), shape, prediction=prediction, time=time, samples=samples or 64
+        name, obj, SCHEDULES[schedule](), shape, prediction=prediction or "eps", time=time, samples=samples or 64
     )

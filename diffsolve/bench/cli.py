@@ -62,10 +62,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--schedule",
-        default="linear",
-        help="schedule of a plain --model callable (linear, scaled_linear, squaredcos_cap_v2)",
+        default=None,
+        help="schedule of a plain --model callable (linear, scaled_linear, squaredcos_cap_v2) (default: linear)",
     )
-    p.add_argument("--prediction", default="eps", help="what a plain --model callable predicts (eps, x0, v, ...)")
+    p.add_argument(
+        "--prediction", default=None, help="what a plain --model callable predicts (eps, x0, v, ...) (default: eps)"
+    )
     p.add_argument("--shape", default=None, help="shape of one sample of --model, e.g. 3,32,32")
     p.add_argument("--peers", action="store_true", help="also run diffusers' schedulers (and k-diffusion if installed)")
     p.add_argument("--fresh", action="store_true", help="recompute cells already on disk (default: resume)")
@@ -210,6 +212,14 @@ def _guided_task(args: argparse.Namespace) -> int:
 
 
 def handle(args: argparse.Namespace) -> int:
+    model_flags = [f"--{k}" for k in ("schedule", "prediction", "shape") if getattr(args, k, None) is not None]
+    if model_flags and not args.model:  # they used to be ignored
+        print(
+            f"diffsolve bench: error: {', '.join(model_flags)} describe a --model callable; the built-in problems "
+            "have their own schedule, prediction and shape: drop them, or pass --model PKG.MODULE:FACTORY",
+            file=sys.stderr,
+        )
+        return 2
     if getattr(args, "task", "sampling") == "inverse":
         return _inverse_task(args)
     from ..sampling import list_grids, list_solvers
@@ -239,7 +249,11 @@ def handle(args: argparse.Namespace) -> int:
                     raise BenchError(f"--shape {args.shape!r}: expected integers like 3,32,32") from None
             problems.append(
                 load_model_problem(
-                    args.model, schedule=args.schedule, prediction=args.prediction, shape=shape, samples=args.samples
+                    args.model,
+                    schedule=args.schedule,
+                    prediction=args.prediction,
+                    shape=shape,
+                    samples=args.samples,
                 )
             )
         if args.peers:

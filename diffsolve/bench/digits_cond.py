@@ -124,12 +124,13 @@ class DigitsCondProblem:
         labels = _check_labels(labels)
         if guidance is None:
             return DiffusionODE(model, self.schedule, model_kwargs={"labels": labels}, **common)
+        weak = getattr(guidance, "second", None) == "weak"  # autoguidance: both models see the labels
         return DiffusionODE(
             model,
             self.schedule,
             guidance=guidance,
             cond={"labels": labels},
-            uncond={"labels": _null(labels.numel())},
+            uncond=None if weak else {"labels": _null(labels.numel())},
             **common,
         )
 

@@ -50,25 +50,18 @@ def make_guidance(name: str | type | Guidance, scale: float | None = None, **opt
     unknown name lists the known ones with a did-you-mean; an unknown option lists the method's.
     """
     from ..plugins.registry import get_registry
-    from ..validation import suggest
+    from ..validation import check_options, resolve_plugin
 
-    if isinstance(name, Guidance):
-        if scale is not None or options:
-            raise ValueError("make_guidance: scale/options given with a Guidance instance; set them on the instance")
-        return name
-    if isinstance(name, str):
-        cls = get_registry().guidance_method(name)
-    elif isinstance(name, type) and issubclass(name, Guidance):
-        cls = name
-    else:
-        raise TypeError(f"make_guidance: name must be a registered name or a Guidance subclass, got {name!r}")
+    given = options if scale is None else dict(options, scale=scale)
+    instance, cls = resolve_plugin(name, Guidance, get_registry().guidance_method, "guidance", given)
+    if instance is not None:
+        return instance
     if scale is None:
         raise TypeError(f"make_guidance({cls.name!r}): scale= is required (the guidance scale)")
-    params = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "scale")]
-    unknown = [k for k in options if k not in params]
-    if unknown:
-        raise ValueError(
-            f"guidance {cls.name!r}: unknown option(s) {sorted(unknown)}{suggest(unknown[0], params)}; "
-            f"its options are: {', '.join(params)}"
-        )
+    check_options(
+        "guidance",
+        cls.name,
+        options,
+        [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "scale")],
+    )
     return cls(scale, **options)

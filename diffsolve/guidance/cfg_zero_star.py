@@ -48,6 +48,12 @@ class CFGZeroStar(Guidance):
                     "ode.start_run()), or pass zero_init_steps=0"
                 )
             if state["step"] < self.zero_init_steps:
+                if sigma == 0:  # ds.invert's first step leaves the data: no eps = (xbar - D) / sigma
+                    raise ValueError(
+                        f"cfg-zero-star zero-inits a run's first {self.zero_init_steps} step(s), which start from "
+                        "noise when sampling; this run starts at sigma = 0 (ds.invert), where the rule has no eps: "
+                        "invert with make_guidance('cfg-zero-star', scale=..., zero_init_steps=0)"
+                    )
                 denoised = xbar * state["scale"]  # x0hat = x_t: the flow model's zero velocity
                 return denoised, (xbar - denoised) / sigma
         eps_c, eps_u = cond[1], other[1]

@@ -48,6 +48,7 @@ import torch
 
 from ..schedules import DiscreteSchedule, FlowSchedule
 from ..thresholding import Clipping, DynamicThresholding
+from ..validation import check_count
 from ..wrapper import DiffusionODE
 from .diffusers_sigmas import family_of_keys, family_sigmas
 
@@ -312,8 +313,7 @@ def flow_times(config, steps: int, mu: float | None = None) -> torch.Tensor:
         )
     if not dynamic and mu is not None:
         raise ValueError("mu= is only used with use_dynamic_shifting=True; this config shifts by shift=")
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    steps = check_count(steps, "steps")
     # the training levels, as diffusers' __init__ forms them (float32), then its set_timesteps
     train = torch.linspace(1, T, T, dtype=torch.float32).flip(0) / T
     if not dynamic:
@@ -355,9 +355,7 @@ def diffusers_grid(
     :func:`diffsolve.sample` starts from with the limit DDIM step (FlowMatchEuler's first step).
     """
     cfg = check_config(config)
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1 (diffusers' num_inference_steps), got {steps!r}")
-    steps = int(steps)
+    steps = check_count(steps, "steps")  # diffusers' num_inference_steps
     if is_flow_config(config):
         t = flow_times(cfg, steps, mu).double()
         sig = torch.where(t >= 1, torch.full_like(t, math.inf), t / (1 - t))
@@ -405,6 +403,14 @@ def from_diffusers(model, scheduler_or_config, *, follow_clipping: bool = True, 
     Sample on diffusers' own timesteps with ``sigmas=diffusers_grid(config, steps)``.
     """
     cfg = check_config(scheduler_or_config)
+    fixed = ["prediction"] + ([] if is_flow_config(scheduler_or_config) else ["time"])
+    given = [k for k in fixed if k in wrap_options]
+    if given:
+        raise ValueError(
+            f"from_diffusers takes {' and '.join(given)} from the scheduler config (prediction from its "
+            f"prediction_type, the model fed diffusers' timestep): drop {', '.join(k + '=' for k in given)}, set "
+            "the config's prediction_type, or use ds.wrap(model, schedule, prediction=..., time=...)"
+        )
     if is_flow_config(scheduler_or_config):
         T = int(cfg.get("num_train_timesteps", 1000))
         wrap_options.setdefault("time", lambda sigma: T * (1.0 if math.isinf(sigma) else sigma / (1.0 + sigma)))

@@ -1,29 +1,23 @@
-"""``DiffsolveScheduler``: any registered diffsolve solver as a drop-in diffusers scheduler.
+"""``DiffsolveScheduler``: any registered diffsolve solver as a drop-in diffusers scheduler (docs/diffusers.md).
 
-The pipeline owns the loop (``set_timesteps``, then model and ``step`` per timestep); each ``step``
-is one solver step whose model is the output the pipeline passed (docs/diffusers.md, "How it
-steps"). The step generator (docs/plugins.md) stays open across the k pipeline calls of a k-call
-step (diffusers' interleaved ``[t0, t1, t1, t2, ...]``): nothing is replayed, the loop is linear,
-and a sample the pipeline edited between steps is the one the next step starts from.
-``emulate`` (the config's ``_class_name`` under ``from_config``) names the diffusers scheduler whose
-own ``set_timesteps`` gives the timesteps and sigmas, whose keys choose the solver, and whose space
-the sample lives in (VP: DDIM/DPM-Solver/UniPC/DEIS; xbar: Euler/Heun/LMS). Without it, the grid is
-``grid`` or DDIM's timestep rule on the VP sample. The arithmetic is diffsolve's (docs/math.md
-E29-E30); only the schedule is taken from diffusers' own classes.
+Each pipeline ``step`` feeds one model output to the open solver step, a generator (docs/plugins.md), so a k-call
+step stays open across its k timesteps and nothing is replayed. ``emulate`` names the diffusers scheduler whose own
+``set_timesteps`` gives the sigmas, whose keys choose the solver and whose space holds the sample; without it the
+grid is ``grid`` or DDIM's timestep rule. The arithmetic is diffsolve's (docs/math.md E29-E30).
 """
 
 from __future__ import annotations
 
 import collections
-import dataclasses
 import inspect
 import itertools
 import math
-import types
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import ClassVar, NamedTuple
 
+import diffusers
 import torch
+from diffusers import DDIMScheduler
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
@@ -33,9 +27,10 @@ from ..sampling import make_grid, make_noise_sampler, make_solver, state_dtype_f
 from ..schedules import DiscreteSchedule
 from ..solvers._exponential import combine
 from ..solvers.base import Solver, answer
+from ..validation import check_count
 from ..wrapper import DiffusionODE
 from .diffusers import diffusers_grid, prediction_from_config, schedule_from_config, transform_from_config
-from .diffusers_sigmas import classes_with_keys
+from .diffusers_sigmas import classes_with_keys, scheduler_defaults
 
 __all__ = ["FAMILIES", "DataDependentCallsError", "DiffsolveScheduler"]
 
@@ -44,56 +39,21 @@ class DataDependentCallsError(ValueError):
     """The solver decides where to call the model from the data: no fixed timestep list exists."""
 
 
-def _class_named(name: str) -> type:
-    """The diffusers scheduler class ``name`` (a class nothing derives from when diffusers has none)."""
-    import diffusers
-
-    found = getattr(diffusers, name, None) if name.isidentifier() else None
-    return found if isinstance(found, type) else type("_Unknown", (), {})
-
-
-def _init_defaults(name: str) -> dict:
-    """The keys of diffusers' class ``name``'s own ``__init__``, with their defaults ({}: no such class)."""
-    init = _class_named(name).__dict__.get("__init__")
-    params = inspect.signature(init).parameters.items() if init is not None else ()
-    return {k: p.default for k, p in params if k not in ("self", "kwargs")}
-
-
-# -- the families ----------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class _Family:
-    """What DiffsolveScheduler reproduces of one diffusers scheduler class: its space, its own method
-    (fcfg -> (solver, options, per-step order rule or None)) and the values of its keys it honours
-    (key -> predicate; a key not listed is honoured for every value), and how its schedule makes the
-    solver's grid: "sigmas" (a step from sigmas[k] to sigmas[k + 1]), "previous" (DDIM/DDPM: from each
-    timestep to the family's previous one, memoryless) or "paired" (Heun: each inner sigma listed twice,
-    two calls per step)."""
+class _Family(NamedTuple):
+    """The sample's space; the family's own method, (solver, options, per-step order rule or None) or a function
+    of the config giving them; the values it honours of some keys (key -> allowed values; other keys: any value);
+    how its schedule is the solver's grid: "sigmas" (steps sigmas[k] -> sigmas[k + 1]), "previous" (DDIM/DDPM:
+    each timestep to the family's previous one, memoryless) or "paired" (Heun: inner sigmas listed twice)."""
 
     name: str
     space: str
-    method: Callable
-    honoured: dict = dataclasses.field(default_factory=dict)
+    method: Callable | tuple
+    honoured: dict = {}  # a table, never mutated
     grid: str = "sigmas"
 
-    @property
-    def cls(self) -> type:
-        return _class_named(self.name)
 
-    def defaults(self) -> dict[str, Any]:
-        return _init_defaults(self.name)
-
-
-def _is(*values):
-    return lambda v: v in values
-
-
-def _false(v):
-    return not v
-
-
-# -- step orders: diffusers' rules -------------------------------------------------------------------
 def _dpm_orders(cfg, n: int, start: int, final_zero: bool) -> list[int]:
-    """DPMSolverMultistep / DEIS: warm-up from the first step taken, ``lower_order_final`` on
+    """DPMSolverMultistep / DEIS step orders: warm-up from the first step taken, ``lower_order_final`` on
     schedules of fewer than 15 steps, ``euler_at_final``, a first-order step into sigma = 0."""
     order, lof = int(cfg["solver_order"]), bool(cfg.get("lower_order_final", True)) and n < 15
     first_at_end = bool(cfg.get("euler_at_final", False)) or lof or final_zero
@@ -102,101 +62,83 @@ def _dpm_orders(cfg, n: int, start: int, final_zero: bool) -> list[int]:
 
 
 def _unipc_orders(cfg, n: int, start: int, final_zero: bool) -> list[int]:
-    """UniPC: ``lower_order_final`` caps the order at the steps left (no 15-step condition)."""
+    """UniPC step orders: ``lower_order_final`` caps the order at the steps left (no 15-step condition)."""
     order, lof = int(cfg["solver_order"]), cfg.get("lower_order_final", True)
     return [min(min(order, n - k) if lof else order, k - start + 1) for k in range(start, n)]
 
 
-# -- each family's own method: (diffsolve solver, options, per-step order rule) from its keys ---------
-def _fixed(name: str, **options) -> Callable:
-    return lambda fcfg: (name, dict(options), None)
-
-
-def _ddpm_method(fcfg):
-    # DDPM's posterior variance (E24) is DDIM at eta = 1; fixed_large is its beta_t variance
+def _ddpm_method(fcfg):  # DDPM's posterior variance (E24) is DDIM at eta = 1; fixed_large is its beta_t variance
     return "ddim", {"eta": 1.0} if fcfg["variance_type"] == "fixed_small" else {"variance": "large"}, None
 
 
 def _dpm_method(fcfg):
-    order, algo, stype = int(fcfg["solver_order"]), fcfg["algorithm_type"], fcfg["solver_type"]
-    check = {"midpoint": "midpoint", "heun": "taylor"}
-    if stype not in check:
-        raise ValueError(f"solver_type={stype!r} is not supported; supported: midpoint, heun")
-    if order not in (1, 2, 3):
-        raise ValueError(f"solver_order={order} is not supported; supported: 1, 2, 3")
+    order, algo, kind = int(fcfg["solver_order"]), fcfg["algorithm_type"], fcfg["solver_type"]
+    kind = "taylor" if kind == "heun" else kind
     if algo == "sde-dpmsolver++":
         if order == 3:
             raise ValueError("algorithm_type='sde-dpmsolver++' has orders 1 and 2 (as in diffusers)")
-        return "dpmpp-2m-sde", {"eta": 1.0, "solver_type": check[stype]}, _dpm_orders
+        return "dpmpp-2m-sde", {"eta": 1.0, "solver_type": kind}, _dpm_orders
     base = "dpmpp" if algo == "dpmsolver++" else "dpm-solver"
-    options = {"solver_type": check[stype]}
-    if order == 3 and base == "dpmpp":
-        # diffusers' 3M halves the second divided difference's weight (docs/findings.md): its reference weights
-        options["weights"] = "reference"
-    return f"{base}-{3 if order == 3 else 2}m", options, _dpm_orders
+    # diffusers' 3M halves the second divided difference's weight (docs/findings.md): its reference weights
+    weights = {"weights": "reference"} if order == 3 and base == "dpmpp" else {}
+    return f"{base}-{3 if order == 3 else 2}m", {"solver_type": kind, **weights}, _dpm_orders
 
 
 def _unipc_method(fcfg):
-    if fcfg["solver_type"] not in ("bh1", "bh2"):
-        raise ValueError(f"solver_type={fcfg['solver_type']!r} is not supported; supported: bh1, bh2")
     return "unipc", {"solver_order": min(int(fcfg["solver_order"]), 3), "variant": fcfg["solver_type"]}, _unipc_orders
 
 
-def _deis_method(fcfg):
-    if fcfg["solver_type"] != "logrho" or fcfg["algorithm_type"] != "deis":
-        raise ValueError(
-            f"DEISMultistepScheduler: algorithm_type={fcfg['algorithm_type']!r}, solver_type="
-            f"{fcfg['solver_type']!r}; supported: 'deis' with 'logrho'"
-        )
-    # diffusers' "logrho" DEIS is log-rho AB-DEIS: diffsolve's deis with variable="log-sigma"
+def _deis_method(fcfg):  # diffusers' "logrho" DEIS is log-rho AB-DEIS: diffsolve's deis with variable="log-sigma"
     return "deis", {"solver_order": int(fcfg["solver_order"]), "variable": "log-sigma"}, _dpm_orders
 
 
-#: the flow-matching sigmas some multistep families can use instead of their DDPM schedule: refused
-_NO_FLOW = {"use_flow_sigmas": _false, "use_dynamic_shifting": _false}
+_OFF = (False, None, [])  # a switch left off
+_NO_FLOW = {"use_flow_sigmas": _OFF, "use_dynamic_shifting": _OFF}  # the flow-matching sigmas: refused
 _DPM_KEYS = dict(
-    algorithm_type=_is("dpmsolver++", "dpmsolver", "sde-dpmsolver++"),
-    variance_type=_is(None, "learned_range", "learned"),
+    algorithm_type=("dpmsolver++", "dpmsolver", "sde-dpmsolver++"),
+    solver_type=("midpoint", "heun"),
+    solver_order=(1, 2, 3),
+    variance_type=(None, "learned_range", "learned"),
 )
-_UNIPC_KEYS = dict(
-    predict_x0=_is(True), disable_corrector=_false, solver_p=_is(None), **_NO_FLOW, shift_terminal=_is(None)
-)
+_UNIPC_KEYS = dict(solver_type=("bh1", "bh2"), predict_x0=(True,), disable_corrector=_OFF, solver_p=(None,))
+_DEIS_KEYS = {"solver_type": ("logrho",), "algorithm_type": ("deis",)}
 FAMILIES: dict[str, _Family] = {
     f.name: f
     for f in [
-        _Family("DDIMScheduler", "vp", _fixed("ddim"), grid="previous"),
-        _Family("DDPMScheduler", "vp", _ddpm_method, {"variance_type": _is("fixed_small", "fixed_large")}, "previous"),
+        _Family("DDIMScheduler", "vp", ("ddim", {}, None), grid="previous"),
+        _Family("DDPMScheduler", "vp", _ddpm_method, {"variance_type": ("fixed_small", "fixed_large")}, "previous"),
         _Family("DPMSolverMultistepScheduler", "vp", _dpm_method, {**_DPM_KEYS, **_NO_FLOW}),
-        _Family("UniPCMultistepScheduler", "vp", _unipc_method, _UNIPC_KEYS),
-        _Family("DEISMultistepScheduler", "vp", _deis_method, _NO_FLOW),
-        _Family("EulerDiscreteScheduler", "ve", _fixed("ddim")),
-        _Family("EulerAncestralDiscreteScheduler", "ve", _fixed("euler-ancestral")),
-        _Family("HeunDiscreteScheduler", "ve", _fixed("heun"), grid="paired"),
-        _Family("LMSDiscreteScheduler", "ve", _fixed("lms", solver_order=4)),
+        _Family("UniPCMultistepScheduler", "vp", _unipc_method, {**_UNIPC_KEYS, **_NO_FLOW, "shift_terminal": (None,)}),
+        _Family("DEISMultistepScheduler", "vp", _deis_method, {**_DEIS_KEYS, **_NO_FLOW}),
+        _Family("EulerDiscreteScheduler", "ve", ("ddim", {}, None)),
+        _Family("EulerAncestralDiscreteScheduler", "ve", ("euler-ancestral", {}, None)),
+        _Family("HeunDiscreteScheduler", "ve", ("heun", {}, None), grid="paired"),
+        _Family("LMSDiscreteScheduler", "ve", ("lms", {"solver_order": 4}, None)),
     ]
 }
 
 #: keys of DiffsolveScheduler's own (not a diffusers scheduler's)
 _OWN_KEYS = ("solver", "solver_options", "grid", "grid_options", "emulate")
+#: every key of the supported diffusers schedulers (DiffsolveScheduler's own excepted), once
+_FAMILY_KEYS = [k for k in dict.fromkeys(k for f in FAMILIES for k in scheduler_defaults(f)) if k not in _OWN_KEYS]
+#: __init__'s keywords (every family key: None is the emulated scheduler's default), for register_to_config
+_SIGNATURE = inspect.Signature(
+    [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    + [inspect.Parameter(k, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None) for k in (*_OWN_KEYS, *_FAMILY_KEYS)]
+)
 #: the keys that choose the integrator (honoured with the family's own solver only)
 _INTEGRATOR_KEYS = (
     "solver_order algorithm_type solver_type lower_order_final euler_at_final predict_x0 disable_corrector solver_p"
 ).split()
 #: native mode (no ``emulate``): the keys it reads, DDIMScheduler's, with their defaults (no clipping)
-_NATIVE_DEFAULTS = dict(FAMILIES["DDIMScheduler"].defaults(), clip_sample=False)
+_NATIVE_DEFAULTS = dict(scheduler_defaults("DDIMScheduler"), clip_sample=False)
+#: keys of a diffusers scheduler that shape its sigma grid (a method replaced by solver= cannot drop them)
+_GRID_KEYS = "use_karras_sigmas use_exponential_sigmas use_beta_sigmas use_lu_lambdas shift use_flow_sigmas".split()
 
 
-def _family_keys() -> list[str]:
-    """Every key of the supported diffusers schedulers (DiffsolveScheduler's own excepted), once."""
-    keys = dict.fromkeys(k for fam in FAMILIES.values() for k in fam.defaults())
-    return [k for k in keys if k not in _OWN_KEYS]
-
-
-# -- the ODE the solver steps on ---------------------------------------------------------------------
 class _StepODE(DiffusionODE):
-    """The sigma-form ODE (E29) whose model is the output the pipeline handed to ``step``: the grid's sigma
-    as it is (no clamping to a training range: the sigmas come from the emulated scheduler), with the VP
-    scale a(sigma) = 1/sqrt(1 + sigma^2) (E6)."""
+    """The sigma-form ODE (E29) whose model is the output the pipeline handed to ``step``: the grid's sigma as
+    it is (not clamped to a training range), with the VP scale a(sigma) = 1/sqrt(1 + sigma^2) (E6)."""
 
     def _level(self, sigma: float) -> tuple[float, float, torch.Tensor]:
         a = 1.0 / math.sqrt(1.0 + sigma * sigma)
@@ -207,154 +149,107 @@ class _StepODE(DiffusionODE):
 _PLACEHOLDER_SCHEDULE = DiscreteSchedule.from_betas(torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64))
 
 
-# -- the scheduler --------------------------------------------------------------------------------------
 class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
-    """A diffusers scheduler that runs the diffsolve solver ``solver`` (any registered name).
-
-    Swap it into a pipeline the usual way::
-
-        pipe.scheduler = DiffsolveScheduler.from_config(pipe.scheduler.config)                  # same method
-        pipe.scheduler = DiffsolveScheduler.from_config(pipe.scheduler.config, solver="unipc")  # another one
-
-    Config: ``solver``, ``solver_options`` (dict), ``emulate`` (the diffusers scheduler class name
-    whose schedule and conventions are reproduced; ``from_config`` takes it from the config's
-    ``_class_name``), ``grid`` / ``grid_options`` (a registered diffsolve grid, native mode only),
-    and every key of the emulated diffusers scheduler (None: that scheduler's default). A key
-    whose value cannot be honoured is an error, never dropped.
-    """
+    """A diffusers scheduler that runs the registered diffsolve solver ``solver``:
+    ``pipe.scheduler = DiffsolveScheduler.from_config(pipe.scheduler[, solver="unipc"])``. Config (``_SIGNATURE``):
+    ``solver``, ``solver_options``, ``emulate`` (the diffusers scheduler reproduced; ``from_config`` takes the
+    config's ``_class_name``), ``grid`` / ``grid_options`` (native mode only) and every key of the emulated
+    scheduler (None: its default). A key that cannot be honoured is an error, never dropped."""
 
     _compatibles: ClassVar[list[str]] = list(FAMILIES)
     order = 1
-    # __init__(solver=None, solver_options=None, grid=None, grid_options=None, emulate=None, <every key of
-    # the supported diffusers schedulers>=None) is generated below (_make_init), so that
-    # register_to_config records every key by name
+    _get_variance = DDIMScheduler._get_variance  # DDPM's posterior variance (E24), as DDIMScheduler exposes it
 
-    # ------------------------------------------------------------------------------------------------
-    def _setup(self):
-        cfg = dict(self.config)
-        emulate = cfg.get("emulate")
+    def __init__(self, *args, **kwargs):
+        _SIGNATURE.bind(self, *args, **kwargs)  # an unknown key is a TypeError, as in any __init__
+        self.begin_index = self.step_index = self._run = self._grid = self.num_inference_steps = self.sigmas = None
+        self._memoryless, self.init_noise_sigma, cfg = False, torch.tensor(1.0), dict(self.config)
+        emulate, user, opts = cfg.get("emulate"), cfg.get("solver"), dict(cfg.get("solver_options") or {})
         fam = self.family = FAMILIES.get(emulate)
         if emulate is not None and fam is None:
             raise ValueError(
-                f"emulate={emulate!r} is not supported; supported: {', '.join(FAMILIES)} "
-                "(or None: diffsolve's own grid and DDIM's timestep rule)"
+                f"emulate={emulate!r} is not supported; supported: {', '.join(FAMILIES)} (or None: diffsolve's "
+                "own grid and DDIM's timestep rule)"
             )
-        defaults = _NATIVE_DEFAULTS if fam is None else fam.defaults()
-        given = {k: cfg[k] for k in _family_keys() if cfg.get(k) is not None}
-        foreign = sorted(k for k in given if k not in defaults)
-        if foreign and fam is None:
-            raise ValueError(
-                f"key(s) {foreign} need emulate=<a diffusers scheduler class> (they belong to one; "
-                f"supported: {', '.join(FAMILIES)}); without it the grid is grid=/grid_options="
-            )
+        defaults = _NATIVE_DEFAULTS if fam is None else scheduler_defaults(emulate)
+        given = {k: cfg[k] for k in _FAMILY_KEYS if cfg.get(k) is not None}
+        foreign = sorted(set(given) - set(defaults)) + (["grid"] if fam and cfg.get("grid") is not None else [])
         if foreign:
-            raise ValueError(f"key(s) {foreign} are not keys of {emulate}; that scheduler cannot honour them")
-        if fam is not None and cfg.get("grid") is not None:
             raise ValueError(
-                f"grid={cfg['grid']!r} with emulate={emulate!r}: the emulated scheduler sets the "
-                "grid; use emulate=None for a diffsolve grid"
+                f"key(s) {foreign} are not keys of {emulate}, which cannot honour them (it sets the grid itself; "
+                "emulate=None runs on grid=/grid_options=)"
+                if fam
+                else f"key(s) {foreign} need emulate=<a diffusers scheduler class> (they belong to one; supported: "
+                f"{', '.join(FAMILIES)}); without it the grid is grid=/grid_options="
             )
         self.fcfg = fcfg = dict(defaults, **given)
-        self.space, self._ref = ("vp", None) if fam is None else (fam.space, fam.cls.from_config(fcfg))
+        self._ref = None if fam is None else getattr(diffusers, emulate).from_config(fcfg)
+        self.space = "vp" if fam is None else fam.space
         if fam is not None:
-            # the family's own normalisations (DPMSolverMultistep reads solver_type "bh2" as "midpoint",
-            # UniPC reads "midpoint" as "bh2"): recorded as that scheduler records them
-            changed = {
-                k: v
-                for k, v in self._ref.config.items()
-                if k in defaults and isinstance(fcfg[k], (str, int, float, bool)) and v != fcfg[k]
-            }
+            # the family's own normalisations (DPMSolverMultistep reads solver_type "bh2" as "midpoint", UniPC
+            # reads "midpoint" as "bh2"), recorded as that scheduler records them
+            plain = {k for k in defaults if isinstance(fcfg[k], (str, int, float, bool))}
+            changed = {k: v for k, v in self._ref.config.items() if k in plain and v != fcfg[k]}
             fcfg.update(changed)
             self.register_to_config(**{k: v for k, v in changed.items() if self.config[k] is not None})
-            for k, ok in fam.honoured.items():
-                if k in fcfg and not ok(fcfg[k]):
-                    raise ValueError(f"{emulate}: {k}={fcfg[k]!r} is not supported by DiffsolveScheduler")
+            for k, allowed in fam.honoured.items():
+                if k in fcfg and fcfg[k] not in allowed:
+                    raise ValueError(
+                        f"{emulate}: {k}={fcfg[k]!r} is not supported by DiffsolveScheduler; supported: "
+                        f"{', '.join(map(repr, allowed))}"
+                    )
+            clash = sorted(k for k in _INTEGRATOR_KEYS if k in defaults and fcfg[k] != defaults[k])
+            if user is not None and clash:
+                raise ValueError(
+                    f"solver={user!r} replaces {emulate}'s own method, so its key(s) {clash} (set to non-default "
+                    "values) cannot be honoured; drop them or drop solver="
+                )
+            if user is None and opts:
+                raise ValueError(f"solver_options={opts} without solver=: name the solver they are for")
         self.prediction, self.transform = prediction_from_config(fcfg), transform_from_config(fcfg)
-        self.solver_name, self.solver_opts, self.orders_rule = self._choose_solver(cfg, fcfg)
+        method = (user or "ddim", opts, None) if user is not None or fam is None else fam.method
+        self.solver_name, self.solver_opts, self.orders_rule = method(fcfg) if callable(method) else method
         self.solver_class = type(make_solver(self.solver_name, **self.solver_opts))  # validates name and options
         self.order = self.solver_class.calls_per_step
-        # the training schedule as from_diffusers reads it, for native mode and for a solver that replaces the
-        # family's method (the step ODE's: deis's time and plms's midpoints read it); a family's method reads none
-        self.schedule = schedule_from_config(fcfg) if fam is None or cfg.get("solver") is not None else None
-        # native mode reads DDIM's keys: DDIMScheduler's betas and final level
-        src = self._ref if fam is not None else FAMILIES["DDIMScheduler"].cls.from_config(fcfg)
+        # the training schedule, for native mode and a solver replacing the family's method (deis and plms read it)
+        self.schedule = schedule_from_config(fcfg) if fam is None or user is not None else None
+        src = self._ref if fam is not None else DDIMScheduler.from_config(fcfg)  # native: DDIM's betas, final level
         self.betas, self.alphas, self.alphas_cumprod = src.betas, src.alphas, src.alphas_cumprod
         self.final_alpha_cumprod = getattr(src, "final_alpha_cumprod", torch.tensor(1.0))  # 1: no set_alpha_to_one
+        self.timesteps = torch.arange(int(fcfg["num_train_timesteps"]) - 1, -1, -1, dtype=torch.int64)
+        if fam is not None and len(getattr(self._ref, "sigmas", ())) == len(self._ref.timesteps) + 1:
+            self._adopt_family_schedule(None)  # like the emulated scheduler, usable before set_timesteps
 
-    def _choose_solver(self, cfg, fcfg) -> tuple[str, dict, Callable | None]:
-        """(solver name, options, step-order rule) from ``solver`` or the emulated family's keys."""
-        user, opts, fam = cfg.get("solver"), dict(cfg.get("solver_options") or {}), self.family
-        if user is None and fam is None:
-            return "ddim", opts, None
-        if user is None:
-            if opts:
-                raise ValueError(f"solver_options={opts} without solver=: name the solver they are for")
-            return fam.method(fcfg)
-        defaults = fam.defaults() if fam is not None else {}
-        clash = sorted(k for k in _INTEGRATOR_KEYS if k in defaults and fcfg[k] != defaults[k])
-        if clash:
-            raise ValueError(
-                f"solver={user!r} replaces {fam.name}'s own method, so its key(s) {clash} (set to "
-                "non-default values) cannot be honoured; drop them or drop solver="
-            )
-        return user, opts, None
-
-    # -- diffusers API ---------------------------------------------------------------------------
-    @property
-    def step_index(self) -> int | None:
-        """Index in ``timesteps`` of the next call (None before the first ``step``)."""
-        return self._step_index
-
-    @property
-    def begin_index(self) -> int | None:
-        """Index of the first timestep, set by ``set_begin_index`` (img2img)."""
-        return self._begin_index
+    __init__.__signature__ = _SIGNATURE
+    __init__ = register_to_config(__init__)
 
     def set_begin_index(self, begin_index: int = 0) -> None:
         """Start the next run at ``timesteps[begin_index]`` (pipelines call it before img2img)."""
-        self._begin_index = int(begin_index)
-
-    @property
-    def init_noise_sigma(self) -> torch.Tensor:
-        """Standard deviation of the start noise in the sample's space (1 in VP space)."""
-        if self._ref is not None and self.space == "ve":
-            return torch.as_tensor(float(self._ref.init_noise_sigma))
-        return torch.tensor(1.0)
+        self.begin_index = int(begin_index)
 
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
-        """The model's input: the sample itself in VP space; sample / sqrt(sigma^2 + 1) in the
-        k-diffusion space of Euler/Heun/LMS (E6)."""
-        if self.space == "vp" or self._ref is None:
+        """The model's input: the sample in VP space; in the k-diffusion space of Euler/Heun/LMS the family's
+        sample / sqrt(sigma^2 + 1) (E6)."""
+        if self.space == "vp":
             return sample
-        self._sync_ref()
+        self._ref._begin_index, self._ref._step_index = self.begin_index, self.step_index  # its position
         out = self._ref.scale_model_input(sample, timestep)
-        if self._step_index is None:
-            self._step_index = self._ref.step_index
+        self.step_index = self._ref.step_index if self.step_index is None else self.step_index
         return out
 
-    def set_timesteps(
-        self,
-        num_inference_steps: int | None = None,
-        device: str | torch.device | None = None,
-        timesteps=None,
-        sigmas=None,
-        **kwargs,
-    ):
-        """The timesteps of a run of ``num_inference_steps`` steps (or the given ``timesteps`` /
-        ``sigmas``, where the emulated scheduler accepts them)."""
-        self._step_index = self._run = None
+    def set_timesteps(self, num_inference_steps=None, device=None, timesteps=None, sigmas=None, **kwargs):
+        """The timesteps of a run of ``num_inference_steps`` steps (or the given ``timesteps`` / ``sigmas``,
+        where the emulated scheduler accepts them)."""
+        self.step_index = self._run = None
         given = {k: v for k, v in (("timesteps", timesteps), ("sigmas", sigmas)) if v is not None}
         if num_inference_steps is None and not given:
             raise ValueError("pass num_inference_steps (or timesteps= / sigmas=)")
+        n = num_inference_steps if given else check_count(num_inference_steps, "num_inference_steps")
         if self._ref is not None:
-            takes = inspect.signature(self._ref.set_timesteps).parameters
-            for key in given:
-                if key not in takes:
-                    raise ValueError(
-                        f"{self.family.name} does not take {key}= in set_timesteps; pass num_inference_steps"
-                    )
-            if num_inference_steps is not None:
-                given["num_inference_steps"] = num_inference_steps if given else _steps(num_inference_steps)
+            for key in given.keys() - inspect.signature(self._ref.set_timesteps).parameters.keys():
+                raise ValueError(f"{self.family.name} does not take {key}= in set_timesteps; pass num_inference_steps")
+            if n is not None:
+                given["num_inference_steps"] = n
             self._ref.set_timesteps(device=device, **given, **kwargs)
             return self._adopt_family_schedule(device)
         if kwargs:
@@ -362,71 +257,60 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         if len(given) == 2:
             raise ValueError("pass timesteps= or sigmas=, not both")
         if timesteps is not None:
-            t = torch.as_tensor(timesteps, dtype=torch.float64).reshape(-1)
-            sig = torch.cat([self.schedule.sigma(t), torch.zeros(1, dtype=torch.float64)])
-            sig = validate_sigmas(sig, name="the sigmas of timesteps")
+            sig = self.schedule.sigma(torch.as_tensor(timesteps, dtype=torch.float64).reshape(-1))
+            sig = validate_sigmas(torch.cat([sig, sig.new_zeros(1)]), name="the sigmas of timesteps")
         elif sigmas is not None:
             sig = validate_sigmas(sigmas)
         elif self.config.grid is not None:
-            steps, options = _steps(num_inference_steps), self.config.grid_options or {}
-            sig = make_grid(self.config.grid, self.schedule, steps, **options)
+            sig = make_grid(self.config.grid, self.schedule, n, **(self.config.grid_options or {}))
         else:
-            sig = diffusers_grid(self.fcfg, _steps(num_inference_steps), self.schedule)
-        self._grid = sig.tolist()
-        self.sigmas = torch.as_tensor(self._grid, dtype=torch.float32)
-        self.num_inference_steps, self._calls = len(self._grid) - 1, self._call_map(self._grid)
-        self._per_step = collections.Counter(i for i, _, _ in self._calls)  # model calls per solver step
+            sig = diffusers_grid(self.fcfg, n, self.schedule)
+        self._grid, self._memoryless = sig.tolist(), False
+        self._calls = self._call_map(self._grid)  # (step, call within the step, sigma) of every model call
+        self._per_step = collections.Counter(i for i, _, _ in self._calls)
+        self.sigmas, self.num_inference_steps = torch.as_tensor(self._grid, dtype=torch.float32), len(self._grid) - 1
         t = self.schedule.t(torch.tensor([s for _, _, s in self._calls], dtype=torch.float64))
         self.timesteps = (t.round().to(torch.int64) if torch.equal(t, t.round()) else t.to(torch.float32)).to(device)
-        self._memoryless = False
 
     def _adopt_family_schedule(self, device):
-        ref, fam, kind = self._ref, self.family.name, self.family.grid
+        ref, kind, name = self._ref, self.family.grid, self.solver_name
         self.timesteps, self.num_inference_steps = ref.timesteps, ref.num_inference_steps
-        self._memoryless = kind == "previous" and self.solver_name == "ddim"
-        if kind == "previous":
-            # one step per timestep, to the family's previous timestep (or the final level)
+        if self.space == "ve":  # the start noise's standard deviation in the sample's space (1 in VP space)
+            self.init_noise_sigma = torch.as_tensor(float(ref.init_noise_sigma))
+        if kind == "previous":  # one step per timestep, to the family's previous timestep (or the final level)
             ts = [int(t) for t in ref.timesteps.tolist()]
-            g = [self._sigma_of(t) for t in ts] + [self._sigma_prev(ts[-1])]
+            g = [self._sigma_of(t) for t in ts] + [self._sigma_of(ts[-1], previous=True)]
             self._first_index = {t: k for k, t in reversed(list(enumerate(ts)))}
             self.sigmas = torch.as_tensor(g, dtype=torch.float32)
         else:
             self.sigmas, g = ref.sigmas, ref.sigmas.to(torch.float64).tolist()
-            # diffusers' Heun grid [s0, s1, s1, ..., s_{n-1}, s_{n-1}, 0] is the solver's [s0, s1, ..., 0]; the others
-            # step from sigmas[k] to sigmas[k + 1] (log-linear Euler's schedule has one sigma more than it visits)
+            # Heun's [s0, s1, s1, ..., 0] is the solver's [s0, s1, ..., 0]; log-linear Euler's has a sigma too many
             g = [g[0]] + g[1:-1:2] + [g[-1]] if kind == "paired" else g[: len(ref.timesteps) + 1]
-        self._grid, self._calls = g, self._call_map(g)
-        self._per_step = collections.Counter(i for i, _, _ in self._calls)  # model calls per solver step
-        if (self.solver_name == "heun") if kind == "paired" else (self.solver_class.calls_per_step == 1):
+        self._grid, self._memoryless = g, kind == "previous" and name == "ddim"
+        self._calls = self._call_map(g)
+        self._per_step = collections.Counter(i for i, _, _ in self._calls)
+        if (name == "heun") if kind == "paired" else (self.solver_class.calls_per_step == 1):
             if len(self._calls) != len(self.timesteps):
                 raise ValueError(
-                    f"solver {self.solver_name!r} makes {len(self._calls)} model calls on "
-                    f"{fam}'s schedule, which has {len(self.timesteps)} timesteps"
+                    f"solver {name!r} makes {len(self._calls)} model calls on {self.family.name}'s schedule, which "
+                    f"has {len(self.timesteps)} timesteps"
                 )
-        else:  # another solver on the family's grid: one timestep per call, at the family's sigma -> t
-            self.timesteps = self._family_t([s for _, _, s in self._calls]).to(device)
+        else:  # another solver on the family's grid: one timestep per call, at diffusers' sigma -> t (log-linear)
+            log_sigmas = torch.log(((1 - self.alphas_cumprod) / self.alphas_cumprod).double().sqrt())
+            ls = torch.tensor([s for _, _, s in self._calls], dtype=torch.float64).clamp(min=1e-30).log()
+            idx = torch.searchsorted(log_sigmas, ls).clamp(1, len(log_sigmas) - 1)
+            lo, hi = log_sigmas[idx - 1], log_sigmas[idx]
+            self.timesteps = (idx - 1 + ((ls - lo) / (hi - lo)).clamp(0.0, 1.0)).to(torch.float32).to(device)
 
-    def _family_t(self, sig: list[float]) -> torch.Tensor:
-        """diffusers' sigma -> timestep rule: linear interpolation of log sigma between levels."""
-        log_sigmas = torch.log(((1 - self.alphas_cumprod) / self.alphas_cumprod).double().sqrt())
-        ls = torch.tensor(sig, dtype=torch.float64).clamp(min=1e-30).log()
-        idx = torch.searchsorted(log_sigmas, ls).clamp(1, len(log_sigmas) - 1)
-        lo, hi = log_sigmas[idx - 1], log_sigmas[idx]
-        return (idx - 1 + ((ls - lo) / (hi - lo)).clamp(0.0, 1.0)).to(torch.float32)
-
-    def _sigma_of(self, t: int) -> float:
-        a = float(self.alphas_cumprod[t])
-        a = a if a > 0 else 2.0**-24  # zero terminal SNR: the ODE cannot start at sigma = inf (docs/diffusers.md)
-        return math.sqrt((1.0 - a) / a)
-
-    def _sigma_prev(self, t: int) -> float:
-        ref = self._ref
-        if self.family.name == "DDPMScheduler":
-            prev = int(ref.previous_timestep(t))
-            a = float(ref.alphas_cumprod[prev]) if prev >= 0 else 1.0
-        else:
-            prev = t - ref.config.num_train_timesteps // ref.num_inference_steps
-            a = float(ref.alphas_cumprod[prev]) if prev >= 0 else float(ref.final_alpha_cumprod)
+    def _sigma_of(self, t: int, previous: bool = False) -> float:
+        """sigma at training timestep ``t``, or at the family's previous one (DDPM's previous_timestep, DDIM's
+        t - T // N; below 0 the final level). Zero terminal SNR: 2^-24, as the ODE cannot start at sigma = inf."""
+        if previous and hasattr(self._ref, "previous_timestep"):  # DDPM
+            t = int(self._ref.previous_timestep(t))
+        elif previous:  # DDIM
+            t -= len(self) // self._ref.num_inference_steps
+        a = float(self.alphas_cumprod[t]) if t >= 0 else float(self.final_alpha_cumprod)
+        a = a if a > 0 else 2.0**-24
         return math.sqrt(max(1.0 - a, 0.0) / a)
 
     def step(
@@ -439,36 +323,26 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         generator=None,
         variance_noise: torch.Tensor | None = None,
         return_dict: bool = True,
-        *,
-        s_churn: float = 0.0,
-        s_tmin: float = 0.0,
-        s_tmax: float = math.inf,
-        s_noise: float = 1.0,
-        order: int | None = None,
+        **kwargs,
     ):
-        """One model output in, the next sample out (``prev_sample``), with the solver's denoised
-        estimate (``pred_original_sample``). DDIMScheduler's arguments and positions: ``eta``
-        (DDIM's; others refuse eta > 0), ``use_clipped_model_output``, ``generator`` (the noise of
-        stochastic solvers), ``variance_noise`` (that noise given), ``return_dict``;
-        EulerDiscrete's ``s_churn``... (churn is refused) and LMS's ``order``."""
+        """One model output in; the next sample and the solver's denoised estimate out. DDIMScheduler's arguments in
+        its positions (``eta``: DDIM's; ``generator`` / ``variance_noise``: the noise); other keywords are refused."""
         if self.timesteps is None or self._grid is None:
             raise ValueError("call set_timesteps(num_inference_steps) before step()")
         if not isinstance(model_output, torch.Tensor) or not isinstance(sample, torch.Tensor):
             raise TypeError("model_output and sample must be torch tensors")
         if self.fcfg.get("variance_type") in ("learned", "learned_range") and model_output.shape[1] > sample.shape[1]:
             model_output = model_output[:, : sample.shape[1]]  # the variance channels are not used
-        if s_churn > 0 and any(s_tmin <= s <= s_tmax for s in self._grid[:-1]):
-            raise ValueError(
-                "s_churn > 0 (EulerDiscreteScheduler's churn) is not supported; use "
-                "solver='heun' with solver_options={'s_churn': ...} or a stochastic solver"
+        if kwargs:  # EulerDiscrete's s_churn / s_tmin / s_tmax / s_noise, LMS's order: solver options here
+            raise TypeError(
+                f"step() got {sorted(kwargs)}: set a solver's options once, as solver_options (LMS's order: "
+                "solver_options={'solver_order': n}; churn: solver='heun' with solver_options={'s_churn': ...})"
             )
-        if order is not None and self.solver_name == "lms" and order != self.solver_opts.get("solver_order", 4):
-            raise ValueError(f"order={order} given to step(); set it as solver_options={{'solver_order': {order}}}")
         eta, ddim = float(eta or 0.0), self._memoryless and self.family.name == "DDIMScheduler"
-        if eta and (self.solver_name != "ddim" or self._memoryless and not ddim):
+        if eta and not ddim:
             raise ValueError(
-                f"eta={eta} given to step(): eta is DDIM's (DDIMScheduler, solver='ddim'); solver "
-                f"{self.solver_name!r} takes its options as solver_options, DDPMScheduler its variance_type"
+                f"eta={eta} given to step(): eta is DDIM's (emulate='DDIMScheduler'); set a solver's eta once, as "
+                f"solver_options={{'eta': {eta}}} (solver='ddim'); DDPMScheduler's variance is its variance_type"
             )
         # DDIMScheduler's default (None) is use_clipped_model_output=False; elsewhere an explicit False only
         unclipped = self.transform is not None and (
@@ -476,78 +350,61 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         )
         if unclipped and not ddim:
             raise ValueError(
-                "use_clipped_model_output=False with clip_sample/thresholding: diffsolve keeps the "
-                "clipped x0 and its eps consistent; pass True (or leave it unset)"
+                "use_clipped_model_output=False with clip_sample/thresholding: diffsolve keeps the clipped x0 and "
+                "its eps consistent; pass True (or leave it unset)"
             )
-        # the noise of this call's step
         self._draw = make_noise_sampler(generator) if variance_noise is None else lambda like: variance_noise.to(like)
         if self._memoryless:  # DDIM/DDPM: a run of one step from t to the family's previous timestep, any t
             t = int(timestep)
-            k = self._first_index.get(t)
-            run = self._begin_run(0, [self._sigma_of(t), self._sigma_prev(t)], sample, eta, unclipped)
-            i, j, sigma = 0, 0, run.grid[0]
+            k, i, j, sigma = self._first_index.get(t), 0, 0, self._sigma_of(t)
+            grid = [sigma, self._sigma_of(t, previous=True)]
         else:
-            k = self._next_call(timestep, sample, eta)
-            run, (i, j, sigma) = self._run, self._calls[k]
-        prev, denoised = self._feed(run, i, j, sigma, model_output, sample, unclipped)
-        self._step_index = None if k is None else k + 1
+            k, grid = self._next_call(timestep)
+            i, j, sigma = self._calls[k]
+        if grid is not None:  # a new run, fed this call's output first
+            self._run = self._begin_run(i, grid, sample, eta, unclipped)
+            next(self._run)
+        prev, denoised = self._run.send((model_output, sample, sigma, i, j))
+        self.step_index = None if k is None else k + 1
         return DDIMSchedulerOutput(prev_sample=prev, pred_original_sample=denoised) if return_dict else (prev, denoised)
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
-        """The forward process at ``timesteps`` in the sample's space: sqrt(abar) x0 + sqrt(1 - abar)
-        noise in VP space (E8), x0 + sigma noise in the k-diffusion space."""
+        """The forward process at ``timesteps`` in the sample's space (E8; x0 + sigma noise for Euler/Heun/LMS)."""
         t = torch.as_tensor(timesteps, device="cpu").reshape(-1).to(torch.float64)
         if self._ref is not None and (self.space == "ve" or torch.equal(t, t.round())):
-            self._sync_ref()
+            self._ref._begin_index, self._ref._step_index = self.begin_index, self.step_index  # its position
             if self.family.grid == "previous" and isinstance(timesteps, torch.Tensor):
                 timesteps = timesteps.round().long()  # they index alphas_cumprod (integral here)
             return self._ref.add_noise(original_samples, noise, timesteps)
         # native mode, or a multi-call solver's timesteps between a DDIM/DDPM schedule's training levels (which
-        # that scheduler's add_noise cannot index): alpha_bar at the sigma of t, log-linear between levels (E8)
+        # that scheduler's add_noise cannot index): alpha_bar at the sigma of t, log-linear between levels
         a = (self.schedule if self.schedule is not None else schedule_from_config(self.fcfg)).alpha_bar(t)
-        view = (-1, *([1] * (original_samples.dim() - 1)))
-        sa, sb = (
-            v.to(original_samples.device, original_samples.dtype).reshape(view) for v in (a.sqrt(), (1 - a).sqrt())
-        )
-        return sa * original_samples + sb * noise
-
-    def _get_variance(self, timestep: int, prev_timestep: int) -> torch.Tensor:
-        """DDPM's posterior variance between two training timesteps, VP space (docs/math.md E24):
-        (1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev), as DDIMScheduler exposes it."""
-        a_t = self.alphas_cumprod[timestep]
-        a_prev = self.alphas_cumprod[prev_timestep] if prev_timestep >= 0 else self.final_alpha_cumprod
-        return (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
+        x0, shape = original_samples, (-1, *([1] * (original_samples.dim() - 1)))
+        sa, sb = (v.to(x0.device, x0.dtype).reshape(shape) for v in (a.sqrt(), (1 - a).sqrt()))
+        return sa * x0 + sb * noise
 
     def __len__(self) -> int:
         return int(self.fcfg["num_train_timesteps"])
 
-    # -- internals -----------------------------------------------------------------------------------
-    def _sync_ref(self):
-        ref = self._ref
-        if hasattr(ref, "_begin_index"):
-            ref._begin_index = self._begin_index
-        if hasattr(ref, "_step_index"):
-            ref._step_index = self._step_index
+    def _xbar(self, x: torch.Tensor, sigma: float, back: bool = False) -> torch.Tensor:
+        """The state xbar = x sqrt(1 + sigma^2) of the VP sample x (E6), or back; in the k-diffusion space, x."""
+        if self.space != "vp":
+            return x
+        return x / math.sqrt(1.0 + sigma * sigma) if back else x * math.sqrt(1.0 + sigma * sigma)
 
-    def _to_xbar(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
-        return x * math.sqrt(1.0 + sigma * sigma) if self.space == "vp" else x
-
-    def _from_xbar(self, xbar: torch.Tensor, sigma: float) -> torch.Tensor:
-        return xbar / math.sqrt(1.0 + sigma * sigma) if self.space == "vp" else xbar
-
-    def _ode(self, model, prediction: str | None = None, transform="config") -> _StepODE:
+    def _ode(self, model, raw: bool = False) -> _StepODE:
+        """The step ODE on ``model``; ``raw``: its output read as eps, without the config's clipping."""
         return _StepODE(
             model,
             self.schedule if self.schedule is not None else _PLACEHOLDER_SCHEDULE,
-            prediction=prediction or self.prediction,
+            prediction="eps" if raw else self.prediction,
             time=lambda s: s,
             time_dtype=torch.float64,
-            denoised_transform=self.transform if transform == "config" else transform,
+            denoised_transform=None if raw else self.transform,
         )
 
     def _new_solver(self, start: int = 0, steps: int | None = None, **override) -> Solver:
-        """The run's solver; with the emulated family's per-step orders (its ``lower_order_final`` /
-        ``euler_at_final`` rule over the whole schedule) as the solver's ``step_orders`` option."""
+        """The run's solver, with the emulated family's order rule over the whole schedule as ``step_orders``."""
         opts = dict(self.solver_opts, **override)
         if self.orders_rule is not None:
             rule = self.orders_rule(self.fcfg, len(self._grid) - 1, start, self._grid[-1] == 0.0)
@@ -555,21 +412,20 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         return self.solver_class(**opts)
 
     def _call_map(self, grid: list[float]) -> list[tuple[int, int, float]]:
-        """(step, call within the step, sigma) of every model call of the solver on ``grid``,
-        from two probe runs (they must agree: a fixed-step solver's calls do not depend on data)."""
-        n = len(grid) - 1
-        cls = self.solver_class
+        """(step, call within the step, sigma) of every model call on ``grid``: for a solver other than the
+        family's own, from two probe runs that must agree (a fixed-step solver's calls ignore the data)."""
+        n, cls, name = len(grid) - 1, self.solver_class, repr(self.solver_name)
         if self.family is not None and self.config.solver is None:  # the family's own method
             if cls.calls_per_step == 1:
                 return [(i, 0, grid[i]) for i in range(n)]
             if self.family.grid == "paired":  # two calls per step, one on the step into 0
                 return [c for i in range(n) for c in [(i, 0, grid[i])] + ([(i, 1, grid[i + 1])] if grid[i + 1] else [])]
-        name, elsewhere = repr(self.solver_name), "; use it through diffsolve.sample(diffsolve.from_diffusers(...))"
         if cls.legacy:
             raise ValueError(
                 f"solver {name} uses the first Solver contract (step(i, x) calls the model), which a pipeline "
                 "cannot feed: port it to the generator step(i, x, state) (docs/plugins.md, 'Porting a solver')"
             )
+        elsewhere = "; use it through diffsolve.sample(diffsolve.from_diffusers(...))"
         if cls.adaptive:
             raise DataDependentCallsError(
                 f"solver {name} chooses where to call the model from the data (adaptive step control), but a "
@@ -581,266 +437,164 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError("the schedule's sigmas must be strictly decreasing for a multi-call solver")
         patterns = []
         for fn in (torch.zeros_like, lambda x: 0.5 * torch.tanh(3 * x) + 0.1):
-            view = self._ode(lambda x, t, fn=fn, **_: fn(x), "eps", None).start_run(wants_denoised=False)
-            solver, seen = self._new_solver(), []
-            state, x = (
-                solver.init(view, grid, torch.zeros_like),
-                torch.linspace(-1.5, 1.5, 4, dtype=torch.float64)[None],
-            )
+            view = self._ode(lambda x, t, fn=fn, **_: fn(x), raw=True).start_run(wants_denoised=False)
+            solver, x, seen = self._new_solver(), torch.linspace(-1.5, 1.5, 4, dtype=torch.float64)[None], []
+            state = solver.init(view, grid, torch.zeros_like)
             for i in range(n):  # each step's model requests, at the sigmas the solver asks for
-                gen, j = solver.step(i, x, state), 0
+                gen, reply = solver.step(i, x, state), None
                 try:
-                    request = gen.send(None)
-                    while True:
+                    for j in itertools.count():
+                        request = gen.send(reply)
                         seen.append((i, j, request[1]))
-                        request, j = gen.send(answer(view, *request)), j + 1
+                        reply = answer(view, *request)
                 except StopIteration as stop:
                     x = stop.value[0]
             patterns.append(seen)
         if patterns[0] != patterns[1]:
             raise DataDependentCallsError(
-                f"solver {self.solver_name!r} chooses where to call the model from the data (an iterated "
-                "corrector), but a diffusers pipeline needs its timesteps before the first call"
+                f"solver {name} chooses where to call the model from the data (an iterated corrector), but a "
+                "diffusers pipeline needs its timesteps before the first call"
             )
         return patterns[0]
 
-    def _start(self, timestep) -> int:
-        """The index in ``timesteps`` where a run starts: ``begin_index``, else that of ``timestep`` by value
-        (diffusers' rule: the second match if it occurs twice, so a run starting mid-schedule skips no sigma;
-        DPM-Solver/UniPC/DEIS take the last index when the timestep is not in their schedule)."""
-        ts, ref = self.timesteps, self._ref
-        if self._begin_index is not None:
-            k = self._begin_index
-        elif ref is not None and ts is ref.timesteps and hasattr(ref, "index_for_timestep"):
+    def _next_call(self, timestep) -> tuple[int, list[float] | None]:
+        """The index in ``timesteps`` of this call and, for a new run's first call, its grid: ``begin_index``, else the
+        index of ``timestep`` (diffusers' rule: the second match; DPM-Solver/UniPC/DEIS: the last when none)."""
+        ts, ref, k = self.timesteps, self._ref, self.step_index
+        if k is not None and self._run is not None:
+            tv = float(timestep)
+            if k >= len(self._calls) or abs(float(ts[k]) - tv) > 1e-4 * max(1.0, abs(tv)):
+                expected = f"at timesteps[{k}] = {float(ts[k])}" if k < len(self._calls) else "none (run over)"
+                raise ValueError(
+                    f"step() got timestep {tv} but the next call is {expected}: step through scheduler.timesteps "
+                    "in order, or call set_timesteps() / set_begin_index() to start a new run"
+                )
+            return k, None
+        k = self.begin_index if k is None else k
+        if k is None and ref is not None and ts is ref.timesteps and hasattr(ref, "index_for_timestep"):
             k = int(ref.index_for_timestep(timestep.to(ts.device) if isinstance(timestep, torch.Tensor) else timestep))
-        else:
+        elif k is None:
             tv = torch.as_tensor(timestep, dtype=torch.float64).cpu()
             hits = torch.isclose(ts.double().cpu(), tv, rtol=1e-6, atol=1e-6).nonzero().flatten().tolist()
             if not hits:
                 raise ValueError(
-                    f"timestep {float(tv)} is not in this schedule's timesteps ({ts.tolist()[:4]}...); "
-                    "step through scheduler.timesteps"
+                    f"timestep {float(tv)} is not in this schedule's timesteps ({ts.tolist()[:4]}...); step "
+                    "through scheduler.timesteps"
                 )
-            k = hits[1] if len(hits) > 1 else hits[0]
+            k = hits[min(1, len(hits) - 1)]
         if not 0 <= k < len(self._calls):
             raise ValueError(f"begin_index={k} is outside the {len(self._calls)} timesteps of this schedule")
-        return k
-
-    def _feed(self, run, i: int, j: int, sigma: float, model_output, sample, unclipped: bool):
-        """The model output of call ``j`` of step ``i`` (at ``sigma``) fed to the run's open solver step:
-        ``(prev_sample, pred_original_sample)``."""
-        in_dtype, step = sample.dtype, i - run.start
-        run.out = model_output.to(run.dtype)
-        if step >= run.steps:
-            if run.bad is not None:
-                raise ValueError(
-                    f"the schedule's sigmas repeat or increase ({run.bad[0]} then {run.bad[1]}): with this many "
-                    f"steps some visit a level twice; use fewer than {len(self._grid) - 1} steps"
-                )
-            x_next, denoised = self._zero_length_step(run, self._to_xbar(sample.to(run.dtype), sigma), sigma)
-            return self._from_xbar(x_next, sigma).to(in_dtype), denoised.to(in_dtype)
-        if j == 0:  # a new solver step, from the sample the pipeline holds (it may have edited it)
-            if run.last is not None and sample is run.last[0] and sample._version == run.last[1]:
-                x = run.last[2]  # our own prev_sample, unchanged: continue from the solver's state, no round trip
-            else:
-                x = self._to_xbar(sample.to(run.dtype), sigma)
-            if unclipped:
-                x, run.out = self._unclipped(x, run.out, sigma)
-            run.gen = run.solver.step(step, x, run.state)
-            run.request = run.gen.send(None)
-        x_req, s_req, _ = run.request
-        answer = run.view.predict(x_req, s_req)  # this call's output, at the point the solver asked for
-        try:
-            run.request = run.gen.send(answer)
-        except StopIteration as stop:
-            if j + 1 != self._per_step[i]:
-                raise DataDependentCallsError(
-                    f"solver {self.solver_name!r} made {j + 1} model calls in step {i}, not {self._per_step[i]}"
-                ) from None
-            x_next, denoised = stop.value
-            prev = self._from_xbar(x_next, run.state.sigmas[step + 1]).to(in_dtype)
-            # the next step continues from x_next itself when the pipeline hands prev back untouched
-            # (same tensor, no in-place edit since: its version counter), as diffsolve.sample would
-            run.last = (prev, prev._version, x_next)
-            return prev, (None if denoised is None else denoised.to(in_dtype))
-        if j + 1 >= self._per_step[i]:
-            raise DataDependentCallsError(
-                f"solver {self.solver_name!r} asks for more than {j + 1} model calls in step {i}"
-            )
-        # the step needs another call: the pipeline evaluates the model at the point it asks for next
-        x_mid, s_mid, _ = run.request
-        return self._from_xbar(x_mid, s_mid).to(in_dtype), answer[0].to(in_dtype)
-
-    def _next_call(self, timestep, sample, eta: float) -> int:
-        """The index in ``timesteps`` of this call: the run's next one, or the first of a new run."""
-        if self._step_index is None or self._run is None:
-            k = self._start(timestep) if self._step_index is None else self._step_index
-            i, j, _ = self._calls[k]
-            if j != 0:
-                raise ValueError(
-                    f"timesteps[{k}] is the call {j + 1} of a solver step, not the start of one: start "
-                    "runs at a step's first call (set_begin_index(t_start * scheduler.order))"
-                )
-            self._begin_run(i, self._grid[i:], sample, eta)
-            return k
-        k, tv = self._step_index, float(timestep)
-        if k >= len(self._calls) or abs(float(self.timesteps[k]) - tv) > 1e-4 * max(1.0, abs(tv)):
-            expected = f"at timesteps[{k}] = {float(self.timesteps[k])}" if k < len(self._calls) else "none (run over)"
+        i, j, _ = self._calls[k]
+        if j != 0:
             raise ValueError(
-                f"step() got timestep {tv} but the next call is {expected}: step through scheduler.timesteps "
-                "in order, or call set_timesteps() / set_begin_index() to start a new run"
+                f"timesteps[{k}] is the call {j + 1} of a solver step, not the start of one: start runs at a "
+                "step's first call (set_begin_index(t_start * scheduler.order))"
             )
-        if eta != self._run.eta:
+        return k, self._grid[i:]
+
+    def _begin_run(self, i0: int, grid: list[float], sample, eta: float, unclipped: bool = False):
+        """A run from step ``i0`` over ``grid``: a generator sent ``(model output, sample, sigma, i, j)`` per pipeline
+        call (call ``j`` of step ``i``), answering ``(prev_sample, pred_original_sample)``. Zero-length steps at the end
+        (karras sigmas, final_sigmas_type="sigma_min") are diffusers' h = 0; a level repeated earlier is an error."""
+        cut = next((m for m in range(len(grid) - 1) if not grid[m + 1] < grid[m]), len(grid) - 1)
+        later = next((g for g in grid[cut + 1 :] if g != grid[cut]), None)
+        dtype, out, last = state_dtype_for(sample.dtype), None, None
+        view = self._ode(lambda x, t, **_: out, unclipped).start_run(input_dtype=sample.dtype, wants_denoised=True)
+        solver = self._new_solver(i0, cut, **({"eta": eta} if eta else {}))
+        state = solver.init(view, grid[: cut + 1], lambda like: self._draw(like))
+        output, x_in, sigma, i, j = yield
+        for step in range(cut):
+            in_dtype, out = x_in.dtype, output.to(dtype)
+            # from the sample the pipeline holds (maybe edited); our own prev_sample, untouched, with no round trip
+            x = last[2] if last and x_in is last[0] and x_in._version == last[1] else self._xbar(x_in.to(dtype), sigma)
+            if unclipped:  # DDIM's use_clipped_model_output=False: the DDIM step (E30) from D_clipped + sigma eps_raw
+                # (on whose ray D_clipped lies) with eps_raw as the output there, as diffusers combines the two
+                conv = self._ode(lambda *a, **k: None)
+                d_raw, out = conv._convert(out, x, sigma, 1.0 / math.sqrt(1 + sigma * sigma))
+                x = torch.add(self.transform(d_raw, sigma), out, alpha=sigma)
+            gen = solver.step(step, x, state)
+            request = gen.send(None)
+            while True:
+                reply = view.predict(*request[:2])  # this call's output, at the point the solver asked for
+                try:
+                    request, done = gen.send(reply), None
+                except StopIteration as stop:
+                    done = stop.value
+                if (done is not None) != (j + 1 == self._per_step[i]):
+                    raise DataDependentCallsError(
+                        f"solver {self.solver_name!r} made {'more than ' if done is None else ''}{j + 1} model calls "
+                        f"in step {i}, not {self._per_step[i]}: its calls depend on the data"
+                    )
+                if done is not None:
+                    break
+                x_mid = self._xbar(request[0], request[1], back=True).to(in_dtype)
+                output, x_in, sigma, i, j = yield x_mid, reply[0].to(in_dtype)
+                in_dtype, out = x_in.dtype, output.to(dtype)
+            x_next, denoised = done
+            prev = self._xbar(x_next, state.sigmas[step + 1], back=True).to(in_dtype)
+            last = (prev, prev._version, x_next)
+            output, x_in, sigma, i, j = yield prev, (None if denoised is None else denoised.to(in_dtype))
+        if later is not None:
             raise ValueError(
-                f"eta={eta} given to step() after a run started with eta={self._run.eta}: one eta per run "
-                "(it sets the solver's coefficients for the whole grid)"
+                f"the schedule's sigmas repeat or increase ({grid[cut]} then {later}): with this many steps some "
+                f"visit a level twice; use fewer than {len(self._grid) - 1} steps"
             )
-        return k
+        # from sigma to sigma at the end the sample stays, except that UniPC's corrector (UniC, Zhao et al. 2023)
+        # corrects the last step once more with the new output, as diffusers' UniPC does there
+        corr = getattr(state, "corr", None) if getattr(solver, "corrector", False) else None
+        corr = corr[cut - 1] if corr else None
+        while True:
+            x, out = self._xbar(x_in.to(dtype), sigma), output.to(dtype)
+            denoised, _ = view.predict(x, sigma)
+            if corr is not None:
+                x, corr = combine(corr[0], state.x_base, zip(corr[1], [denoised] + state.history)), None
+            x = self._xbar(x, sigma, back=True).to(x_in.dtype)
+            output, x_in, sigma, i, j = yield x, denoised.to(x_in.dtype)
 
-    def _unclipped(self, x, out, sigma: float):
-        """diffusers' DDIM with use_clipped_model_output=False combines the clipped x0 with the raw eps:
-        that is the DDIM step (E30) from the point D_clipped + sigma eps_raw, on whose ray D_clipped lies,
-        with eps_raw as the (eps-prediction) output there. Returns that point and eps_raw."""
-        conv = self._ode(lambda *a, **k: None, transform=None)
-        d_raw, eps_raw = conv._convert(out, x, sigma, 1.0 / math.sqrt(1 + sigma * sigma))
-        return torch.add(self.transform(d_raw, sigma), eps_raw, alpha=sigma), eps_raw
-
-    def _zero_length_step(self, run, x, sigma):
-        """A step from sigma to sigma at the end of the schedule leaves the sample where it is, except
-        that UniPC's corrector (UniC, Zhao et al. 2023) still corrects the last step with the new
-        output, as diffusers' UniPCMultistepScheduler does on that step."""
-        solver, state = run.solver, run.state
-        denoised, _ = run.view.predict(x, sigma)
-        corr = getattr(state, "corr", None)
-        if getattr(solver, "corrector", False) and corr and run.steps > 0 and not run.corrected:
-            a_w = corr[run.steps - 1]
-            if a_w is not None:
-                a, w = a_w
-                x = combine(a, state.x_base, zip(w, [denoised] + state.history))
-            run.corrected = True
-        return x, denoised
-
-    def _begin_run(self, i: int, grid: list[float], sample, eta: float, unclipped: bool = False):
-        """A run of the solver from step ``i`` over ``grid``; its model is the output of the pipeline's
-        current call and its noise the current call's."""
-        # the solver runs up to the first level that does not decrease. A schedule may end with
-        # zero-length steps (karras sigmas with final_sigmas_type="sigma_min" repeat the last sigma):
-        # those are taken as diffusers takes a step of length h = 0. A level repeated earlier (more
-        # steps than distinct levels) is an error when the run reaches it, not before.
-        cut = next((m for m in range(len(grid) - 1) if not grid[m + 1] < grid[m]), None)
-        bad = None
-        if cut is not None:
-            if any(g != grid[cut] for g in grid[cut:]):
-                later = next(g for g in grid[cut:] if g != grid[cut]) if grid[cut + 1] == grid[cut] else grid[cut + 1]
-                bad = (grid[cut], later)
-            grid = grid[: cut + 1]
-        run = types.SimpleNamespace(
-            start=i, grid=grid, dtype=state_dtype_for(sample.dtype), steps=len(grid) - 1, bad=bad, eta=eta
-        )
-        run.last, run.corrected, run.out = None, False, None
-        ode = self._ode(lambda x, t, **_: run.out, *(("eps", None) if unclipped else ()))
-        run.view = ode.start_run(input_dtype=sample.dtype, wants_denoised=True)
-        run.solver = self._new_solver(i, run.steps, **({"eta": eta} if eta else {}))
-        run.state = run.solver.init(run.view, grid, lambda like: self._draw(like))
-        self._run = run
-        return run
-
-    # -- construction ----------------------------------------------------------------------------------
     @classmethod
     def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
-        """From any scheduler's config: the config's ``_class_name`` (a supported diffusers scheduler)
-        becomes ``emulate``, and every key of that scheduler is read, its defaults included (so the
-        scheduler the config came from is reproduced). Keyword arguments override config keys."""
+        """From any scheduler or its config: its ``_class_name`` (a supported diffusers scheduler) becomes
+        ``emulate``, with every key of that class, defaults included. Keyword arguments override config keys."""
         if hasattr(config, "config") and not isinstance(config, dict):  # a scheduler object: its class
             config = dict(config.config, _class_name=type(config).__name__)
         cfg = dict(config or {})
-        name = cfg.get("_class_name") or _family_of_keys(cfg)
+        # a scheduler built in this process has no _class_name in its config: its keys name its class
+        hits = [] if "_class_name" in cfg else classes_with_keys(cfg, [*FAMILIES, *DDIMScheduler._compatibles])
+        if len(set(hits)) > 1:
+            raise ValueError(
+                f"the config's keys are those of {' and of '.join(dict.fromkeys(hits))}: pass the scheduler itself "
+                "(DiffsolveScheduler.from_config(scheduler)) or emulate=<its class name>"
+            )
+        name = cfg.get("_class_name") or (hits[0] if hits else None)
         chosen = "emulate" in cfg or "emulate" in kwargs
         if not chosen and name in FAMILIES:
             cfg["emulate"] = name
             cfg.pop("_use_default_values", None)  # the source's own defaults are the values to reproduce
-            cfg.update({k: cfg.get(k, v) for k, v in FAMILIES[name].defaults().items()})
-        elif not chosen and name is not None and not issubclass(cls, _class_named(name)):
-            defaults = _init_defaults(name)
-            keys = set(defaults)
-            beta = bool(keys & {"beta_schedule", "trained_betas"})  # a DDPM training schedule native mode reads
+            cfg.update({k: cfg.get(k, v) for k, v in scheduler_defaults(name).items()})
+        elif not chosen and name not in (None, cls.__name__):
+            defaults = scheduler_defaults(name)
+            beta = bool(defaults.keys() & {"beta_schedule", "trained_betas"})  # a DDPM training schedule
             spacing = sorted(k for k in _GRID_KEYS if k in cfg and cfg[k] != defaults.get(k))
+            why = "its schedule is not a DDPM beta schedule" if not beta else f"its key(s) {spacing} set the grid"
             if not beta or spacing:
-                what = "its schedule is not a DDPM beta schedule" if not beta else f"its key(s) {spacing} set the grid"
                 raise ValueError(
-                    f"DiffsolveScheduler cannot reproduce {name} ({what}); supported: {', '.join(FAMILIES)}. "
-                    "Sample that model with diffsolve itself, which reads the whole config: "
-                    "ds.sample(ds.from_diffusers(model, scheduler.config), x_T, solver, "
-                    "sigmas=ds.diffusers_grid(scheduler.config, steps))"
+                    f"DiffsolveScheduler cannot reproduce {name} ({why}); supported: {', '.join(FAMILIES)}. Sample "
+                    "that model with diffsolve itself, which reads the whole config: ds.sample(ds.from_diffusers("
+                    "model, scheduler.config), x_T, solver, sigmas=ds.diffusers_grid(scheduler.config, steps))"
                 )
             if kwargs.get("solver", cfg.get("solver")) is None:
                 raise ValueError(
-                    f"DiffsolveScheduler cannot reproduce {name}; supported: {', '.join(FAMILIES)}. "
-                    "Name a diffsolve solver (solver=...) to run it on this config's training "
-                    "schedule, or pass emulate="
+                    f"DiffsolveScheduler cannot reproduce {name}; supported: {', '.join(FAMILIES)}. Name a diffsolve "
+                    "solver (solver=...) to run it on this config's training schedule, or pass emulate="
                 )
-            # solver= replaces the source's method: its training schedule is read (native mode) and its
-            # method's own keys (e.g. PNDM's skip_prk_steps) have nothing left to act on
-            cfg["emulate"] = None
-            cfg = {k: v for k, v in cfg.items() if k not in keys - set(_NATIVE_DEFAULTS)}
-        own = set(inspect.signature(cls.__init__).parameters) - {"self"}
+            # solver= replaces the source's method: native mode on its training schedule, its method keys dropped
+            cfg = dict({k: v for k, v in cfg.items() if k in _NATIVE_DEFAULTS or k not in defaults}, emulate=None)
         # keyword overrides too, unless the caller collects the unused ones (from_pretrained's path)
-        candidates = list(cfg) + ([] if return_unused_kwargs else list(kwargs))
-        unknown = sorted(k for k in candidates if not k.startswith("_") and k not in own)
+        keys = list(cfg) + ([] if return_unused_kwargs else list(kwargs))
+        unknown = sorted(k for k in keys if not k.startswith("_") and k not in _SIGNATURE.parameters)
         if unknown:
             raise ValueError(
-                f"DiffsolveScheduler cannot honour the key(s) {unknown}; it reads the keys of "
-                f"{', '.join(FAMILIES)} and its own ({', '.join(_OWN_KEYS)})"
+                f"DiffsolveScheduler cannot honour the key(s) {unknown}; it reads the keys of {', '.join(FAMILIES)} "
+                f"and its own ({', '.join(_OWN_KEYS)})"
             )
         return super().from_config(cfg, return_unused_kwargs=return_unused_kwargs, **kwargs)
-
-
-#: keys of a diffusers scheduler that shape its sigma grid (a method replaced by solver= cannot drop them)
-_GRID_KEYS = "use_karras_sigmas use_exponential_sigmas use_beta_sigmas use_lu_lambdas shift use_flow_sigmas".split()
-
-
-def _family_of_keys(cfg) -> str | None:
-    """The diffusers scheduler whose keys are exactly those of ``cfg`` (the config of a scheduler
-    built in this process carries no ``_class_name``; its keys still name its class)."""
-    hits = classes_with_keys(cfg, list(dict.fromkeys([*FAMILIES, *FAMILIES["DDIMScheduler"].cls._compatibles])))
-    if len(hits) > 1:
-        raise ValueError(
-            f"the config's keys are those of {' and of '.join(hits)}: pass the scheduler itself "
-            "(DiffsolveScheduler.from_config(scheduler)) or emulate=<its class name>"
-        )
-    return hits[0] if hits else None
-
-
-def _steps(n) -> int:
-    try:
-        if not isinstance(n, bool) and float(n) == int(n) >= 1:
-            return int(n)
-    except (TypeError, ValueError):
-        pass
-    raise ValueError(f"num_inference_steps must be an integer >= 1, got {n!r}")
-
-
-def _make_init():
-    """DiffsolveScheduler.__init__ with every diffusers key as an explicit keyword (default None:
-    the emulated scheduler's default), so ``register_to_config`` records them all."""
-    P = inspect.Parameter
-    keys = ("self", *_OWN_KEYS, *_family_keys())
-    sig = inspect.Signature([P(k, P.POSITIONAL_OR_KEYWORD, **({} if k == "self" else {"default": None})) for k in keys])
-
-    def __init__(self, *args, **kwargs):
-        sig.bind(self, *args, **kwargs)  # an unknown key is a TypeError, as in any __init__
-        self._begin_index = self._step_index = self._run = self._grid = None
-        self.num_inference_steps = self.timesteps = self.sigmas = None
-        self._memoryless = False
-        self._setup()
-        self.timesteps = torch.arange(int(self.fcfg["num_train_timesteps"]) - 1, -1, -1, dtype=torch.int64)
-        ref = self._ref
-        if ref is not None and getattr(ref, "sigmas", None) is not None and len(ref.sigmas) == len(ref.timesteps) + 1:
-            # like the emulated scheduler, usable before set_timesteps (on its full training schedule)
-            self._adopt_family_schedule(None)
-
-    __init__.__signature__ = sig
-    return __init__
-
-
-DiffsolveScheduler.__init__ = register_to_config(_make_init())

@@ -36,7 +36,7 @@ import torch
 from ..grids import leading, linspace, trailing, validate_sigmas
 from ..schedules import DiscreteSchedule
 
-__all__ = ["FAMILY_RULES", "classes_with_keys", "family_rule", "family_sigmas", "family_of_keys"]
+__all__ = ["FAMILY_RULES", "classes_with_keys", "family_rule", "family_sigmas", "family_of_keys", "scheduler_defaults"]
 
 #: scheduler class name -> its timestep rule (see the module docstring)
 FAMILY_RULES = {
@@ -67,22 +67,24 @@ SPACINGS = ("leading", "trailing", "linspace")
 _NOT_DDIM_KEYS = ("final_sigmas_type", "lambda_min_clipped", "solver_order", "algorithm_type", "interpolation_type")
 
 
+def scheduler_defaults(name: str) -> dict:
+    """The ``__init__`` keys of diffusers' scheduler class ``name`` with their defaults ({}: no such class, or
+    diffusers not installed)."""
+    try:
+        import diffusers
+    except ImportError:  # a plain dict without diffusers: no class to match
+        return {}
+    cls = getattr(diffusers, name, None) if name.isidentifier() else None
+    init = vars(cls).get("__init__") if isinstance(cls, type) else None
+    params = inspect.signature(init).parameters.items() if init is not None else ()
+    return {k: p.default for k, p in params if k not in ("self", "kwargs")}
+
+
 def classes_with_keys(cfg, names) -> list[str]:
     """Those of the diffusers scheduler classes ``names`` whose ``__init__`` keys are exactly the config's
     (its keys not starting with "_"); none when diffusers is not installed."""
     keys = {k for k in cfg if not k.startswith("_")}
-    try:
-        import diffusers
-    except ImportError:  # a plain dict without diffusers: no class to match
-        return []
-    found = [getattr(diffusers, name, None) for name in names]
-    return [
-        name
-        for name, cls in zip(names, found, strict=True)
-        if keys
-        and isinstance(cls, type)
-        and keys == set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
-    ]
+    return [name for name in names if keys and keys == scheduler_defaults(name).keys()]
 
 
 def family_of_keys(cfg) -> str | None:

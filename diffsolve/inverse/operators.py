@@ -181,8 +181,21 @@ class Inpaint(_PixelBasis):
 
     @classmethod
     def box(cls, shape: Sequence[int], top: int, left: int, height: int, width: int) -> Inpaint:
-        """A mask of ``shape`` (..., H, W) with the box ``[top:top+height, left:left+width]`` missing."""
-        m = torch.ones(tuple(shape), dtype=_F64)
+        """A mask of ``shape`` (..., H, W) with the box ``[top:top+height, left:left+width]`` missing (inside the
+        image: a box partly or wholly outside it, or empty, is a ValueError, not a mask with fewer pixels missing)."""
+        shape = tuple(shape)
+        if len(shape) < 2:
+            raise ValueError(f"shape must end in (H, W), got {shape}")
+        H, W = shape[-2], shape[-1]
+        for name, v in (("top", top), ("left", left), ("height", height), ("width", width)):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"{name} must be an int, got {v!r}")
+        if not (0 <= top and 0 <= left and height >= 1 and width >= 1 and top + height <= H and left + width <= W):
+            raise ValueError(
+                f"the box top={top}, left={left}, height={height}, width={width} must lie inside the {H}x{W} image "
+                f"(0 <= top, top + height <= {H}, 0 <= left, left + width <= {W}, height and width >= 1)"
+            )
+        m = torch.ones(shape, dtype=_F64)
         m[..., top : top + height, left : left + width] = 0
         return cls(m)
 
@@ -201,6 +214,9 @@ class Inpaint(_PixelBasis):
         return tuple(int(n) for n in x_shape)
 
     def forward(self, x):
+        full = self._full(x.shape[1:])  # a mask that does not fit: named, not torch's broadcasting error
+        if full.shape[0] not in (1, x.shape[0]):
+            raise ValueError(f"the operator has one mask per sample for {full.shape[0]} samples; x has {x.shape[0]}")
         return x * self.mask.to(device=x.device, dtype=x.dtype)
 
     def singulars(self, x_shape):
@@ -238,6 +254,7 @@ class Downsample(LinearOperator):
         return (c, h // self.factor, w // self.factor)
 
     def forward(self, x):
+        self.output_shape(x.shape[1:])  # avg_pool2d would drop the rows and columns past a multiple of f
         return torch.nn.functional.avg_pool2d(x, self.factor)
 
     def _blocks(self, x):  # (B, C, H, W) -> (B, C, H/f, W/f, f*f)

@@ -10,7 +10,14 @@ import torch
 from ..driver import renoise_refusal
 from ..plugins.registry import get_registry
 from ..sampling import make_grid, make_noise_sampler, make_solver, sample
-from ..validation import check_finite_number, check_flag, check_state, suggest
+from ..validation import (
+    check_finite_number,
+    check_flag,
+    check_guidance_batch,
+    check_options,
+    check_state,
+    resolve_plugin,
+)
 from ..wrapper import DiffusionODE
 from .base import Restorer, Task
 from .operators import Operator
@@ -26,20 +33,10 @@ def list_restorers() -> list[str]:
 def make_restorer(method: str | type | Restorer, **options: Any) -> Restorer:
     """A restorer instance from a registry name, a :class:`Restorer` class or an instance; unknown
     options are a ValueError listing the method's options."""
-    if isinstance(method, Restorer):
-        if options:
-            raise ValueError(f"options {sorted(options)} given with a restorer instance; set them on the instance")
-        return method
-    cls = get_registry().restorer(method) if isinstance(method, str) else method
-    if not (isinstance(cls, type) and issubclass(cls, Restorer)):
-        raise TypeError(f"method must be a registered name (ds.list_restorers()) or a Restorer, got {method!r}")
-    known = cls.options()
-    unknown = sorted(k for k in options if k not in known)
-    if unknown:
-        raise ValueError(
-            f"method {cls.name!r}: unknown option(s) {unknown}{suggest(unknown[0], known)}; "
-            + (f"its options are: {', '.join(known)}" if known else "it takes no options")
-        )
+    instance, cls = resolve_plugin(method, Restorer, get_registry().restorer, "restorer", options)
+    if instance is not None:
+        return instance
+    check_options("restorer", cls.name, options, cls.options())
     return cls(**options)
 
 
@@ -102,6 +99,7 @@ def restore(
     mask = getattr(operator, "mask", None)
     if mask is not None and mask.dim() == 4 and mask.shape[0] not in (1, y.shape[0]):
         raise ValueError(f"the operator has one mask per sample for {mask.shape[0]} samples; y has {y.shape[0]}")
+    check_guidance_batch(ode, y.shape[0])  # also for methods that call the model outside ds.sample (ddrm, red-diff)
     if restorer.uses_solver:
         if solver is None:
             solver, solver_options = restorer.default_solver[0], dict(restorer.default_solver[1])

@@ -42,6 +42,11 @@ class DDIM(Solver):
     def __init__(self, *, eta: float = 0.0, variance: str = "eta"):
         self.eta = eta = check_eta(eta, clamp_up=False)
         self.variance = check_choice("variance", variance, VARIANCES)
+        if variance == "large" and eta not in (0.0, 1.0):  # E25 is eta = 1's mean with its own noise: eta unused
+            raise ValueError(
+                f"variance='large' is DDPM's sigma-hat step (eta = 1's mean, the larger noise of E25): it takes no "
+                f"eta, so eta={eta} would be ignored; drop eta, or use variance='eta' with eta={eta}"
+            )
         # an instance is stochastic when it draws noise
         self.stochastic = eta > 0 or variance == "large"
         self.invertible = not self.stochastic

@@ -29,7 +29,7 @@ import math
 
 import torch
 
-from ..statistics import ModelStatistics
+from ..statistics import ModelStatistics, StatisticsError
 from ._exponential import LOWER_ORDER_BELOW, ExponentialSolver
 from .base import check_choice, check_int
 
@@ -85,6 +85,19 @@ class DPMSolverV3(ExponentialSolver):
         state.history, state.cast = [], {}
         return state
 
+    def _check_shape(self, x: torch.Tensor) -> None:
+        """The statistics hold one value per coordinate of a sample: they must fit the samples' shape."""
+        shape, own = tuple(x.shape[1:]), self.statistics.sample_shape
+        try:
+            fits = torch.broadcast_shapes(shape, own) == shape
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise StatisticsError(
+                f"these statistics are for samples of shape {own}; this run's samples have shape {shape}: compute "
+                "them for this model with diffsolve.model_statistics(ode, x_T)"
+            )
+
     def _coef(self, lam, stats, i, k, nodes):
         nodes = list(nodes)
         a, w, c = stats.step_coefficients(lam[i], lam[k], [lam[j] for j in nodes], self.pseudo)
@@ -106,6 +119,10 @@ class DPMSolverV3(ExponentialSolver):
         return out
 
     def step(self, i, x, state):
+        # the run's first step: the samples' shape (statistics without a fingerprint are unchecked, as in
+        # ModelStatistics.check: the NFE dry run of a recipe uses such a copy on a one-element state)
+        if not state.history and self.statistics is not None and self.statistics.fingerprint is not None:
+            self._check_shape(x)
         denoised, eps = yield x, state.sigmas[i], True
         x = state.ode.renoised(x, denoised, eps, state.sigmas[i])  # CFG++, DDNM (docs/math.md 3.6)
         f = x * self._t(state, state.one_minus_l[i], x) - denoised  # V2

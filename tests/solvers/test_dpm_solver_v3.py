@@ -134,6 +134,23 @@ def test_a_grid_outside_the_statistics_range_is_refused(gaussian):
         ds.sample(ode, torch.randn(2, 4, dtype=torch.float64), "dpm-solver-v3", steps=5, statistics=narrow)
 
 
+def test_statistics_of_another_sample_shape_are_refused_naming_both_shapes(gaussian):
+    # statistics of 4-coordinate samples on samples of 3 failed deep inside with a broadcasting RuntimeError
+    _, ode, stats = gaussian
+    with pytest.raises(StatisticsError, match=r"samples of shape \(4,\); this run's samples have shape \(3,\)"):
+        ds.sample(ode, torch.randn(2, 3, dtype=torch.float64), "dpm-solver-v3", steps=5, statistics=stats)
+
+
+def test_model_statistics_refuse_levels_outside_the_models_sigma_range(gaussian):
+    # sigma_max=1000 on a schedule that ends at 157.4 computed statistics of the model clamped at its range
+    _, ode, _ = gaussian
+    x_T = torch.randn(4, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"sigma_max / sigma_min reach sigma = 1000, above the model's range"):
+        ds.model_statistics(ode, x_T, points=2, sigma_max=1000.0, progress=False)
+    with pytest.raises(ValueError, match=r"sigma_max / sigma_min reach sigma = 0.001, below the model's range"):
+        ds.model_statistics(ode, x_T, points=2, sigma_min=1e-3, progress=False)
+
+
 def test_bad_statistics_and_options_name_the_argument():
     with pytest.raises(ValueError, match="statistics must be a diffsolve.ModelStatistics"):
         ds.make_solver("dpm-solver-v3", statistics={"l": 1})
