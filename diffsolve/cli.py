@@ -115,6 +115,17 @@ def _bench_problem(name: str, samples: int, seed: int):
     return prob, ode, x_T
 
 
+def _statistics_arg(value: str | None):
+    """``--statistics``: ``fit`` (computed from the fit x_T: ``tune(statistics=True)``) or a statistics file."""
+    if value is None:
+        return None
+    if value == "fit":
+        return True
+    from .statistics import ModelStatistics
+
+    return ModelStatistics.load(value)
+
+
 def _tune(args) -> int:
     from .bench.errors import BenchError
     from .tuning import tune
@@ -133,8 +144,9 @@ def _tune(args) -> int:
             seed=args.split_seed,
             progress=not args.quiet,
             per_step=args.per_step,
+            statistics=_statistics_arg(args.statistics),
         )
-    except (BenchError, ValueError) as exc:
+    except (BenchError, ValueError, OSError) as exc:
         print(f"diffsolve tune: error: {exc}", file=sys.stderr)
         return 2
     dt = time.perf_counter() - t0
@@ -441,6 +453,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--per-step",
         action="store_true",
         help="also search per step the order, data/noise prediction, derivative estimate and corrector (solver usf)",
+    )
+    t.add_argument(
+        "--statistics",
+        default=None,
+        metavar="fit|FILE",
+        help="also search dpm-solver-v3 on model statistics: 'fit' computes them from the fit x_T, or a file "
+        "from ModelStatistics.save",
     )
 
     d = sub.add_parser("demo", help="DDIM error vs steps on the built-in mixture (the README's main job)")

@@ -116,9 +116,14 @@ class ModelStatistics:
             )
 
     def check_range(self, sigmas: Sequence[float]) -> None:
-        """Every positive sigma of a grid must lie in the statistics' lambda range (rounding tolerated)."""
+        """Every positive sigma of a grid must lie in the statistics' lambda range, up to the rounding the schedule's
+        own range check tolerates (a relative :data:`diffsolve.validation.RANGE_RTOL` in sigma, the same in
+        lambda = -log sigma; l, s, b are held at their end values over that sliver): statistics computed over the
+        schedule's range serve every grid the schedule accepts."""
+        from .validation import RANGE_RTOL
+
         lo, hi = float(self.lambdas[0]), float(self.lambdas[-1])
-        tol = 1e-9 * max(1.0, abs(lo), abs(hi))
+        tol = RANGE_RTOL
         for sigma in sigmas:
             if 0 < sigma < math.inf and not lo - tol <= -math.log(sigma) <= hi + tol:
                 raise StatisticsError(

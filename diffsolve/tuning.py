@@ -161,6 +161,9 @@ VARIANTS: dict[str, list[dict[str, Any]]] = {
     "ipndm": [{"solver_order": o} for o in (2, 3)],
     "lms": [{"solver_order": o} for o in (2, 3)],
 }
+#: dpm-solver-v3's options searched on the user's statistics (``tune(statistics=...)``): the defaults and the
+#: pseudo-order predictor (docs/math.md V7), each better on some of the benchmark's problems (docs/dpm-solver-v3.md)
+V3_VARIANTS: list[dict[str, Any]] = [{}, {"pseudo": True}]
 
 
 # -- configurations and candidates ----------------------------------------------------------------------
@@ -208,15 +211,23 @@ class _Config:
     solver: str
     options: tuple
     afs: bool
+    #: DPM-Solver-v3's model statistics (``tune(statistics=...)``), held apart from ``options``: they change the
+    #: coefficients, never the number of model calls, so counting uses ``opts`` and only a run gets them
+    statistics: Any = None
 
     @property
     def opts(self) -> dict:
         return dict(self.options)
 
     @property
+    def run_opts(self) -> dict:
+        """The options a run gets: ``opts`` plus the statistics, if any."""
+        return self.opts if self.statistics is None else {**self.opts, "statistics": self.statistics}
+
+    @property
     def is_default(self) -> bool:
-        """Default options and no AFS: a plain fixed solver, the baseline."""
-        return not self.options and not self.afs
+        """Default options, no AFS, no statistics: a plain fixed solver, the baseline."""
+        return not self.options and not self.afs and self.statistics is None
 
     @property
     def recipe_options(self) -> dict:
@@ -225,15 +236,22 @@ class _Config:
 
     def label(self) -> str:
         o = ",".join(f"{k}={v}" for k, v in self.options)
-        return f"{self.solver}{'(' + o + ')' if o else ''}{'+afs' if self.afs else ''}"
+        stats = "[statistics]" if self.statistics is not None else ""
+        return f"{self.solver}{stats}{'(' + o + ')' if o else ''}{'+afs' if self.afs else ''}"
 
 
-def _configs(names: list[str]) -> list[_Config]:
+def _configs(names: list[str], statistics=None) -> list[_Config]:
+    """Every solver with its :data:`VARIANTS`, AFS off and on; with ``statistics``, dpm-solver-v3 on them too
+    (with :data:`V3_VARIANTS`), beside dpm-solver-v3 on the neutral statistics (= DPM-Solver++ with v3's
+    corrector)."""
     out = []
     for n in names:
         for v in [{}] + VARIANTS.get(n, []):
             for afs in (False, True):
                 out.append(_Config(n, tuple(sorted(v.items())), afs))
+        if n == "dpm-solver-v3" and statistics is not None:
+            for v in V3_VARIANTS:
+                out.extend(_Config(n, tuple(sorted(v.items())), afs, statistics) for afs in (False, True))
     return out
 
 
@@ -258,6 +276,7 @@ class _Candidate:
         return {
             "solver": self.config.solver,
             "options": self.config.opts,
+            "statistics": self.config.statistics is not None,
             "afs": self.config.afs,
             "grid": self.grid,
             "nfe": self.calls,
@@ -386,7 +405,7 @@ class _Scorer:
         try:
             with torch.no_grad():
                 out = run_parts(
-                    self.ode, self.x, cfg.solver, cfg.opts, sigmas, cfg.afs, compensation, check_finite=False
+                    self.ode, self.x, cfg.solver, cfg.run_opts, sigmas, cfg.afs, compensation, check_finite=False
                 )
         except INFEASIBLE:
             return inf
@@ -633,12 +652,14 @@ def _refine_grid(t: _Tuning, c: _Candidate, budget: int | None = None) -> _Candi
 
 def _refine_grids(t: _Tuning, swept: list[_Candidate], refine: int) -> _Candidate:
     """Stage 2: the ``refine`` best configurations (each on its best grid, ranked on the fit part) refined;
-    the lowest fit error wins."""
+    the lowest fit error wins. With ``tune(statistics=...)`` the best dpm-solver-v3 configuration on them is
+    refined in addition, never instead of one of those: the statistics can only add a candidate."""
     best: dict[_Config, _Candidate] = {}
     for c in sorted(swept, key=_Candidate.key):
         if math.isfinite(c.fit_mse) and c.config not in best:
             best[c.config] = c
-    ranked = list(best.values())[: max(1, int(refine))]
+    plain = [c for c in best.values() if c.config.statistics is None][: max(1, int(refine))]
+    ranked = plain + [c for c in best.values() if c.config.statistics is not None][:1]
     results = []
     with t.bar(len(ranked), "grid refinement") as bar:
         for c in ranked:
@@ -898,6 +919,55 @@ def best_fixed(
     }
 
 
+def _check_statistics(ode, statistics, names: list[str]):
+    """``tune(statistics=...)`` before any model call: None, True, or a :class:`~diffsolve.ModelStatistics` of this
+    ODE's schedule and prediction covering its sigma range; dpm-solver-v3 must be among ``names``."""
+    from .statistics import ModelStatistics
+
+    if statistics is None or statistics is False:
+        return None
+    if "dpm-solver-v3" not in names:
+        raise ValueError(f"statistics are DPM-Solver-v3's: solvers= must include 'dpm-solver-v3' (got {names})")
+    if statistics is True:
+        return True
+    if not isinstance(statistics, ModelStatistics):
+        raise TypeError(
+            f"statistics must be None, True (computed from the fit x_T) or diffsolve.ModelStatistics, "
+            f"got {type(statistics).__name__}"
+        )
+    statistics.check(ode)
+    statistics.check_range([float(ode.schedule.sigma_max), float(ode.schedule.sigma_min)])
+    return statistics
+
+
+def _statistics(t: _Tuning, x_T: torch.Tensor, statistics):
+    """The checked ``statistics``; True: computed here from the fit x_T only (:func:`diffsolve.model_statistics`,
+    default settings), so the held-out x_T stay unseen."""
+    from .statistics import model_statistics
+
+    if statistics is True:
+        return model_statistics(t.fit_scorer.ode, x_T[t.fit_idx], progress=t.progress)
+    return statistics
+
+
+def _recipe(ode, chosen: _Candidate, report: dict) -> Recipe:
+    """The winner as a :class:`Recipe` (its compensation ratios and statistics in ``params``)."""
+    params = {} if chosen.compensation is None else {"compensation": chosen.compensation}
+    if chosen.config.statistics is not None:
+        params["statistics"] = chosen.config.statistics
+    return Recipe(
+        solver=chosen.config.solver,
+        options=chosen.config.recipe_options,
+        sigmas=chosen.sigmas,
+        afs=chosen.config.afs,
+        nfe=int(chosen.calls),
+        fingerprint=schedule_fingerprint(ode.schedule, ode.prediction),
+        params=params,
+        report=report,
+        guidance=guidance_fingerprint(ode),
+    )
+
+
 def _split(ode, x, ref, nfe, n_fit, seed, progress, max_evals, tail_weight) -> _Tuning:
     """The tuning's state: ``x`` split at random (``seed``) into ``n_fit`` fit and the rest held out, a scorer over
     every x_T, one over the fit part, whose ODE is ``ode.rows(fit)`` (per-sample conditioning, e.g. labels,
@@ -929,6 +999,7 @@ def tune(
     scalars: bool = False,
     per_step: bool = False,
     tail_weight: float = 0.0,
+    statistics=None,
 ) -> Recipe:
     """Tune a sampling recipe for ``ode`` at ``nfe`` model calls; see the module docstring.
 
@@ -952,6 +1023,8 @@ def tune(
             :func:`_search_per_step`); the choices are stored as the recipe's solver options.
         tail_weight: in [0, 1): the weight of the worst x_T's error in the search's objective (:func:`_objective`;
             0, the default: the mean squared error).
+        statistics: DPM-Solver-v3's model statistics (:func:`diffsolve.model_statistics`) to search dpm-solver-v3
+            on, or True to compute them from the fit x_T (:func:`_statistics`); a v3 recipe carries them.
 
     The stages: :func:`_sweep`, :func:`_refine_grids`, :func:`_fit_compensation`, :func:`_held_out_check` (the
     recipe falls back to the best fixed candidate of the sweep where that one is better on held-out x_T) and
@@ -960,6 +1033,7 @@ def tune(
     t0 = time.perf_counter()
     n_fit = _check_inputs(ode, x_T, nfe, fit_fraction, tail_weight)
     names = _fixed_call_solvers(solvers)
+    statistics = _check_statistics(ode, statistics, names)
     ref = _check_teacher(ode, x_T, teacher)
     calls0 = ode.nfe
     own_teacher = ref is None
@@ -967,7 +1041,7 @@ def tune(
     teacher_rmse = _teacher_error(ode, x_T, ref, own_teacher)
     teacher_calls = ode.nfe - calls0
     t = _split(ode, x_T.detach(), ref, nfe, n_fit, seed, progress, max_evals, float(tail_weight))
-    swept = _sweep(t, _configs(names))
+    swept = _sweep(t, _configs(names, _statistics(t, x_T, statistics)))
     if not any(math.isfinite(c.fit_mse) for c in swept):
         raise ValueError(f"no solver among {names} runs with at most {nfe} model calls on this model")
     chosen = _refine_grids(t, swept, refine)
@@ -983,14 +1057,4 @@ def tune(
         tuning_model_calls=int(ode.nfe - calls0),
         **({"per_step": per_step_info} if per_step else {}),
     )
-    return Recipe(
-        solver=chosen.config.solver,
-        options=chosen.config.recipe_options,
-        sigmas=chosen.sigmas,
-        afs=chosen.config.afs,
-        nfe=int(chosen.calls),
-        fingerprint=schedule_fingerprint(ode.schedule, ode.prediction),
-        params={"compensation": chosen.compensation} if chosen.compensation is not None else {},
-        report=report,
-        guidance=guidance_fingerprint(ode),
-    )
+    return _recipe(ode, chosen, report)

@@ -61,6 +61,7 @@ SUBSTITUTIONS = [
     ("diffsolve sample --problem digits", ["--samples", "4", "--batch", "4"]),
     ("diffsolve sample --recipe", ["--samples", "8"]),
     ("diffsolve sample", ["--samples", "8"]),
+    ("diffsolve tune --statistics", ["--samples", "16", "--solvers", "dpmpp-2m,dpm-solver-v3"]),
     ("diffsolve tune", ["--samples", "16", "--solvers", "ddim,dpmpp-2m"]),
     ("diffsolve demo", ["--samples", "4", "--steps-list", "5"]),
     ("diffsolve bench --problem digits-cond", ["--samples", "20"]),

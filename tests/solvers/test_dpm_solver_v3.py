@@ -210,3 +210,89 @@ def test_recipe_statistics_are_refused_where_they_cannot_be_used_or_checked(gaus
     other = ds.Recipe.from_dict({**recipe.to_dict(), "fingerprint": ds.recipe.schedule_fingerprint(SCHEDULE, "v")})
     with pytest.raises(StatisticsError, match="another schedule or prediction"):
         other.sample(problem.ode(SCHEDULE, prediction="v"), torch.randn(2, 4, dtype=torch.float64))
+
+
+def test_tune_with_statistics_picks_v3_on_them_where_they_win_and_the_recipe_carries_them(gaussian, tmp_path):
+    # on a Gaussian the statistics are exact (l found exactly, above) and v3 on them beats DPM-Solver++ by ~60x at
+    # NFE 5 (test_statistics_of_a_gaussian_beat_dpmpp_2m_at_nfe_5): tune must find it and the recipe must replay it
+    problem, ode, stats = gaussian
+    x_T = torch.randn(32, 4, generator=torch.Generator().manual_seed(8), dtype=torch.float64) * SCHEDULE.sigma_max
+    kw = dict(solvers=["dpmpp-2m", "dpm-solver-v3"], progress=False, refine=1, max_evals=30)
+    plain = ds.tune(ode, x_T, 5, **kw)
+    recipe = ds.tune(ode, x_T, 5, statistics=stats, **kw)
+    assert recipe.solver == "dpm-solver-v3" and "statistics" in recipe.params
+    assert recipe.report["heldout_rmse"] < 0.2 * plain.report["heldout_rmse"]
+    back = ds.Recipe.load(recipe.save(tmp_path / "r.json"))
+    direct = ds.sample(ode, x_T, "dpm-solver-v3", sigmas=recipe.sigmas, statistics=stats, **recipe.options)
+    assert torch.equal(ds.sample(ode, x_T, recipe=back), direct)
+    # the recipe's calls are its nfe (the statistics change coefficients, never the call count)
+    ode.nfe = 0
+    ds.sample(ode, x_T, recipe=back)
+    assert ode.nfe == recipe.nfe
+
+
+def test_tune_with_statistics_true_computes_them_from_the_fit_x_T_only(gaussian):
+    _, ode, _ = gaussian
+    x_T = torch.randn(16, 4, generator=torch.Generator().manual_seed(9), dtype=torch.float64) * SCHEDULE.sigma_max
+    kw = dict(solvers=["dpm-solver-v3"], progress=False, refine=1, max_evals=5)
+    a = ds.tune(ode, x_T, 3, statistics=True, **kw)
+    b = ds.tune(ode, x_T, 3, statistics=True, **kw)
+
+    def same(r):  # everything but the timings (the report, the statistics' info)
+        d = {k: v for k, v in r.to_dict().items() if k != "report"}
+        d["params"] = {**d["params"], "statistics": {**d["params"]["statistics"], "info": None}}
+        return d
+
+    assert same(a) == same(b)  # deterministic, statistics included
+    # held-out x_T changed: the same recipe (the statistics saw only the fit half); fit x_T changed: another one
+    held = ds.tuning._split(ode, x_T, x_T, 3, 8, 0, False, None, 0.0).held_idx
+    x_held = x_T.clone()
+    x_held[held] = -x_held[held]
+    c = ds.tune(ode, x_held, 3, statistics=True, **kw)
+    assert same(c)["params"] == same(a)["params"]
+
+
+def test_tune_statistics_are_refused_where_they_cannot_be_used(gaussian):
+    problem, ode, stats = gaussian
+    x_T = torch.randn(8, 4, dtype=torch.float64) * SCHEDULE.sigma_max
+    with pytest.raises(ValueError, match="solvers= must include 'dpm-solver-v3'"):
+        ds.tune(ode, x_T, 4, solvers=["dpmpp-2m"], statistics=stats, progress=False)
+    with pytest.raises(StatisticsError, match="another schedule or prediction"):
+        ds.tune(problem.ode(SCHEDULE, prediction="v"), x_T, 4, solvers=["dpm-solver-v3"], statistics=stats)
+    with pytest.raises(TypeError, match="statistics must be None, True"):
+        ds.tune(ode, x_T, 4, solvers=["dpm-solver-v3"], statistics={"l": 1})
+    narrow = ModelStatistics(
+        torch.tensor([0.0, 1.0], dtype=torch.float64), torch.ones(2), torch.zeros(2), torch.zeros(2)
+    )
+    with pytest.raises(StatisticsError, match="outside the statistics' range"):
+        ds.tune(ode, x_T, 4, solvers=["dpm-solver-v3"], statistics=narrow, progress=False)
+
+
+def test_statistics_over_the_schedule_range_serve_every_grid_the_schedule_accepts(gaussian):
+    # a grid may end a rounding below sigma_min (diffsolve.validation.RANGE_RTOL, the schedule's own tolerance);
+    # statistics computed over the schedule's range must take it, and refuse a real excursion
+    _, ode, stats = gaussian
+    lo, hi = float(SCHEDULE.sigma_min), float(SCHEDULE.sigma_max)
+    stats.check_range([hi * (1 + 5e-6), 1.0, lo * (1 - 5e-6), 0.0])
+    with pytest.raises(StatisticsError, match="outside the statistics' range"):
+        stats.check_range([hi, 1.0, lo * (1 - 1e-4), 0.0])
+
+
+def test_statistics_add_a_refined_candidate_and_never_displace_one(gaussian, monkeypatch):
+    # gmm64 NFE 3 lost 1.19x when v3's four configurations on the statistics took places among the refined ones
+    _, ode, stats = gaussian
+    x_T = torch.randn(16, 4, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * SCHEDULE.sigma_max
+    refined = []
+    real = ds.tuning._refine_grid
+
+    def spy(t, c, budget=None):
+        refined.append(c.config.label())
+        return real(t, c, budget)
+
+    monkeypatch.setattr(ds.tuning, "_refine_grid", spy)
+    kw = dict(solvers=["dpmpp-2m", "ipndm", "dpm-solver-v3"], progress=False, refine=2, max_evals=4)
+    ds.tune(ode, x_T, 4, **kw)
+    plain, refined[:] = list(refined), []
+    ds.tune(ode, x_T, 4, statistics=stats, **kw)
+    assert refined[: len(plain)] == plain and len(refined) == len(plain) + 1
+    assert "[statistics]" in refined[-1]
