@@ -17,7 +17,8 @@ the same guided ODE. A recipe already in ``--out`` is kept (rerun with ``--force
 (the shipped ones: NFE 5 and NFE 10, each in its own process; a reduced search for the shared CPU: six solvers,
 two refined, 120 Nelder-Mead evaluations each; about half an hour per NFE there).
 
-``--per-step`` adds USF's per-step search (docs/tuning.md); give ``--out`` elsewhere to keep the shipped files.
+``--per-step`` adds USF's per-step search, ``--learn`` the learned multistep coefficients (docs/tuning.md); give
+``--out`` elsewhere to keep the shipped files.
 """
 
 from __future__ import annotations
@@ -58,6 +59,11 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--per-step", action="store_true", help="also search USF's per-step choices (tune(per_step=True), solver usf)"
     )
+    ap.add_argument(
+        "--learn",
+        action="store_true",
+        help="also fit the multistep coefficients and sigmas by gradient (tune(learn=True), solver learned-lms)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -91,6 +97,7 @@ def main(argv=None) -> int:
             solvers=solvers,
             scalars=args.scalars,
             per_step=args.per_step,
+            learn=args.learn,
             progress=True,
             refine=args.refine,
             max_evals=args.max_evals,

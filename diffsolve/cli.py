@@ -133,6 +133,7 @@ def _tune(args) -> int:
             seed=args.split_seed,
             progress=not args.quiet,
             per_step=args.per_step,
+            learn=args.learn,
         )
     except (BenchError, ValueError) as exc:
         print(f"diffsolve tune: error: {exc}", file=sys.stderr)
@@ -424,6 +425,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--per-step",
         action="store_true",
         help="also search per step the order, data/noise prediction, derivative estimate and corrector (solver usf)",
+    )
+    t.add_argument(
+        "--learn",
+        action="store_true",
+        help="also fit the per-step multistep coefficients and sigmas by gradient (solver learned-lms)",
     )
 
     d = sub.add_parser("demo", help="DDIM error vs steps on the built-in mixture (the README's main job)")
