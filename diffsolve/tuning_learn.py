@@ -210,13 +210,14 @@ def learn_coefficients(t, chosen) -> tuple[Any, dict]:
         history_size=20,
         line_search_fn="strong_wolfe",
     )
-    done = 0
+    done, history = 0, []  # [iterations, fit RMSE, held-out RMSE] per checkpoint (None: infeasible)
     with t.bar(LEARN_ITERATIONS, "learned coefficients") as bar:
         while done < LEARN_ITERATIONS:
             opt.step(closure)
             ran = opt.state[delta].get("n_iter", 0) - done  # fewer than CHECK_EVERY: converged (its tolerances)
             done += ran
             fit_mse, held_mse, conf, grid = scored()
+            history.append([done] + [math.sqrt(v) if math.isfinite(v) else None for v in (fit_mse, held_mse)])
             if fit_mse < fit0 and held_mse < held0 and (best is None or held_mse < best[0]):
                 best = (held_mse, fit_mse, conf, grid)
             if bar is not None:
@@ -230,6 +231,7 @@ def learn_coefficients(t, chosen) -> tuple[Any, dict]:
         fit_rmse_after=math.sqrt(best[1] if best else fit0),
         heldout_rmse_after=math.sqrt(best[0] if best else held0),
         seconds=time.perf_counter() - t0,
+        checkpoints=history,
     )
     if best is None:
         return chosen, info
