@@ -12,7 +12,8 @@ per-sample error is heavy-tailed, and one x_T of 512 can carry most of an RMSE (
     python benchmarks/bench_tuning.py --problem gmm64,mlp-spiral --nfe 3,4,5,6,8,10,20 --out bench-results/tuning
 
 ``--per-step`` tunes with USF's per-step search (``tune(per_step=True)``); run it into another ``--out`` and
-compare the two ``tuning.csv`` (docs/tuning.md, "Per-step search").
+compare the two ``tuning.csv`` (docs/tuning.md, "Per-step search"); ``--learn`` likewise with the learned multistep
+coefficients (``tune(learn=True)``; what the stage did is in each saved recipe's ``report["learn"]``).
 
 Any bench problem name works (``diffsolve bench --list``), e.g. ``--problem digits`` once registered.
 Rows are appended to OUT/tuning.csv as they finish (a rerun skips the rows already there); the recipes
@@ -89,6 +90,11 @@ def main(argv=None) -> int:
         help="tune with the per-step search (order, prediction, derivative estimate, corrector; solver usf)",
     )
     ap.add_argument(
+        "--learn",
+        action="store_true",
+        help="tune with the learned multistep coefficients (tune(learn=True), solver learned-lms; report in the recipe)",
+    )
+    ap.add_argument(
         "--with-scalars-csv", default=None, help="tuning.csv of a --scalars run, drawn as a second tuned line in --plot"
     )
     args = ap.parse_args(argv)
@@ -139,6 +145,7 @@ def main(argv=None) -> int:
                     progress=False,
                     scalars=args.scalars,
                     per_step=args.per_step,
+                    learn=args.learn,
                 )
                 secs, cpu = time.perf_counter() - t0, time.process_time() - c0
                 calls = ode.nfe - n0

@@ -64,10 +64,21 @@ def main(argv=None) -> int:
         action="store_true",
         help="also fit the multistep coefficients and sigmas by gradient (tune(learn=True), solver learned-lms)",
     )
+    ap.add_argument(
+        "--evaluate",
+        type=int,
+        default=None,
+        metavar="N",
+        help="digits: instead of tuning, score the recipes of --out for --nfe and the package's shipped ones on N x_T "
+        "of the benchmark's seed 0 (never seen by tune; see evaluate())",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.evaluate:
+        print(evaluate(Path(args.out), [int(n) for n in args.nfe.split(",")], args.evaluate))
+        return 0
     if args.compare:
         torch.set_num_threads(1)
         nfes = [int(n) for n in args.nfe.split(",")]
@@ -172,6 +183,35 @@ def compare(folder: Path, cfg: float, nfes, results: Path, tol: float = 1e-7) ->
                 f"| {r['saturation']:.4f} |"
             )
     print(json.dumps({"reference_tol": tol}))
+    return "\n".join(lines)
+
+
+def evaluate(folder: Path, nfes, samples: int, tol: float = 1e-8) -> str:
+    """The recipes ``digits-nfe{N}.json`` of ``folder`` against the package's shipped ones on ``samples`` x_T of the
+    benchmark's seed 0 (tune saw seed 1000 only): RMSE to the exact ODE solution (dopri5 at rtol = atol = ``tol``,
+    float64 state, as tune's teacher); a markdown table."""
+    from diffsolve.analytic import reference_solution
+
+    problem = get_bench_problem("digits")
+    ode = problem.ode(problem.dtype)
+    x_T = problem.x_T(0, samples).to(problem.dtype)
+    view = ode.start_run(input_dtype=x_T.dtype)
+    with torch.no_grad():
+        ref = reference_solution(view, x_T.double(), float(problem.schedule.sigma_max), rtol=tol, atol=tol)
+    lines = [
+        f"| NFE | shipped recipe | RMSE | {folder} | RMSE | ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for nfe in nfes:
+        row = []
+        for path in (RECIPES / f"digits-nfe{nfe}.json", folder / f"digits-nfe{nfe}.json"):
+            recipe = ds.Recipe.load(path)
+            x = ds.sample(ode, x_T, recipe=recipe)
+            row.append(
+                (f"{recipe.solver}{'+afs' if recipe.afs else ''}", float((x.double() - ref).pow(2).mean().sqrt()))
+            )
+        (a, ra), (b, rb) = row
+        lines.append(f"| {nfe} | {a} | {ra:.4e} | {b} | {rb:.4e} | {rb / ra:.3f} |")
     return "\n".join(lines)
 
 
