@@ -3,9 +3,10 @@
 Every solver that makes one model call per step and combines the model's eps linearly is a point of the
 family of solver ``learned-lms`` (docs/math.md section 3.10, M1-M2): xbar_{i+1} = xbar_i + sum_{j<=i} c_ij eps_j.
 The stage reads the table c of the tuned candidate (its solver, options, grid, AFS and compensation ratios) off
-a probe run (:func:`multistep_coefficients`, M2), so it starts exactly at the tuned recipe, then fits c to the
-teacher on the fit x_T by L-BFGS through the model (torch autograd; M3 for the parameterisation and the
-gradient). The grid and AFS stay the candidate's; the model calls stay where the table puts them. Every
+a probe run (:func:`multistep_coefficients`, M2), so it starts exactly at the tuned recipe, then fits c and the
+interior sigmas (the noise levels the model is called at) to the teacher on the fit x_T by L-BFGS through the
+model (M3: the parameterisation; autograd in c, a central difference in log sigma). AFS and the step count stay
+the candidate's, so the recipe's nfe does too. Every
 :data:`CHECK_EVERY` iterations the table is scored by the real solver on every x_T; the table with the lowest
 held-out error is kept (early stopping) where it lowers both the fit and the held-out error of the start.
 Deterministic: a fixed start, full-batch L-BFGS, no random draws.
@@ -201,7 +202,7 @@ def learn_coefficients(t, chosen) -> tuple[Any, dict]:
         return loss
 
     fit0, held0, _, _ = scored()
-    best = None  # (held-out mse, fit mse, config) of the best table that beats the start on both parts
+    best = None  # (held-out mse, fit mse, config, grid) of the best table that beats the start on both parts
     opt = torch.optim.LBFGS(
         [delta, log_sigmas],
         lr=1.0,
@@ -214,7 +215,7 @@ def learn_coefficients(t, chosen) -> tuple[Any, dict]:
     with t.bar(LEARN_ITERATIONS, "learned coefficients") as bar:
         while done < LEARN_ITERATIONS:
             opt.step(closure)
-            ran = opt.state[delta].get("n_iter", 0) - done  # fewer than CHECK_EVERY: converged (its tolerances)
+            ran = opt.state[delta].get("n_iter", 0) - done  # < CHECK_EVERY: converged, or out of evaluations
             done += ran
             fit_mse, held_mse, conf, grid = scored()
             history.append([done] + [math.sqrt(v) if math.isfinite(v) else None for v in (fit_mse, held_mse)])
