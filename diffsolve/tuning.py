@@ -921,7 +921,7 @@ def tune(
     chosen = _refine_grids(t, swept, refine)
     chosen, per_step_info = _search_per_step(t, chosen, swept) if per_step else (chosen, None)
     chosen = _fit_compensation(t, chosen) if scalars else chosen
-    chosen, learn_info = learn_coefficients(t, chosen) if learn else (chosen, None)
+    chosen, learn_info = learn_coefficients(t, chosen, TAIL_SHARE) if learn else (chosen, None)
     chosen, fallback = _held_out_check(t, chosen, swept, teacher_rmse)
     report = _report(t, chosen, swept, teacher_rmse, fallback)
     report.update(

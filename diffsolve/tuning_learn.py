@@ -155,20 +155,19 @@ def _sample(view: DiffusionODE, x: torch.Tensor, log_sigmas: torch.Tensor, sigma
     return xbar
 
 
-def _objective(e: torch.Tensor, tail_weight: float) -> torch.Tensor:
-    """:func:`diffsolve.tuning._objective` on a tensor, differentiable: (1 - w) log mean(e) + w log tail(e)."""
-    from .tuning import TAIL_SHARE
-
+def _objective(e: torch.Tensor, tail_weight: float, tail_share: float) -> torch.Tensor:
+    """:func:`diffsolve.tuning._objective` on a tensor, differentiable: (1 - w) log mean(e) + w log tail(e), the tail
+    the mean of the worst ``tail_share`` of the x_T."""
     loss = (1 - tail_weight) * e.mean().log()
     if tail_weight:
-        loss = loss + tail_weight * e.topk(max(1, math.ceil(TAIL_SHARE * e.numel()))).values.mean().log()
+        loss = loss + tail_weight * e.topk(max(1, math.ceil(tail_share * e.numel()))).values.mean().log()
     return loss
 
 
-def learn_coefficients(t, chosen) -> tuple[Any, dict]:
-    """Stage ``learn=True`` of :func:`diffsolve.tune` (see the module docstring): ``(candidate, report)``."""
-    from .tuning import _Config
-
+def learn_coefficients(t, chosen, tail_share: float) -> tuple[Any, dict]:
+    """Stage ``learn=True`` of :func:`diffsolve.tune` (see the module docstring): ``(candidate, report)``. ``t`` and
+    ``chosen`` are the tuning's state and candidate (this module does not import :mod:`diffsolve.tuning`: no import
+    circle); ``tail_share`` is its :data:`~diffsolve.tuning.TAIL_SHARE`."""
     t0 = time.perf_counter()
     ode = t.ode
     if ode.denoised_transform is not None:
@@ -186,9 +185,9 @@ def learn_coefficients(t, chosen) -> tuple[Any, dict]:
     view = fit.ode.start_run(input_dtype=fit.x.dtype)
     ref = fit.ref.to(_F64)
 
-    def scored() -> tuple[float, float, _Config, list[float]]:
+    def scored() -> tuple[float, float, Any, list[float]]:
         table = tuple(float(v) for v in (c0_t + s * delta.detach()).tolist())
-        conf = _Config("learned-lms", (("coefficients", table),), cfg.afs)
+        conf = type(cfg)("learned-lms", (("coefficients", table),), cfg.afs)  # a tuning configuration
         grid = [sig[0]] + [math.exp(v) for v in log_sigmas.detach().tolist()] + [0.0]
         e = t.scorer.errors(conf, grid)
         return float(e[t.fit_idx].mean()), float(e[t.held_idx].mean()), conf, grid
@@ -197,7 +196,7 @@ def learn_coefficients(t, chosen) -> tuple[Any, dict]:
         opt.zero_grad()
         out = _sample(view, fit.x, log_sigmas, sig, cfg.afs, c0_t + s * delta)
         e = (out - ref).reshape(out.shape[0], -1).pow(2).mean(1)
-        loss = _objective(e, t.tail_weight)
+        loss = _objective(e, t.tail_weight, tail_share)
         loss.backward()
         return loss
 
