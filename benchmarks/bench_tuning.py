@@ -13,7 +13,9 @@ per-sample error is heavy-tailed, and one x_T of 512 can carry most of an RMSE (
 
 ``--per-step`` tunes with USF's per-step search (``tune(per_step=True)``); run it into another ``--out`` and
 compare the two ``tuning.csv`` (docs/tuning.md, "Per-step search"). ``--statistics`` also searches dpm-solver-v3 on
-model statistics computed from the fit x_T (``tune(statistics=True)``; the time is in the tune's CPU seconds).
+model statistics computed from the fit x_T (``tune(statistics=True)``; the time is in the tune's CPU seconds);
+``--learn`` tunes with the learned multistep coefficients (``tune(learn=True)``; what the stage did is in each
+saved recipe's ``report["learn"]``).
 
 Any bench problem name works (``diffsolve bench --list``), e.g. ``--problem digits`` once registered.
 Rows are appended to OUT/tuning.csv as they finish (a rerun skips the rows already there); the recipes
@@ -95,6 +97,11 @@ def main(argv=None) -> int:
         help="also search dpm-solver-v3 on model statistics computed from the fit x_T (tune(statistics=True))",
     )
     ap.add_argument(
+        "--learn",
+        action="store_true",
+        help="tune with the learned multistep coefficients (tune(learn=True), solver learned-lms; report in the recipe)",
+    )
+    ap.add_argument(
         "--with-scalars-csv", default=None, help="tuning.csv of a --scalars run, drawn as a second tuned line in --plot"
     )
     args = ap.parse_args(argv)
@@ -146,6 +153,7 @@ def main(argv=None) -> int:
                     scalars=args.scalars,
                     per_step=args.per_step,
                     statistics=True if args.statistics else None,
+                    learn=args.learn,
                 )
                 secs, cpu = time.perf_counter() - t0, time.process_time() - c0
                 calls = ode.nfe - n0

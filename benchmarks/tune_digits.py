@@ -17,7 +17,8 @@ the same guided ODE. A recipe already in ``--out`` is kept (rerun with ``--force
 (the shipped ones: NFE 5 and NFE 10, each in its own process; a reduced search for the shared CPU: six solvers,
 two refined, 120 Nelder-Mead evaluations each; about half an hour per NFE there).
 
-``--per-step`` adds USF's per-step search (docs/tuning.md); give ``--out`` elsewhere to keep the shipped files.
+``--per-step`` adds USF's per-step search, ``--learn`` the learned multistep coefficients (docs/tuning.md); give
+``--out`` elsewhere to keep the shipped files.
 """
 
 from __future__ import annotations
@@ -58,10 +59,26 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--per-step", action="store_true", help="also search USF's per-step choices (tune(per_step=True), solver usf)"
     )
+    ap.add_argument(
+        "--learn",
+        action="store_true",
+        help="also fit the multistep coefficients and sigmas by gradient (tune(learn=True), solver learned-lms)",
+    )
+    ap.add_argument(
+        "--evaluate",
+        type=int,
+        default=None,
+        metavar="N",
+        help="digits: instead of tuning, score the recipes of --out for --nfe and the package's shipped ones on N x_T "
+        "of the benchmark's seed 0 (never seen by tune; see evaluate())",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.evaluate:
+        print(evaluate(Path(args.out), [int(n) for n in args.nfe.split(",")], args.evaluate))
+        return 0
     if args.compare:
         torch.set_num_threads(1)
         nfes = [int(n) for n in args.nfe.split(",")]
@@ -91,6 +108,7 @@ def main(argv=None) -> int:
             solvers=solvers,
             scalars=args.scalars,
             per_step=args.per_step,
+            learn=args.learn,
             progress=True,
             refine=args.refine,
             max_evals=args.max_evals,
@@ -165,6 +183,40 @@ def compare(folder: Path, cfg: float, nfes, results: Path, tol: float = 1e-7) ->
                 f"| {r['saturation']:.4f} |"
             )
     print(json.dumps({"reference_tol": tol}))
+    return "\n".join(lines)
+
+
+def evaluate(folder: Path, nfes, samples: int, tol: float = 1e-8) -> str:
+    """The recipes ``digits-nfe{N}.json`` of ``folder`` against the package's shipped ones on ``samples`` x_T of the
+    benchmark's seed 0 (tune saw seed 1000 only): RMSE to the exact ODE solution (dopri5 at rtol = atol = ``tol``,
+    float64 state, as tune's teacher); a markdown table."""
+    from diffsolve.analytic import reference_solution
+
+    problem = get_bench_problem("digits")
+    ode = problem.ode(problem.dtype)
+    x_T = problem.x_T(0, samples).to(problem.dtype)
+    cache = folder / f"evaluate-reference-seed0-{samples}-tol{tol:g}.pt"  # the reference is solved once per folder
+    if cache.exists():
+        ref = torch.load(cache)
+    else:
+        view = ode.start_run(input_dtype=x_T.dtype)
+        with torch.no_grad():
+            ref = reference_solution(view, x_T.double(), float(problem.schedule.sigma_max), rtol=tol, atol=tol)
+        torch.save(ref, cache)
+    lines = [
+        f"| NFE | shipped recipe | RMSE | {folder} | RMSE | ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for nfe in nfes:
+        row = []
+        for path in (RECIPES / f"digits-nfe{nfe}.json", folder / f"digits-nfe{nfe}.json"):
+            recipe = ds.Recipe.load(path)
+            x = ds.sample(ode, x_T, recipe=recipe)
+            row.append(
+                (f"{recipe.solver}{'+afs' if recipe.afs else ''}", float((x.double() - ref).pow(2).mean().sqrt()))
+            )
+        (a, ra), (b, rb) = row
+        lines.append(f"| {nfe} | {a} | {ra:.4e} | {b} | {rb:.4e} | {rb / ra:.3f} |")
     return "\n".join(lines)
 
 

@@ -145,6 +145,7 @@ def _tune(args) -> int:
             progress=not args.quiet,
             per_step=args.per_step,
             statistics=_statistics_arg(args.statistics),
+            learn=args.learn,
         )
     except (BenchError, ValueError, OSError) as exc:
         print(f"diffsolve tune: error: {exc}", file=sys.stderr)
@@ -460,6 +461,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="fit|FILE",
         help="also search dpm-solver-v3 on model statistics: 'fit' computes them from the fit x_T, or a file "
         "from ModelStatistics.save",
+    )
+    t.add_argument(
+        "--learn",
+        action="store_true",
+        help="also fit the per-step multistep coefficients and sigmas by gradient (solver learned-lms)",
     )
 
     d = sub.add_parser("demo", help="DDIM error vs steps on the built-in mixture (the README's main job)")

@@ -96,6 +96,7 @@ from .recipe import (  # noqa: F401
     schedule_fingerprint,
 )
 from .sampling import list_grids, list_solvers, make_grid, make_solver
+from .tuning_learn import learn_coefficients
 from .wrapper import DiffusionODE, NonFiniteError
 
 __all__ = [
@@ -126,9 +127,9 @@ TEACHER_SHARE = 0.1
 #: the tail of the objective (:func:`_objective`, ``tune(tail_weight=...)``): the share of x_T counted as the worst
 TAIL_SHARE = 0.02
 
-#: solvers the default sweep leaves out: ``usf`` at its defaults is dpmpp-3m (docs/math.md X7); it is the space
-#: of the per-step search (:func:`_search_per_step`, ``per_step=True``)
-SEARCH_ONLY = ("usf",)
+#: solvers the default sweep leaves out: ``usf`` at its defaults is dpmpp-3m (docs/math.md X7), the space of the
+#: per-step search (``per_step=True``); ``learned-lms`` at its defaults is ddim, the space of ``learn=True``
+SEARCH_ONLY = ("usf", "learned-lms")
 #: coordinate-descent passes over the steps of the per-step search (each pass tries every step's choices)
 PER_STEP_PASSES = 2
 #: the sweep's screening round (:func:`_screen`): every candidate runs on this many x_T of the fit part first ...
@@ -1000,6 +1001,7 @@ def tune(
     per_step: bool = False,
     tail_weight: float = 0.0,
     statistics=None,
+    learn: bool = False,
 ) -> Recipe:
     """Tune a sampling recipe for ``ode`` at ``nfe`` model calls; see the module docstring.
 
@@ -1018,17 +1020,16 @@ def tune(
         max_evals: Nelder-Mead evaluations per refined configuration (default 150 + 60 per free sigma).
         scalars: also fit DC-Solver's per-evaluation compensation ratios (opt-in; :func:`_fit_compensation`),
             stored as ``recipe.params["compensation"]``.
-        per_step: also search USF's per-step choices (order, data/noise prediction, derivative estimate,
-            corrector; solver ``usf``) from the best grid, then refine the grid once more (opt-in;
-            :func:`_search_per_step`); the choices are stored as the recipe's solver options.
+        per_step: also search USF's per-step choices (order, prediction, derivative estimate, corrector; solver
+            ``usf``) from the best grid, then refine it once more (opt-in; :func:`_search_per_step`).
         tail_weight: in [0, 1): the weight of the worst x_T's error in the search's objective (:func:`_objective`;
             0, the default: the mean squared error).
         statistics: DPM-Solver-v3's model statistics (:func:`diffsolve.model_statistics`) to search dpm-solver-v3
             on, or True to compute them from the fit x_T (:func:`_statistics`); a v3 recipe carries them.
+        learn: fit per-step multistep coefficients by gradient, solver ``learned-lms`` (opt-in; tuning_learn).
 
-    The stages: :func:`_sweep`, :func:`_refine_grids`, :func:`_fit_compensation`, :func:`_held_out_check` (the
-    recipe falls back to the best fixed candidate of the sweep where that one is better on held-out x_T) and
-    :func:`_report`. Raises ValueError for an ODE with a ``denoised_transform`` and no ``teacher=``.
+    Stages: :func:`_sweep`, :func:`_refine_grids`, :func:`_fit_compensation`, :func:`_held_out_check` (falls back to
+    the sweep's best fixed candidate where better on held-out x_T), :func:`_report`. ValueError: see ``ode``.
     """
     t0 = time.perf_counter()
     n_fit = _check_inputs(ode, x_T, nfe, fit_fraction, tail_weight)
@@ -1046,8 +1047,8 @@ def tune(
         raise ValueError(f"no solver among {names} runs with at most {nfe} model calls on this model")
     chosen = _refine_grids(t, swept, refine)
     chosen, per_step_info = _search_per_step(t, chosen, swept) if per_step else (chosen, None)
-    if scalars:
-        chosen = _fit_compensation(t, chosen)
+    chosen = _fit_compensation(t, chosen) if scalars else chosen
+    chosen, learn_info = learn_coefficients(t, chosen, TAIL_SHARE) if learn else (chosen, None)
     chosen, fallback = _held_out_check(t, chosen, swept, teacher_rmse)
     report = _report(t, chosen, swept, teacher_rmse, fallback)
     report.update(
@@ -1055,6 +1056,6 @@ def tune(
         seconds=time.perf_counter() - t0,
         teacher_model_calls=int(teacher_calls),
         tuning_model_calls=int(ode.nfe - calls0),
-        **({"per_step": per_step_info} if per_step else {}),
+        **{k: v for k, v in (("per_step", per_step_info), ("learn", learn_info)) if v is not None},
     )
     return _recipe(ode, chosen, report)
