@@ -97,6 +97,13 @@ def main(argv=None) -> int:
         help="also search dpm-solver-v3 on model statistics computed from the fit x_T (tune(statistics=True))",
     )
     ap.add_argument(
+        "--statistics-seed",
+        type=int,
+        default=None,
+        help="with --statistics: compute them once per problem from --fit-samples x_T of this seed instead (neither "
+        "the fit nor the evaluation draw), outside the tune's CPU time",
+    )
+    ap.add_argument(
         "--learn",
         action="store_true",
         help="tune with the learned multistep coefficients (tune(learn=True), solver learned-lms; report in the recipe)",
@@ -107,6 +114,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
+    import diffsolve as ds
     from diffsolve.bench.catalog import get_bench_problem
     from diffsolve.bench.reference import ReferenceCache
     from diffsolve.tuning import best_fixed, tune
@@ -137,6 +145,10 @@ def main(argv=None) -> int:
             ref_eval, err_eval = refs.get(prob, x_eval, smax, 0.0, args.eval_seed)
             x_fit_run = x_fit.to(device=args.device, dtype=prob.dtype)
             x_eval_run = x_eval.to(device=args.device, dtype=prob.dtype)
+            statistics = True if args.statistics else None
+            if args.statistics and args.statistics_seed is not None:
+                x_stats = (prob.x_T(args.statistics_seed, args.fit_samples) * scale).to(x_fit_run)
+                statistics = ds.model_statistics(ode, x_stats, progress=False)
             for nfe in [int(v) for v in args.nfe.split(",")]:
                 if (name, nfe) in done:
                     print(f"{name} NFE {nfe}: already in {path}")
@@ -152,7 +164,7 @@ def main(argv=None) -> int:
                     progress=False,
                     scalars=args.scalars,
                     per_step=args.per_step,
-                    statistics=True if args.statistics else None,
+                    statistics=statistics,
                     learn=args.learn,
                 )
                 secs, cpu = time.perf_counter() - t0, time.process_time() - c0

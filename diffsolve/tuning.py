@@ -943,7 +943,8 @@ def _check_statistics(ode, statistics, names: list[str]):
 
 def _statistics(t: _Tuning, x_T: torch.Tensor, statistics):
     """The checked ``statistics``; True: computed here from the fit x_T only (:func:`diffsolve.model_statistics`,
-    default settings), so the held-out x_T stay unseen."""
+    default settings), so the held-out x_T stay unseen. The fit error of v3 on statistics from the very x_T it is
+    scored on is optimistic (docs/tuning.md measures it): statistics from another draw of x_T are better."""
     from .statistics import model_statistics
 
     if statistics is True:
