@@ -25,6 +25,12 @@ class RecipeError(ValueError):
 
 
 # -- AFS and the per-step compensation ------------------------------------------------------------
+def afs_eps(xbar: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The analytical first step's eps at the grid's first sigma: xbar / sqrt(1 + sigma^2), the Gaussian limit of
+    E[eps | xbar] (derivation in :mod:`diffsolve.tuning`, "The analytical first step")."""
+    return xbar * (1.0 / math.sqrt(1.0 + sigma * sigma))
+
+
 class RecipeODE(DiffusionODE):
     """The ODE a recipe runs on: ``base`` with the analytical first step (``afs_sigma``: the first
     call at that sigma is answered by eps = xbar / sqrt(1 + sigma^2), see the module docstring)
@@ -64,7 +70,7 @@ class RecipeODE(DiffusionODE):
         sigma = float(sigma)
         if self._afs_sigma is not None and sigma == self._afs_sigma:
             self._afs_sigma = None
-            eps = xbar * (1.0 / math.sqrt(1.0 + sigma * sigma))
+            eps = afs_eps(xbar, sigma)
             denoised = torch.add(xbar, eps, alpha=-sigma)
             if self.denoised_transform is not None:
                 denoised = self.denoised_transform(denoised, sigma)

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .recipe_ode import run_parts
+from .recipe_ode import afs_eps, run_parts
 from .wrapper import DiffusionODE
 
 __all__ = ["multistep_coefficients", "learn_coefficients", "LEARN_ITERATIONS", "CHECK_EVERY"]
@@ -142,7 +142,7 @@ def _sample(view: DiffusionODE, x: torch.Tensor, log_sigmas: torch.Tensor, sigma
     eps, k = [], 0
     for i in range(len(sigmas0) - 1):
         if i == 0 and afs:  # the analytical first step (diffsolve.tuning, "AFS")
-            e = xbar * (1.0 / math.sqrt(1.0 + sigmas0[0] ** 2))
+            e = afs_eps(xbar, sigmas0[0])
         elif i == 0:
             with torch.no_grad():
                 e = view.eps(xbar.to(x.dtype), sigmas0[0]).to(_F64)
