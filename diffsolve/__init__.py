@@ -7,6 +7,7 @@
 
 from . import analytic, inverse
 from .counting import count_calls, steps_for_nfe
+from .gaussian_step import GaussianMoments
 from .grids import validate_sigmas
 from .guidance import Guidance, list_guidance, make_guidance
 from .interop.diffusers import diffusers_grid, from_diffusers
@@ -85,6 +86,7 @@ __all__ = [
     "Restorer",
     "model_statistics",
     "ModelStatistics",
+    "GaussianMoments",
     "StatisticsError",
     "modify",
     "ModifiedODE",

@@ -62,7 +62,9 @@ class Recipe:
         nfe: the exact number of model calls of one run.
         fingerprint: :func:`schedule_fingerprint` of the schedule and prediction it was tuned on.
         params: learned per-step parameters: ``{"compensation": [c_1, ...]}`` with ``tune(scalars=True)``
-            (DC-Solver's ratios, see :func:`tune`), else empty.
+            (DC-Solver's ratios, see :func:`tune`); ``"statistics"``, DPM-Solver-v3's model statistics;
+            ``"gaussian"``, the moments of the Gaussian first step (:class:`~diffsolve.GaussianMoments`, with
+            ``afs``: the first call is answered by the Gaussian fitted to the model's samples, docs/math.md G3).
         report: fit and held-out RMSE, the best fixed grid's, the cost of tuning.
         guidance: :func:`guidance_fingerprint` of the ODE it was tuned on (None: no guidance; files
             written before this field read as None).
@@ -87,10 +89,11 @@ class Recipe:
         if self.solver not in list_solvers():
             raise RecipeError(f"recipe solver {self.solver!r} is not registered; known: {', '.join(list_solvers())}")
         self.params = dict(self.params)
-        unknown = sorted(set(self.params) - {"compensation", "statistics"})
+        unknown = sorted(set(self.params) - {"compensation", "statistics", "gaussian"})
         if unknown:
-            raise RecipeError(f"recipe params {unknown} are not known; known: 'compensation', 'statistics'")
+            raise RecipeError(f"recipe params {unknown} are not known; known: 'compensation', 'statistics', 'gaussian'")
         self._statistics = self._read_statistics()
+        self._gaussian = self._read_gaussian()
         # what the NFE dry run hands the solver: the same numbers without the fingerprint (its stand-in model has
         # another schedule, which the fingerprint would refuse); made once, not per run
         st = self._statistics
@@ -130,6 +133,23 @@ class Recipe:
                 raise RecipeError(str(exc)) from None
         self.params["statistics"] = stats.to_dict()
         return stats
+
+    def _read_gaussian(self):
+        """``params["gaussian"]``: the Gaussian first step's moments (a GaussianMoments or its ``to_dict()``)."""
+        from .gaussian_step import GaussianMoments
+
+        g = self.params.get("gaussian")
+        if g is None:
+            return None
+        if not self.afs:
+            raise RecipeError("recipe params 'gaussian' answer the analytical first step: they need afs=True")
+        if not isinstance(g, GaussianMoments):
+            try:
+                g = GaussianMoments.from_dict(g, source="recipe params 'gaussian'")
+            except ValueError as exc:
+                raise RecipeError(str(exc)) from None
+        self.params["gaussian"] = g.to_dict()
+        return g
 
     @property
     def solver_options(self) -> dict[str, Any]:
@@ -256,7 +276,8 @@ class Recipe:
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
         return (
-            f"Recipe({self.solver}({opts}), nfe={self.nfe}, steps={self.steps}, afs={self.afs}, "
+            f"Recipe({self.solver}({opts}), nfe={self.nfe}, steps={self.steps}, "
+            f"afs={'gaussian' if self._gaussian is not None else self.afs}, "
             f"sigmas={[round(s, 4) for s in self.sigmas]})"
         )
 
@@ -282,5 +303,6 @@ def run_recipe(ode: DiffusionODE, x: torch.Tensor, recipe: Recipe, **kw):
         recipe.afs,
         recipe.params.get("compensation"),
         budget=recipe.nfe,
+        gaussian=recipe._gaussian,
         **kw,
     )

@@ -1,5 +1,6 @@
-"""The ODE a recipe runs on: the analytical first step (AFS, Zhou et al. CVPR 2024), DC-Solver's compensation
-ratios (Zhao et al. ECCV 2024) and the recipe's budget of model calls, as a wrapper of any :class:`DiffusionODE`,
+"""The ODE a recipe runs on: the analytical first step (AFS, Zhou et al. CVPR 2024; or its Gaussian form,
+:mod:`diffsolve.gaussian_step`), DC-Solver's compensation ratios (Zhao et al. ECCV 2024) and the recipe's budget
+of model calls, as a wrapper of any :class:`DiffusionODE`,
 so every solver runs with them. :func:`run_parts` samples with them; :func:`diffsolve.count_calls` counts
 through it, :mod:`diffsolve.recipe` and :mod:`diffsolve.tuning` run through it. The derivation of AFS is in
 :mod:`diffsolve.tuning`.
@@ -34,7 +35,8 @@ def afs_eps(xbar: torch.Tensor, sigma: float) -> torch.Tensor:
 class RecipeODE(DiffusionODE):
     """The ODE a recipe runs on: ``base`` with the analytical first step (``afs_sigma``: the first
     call at that sigma is answered by eps = xbar / sqrt(1 + sigma^2), see the module docstring)
-    and the optional per-evaluation compensation ratios ``compensation`` (DC-Solver, see
+    or, with ``gaussian`` moments, by the Gaussian first step to ``afs_next``, the grid's second sigma
+    (docs/math.md G3), and the optional per-evaluation compensation ratios ``compensation`` (DC-Solver, see
     :func:`tune`): evaluation k >= 1 returns D_k + c_k (D_k - D_{k-1}), eps made consistent
     with it (E9); all c_k = 0 leaves every output untouched. With ``budget`` the model may be
     called at most that many times (a recipe's ``nfe``): one more call raises :class:`RecipeError`.
@@ -49,6 +51,8 @@ class RecipeODE(DiffusionODE):
         afs_sigma: float | None = None,
         compensation: Sequence[float] | None = None,
         budget: int | None = None,
+        gaussian=None,
+        afs_next: float | None = None,
     ):
         if type(base) is not DiffusionODE:  # its class's overrides would be bypassed: only its __dict__ is copied
             raise RecipeError(
@@ -62,6 +66,7 @@ class RecipeODE(DiffusionODE):
             self.model = _CallBudget(base.model, budget)
         self._counter = _CallCounter()  # this run's calls; run_recipe adds them to base's shared count
         self._afs_sigma = None if afs_sigma is None else float(afs_sigma)
+        self._gaussian, self._afs_next = gaussian, afs_next
         self._comp = None if compensation is None else [float(c) for c in compensation]
         self._k = 0
         self._prev_d = None
@@ -70,7 +75,10 @@ class RecipeODE(DiffusionODE):
         sigma = float(sigma)
         if self._afs_sigma is not None and sigma == self._afs_sigma:
             self._afs_sigma = None
-            eps = afs_eps(xbar, sigma)
+            if self._gaussian is None:
+                eps = afs_eps(xbar, sigma)
+            else:
+                eps = self._gaussian.first_eps(xbar, sigma, self._afs_next)
             denoised = torch.add(xbar, eps, alpha=-sigma)
             if self.denoised_transform is not None:
                 denoised = self.denoised_transform(denoised, sigma)
@@ -123,12 +131,17 @@ class _CallBudget:
         return self.model(*args, **kwargs)
 
 
-def run_parts(ode, x, solver, options, sigmas, afs, compensation=None, budget=None, **kw):
-    """Sample with a solver, its options and a grid, with AFS and compensation ratios when asked, and at most
-    ``budget`` model calls when given (one more raises :class:`RecipeError`)."""
+def run_parts(ode, x, solver, options, sigmas, afs, compensation=None, budget=None, gaussian=None, **kw):
+    """Sample with a solver, its options and a grid, with AFS (the Gaussian first step with ``gaussian`` moments)
+    and compensation ratios when asked, and at most ``budget`` model calls when given (one more raises
+    :class:`RecipeError`)."""
+    if gaussian is not None and not afs:
+        raise ValueError("gaussian moments answer the analytical first step: they need afs=True")
     if not afs and not compensation and budget is None:
         return sample_core(ode, x, solver, sigmas=sigmas, **options, **kw)
-    run_ode = RecipeODE(ode, sigmas[0] if afs else None, compensation, budget)
+    if gaussian is not None:
+        gaussian.check_shape(x)
+    run_ode = RecipeODE(ode, sigmas[0] if afs else None, compensation, budget, gaussian, float(sigmas[1]))
     try:
         return sample_core(run_ode, x, solver, sigmas=sigmas, **options, **kw)
     finally:

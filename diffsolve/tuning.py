@@ -215,6 +215,8 @@ class _Config:
     #: DPM-Solver-v3's model statistics (``tune(statistics=...)``), held apart from ``options``: they change the
     #: coefficients, never the number of model calls, so counting uses ``opts`` and only a run gets them
     statistics: Any = None
+    #: the Gaussian first step's moments (:mod:`diffsolve.gaussian_step`; with ``afs``, the learn stage's only)
+    gaussian: Any = None
 
     @property
     def opts(self) -> dict:
@@ -238,7 +240,8 @@ class _Config:
     def label(self) -> str:
         o = ",".join(f"{k}={v}" for k, v in self.options)
         stats = "[statistics]" if self.statistics is not None else ""
-        return f"{self.solver}{stats}{'(' + o + ')' if o else ''}{'+afs' if self.afs else ''}"
+        afs = ("+afs(gaussian)" if self.gaussian is not None else "+afs") if self.afs else ""
+        return f"{self.solver}{stats}{'(' + o + ')' if o else ''}{afs}"
 
 
 def _configs(names: list[str], statistics=None) -> list[_Config]:
@@ -406,7 +409,15 @@ class _Scorer:
         try:
             with torch.no_grad():
                 out = run_parts(
-                    self.ode, self.x, cfg.solver, cfg.run_opts, sigmas, cfg.afs, compensation, check_finite=False
+                    self.ode,
+                    self.x,
+                    cfg.solver,
+                    cfg.run_opts,
+                    sigmas,
+                    cfg.afs,
+                    compensation,
+                    gaussian=cfg.gaussian,
+                    check_finite=False,
                 )
         except INFEASIBLE:
             return inf
@@ -957,6 +968,8 @@ def _recipe(ode, chosen: _Candidate, report: dict) -> Recipe:
     params = {} if chosen.compensation is None else {"compensation": chosen.compensation}
     if chosen.config.statistics is not None:
         params["statistics"] = chosen.config.statistics
+    if chosen.config.gaussian is not None:
+        params["gaussian"] = chosen.config.gaussian
     return Recipe(
         solver=chosen.config.solver,
         options=chosen.config.recipe_options,

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from .gaussian_step import RANK, GaussianMoments
 from .recipe_ode import afs_eps, run_parts
 from .wrapper import DiffusionODE
 
@@ -134,14 +135,19 @@ class _Eps(torch.autograd.Function):
         return gx, gs, None, None
 
 
-def _sample(view: DiffusionODE, x: torch.Tensor, log_sigmas: torch.Tensor, sigmas0: list[float], afs: bool, c):
+def _sample(
+    view: DiffusionODE, x: torch.Tensor, log_sigmas: torch.Tensor, sigmas0: list[float], afs: bool, c, gaussian
+):
     """The run of M1 with the table ``c`` (float64, the lower triangle row by row) and the model called at
     exp(``log_sigmas``) (the interior sigmas; the first and the final 0 are ``sigmas0``'s), differentiable in both
-    and through the model; the state in float64, the model in its own dtype. Returns the sample (model space)."""
+    and through the model; the state in float64, the model in its own dtype; the first step the Gaussian one (G3)
+    with ``gaussian`` moments. Returns the sample (model space)."""
     xbar = view.to_xbar(x.to(_F64), sigmas0[0])
     eps, k = [], 0
     for i in range(len(sigmas0) - 1):
-        if i == 0 and afs:  # the analytical first step (diffsolve.tuning, "AFS")
+        if i == 0 and afs and gaussian is not None:  # G3, differentiable in the second sigma
+            e = gaussian.first_eps(xbar, sigmas0[0], log_sigmas[0].exp() if len(log_sigmas) else sigmas0[1])
+        elif i == 0 and afs:  # the analytical first step (diffsolve.tuning, "AFS")
             e = afs_eps(xbar, sigmas0[0])
         elif i == 0:
             with torch.no_grad():
@@ -164,6 +170,23 @@ def _objective(e: torch.Tensor, tail_weight: float, tail_share: float) -> torch.
     return loss
 
 
+def _gaussian_start(t, chosen, info: dict):
+    """The Gaussian first step's moments (docs/math.md G2-G3) where the stage should start from it: the candidate
+    uses AFS and its run with the Gaussian step in AFS's place has a lower fit objective; else None. The moments are
+    those of the teacher's ends on the fit x_T (samples of the model's own ODE: no data, no held-out x_T)."""
+    if not chosen.config.afs:
+        return None
+    moments = GaussianMoments.fit(t.fit_scorer.ref, RANK)
+    e_gauss = t.fit_scorer.errors(replace(chosen.config, gaussian=moments), chosen.sigmas, chosen.compensation)
+    use = t.score(e_gauss) < chosen.fit_score
+    info["gaussian_first_step"] = {
+        "fit_rmse_afs": math.sqrt(chosen.fit_mse),
+        "fit_rmse_gaussian": math.sqrt(float(e_gauss.mean())),
+        "used": bool(use),
+    }
+    return moments if use else None
+
+
 def learn_coefficients(t, chosen, tail_share: float) -> tuple[Any, dict]:
     """Stage ``learn=True`` of :func:`diffsolve.tune` (see the module docstring): ``(candidate, report)``. ``t`` and
     ``chosen`` are the tuning's state and candidate (this module does not import :mod:`diffsolve.tuning`: no import
@@ -184,23 +207,25 @@ def learn_coefficients(t, chosen, tail_share: float) -> tuple[Any, dict]:
     fit = t.fit_scorer
     view = fit.ode.start_run(input_dtype=fit.x.dtype)
     ref = fit.ref.to(_F64)
+    gaussian = None
 
     def scored() -> tuple[float, float, Any, list[float]]:
         table = tuple(float(v) for v in (c0_t + s * delta.detach()).tolist())
-        conf = type(cfg)("learned-lms", (("coefficients", table),), cfg.afs)  # a tuning configuration
+        conf = type(cfg)("learned-lms", (("coefficients", table),), cfg.afs, gaussian=gaussian)  # a tuning config
         grid = [sig[0]] + [math.exp(v) for v in log_sigmas.detach().tolist()] + [0.0]
         e = t.scorer.errors(conf, grid)
         return float(e[t.fit_idx].mean()), float(e[t.held_idx].mean()), conf, grid
 
     def closure():
         opt.zero_grad()
-        out = _sample(view, fit.x, log_sigmas, sig, cfg.afs, c0_t + s * delta)
+        out = _sample(view, fit.x, log_sigmas, sig, cfg.afs, c0_t + s * delta, gaussian)
         e = (out - ref).reshape(out.shape[0], -1).pow(2).mean(1)
         loss = _objective(e, t.tail_weight, tail_share)
         loss.backward()
         return loss
 
-    fit0, held0, _, _ = scored()
+    fit0, held0, _, _ = scored()  # the candidate's errors: a kept table must beat them
+    gaussian = _gaussian_start(t, chosen, info)
     best = None  # (held-out mse, fit mse, config, grid) of the best table that beats the start on both parts
     opt = torch.optim.LBFGS(
         [delta, log_sigmas],
