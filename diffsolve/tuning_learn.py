@@ -8,7 +8,9 @@ interior sigmas (the noise levels the model is called at) to the teacher on the 
 model (M3: the parameterisation; autograd in c, a central difference in log sigma). AFS and the step count stay
 the candidate's, so the recipe's nfe does too. Every
 :data:`CHECK_EVERY` iterations the table is scored by the real solver on every x_T; the table with the lowest
-held-out error is kept (early stopping) where it lowers both the fit and the held-out error of the start.
+held-out error is kept (early stopping) where it lowers both the fit and the held-out error of the start. Where the
+candidate uses AFS and the Gaussian first step (docs/math.md section 3.11: the flow of the Gaussian with the mean
+and covariance of the teacher's fit ends) fits better, the stage starts from that step instead.
 Deterministic: a fixed start, full-batch L-BFGS, no random draws.
 """
 
