@@ -172,8 +172,8 @@ def _objective(e: torch.Tensor, tail_weight: float, tail_share: float) -> torch.
     return loss
 
 
-def _gaussian_start(t, chosen, info: dict):
-    """The Gaussian first step's moments (docs/math.md G2-G3) where the stage should start from it: the candidate
+def _gaussian_moments(t, chosen, info: dict):
+    """The Gaussian first step's moments (docs/math.md G2-G3) where the stage should also fit from it: the candidate
     uses AFS and its run with the Gaussian step in AFS's place has a lower fit objective; else None. The moments are
     those of the teacher's ends on the fit x_T (samples of the model's own ODE: no data, no held-out x_T)."""
     if not chosen.config.afs:
@@ -184,32 +184,23 @@ def _gaussian_start(t, chosen, info: dict):
     info["gaussian_first_step"] = {
         "fit_rmse_afs": math.sqrt(chosen.fit_mse),
         "fit_rmse_gaussian": math.sqrt(float(e_gauss.mean())),
-        "used": bool(use),
+        "fitted": bool(use),
+        "kept": False,
     }
     return moments if use else None
 
 
-def learn_coefficients(t, chosen, tail_share: float) -> tuple[Any, dict]:
-    """Stage ``learn=True`` of :func:`diffsolve.tune` (see the module docstring): ``(candidate, report)``. ``t`` and
-    ``chosen`` are the tuning's state and candidate (this module does not import :mod:`diffsolve.tuning`: no import
-    circle); ``tail_share`` is its :data:`~diffsolve.tuning.TAIL_SHARE`."""
-    t0 = time.perf_counter()
-    ode = t.ode
-    if ode.denoised_transform is not None:
-        raise ValueError("learn=True: an ODE with a denoised_transform (clipping) is not a linear multistep run")
+def _fit_table(t, chosen, c0: list[float], gaussian, tail_share: float, start: tuple[float, float]):
+    """One fit of M3 from the candidate's table ``c0`` (AFS's first step, or the Gaussian one with ``gaussian``):
+    ``(best, iterations, checkpoints)``, ``best`` = (held-out mse, fit mse, config, grid) of the checkpoint with the
+    lowest held-out error among those below ``start`` (the candidate's fit and held-out mse) on both parts, or None."""
     cfg, sig = chosen.config, chosen.sigmas
-    info: dict[str, Any] = {"start": cfg.label(), "kept": False, "fit_rmse_candidate": math.sqrt(chosen.fit_mse)}
-    c0 = multistep_coefficients(cfg.solver, cfg.opts, sig, compensation=chosen.compensation, schedule=ode.schedule)
-    if c0 is None:
-        info["skipped"] = f"{cfg.label()} is not a linear multistep method with one model call per step"
-        return chosen, info
     c0_t, s = torch.tensor(c0, dtype=_F64), _scales(sig)
     delta = torch.zeros_like(c0_t, requires_grad=True)  # M3: c = c0 + s * delta, delta = 0 is the start
     log_sigmas = torch.tensor([math.log(v) for v in sig[1:-1]], dtype=_F64, requires_grad=True)
     fit = t.fit_scorer
     view = fit.ode.start_run(input_dtype=fit.x.dtype)
     ref = fit.ref.to(_F64)
-    gaussian = None
 
     def scored() -> tuple[float, float, Any, list[float]]:
         table = tuple(float(v) for v in (c0_t + s * delta.detach()).tolist())
@@ -226,9 +217,7 @@ def learn_coefficients(t, chosen, tail_share: float) -> tuple[Any, dict]:
         loss.backward()
         return loss
 
-    fit0, held0, _, _ = scored()  # the candidate's errors: a kept table must beat them
-    gaussian = _gaussian_start(t, chosen, info)
-    best = None  # (held-out mse, fit mse, config, grid) of the best table that beats the start on both parts
+    best = None
     opt = torch.optim.LBFGS(
         [delta, log_sigmas],
         lr=1.0,
@@ -238,19 +227,49 @@ def learn_coefficients(t, chosen, tail_share: float) -> tuple[Any, dict]:
         line_search_fn="strong_wolfe",
     )
     done, history = 0, []  # [iterations, fit RMSE, held-out RMSE] per checkpoint (None: infeasible)
-    with t.bar(LEARN_ITERATIONS, "learned coefficients") as bar:
+    what = "learned coefficients" + (" (Gaussian first step)" if gaussian is not None else "")
+    with t.bar(LEARN_ITERATIONS, what) as bar:
         while done < LEARN_ITERATIONS:
             opt.step(closure)
             ran = opt.state[delta].get("n_iter", 0) - done  # < CHECK_EVERY: converged, or out of evaluations
             done += ran
             fit_mse, held_mse, conf, grid = scored()
             history.append([done] + [math.sqrt(v) if math.isfinite(v) else None for v in (fit_mse, held_mse)])
-            if fit_mse < fit0 and held_mse < held0 and (best is None or held_mse < best[0]):
+            if fit_mse < start[0] and held_mse < start[1] and (best is None or held_mse < best[0]):
                 best = (held_mse, fit_mse, conf, grid)
             if bar is not None:
                 bar.update(ran)
             if ran < CHECK_EVERY or not (math.isfinite(fit_mse) and math.isfinite(held_mse)):
                 break
+    return best, done, history
+
+
+def learn_coefficients(t, chosen, tail_share: float) -> tuple[Any, dict]:
+    """Stage ``learn=True`` of :func:`diffsolve.tune` (see the module docstring): ``(candidate, report)``. ``t`` and
+    ``chosen`` are the tuning's state and candidate (this module does not import :mod:`diffsolve.tuning`: no import
+    circle); ``tail_share`` is its :data:`~diffsolve.tuning.TAIL_SHARE`."""
+    t0 = time.perf_counter()
+    ode = t.ode
+    if ode.denoised_transform is not None:
+        raise ValueError("learn=True: an ODE with a denoised_transform (clipping) is not a linear multistep run")
+    cfg, sig = chosen.config, chosen.sigmas
+    info: dict[str, Any] = {"start": cfg.label(), "kept": False, "fit_rmse_candidate": math.sqrt(chosen.fit_mse)}
+    c0 = multistep_coefficients(cfg.solver, cfg.opts, sig, compensation=chosen.compensation, schedule=ode.schedule)
+    if c0 is None:
+        info["skipped"] = f"{cfg.label()} is not a linear multistep method with one model call per step"
+        return chosen, info
+    # the candidate's errors as the learned-lms table replays them: a kept table must beat both
+    grid0 = [sig[0]] + [math.exp(math.log(v)) for v in sig[1:-1]] + [0.0]  # as the fit's checkpoints form it
+    e = t.scorer.errors(type(cfg)("learned-lms", (("coefficients", tuple(c0)),), cfg.afs), grid0)
+    fit0, held0 = float(e[t.fit_idx].mean()), float(e[t.held_idx].mean())
+    best, done, history = _fit_table(t, chosen, c0, None, tail_share, (fit0, held0))
+    moments = _gaussian_moments(t, chosen, info)
+    if moments is not None:  # a second fit from the Gaussian first step; the lower held-out error of the two is kept
+        best_g, done_g, history_g = _fit_table(t, chosen, c0, moments, tail_share, (fit0, held0))
+        info["gaussian_first_step"].update(iterations=done_g, checkpoints=history_g)
+        if best_g is not None and (best is None or best_g[0] < best[0]):
+            best = best_g
+            info["gaussian_first_step"]["kept"] = True
     info.update(
         iterations=done,
         fit_rmse_before=math.sqrt(fit0),
