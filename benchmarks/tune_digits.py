@@ -213,7 +213,10 @@ def evaluate(folder: Path, nfes, samples: int, tol: float = 1e-8) -> str:
             recipe = ds.Recipe.load(path)
             x = ds.sample(ode, x_T, recipe=recipe)
             row.append(
-                (f"{recipe.solver}{'+afs' if recipe.afs else ''}", float((x.double() - ref).pow(2).mean().sqrt()))
+                (
+                    f"{recipe.solver}{'+afs' if recipe.afs else ''}{'(gaussian)' if 'gaussian' in recipe.params else ''}",
+                    float((x.double() - ref).pow(2).mean().sqrt()),
+                )
             )
         (a, ra), (b, rb) = row
         lines.append(f"| {nfe} | {a} | {ra:.4e} | {b} | {rb:.4e} | {rb / ra:.3f} |")
