@@ -22,12 +22,13 @@ the code path of docs/tuning.md's other peer numbers.
         --out bench-results/tuning-table
     OMP_NUM_THREADS=1 python benchmarks/tuning_table.py --problem digits --nfe 3,5 --fit-samples 256 \\
         --eval-samples 512 --out bench-results/tuning-table-digits     # tune_digits.py's protocol
-    python benchmarks/tuning_table.py --table --out bench-results/tuning-table   # print the table only
+    python benchmarks/tuning_table.py --table bench-results/tuning-table bench-results/tuning-table-digits  # print
 
 One row per (problem, NFE, variant) is appended to OUT/table.csv as it finishes (the variants above plus
 ``best-fixed`` and ``peer``); a rerun skips the rows already there, and refuses an OUT whose rows were made with
 other seeds or sample counts. The recipes are saved as OUT/recipes/<problem>-nfe<N>-<variant>.json. At the end
-(or with ``--table``) the markdown table is printed.
+the markdown table is printed; ``--table OUT ...`` prints the rows of several OUT folders (two protocols, as for
+digits above) as one table.
 """
 
 from __future__ import annotations
@@ -164,16 +165,22 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-samples", type=int, default=4096)
     ap.add_argument("--statistics-seed", type=int, default=2000, help="the v3 variant's statistics draw")
     ap.add_argument("--no-peers", action="store_true", help="skip the peers (their column stays empty)")
-    ap.add_argument("--table", action="store_true", help="only print the table of OUT/table.csv")
+    ap.add_argument(
+        "--table",
+        nargs="*",
+        metavar="OUT",
+        default=None,
+        help="only print the table: of these OUT folders together (e.g. two protocols), or of --out",
+    )
     ap.add_argument("--out", default="bench-results/tuning-table")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
+    if args.table is not None:
+        print(markdown([r for o in args.table or [args.out] for r in read_rows(Path(o) / "table.csv")]))
+        return 0
     out = Path(args.out)
     path = out / "table.csv"
     rows = read_rows(path)
-    if args.table:
-        print(markdown(rows))
-        return 0
     variants = args.variants.split(",")
     for v in variants:
         if v not in VARIANTS:

@@ -116,3 +116,13 @@ def test_markdown_gives_ratios_to_the_peer_bolds_the_lowest_variant_and_marks_mi
     assert cells[6] == "3.00e-02 (ipndm, logsnr) (0.60x)"
     assert cells[7] == "5.00e-02 (k-diffusion:dpmpp-2m (logsnr))"
     assert cells[8] == "20 / 30 / 40 (+2) / -"
+
+
+def test_table_of_two_out_folders_is_one_table_with_both_protocols_rows(table, tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    _write(a / "table.csv", _all_rows("gmm64", 3), table.FIELDS)
+    _write(b / "table.csv", [_row("digits", 3, "plain", 0.1, fit_samples=256, eval_samples=512)], table.FIELDS)
+    assert table.main(["--table", str(a), str(b)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split("|")[1].strip() for ln in lines[2:]] == ["gmm64", "digits"]
