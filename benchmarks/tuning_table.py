@@ -144,7 +144,7 @@ def markdown(rows: list[dict]) -> str:
         costs = []
         for v in VARIANTS:
             r = cell.get((p, n, v))
-            if r is None:
+            if r is None or not r["tune_cpu_seconds"]:
                 costs.append("-")
             elif v == "v3" and r["statistics_cpu_seconds"]:
                 costs.append(f"{float(r['tune_cpu_seconds']):.0f} (+{float(r['statistics_cpu_seconds']):.0f})")
