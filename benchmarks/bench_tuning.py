@@ -17,6 +17,9 @@ model statistics computed from the fit x_T (``tune(statistics=True)``; the time 
 ``--learn`` tunes with the learned multistep coefficients (``tune(learn=True)``; what the stage did is in each
 saved recipe's ``report["learn"]``).
 
+Every variant in one table (plain, per-step, v3, learn, best fixed, best peer, each tune's CPU seconds):
+``benchmarks/tuning_table.py``, which uses this script's inputs, evaluation and peers.
+
 Any bench problem name works (``diffsolve bench --list``), e.g. ``--problem digits`` once registered.
 Rows are appended to OUT/tuning.csv as they finish (a rerun skips the rows already there); the recipes
 are saved as OUT/recipes/<problem>-nfe<N>.json.
