@@ -17,6 +17,9 @@ model statistics computed from the fit x_T (``tune(statistics=True)``; the time 
 ``--learn`` tunes with the learned multistep coefficients (``tune(learn=True)``; what the stage did is in each
 saved recipe's ``report["learn"]``).
 
+Every variant in one table (plain, per-step, v3, learn, best fixed, best peer, each tune's CPU seconds):
+``benchmarks/tuning_table.py``, which uses this script's inputs, evaluation and peers.
+
 Any bench problem name works (``diffsolve bench --list``), e.g. ``--problem digits`` once registered.
 Rows are appended to OUT/tuning.csv as they finish (a rerun skips the rows already there); the recipes
 are saved as OUT/recipes/<problem>-nfe<N>.json.
@@ -114,8 +117,6 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    import diffsolve as ds
-    from diffsolve.bench.catalog import get_bench_problem
     from diffsolve.bench.reference import ReferenceCache
     from diffsolve.tuning import best_fixed, tune
 
@@ -134,21 +135,14 @@ def main(argv=None) -> int:
             w.writeheader()
             f.flush()  # before a second run on the same OUT can see the file and skip its header
         for name in args.problem.split(","):
-            prob = get_bench_problem(name, args.eval_samples)
-            ode = prob.ode(prob.dtype, args.device)
-            smax = float(prob.schedule.sigma_max)
-            scale = prob.x_T_scale(smax)
-            x_fit = prob.x_T(args.fit_seed, args.fit_samples) * scale
-            x_eval = prob.x_T(args.eval_seed, args.eval_samples) * scale
-            # the teacher's own error (the cache's convergence estimate) is kept beside the candidates' (issue 22 item 6)
-            ref_fit, err_fit = refs.get(prob, x_fit, smax, 0.0, args.fit_seed)
-            ref_eval, err_eval = refs.get(prob, x_eval, smax, 0.0, args.eval_seed)
-            x_fit_run = x_fit.to(device=args.device, dtype=prob.dtype)
-            x_eval_run = x_eval.to(device=args.device, dtype=prob.dtype)
+            inp = problem_inputs(
+                name, args.fit_seed, args.eval_seed, args.fit_samples, args.eval_samples, refs, args.device
+            )
+            ode, x_fit_run, x_eval_run = inp["ode"], inp["x_fit"], inp["x_eval"]
+            ref_fit, err_fit, ref_eval, err_eval = inp["ref_fit"], inp["err_fit"], inp["ref_eval"], inp["err_eval"]
             statistics = True if args.statistics else None
             if args.statistics and args.statistics_seed is not None:
-                x_stats = (prob.x_T(args.statistics_seed, args.fit_samples) * scale).to(x_fit_run)
-                statistics = ds.model_statistics(ode, x_stats, progress=False)
+                statistics = other_draw_statistics(inp, args.statistics_seed, args.fit_samples)
             for nfe in [int(v) for v in args.nfe.split(",")]:
                 if (name, nfe) in done:
                     print(f"{name} NFE {nfe}: already in {path}")
@@ -170,9 +164,7 @@ def main(argv=None) -> int:
                 secs, cpu = time.perf_counter() - t0, time.process_time() - c0
                 calls = ode.nfe - n0
                 recipe.save(out / "recipes" / f"{name}-nfe{nfe}.json")
-                with torch.no_grad():
-                    y = recipe.sample(ode, x_eval_run)
-                e = (y.to(torch.float64).cpu() - ref_eval).reshape(y.shape[0], -1).pow(2).mean(1)
+                e = per_sample_mse(recipe, ode, x_eval_run, ref_eval)
                 tuned = float(e.mean().sqrt())
                 fixed = best_fixed(ode, x_eval_run, nfe, teacher=ref_eval)
                 head = min(args.eval_head, args.eval_samples)
@@ -220,6 +212,51 @@ def main(argv=None) -> int:
     if args.plot:
         plot(path, peer_best, args.plot, args.with_scalars_csv)
     return 0
+
+
+def problem_inputs(name: str, fit_seed: int, eval_seed: int, fit_samples: int, eval_samples: int, refs, device="cpu"):
+    """One bench problem's tuning inputs: ``{"prob", "ode", "x_fit", "x_eval", "ref_fit", "err_fit", "ref_eval",
+    "err_eval"}``; x_T of ``fit_seed`` (tune's) and ``eval_seed`` (the evaluation's, never seen by tune) at
+    sigma_max in the model's dtype on ``device``, their float64 dopri5 ends from the reference cache ``refs`` and
+    the cache's own error estimate of them (the teacher's error, issue 22 item 6)."""
+    from diffsolve.bench.catalog import get_bench_problem
+
+    prob = get_bench_problem(name, eval_samples)
+    ode = prob.ode(prob.dtype, device)
+    smax = float(prob.schedule.sigma_max)
+    scale = prob.x_T_scale(smax)
+    x_fit = prob.x_T(fit_seed, fit_samples) * scale
+    x_eval = prob.x_T(eval_seed, eval_samples) * scale
+    ref_fit, err_fit = refs.get(prob, x_fit, smax, 0.0, fit_seed)
+    ref_eval, err_eval = refs.get(prob, x_eval, smax, 0.0, eval_seed)
+    return {
+        "prob": prob,
+        "ode": ode,
+        "x_fit": x_fit.to(device=device, dtype=prob.dtype),
+        "x_eval": x_eval.to(device=device, dtype=prob.dtype),
+        "ref_fit": ref_fit,
+        "err_fit": err_fit,
+        "ref_eval": ref_eval,
+        "err_eval": err_eval,
+    }
+
+
+def other_draw_statistics(inp: dict, seed: int, samples: int):
+    """DPM-Solver-v3's model statistics from ``samples`` x_T of ``seed``: neither the fit nor the evaluation draw
+    (the configuration docs/tuning.md recommends for ``tune(statistics=...)``)."""
+    import diffsolve as ds
+
+    prob = inp["prob"]
+    smax = float(prob.schedule.sigma_max)
+    x_stats = (prob.x_T(seed, samples) * prob.x_T_scale(smax)).to(inp["x_fit"])
+    return ds.model_statistics(inp["ode"], x_stats, progress=False)
+
+
+def per_sample_mse(recipe, ode, x_T: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """The recipe's squared error to the float64 reference, averaged over each x_T's entries (one per x_T)."""
+    with torch.no_grad():
+        y = recipe.sample(ode, x_T)
+    return (y.to(torch.float64).cpu() - ref).reshape(y.shape[0], -1).pow(2).mean(1)
 
 
 def run_peers(args, out: Path, samples: int, suffix: str) -> dict:

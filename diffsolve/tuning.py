@@ -97,6 +97,7 @@ from .recipe import (  # noqa: F401
 )
 from .sampling import list_grids, list_solvers, make_grid, make_solver
 from .tuning_learn import learn_coefficients
+from .validation import suggest
 from .wrapper import DiffusionODE, NonFiniteError
 
 __all__ = [
@@ -190,7 +191,9 @@ def _fixed_call_solvers(solvers: Sequence[str] | None) -> list[str]:
     names = []
     for n in solvers:
         if n not in list_solvers():
-            raise ValueError(f"solvers: unknown solver {n!r}; known: {', '.join(list_solvers())}")
+            raise ValueError(
+                f"solvers: unknown solver {n!r}{suggest(n, list_solvers())}; known: {', '.join(list_solvers())}"
+            )
         cls = reg.solver(n)
         if cls.stochastic or make_solver(n).stochastic:
             raise ValueError(

@@ -97,6 +97,14 @@ def test_bad_nfe_is_refused(nfe, match):
         ds.tune(ode, x, nfe=nfe, progress=False)
 
 
+def test_unknown_solver_names_solvers_and_suggests_the_registered_spelling():
+    ode, x = _setup(n=8)
+    n0 = ode.nfe
+    with pytest.raises(ValueError, match=r"solvers: unknown solver 'dpmpp_2m' \(did you mean 'dpmpp-2m'\?\); known: "):
+        ds.tune(ode, x, nfe=5, solvers=["dpmpp_2m"], progress=False)
+    assert ode.nfe == n0  # refused before any model call
+
+
 def test_stochastic_solver_is_refused():
     ode, x = _setup(n=8)
     with pytest.raises(ValueError, match="'euler-ancestral' is stochastic"):
