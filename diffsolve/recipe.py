@@ -113,43 +113,39 @@ class Recipe:
     def _read_statistics(self):
         """``params["statistics"]``: DPM-Solver-v3's model statistics (a :class:`~diffsolve.ModelStatistics` or its
         ``to_dict()``), stored in the file as that dict and handed to the solver as ``statistics=``."""
-        from .statistics import ModelStatistics, StatisticsError
+        from .statistics import ModelStatistics
 
         if "statistics" in self.options:
             raise RecipeError(
                 "recipe options cannot hold 'statistics' (not JSON): pass them as params={'statistics': stats}"
             )
-        stats = self.params.get("statistics")
-        if stats is None:
-            return None
-        if self.solver != "dpm-solver-v3":
+        if self.params.get("statistics") is not None and self.solver != "dpm-solver-v3":
             raise RecipeError(
                 f"recipe params 'statistics' are DPM-Solver-v3's; this recipe's solver is {self.solver!r}"
             )
-        if not isinstance(stats, ModelStatistics):
-            try:
-                stats = ModelStatistics.from_dict(stats, source="recipe params 'statistics'")
-            except StatisticsError as exc:
-                raise RecipeError(str(exc)) from None
-        self.params["statistics"] = stats.to_dict()
-        return stats
+        return self._read_param("statistics", ModelStatistics)
 
     def _read_gaussian(self):
         """``params["gaussian"]``: the Gaussian first step's moments (a GaussianMoments or its ``to_dict()``)."""
         from .gaussian_step import GaussianMoments
 
-        g = self.params.get("gaussian")
-        if g is None:
-            return None
-        if not self.afs:
+        if self.params.get("gaussian") is not None and not self.afs:
             raise RecipeError("recipe params 'gaussian' answer the analytical first step: they need afs=True")
-        if not isinstance(g, GaussianMoments):
+        return self._read_param("gaussian", GaussianMoments)
+
+    def _read_param(self, key: str, cls):
+        """``params[key]`` as a ``cls`` (given one, or its ``to_dict()``, checked by ``cls.from_dict``: a ValueError
+        there is this recipe's :class:`RecipeError`); stored back as the dict, which the file holds. None if absent."""
+        value = self.params.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, cls):
             try:
-                g = GaussianMoments.from_dict(g, source="recipe params 'gaussian'")
+                value = cls.from_dict(value, source=f"recipe params {key!r}")
             except ValueError as exc:
                 raise RecipeError(str(exc)) from None
-        self.params["gaussian"] = g.to_dict()
-        return g
+        self.params[key] = value.to_dict()
+        return value
 
     @property
     def solver_options(self) -> dict[str, Any]:
