@@ -190,10 +190,11 @@ def _gaussian_moments(t, chosen, info: dict):
     return moments if use else None
 
 
-def _fit_table(t, chosen, c0: list[float], gaussian, tail_share: float, start: tuple[float, float]):
+def _fit_table(t, chosen, c0: list[float], gaussian, tail_share: float, start: tuple[float, float] | None = None):
     """One fit of M3 from the candidate's table ``c0`` (AFS's first step, or the Gaussian one with ``gaussian``):
-    ``(best, iterations, checkpoints)``, ``best`` = (held-out mse, fit mse, config, grid) of the checkpoint with the
-    lowest held-out error among those below ``start`` (the candidate's fit and held-out mse) on both parts, or None."""
+    ``(best, iterations, checkpoints, start)``, ``best`` = (held-out mse, fit mse, config, grid) of the checkpoint
+    with the lowest held-out error among those below ``start`` (the candidate's fit and held-out mse) on both parts,
+    or None. Without ``start`` the fit's own first point is it: with AFS that is the candidate (M2)."""
     cfg, sig = chosen.config, chosen.sigmas
     c0_t, s = torch.tensor(c0, dtype=_F64), _scales(sig)
     delta = torch.zeros_like(c0_t, requires_grad=True)  # M3: c = c0 + s * delta, delta = 0 is the start
@@ -217,6 +218,7 @@ def _fit_table(t, chosen, c0: list[float], gaussian, tail_share: float, start: t
         loss.backward()
         return loss
 
+    start = scored()[:2] if start is None else start
     best = None
     opt = torch.optim.LBFGS(
         [delta, log_sigmas],
@@ -241,7 +243,7 @@ def _fit_table(t, chosen, c0: list[float], gaussian, tail_share: float, start: t
                 bar.update(ran)
             if ran < CHECK_EVERY or not (math.isfinite(fit_mse) and math.isfinite(held_mse)):
                 break
-    return best, done, history
+    return best, done, history, start
 
 
 def learn_coefficients(t, chosen, tail_share: float) -> tuple[Any, dict]:
@@ -258,14 +260,11 @@ def learn_coefficients(t, chosen, tail_share: float) -> tuple[Any, dict]:
     if c0 is None:
         info["skipped"] = f"{cfg.label()} is not a linear multistep method with one model call per step"
         return chosen, info
-    # the candidate's errors as the learned-lms table replays them: a kept table must beat both
-    grid0 = [sig[0]] + [math.exp(math.log(v)) for v in sig[1:-1]] + [0.0]  # as the fit's checkpoints form it
-    e = t.scorer.errors(type(cfg)("learned-lms", (("coefficients", tuple(c0)),), cfg.afs), grid0)
-    fit0, held0 = float(e[t.fit_idx].mean()), float(e[t.held_idx].mean())
-    best, done, history = _fit_table(t, chosen, c0, None, tail_share, (fit0, held0))
+    # (fit0, held0): the candidate's errors as the learned-lms table replays them; a kept table must beat both
+    best, done, history, (fit0, held0) = _fit_table(t, chosen, c0, None, tail_share)
     moments = _gaussian_moments(t, chosen, info)
     if moments is not None:  # a second fit from the Gaussian first step; the lower held-out error of the two is kept
-        best_g, done_g, history_g = _fit_table(t, chosen, c0, moments, tail_share, (fit0, held0))
+        best_g, done_g, history_g, _ = _fit_table(t, chosen, c0, moments, tail_share, (fit0, held0))
         info["gaussian_first_step"].update(iterations=done_g, checkpoints=history_g)
         if best_g is not None and (best is None or best_g[0] < best[0]):
             best = best_g
