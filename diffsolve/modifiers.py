@@ -102,7 +102,7 @@ class ModifiedODE(DiffusionODE):
             )
         state = self._ebar
         raw = eps
-        if state["count"] > 0 and self.lml != math.inf:
+        if state["count"] > 0:
             ebar = state["sum"] / state["count"]
             eps = lml_rule(eps, ebar, self.lml)
             denoised = xbar - float(sigma) * eps
