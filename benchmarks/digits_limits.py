@@ -21,7 +21,8 @@ ODE solution, on the 512 x_T of seed 0 that ``tune_digits.py --evaluate`` uses (
     OMP_NUM_THREADS=1 python benchmarks/digits_limits.py --out bench-results/digits-limits
 
 Results are appended to OUT/limits.jsonl as each finishes (a rerun skips those there); the exact states are cached
-in OUT (one dopri5 solve per seed and sigma). The tables are printed at the end; ``--table OUT`` prints them only.
+in OUT (one dopri5 solve per seed and sigma). The tables are printed and drawn (OUT/digits_limits.png) at the end;
+``--table`` prints and draws them only.
 """
 
 from __future__ import annotations
@@ -314,6 +315,50 @@ def tables(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+TARGETS = {3: 1.215e-01 / 2, 5: 6.187e-02 / 2}  # issue 22: half the recipes shipped when it was filed (seed 0)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Left: each zero-call first step's error against sigma; right: per NFE the target, the shipped recipe, the
+    oracle, the first call at sigma_max and the lowest bound."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
+    prox = [r for r in rows if r["kind"] == "proxy"]
+    for name in dict.fromkeys(r["proxy"] for r in prox):
+        pts = sorted((r["sigma"], r["rmse"]) for r in prox if r["proxy"] == name)
+        ax.plot(*zip(*pts), marker="o", label=name)
+    ax.set(xscale="log", yscale="log", xlabel="sigma reached from sigma_max", ylabel="RMSE to the exact state (xbar)")
+    ax.invert_xaxis()  # the flow runs from sigma_max down
+    ax.set_title("zero-call first steps, 512 unseen x_T")
+    ax.legend(fontsize=8)
+    nfes = sorted({r["nfe"] for r in rows if "nfe" in r})
+    bars = ["target", "shipped", "oracle", "first call at sigma_max", "bound (lowest)"]
+    for k, label in enumerate(bars):
+        vals = []
+        for n in nfes:
+            of = [r for r in rows if r.get("nfe") == n]
+            pick = {
+                "target": [TARGETS.get(n, math.nan)],
+                "shipped": [r["shipped_eval_rmse"] for r in of],
+                "oracle": [r["eval_rmse"] for r in of if r["kind"] == "oracle"],
+                "first call at sigma_max": [r["eval_rmse"] for r in of if r["kind"] == "first"],
+                "bound (lowest)": [r["eval_rmse"] for r in of if r["kind"] == "bound"],
+            }[label]
+            vals.append(min(pick) if pick else math.nan)
+        bx.bar([i + 0.16 * (k - 2) for i in range(len(nfes))], vals, width=0.16, label=label)
+    bx.set_xticks(range(len(nfes)), [f"NFE {n}" for n in nfes])
+    bx.set(yscale="log", ylabel="RMSE to the exact sample, 512 unseen x_T", ylim=(0.02, None))
+    bx.set_title("learned multistep family on digits")
+    bx.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="bench-results/digits-limits")
@@ -336,6 +381,7 @@ def main(argv=None) -> int:
     rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     if a.table:
         print(tables(rows))
+        plot(rows, out / "digits_limits.png")
         return 0
     torch.manual_seed(0)
     s = Setup(out, a.fit_samples, a.eval_samples, tol=1e-8)
@@ -369,6 +415,8 @@ def main(argv=None) -> int:
         rows += new
         print(tables(new), flush=True)
     print(tables(rows))
+    plot(rows, out / "digits_limits.png")
+    print(f"figure: {out / 'digits_limits.png'}")
     return 0
 
 
