@@ -7,10 +7,13 @@
   'thorough' (DIFFSOLVE_HYPOTHESIS_PROFILE=thorough: 10x the examples, random seeds).
 """
 
+import importlib.util
 import os
+from pathlib import Path
 
 os.environ["DIFFSOLVE_DISABLE_PLUGINS"] = "all"
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
@@ -31,3 +34,17 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.load_profile(os.environ.get("DIFFSOLVE_HYPOTHESIS_PROFILE", "quick"))
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """``load_benchmark(name)``: the module of benchmarks/<name>.py (the scripts are not a package)."""
+
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load

@@ -1,9 +1,7 @@
 """benchmarks/digits_limits.py measures the recipes' own family: its run is the shipped recipe's run, its proxies
 are exact where they can be checked in closed form."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,15 +9,10 @@ import torch
 import diffsolve as ds
 from diffsolve.gaussian_step import GaussianMoments
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def limits():
-    spec = importlib.util.spec_from_file_location("digits_limits", ROOT / "benchmarks" / "digits_limits.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def limits(load_benchmark):
+    return load_benchmark("digits_limits")
 
 
 @pytest.mark.parametrize("nfe", [3, 5])

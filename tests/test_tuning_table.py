@@ -1,20 +1,13 @@
 """benchmarks/tuning_table.py's bookkeeping: resume, protocol check, old CSVs, the markdown table (no tuning)."""
 
 import csv
-import importlib.util
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def table():
-    spec = importlib.util.spec_from_file_location("tuning_table", ROOT / "benchmarks" / "tuning_table.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def table(load_benchmark):
+    return load_benchmark("tuning_table")
 
 
 PROTOCOL = {"fit_seed": 1000, "fit_samples": 512, "eval_seed": 0, "eval_samples": 4096}
