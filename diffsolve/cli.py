@@ -167,8 +167,14 @@ def _tune(args) -> int:
         "benchmarks/bench_tuning.py scores on another draw: docs/tuning.md)"
     )
     teacher = "not measured" if r.get("teacher_rmse") is None else f"{r['teacher_rmse']:.1e} RMSE"
+    check = r.get("heldout_check") or {}
     fell_back = (
         "; the tuned grid lost on held-out x_T: the recipe is the best fixed candidate"
+        + (
+            " (by less than two standard errors of the paired difference: more x_T would tell them apart)"
+            if check.get("within_noise")
+            else ""
+        )
         if r.get("fallback_to_fixed")
         else ""
     )

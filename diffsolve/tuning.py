@@ -127,6 +127,8 @@ TEACHER_CHECK_FACTOR = 1000.0
 TEACHER_SHARE = 0.1
 #: the tail of the objective (:func:`_objective`, ``tune(tail_weight=...)``): the share of x_T counted as the worst
 TAIL_SHARE = 0.02
+#: the held-out check's report: a paired difference within this many standard errors of 0 is "within noise"
+NOISE_SE = 2.0
 
 #: solvers the default sweep leaves out: ``usf`` at its defaults is dpmpp-3m (docs/math.md X7), the space of the
 #: per-step search (``per_step=True``); ``learned-lms`` at its defaults is ddim, the space of ``learn=True``
@@ -841,14 +843,27 @@ def _fit_compensation(t: _Tuning, c: _Candidate) -> _Candidate:
 
 
 def _held_out_check(t: _Tuning, chosen: _Candidate, swept: list[_Candidate], teacher_rmse):
-    """``(recipe candidate, fell back)``: the tuned candidate's held-out error against the best fixed candidate
+    """``(recipe candidate, check)``: the tuned candidate's held-out error against the best fixed candidate
     of the sweep (any configuration on a registered grid that the sweep scored in full, i.e. survived its
     screening round, :func:`_screen`; scored on the same held-out x_T); where the fixed one is better, it is the
     recipe: a recipe is never worse on held-out x_T than a candidate scored in full. A candidate the screening
     round dropped was only scored on the screening x_T, never on the held-out part. Warns where the teacher's own
-    error is not well below the candidates' (TEACHER_SHARE)."""
-    chosen.held_mse = float(t.scorer.errors(chosen.config, chosen.sigmas, chosen.compensation)[t.held_idx].mean())
+    error is not well below the candidates' (TEACHER_SHARE). ``check``: ``fell_back``, and the paired difference
+    of the two per-x_T held-out errors (tuned - fixed) with its standard error: ``within_noise`` where it is
+    within :data:`NOISE_SE` standard errors of 0, i.e. where the held-out x_T do not tell the two apart."""
+    e_tuned = t.scorer.errors(chosen.config, chosen.sigmas, chosen.compensation)[t.held_idx]
+    chosen.held_mse = float(e_tuned.mean())
     fixed = min(swept, key=lambda c: (c.held_mse, c.config.label(), c.grid))
+    d = e_tuned - t.scorer.errors(fixed.config, fixed.sigmas, fixed.compensation)[t.held_idx]
+    se = float(d.std() / math.sqrt(d.numel())) if d.numel() > 1 else math.inf
+    check = {
+        "fixed": f"{fixed.config.label()} on {fixed.grid}",
+        "tuned_heldout_rmse": math.sqrt(chosen.held_mse),
+        "fixed_heldout_rmse": math.sqrt(fixed.held_mse),
+        "mse_difference": float(d.mean()),
+        "standard_error": se,
+        "within_noise": abs(float(d.mean())) <= NOISE_SE * se,
+    }
     if teacher_rmse is not None and teacher_rmse > TEACHER_SHARE * math.sqrt(min(fixed.held_mse, chosen.held_mse)):
         warnings.warn(
             f"tune: the teacher's own error (~{teacher_rmse:.2e} RMSE) is not well below the candidates' "
@@ -857,9 +872,8 @@ def _held_out_check(t: _Tuning, chosen: _Candidate, swept: list[_Candidate], tea
             RuntimeWarning,
             stacklevel=3,
         )
-    if fixed.held_mse < chosen.held_mse:
-        return fixed, True
-    return chosen, False
+    check["fell_back"] = fixed.held_mse < chosen.held_mse
+    return (fixed if check["fell_back"] else chosen), check
 
 
 def _teacher_error(ode, x_T, ref, own_teacher: bool) -> float | None:
@@ -871,7 +885,7 @@ def _teacher_error(ode, x_T, ref, own_teacher: bool) -> float | None:
     return float((loose - ref).pow(2).mean().sqrt())
 
 
-def _report(t: _Tuning, chosen: _Candidate, swept: list[_Candidate], teacher_rmse, fallback: bool) -> dict:
+def _report(t: _Tuning, chosen: _Candidate, swept: list[_Candidate], teacher_rmse, check: dict) -> dict:
     """Stage 4: the fit and held-out errors beside the best fixed candidates and the teacher's own error."""
     plain = [c for c in swept if c.config.is_default and math.isfinite(c.held_mse)]
     base = min(plain, key=lambda c: c.held_mse) if plain else None
@@ -892,7 +906,9 @@ def _report(t: _Tuning, chosen: _Candidate, swept: list[_Candidate], teacher_rms
         # the worst TAIL_SHARE of the held-out x_T: the recipe's against the best fixed solver+grid's
         "heldout_tail_rmse": {"recipe": tail(chosen), "best_fixed": None if base is None else tail(base)},
         "tail_weight": t.tail_weight,
-        "fallback_to_fixed": fallback,
+        "fallback_to_fixed": check["fell_back"],
+        # the tuned candidate against that fixed one, paired per held-out x_T (_held_out_check)
+        "heldout_check": {k: v for k, v in check.items() if k != "fell_back"},
         "start": {"config": chosen.config.label(), "grid": chosen.grid},
         "sampler_runs": t.scorer.runs + t.fit_scorer.runs + (t.screen_scorer.runs if t.screen_scorer else 0),
         # the sweep's candidates, how many x_T the screening round ran them on, and how many it scored in full (the
@@ -1066,8 +1082,8 @@ def tune(
     chosen, per_step_info = _search_per_step(t, chosen, swept) if per_step else (chosen, None)
     chosen = _fit_compensation(t, chosen) if scalars else chosen
     chosen, learn_info = learn_coefficients(t, chosen, TAIL_SHARE) if learn else (chosen, None)
-    chosen, fallback = _held_out_check(t, chosen, swept, teacher_rmse)
-    report = _report(t, chosen, swept, teacher_rmse, fallback)
+    chosen, check = _held_out_check(t, chosen, swept, teacher_rmse)
+    report = _report(t, chosen, swept, teacher_rmse, check)
     report.update(
         seed=int(seed),
         seconds=time.perf_counter() - t0,

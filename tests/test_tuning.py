@@ -284,10 +284,32 @@ def test_a_tuned_candidate_worse_on_held_out_than_a_fixed_one_falls_back_to_it(t
     best = min(swept, key=lambda c: c.held_mse)
     # the same solver on a deliberately poor grid (all steps crowded at the top): worse on held-out x_T
     bad = replace(best, sigmas=[best.sigmas[0] * 0.999**k for k in range(len(best.sigmas) - 1)] + [0.0])
-    chosen, fell_back = tuning._held_out_check(t, bad, swept, None)
-    assert fell_back and chosen is best
-    kept, fell_back = tuning._held_out_check(t, replace(best), swept, None)
-    assert not fell_back and kept.sigmas == best.sigmas
+    chosen, check = tuning._held_out_check(t, bad, swept, None)
+    assert check["fell_back"] and chosen is best
+    kept, check = tuning._held_out_check(t, replace(best), swept, None)
+    assert not check["fell_back"] and kept.sigmas == best.sigmas
+
+
+def test_the_held_out_check_reports_the_paired_difference_and_whether_it_is_noise(tuned):
+    from dataclasses import replace
+
+    from diffsolve import tuning
+
+    ode, x, _ = tuned
+    idx = torch.arange(x.shape[0])
+    ref = tuning._teacher(ode, x, float(ode.schedule.sigma_max))
+    scorer = tuning._Scorer(ode, x, ref)
+    t = tuning._Tuning(ode, 4, idx[:32], idx[32:], scorer, scorer, False, None)
+    swept = tuning._sweep(t, [tuning._Config("ddim", (), False), tuning._Config("dpmpp-2m", (), False)])
+    best = min(swept, key=lambda c: c.held_mse)
+    bad = replace(best, sigmas=[best.sigmas[0] * 0.999**k for k in range(len(best.sigmas) - 1)] + [0.0])
+    _, check = tuning._held_out_check(t, bad, swept, None)
+    # the mean of the paired per-x_T differences is the difference of the two held-out MSEs
+    assert check["mse_difference"] == pytest.approx(check["tuned_heldout_rmse"] ** 2 - check["fixed_heldout_rmse"] ** 2)
+    # a grid crowded at sigma_max loses by far more than the noise of 32 held-out x_T
+    assert check["mse_difference"] > tuning.NOISE_SE * check["standard_error"] > 0 and not check["within_noise"]
+    _, same = tuning._held_out_check(t, replace(best), swept, None)
+    assert same["mse_difference"] == 0 and same["within_noise"]  # the fixed candidate against itself
 
 
 def test_tune_refuses_a_clipped_diffusers_ode_at_once_and_tunes_the_unclipped_one():
