@@ -2,10 +2,11 @@
 ODE solution, on the 512 x_T of seed 0 that ``tune_digits.py --evaluate`` uses (no tune saw them).
 
 1. ``proxy``: every zero-call first step carries x_T from sigma_max to a noise level sigma; its RMSE (in xbar) to
-   the exact state there. AFS (the flow of data ~ N(0, I), docs/math.md E38), the Gaussian step (G2, rank 8 and
-   full covariance, moments of the model's samples), the exact flow of the empirical mixture of those samples
-   (the mixture denoiser under E38 with one component per sample, RK4 in log sigma), and the best affine map of xbar_0
-   (least squares on the exact states of the fit x_T: no first step that is affine in x_T does better on them).
+   the exact state there. AFS (one Euler step with its eps), the exact flow of data ~ N(0, I) (docs/math.md E38,
+   whose large-sigma limit AFS's eps is), the Gaussian step (G2, rank 8 and full covariance, moments of the model's
+   samples), the exact flow of the empirical mixture of those samples (the mixture denoiser under E38 with one
+   component per sample, RK4 in log sigma), and the best affine map of xbar_0 (least squares on the exact states of
+   the fit x_T: no first step that is affine in x_T does better on them).
 2. ``oracle``: the learned multistep table (M1) refitted (M3) with its first interval integrated exactly (the
    state at sigma_1 from dopri5 on every x_T: a bound, not a sampler, as it costs an adaptive solve): how far a
    perfect zero-call first step would take each shipped recipe. Fitted on the fit x_T, scored on the evaluation ones.
