@@ -270,7 +270,10 @@ def test_report_shows_the_teacher_error_well_below_the_candidates_error(tuned):
     assert r["fallback_to_fixed"] in (True, False)
 
 
-def test_a_tuned_candidate_worse_on_held_out_than_a_fixed_one_falls_back_to_it(tuned):
+@pytest.fixture(scope="module")
+def held_out_case(tuned):
+    """A tuning state on 32 fit / the rest held out, its sweep of ddim and dpmpp-2m, the best swept candidate, and
+    the same solver on a deliberately poor grid (all steps crowded at the top): worse on held-out x_T."""
     from dataclasses import replace
 
     from diffsolve import tuning
@@ -282,27 +285,28 @@ def test_a_tuned_candidate_worse_on_held_out_than_a_fixed_one_falls_back_to_it(t
     t = tuning._Tuning(ode, 4, idx[:32], idx[32:], scorer, scorer, False, None)
     swept = tuning._sweep(t, [tuning._Config("ddim", (), False), tuning._Config("dpmpp-2m", (), False)])
     best = min(swept, key=lambda c: c.held_mse)
-    # the same solver on a deliberately poor grid (all steps crowded at the top): worse on held-out x_T
     bad = replace(best, sigmas=[best.sigmas[0] * 0.999**k for k in range(len(best.sigmas) - 1)] + [0.0])
+    return t, swept, best, bad
+
+
+def test_a_tuned_candidate_worse_on_held_out_than_a_fixed_one_falls_back_to_it(held_out_case):
+    from dataclasses import replace
+
+    from diffsolve import tuning
+
+    t, swept, best, bad = held_out_case
     chosen, check = tuning._held_out_check(t, bad, swept, None)
     assert check["fell_back"] and chosen is best
     kept, check = tuning._held_out_check(t, replace(best), swept, None)
     assert not check["fell_back"] and kept.sigmas == best.sigmas
 
 
-def test_the_held_out_check_reports_the_paired_difference_and_whether_it_is_noise(tuned):
+def test_the_held_out_check_reports_the_paired_difference_and_whether_it_is_noise(held_out_case):
     from dataclasses import replace
 
     from diffsolve import tuning
 
-    ode, x, _ = tuned
-    idx = torch.arange(x.shape[0])
-    ref = tuning._teacher(ode, x, float(ode.schedule.sigma_max))
-    scorer = tuning._Scorer(ode, x, ref)
-    t = tuning._Tuning(ode, 4, idx[:32], idx[32:], scorer, scorer, False, None)
-    swept = tuning._sweep(t, [tuning._Config("ddim", (), False), tuning._Config("dpmpp-2m", (), False)])
-    best = min(swept, key=lambda c: c.held_mse)
-    bad = replace(best, sigmas=[best.sigmas[0] * 0.999**k for k in range(len(best.sigmas) - 1)] + [0.0])
+    t, swept, best, bad = held_out_case
     _, check = tuning._held_out_check(t, bad, swept, None)
     # the mean of the paired per-x_T differences is the difference of the two held-out MSEs
     assert check["mse_difference"] == pytest.approx(check["tuned_heldout_rmse"] ** 2 - check["fixed_heldout_rmse"] ** 2)
