@@ -44,7 +44,7 @@ import diffsolve as ds  # noqa: E402
 from diffsolve.bench.catalog import get_bench_problem  # noqa: E402
 from diffsolve.gaussian_step import GaussianMoments  # noqa: E402
 from diffsolve.recipe_ode import afs_eps  # noqa: E402
-from diffsolve.tuning_learn import _Eps, _scales, multistep_coefficients  # noqa: E402 - M3's pieces, not redone
+from diffsolve.tuning_learn import _Eps, _run_table, _scales, multistep_coefficients  # noqa: E402 - M3's pieces, not redone
 
 F64 = torch.float64
 FIT_SEED, EVAL_SEED = 1000, 0
@@ -144,23 +144,17 @@ def proxies(s: Setup, sigmas) -> list[dict]:
     return rows
 
 
-def run_table(view, xbar0, sigma0, first, c, log_sigmas, log_scales, dtype):
-    """M1's run from ``xbar0`` at ``sigma0`` to sigma = 0 with the table ``c`` (lower triangle row by row), eps_0 =
+def run_table(view, xbar0, first, c, log_sigmas, log_scales, dtype):
+    """M1's run (:func:`diffsolve.tuning_learn._run_table`) from ``xbar0`` to sigma = 0 with the table ``c``, eps_0 =
     ``first(xbar0, sigma_1)``, the model called at exp(``log_sigmas``) on xbar * exp(``log_scales``) (zeros: the
     recipe's own run); differentiable in all of them (M3)."""
-    xbar, eps, k = xbar0, [], 0
-    n = len(log_sigmas) + 1
-    for i in range(n):
-        e = (
-            first(xbar, log_sigmas[0].exp())
-            if i == 0
-            else _Eps.apply(xbar * log_scales[i - 1].exp(), log_sigmas[i - 1], view, dtype)
-        )
-        eps.append(e)
-        for j in range(i + 1):
-            xbar = xbar + c[k] * eps[j]
-            k += 1
-    return xbar
+
+    def eps_of(i, xbar):
+        if i == 0:
+            return first(xbar, log_sigmas[0].exp())
+        return _Eps.apply(xbar * log_scales[i - 1].exp(), log_sigmas[i - 1], view, dtype)
+
+    return _run_table(xbar0, len(log_sigmas) + 1, c, eps_of)
 
 
 def fit(s: Setup, sigmas, c0, fit_set, eval_set, *, learn_sigma1=True, learn_scales=True, label="", iterations=None):
@@ -181,7 +175,7 @@ def fit(s: Setup, sigmas, c0, fit_set, eval_set, *, learn_sigma1=True, learn_sca
     def rmse(data):
         xbar0, target, first = data
         with torch.no_grad():
-            out = run_table(s.view, xbar0, s.sigma_max, first, c0 + scale * delta, ls(), log_scales, dtype)
+            out = run_table(s.view, xbar0, first, c0 + scale * delta, ls(), log_scales, dtype)
         return float((out - target).pow(2).mean().sqrt())
 
     params = [delta, log_sigmas] + ([log_scales] if learn_scales else [])
@@ -190,7 +184,7 @@ def fit(s: Setup, sigmas, c0, fit_set, eval_set, *, learn_sigma1=True, learn_sca
     def closure():
         opt.zero_grad()
         xbar0, target, first = fit_set
-        out = run_table(s.view, xbar0, s.sigma_max, first, c0 + scale * delta, ls(), log_scales, dtype)
+        out = run_table(s.view, xbar0, first, c0 + scale * delta, ls(), log_scales, dtype)
         loss = (out - target).reshape(out.shape[0], -1).pow(2).mean(1).mean().log()
         loss.backward()
         return loss

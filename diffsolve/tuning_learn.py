@@ -137,6 +137,18 @@ class _Eps(torch.autograd.Function):
         return gx, gs, None, None
 
 
+def _run_table(xbar: torch.Tensor, steps: int, c, eps_of) -> torch.Tensor:
+    """M1 from ``xbar`` over ``steps`` steps: eps_i = ``eps_of(i, xbar_i)``, xbar_{i+1} = xbar_i + sum_{j<=i} c_ij
+    eps_j, with ``c`` the lower triangle row by row. Returns xbar after the last step."""
+    eps, k = [], 0
+    for i in range(steps):
+        eps.append(eps_of(i, xbar))
+        for j in range(i + 1):
+            xbar = xbar + c[k] * eps[j]
+            k += 1
+    return xbar
+
+
 def _sample(
     view: DiffusionODE, x: torch.Tensor, log_sigmas: torch.Tensor, sigmas0: list[float], afs: bool, c, gaussian
 ):
@@ -144,23 +156,18 @@ def _sample(
     exp(``log_sigmas``) (the interior sigmas; the first and the final 0 are ``sigmas0``'s), differentiable in both
     and through the model; the state in float64, the model in its own dtype; the first step the Gaussian one (G3)
     with ``gaussian`` moments. Returns the sample (model space)."""
-    xbar = view.to_xbar(x.to(_F64), sigmas0[0])
-    eps, k = [], 0
-    for i in range(len(sigmas0) - 1):
+
+    def eps_of(i, xbar):
         if i == 0 and afs and gaussian is not None:  # G3, differentiable in the second sigma
-            e = gaussian.first_eps(xbar, sigmas0[0], log_sigmas[0].exp() if len(log_sigmas) else sigmas0[1])
-        elif i == 0 and afs:  # the analytical first step (diffsolve.tuning, "AFS")
-            e = afs_eps(xbar, sigmas0[0])
-        elif i == 0:
+            return gaussian.first_eps(xbar, sigmas0[0], log_sigmas[0].exp() if len(log_sigmas) else sigmas0[1])
+        if i == 0 and afs:  # the analytical first step (diffsolve.tuning, "AFS")
+            return afs_eps(xbar, sigmas0[0])
+        if i == 0:
             with torch.no_grad():
-                e = view.eps(xbar.to(x.dtype), sigmas0[0]).to(_F64)
-        else:
-            e = _Eps.apply(xbar, log_sigmas[i - 1], view, x.dtype)
-        eps.append(e)
-        for j in range(i + 1):
-            xbar = xbar + c[k] * eps[j]
-            k += 1
-    return xbar
+                return view.eps(xbar.to(x.dtype), sigmas0[0]).to(_F64)
+        return _Eps.apply(xbar, log_sigmas[i - 1], view, x.dtype)
+
+    return _run_table(view.to_xbar(x.to(_F64), sigmas0[0]), len(sigmas0) - 1, c, eps_of)
 
 
 def _objective(e: torch.Tensor, tail_weight: float, tail_share: float) -> torch.Tensor:

@@ -24,7 +24,6 @@ def test_run_table_with_zero_input_scales_is_the_shipped_recipe_run(limits, tmp_
     out = limits.run_table(
         s.view,
         s.xbar0(0),
-        s.sigma_max,
         lambda xbar, sigma1: moments.first_eps(xbar, s.sigma_max, sigma1),
         torch.tensor(c, dtype=torch.float64),
         log_sigmas,
