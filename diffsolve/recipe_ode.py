@@ -139,8 +139,6 @@ def run_parts(ode, x, solver, options, sigmas, afs, compensation=None, budget=No
         raise ValueError("gaussian moments answer the analytical first step: they need afs=True")
     if not afs and not compensation and budget is None:
         return sample_core(ode, x, solver, sigmas=sigmas, **options, **kw)
-    if gaussian is not None:
-        gaussian.check_shape(x)
     run_ode = RecipeODE(ode, sigmas[0] if afs else None, compensation, budget, gaussian, float(sigmas[1]))
     try:
         return sample_core(run_ode, x, solver, sigmas=sigmas, **options, **kw)

@@ -116,8 +116,10 @@ def test_a_recipe_with_gaussian_moments_replays_bit_for_bit_with_exactly_its_nfe
 
 def test_a_recipe_for_samples_of_another_shape_is_refused():
     ode, recipe = _gaussian_recipe(shape=(1, 2))
+    n0 = ode.nfe
     with pytest.raises(RecipeError, match=r"shape \(1, 2\).*\(2,\)"):
         ds.sample(ode, torch.zeros(3, 2, dtype=F64), recipe=recipe)
+    assert ode.nfe == n0  # refused at the first evaluation, which the Gaussian step answers: no model call
 
 
 @pytest.mark.parametrize(
